@@ -1,0 +1,22 @@
+//! mxd: a small mail transfer agent that reads OpenSMTPD's smtpd.conf(5), receives mail over
+//! SMTP (plain, STARTTLS, smtps) on one mio event loop per core, and delivers it durably into
+//! Maildir or mbox, or queues it for relay. The final 250 after DATA is sent only once every
+//! recipient's copy is fsynced to disk.
+//!
+//! Layers, from the network inward (see ARCHITECTURE.md):
+//! - [`server`] owns sockets and drives the sans-IO [`smtp`] sessions and rustls.
+//! - [`config`], [`table`], [`rules`] and [`resolve`] turn smtpd.conf and an envelope into
+//!   delivery targets; they are pure functions of an immutable [`config::Config`].
+//! - [`deliver`] writes the targets to disk with fsync-safe renames, in batches.
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub, rust_2018_idioms)]
+
+pub mod config;
+pub mod deliver;
+pub mod envelope;
+pub mod headers;
+pub mod resolve;
+pub mod rules;
+pub mod smtp;
+pub mod table;
+pub mod users;
