@@ -20,3 +20,6 @@ pub mod rules;
 pub mod smtp;
 pub mod table;
 pub mod users;
+pub mod logging;
+pub mod server;
+pub mod tls;

@@ -1,0 +1,400 @@
+//! One client connection: its socket, its rustls state when TLS is on, and its sans-IO
+//! SMTP session. `pump` moves bytes between the three until the socket would block, the
+//! session stops wanting input (a message awaiting commit), or the turn bound is hit.
+//!
+//! Invariants: input the session has not consumed is at most one read's worth (we stop
+//! reading while the session does not want input); plaintext pipelined after STARTTLS is
+//! dropped before the handshake starts (RFC 3207 §4.2, CVE-2011-0411).
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::{Interest, Registry, Token};
+
+use crate::envelope::{Origin, SessionId};
+use crate::server::policy::ConnPolicy;
+use crate::server::stream::Stream;
+use crate::server::ListenerRt;
+use crate::smtp::{CloseReason, Event, Message, Session, TlsInfo};
+use crate::envelope::Target;
+
+/// How long a client may take to complete a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Reads per readiness event before other connections get their turn (sōzu's bound).
+const MAX_TURNS: usize = 16;
+
+/// What a deadline check asks of the loop.
+pub(crate) enum Tick {
+    Idle,
+    /// The session has something to say (its 421 after an idle timeout).
+    Pump,
+    Close,
+}
+
+/// What a pump asks of the loop.
+pub(crate) enum Status {
+    Open,
+    /// The connection is finished; the loop deregisters and drops it.
+    Closed(&'static str),
+}
+
+enum ReadResult {
+    Data(usize),
+    WouldBlock,
+    Eof,
+}
+
+pub(crate) struct Conn {
+    pub(crate) id: SessionId,
+    stream: Stream,
+    /// Boxed so that an idle plaintext connection does not carry rustls's footprint.
+    tls: Option<Box<rustls::ServerConnection>>,
+    session: Session<ConnPolicy>,
+    inbuf: Vec<u8>,
+    pub(crate) listener: Arc<ListenerRt>,
+    /// STARTTLS was answered with 220; TLS begins once that reply is on the wire.
+    starttls_pending: bool,
+    handshake_deadline: Option<Instant>,
+    /// Edge-triggered readiness that this connection has not yet drained.
+    pub(crate) readable: bool,
+    registered: Option<Interest>,
+    close_reason: Option<&'static str>,
+}
+
+impl Conn {
+    pub(crate) fn new(id: SessionId, stream: Stream, origin: Origin, listener: Arc<ListenerRt>, now: Instant) -> Conn {
+        let policy = ConnPolicy::new(Arc::clone(&listener.config), origin, listener.tag.clone());
+        let session = Session::new(Arc::clone(&listener.session), policy, now);
+        let mut conn = Conn {
+            id,
+            stream,
+            tls: None,
+            session,
+            inbuf: Vec::new(),
+            listener,
+            starttls_pending: false,
+            handshake_deadline: None,
+            readable: true,
+            registered: None,
+            close_reason: None,
+        };
+        if conn.listener.smtps {
+            conn.start_tls(now);
+        }
+        conn
+    }
+
+    pub(crate) fn origin(&self) -> &Origin {
+        self.session.policy().origin()
+    }
+
+    fn start_tls(&mut self, now: Instant) {
+        let Some(config) = self.listener.tls.as_ref() else {
+            return;
+        };
+        match rustls::ServerConnection::new(Arc::clone(config)) {
+            Ok(tls) => {
+                self.tls = Some(Box::new(tls));
+                self.handshake_deadline = Some(now + HANDSHAKE_TIMEOUT);
+            }
+            Err(e) => {
+                log::warn!("{} smtp tls setup failed: {e}", self.id);
+                self.close_reason = Some("tls-setup");
+            }
+        }
+    }
+
+    /// Runs the connection as far as it can go without blocking.
+    pub(crate) fn pump(&mut self, scratch: &mut [u8], ctx: &mut super::event_loop::LoopCtx<'_>, now: Instant) -> Status {
+        if let Some(reason) = self.close_reason {
+            return Status::Closed(reason);
+        }
+        for _ in 0..MAX_TURNS {
+            let mut progressed = self.feed_inbuf(now);
+            if self.can_read() {
+                match self.read(scratch) {
+                    Ok(ReadResult::Data(n)) => {
+                        self.feed(&scratch[..n], now);
+                        progressed = true;
+                    }
+                    Ok(ReadResult::WouldBlock) => self.readable = false,
+                    Ok(ReadResult::Eof) => {
+                        self.session.handle_eof();
+                        self.readable = false;
+                        self.close_reason.get_or_insert("eof");
+                    }
+                    Err(e) => return self.fail("io-error", &e),
+                }
+            }
+            while let Some(event) = self.session.poll_event() {
+                self.on_event(event, ctx, now);
+            }
+            if let Err(e) = self.flush() {
+                return self.fail("io-error", &e);
+            }
+            if self.starttls_pending && !self.has_output() {
+                self.starttls_pending = false;
+                self.start_tls(now);
+                progressed = true;
+            }
+            if let Some(reason) = self.close_reason {
+                if !self.has_output() || reason == "eof" {
+                    return Status::Closed(reason);
+                }
+            }
+            if self.session.is_closing() && !self.has_output() {
+                return Status::Closed(self.close_reason.unwrap_or("quit"));
+            }
+            if !progressed {
+                break;
+            }
+        }
+        Status::Open
+    }
+
+    fn fail(&mut self, reason: &'static str, e: &dyn std::fmt::Display) -> Status {
+        log::debug!("{} smtp connection error: {e}", self.id);
+        Status::Closed(reason)
+    }
+
+    fn can_read(&self) -> bool {
+        if self.starttls_pending || self.close_reason.is_some() {
+            return false;
+        }
+        let handshaking = self.tls.as_ref().is_some_and(|t| t.is_handshaking());
+        self.readable && (handshaking || self.session.wants_read())
+    }
+
+    /// Offers input kept from an earlier turn (a partial line, or commands pipelined behind
+    /// a message that was being committed).
+    fn feed_inbuf(&mut self, now: Instant) -> bool {
+        if self.inbuf.is_empty() || !self.session.wants_read() || self.starttls_pending {
+            return false;
+        }
+        let n = self.session.handle_input(&self.inbuf, now);
+        self.inbuf.drain(..n);
+        if self.inbuf.is_empty() {
+            // Give back a buffer that a burst grew: idle connections must stay small.
+            self.inbuf = Vec::new();
+        }
+        n > 0
+    }
+
+    fn feed(&mut self, data: &[u8], now: Instant) {
+        if self.inbuf.is_empty() {
+            let n = self.session.handle_input(data, now);
+            if n < data.len() {
+                self.inbuf.extend_from_slice(&data[n..]);
+            }
+        } else {
+            self.inbuf.extend_from_slice(data);
+            self.feed_inbuf(now);
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<ReadResult> {
+        let Some(tls) = self.tls.as_mut() else {
+            return match self.stream.read(buf) {
+                Ok(0) => Ok(ReadResult::Eof),
+                Ok(n) => Ok(ReadResult::Data(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadResult::WouldBlock),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(ReadResult::Data(0)),
+                Err(e) => Err(e),
+            };
+        };
+        loop {
+            match tls.reader().read(buf) {
+                Ok(0) => return Ok(ReadResult::Eof),
+                Ok(n) => return Ok(ReadResult::Data(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(ReadResult::Eof),
+                Err(e) => return Err(e),
+            }
+            let was_handshaking = tls.is_handshaking();
+            match tls.read_tls(&mut self.stream) {
+                Ok(0) => return Ok(ReadResult::Eof),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadResult::WouldBlock),
+                Err(e) => return Err(e),
+            }
+            if let Err(e) = tls.process_new_packets() {
+                // Send the alert rustls queued, best effort, then give up on this peer.
+                let _ = tls.write_tls(&mut self.stream);
+                log::info!("{} smtp tls handshake failed: {e}", self.id);
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            if was_handshaking && !tls.is_handshaking() {
+                self.handshake_deadline = None;
+                let info = crate::tls::describe(tls);
+                if let Some((version, cipher, bits)) = info {
+                    log::info!("{} smtp tls ciphers={version}:{cipher}:{bits}", self.id);
+                    self.session.handle_tls(TlsInfo { version, cipher, bits });
+                }
+                // Let the pump see the session's new state before reading on.
+                return Ok(ReadResult::Data(0));
+            }
+        }
+    }
+
+    fn has_output(&self) -> bool {
+        !self.session.output().is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        loop {
+            let out = self.session.output();
+            let Some(tls) = self.tls.as_mut() else {
+                if out.is_empty() {
+                    return Ok(());
+                }
+                match self.stream.write(out) {
+                    Ok(n) => self.session.consume_output(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+                continue;
+            };
+            if !out.is_empty() {
+                let n = tls.writer().write(out)?;
+                self.session.consume_output(n);
+            }
+            if !tls.wants_write() {
+                return Ok(());
+            }
+            match tls.write_tls(&mut self.stream) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event<Vec<Target>>, ctx: &mut super::event_loop::LoopCtx<'_>, now: Instant) {
+        match event {
+            Event::StartTls => {
+                self.starttls_pending = true;
+                self.inbuf = Vec::new();
+                let _ = now;
+            }
+            Event::Message(message) => self.submit(message, ctx),
+            Event::Close(reason) => {
+                self.close_reason.get_or_insert(close_reason(&reason));
+            }
+        }
+    }
+
+    fn submit(&mut self, message: Message<Vec<Target>>, ctx: &mut super::event_loop::LoopCtx<'_>) {
+        let proto = self.proto(&message);
+        log::info!(
+            "{} smtp message msgid={} size={} nrcpt={} proto={}",
+            self.id,
+            message.id,
+            message.size,
+            message.rcpts.len(),
+            proto
+        );
+        let received = super::message::received_header(self, &message, proto);
+        ctx.submit(self.id, message, received);
+    }
+
+    fn proto(&self, message: &Message<Vec<Target>>) -> &'static str {
+        let tls = message.tls.is_some();
+        let auth = matches!(self.origin(), Origin::Socket);
+        match (message.esmtp, tls, auth) {
+            (false, _, _) => "SMTP",
+            (true, false, false) => "ESMTP",
+            (true, true, false) => "ESMTPS",
+            (true, false, true) => "ESMTPA",
+            (true, true, true) => "ESMTPSA",
+        }
+    }
+
+    pub(crate) fn session_mut(&mut self) -> &mut Session<ConnPolicy> {
+        &mut self.session
+    }
+
+    /// Handles idle and handshake deadlines.
+    pub(crate) fn on_tick(&mut self, now: Instant) -> Tick {
+        if self.handshake_deadline.is_some_and(|d| now >= d) {
+            log::info!("{} smtp tls handshake timed out", self.id);
+            return Tick::Close;
+        }
+        if self.session.poll_timeout().is_some_and(|d| now >= d) {
+            self.session.handle_timeout(now);
+            return Tick::Pump;
+        }
+        Tick::Idle
+    }
+
+    /// Tells a client that is not mid-delivery that the server is stopping (best effort:
+    /// the socket is closed right after).
+    pub(crate) fn notify_shutdown(&mut self) {
+        const BYE: &[u8] = b"421 4.3.0 Server shutting down\r\n";
+        match self.tls.as_mut() {
+            Some(tls) if !tls.is_handshaking() => {
+                let _ = tls.writer().write_all(BYE);
+                let _ = tls.write_tls(&mut self.stream);
+            }
+            Some(_) => {}
+            None => {
+                let _ = self.stream.write_all(BYE);
+            }
+        }
+    }
+
+    /// The readiness this connection needs next.
+    pub(crate) fn interest(&self) -> Interest {
+        if self.has_output() {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        }
+    }
+
+    pub(crate) fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        let want = self.interest();
+        match self.registered {
+            Some(have) if have == want => Ok(()),
+            Some(_) => {
+                self.registered = Some(want);
+                registry.reregister(&mut self.stream, token, want)
+            }
+            None => {
+                self.registered = Some(want);
+                registry.register(&mut self.stream, token, want)
+            }
+        }
+    }
+
+    pub(crate) fn deregister(&mut self, registry: &Registry) {
+        if self.registered.take().is_some() {
+            let _ = registry.deregister(&mut self.stream);
+        }
+    }
+
+    /// Closes politely: a TLS close_notify, best effort, then the socket drops.
+    pub(crate) fn shutdown(&mut self) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.send_close_notify();
+            let _ = tls.write_tls(&mut self.stream);
+        }
+    }
+
+    pub(crate) fn tls_info(&self) -> Option<TlsInfo> {
+        self.tls.as_ref().and_then(|t| crate::tls::describe(t)).map(|(version, cipher, bits)| TlsInfo { version, cipher, bits })
+    }
+}
+
+fn close_reason(reason: &CloseReason) -> &'static str {
+    match reason {
+        CloseReason::Quit => "quit",
+        CloseReason::Timeout => "timeout",
+        CloseReason::TooManyErrors => "too-many-errors",
+        CloseReason::Eof => "eof",
+        #[allow(unreachable_patterns)]
+        _ => "closed",
+    }
+}

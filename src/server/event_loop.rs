@@ -1,0 +1,372 @@
+//! One event loop: a mio `Poll` on one thread, owning its listeners and connections.
+//! Connections live in a slab indexed by token. Delivery verdicts come back on a channel
+//! with a `Waker`; the loop hands each to its session, which alone may then send the 250.
+//!
+//! Invariant: nothing here blocks except `Poll::poll`; file writes happen on delivery threads.
+
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::deliver::{self, Job, Mail, Outcome as Delivered};
+use crate::envelope::{MsgId, Origin, SessionId, Target};
+use crate::server::conn::{Conn, Status, Tick};
+use crate::server::stream::Stream;
+use crate::server::ListenerRt;
+use crate::smtp::{Message, Outcome};
+
+const WAKER: Token = Token(0);
+const LISTENER_BASE: usize = 1;
+const CONN_BASE: usize = 1 << 16;
+/// Read buffer shared by every connection of the loop.
+const SCRATCH: usize = 64 * 1024;
+/// How often idle and handshake deadlines are checked.
+const TICK: Duration = Duration::from_secs(1);
+/// How long a stopping loop waits for in-flight deliveries before it gives up on them
+/// (their clients get no 250, so they retry: nothing is lost).
+const DRAIN: Duration = Duration::from_secs(30);
+
+pub(crate) enum ListenSocket {
+    Tcp(mio::net::TcpListener),
+    Unix(mio::net::UnixListener),
+}
+
+/// A listening socket handed to a loop, with what its sessions need.
+pub(crate) struct LoopListener {
+    pub(crate) key: String,
+    pub(crate) socket: ListenSocket,
+    pub(crate) rt: Arc<ListenerRt>,
+}
+
+pub(crate) enum Command {
+    Listen(LoopListener),
+    /// Same socket, new settings (a reload changed its TLS or session limits).
+    Update { key: String, rt: Arc<ListenerRt> },
+    Unlisten { key: String },
+    Stop,
+}
+
+/// A delivery's result, addressed to the connection that waits for it.
+pub(crate) struct Verdict {
+    slot: usize,
+    sid: SessionId,
+    msgid: MsgId,
+    outcome: Delivered,
+}
+
+/// What a connection may use of its loop while it pumps.
+pub(crate) struct LoopCtx<'a> {
+    pool: &'a deliver::Pool,
+    verdicts: &'a Sender<Verdict>,
+    waker: &'a Arc<Waker>,
+    slot: usize,
+    inflight: bool,
+}
+
+impl LoopCtx<'_> {
+    pub(crate) fn submit(&mut self, sid: SessionId, message: Message<Vec<Target>>, received: Vec<u8>) {
+        let msgid = message.id;
+        let targets: Vec<Target> = message.rcpts.into_iter().flat_map(|(_, t)| t).collect();
+        let mail = Mail { id: msgid, return_path: message.mail_from, received, body: message.body };
+        let (tx, waker, slot) = (self.verdicts.clone(), Arc::clone(self.waker), self.slot);
+        let done = Box::new(move |outcome: Delivered| {
+            // The loop may be gone at shutdown; then the client simply never sees a 250.
+            if tx.send(Verdict { slot, sid, msgid, outcome }).is_ok() {
+                let _ = waker.wake();
+            }
+        });
+        self.pool.submit(Job { mail: Arc::new(mail), targets, done });
+        self.inflight = true;
+    }
+}
+
+pub(crate) struct EventLoop {
+    poll: Poll,
+    waker: Arc<Waker>,
+    listeners: Vec<Option<LoopListener>>,
+    conns: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    live: usize,
+    max_sessions: usize,
+    pool: Arc<deliver::Pool>,
+    verdict_tx: Sender<Verdict>,
+    verdict_rx: Receiver<Verdict>,
+    commands: Receiver<Command>,
+    again: Vec<usize>,
+    stopping: Option<Instant>,
+}
+
+struct Slot {
+    conn: Conn,
+    /// A message of this connection is with the delivery threads.
+    inflight: bool,
+}
+
+impl EventLoop {
+    pub(crate) fn new(commands: Receiver<Command>, pool: Arc<deliver::Pool>, max_sessions: usize) -> io::Result<(EventLoop, Arc<Waker>)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (verdict_tx, verdict_rx) = crossbeam_channel::unbounded();
+        let ev = EventLoop {
+            poll,
+            waker: Arc::clone(&waker),
+            listeners: Vec::new(),
+            conns: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            max_sessions,
+            pool,
+            verdict_tx,
+            verdict_rx,
+            commands,
+            again: Vec::new(),
+            stopping: None,
+        };
+        Ok((ev, waker))
+    }
+
+    pub(crate) fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut scratch = vec![0u8; SCRATCH];
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let timeout = if self.again.is_empty() { next_tick.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("event loop poll failed: {e}");
+                    return;
+                }
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {}
+                    Token(t) if t >= CONN_BASE => {
+                        let slot = t - CONN_BASE;
+                        if let Some(Some(s)) = self.conns.get_mut(slot) {
+                            s.conn.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+                        }
+                        self.pump(slot, &mut scratch, now);
+                    }
+                    Token(t) => self.accept(t - LISTENER_BASE, now),
+                }
+            }
+            self.drain_verdicts(&mut scratch, now);
+            if self.drain_commands(now) {
+                return;
+            }
+            for slot in std::mem::take(&mut self.again) {
+                self.pump(slot, &mut scratch, now);
+            }
+            if now >= next_tick {
+                next_tick = now + TICK;
+                self.tick(&mut scratch, now);
+            }
+            if let Some(since) = self.stopping {
+                let waiting = self.conns.iter().flatten().any(|s| s.inflight);
+                if !waiting || now.duration_since(since) > DRAIN {
+                    self.close_all();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, index: usize, now: Instant) {
+        loop {
+            let Some(Some(listener)) = self.listeners.get_mut(index) else {
+                return;
+            };
+            let rt = Arc::clone(&listener.rt);
+            let accepted = match &listener.socket {
+                ListenSocket::Tcp(l) => l.accept().map(|(s, addr)| (Stream::Tcp(s), Origin::Tcp(addr.ip()))),
+                ListenSocket::Unix(l) => l.accept().map(|(s, _)| (Stream::Unix(s), Origin::Socket)),
+            };
+            match accepted {
+                Ok((stream, origin)) => self.admit(stream, origin, rt, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and friends: leave the rest in the backlog for the next event.
+                    log::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: Stream, origin: Origin, rt: Arc<ListenerRt>, now: Instant) {
+        let id = super::ids::session_id();
+        let addr = match &origin {
+            Origin::Socket => "local".to_owned(),
+            Origin::Tcp(ip) => ip.to_string(),
+        };
+        if self.live >= self.max_sessions || self.stopping.is_some() {
+            log::warn!("{id} smtp disconnected reason=too-many-sessions address={addr}");
+            // Best effort on a fresh socket: the reply fits any send buffer.
+            let _ = stream.write_all(b"421 4.3.2 Too many connections, try again later\r\n");
+            return;
+        }
+        log::info!("{id} smtp connected address={addr}");
+        let conn = Conn::new(id, stream, origin, rt, now);
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.conns.push(None);
+                self.conns.len() - 1
+            }
+        };
+        self.conns[slot] = Some(Slot { conn, inflight: false });
+        self.live += 1;
+        self.again.push(slot);
+    }
+
+    fn pump(&mut self, slot: usize, scratch: &mut [u8], now: Instant) {
+        let Some(Some(s)) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let mut ctx = LoopCtx { pool: &self.pool, verdicts: &self.verdict_tx, waker: &self.waker, slot, inflight: false };
+        let status = s.conn.pump(scratch, &mut ctx, now);
+        s.inflight |= ctx.inflight;
+        match status {
+            Status::Closed(reason) => self.close(slot, reason),
+            Status::Open => {
+                if let Err(e) = s.conn.register(self.poll.registry(), Token(CONN_BASE + slot)) {
+                    log::warn!("{} smtp register failed: {e}", s.conn.id);
+                    self.close(slot, "io-error");
+                    return;
+                }
+                if s.conn.readable && s.conn.session_mut().wants_read() {
+                    self.again.push(slot);
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, slot: usize, reason: &str) {
+        let Some(mut s) = self.conns.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        s.conn.shutdown();
+        s.conn.deregister(self.poll.registry());
+        log::info!("{} smtp disconnected reason={reason}", s.conn.id);
+        self.live -= 1;
+        self.free.push(slot);
+    }
+
+    fn drain_verdicts(&mut self, scratch: &mut [u8], now: Instant) {
+        while let Ok(v) = self.verdict_rx.try_recv() {
+            let Some(Some(s)) = self.conns.get_mut(v.slot) else {
+                continue;
+            };
+            if s.conn.id != v.sid {
+                continue; // the client left; its slot was reused
+            }
+            s.inflight = false;
+            let outcome = match &v.outcome {
+                Delivered::Ok => Outcome::Ok,
+                Delivered::TempFail(cause) => Outcome::TempFail(cause.to_string()),
+                Delivered::PermFail(cause) => Outcome::PermFail(cause.to_string()),
+            };
+            log::info!("{} delivery msgid={} result={}", v.sid, v.msgid, result_name(&v.outcome));
+            s.conn.readable = true;
+            s.conn.session_mut().handle_commit(v.msgid, outcome);
+            self.pump(v.slot, scratch, now);
+        }
+    }
+
+    /// Returns true when the loop must exit at once.
+    fn drain_commands(&mut self, now: Instant) -> bool {
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                Command::Listen(mut l) => {
+                    let index = self.listeners.len();
+                    let token = Token(LISTENER_BASE + index);
+                    let registered = match &mut l.socket {
+                        ListenSocket::Tcp(s) => self.poll.registry().register(s, token, Interest::READABLE),
+                        ListenSocket::Unix(s) => self.poll.registry().register(s, token, Interest::READABLE),
+                    };
+                    match registered {
+                        Ok(()) => self.listeners.push(Some(l)),
+                        Err(e) => log::error!("listener {}: {e}", l.key),
+                    }
+                }
+                Command::Update { key, rt } => {
+                    for l in self.listeners.iter_mut().flatten().filter(|l| l.key == key) {
+                        l.rt = Arc::clone(&rt);
+                    }
+                }
+                Command::Unlisten { key } => self.unlisten(|k| k == key),
+                Command::Stop => {
+                    self.unlisten(|_| true);
+                    self.stopping.get_or_insert(now);
+                    self.refuse_idle();
+                }
+            }
+        }
+        false
+    }
+
+    fn unlisten(&mut self, mut which: impl FnMut(&str) -> bool) {
+        for entry in self.listeners.iter_mut() {
+            if entry.as_ref().is_some_and(|l| which(&l.key)) {
+                if let Some(mut l) = entry.take() {
+                    let _ = match &mut l.socket {
+                        ListenSocket::Tcp(s) => self.poll.registry().deregister(s),
+                        ListenSocket::Unix(s) => self.poll.registry().deregister(s),
+                    };
+                }
+            }
+        }
+    }
+
+    /// At shutdown, every session not waiting for a delivery is told so and closed; those
+    /// waiting get their verdict first (the drain in `run`).
+    fn refuse_idle(&mut self) {
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().filter(|s| !s.inflight).map(|_| i))
+            .collect();
+        for slot in idle {
+            if let Some(Some(s)) = self.conns.get_mut(slot) {
+                s.conn.notify_shutdown();
+            }
+            self.close(slot, "shutdown");
+        }
+    }
+
+    fn close_all(&mut self) {
+        for slot in 0..self.conns.len() {
+            if let Some(Some(s)) = self.conns.get_mut(slot) {
+                s.conn.notify_shutdown();
+            }
+            self.close(slot, "shutdown");
+        }
+    }
+
+    fn tick(&mut self, scratch: &mut [u8], now: Instant) {
+        for slot in 0..self.conns.len() {
+            let Some(Some(s)) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            match s.conn.on_tick(now) {
+                Tick::Idle => {}
+                Tick::Pump => self.pump(slot, scratch, now),
+                Tick::Close => self.close(slot, "timeout"),
+            }
+        }
+    }
+}
+
+fn result_name(outcome: &Delivered) -> &'static str {
+    match outcome {
+        Delivered::Ok => "Ok",
+        Delivered::TempFail(_) => "TempFail",
+        Delivered::PermFail(_) => "PermFail",
+    }
+}

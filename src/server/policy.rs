@@ -1,0 +1,66 @@
+//! The server's answer to the session's questions: which recipients are accepted, and
+//! where each one's copy must go. It applies the configuration's `match` rules and resolves
+//! the action's targets at RCPT time, so an unknown user gets 550 5.1.1 there, not a bounce.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::envelope::{Envelope, MsgId, Origin, Target};
+use crate::resolve::{self, ResolveError};
+use crate::rules::{self, Decision};
+use crate::smtp::{Policy, Reply, TxContext};
+use crate::users::SystemUsers;
+
+pub(crate) struct ConnPolicy {
+    config: Arc<Config>,
+    origin: Origin,
+    tag: Option<String>,
+}
+
+impl ConnPolicy {
+    pub(crate) fn new(config: Arc<Config>, origin: Origin, tag: Option<String>) -> ConnPolicy {
+        ConnPolicy { config, origin, tag }
+    }
+
+    pub(crate) fn origin(&self) -> &Origin {
+        &self.origin
+    }
+}
+
+impl Policy for ConnPolicy {
+    type Rcpt = Vec<Target>;
+
+    fn new_msgid(&mut self) -> MsgId {
+        super::ids::msg_id()
+    }
+
+    fn check_mail(&mut self, _ctx: &TxContext<'_>) -> Result<(), Reply> {
+        Ok(())
+    }
+
+    fn check_rcpt(&mut self, ctx: &TxContext<'_>, rcpt: &str) -> Result<Vec<Target>, Reply> {
+        let env = Envelope {
+            origin: &self.origin,
+            rdns: None,
+            tag: self.tag.as_deref(),
+            tls: ctx.tls,
+            auth: ctx.auth,
+            mail_from: ctx.mail_from,
+            rcpt,
+        };
+        match rules::decide(&self.config, &env) {
+            Decision::Deliver(action) => {
+                resolve::resolve(&self.config, action, &env, &SystemUsers).map_err(|e| refusal(&e))
+            }
+            Decision::Reject | Decision::NoMatch => Err(Reply::new(550, "5.7.1", "Delivery not authorized, message refused")),
+        }
+    }
+}
+
+fn refusal(err: &ResolveError) -> Reply {
+    match err {
+        ResolveError::UnknownUser(_) => Reply::new(550, "5.1.1", "Invalid recipient"),
+        #[allow(unreachable_patterns)]
+        _ => Reply::new(451, "4.3.0", "Temporary failure"),
+    }
+}
