@@ -1,0 +1,225 @@
+//! Shared harness for the integration tests: runs the real `mxd` binary on 127.0.0.1 with a
+//! configuration and spool in a temporary directory, and reads what lands in its Maildirs.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MXD: &str = env!("CARGO_BIN_EXE_mxd");
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+pub fn uid_gid() -> (u32, u32) {
+    (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw())
+}
+
+/// A running mxd. Dropping it kills the process.
+pub struct Mxd {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub conf: PathBuf,
+}
+
+/// The usual test configuration: one plain listener on `port`, joseph and alice as users
+/// with homes in the temp dir, everything from anywhere delivered to their Maildirs.
+pub fn basic_conf(dir: &Path, port: u16) -> String {
+    let (uid, gid) = uid_gid();
+    let d = dir.display();
+    format!(
+        r#"spool "{d}/spool"
+hostname "mx.test"
+table users {{ joseph = "{uid}:{gid}:{d}/home/joseph", alice = "{uid}:{gid}:{d}/home/alice" }}
+table aliases {{ root = "joseph", team = "joseph, alice" }}
+listen on 127.0.0.1 port {port}
+action "local" maildir alias <aliases> userbase <users>
+match from any for domain "test" action "local"
+match from any for local action "local"
+"#
+    )
+}
+
+impl Mxd {
+    /// Starts mxd on `conf` (a function of the temp dir and a free port) with extra env vars.
+    pub fn start_with(conf: impl FnOnce(&Path, u16) -> String, env: &[(&str, &str)]) -> Mxd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let path = dir.path().join("smtpd.conf");
+        std::fs::write(&path, conf(dir.path(), port)).expect("write conf");
+        let log = std::fs::File::create(dir.path().join("mxd.log")).expect("log file");
+        let mut cmd = Command::new(MXD);
+        cmd.arg("-d").arg("-v").arg("-f").arg(&path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn mxd");
+        let mut mxd = Mxd { child: Some(child), dir, port, conf: path };
+        mxd.wait_ready();
+        mxd
+    }
+
+    pub fn start() -> Mxd {
+        Mxd::start_with(basic_conf, &[])
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("mxd exited early with {status}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("mxd did not listen on {}:\n{}", self.port, self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mxd.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), sig).expect("signal mxd");
+    }
+
+    /// SIGTERM, then wait for the exit status (bounded).
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("mxd did not exit in {limit:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("kill -9");
+        let _ = child.wait();
+    }
+
+    pub fn maildir(&self, user: &str) -> PathBuf {
+        self.dir.path().join("home").join(user).join("Maildir")
+    }
+
+    /// Every message in `user`'s Maildir new/, sorted by file name.
+    pub fn messages(&self, user: &str) -> Vec<Vec<u8>> {
+        read_dir_files(&self.maildir(user).join("new"))
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.port)
+    }
+}
+
+impl Drop for Mxd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn read_dir_files(dir: &Path) -> Vec<Vec<u8>> {
+    let mut names: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.flatten().map(|e| e.path()).collect(),
+        Err(_) => return Vec::new(),
+    };
+    names.sort();
+    names.iter().map(|p| std::fs::read(p).expect("read message")).collect()
+}
+
+pub fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|rd| rd.count()).unwrap_or(0)
+}
+
+/// A raw SMTP client for the error paths: sends bytes, reads whole replies.
+pub struct Client {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        let reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut c = Client { stream, reader };
+        let greeting = c.reply();
+        assert!(greeting.starts_with("220 "), "greeting: {greeting}");
+        c
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// One full reply (all its lines), or "" when the server closed the connection.
+    pub fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return all,
+                Ok(_) => {}
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    }
+
+    /// Sends one command line and returns its reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// True once the server has closed the connection (reads EOF), within the read timeout.
+    pub fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 256];
+        loop {
+            match self.reader.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// Runs a python3 script with arguments; returns stdout, panicking with stderr on failure.
+pub fn python(script: &str, args: &[&str]) -> String {
+    let out = Command::new("python3").arg("-c").arg(script).args(args).output().expect("python3");
+    assert!(out.status.success(), "python3 failed: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,332 @@
+//! Receive and deliver (issue 3), against the real daemon on 127.0.0.1 with python3's
+//! smtplib and raw sockets; the Maildir is read back from disk.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{count_files, python, Mxd};
+
+const SEND_ONE: &str = r#"
+import smtplib, sys
+port, rcpts = int(sys.argv[1]), sys.argv[2].split(",")
+msg = sys.argv[3].encode().replace(b"\\n", b"\r\n")
+with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test") as s:
+    s.ehlo("client.test")
+    refused = s.sendmail("sender@example.org", rcpts, msg)
+    print("refused", refused)
+"#;
+
+fn body_of(stored: &[u8]) -> &[u8] {
+    let at = stored.windows(2).position(|w| w == b"\n\n").expect("header/body separator");
+    &stored[at + 2..]
+}
+
+#[test]
+fn smtplib_message_lands_in_maildir_with_headers() {
+    let mxd = Mxd::start();
+    let out = python(SEND_ONE, &[&mxd.port.to_string(), "joseph@test", "Subject: hi\\n\\nHello, EHLO!\\n.dot line\\n"]);
+    assert!(out.contains("refused {}"), "{out}");
+    let msgs = mxd.messages("joseph");
+    assert_eq!(msgs.len(), 1, "{}", mxd.log());
+    let text = String::from_utf8_lossy(&msgs[0]);
+    assert!(text.starts_with("Return-Path: <sender@example.org>\nDelivered-To: joseph@test\nReceived: from client.test"), "{text}");
+    assert!(text.contains("by mx.test (mxd) with ESMTP id "), "{text}");
+    assert!(text.contains("for <joseph@test>;"), "{text}");
+    assert!(!text.contains('\r'), "stored with LF endings");
+    assert_eq!(body_of(&msgs[0]), b"Hello, EHLO!\n.dot line\n");
+    // Maildir layout and modes.
+    let md = mxd.maildir("joseph");
+    for sub in ["tmp", "new", "cur"] {
+        let meta = std::fs::metadata(md.join(sub)).expect("subdir");
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o700);
+    }
+    assert_eq!(count_files(&md.join("tmp")), 0);
+    let log = mxd.log();
+    assert!(log.contains("smtp connected") && log.contains("smtp message msgid=") && log.contains("result=Ok"), "{log}");
+}
+
+#[test]
+fn multiple_recipients_alias_and_list() {
+    let mxd = Mxd::start();
+    let out = python(SEND_ONE, &[&mxd.port.to_string(), "joseph@test,root@test,team@test,nobody@test", "Subject: many\\n\\nbody\\n"]);
+    assert!(out.contains("nobody@test") && out.contains("550"), "unknown user refused at RCPT: {out}");
+    // joseph directly, via root and via team; alice via team.
+    assert_eq!(mxd.messages("joseph").len(), 3, "{}", mxd.log());
+    assert_eq!(mxd.messages("alice").len(), 1);
+}
+
+#[test]
+fn fifty_clients_twenty_messages_each_exactly_once() {
+    let mxd = Mxd::start();
+    let script = r#"
+import smtplib, sys, threading
+port = int(sys.argv[1])
+errors = []
+def client(c):
+    try:
+        with smtplib.SMTP("127.0.0.1", port) as s:
+            for m in range(20):
+                body = "Message-ID: <%d.%d@load>\r\nSubject: load\r\n\r\n" % (c, m) + ("line %d %d\r\n" % (c, m)) * (1 + (c * m) % 50)
+                s.sendmail("load@example.org", ["joseph@test" if m % 2 else "alice@test"], body)
+    except Exception as e:
+        errors.append(repr(e))
+ts = [threading.Thread(target=client, args=(c,)) for c in range(50)]
+[t.start() for t in ts]; [t.join() for t in ts]
+print("errors", errors)
+"#;
+    let out = python(script, &[&mxd.port.to_string()]);
+    assert!(out.contains("errors []"), "{out}");
+    let mut seen = std::collections::BTreeMap::new();
+    for (user, parity) in [("joseph", 1), ("alice", 0)] {
+        for msg in mxd.messages(user) {
+            let text = String::from_utf8(msg).expect("utf8");
+            let id = text.split("Message-ID: <").nth(1).and_then(|s| s.split('>').next()).expect("id").to_owned();
+            let (c, m): (usize, usize) = {
+                let mut it = id.trim_end_matches("@load").split('.').map(|x| x.parse().expect("n"));
+                (it.next().expect("c"), it.next().expect("m"))
+            };
+            assert_eq!(m % 2, parity, "{id} in {user}");
+            let expect = format!("line {c} {m}\n").repeat(1 + (c * m) % 50);
+            assert_eq!(String::from_utf8_lossy(body_of(text.as_bytes())), expect, "{id}");
+            *seen.entry(id).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(seen.len(), 1000, "every message once");
+    assert!(seen.values().all(|&n| n == 1));
+}
+
+#[test]
+fn pipelined_transaction_answered_in_order() {
+    let mxd = Mxd::start();
+    let mut c = mxd.connect();
+    let ehlo = c.cmd("EHLO client.test");
+    for ext in ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SIZE ", "SMTPUTF8"] {
+        assert!(ehlo.contains(ext), "EHLO lacks {ext}: {ehlo}");
+    }
+    assert!(!ehlo.contains("STARTTLS"), "no pki, no STARTTLS: {ehlo}");
+    c.send(b"MAIL FROM:<a@example.org> BODY=8BITMIME SIZE=100\r\nRCPT TO:<joseph@test>\r\nRCPT TO:<nobody@test>\r\nRCPT TO:<alice@test>\r\nDATA\r\n");
+    assert!(c.reply().starts_with("250 2.0.0"));
+    assert!(c.reply().starts_with("250 2.1.5"));
+    assert!(c.reply().starts_with("550 5.1.1"));
+    assert!(c.reply().starts_with("250 2.1.5"));
+    assert!(c.reply().starts_with("354 "));
+    c.send("Subject: 8bit\r\n\r\nDaß ist schön\r\n.\r\nRSET\r\nNOOP\r\nQUIT\r\n".as_bytes());
+    let accepted = c.reply();
+    assert!(accepted.starts_with("250 2.0.0"), "{accepted}");
+    assert!(c.reply().starts_with("250 2.0.0"));
+    assert!(c.reply().starts_with("250 2.0.0"));
+    assert!(c.reply().starts_with("221 2.0.0"));
+    assert_eq!(body_of(&mxd.messages("joseph")[0]), "Daß ist schön\n".as_bytes());
+    assert_eq!(mxd.messages("alice").len(), 1);
+}
+
+#[test]
+fn commands_out_of_sequence_and_unknown() {
+    let mxd = Mxd::start();
+    let mut c = mxd.connect();
+    assert!(c.cmd("MAIL FROM:<a@b.example>").starts_with("503 5.5.1"), "MAIL before HELO");
+    assert!(c.cmd("HELO client.test").starts_with("250 "));
+    assert!(c.cmd("RCPT TO:<joseph@test>").starts_with("503 5.5.1"));
+    assert!(c.cmd("DATA").starts_with("503 5.5.1"));
+    assert!(c.cmd("FOO bar").starts_with("500 5.5.1"));
+    assert!(c.cmd("VRFY joseph").starts_with("252 "));
+    assert!(c.cmd("HELP").starts_with("214"));
+    assert!(c.cmd("MAIL FROM:<no-at-sign").starts_with("501 "));
+    assert!(c.cmd("QUIT").starts_with("221 "));
+}
+
+#[test]
+fn command_line_too_long() {
+    let mxd = Mxd::start();
+    let mut c = mxd.connect();
+    c.cmd("EHLO client.test");
+    let long = format!("NOOP {}", "x".repeat(600));
+    let r = c.cmd(&long);
+    assert!(r.starts_with("500 5."), "{r}");
+    assert!(c.cmd("NOOP").starts_with("250"), "session goes on");
+}
+
+#[test]
+fn message_too_large_is_552_and_session_continues() {
+    let mxd = Mxd::start_with(|d, p| common::basic_conf(d, p) + "smtp max-message-size 10K\n", &[]);
+    let mut c = mxd.connect();
+    let ehlo = c.cmd("EHLO client.test");
+    assert!(ehlo.contains("SIZE 10240"), "{ehlo}");
+    assert!(c.cmd("MAIL FROM:<a@example.org> SIZE=20000").starts_with("552 5.3.4"));
+    assert!(c.cmd("MAIL FROM:<a@example.org>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<joseph@test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let line = format!("{}\r\n", "y".repeat(70));
+    for _ in 0..2000 {
+        c.send(line.as_bytes());
+    }
+    c.send(b".\r\n");
+    let r = c.reply();
+    assert!(r.starts_with("552 5.3.4"), "{r}");
+    assert!(c.cmd("NOOP").starts_with("250"));
+    assert!(mxd.messages("joseph").is_empty());
+}
+
+#[test]
+fn too_many_recipients() {
+    let mxd = Mxd::start_with(|d, p| common::basic_conf(d, p) + "smtp limit max-rcpt 3\n", &[]);
+    let mut c = mxd.connect();
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<a@example.org>");
+    for _ in 0..3 {
+        assert!(c.cmd("RCPT TO:<joseph@test>").starts_with("250"));
+    }
+    let r = c.cmd("RCPT TO:<joseph@test>");
+    assert!(r.starts_with("452 4.5.3"), "{r}");
+}
+
+#[test]
+fn too_many_errors_closes_with_421() {
+    let mxd = Mxd::start();
+    let mut c = mxd.connect();
+    let mut last = String::new();
+    for _ in 0..30 {
+        last = c.cmd("BOGUS");
+        if last.starts_with("421") || last.is_empty() {
+            break;
+        }
+    }
+    assert!(last.starts_with("421"), "{last}");
+    assert!(c.closed());
+}
+
+#[test]
+fn idle_session_gets_421_and_is_closed() {
+    let mxd = Mxd::start_with(common::basic_conf, &[("MXD_SMTP_TIMEOUT", "2")]);
+    let mut c = mxd.connect();
+    c.cmd("EHLO client.test");
+    let r = c.reply();
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+    assert!(c.closed());
+}
+
+#[test]
+fn smuggling_bare_lf_dot_is_refused() {
+    let mxd = Mxd::start();
+    let mut c = mxd.connect();
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<a@example.org>");
+    c.cmd("RCPT TO:<joseph@test>");
+    assert!(c.cmd("DATA").starts_with("354"));
+    // The classic payload: a bare-LF "end of data" followed by a smuggled transaction.
+    c.send(b"Subject: outer\r\n\r\nhello\n.\nMAIL FROM:<evil@example.org>\nRCPT TO:<alice@test>\nDATA\nsmuggled\n.\r\n");
+    let r = c.reply();
+    assert!(r.starts_with('5'), "bare LF refused: {r}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(mxd.messages("alice").is_empty(), "smuggled message delivered");
+    assert!(mxd.messages("joseph").is_empty(), "message with bare LF delivered");
+}
+
+#[test]
+fn hostile_recipients_cannot_leave_the_maildir() {
+    let mxd = Mxd::start_with(
+        |d, p| {
+            common::basic_conf(d, p).replace(
+                "action \"local\" maildir alias <aliases> userbase <users>",
+                &format!("action \"local\" maildir \"{}/boxes/%{{rcpt.user}}\" user joseph userbase <users>", d.display()),
+            )
+        },
+        &[],
+    );
+    let mut c = mxd.connect();
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<a@example.org>");
+    for rcpt in ["<../../x@test>", "<a/b@test>", "<..@test>", "<\"../x\"@test>"] {
+        let r = c.cmd(&format!("RCPT TO:{rcpt}"));
+        assert!(r.starts_with('5') || r.starts_with('4'), "{rcpt}: {r}");
+    }
+    assert!(!mxd.path().join("x").exists());
+    assert!(!mxd.path().join("boxes").join("a").exists());
+}
+
+#[test]
+fn no_matching_rule_is_550_5_7_1() {
+    let mxd = Mxd::start();
+    let mut c = mxd.connect();
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<a@example.org>");
+    let r = c.cmd("RCPT TO:<someone@elsewhere.example>");
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+}
+
+#[test]
+fn sigterm_exits_zero() {
+    let mut mxd = Mxd::start();
+    python(SEND_ONE, &[&mxd.port.to_string(), "joseph@test", "Subject: x\\n\\nx\\n"]);
+    let status = mxd.stop();
+    assert!(status.success(), "{status:?}\n{}", mxd.log());
+    assert_eq!(mxd.messages("joseph").len(), 1);
+}
+
+#[test]
+fn sighup_with_broken_config_keeps_serving_and_good_config_adds_listener() {
+    let mut mxd = Mxd::start();
+    let good = std::fs::read_to_string(&mxd.conf).expect("conf");
+    std::fs::write(&mxd.conf, "this is not a config\n").expect("write");
+    mxd.signal(nix::sys::signal::Signal::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    python(SEND_ONE, &[&mxd.port.to_string(), "joseph@test", "Subject: still\\n\\nx\\n"]);
+    assert_eq!(mxd.messages("joseph").len(), 1);
+    assert!(mxd.log().contains("reload failed"), "{}", mxd.log());
+    let second = common::free_port();
+    std::fs::write(&mxd.conf, format!("{good}listen on 127.0.0.1 port {second}\n")).expect("write");
+    mxd.signal(nix::sys::signal::Signal::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", second)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "new listener: {}", mxd.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    python(SEND_ONE, &[&second.to_string(), "joseph@test", "Subject: new\\n\\nx\\n"]);
+    assert_eq!(mxd.messages("joseph").len(), 2);
+    assert!(mxd.stop().success());
+}
+
+#[test]
+fn kill9_during_load_loses_nothing_that_got_250() {
+    let mut mxd = Mxd::start();
+    let script = r#"
+import smtplib, sys, threading, time
+port, secs = int(sys.argv[1]), float(sys.argv[2])
+ok = []; lock = threading.Lock()
+def client(c):
+    m = 0
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+            while True:
+                body = "Message-ID: <%d.%d@k9>\r\n\r\n" % (c, m) + "x" * 2000 + "\r\n"
+                s.sendmail("load@example.org", ["joseph@test"], body)
+                with lock: ok.append("%d.%d@k9" % (c, m))
+                m += 1
+    except Exception:
+        pass
+ts = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(8)]
+[t.start() for t in ts]
+time.sleep(secs)
+with lock: print("\n".join(ok)); sys.stdout.flush()
+import os; os._exit(0)
+"#;
+    let port = mxd.port.to_string();
+    let handle = std::thread::spawn(move || python(script, &[&port, "3.0"]));
+    std::thread::sleep(Duration::from_millis(1500));
+    mxd.kill9();
+    let acked: Vec<String> = handle.join().expect("client").lines().map(str::to_owned).collect();
+    assert!(!acked.is_empty(), "some messages were accepted before the kill");
+    let stored: Vec<String> = mxd
+        .messages("joseph")
+        .iter()
+        .map(|m| {
+            let t = String::from_utf8_lossy(m).into_owned();
+            assert!(t.ends_with(&format!("{}\n", "x".repeat(2000))), "half-written message in new/");
+            t.split("Message-ID: <").nth(1).and_then(|s| s.split('>').next()).expect("id").to_owned()
+        })
+        .collect();
+    for id in &acked {
+        assert!(stored.contains(id), "{id} got 250 but is not in new/");
+    }
+}
