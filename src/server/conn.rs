@@ -96,7 +96,7 @@ impl Conn {
         match rustls::ServerConnection::new(Arc::clone(config)) {
             Ok(tls) => {
                 self.tls = Some(Box::new(tls));
-                self.handshake_deadline = Some(now + HANDSHAKE_TIMEOUT);
+                self.handshake_deadline = Some(now + HANDSHAKE_TIMEOUT.min(self.listener.session.idle_timeout));
             }
             Err(e) => {
                 log::warn!("{} smtp tls setup failed: {e}", self.id);
