@@ -1,7 +1,7 @@
 //! mxd: a small mail transfer agent that reads OpenSMTPD's smtpd.conf(5), receives mail over
 //! SMTP (plain, STARTTLS, smtps) on one mio event loop per core, and delivers it durably into
-//! Maildir or mbox, or queues it for relay. The final 250 after DATA is sent only once every
-//! recipient's copy is fsynced to disk.
+//! Maildir or mbox. The final 250 after DATA is sent only once every recipient's copy is
+//! fsynced to disk.
 //!
 //! Layers, from the network inward (see ARCHITECTURE.md):
 //! - [`server`] owns sockets and drives the sans-IO [`smtp`] sessions and rustls.
@@ -15,11 +15,11 @@ pub mod config;
 pub mod deliver;
 pub mod envelope;
 pub mod headers;
+pub mod logging;
 pub mod resolve;
 pub mod rules;
+pub mod server;
 pub mod smtp;
 pub mod table;
-pub mod users;
-pub mod logging;
-pub mod server;
 pub mod tls;
+pub mod users;

@@ -1,1 +1,91 @@
-//! (placeholder: filled in by its owner)
+//! `match` evaluation: a pure function of the configuration and an envelope. Rules are
+//! tried in order; the first whose every condition holds decides.
+
+use crate::config::{Action, CondKind, Config, Matcher, Verdict};
+use crate::envelope::{Envelope, Origin};
+use crate::table::{domain_matches, ip_matches};
+
+#[derive(Debug)]
+pub enum Decision<'c> {
+    Deliver(&'c Action),
+    Reject,
+    /// No rule matched: 550 5.7.1.
+    NoMatch,
+}
+
+pub fn decide<'c>(config: &'c Config, env: &Envelope<'_>) -> Decision<'c> {
+    for rule in &config.rules {
+        if rule.conds.iter().all(|c| holds(config, &c.kind, env) != c.negate) {
+            return match &rule.verdict {
+                Verdict::Reject => Decision::Reject,
+                Verdict::Action(name) => config.actions.get(name).map_or(Decision::NoMatch, Decision::Deliver),
+            };
+        }
+    }
+    Decision::NoMatch
+}
+
+fn domain_of(addr: &str) -> &str {
+    addr.rsplit_once('@').map_or("", |(_, d)| d)
+}
+
+/// `for local`: no domain, localhost, this host's names, or one of its address literals.
+pub fn is_local_domain(config: &Config, domain: &str) -> bool {
+    let d = domain.to_lowercase();
+    if d.is_empty() || d == "localhost" || d == "localhost.localdomain" || d == config.hostname.to_lowercase() {
+        return true;
+    }
+    if let Some(ip) = d.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+        let ip = ip.trim_start_matches("ipv6:");
+        return ip.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || local_addr(config, ip));
+    }
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).is_some_and(|h| h.eq_ignore_ascii_case(&d))
+}
+
+fn local_addr(config: &Config, ip: std::net::IpAddr) -> bool {
+    config.listeners.iter().any(|l| matches!(&l.kind, crate::config::ListenKind::Inet { addrs } if addrs.iter().any(|a| a.ip() == ip)))
+}
+
+/// A literal or table matcher applied with `f` to each entry.
+fn matches_with(config: &Config, m: &Matcher, f: impl Fn(&str) -> bool) -> bool {
+    match m {
+        Matcher::Value(v) => f(&v.to_lowercase()),
+        Matcher::Table(t) => config.table(t).is_some_and(|t| t.keys().any(f)),
+    }
+}
+
+fn holds(config: &Config, cond: &CondKind, env: &Envelope<'_>) -> bool {
+    let rcpt = env.rcpt.to_lowercase();
+    match cond {
+        CondKind::FromAny | CondKind::ForAny => true,
+        CondKind::FromLocal => env.origin.is_local(),
+        CondKind::FromSocket => matches!(env.origin, Origin::Socket),
+        CondKind::FromSrc(m) => match env.origin {
+            Origin::Tcp(ip) => matches_with(config, m, |e| ip_matches(e, *ip)),
+            Origin::Socket => false,
+        },
+        CondKind::FromAuth(m) => match (env.auth, m) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(user), Some(m)) => matches_with(config, m, |e| e == user.to_lowercase()),
+        },
+        CondKind::FromRdns(m) => match (env.rdns, m) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(name), Some(m)) => matches_with(config, m, |e| domain_matches(e, &name.to_lowercase())),
+        },
+        CondKind::FromMailFrom(m) => address_matches(config, m, &env.mail_from.to_lowercase()),
+        CondKind::ForLocal => is_local_domain(config, domain_of(env.rcpt)),
+        CondKind::ForDomain(m) => matches_with(config, m, |e| domain_matches(e, domain_of(&rcpt))),
+        CondKind::ForRcptTo(m) => address_matches(config, m, &rcpt),
+        CondKind::Tls => env.tls,
+        CondKind::Tag(t) => env.tag == Some(t.as_str()),
+        CondKind::Helo(_) => false,
+    }
+}
+
+/// Mailbox matching as OpenSMTPD's: a full address, or `@domain` for any user there.
+fn address_matches(config: &Config, m: &Matcher, addr: &str) -> bool {
+    let domain = domain_of(addr);
+    matches_with(config, m, |e| e == addr || e.strip_prefix('@').is_some_and(|d| d == domain))
+}

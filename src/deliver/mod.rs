@@ -1,1 +1,74 @@
-//! (placeholder)
+//! Delivery threads: write each message's copies to Maildir (or mbox) durably, in batches,
+//! and report the verdict through the job's `done` callback. The only code that writes into
+//! users' homes lives here (`fs.rs`).
+//!
+//! Guarantees: `done(Outcome::Ok)` is called only once every copy of the message is in its
+//! `new/` (file fsynced, renamed, directory fsynced) or appended and fsynced to its mbox. Any
+//! failure before that leaves no copy in any `new/` and reports `TempFail`.
+
+mod fs;
+mod maildir;
+mod mbox;
+mod pool;
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use pool::Pool;
+
+use crate::envelope::{MsgId, Target};
+
+/// A message as the delivery threads write it: the pieces are written one after the other,
+/// so the body is never copied per recipient.
+#[derive(Debug)]
+pub struct Mail {
+    pub id: MsgId,
+    /// Reverse path, without brackets ("" for the null sender).
+    pub return_path: String,
+    /// This hop's Received header, LF-terminated.
+    pub received: Vec<u8>,
+    /// Headers and body as received, LF line endings.
+    pub body: Vec<u8>,
+}
+
+/// One message and the places it must land; `done` receives the verdict on a delivery thread.
+pub struct Job {
+    pub mail: Arc<Mail>,
+    pub targets: Vec<Target>,
+    pub done: Box<dyn FnOnce(Outcome) + Send>,
+}
+
+/// A delivery verdict; mirrors the log's `result=Ok|TempFail|PermFail`.
+#[derive(Debug)]
+pub enum Outcome {
+    Ok,
+    TempFail(Cause),
+    PermFail(Cause),
+}
+
+/// What failed, where, and the system's error.
+#[derive(Debug)]
+pub struct Cause {
+    pub op: &'static str,
+    pub path: PathBuf,
+    pub error: io::Error,
+}
+
+impl Cause {
+    fn new(op: &'static str, path: impl Into<PathBuf>, error: impl Into<io::Error>) -> Cause {
+        Cause { op, path: path.into(), error: error.into() }
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.op, self.path.display(), self.error)
+    }
+}
+
+/// Delivery threads: enough to overlap one batch's fsyncs with the next batch's writes.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4)
+}

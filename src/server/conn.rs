@@ -382,10 +382,6 @@ impl Conn {
             let _ = tls.write_tls(&mut self.stream);
         }
     }
-
-    pub(crate) fn tls_info(&self) -> Option<TlsInfo> {
-        self.tls.as_ref().and_then(|t| crate::tls::describe(t)).map(|(version, cipher, bits)| TlsInfo { version, cipher, bits })
-    }
 }
 
 fn close_reason(reason: &CloseReason) -> &'static str {

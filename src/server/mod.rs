@@ -117,7 +117,7 @@ pub fn run(config: Config, reloader: Reloader) -> Result<(), StartError> {
     bound.apply(plan, &handles)?;
     log::info!("mxd started: {} event loops, {} listeners, hostname {}", loops, bound.keys.len(), config.hostname);
 
-    signal_loop(config, &reloader, &mut bound, &handles);
+    signal_loop(&reloader, &mut bound, &handles);
 
     for h in &handles {
         h.send(Command::Stop);
@@ -133,7 +133,7 @@ pub fn run(config: Config, reloader: Reloader) -> Result<(), StartError> {
     Ok(())
 }
 
-fn signal_loop(mut config: Arc<Config>, reloader: &Reloader, bound: &mut Bound, handles: &[LoopHandle]) {
+fn signal_loop(reloader: &Reloader, bound: &mut Bound, handles: &[LoopHandle]) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
@@ -148,10 +148,7 @@ fn signal_loop(mut config: Arc<Config>, reloader: &Reloader, bound: &mut Bound, 
             return;
         }
         match reload(reloader, bound, handles) {
-            Ok(new) => {
-                config = new;
-                log::info!("configuration reloaded from {}", config.file.display());
-            }
+            Ok(config) => log::info!("configuration reloaded from {}", config.file.display()),
             Err(e) => log::error!("reload failed, keeping the running configuration: {e}"),
         }
     }

@@ -52,15 +52,18 @@ impl Policy for ConnPolicy {
             Decision::Deliver(action) => {
                 resolve::resolve(&self.config, action, &env, &SystemUsers).map_err(|e| refusal(&e))
             }
-            Decision::Reject | Decision::NoMatch => Err(Reply::new(550, "5.7.1", "Delivery not authorized, message refused")),
+            Decision::Reject | Decision::NoMatch => Err(Reply::fixed(550, "5.7.1", "Delivery not authorized, message refused")),
         }
     }
 }
 
 fn refusal(err: &ResolveError) -> Reply {
+    log::debug!("recipient refused: {err}");
     match err {
-        ResolveError::UnknownUser(_) => Reply::new(550, "5.1.1", "Invalid recipient"),
-        #[allow(unreachable_patterns)]
-        _ => Reply::new(451, "4.3.0", "Temporary failure"),
+        ResolveError::UnknownUser(_) => Reply::fixed(550, "5.1.1", "Invalid recipient"),
+        ResolveError::Loop(_) => Reply::fixed(550, "5.4.6", "Alias loop or expansion too deep"),
+        ResolveError::BadPath(_) => Reply::fixed(550, "5.1.3", "Invalid recipient: unsafe mailbox name"),
+        ResolveError::Unsupported(_) => Reply::fixed(550, "5.3.3", "Delivery method not supported"),
+        ResolveError::Refused(_) => Reply::fixed(550, "5.7.1", "Delivery not authorized, message refused"),
     }
 }

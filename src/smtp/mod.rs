@@ -1,1 +1,16 @@
-//! (placeholder)
+//! The SANS-IO SMTP core: bytes in, replies and events out. No sockets, no files, no clock
+//! reads (time is an argument), so the fuzz targets and unit tests drive it directly.
+//!
+//! Untrusted input: nothing here panics on any byte sequence, and memory is bounded by the
+//! limits in [`SessionConfig`].
+
+pub mod address;
+pub mod command;
+pub mod data;
+pub mod reply;
+pub mod session;
+
+pub use reply::Reply;
+pub use session::{
+    AcceptAll, CloseReason, Event, Message, Outcome, Policy, Session, SessionConfig, TlsInfo, TlsPolicy, TxContext,
+};

@@ -1,0 +1,192 @@
+//! The delivery threads and their group commit. A thread takes one job, then whatever else
+//! is waiting (up to `MAX_BATCH`), and:
+//! 1. writes every copy of every job into its tmp/ (a job whose copy fails is undone whole);
+//! 2. makes the batch durable: one syncfs(2) per file system on Linux, one fsync(2) per file
+//!    elsewhere;
+//! 3. renames every copy into new/ and fsyncs each distinct new/ directory once;
+//! 4. reports each job's verdict.
+//! So the fsync latency is paid once per batch, not once per message.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::maildir::{self, Staged};
+use super::mbox::{self, Appended};
+use super::{Cause, Job, Mail, Outcome};
+use crate::envelope::Target;
+use crate::headers;
+
+/// Jobs per batch: bounds the latency a batch adds and the descriptors it holds open.
+const MAX_BATCH: usize = 128;
+
+pub struct Pool {
+    tx: Option<Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    pub fn start(threads: usize, hostname: &str) -> Pool {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let host: Arc<str> = maildir::safe_host(hostname).into();
+        let threads = (0..threads.max(1))
+            .filter_map(|i| {
+                let (rx, host) = (rx.clone(), Arc::clone(&host));
+                std::thread::Builder::new().name(format!("deliver-{i}")).spawn(move || run(&rx, &host)).ok()
+            })
+            .collect();
+        Pool { tx: Some(tx), threads }
+    }
+
+    /// Queues a job. The channel is unbounded, but each session has at most one message in
+    /// flight, so what waits here is bounded by the number of sessions.
+    pub fn submit(&self, job: Job) {
+        let Some(tx) = &self.tx else {
+            return (job.done)(Outcome::TempFail(Cause::new("submit", "", std::io::Error::other("delivery stopped"))));
+        };
+        if let Err(e) = tx.send(job) {
+            (e.0.done)(Outcome::TempFail(Cause::new("submit", "", std::io::Error::other("delivery stopped"))));
+        }
+    }
+
+    /// Finishes every queued job, then joins the threads.
+    pub fn shutdown(mut self) {
+        self.tx = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(rx: &Receiver<Job>, host: &str) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        deliver_batch(batch, host);
+    }
+}
+
+/// One job's progress through the batch.
+struct Pending {
+    job: Job,
+    staged: Vec<Staged>,
+    appended: Vec<Appended>,
+    failed: Option<Cause>,
+}
+
+impl Pending {
+    fn fail(&mut self, cause: Cause) {
+        for s in self.staged.drain(..) {
+            s.discard();
+        }
+        for a in &mut self.appended {
+            a.rollback();
+        }
+        self.failed.get_or_insert(cause);
+    }
+}
+
+fn deliver_batch(batch: Vec<Job>, host: &str) {
+    let mut pending: Vec<Pending> = batch.into_iter().map(|job| stage_job(job, host)).collect();
+    make_durable(&mut pending);
+    publish(&mut pending);
+    for p in pending {
+        let outcome = match p.failed {
+            None => Outcome::Ok,
+            Some(cause) => {
+                log::warn!("delivery msgid={} failed: {cause}", p.job.mail.id);
+                Outcome::TempFail(cause)
+            }
+        };
+        (p.job.done)(outcome);
+    }
+}
+
+fn stage_job(job: Job, host: &str) -> Pending {
+    let mut p = Pending { staged: Vec::new(), appended: Vec::new(), failed: None, job };
+    let mail: &Mail = &p.job.mail;
+    let return_path = headers::return_path(&mail.return_path);
+    for target in &p.job.targets {
+        let result = match target {
+            Target::Maildir { dir, owner, delivered_to } => {
+                let dt = headers::delivered_to(delivered_to);
+                maildir::stage(dir, *owner, &[&return_path, &dt, &mail.received, &mail.body], host).map(|s| p.staged.push(s))
+            }
+            Target::Mbox { path, owner, delivered_to } => {
+                let dt = headers::delivered_to(delivered_to);
+                mbox::append(path, *owner, &mail.return_path, &[&return_path, &dt, &mail.received, &mail.body]).map(|a| p.appended.push(a))
+            }
+            Target::Relay { action, .. } => Err(Cause::new(
+                "relay",
+                action.as_str(),
+                std::io::Error::other("relay queue not available in this build"),
+            )),
+        };
+        if let Err(cause) = result {
+            p.fail(cause);
+            break;
+        }
+    }
+    p
+}
+
+/// Step 2: the data of every staged copy reaches the disk.
+fn make_durable(pending: &mut [Pending]) {
+    #[cfg(target_os = "linux")]
+    {
+        // One syncfs per file system covers every file of the batch on it.
+        let mut by_dev: BTreeMap<u64, Result<(), String>> = BTreeMap::new();
+        for p in pending.iter() {
+            for s in &p.staged {
+                by_dev.entry(s.dev).or_insert_with(|| s.syncfs().map_err(|c| c.to_string()));
+            }
+        }
+        for p in pending.iter_mut() {
+            let err = p.staged.iter().find_map(|s| match by_dev.get(&s.dev) {
+                Some(Err(e)) => Some(Cause::new("syncfs", &s.path, std::io::Error::other(e.clone()))),
+                _ => None,
+            });
+            if let Some(cause) = err {
+                p.fail(cause);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    for p in pending.iter_mut() {
+        if let Some(cause) = p.staged.iter().find_map(|s| s.fsync_file().err()) {
+            p.fail(cause);
+        }
+    }
+}
+
+/// Step 3: rename into new/, then one fsync per distinct new/ directory.
+fn publish(pending: &mut [Pending]) {
+    for p in pending.iter_mut() {
+        if let Some(cause) = p.staged.iter().find_map(|s| s.publish().err()) {
+            // Renames within one directory practically cannot fail once the data is on disk;
+            // if one does, copies already in new/ stay (the client's retry may duplicate
+            // them) and the rest are removed, and the client gets a 451.
+            p.fail(cause);
+        }
+    }
+    let mut synced: BTreeMap<(u64, u64), bool> = BTreeMap::new();
+    for p in pending.iter_mut() {
+        let mut err = None;
+        for s in &p.staged {
+            let ok = *synced.entry(s.new_id).or_insert_with(|| s.fsync_new_dir().is_ok());
+            if !ok && err.is_none() {
+                err = Some(Cause::new("fsync", &s.path, std::io::Error::other("directory fsync failed")));
+            }
+        }
+        if let Some(cause) = err {
+            p.failed.get_or_insert(cause);
+        }
+    }
+}

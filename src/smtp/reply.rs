@@ -1,0 +1,95 @@
+//! Every reply mxd sends, in one place, with OpenSMTPD's wording and RFC 3463 enhanced codes.
+
+use std::borrow::Cow;
+use std::io::Write;
+
+/// One SMTP reply: code, enhanced status code, text. Multi-line replies (EHLO, HELP) are
+/// built by the session directly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub enhanced: &'static str,
+    pub text: Cow<'static, str>,
+}
+
+impl Reply {
+    /// A reply with a fixed text.
+    pub const fn fixed(code: u16, enhanced: &'static str, text: &'static str) -> Reply {
+        Reply { code, enhanced, text: Cow::Borrowed(text) }
+    }
+
+    /// A reply with a computed text (e.g. a refusal reason from the server's policy).
+    pub fn new(code: u16, enhanced: &'static str, text: impl Into<Cow<'static, str>>) -> Reply {
+        Reply { code, enhanced, text: text.into() }
+    }
+
+    pub fn is_positive(&self) -> bool {
+        self.code < 400
+    }
+
+    /// Appends the wire form. CR and LF in the text cannot split the reply.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let _ = write!(out, "{} ", self.code);
+        if !self.enhanced.is_empty() {
+            out.extend_from_slice(self.enhanced.as_bytes());
+            out.push(b' ');
+        }
+        out.extend(self.text.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+pub const OK: Reply = Reply::fixed(250, "2.0.0", "Ok");
+pub const MAIL_OK: Reply = Reply::fixed(250, "2.1.0", "Ok");
+pub const RCPT_OK: Reply = Reply::fixed(250, "2.1.5", "Destination address valid: Recipient ok");
+pub const RESET: Reply = Reply::fixed(250, "2.0.0", "Reset state");
+pub const DATA_GO: Reply = Reply::fixed(354, "", "Enter mail, end with \".\" on a line by itself");
+pub const BYE: Reply = Reply::fixed(221, "2.0.0", "Bye");
+pub const VRFY: Reply = Reply::fixed(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery");
+pub const STARTTLS_GO: Reply = Reply::fixed(220, "2.0.0", "Ready to start TLS");
+
+pub const UNKNOWN: Reply = Reply::fixed(500, "5.5.1", "Invalid command: Command unrecognized");
+pub const LINE_TOO_LONG: Reply = Reply::fixed(500, "5.5.1", "Invalid command: Line too long");
+pub const NEED_HELO: Reply = Reply::fixed(503, "5.5.1", "Invalid command: Polite people say HELO first");
+pub const NESTED_MAIL: Reply = Reply::fixed(503, "5.5.1", "Invalid command: Only one MAIL FROM allowed");
+pub const NEED_MAIL: Reply = Reply::fixed(503, "5.5.1", "Invalid command: No MAIL FROM command issued");
+pub const NEED_RCPT: Reply = Reply::fixed(503, "5.5.1", "Invalid command: No recipient specified");
+pub const ALREADY_TLS: Reply = Reply::fixed(503, "5.5.1", "Invalid command: TLS already active");
+pub const NO_TLS: Reply = Reply::fixed(502, "5.5.1", "Invalid command: STARTTLS not available");
+pub const NO_AUTH: Reply = Reply::fixed(503, "5.5.1", "Invalid command: AUTH not supported");
+pub const NOT_IMPLEMENTED: Reply = Reply::fixed(502, "5.5.1", "Invalid command: Command not implemented");
+pub const SYNTAX_HELO: Reply = Reply::fixed(501, "5.5.4", "Syntax: HELO/EHLO hostname");
+pub const SYNTAX_MAIL: Reply = Reply::fixed(501, "5.5.4", "Syntax: MAIL FROM:<address>");
+pub const SYNTAX_RCPT: Reply = Reply::fixed(501, "5.5.4", "Syntax: RCPT TO:<address>");
+pub const SYNTAX_NOARG: Reply = Reply::fixed(501, "5.5.4", "Syntax: command takes no parameters");
+pub const BAD_SENDER: Reply = Reply::fixed(553, "5.1.7", "Sender address syntax error");
+pub const BAD_RCPT: Reply = Reply::fixed(553, "5.1.3", "Recipient address syntax error");
+pub const BAD_PARAM: Reply = Reply::fixed(555, "5.5.4", "Unsupported option");
+pub const NEED_SMTPUTF8: Reply = Reply::fixed(553, "5.6.7", "SMTPUTF8 is required for 8-bit addresses");
+pub const TOO_BIG: Reply = Reply::fixed(552, "5.3.4", "Message size exceeds fixed maximum message size");
+pub const LONG_TEXT_LINE: Reply = Reply::fixed(554, "5.6.0", "Message refused: text line longer than 1000 octets");
+pub const BARE_EOL: Reply = Reply::fixed(554, "5.5.2", "Message refused: bare CR or LF in DATA is not allowed");
+pub const TOO_MANY_RCPTS: Reply = Reply::fixed(452, "4.5.3", "Too many recipients");
+pub const TLS_REQUIRED: Reply = Reply::fixed(530, "5.7.0", "Must issue a STARTTLS command first");
+pub const TOO_MANY_ERRORS: Reply = Reply::fixed(421, "4.7.0", "Too many errors, closing connection");
+pub const TIMEOUT: Reply = Reply::fixed(421, "4.4.2", "Timeout exceeded, closing connection");
+pub const TEMPFAIL: Reply = Reply::fixed(451, "4.3.0", "Temporary failure, try again later");
+pub const PERMFAIL: Reply = Reply::fixed(554, "5.0.0", "Transaction failed");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form_and_no_line_breaks_from_text() {
+        let mut out = Vec::new();
+        RCPT_OK.write_to(&mut out);
+        assert_eq!(out, b"250 2.1.5 Destination address valid: Recipient ok\r\n");
+        out.clear();
+        Reply::new(550, "5.1.1", "bad\r\n250 fake").write_to(&mut out);
+        assert_eq!(out, b"550 5.1.1 bad  250 fake\r\n");
+        out.clear();
+        DATA_GO.write_to(&mut out);
+        assert!(out.starts_with(b"354 Enter"));
+    }
+}
