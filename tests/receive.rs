@@ -106,7 +106,7 @@ fn pipelined_transaction_answered_in_order() {
     }
     assert!(!ehlo.contains("STARTTLS"), "no pki, no STARTTLS: {ehlo}");
     c.send(b"MAIL FROM:<a@example.org> BODY=8BITMIME SIZE=100\r\nRCPT TO:<joseph@test>\r\nRCPT TO:<nobody@test>\r\nRCPT TO:<alice@test>\r\nDATA\r\n");
-    assert!(c.reply().starts_with("250 2.0.0"));
+    assert!(c.reply().starts_with("250 2.1.0"));
     assert!(c.reply().starts_with("250 2.1.5"));
     assert!(c.reply().starts_with("550 5.1.1"));
     assert!(c.reply().starts_with("250 2.1.5"));
@@ -299,7 +299,7 @@ def client(c):
     try:
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
             while True:
-                body = "Message-ID: <%d.%d@k9>\r\n\r\n" % (c, m) + "x" * 2000 + "\r\n"
+                body = "Message-ID: <%d.%d@k9>\r\n\r\n" % (c, m) + ("x" * 78 + "\r\n") * 25 + "end\r\n"
                 s.sendmail("load@example.org", ["joseph@test"], body)
                 with lock: ok.append("%d.%d@k9" % (c, m))
                 m += 1
@@ -315,14 +315,14 @@ import os; os._exit(0)
     let handle = std::thread::spawn(move || python(script, &[&port, "3.0"]));
     std::thread::sleep(Duration::from_millis(1500));
     mxd.kill9();
-    let acked: Vec<String> = handle.join().expect("client").lines().map(str::to_owned).collect();
+    let acked: Vec<String> = handle.join().expect("client").lines().filter(|l| !l.is_empty()).map(str::to_owned).collect();
     assert!(!acked.is_empty(), "some messages were accepted before the kill");
     let stored: Vec<String> = mxd
         .messages("joseph")
         .iter()
         .map(|m| {
             let t = String::from_utf8_lossy(m).into_owned();
-            assert!(t.ends_with(&format!("{}\n", "x".repeat(2000))), "half-written message in new/");
+            assert!(t.ends_with(&format!("{}end\n", format!("{}\n", "x".repeat(78)).repeat(25))), "half-written message in new/");
             t.split("Message-ID: <").nth(1).and_then(|s| s.split('>').next()).expect("id").to_owned()
         })
         .collect();

@@ -204,14 +204,15 @@ impl Client {
         self.reply()
     }
 
-    /// True once the server has closed the connection (reads EOF), within the read timeout.
+    /// True once the server has closed the connection (EOF, or a reset because our last
+    /// command arrived after it closed), within the read timeout.
     pub fn closed(&mut self) -> bool {
         let mut buf = [0u8; 256];
         loop {
             match self.reader.read(&mut buf) {
                 Ok(0) => return true,
                 Ok(_) => continue,
-                Err(_) => return false,
+                Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
             }
         }
     }
