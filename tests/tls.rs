@@ -100,7 +100,7 @@ fn openssl_s_client_starttls_and_smtps() {
     let (mxd, tls_port) = tls_mxd("tls", &[]);
     let out = s_client(&["-starttls", "smtp", "-connect", &format!("127.0.0.1:{tls_port}")], "EHLO client.test\r\nQUIT\r\n");
     assert!(out.contains("250-PIPELINING") || out.contains("250 PIPELINING") || out.contains("250-8BITMIME"), "{out}");
-    assert!(out.contains("Protocol  : TLSv1.3") || out.contains("TLSv1.3"), "{out}");
+    assert!(out.contains("Protocol version: TLSv1.3"), "{out}");
     drop(mxd);
     let (mxd, smtps_port) = tls_mxd("smtps", &[]);
     let out = s_client(&["-connect", &format!("127.0.0.1:{smtps_port}")], "EHLO client.test\r\nQUIT\r\n");
@@ -114,7 +114,7 @@ fn s_client(args: &[&str], input: &str) -> String {
     let mut child = Command::new("openssl")
         .arg("s_client")
         .args(args)
-        .args(["-quiet", "-no_ign_eof"])
+        .args(["-brief", "-no_ign_eof"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -219,8 +219,18 @@ with smtplib.SMTP_SSL("127.0.0.1", int(sys.argv[1]), context=ctx) as s:
     python(script, &[&port.to_string()]);
     assert_eq!(mxd.messages("joseph").len(), 1);
     let started = std::time::Instant::now();
-    let n = stalled.read(&mut buf).unwrap_or(0);
-    assert_eq!(n, 0, "stalled handshake closed without data");
+    // The server may send a TLS alert before it closes; what matters is that it closes.
+    let mut eof = false;
+    for _ in 0..4 {
+        match stalled.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                eof = true;
+                break;
+            }
+            Ok(_) => {}
+        }
+    }
+    assert!(eof, "stalled handshake closed");
     assert!(started.elapsed() < Duration::from_secs(9), "stalled handshake timed out");
     assert!(mxd.log().contains("handshake timed out"), "{}", mxd.log());
 }
