@@ -114,7 +114,8 @@ fn tables(c: &mut Checker, defs: Vec<(Origin, String, TableDef)>) -> BTreeMap<St
                 Ok(t) => t,
                 Err(e) => {
                     c.at(&at, ErrorKind::File { path, error: e.to_string() });
-                    continue;
+                    // Stand-in, so that uses of the table do not each report it undefined.
+                    Table::inline_list(&name, Vec::new())
                 }
             },
         };

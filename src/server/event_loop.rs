@@ -69,7 +69,13 @@ pub(crate) struct LoopCtx<'a> {
 impl LoopCtx<'_> {
     pub(crate) fn submit(&mut self, sid: SessionId, message: Message<Vec<Target>>, received: Vec<u8>) {
         let msgid = message.id;
-        let targets: Vec<Target> = message.rcpts.into_iter().flat_map(|(_, t)| t).collect();
+        // Recipients that expand to the same mailbox get one copy (Postfix's duplicate filter).
+        let mut targets: Vec<Target> = Vec::new();
+        for t in message.rcpts.into_iter().flat_map(|(_, t)| t) {
+            if !targets.contains(&t) {
+                targets.push(t);
+            }
+        }
         let mail = Mail { id: msgid, return_path: message.mail_from, received, body: message.body };
         let (tx, waker, slot) = (self.verdicts.clone(), Arc::clone(self.waker), self.slot);
         let done = Box::new(move |outcome: Delivered| {
