@@ -330,3 +330,34 @@ import os; os._exit(0)
         assert!(stored.contains(id), "{id} got 250 but is not in new/");
     }
 }
+
+#[test]
+fn unwritable_maildir_is_451_and_no_recipient_gets_a_copy() {
+    let mxd = Mxd::start_with(
+        |d, p| {
+            // alice's home is a regular file: no Maildir can be made there, even by root.
+            std::fs::write(d.join("alice-home"), "").unwrap();
+            common::basic_conf(d, p).replace(&format!("{}/home/alice", d.display()), &format!("{}/alice-home", d.display()))
+        },
+        &[],
+    );
+    let mut c = mxd.connect();
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<a@example.org>");
+    assert!(c.cmd("RCPT TO:<joseph@test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: both\r\n\r\nbody\r\n.\r\n");
+    let r = c.reply();
+    assert!(r.starts_with("451 4."), "{r}");
+    assert!(mxd.messages("joseph").is_empty(), "joseph got a copy although the message was refused");
+    assert_eq!(count_files(&mxd.maildir("joseph").join("tmp")), 0);
+    assert!(mxd.log().contains("result=TempFail"), "{}", mxd.log());
+    // The service goes on, and joseph alone can be served.
+    c.cmd("MAIL FROM:<a@example.org>");
+    c.cmd("RCPT TO:<joseph@test>");
+    c.cmd("DATA");
+    c.send(b"Subject: one\r\n\r\nbody\r\n.\r\n");
+    assert!(c.reply().starts_with("250 2.0.0"));
+    assert_eq!(mxd.messages("joseph").len(), 1);
+}

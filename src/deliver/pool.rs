@@ -190,3 +190,122 @@ fn publish(pending: &mut [Pending]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::MsgId;
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    fn mail(body: &str) -> Arc<Mail> {
+        Arc::new(Mail { id: MsgId(7), return_path: "a@example.org".into(), received: b"Received: x\n".to_vec(), body: body.as_bytes().to_vec() })
+    }
+
+    fn maildir(dir: &Path) -> Target {
+        Target::Maildir { dir: dir.to_owned(), owner: None, delivered_to: "j@example.org".into() }
+    }
+
+    fn deliver(pool: &Pool, mail: Arc<Mail>, targets: Vec<Target>) -> Outcome {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        pool.submit(Job { mail, targets, done: Box::new(move |o| drop(tx.send(o))) });
+        rx.recv_timeout(Duration::from_secs(20)).expect("verdict")
+    }
+
+    fn files(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+    }
+
+    #[test]
+    fn two_maildirs_byte_exact_and_private() {
+        let t = tempfile::tempdir().unwrap();
+        let pool = Pool::start(2, "host/x:y");
+        let (a, b) = (t.path().join("a/Maildir"), t.path().join("b/Maildir"));
+        assert!(matches!(deliver(&pool, mail("Subject: s\n\nbody\n"), vec![maildir(&a), maildir(&b)]), Outcome::Ok));
+        for dir in [&a, &b] {
+            let new = files(&dir.join("new"));
+            assert_eq!(new.len(), 1);
+            let content = std::fs::read(&new[0]).unwrap();
+            assert_eq!(content, b"Return-Path: <a@example.org>\nDelivered-To: j@example.org\nReceived: x\nSubject: s\n\nbody\n");
+            let name = new[0].file_name().unwrap().to_string_lossy().into_owned();
+            assert!(name.ends_with(".host\\057x\\072y"), "{name}");
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&new[0]).unwrap().permissions().mode() & 0o777, 0o600);
+            assert!(files(&dir.join("tmp")).is_empty());
+            assert!(dir.join("cur").is_dir());
+        }
+        pool.shutdown();
+    }
+
+    #[test]
+    fn symlinked_new_is_refused_and_nothing_is_written() {
+        let t = tempfile::tempdir().unwrap();
+        let md = t.path().join("Maildir");
+        let elsewhere = t.path().join("elsewhere");
+        std::fs::create_dir_all(md.join("tmp")).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, md.join("new")).unwrap();
+        let pool = Pool::start(1, "h");
+        assert!(matches!(deliver(&pool, mail("x\n"), vec![maildir(&md)]), Outcome::TempFail(_)));
+        assert!(files(&elsewhere).is_empty());
+        assert!(files(&md.join("tmp")).is_empty());
+        // A symlinked Maildir itself is refused too.
+        let md2 = t.path().join("Maildir2");
+        std::os::unix::fs::symlink(&elsewhere, &md2).unwrap();
+        assert!(matches!(deliver(&pool, mail("x\n"), vec![maildir(&md2)]), Outcome::TempFail(_)));
+        assert!(files(&elsewhere).is_empty());
+    }
+
+    #[test]
+    fn one_failing_recipient_leaves_nothing_for_any() {
+        let t = tempfile::tempdir().unwrap();
+        let good = t.path().join("good/Maildir");
+        // A file where a directory must be: unwritable even for root.
+        std::fs::write(t.path().join("blocked"), "").unwrap();
+        let bad = t.path().join("blocked/Maildir");
+        let pool = Pool::start(1, "h");
+        let outcome = deliver(&pool, mail("x\n"), vec![maildir(&good), maildir(&bad)]);
+        assert!(matches!(&outcome, Outcome::TempFail(c) if c.path.starts_with(t.path().join("blocked"))), "{outcome:?}");
+        assert!(files(&good.join("new")).is_empty());
+        assert!(files(&good.join("tmp")).is_empty());
+    }
+
+    #[test]
+    fn many_jobs_from_many_threads_land_once() {
+        let t = tempfile::tempdir().unwrap();
+        let md = t.path().join("Maildir");
+        let pool = Arc::new(Pool::start(3, "h"));
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let (pool, md) = (Arc::clone(&pool), md.clone());
+                std::thread::spawn(move || {
+                    for j in 0..25 {
+                        assert!(matches!(deliver(&pool, mail(&format!("n {i} {j}\n")), vec![maildir(&md)]), Outcome::Ok));
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        let mut bodies: Vec<String> = files(&md.join("new")).iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+        bodies.sort();
+        bodies.dedup();
+        assert_eq!(bodies.len(), 200);
+    }
+
+    #[test]
+    fn mbox_append_and_rollback_on_failure() {
+        let t = tempfile::tempdir().unwrap();
+        let mbox = t.path().join("joseph");
+        let target = Target::Mbox { path: mbox.clone(), owner: None, delivered_to: "joseph@h".into() };
+        let pool = Pool::start(1, "h");
+        assert!(matches!(deliver(&pool, mail("From me\nbody\n"), vec![target.clone()]), Outcome::Ok));
+        let first = std::fs::read_to_string(&mbox).unwrap();
+        assert!(first.starts_with("From a@example.org ") && first.contains("\n>From me\nbody\n\n"), "{first}");
+        std::fs::write(t.path().join("blocked"), "").unwrap();
+        let outcome = deliver(&pool, mail("second\n"), vec![target, maildir(&t.path().join("blocked/M"))]);
+        assert!(matches!(outcome, Outcome::TempFail(_)));
+        assert_eq!(std::fs::read_to_string(&mbox).unwrap(), first, "failed message rolled back");
+    }
+}
