@@ -361,3 +361,21 @@ fn unwritable_maildir_is_451_and_no_recipient_gets_a_copy() {
     assert!(c.reply().starts_with("250 2.0.0"));
     assert_eq!(mxd.messages("joseph").len(), 1);
 }
+
+#[test]
+fn sessions_past_the_limit_get_421_at_accept() {
+    // One loop; 64 descriptors are kept for files and listeners, so 100 leaves 36 sessions.
+    let mxd = Mxd::start_with(|d, p| common::basic_conf(d, p) + "threads 1\n", &[("ULIMIT_N", "100")]);
+    let held: Vec<common::Client> = (0..36).map(|_| mxd.connect()).collect();
+    let mut extra = std::net::TcpStream::connect(("127.0.0.1", mxd.port)).expect("connect");
+    extra.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reply = String::new();
+    std::io::Read::read_to_string(&mut extra, &mut reply).expect("read");
+    assert!(reply.starts_with("421 4.3.2"), "{reply:?}");
+    assert!(mxd.log().contains("reason=too-many-sessions"), "{}", mxd.log());
+    drop(held);
+    // Room again once the others leave.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = mxd.connect();
+    assert!(c.cmd("NOOP").starts_with("250"));
+}

@@ -304,3 +304,51 @@ fn sighup_reloads_certificates() {
     let after = s_client(&["-connect", &format!("127.0.0.1:{port}")], "QUIT\r\n");
     assert!(after.contains("new.test"), "{after}\n{}", mxd.log());
 }
+
+#[test]
+fn tls_require_verify_wants_a_client_certificate_from_the_ca() {
+    let port = common::free_port();
+    let mxd = Mxd::start_with(
+        move |d, p| {
+            let (crt, key) = ec_cert(d, "mx.test", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+            let (ca_crt, ca_key) = ec_cert(d, "ca.test", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+            // A client certificate signed by that CA.
+            let dir = d.display();
+            let script = format!(
+                "set -e; cd {dir}; openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out client.key 2>/dev/null; \
+                 openssl req -new -key client.key -subj /CN=node.test -out client.csr; \
+                 printf 'basicConstraints=CA:FALSE\\nkeyUsage=digitalSignature\\nextendedKeyUsage=clientAuth\\n' > ext; \
+                 openssl x509 -req -in client.csr -CA {} -CAkey {} -CAcreateserial -days 30 -extfile ext -out client.crt 2>/dev/null",
+                ca_crt.display(),
+                ca_key.display()
+            );
+            run("sh", &["-c", &script]);
+            format!(
+                "pki mx.test cert \"{}\"\npki mx.test key \"{}\"\nca clients cert \"{}\"\n{}listen on 127.0.0.1 port {port} tls-require verify pki mx.test ca clients\n",
+                crt.display(), key.display(), ca_crt.display(), common::basic_conf(d, p)
+            )
+        },
+        &[],
+    );
+    let script = r#"
+import smtplib, ssl, sys
+port, cert = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+if cert != "none":
+    ctx.load_cert_chain(cert + ".crt", cert + ".key")
+try:
+    with smtplib.SMTP("127.0.0.1", port) as s:
+        s.starttls(context=ctx)
+        s.sendmail("a@example.org", ["joseph@test"], b"Subject: verified\r\n\r\nx\r\n")
+    print("sent")
+except Exception as e:
+    print("refused", type(e).__name__)
+"#;
+    let without = python(script, &[&port.to_string(), "none"]);
+    assert!(without.starts_with("refused"), "{without}");
+    assert!(mxd.messages("joseph").is_empty());
+    let client = mxd.path().join("client");
+    let with = python(script, &[&port.to_string(), client.to_str().unwrap()]);
+    assert_eq!(with.trim(), "sent", "{}", mxd.log());
+    assert_eq!(mxd.messages("joseph").len(), 1);
+}

@@ -53,9 +53,17 @@ impl Mxd {
         let path = dir.path().join("smtpd.conf");
         std::fs::write(&path, conf(dir.path(), port)).expect("write conf");
         let log = std::fs::File::create(dir.path().join("mxd.log")).expect("log file");
-        let mut cmd = Command::new(MXD);
+        // ("ULIMIT_N", n) runs mxd under `ulimit -n n`: the descriptor limit sizes sessions.
+        let mut cmd = match env.iter().find(|(k, _)| *k == "ULIMIT_N") {
+            Some((_, n)) => {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\" \"$@\"")).arg(MXD);
+                c
+            }
+            None => Command::new(MXD),
+        };
         cmd.arg("-d").arg("-v").arg("-f").arg(&path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-        for (k, v) in env {
+        for (k, v) in env.iter().filter(|(k, _)| *k != "ULIMIT_N") {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn mxd");
