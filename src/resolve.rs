@@ -162,3 +162,104 @@ impl Resolver<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load;
+    use crate::envelope::Origin;
+    use crate::users::SystemUsers;
+
+    fn config(body: &str) -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("smtpd.conf");
+        let text = format!(
+            "hostname \"mx.test\"\ntable users {{ joseph = \"1000:1000:/home/joseph\", alice = \"1001:1001:/home/alice\", vmail = \"2000:2000:/var/vmail\" }}\n{body}"
+        );
+        std::fs::write(&path, text).unwrap();
+        let c = load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+        (dir, c)
+    }
+
+    fn run(c: &Config, rcpt: &str) -> Result<Vec<Target>, ResolveError> {
+        let origin = Origin::Tcp("127.0.0.1".parse().unwrap());
+        let env = Envelope { origin: &origin, rdns: None, tag: None, tls: false, auth: None, mail_from: "s@example.org", rcpt };
+        match rules::decide(c, &env) {
+            Decision::Deliver(a) => resolve(c, a, &env, &SystemUsers),
+            other => panic!("{rcpt}: {other:?}"),
+        }
+    }
+
+    fn maildir(dir: &str, to: &str) -> Target {
+        Target::Maildir { dir: dir.into(), owner: Some(Owner { uid: if dir.contains("alice") { 1001 } else { 1000 }, gid: if dir.contains("alice") { 1001 } else { 1000 } }), delivered_to: to.into() }
+    }
+
+    const LOCAL: &str = "action local maildir alias <aliases> userbase <users>\naction out relay host smtp://192.0.2.1\n\
+                         match from any for domain \"test\" action local\nmatch from any for any action out\n";
+
+    #[test]
+    fn aliases_lists_sub_addresses_and_unknown_users() {
+        let (_d, c) = config(&format!("table aliases {{ root = \"joseph\", team = \"joseph, alice\", ops = \"ops@far.example\" }}\n{LOCAL}"));
+        assert_eq!(run(&c, "joseph@test"), Ok(vec![maildir("/home/joseph/Maildir", "joseph@test")]));
+        assert_eq!(run(&c, "Joseph+cron@test"), Ok(vec![maildir("/home/joseph/Maildir", "joseph@test")]));
+        assert_eq!(run(&c, "root@test"), Ok(vec![maildir("/home/joseph/Maildir", "joseph@test")]));
+        assert_eq!(
+            run(&c, "team@test"),
+            Ok(vec![maildir("/home/joseph/Maildir", "joseph@test"), maildir("/home/alice/Maildir", "alice@test")])
+        );
+        // An alias to an address goes through the rules again: here it relays.
+        assert_eq!(run(&c, "ops@test"), Ok(vec![Target::Relay { action: "out".into(), rcpt: "ops@far.example".into() }]));
+        assert_eq!(run(&c, "nobody@test"), Err(ResolveError::UnknownUser("nobody".into())));
+    }
+
+    #[test]
+    fn alias_loops_end() {
+        let (_d, c) = config(&format!("table aliases {{ a = \"b\", b = \"a\", self = \"self, joseph\" }}\n{LOCAL}"));
+        assert_eq!(run(&c, "a@test"), Err(ResolveError::UnknownUser("a".into())));
+        // A name that lists itself is delivered to as a user (if it is one) — here it is not.
+        assert_eq!(run(&c, "self@test"), Err(ResolveError::UnknownUser("self".into())));
+        let deep: String = (0..20).map(|i| format!("l{i} = \"l{}\", ", i + 1)).collect();
+        let (_d, c) = config(&format!("table aliases {{ {deep} l20 = \"joseph\" }}\n{LOCAL}"));
+        assert!(matches!(run(&c, "l0@test"), Err(ResolveError::Loop(_))));
+        assert!(run(&c, "l15@test").is_ok());
+    }
+
+    #[test]
+    fn virtual_tables_and_catch_all() {
+        let (_d, c) = config(
+            "table virt { joseph@v.example = joseph, \"@v.example\" = alice }\n\
+             action v maildir virtual <virt> userbase <users>\nmatch from any for domain \"v.example\" action v\n",
+        );
+        assert_eq!(run(&c, "joseph@v.example"), Ok(vec![maildir("/home/joseph/Maildir", "joseph@v.example")]));
+        assert_eq!(run(&c, "anyone@v.example"), Ok(vec![maildir("/home/alice/Maildir", "alice@v.example")]));
+    }
+
+    #[test]
+    fn user_option_and_templates_refuse_hostile_names() {
+        let (_d, c) = config(
+            "action v maildir \"/var/vmail/%{rcpt.domain}/%{rcpt.user:strip}\" user vmail userbase <users>\n\
+             match from any for any action v\n",
+        );
+        // `user vmail`: vmail owns the files; the path comes from the recipient.
+        assert_eq!(
+            run(&c, "joseph+x@v.example"),
+            Ok(vec![Target::Maildir { dir: "/var/vmail/v.example/joseph".into(), owner: Some(Owner { uid: 2000, gid: 2000 }), delivered_to: "joseph@v.example".into() }])
+        );
+        let (_d, c) = config(
+            "table aliases { }\naction v maildir \"/var/vmail/%{rcpt.user}\" user vmail alias <aliases> userbase <users>\n\
+             match from any for any action v\n",
+        );
+        assert_eq!(
+            run(&c, "joseph@v.example"),
+            Ok(vec![Target::Maildir { dir: "/var/vmail/joseph".into(), owner: Some(Owner { uid: 2000, gid: 2000 }), delivered_to: "joseph@v.example".into() }])
+        );
+        assert!(matches!(run(&c, "a/b@v.example"), Err(ResolveError::UnknownUser(_)) | Err(ResolveError::BadPath(_))));
+    }
+
+    #[test]
+    fn pipes_and_files_in_aliases_are_refused() {
+        let (_d, c) = config(&format!("table aliases {{ prog = \"|/bin/sh\", file = \"/tmp/x\" }}\n{LOCAL}"));
+        assert!(matches!(run(&c, "prog@test"), Err(ResolveError::Unsupported(_))));
+        assert!(matches!(run(&c, "file@test"), Err(ResolveError::Unsupported(_))));
+    }
+}

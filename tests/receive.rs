@@ -379,3 +379,29 @@ fn sessions_past_the_limit_get_421_at_accept() {
     let mut c = mxd.connect();
     assert!(c.cmd("NOOP").starts_with("250"));
 }
+
+/// As root, files and Maildir directories belong to the recipient's uid/gid.
+#[test]
+fn delivered_files_belong_to_their_user_when_root() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("delivered_files_belong_to_their_user_when_root: needs root; CI runs it");
+        return;
+    }
+    let mxd = Mxd::start_with(
+        |d, p| {
+            let (uid, gid) = common::uid_gid();
+            common::basic_conf(d, p).replace(&format!("alice = \"{uid}:{gid}:"), "alice = \"65534:65534:")
+        },
+        &[],
+    );
+    python(SEND_ONE, &[&mxd.port.to_string(), "alice@test", "Subject: mine\\n\\nx\\n"]);
+    use std::os::unix::fs::MetadataExt;
+    let md = mxd.maildir("alice");
+    for p in [md.clone(), md.join("new"), md.join("tmp"), md.join("cur")] {
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!((m.uid(), m.gid()), (65534, 65534), "{}", p.display());
+    }
+    let file = std::fs::read_dir(md.join("new")).unwrap().flatten().next().expect("delivered").path();
+    let m = std::fs::metadata(&file).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (65534, 65534, 0o600));
+}

@@ -1,11 +1,14 @@
-//! mbox delivery: append to /var/mail/USER (or the configured file) under an exclusive
-//! flock(2) (what OpenBSD's mail.local and mail(1) take), a "From " separator line, mboxrd
+//! mbox delivery: append to /var/mail/USER under both locks mail readers take: the
+//! `USER.lock` dot-lock file (OpenBSD's lockspool(1), Debian's liblockfile) and an exclusive
+//! flock(2) on the mailbox; then a "From " separator line, mboxrd
 //! quoting (">From " for any line matching ^>*From ), a blank line at the end, fsync.
 //! A failure truncates the file back to where it was: nothing half-written remains.
 
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -41,9 +44,52 @@ fn render(sender: &str, pieces: &[&[u8]]) -> Vec<u8> {
     out
 }
 
+/// How long to wait for another program's dot-lock, and when a lock counts as stale
+/// (lockspool(1) breaks locks older than 5 minutes too).
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+const LOCK_STALE: Duration = Duration::from_secs(300);
+
+/// The `NAME.lock` file, removed on drop.
+struct DotLock<'a> {
+    dir: &'a OwnedFd,
+    name: String,
+}
+
+impl Drop for DotLock<'_> {
+    fn drop(&mut self) {
+        fs::unlink(self.dir, &self.name);
+    }
+}
+
+fn dot_lock<'a>(dir: &'a OwnedFd, mbox: &str, path: &Path) -> Result<DotLock<'a>, Cause> {
+    let name = format!("{mbox}.lock");
+    let lock_path = path.with_file_name(&name);
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match fs::create_file(dir, &name, None) {
+            Ok(_) => return Ok(DotLock { dir, name }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let stale = std::fs::symlink_metadata(&lock_path)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > LOCK_STALE));
+                if stale {
+                    fs::unlink(dir, &name);
+                    continue;
+                }
+                if Instant::now() > deadline {
+                    return Err(Cause::new("lock", lock_path, e));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(Cause::new("lock", lock_path, e)),
+        }
+    }
+}
+
 pub(crate) fn append(path: &Path, owner: Option<Owner>, sender: &str, pieces: &[&[u8]]) -> Result<Appended, Cause> {
     let parent = fs::open_parent(path).map_err(|e| Cause::new("open", path, e))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("mbox");
+    let _dot = dot_lock(&parent, name, path)?;
     let file = fs::open_append(&parent, name, owner).map_err(|e| Cause::new("open", path, e))?;
     let file = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| Cause::new("lock", path, e))?;
     let start = file.metadata().map_err(|e| Cause::new("stat", path, e))?.len();

@@ -89,6 +89,14 @@ impl Conn {
         self.session.policy().origin()
     }
 
+    /// The peer as the logs name it: its address, or "local" for the unix socket.
+    pub(crate) fn peer(&self) -> String {
+        match self.origin() {
+            Origin::Socket => "local".to_owned(),
+            Origin::Tcp(ip) => ip.to_string(),
+        }
+    }
+
     fn start_tls(&mut self, now: Instant) {
         let Some(config) = self.listener.tls.as_ref() else {
             return;
@@ -221,7 +229,7 @@ impl Conn {
             if let Err(e) = tls.process_new_packets() {
                 // Send the alert rustls queued, best effort, then give up on this peer.
                 let _ = tls.write_tls(&mut self.stream);
-                log::info!("{} smtp tls handshake failed: {e}", self.id);
+                log::info!("{} smtp tls handshake failed address={} error=\"{e}\"", self.id, self.peer());
                 return Err(io::Error::new(io::ErrorKind::InvalidData, e));
             }
             if was_handshaking && !tls.is_handshaking() {
@@ -319,7 +327,7 @@ impl Conn {
     /// Handles idle and handshake deadlines.
     pub(crate) fn on_tick(&mut self, now: Instant) -> Tick {
         if self.handshake_deadline.is_some_and(|d| now >= d) {
-            log::info!("{} smtp tls handshake timed out", self.id);
+            log::info!("{} smtp tls handshake timed out address={}", self.id, self.peer());
             return Tick::Close;
         }
         if self.session.poll_timeout().is_some_and(|d| now >= d) {
