@@ -1,1 +1,219 @@
-fn main() {}
+//! mxd-load: an SMTP load generator in the spirit of Postfix's smtp-source, with latency
+//! percentiles, reply-code accounting, TLS, pipelining and an open-loop mode; and a
+//! durable-write probe for the disk. Works against any SMTP server.
+
+mod client;
+mod opts;
+mod probe;
+mod stats;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use client::{Client, Reply};
+use opts::{Command, Opts};
+use stats::Stats;
+
+struct Shared {
+    opts: Opts,
+    next: AtomicU64,
+    done: AtomicU64,
+    stop: AtomicBool,
+    start: Instant,
+    tls: Arc<rustls::ClientConfig>,
+    stats: Mutex<Stats>,
+}
+
+impl Shared {
+    /// The next message number, or None when the run is over.
+    fn claim(&self) -> Option<u64> {
+        if self.stop.load(Ordering::Relaxed) || self.opts.duration.is_some_and(|d| self.start.elapsed() >= d) {
+            return None;
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        match self.opts.messages {
+            Some(total) if n >= total + self.opts.warmup => None,
+            _ => Some(n),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cmd = match opts::parse(std::env::args_os().skip(1).collect()) {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
+        }
+    };
+    match cmd {
+        Command::Probe { dir, size, json } => match probe::probe(&dir, size) {
+            Ok(results) => {
+                stats::print_probe(&results, size, json);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mxd-load: probe {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Load(opts) => load(opts),
+    }
+}
+
+fn load(opts: Opts) -> ExitCode {
+    let progress = opts.progress || std::io::stderr().is_terminal();
+    let shared = Arc::new(Shared {
+        next: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        start: Instant::now(),
+        tls: client::tls_config(),
+        stats: Mutex::new(Stats::new()),
+        opts,
+    });
+    let workers: Vec<_> = (0..shared.opts.sessions)
+        .map(|i| {
+            let s = Arc::clone(&shared);
+            std::thread::spawn(move || session_loop(&s, i))
+        })
+        .collect();
+    let bar = progress.then(|| {
+        let s = Arc::clone(&shared);
+        std::thread::spawn(move || stats::progress(&s.done, s.opts.messages, &s.stop, s.start))
+    });
+    for w in workers {
+        let _ = w.join();
+    }
+    shared.stop.store(true, Ordering::Relaxed);
+    if let Some(b) = bar {
+        let _ = b.join();
+    }
+    let elapsed = shared.start.elapsed();
+    let stats = shared.stats.lock().map(|s| s.clone()).unwrap_or_else(|e| e.into_inner().clone());
+    stats.print(&shared.opts, elapsed);
+    if stats.delivered == 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// One session thread: connect, send messages until the run ends, reconnect after
+/// `--per-session` messages or an error.
+fn session_loop(s: &Shared, index: usize) {
+    let mut local = Stats::new();
+    let mut pending = None;
+    'connect: while let Some(n) = pending.take().or_else(|| s.claim()) {
+        let mut c = match Client::connect(&s.opts.target, s.opts.tls, &s.opts.helo, s.opts.timeout, &s.tls) {
+            Ok(c) => c,
+            Err(e) => {
+                local.connect_error(&e);
+                std::thread::sleep(Duration::from_millis(50));
+                pending = Some(n);
+                if local.connect_errors > 1000 {
+                    s.stop.store(true, Ordering::Relaxed);
+                    break;
+                }
+                continue;
+            }
+        };
+        let mut n = n;
+        for sent in 0.. {
+            if let Err(e) = one_message(s, &mut c, n, index, &mut local) {
+                local.io_error(&e);
+                continue 'connect;
+            }
+            s.done.fetch_add(1, Ordering::Relaxed);
+            if sent + 1 >= s.opts.per_session {
+                c.quit();
+                continue 'connect;
+            }
+            match s.claim() {
+                Some(next) => n = next,
+                None => break,
+            }
+        }
+        c.quit();
+    }
+    if let Ok(mut all) = s.stats.lock() {
+        all.merge(&local);
+    }
+}
+
+fn one_message(s: &Shared, c: &mut Client, n: u64, index: usize, st: &mut Stats) -> std::io::Result<()> {
+    let o = &s.opts;
+    // Open loop: message n is due at start + n/rate; latency counts from then.
+    let started = match o.rate {
+        Some(rate) => {
+            let due = s.start + Duration::from_secs_f64(n as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            due
+        }
+        None => Instant::now(),
+    };
+    let record = n >= o.warmup;
+    let rcpts: Vec<String> = (0..o.rcpts).map(|k| {
+        let t = &o.to[(n as usize + k) % o.to.len()];
+        t.replace("{n}", &((n as usize + k + index) % 1_000_000).to_string())
+    }).collect();
+    let size = o.sizes.pick(n);
+    let body = client::stuffed(&client::message(n, size, &o.from, &rcpts[0]));
+    let mut cmds = format!("MAIL FROM:<{}>\r\n", o.from);
+    for r in &rcpts {
+        cmds.push_str(&format!("RCPT TO:<{r}>\r\n"));
+    }
+    cmds.push_str("DATA\r\n");
+    let replies: Vec<(&str, Reply)> = if o.pipelining && c.pipelining {
+        c.send(cmds.as_bytes())?;
+        let mut v = vec![("MAIL", c.reply()?)];
+        for _ in &rcpts {
+            v.push(("RCPT", c.reply()?));
+        }
+        v.push(("DATA", c.reply()?));
+        v
+    } else {
+        let mut v: Vec<(&str, Reply)> = Vec::new();
+        for line in cmds.split_inclusive("\r\n") {
+            let verb = &line[..4];
+            if verb == "DATA" && !v.iter().any(|(verb, r)| *verb == "RCPT" && r.ok()) {
+                break; // no recipient accepted: a real client would not send DATA
+            }
+            c.send(line.as_bytes())?;
+            let r = c.reply()?;
+            let stop = !r.ok() && (verb == "MAIL" || verb == "DATA");
+            v.push((verb, r));
+            if stop {
+                break;
+            }
+        }
+        v
+    };
+    for (verb, r) in &replies {
+        if !r.ok() && record {
+            st.code(verb, r.code);
+        }
+    }
+    let go = replies.last().is_some_and(|(verb, r)| *verb == "DATA" && r.code == 354);
+    if !go {
+        c.send(b"RSET\r\n")?;
+        c.reply()?;
+        return Ok(());
+    }
+    c.send(&body)?;
+    let data_end = Instant::now();
+    let r = c.reply()?;
+    if record {
+        if r.ok() {
+            st.delivered(size, started.elapsed(), data_end.elapsed());
+        } else {
+            st.code("DATA-END", r.code);
+        }
+    }
+    Ok(())
+}
