@@ -12,11 +12,13 @@
 #![warn(unreachable_pub, rust_2018_idioms)]
 
 pub mod config;
+pub mod control;
 pub mod deliver;
 pub mod envelope;
 pub mod headers;
 pub mod resolve;
 pub mod rules;
 pub mod smtp;
+pub mod submit;
 pub mod table;
 pub mod users;
