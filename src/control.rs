@@ -69,7 +69,10 @@ impl std::fmt::Display for VerbError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             VerbError::Unknown(l) => write!(f, "unknown command {l:?}"),
-            VerbError::BadId(id) => write!(f, "invalid id {id:?}: expected \"all\" or 1 to 16 hex digits"),
+            VerbError::BadId(id) => write!(
+                f,
+                "invalid id {id:?}: expected \"all\" or 1 to 16 hex digits"
+            ),
             VerbError::BadTable(t) => write!(f, "invalid table name {t:?}"),
         }
     }
@@ -89,8 +92,15 @@ impl Verb {
             ["reload"] => Ok(Verb::Reload),
             ["update", "aliases"] => Ok(Verb::UpdateAliases),
             ["update", "table", name] => {
-                let ok = name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-                if ok { Ok(Verb::UpdateTable(name.to_string())) } else { Err(VerbError::BadTable(name.to_string())) }
+                let ok = name.len() <= 64
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+                if ok {
+                    Ok(Verb::UpdateTable(name.to_string()))
+                } else {
+                    Err(VerbError::BadTable(name.to_string()))
+                }
             }
             _ => Err(VerbError::Unknown(line.chars().take(80).collect())),
         }
@@ -163,7 +173,14 @@ impl ErrorKind {
     }
 
     fn from_word(word: &str) -> Option<ErrorKind> {
-        [ErrorKind::Denied, ErrorKind::NotFound, ErrorKind::Failed, ErrorKind::Usage].into_iter().find(|k| k.word() == word)
+        [
+            ErrorKind::Denied,
+            ErrorKind::NotFound,
+            ErrorKind::Failed,
+            ErrorKind::Usage,
+        ]
+        .into_iter()
+        .find(|k| k.word() == word)
     }
 }
 
@@ -176,10 +193,16 @@ pub struct HandlerError {
 
 impl HandlerError {
     pub fn not_found(message: impl Into<String>) -> Self {
-        HandlerError { kind: ErrorKind::NotFound, message: message.into() }
+        HandlerError {
+            kind: ErrorKind::NotFound,
+            message: message.into(),
+        }
     }
     pub fn failed(message: impl Into<String>) -> Self {
-        HandlerError { kind: ErrorKind::Failed, message: message.into() }
+        HandlerError {
+            kind: ErrorKind::Failed,
+            message: message.into(),
+        }
     }
 }
 
@@ -218,19 +241,42 @@ fn dispatch(handler: &dyn ControlHandler, verb: &Verb) -> Result<String, Handler
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
     use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-    getsockopt(stream, PeerCredentials).map(|c| c.uid()).map_err(io::Error::from)
+    getsockopt(stream, PeerCredentials)
+        .map(|c| c.uid())
+        .map_err(io::Error::from)
 }
 
 /// The uid of the process at the other end of a unix socket, from the kernel.
-#[cfg(any(target_os = "openbsd", target_os = "freebsd", target_os = "netbsd", target_os = "dragonfly", target_os = "macos", target_os = "ios"))]
+#[cfg(any(
+    target_os = "openbsd",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "dragonfly",
+    target_os = "macos",
+    target_os = "ios"
+))]
 pub fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
-    nix::unistd::getpeereid(stream).map(|(uid, _)| uid.as_raw()).map_err(io::Error::from)
+    nix::unistd::getpeereid(stream)
+        .map(|(uid, _)| uid.as_raw())
+        .map_err(io::Error::from)
 }
 
 /// Without a way to learn the peer's uid, nobody is trusted (every privileged verb refused).
-#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "openbsd", target_os = "freebsd", target_os = "netbsd", target_os = "dragonfly", target_os = "macos", target_os = "ios")))]
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "openbsd",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "dragonfly",
+    target_os = "macos",
+    target_os = "ios"
+)))]
 pub fn peer_uid(_stream: &UnixStream) -> io::Result<u32> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "peer credentials not supported on this system"))
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "peer credentials not supported on this system",
+    ))
 }
 
 /// Binds `SPOOL/control.sock`, mode 0666 (permissions are checked per request). A stale
@@ -239,7 +285,10 @@ pub fn bind(spool: &Path) -> io::Result<UnixListener> {
     let path = spool.join(CONTROL_SOCKET);
     if path.exists() {
         if UnixStream::connect(&path).is_ok() {
-            return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("{} is in use: is mxd already running?", path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is in use: is mxd already running?", path.display()),
+            ));
         }
         std::fs::remove_file(&path)?;
     }
@@ -259,8 +308,16 @@ pub fn serve(listener: UnixListener, handler: Arc<dyn ControlHandler>) -> io::Er
                     log::debug!("control: request failed: {e}");
                 }
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
-            Err(e) if e.raw_os_error().is_some_and(|c| c == nix::errno::Errno::EMFILE as i32 || c == nix::errno::Errno::ENFILE as i32) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                ) => {}
+            Err(e)
+                if e.raw_os_error().is_some_and(|c| {
+                    c == nix::errno::Errno::EMFILE as i32 || c == nix::errno::Errno::ENFILE as i32
+                }) =>
+            {
                 // Out of descriptors: back off instead of spinning; they come back.
                 log::warn!("control: accept: {e}");
                 std::thread::sleep(Duration::from_millis(100));
@@ -271,21 +328,33 @@ pub fn serve(listener: UnixListener, handler: Arc<dyn ControlHandler>) -> io::Er
 }
 
 /// Answers the one request of a connection, with the permission check.
-pub fn handle_connection(stream: UnixStream, handler: &dyn ControlHandler, daemon_uid: u32) -> io::Result<()> {
+pub fn handle_connection(
+    stream: UnixStream,
+    handler: &dyn ControlHandler,
+    daemon_uid: u32,
+) -> io::Result<()> {
     stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
     let uid = peer_uid(&stream);
     let mut line = Vec::new();
-    BufReader::new(&stream).take(MAX_REQUEST).read_until(b'\n', &mut line)?;
+    BufReader::new(&stream)
+        .take(MAX_REQUEST)
+        .read_until(b'\n', &mut line)?;
     let text = String::from_utf8_lossy(&line);
     let result = match Verb::parse(text.trim_end_matches(['\r', '\n'])) {
-        Err(e) => Err(HandlerError { kind: ErrorKind::Usage, message: e.to_string() }),
+        Err(e) => Err(HandlerError {
+            kind: ErrorKind::Usage,
+            message: e.to_string(),
+        }),
         Ok(verb) => match uid {
             Ok(uid) if allowed(uid, daemon_uid, &verb) => {
                 log::info!("control: uid={uid} {verb}");
                 dispatch(handler, &verb)
             }
-            _ => Err(HandlerError { kind: ErrorKind::Denied, message: format!("{verb}: need root privileges") }),
+            _ => Err(HandlerError {
+                kind: ErrorKind::Denied,
+                message: format!("{verb}: need root privileges"),
+            }),
         },
     };
     write_response(&mut &stream, result)
@@ -327,7 +396,11 @@ pub enum ControlError {
 impl std::fmt::Display for ControlError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ControlError::Unreachable { path, source } => write!(f, "mxd doesn't seem to be running ({}: {source})", path.display()),
+            ControlError::Unreachable { path, source } => write!(
+                f,
+                "mxd doesn't seem to be running ({}: {source})",
+                path.display()
+            ),
             ControlError::Io(e) => write!(f, "control connection: {e}"),
             ControlError::Protocol(s) => write!(f, "bad answer from mxd: {s}"),
             ControlError::Refused { message, .. } => write!(f, "command failed: {message}"),
@@ -340,9 +413,14 @@ impl std::error::Error for ControlError {}
 /// Sends `verb` to the daemon whose spool is `spool`; returns its output lines.
 pub fn request(spool: &Path, verb: &Verb) -> Result<Vec<String>, ControlError> {
     let path = spool.join(CONTROL_SOCKET);
-    let stream = UnixStream::connect(&path).map_err(|source| ControlError::Unreachable { path, source })?;
-    stream.set_read_timeout(Some(RESPONSE_TIMEOUT)).map_err(ControlError::Io)?;
-    (&stream).write_all(format!("{verb}\n").as_bytes()).map_err(ControlError::Io)?;
+    let stream =
+        UnixStream::connect(&path).map_err(|source| ControlError::Unreachable { path, source })?;
+    stream
+        .set_read_timeout(Some(RESPONSE_TIMEOUT))
+        .map_err(ControlError::Io)?;
+    (&stream)
+        .write_all(format!("{verb}\n").as_bytes())
+        .map_err(ControlError::Io)?;
     read_response(&mut BufReader::new(&stream))
 }
 
@@ -351,7 +429,11 @@ fn read_response(reader: &mut impl BufRead) -> Result<Vec<String>, ControlError>
     let mut output = Vec::new();
     loop {
         let mut raw = Vec::new();
-        reader.by_ref().take(MAX_RESPONSE_LINE).read_until(b'\n', &mut raw).map_err(ControlError::Io)?;
+        reader
+            .by_ref()
+            .take(MAX_RESPONSE_LINE)
+            .read_until(b'\n', &mut raw)
+            .map_err(ControlError::Io)?;
         if raw.last() != Some(&b'\n') {
             return Err(ControlError::Protocol("answer truncated".into()));
         }
@@ -363,8 +445,12 @@ fn read_response(reader: &mut impl BufRead) -> Result<Vec<String>, ControlError>
             return Ok(output);
         } else if let Some(rest) = line.strip_prefix("error ") {
             let (word, message) = rest.split_once(' ').unwrap_or((rest, ""));
-            let kind = ErrorKind::from_word(word).ok_or_else(|| ControlError::Protocol(line.to_string()))?;
-            return Err(ControlError::Refused { kind, message: message.to_string() });
+            let kind = ErrorKind::from_word(word)
+                .ok_or_else(|| ControlError::Protocol(line.to_string()))?;
+            return Err(ControlError::Refused {
+                kind,
+                message: message.to_string(),
+            });
         } else {
             return Err(ControlError::Protocol(line.to_string()));
         }
@@ -381,8 +467,14 @@ mod tests {
             ("show queue", Verb::ShowQueue),
             ("show  stats", Verb::ShowStats),
             ("schedule all", Verb::Schedule(Target::All)),
-            ("schedule 64F3EAB9", Verb::Schedule(Target::Id("64f3eab9".into()))),
-            ("remove 64f3eab9deadbeef", Verb::Remove(Target::Id("64f3eab9deadbeef".into()))),
+            (
+                "schedule 64F3EAB9",
+                Verb::Schedule(Target::Id("64f3eab9".into())),
+            ),
+            (
+                "remove 64f3eab9deadbeef",
+                Verb::Remove(Target::Id("64f3eab9deadbeef".into())),
+            ),
             ("reload", Verb::Reload),
             ("update table aliases", Verb::UpdateTable("aliases".into())),
             ("update aliases", Verb::UpdateAliases),
@@ -400,7 +492,10 @@ mod tests {
             ("show", VerbError::Unknown("show".into())),
             ("reload now", VerbError::Unknown("reload now".into())),
             ("schedule xyz", VerbError::BadId("xyz".into())),
-            ("remove 0123456789abcdef0", VerbError::BadId("0123456789abcdef0".into())),
+            (
+                "remove 0123456789abcdef0",
+                VerbError::BadId("0123456789abcdef0".into()),
+            ),
             ("update table a/b", VerbError::BadTable("a/b".into())),
         ];
         for (line, err) in cases {
@@ -422,7 +517,11 @@ mod tests {
         for verb in &all {
             assert!(allowed(0, 0, verb), "root: {verb}");
             assert!(allowed(1000, 1000, verb), "daemon's own uid: {verb}");
-            assert_eq!(allowed(1001, 0, verb), verb.is_read_only(), "other user: {verb}");
+            assert_eq!(
+                allowed(1001, 0, verb),
+                verb.is_read_only(),
+                "other user: {verb}"
+            );
         }
         assert!(allowed(1001, 0, &Verb::ShowQueue));
         assert!(!allowed(1001, 0, &Verb::UpdateAliases));
@@ -430,11 +529,24 @@ mod tests {
 
     #[test]
     fn responses_round_trip() {
-        let cases: [(Result<String, HandlerError>, Result<Vec<String>, (ErrorKind, &str)>); 4] = [
-            (Ok("a\nb c\n\nok".into()), Ok(vec!["a".into(), "b c".into(), String::new(), "ok".into()])),
+        type Case = (
+            Result<String, HandlerError>,
+            Result<Vec<String>, (ErrorKind, &'static str)>,
+        );
+        let cases: [Case; 4] = [
+            (
+                Ok("a\nb c\n\nok".into()),
+                Ok(vec!["a".into(), "b c".into(), String::new(), "ok".into()]),
+            ),
             (Ok(String::new()), Ok(vec![])),
-            (Err(HandlerError::not_found("no such message\n64f3eab9")), Err((ErrorKind::NotFound, "no such message 64f3eab9"))),
-            (Err(HandlerError::failed("aliases:3: bad line")), Err((ErrorKind::Failed, "aliases:3: bad line"))),
+            (
+                Err(HandlerError::not_found("no such message\n64f3eab9")),
+                Err((ErrorKind::NotFound, "no such message 64f3eab9")),
+            ),
+            (
+                Err(HandlerError::failed("aliases:3: bad line")),
+                Err((ErrorKind::Failed, "aliases:3: bad line")),
+            ),
         ];
         for (sent, want) in cases {
             let mut wire = Vec::new();
@@ -447,7 +559,13 @@ mod tests {
             assert_eq!(got, want);
         }
         for junk in ["", "hello\n", " partial", "error bogus x\n"] {
-            assert!(matches!(read_response(&mut junk.as_bytes()), Err(ControlError::Protocol(_))), "{junk:?}");
+            assert!(
+                matches!(
+                    read_response(&mut junk.as_bytes()),
+                    Err(ControlError::Protocol(_))
+                ),
+                "{junk:?}"
+            );
         }
     }
 }

@@ -3,8 +3,9 @@
 //! C library's locale or time zone (no unsafe, no extra crate). Pure; never panics.
 
 const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-const MONTHS: [&str; 12] =
-    ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
 
 /// Formats `secs` since the Unix epoch as an RFC 5322 date-time in UTC.
 pub fn rfc5322_date(secs: u64) -> String {
@@ -13,7 +14,10 @@ pub fn rfc5322_date(secs: u64) -> String {
     let (year, month, day) = civil_from_days(days);
     // 1970-01-01 was a Thursday, DAYS[0].
     let weekday = DAYS.get((days % 7) as usize).copied().unwrap_or("Thu");
-    let month = MONTHS.get(month.saturating_sub(1) as usize).copied().unwrap_or("Jan");
+    let month = MONTHS
+        .get(month.saturating_sub(1) as usize)
+        .copied()
+        .unwrap_or("Jan");
     format!(
         "{weekday}, {day} {month} {year} {:02}:{:02}:{:02} +0000 (UTC)",
         rem / 3600,
