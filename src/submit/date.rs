@@ -1,5 +1,6 @@
-//! RFC 5322 §3.3 date-time for the `Date:` header sendmail adds, in UTC, from a Unix time:
-//! `Thu, 23 Dec 2021 21:23:32 +0000 (UTC)` — OpenSMTPD's time_to_text() layout, without the
+//! RFC 5322 §3.3 date-time for the `Date:` header sendmail adds, in UTC, from a Unix time, in
+//! the same form as the Received and Return-Path dates mxd writes:
+//! `Thu, 23 Dec 2021 21:23:32 +0000` — OpenSMTPD's time_to_text() layout, without the
 //! C library's locale or time zone (no unsafe, no extra crate). Pure; never panics.
 
 const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
@@ -19,7 +20,7 @@ pub fn rfc5322_date(secs: u64) -> String {
         .copied()
         .unwrap_or("Jan");
     format!(
-        "{weekday}, {day} {month} {year} {:02}:{:02}:{:02} +0000 (UTC)",
+        "{weekday}, {day} {month} {year} {:02}:{:02}:{:02} +0000",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60
@@ -48,13 +49,13 @@ mod tests {
     #[test]
     fn dates() {
         let cases = [
-            (0, "Thu, 1 Jan 1970 00:00:00 +0000 (UTC)"),
+            (0, "Thu, 1 Jan 1970 00:00:00 +0000"),
             // The seed's Date: 14:23:32 MST is 21:23:32 UTC.
-            (1_640_294_612, "Thu, 23 Dec 2021 21:23:32 +0000 (UTC)"),
-            (951_782_400, "Tue, 29 Feb 2000 00:00:00 +0000 (UTC)"),
+            (1_640_294_612, "Thu, 23 Dec 2021 21:23:32 +0000"),
+            (951_782_400, "Tue, 29 Feb 2000 00:00:00 +0000"),
             // 2100 is not a leap year.
-            (4_107_542_399, "Sun, 28 Feb 2100 23:59:59 +0000 (UTC)"),
-            (1_709_251_199, "Thu, 29 Feb 2024 23:59:59 +0000 (UTC)"),
+            (4_107_542_399, "Sun, 28 Feb 2100 23:59:59 +0000"),
+            (1_709_251_199, "Thu, 29 Feb 2024 23:59:59 +0000"),
         ];
         for (secs, want) in cases {
             assert_eq!(rfc5322_date(secs), want, "secs {secs}");
