@@ -6,7 +6,7 @@ mod mxctl_util;
 use std::os::unix::fs::MetadataExt;
 use std::sync::mpsc;
 
-use mxctl_util::{run, smtp_server, user_name, Env, FinalReply, HOST};
+use mxctl_util::{greeting_only, run, smtp_server, user_name, Env, FinalReply, HOST};
 
 const SEED: &str = "Subject: Test Subject\n\nHello, EHLO!\n";
 const ACCEPT: FinalReply = FinalReply::Line("250 2.0.0 f55200d4 Message accepted for delivery\r\n");
@@ -231,6 +231,19 @@ fn stale_socket_and_lost_connection_go_offline() {
     let mut cmd = env.command("sendmail");
     cmd.arg("joseph");
     assert!(run(cmd, SEED).status.success());
+    assert_offline(&env, &["joseph@devbox-ntp.home.lan"]);
+
+    // The daemon is shutting down: 421 at the greeting, nothing is sent.
+    let env = Env::new();
+    let server = greeting_only(&env.socket(), "421 4.3.0 Server shutting down\r\n");
+    let mut cmd = env.command("sendmail");
+    cmd.arg("joseph");
+    assert!(run(cmd, SEED).status.success());
+    assert!(server
+        .join()
+        .expect("server")
+        .iter()
+        .all(|l| !l.starts_with("MAIL")));
     assert_offline(&env, &["joseph@devbox-ntp.home.lan"]);
 
     // The daemon takes the message and vanishes before its 250: keep a copy offline.

@@ -44,6 +44,9 @@ pub enum SubmitError {
     /// The socket could not be reached (absent, refused): the daemon is not running.
     /// Nothing was sent; the message belongs in the offline directory.
     Unreachable(io::Error),
+    /// The daemon turned the session away at its greeting with a 4xx (e.g. shutting down).
+    /// Nothing was sent; handled like [`SubmitError::Unreachable`].
+    Busy(Reply),
     /// The connection broke or timed out before the final reply; the daemon may or may not
     /// have the message. Writing it offline risks one duplicate, never a loss.
     Lost(io::Error),
@@ -57,6 +60,7 @@ impl std::fmt::Display for SubmitError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SubmitError::Unreachable(e) => write!(f, "cannot reach the mail daemon: {e}"),
+            SubmitError::Busy(r) => write!(f, "the mail daemon is busy: {r}"),
             SubmitError::Lost(e) => write!(f, "connection to the mail daemon lost: {e}"),
             SubmitError::Protocol(s) => write!(f, "bad reply from the mail daemon: {s}"),
             SubmitError::Refused { stage, reply } => write!(f, "{stage} refused: {reply}"),
@@ -65,6 +69,14 @@ impl std::fmt::Display for SubmitError {
 }
 
 impl std::error::Error for SubmitError {}
+
+impl SubmitError {
+    /// True when the message belongs in the offline directory: the daemon never refused
+    /// it, it was down, busy at the greeting, or the session broke before the final reply.
+    pub fn goes_offline(&self) -> bool {
+        !matches!(self, SubmitError::Refused { .. })
+    }
+}
 
 /// A connected client; `trace` receives the dialog for `sendmail -v`.
 struct Client<'a> {
@@ -81,7 +93,14 @@ pub fn submit(
 ) -> Result<(), SubmitError> {
     let stream = UnixStream::connect(socket).map_err(SubmitError::Unreachable)?;
     let mut c = Client::new(stream, trace)?;
-    c.expect("greeting", 2)?;
+    // A 4xx greeting (mxd stopping, or out of sessions) means nothing was started: the
+    // offline directory is the better place than a failure the caller may ignore.
+    match c.expect("greeting", 2) {
+        Err(SubmitError::Refused { reply, .. }) if reply.code / 100 == 4 => {
+            return Err(SubmitError::Busy(reply))
+        }
+        other => other?,
+    };
     c.command("EHLO localhost", "EHLO", 2)?;
     c.command(&format!("MAIL FROM:<{}>", msg.sender), "MAIL FROM", 2)?;
     for rcpt in &msg.recipients {

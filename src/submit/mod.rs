@@ -160,9 +160,7 @@ pub fn sendmail(
     drop(raw);
     match client::submit(&local.spool.join(SUBMIT_SOCKET), &prepared, trace) {
         Ok(()) => Ok(Outcome::Submitted),
-        Err(
-            e @ (SubmitError::Unreachable(_) | SubmitError::Lost(_) | SubmitError::Protocol(_)),
-        ) => {
+        Err(e) if e.goes_offline() => {
             let msg = OfflineMessage {
                 uid: who.uid,
                 user: who.user.clone(),

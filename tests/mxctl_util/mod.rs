@@ -105,6 +105,20 @@ pub fn smtp_server(socket: &Path, last: FinalReply) -> JoinHandle<Dialog> {
     })
 }
 
+/// Answers one connection with `greeting` (e.g. a 421) and closes it once the client does.
+pub fn greeting_only(socket: &Path, greeting: &'static str) -> JoinHandle<Vec<String>> {
+    let listener = UnixListener::bind(socket).expect("bind submission socket");
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        let _ = stream.write_all(greeting.as_bytes());
+        let lines = BufReader::new(stream)
+            .lines()
+            .map_while(Result::ok)
+            .collect();
+        lines
+    })
+}
+
 fn session(stream: UnixStream, last: FinalReply) -> Dialog {
     let mut out = stream.try_clone().expect("clone");
     let mut reader = BufReader::new(stream);
