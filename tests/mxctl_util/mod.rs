@@ -111,11 +111,10 @@ pub fn greeting_only(socket: &Path, greeting: &'static str) -> JoinHandle<Vec<St
     std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().expect("accept");
         let _ = stream.write_all(greeting.as_bytes());
-        let lines = BufReader::new(stream)
+        BufReader::new(stream)
             .lines()
             .map_while(Result::ok)
-            .collect();
-        lines
+            .collect()
     })
 }
 
