@@ -12,6 +12,7 @@
 #![warn(unreachable_pub, rust_2018_idioms)]
 
 pub mod config;
+pub mod control;
 pub mod deliver;
 pub mod envelope;
 pub mod headers;
@@ -20,6 +21,7 @@ pub mod resolve;
 pub mod rules;
 pub mod server;
 pub mod smtp;
+pub mod submit;
 pub mod table;
 pub mod tls;
 pub mod users;

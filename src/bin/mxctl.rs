@@ -1,1 +1,150 @@
-fn main() {}
+//! mxctl: the control tool, and sendmail(8), send-mail, mailq(8), newaliases(8) and
+//! makemap(8) when invoked under those names (a symlink or mailer.conf(5) entry), as
+//! OpenSMTPD's smtpctl does.
+//!
+//! ```text
+//! mxctl [-f file] show queue | show stats | schedule all|ID | remove all|ID | reload
+//!                 | update table NAME
+//! mxctl [-f file] sendmail [sendmail flags] [recipient ...]
+//! ```
+//! The configuration (-f, -C for sendmail, else $MXD_CONF, else /etc/mxd/smtpd.conf) is read
+//! only for its `spool` and `hostname` lines. Exit statuses follow sysexits(3).
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use mxd::control::{self, ControlError, Verb};
+use mxd::submit::{self, args, conf, exit, Outcome, Submitter};
+
+const USAGE: &str =
+    "usage: mxctl [-f file] show queue | show stats | schedule all|ID | remove all|ID\n\
+                     \x20      | reload | update table NAME\n\
+                     \x20      mxctl [-f file] sendmail [-tv] [-f from] [-F name] to ...";
+
+fn main() -> ExitCode {
+    let mut argv = std::env::args_os();
+    let name = argv.next().map(|a| program_name(&a)).unwrap_or_default();
+    let rest: Vec<OsString> = argv.collect();
+    ExitCode::from(match name.as_str() {
+        "sendmail" | "send-mail" => sendmail(rest, None),
+        "mailq" => run_verb(&conf::conf_path(None), &Verb::ShowQueue),
+        "newaliases" => run_verb(&conf::conf_path(None), &Verb::UpdateAliases),
+        "makemap" => makemap(),
+        _ => mxctl(rest),
+    })
+}
+
+/// The basename of argv[0]: which personality to take.
+fn program_name(arg0: &OsString) -> String {
+    Path::new(arg0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// `mxctl [-f file] VERB…`: the flag, then the verb words.
+fn mxctl(rest: Vec<OsString>) -> u8 {
+    let mut conf_flag = None;
+    let mut words: Vec<String> = Vec::new();
+    let mut iter = rest.into_iter();
+    while let Some(arg) = iter.next() {
+        let text = arg.to_string_lossy().into_owned();
+        if words.is_empty() && text == "-f" {
+            match iter.next() {
+                Some(path) => conf_flag = Some(PathBuf::from(path)),
+                None => return usage(),
+            }
+        } else if words.is_empty() && text == "sendmail" {
+            return sendmail(iter.collect(), conf_flag);
+        } else {
+            words.push(text);
+        }
+    }
+    match Verb::parse(&words.join(" ")) {
+        Ok(verb) => run_verb(&conf::conf_path(conf_flag), &verb),
+        Err(e) => {
+            eprintln!("mxctl: {e}");
+            usage()
+        }
+    }
+}
+
+fn usage() -> u8 {
+    eprintln!("{USAGE}");
+    exit::USAGE
+}
+
+/// Sends one control request and prints its output.
+fn run_verb(conf_path: &Path, verb: &Verb) -> u8 {
+    let spool = conf::spool_from_conf(conf_path);
+    match control::request(&spool, verb) {
+        Ok(output) => {
+            let mut out = std::io::stdout().lock();
+            for line in output {
+                let _ = writeln!(out, "{line}");
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("mxctl: {e}");
+            match e {
+                ControlError::Unreachable { .. } => exit::UNAVAILABLE,
+                ControlError::Refused {
+                    kind: control::ErrorKind::Denied,
+                    ..
+                } => exit::NOPERM,
+                _ => 1,
+            }
+        }
+    }
+}
+
+/// sendmail(8): flags, then submission or the offline directory.
+fn sendmail(rest: Vec<OsString>, conf_flag: Option<PathBuf>) -> u8 {
+    let mut a = match args::parse_sendmail_args(rest) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("sendmail: {e}\n{}", args::USAGE);
+            return exit::USAGE;
+        }
+    };
+    a.conf = a.conf.or(conf_flag);
+    let conf_path = conf::conf_path(a.conf.clone());
+    match a.mode {
+        args::Mode::Newaliases => return run_verb(&conf_path, &Verb::UpdateAliases),
+        args::Mode::Mailq => return run_verb(&conf_path, &Verb::ShowQueue),
+        args::Mode::Send => {}
+    }
+    let mut stdout = std::io::stdout();
+    let trace: Option<&mut dyn Write> = if a.verbose { Some(&mut stdout) } else { None };
+    match submit::sendmail(
+        &a,
+        &Submitter::current(),
+        &mut std::io::stdin().lock(),
+        trace,
+    ) {
+        Ok(Outcome::Submitted) => exit::OK,
+        Ok(Outcome::Offline(path)) => {
+            if a.verbose {
+                println!(
+                    "mail daemon not running; message saved in {}",
+                    path.display()
+                );
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// makemap(8): mxd reads tables as text files and has no map to build; succeed, so that
+/// scripts written for OpenSMTPD keep working.
+fn makemap() -> u8 {
+    eprintln!("makemap: mxd reads tables as text files; nothing to build (use \"mxctl update table NAME\")");
+    exit::OK
+}
