@@ -239,7 +239,7 @@ fn dispatch(handler: &dyn ControlHandler, verb: &Verb) -> Result<String, Handler
 
 /// The uid of the process at the other end of a unix socket, from the kernel.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-pub fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+pub fn peer_uid(stream: &impl std::os::fd::AsFd) -> io::Result<u32> {
     use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
     getsockopt(stream, PeerCredentials)
         .map(|c| c.uid())
@@ -255,8 +255,8 @@ pub fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
     target_os = "macos",
     target_os = "ios"
 ))]
-pub fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
-    nix::unistd::getpeereid(stream)
+pub fn peer_uid(stream: &impl std::os::fd::AsFd) -> io::Result<u32> {
+    nix::unistd::getpeereid(stream.as_fd())
         .map(|(uid, _)| uid.as_raw())
         .map_err(io::Error::from)
 }
@@ -272,7 +272,7 @@ pub fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
     target_os = "macos",
     target_os = "ios"
 )))]
-pub fn peer_uid(_stream: &UnixStream) -> io::Result<u32> {
+pub fn peer_uid(_stream: &impl std::os::fd::AsFd) -> io::Result<u32> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
         "peer credentials not supported on this system",

@@ -63,9 +63,12 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(id: SessionId, stream: Stream, origin: Origin, listener: Arc<ListenerRt>, now: Instant) -> Conn {
+    pub(crate) fn new(id: SessionId, stream: Stream, origin: Origin, listener: Arc<ListenerRt>, user: Option<String>, now: Instant) -> Conn {
         let policy = ConnPolicy::new(Arc::clone(&listener.config), origin, listener.tag.clone());
-        let session = Session::new(Arc::clone(&listener.session), policy, now);
+        let mut session = Session::new(Arc::clone(&listener.session), policy, now);
+        if let Some(user) = user {
+            session.set_auth(user);
+        }
         let mut conn = Conn {
             id,
             stream,
@@ -310,7 +313,7 @@ impl Conn {
 
     fn proto(&self, message: &Message<Vec<Target>>) -> &'static str {
         let tls = message.tls.is_some();
-        let auth = matches!(self.origin(), Origin::Socket);
+        let auth = message.auth.is_some();
         match (message.esmtp, tls, auth) {
             (false, _, _) => "SMTP",
             (true, false, false) => "ESMTP",

@@ -216,8 +216,20 @@ impl EventLoop {
             let _ = stream.write_all(b"421 4.3.2 Too many connections, try again later\r\n");
             return;
         }
-        log::info!("{id} smtp connected address={addr}");
-        let conn = Conn::new(id, stream, origin, rt, now);
+        // On the local socket, who submits is what the kernel says, not what the client claims.
+        let user = match &stream {
+            Stream::Unix(s) => crate::control::peer_uid(s)
+                .ok()
+                .and_then(|uid| nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten())
+                .map(|u| u.name),
+            Stream::Tcp(_) => None,
+        };
+        match &user {
+            Some(u) => log::info!("{id} smtp connected address={addr} user={u}"),
+            None => log::info!("{id} smtp connected address={addr}"),
+        }
+        super::STATS.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let conn = Conn::new(id, stream, origin, rt, user, now);
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -278,6 +290,7 @@ impl EventLoop {
                 Delivered::PermFail(cause) => Outcome::PermFail(cause.to_string()),
             };
             log::info!("{} delivery msgid={} result={}", v.sid, v.msgid, result_name(&v.outcome));
+            super::STATS.count(&v.outcome);
             s.conn.readable = true;
             s.conn.session_mut().handle_commit(v.msgid, outcome);
             self.pump(v.slot, scratch, now);

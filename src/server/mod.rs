@@ -9,6 +9,7 @@ mod listener;
 mod message;
 mod policy;
 mod stream;
+mod supervise;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,11 +22,19 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use mio::Waker;
 
-use crate::config::{self, Config, ListenKind, Listener, TlsMode};
+use crate::config::{Config, ListenKind, Listener, TlsMode};
 use crate::deliver;
 use crate::smtp::{SessionConfig, TlsPolicy};
 use crate::tls::{self, Pkis, TlsError};
 use event_loop::{Command, EventLoop, ListenSocket, LoopListener};
+
+/// Counters for `mxctl show stats`.
+pub(crate) static STATS: supervise::Stats = supervise::Stats {
+    connections: std::sync::atomic::AtomicU64::new(0),
+    delivered: std::sync::atomic::AtomicU64::new(0),
+    tempfail: std::sync::atomic::AtomicU64::new(0),
+    permfail: std::sync::atomic::AtomicU64::new(0),
+};
 
 /// Bad commands a session may send before it is dropped with a 421.
 const MAX_ERRORS: u32 = 10;
@@ -117,7 +126,12 @@ pub fn run(config: Config, reloader: Reloader) -> Result<(), StartError> {
     bound.apply(plan, &handles)?;
     log::info!("mxd started: {} event loops, {} listeners, hostname {}", loops, bound.keys.len(), config.hostname);
 
-    signal_loop(&reloader, &mut bound, &handles);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    supervise::forward_signals(tx.clone()).map_err(StartError::Thread)?;
+    supervise::start_control(&config.spool, supervise::Control { tx, stats: &STATS });
+    let spool = config.spool.clone();
+    let _ = std::thread::Builder::new().name("offline".into()).spawn(move || supervise::pick_up_offline(spool));
+    supervise::supervise(Arc::clone(&config), &reloader, &mut bound, &handles, &rx);
 
     for h in &handles {
         h.send(Command::Stop);
@@ -133,37 +147,13 @@ pub fn run(config: Config, reloader: Reloader) -> Result<(), StartError> {
     Ok(())
 }
 
-fn signal_loop(reloader: &Reloader, bound: &mut Bound, handles: &[LoopHandle]) {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!("cannot install signal handlers: {e}");
-            return;
-        }
-    };
-    for sig in signals.forever() {
-        if sig != SIGHUP {
-            log::info!("received signal {sig}, stopping");
-            return;
-        }
-        match reload(reloader, bound, handles) {
-            Ok(config) => log::info!("configuration reloaded from {}", config.file.display()),
-            Err(e) => log::error!("reload failed, keeping the running configuration: {e}"),
-        }
-    }
-}
-
-fn reload(reloader: &Reloader, bound: &mut Bound, handles: &[LoopHandle]) -> Result<Arc<Config>, String> {
-    let config = config::load(&reloader.path, &reloader.defines).map_err(|e| e.to_string())?;
-    let config = Arc::new(config);
-    let plan = plan(&config).map_err(|e| e.to_string())?;
-    bound.apply(plan, handles).map_err(|e| e.to_string())?;
-    Ok(config)
-}
-
+/// The spool, and its offline directory (mode 1777: any user's sendmail may drop a file
+/// there while the daemon is down; files are 0600 and owned by their writer).
 fn prepare_spool(spool: &Path) -> Result<(), StartError> {
-    std::fs::create_dir_all(spool).map_err(|source| StartError::Spool { path: spool.to_owned(), source })
+    std::fs::create_dir_all(spool).map_err(|source| StartError::Spool { path: spool.to_owned(), source })?;
+    crate::submit::offline::offline_dir(spool)
+        .map(drop)
+        .map_err(|e| StartError::Spool { path: spool.to_owned(), source: std::io::Error::other(e.to_string()) })
 }
 
 /// Raises the soft descriptor limit to the hard one: every session is a descriptor.
