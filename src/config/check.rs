@@ -234,7 +234,7 @@ fn interface_addrs(on: &str) -> Option<Vec<IpAddr>> {
 }
 
 /// /etc/mail/mailname, else the system host name (as design.md says).
-fn default_hostname() -> String {
+pub fn default_hostname() -> String {
     if let Ok(name) = std::fs::read_to_string(Path::new("/etc/mail/mailname")) {
         let name = name.trim();
         if !name.is_empty() {

@@ -6,6 +6,7 @@
 //! expected. A loaded `Config` never changes: a reload builds a new one.
 
 mod check;
+pub use check::default_hostname;
 pub mod expand;
 mod lexer;
 mod parser;

@@ -13,8 +13,6 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_SPOOL: &str = "/var/spool/mxd";
 /// The configuration file when neither -f/-C nor MXD_CONF names one.
 pub const DEFAULT_CONF: &str = "/etc/mxd/smtpd.conf";
-/// Debian's and OpenSMTPD's mail name file, consulted when the configuration has none.
-const MAILNAME: &str = "/etc/mail/mailname";
 
 /// The two settings sendmail reads from the configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,20 +71,7 @@ fn unquote(word: &str) -> &str {
 /// The mail name: the configuration's `hostname`, else the first line of
 /// /etc/mail/mailname, else the system host name, else "localhost".
 pub fn mail_name(conf: &LocalConf) -> String {
-    if let Some(name) = &conf.hostname {
-        return name.clone();
-    }
-    let from_file = std::fs::read_to_string(MAILNAME)
-        .ok()
-        .and_then(|t| t.lines().next().map(|l| l.trim().to_string()));
-    if let Some(name) = from_file.filter(|n| !n.is_empty()) {
-        return name;
-    }
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
+    conf.hostname.clone().unwrap_or_else(crate::config::default_hostname)
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@
 //! panics on any input; output size is linear in the input.
 
 use super::addrlist::{self, check_address, parse_address_list, qualify, AddressError};
-use super::date::rfc5322_date;
 
 /// OpenSMTPD's LINESPLIT: a line this long (with its newline) is re-encoded, leaving room
 /// for dot-stuffing and CRLF under the 1000-octet SMTP line limit.
@@ -265,7 +264,7 @@ fn write_header(out: &mut Vec<u8>, fields: &[Field<'_>], sender: &str, qp: bool,
         out.extend_from_slice(line.as_bytes());
     }
     if !has(fields, "date") {
-        out.extend_from_slice(format!("Date: {}\n", rfc5322_date(opts.now)).as_bytes());
+        out.extend_from_slice(format!("Date: {}\n", crate::headers::rfc5322_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(opts.now))).as_bytes());
     }
     if qp {
         let mime: [(&str, &str); 3] = [

@@ -14,7 +14,6 @@ pub mod addrlist;
 pub mod args;
 pub mod client;
 pub mod conf;
-pub mod date;
 pub mod headers;
 pub mod offline;
 
