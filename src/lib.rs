@@ -17,6 +17,8 @@ pub mod deliver;
 pub mod envelope;
 pub mod headers;
 pub mod logging;
+pub mod queue;
+pub mod relay;
 pub mod resolve;
 pub mod rules;
 pub mod server;

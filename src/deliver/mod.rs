@@ -16,7 +16,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use pool::Pool;
+pub use pool::{Pool, QueueHook};
 
 use crate::envelope::{MsgId, Target};
 

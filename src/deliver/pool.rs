@@ -8,6 +8,7 @@
 //! So the fsync latency is paid once per batch, not once per message.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -18,6 +19,7 @@ use super::mbox::{self, Appended};
 use super::{Cause, Job, Mail, Outcome};
 use crate::envelope::Target;
 use crate::headers;
+use crate::queue;
 
 /// Jobs per batch: bounds the latency a batch adds and the descriptors it holds open.
 const MAX_BATCH: usize = 128;
@@ -27,14 +29,26 @@ pub struct Pool {
     threads: Vec<JoinHandle<()>>,
 }
 
+/// Where relay targets go: the queue directory, and who to tell when something is queued.
+#[derive(Clone)]
+pub struct QueueHook {
+    pub dir: PathBuf,
+    pub notify: Sender<()>,
+}
+
+struct Ctx {
+    host: Arc<str>,
+    queue: Option<QueueHook>,
+}
+
 impl Pool {
-    pub fn start(threads: usize, hostname: &str) -> Pool {
+    pub fn start(threads: usize, hostname: &str, queue: Option<QueueHook>) -> Pool {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-        let host: Arc<str> = maildir::safe_host(hostname).into();
+        let ctx = Arc::new(Ctx { host: maildir::safe_host(hostname).into(), queue });
         let threads = (0..threads.max(1))
             .filter_map(|i| {
-                let (rx, host) = (rx.clone(), Arc::clone(&host));
-                std::thread::Builder::new().name(format!("deliver-{i}")).spawn(move || run(&rx, &host)).ok()
+                let (rx, ctx) = (rx.clone(), Arc::clone(&ctx));
+                std::thread::Builder::new().name(format!("deliver-{i}")).spawn(move || run(&rx, &ctx)).ok()
             })
             .collect();
         Pool { tx: Some(tx), threads }
@@ -60,7 +74,7 @@ impl Pool {
     }
 }
 
-fn run(rx: &Receiver<Job>, host: &str) {
+fn run(rx: &Receiver<Job>, ctx: &Ctx) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -69,13 +83,15 @@ fn run(rx: &Receiver<Job>, host: &str) {
                 Err(_) => break,
             }
         }
-        deliver_batch(batch, host);
+        deliver_batch(batch, ctx);
     }
 }
 
 /// One job's progress through the batch.
 struct Pending {
     job: Job,
+    /// One of the staged copies is a queue file (relay targets).
+    queued: bool,
     staged: Vec<Staged>,
     appended: Vec<Appended>,
     failed: Option<Cause>,
@@ -93,10 +109,14 @@ impl Pending {
     }
 }
 
-fn deliver_batch(batch: Vec<Job>, host: &str) {
-    let mut pending: Vec<Pending> = batch.into_iter().map(|job| stage_job(job, host)).collect();
+fn deliver_batch(batch: Vec<Job>, ctx: &Ctx) {
+    let mut pending: Vec<Pending> = batch.into_iter().map(|job| stage_job(job, ctx)).collect();
     make_durable(&mut pending);
     publish(&mut pending);
+    let queued = pending.iter().any(|p| p.failed.is_none() && p.queued);
+    if let (true, Some(q)) = (queued, &ctx.queue) {
+        let _ = q.notify.try_send(());
+    }
     for p in pending {
         let outcome = match p.failed {
             None => Outcome::Ok,
@@ -109,29 +129,45 @@ fn deliver_batch(batch: Vec<Job>, host: &str) {
     }
 }
 
-fn stage_job(job: Job, host: &str) -> Pending {
-    let mut p = Pending { staged: Vec::new(), appended: Vec::new(), failed: None, job };
+fn stage_job(job: Job, ctx: &Ctx) -> Pending {
+    let mut p = Pending { staged: Vec::new(), appended: Vec::new(), failed: None, queued: false, job };
     let mail: &Mail = &p.job.mail;
     let return_path = headers::return_path(&mail.return_path);
+    let mut relay = Vec::new();
     for target in &p.job.targets {
         let result = match target {
             Target::Maildir { dir, owner, delivered_to } => {
                 let dt = headers::delivered_to(delivered_to);
-                maildir::stage(dir, *owner, &[&return_path, &dt, &mail.received, &mail.body], host).map(|s| p.staged.push(s))
+                maildir::stage(dir, *owner, &[&return_path, &dt, &mail.received, &mail.body], &ctx.host).map(|s| p.staged.push(s))
             }
             Target::Mbox { path, owner, delivered_to } => {
                 let dt = headers::delivered_to(delivered_to);
                 mbox::append(path, *owner, &mail.return_path, &[&return_path, &dt, &mail.received, &mail.body]).map(|a| p.appended.push(a))
             }
-            Target::Relay { action, .. } => Err(Cause::new(
-                "relay",
-                action.as_str(),
-                std::io::Error::other("relay queue not available in this build"),
-            )),
+            Target::Relay { action, rcpt } => {
+                relay.push((action.clone(), rcpt.clone()));
+                Ok(())
+            }
         };
         if let Err(cause) = result {
             p.fail(cause);
-            break;
+            return p;
+        }
+    }
+    if !relay.is_empty() {
+        let Some(queue) = &ctx.queue else {
+            p.fail(Cause::new("relay", "", std::io::Error::other("no relay queue")));
+            return p;
+        };
+        // One queue file per message holds every relayed recipient (one envelope each).
+        let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let env = queue::encode(&queue::Envelope { sender: mail.return_path.clone(), created, rcpts: relay });
+        match maildir::stage(&queue.dir, None, &[&env, &mail.received, &mail.body], &ctx.host) {
+            Ok(s) => {
+                p.staged.push(s);
+                p.queued = true;
+            }
+            Err(cause) => p.fail(cause),
         }
     }
     p
@@ -195,7 +231,7 @@ fn publish(pending: &mut [Pending]) {
 mod tests {
     use super::*;
     use crate::envelope::MsgId;
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::time::Duration;
 
     fn mail(body: &str) -> Arc<Mail> {
@@ -219,7 +255,7 @@ mod tests {
     #[test]
     fn two_maildirs_byte_exact_and_private() {
         let t = tempfile::tempdir().unwrap();
-        let pool = Pool::start(2, "host/x:y");
+        let pool = Pool::start(2, "host/x:y", None);
         let (a, b) = (t.path().join("a/Maildir"), t.path().join("b/Maildir"));
         assert!(matches!(deliver(&pool, mail("Subject: s\n\nbody\n"), vec![maildir(&a), maildir(&b)]), Outcome::Ok));
         for dir in [&a, &b] {
@@ -245,7 +281,7 @@ mod tests {
         std::fs::create_dir_all(md.join("tmp")).unwrap();
         std::fs::create_dir_all(&elsewhere).unwrap();
         std::os::unix::fs::symlink(&elsewhere, md.join("new")).unwrap();
-        let pool = Pool::start(1, "h");
+        let pool = Pool::start(1, "h", None);
         assert!(matches!(deliver(&pool, mail("x\n"), vec![maildir(&md)]), Outcome::TempFail(_)));
         assert!(files(&elsewhere).is_empty());
         assert!(files(&md.join("tmp")).is_empty());
@@ -263,7 +299,7 @@ mod tests {
         // A file where a directory must be: unwritable even for root.
         std::fs::write(t.path().join("blocked"), "").unwrap();
         let bad = t.path().join("blocked/Maildir");
-        let pool = Pool::start(1, "h");
+        let pool = Pool::start(1, "h", None);
         let outcome = deliver(&pool, mail("x\n"), vec![maildir(&good), maildir(&bad)]);
         assert!(matches!(&outcome, Outcome::TempFail(c) if c.path.starts_with(t.path().join("blocked"))), "{outcome:?}");
         assert!(files(&good.join("new")).is_empty());
@@ -274,7 +310,7 @@ mod tests {
     fn many_jobs_from_many_threads_land_once() {
         let t = tempfile::tempdir().unwrap();
         let md = t.path().join("Maildir");
-        let pool = Arc::new(Pool::start(3, "h"));
+        let pool = Arc::new(Pool::start(3, "h", None));
         let threads: Vec<_> = (0..8)
             .map(|i| {
                 let (pool, md) = (Arc::clone(&pool), md.clone());
@@ -299,7 +335,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let mbox = t.path().join("joseph");
         let target = Target::Mbox { path: mbox.clone(), owner: None, delivered_to: "joseph@h".into() };
-        let pool = Pool::start(1, "h");
+        let pool = Pool::start(1, "h", None);
         assert!(matches!(deliver(&pool, mail("From me\nbody\n"), vec![target.clone()]), Outcome::Ok));
         let first = std::fs::read_to_string(&mbox).unwrap();
         assert!(first.starts_with("From a@example.org ") && first.contains("\n>From me\nbody\n\n"), "{first}");

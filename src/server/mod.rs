@@ -24,6 +24,7 @@ use mio::Waker;
 
 use crate::config::{Config, ListenKind, Listener, TlsMode};
 use crate::deliver;
+use crate::relay;
 use crate::smtp::{SessionConfig, TlsPolicy};
 use crate::tls::{self, Pkis, TlsError};
 use event_loop::{Command, EventLoop, ListenSocket, LoopListener};
@@ -112,7 +113,12 @@ pub fn run(config: Config, reloader: Reloader) -> Result<(), StartError> {
     let loops = config.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     // Each session needs one descriptor; keep some for listeners, files and the spool.
     let max_sessions = (max_fds.saturating_sub(64) as usize / loops).max(1);
-    let pool = Arc::new(deliver::Pool::start(deliver::default_threads(), &config.hostname));
+    let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
+    let hook = deliver::QueueHook { dir: crate::queue::queue_dir(&config.spool), notify: wake_tx.clone() };
+    let pool = Arc::new(deliver::Pool::start(deliver::default_threads(), &config.hostname, Some(hook)));
+    let shared: relay::SharedConfig = Arc::new(std::sync::Mutex::new(Arc::clone(&config)));
+    let relay = relay::Handle { wake: wake_tx, schedule_all: Arc::default(), stop: Arc::default() };
+    let relay_thread = relay::spawn(&config.spool, Arc::clone(&shared), wake_rx, relay.clone()).map_err(StartError::Thread)?;
 
     let mut handles = Vec::with_capacity(loops);
     for i in 0..loops {
@@ -128,10 +134,10 @@ pub fn run(config: Config, reloader: Reloader) -> Result<(), StartError> {
 
     let (tx, rx) = crossbeam_channel::unbounded();
     supervise::forward_signals(tx.clone()).map_err(StartError::Thread)?;
-    supervise::start_control(&config.spool, supervise::Control { tx, stats: &STATS });
+    supervise::start_control(&config.spool, supervise::Control { tx, stats: &STATS, spool: config.spool.clone(), relay: relay.clone() });
     let spool = config.spool.clone();
     let _ = std::thread::Builder::new().name("offline".into()).spawn(move || supervise::pick_up_offline(spool));
-    supervise::supervise(Arc::clone(&config), &reloader, &mut bound, &handles, &rx);
+    supervise::supervise(Arc::clone(&config), &reloader, &mut bound, &handles, &rx, &shared);
 
     for h in &handles {
         h.send(Command::Stop);
@@ -143,6 +149,9 @@ pub fn run(config: Config, reloader: Reloader) -> Result<(), StartError> {
         Ok(pool) => pool.shutdown(),
         Err(_) => log::warn!("delivery pool still shared at exit"),
     }
+    relay.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = relay.wake.try_send(());
+    let _ = relay_thread.join();
     log::info!("mxd stopped");
     Ok(())
 }

@@ -57,7 +57,14 @@ pub(crate) fn forward_signals(tx: Sender<Request>) -> std::io::Result<()> {
 }
 
 /// Runs until SIGTERM or SIGINT, applying reloads as they are asked for.
-pub(crate) fn supervise(mut config: Arc<Config>, reloader: &Reloader, bound: &mut Bound, handles: &[LoopHandle], rx: &Receiver<Request>) {
+pub(crate) fn supervise(
+    mut config: Arc<Config>,
+    reloader: &Reloader,
+    bound: &mut Bound,
+    handles: &[LoopHandle],
+    rx: &Receiver<Request>,
+    shared: &crate::relay::SharedConfig,
+) {
     while let Ok(req) = rx.recv() {
         let (result, reply) = match req {
             Request::Signal(sig) if sig == signal_hook::consts::SIGHUP => (full_reload(reloader), None),
@@ -78,6 +85,9 @@ pub(crate) fn supervise(mut config: Arc<Config>, reloader: &Reloader, bound: &mu
         let answer = match applied {
             Ok(c) => {
                 config = c;
+                if let Ok(mut s) = shared.lock() {
+                    *s = Arc::clone(&config);
+                }
                 log::info!("configuration reloaded from {}", config.file.display());
                 Ok("configuration reloaded".to_owned())
             }
@@ -112,6 +122,8 @@ fn full_reload(reloader: &Reloader) -> Result<Config, String> {
 pub(crate) struct Control {
     pub(crate) tx: Sender<Request>,
     pub(crate) stats: &'static Stats,
+    pub(crate) spool: PathBuf,
+    pub(crate) relay: crate::relay::Handle,
 }
 
 impl Control {
@@ -123,10 +135,8 @@ impl Control {
 }
 
 impl ControlHandler for Control {
-    /// No relay queue exists in this version: every accepted message is delivered before
-    /// its 250, so nothing ever waits.
     fn show_queue(&self) -> String {
-        String::new()
+        crate::relay::list(&self.spool)
     }
 
     fn show_stats(&self) -> String {
@@ -140,12 +150,30 @@ impl ControlHandler for Control {
         )
     }
 
-    fn schedule(&self, target: &Target) -> Result<String, HandlerError> {
-        Err(HandlerError::not_found(format!("{target:?}: the queue is empty")))
+    /// Every waiting recipient is retried now (an ID schedules everything too: sessions to
+    /// one host carry all its messages anyway).
+    fn schedule(&self, _target: &Target) -> Result<String, HandlerError> {
+        self.relay.schedule_all.store(true, Ordering::Relaxed);
+        let _ = self.relay.wake.try_send(());
+        Ok("scheduled".to_owned())
     }
 
     fn remove(&self, target: &Target) -> Result<String, HandlerError> {
-        Err(HandlerError::not_found(format!("{target:?}: the queue is empty")))
+        let q = crate::queue::queue_dir(&self.spool);
+        let names: Vec<String> = std::fs::read_dir(q.join("new"))
+            .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        let chosen: Vec<&String> = match target {
+            Target::All => names.iter().collect(),
+            Target::Id(id) => names.iter().filter(|n| n.contains(id.as_str())).collect(),
+        };
+        if chosen.is_empty() {
+            return Err(HandlerError::not_found("no such message"));
+        }
+        for name in &chosen {
+            crate::queue::remove(&q, name).map_err(|e| HandlerError::failed(e.to_string()))?;
+        }
+        Ok(format!("{} removed", chosen.len()))
     }
 
     fn reload(&self) -> Result<String, HandlerError> {

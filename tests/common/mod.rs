@@ -48,8 +48,12 @@ match from any for local action "local"
 impl Mxd {
     /// Starts mxd on `conf` (a function of the temp dir and a free port) with extra env vars.
     pub fn start_with(conf: impl FnOnce(&Path, u16) -> String, env: &[(&str, &str)]) -> Mxd {
+        Mxd::start_at(free_port(), conf, env)
+    }
+
+    /// As `start_with`, on a port chosen by the caller (a relay test's "host that comes back").
+    pub fn start_at(port: u16, conf: impl FnOnce(&Path, u16) -> String, env: &[(&str, &str)]) -> Mxd {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
         let path = dir.path().join("smtpd.conf");
         std::fs::write(&path, conf(dir.path(), port)).expect("write conf");
         let log = std::fs::File::create(dir.path().join("mxd.log")).expect("log file");
@@ -70,6 +74,19 @@ impl Mxd {
         let mut mxd = Mxd { child: Some(child), dir, port, conf: path };
         mxd.wait_ready();
         mxd
+    }
+
+    /// Starts mxd again on the same configuration and spool (after `kill9` or `stop`).
+    pub fn restart(&mut self, env: &[(&str, &str)]) {
+        assert!(self.child.is_none(), "still running");
+        let log = std::fs::OpenOptions::new().append(true).open(self.dir.path().join("mxd.log")).expect("log");
+        let mut cmd = Command::new(MXD);
+        cmd.arg("-d").arg("-v").arg("-f").arg(&self.conf).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn mxd"));
+        self.wait_ready();
     }
 
     pub fn start() -> Mxd {

@@ -1,0 +1,138 @@
+//! The persistent relay queue: `SPOOL/queue` is laid out like a Maildir (`tmp/`, `new/`),
+//! and a queued message is written exactly as a Maildir copy is (delivery threads, group
+//! commit, fsync before rename, directory fsync), so the 250 after DATA covers it too.
+//!
+//! A queue file is an envelope header, a line ".", then the message (LF endings):
+//! ```text
+//! mxd-queue 1
+//! sender joseph@node.example
+//! created 1700000000
+//! rcpt relay_to_mx0 joseph@node.example
+//! .
+//! Received: …
+//! ```
+//! Recipients already delivered are listed in `state/NAME` (written tmp+fsync+rename), so a
+//! restart never sends them twice; a file is removed once every recipient is done.
+
+pub mod bounce;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const QUEUE_DIR: &str = "queue";
+
+/// Who sent a queued message, when, and to whom (by relay action).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    pub sender: String,
+    pub created: u64,
+    /// (action name, recipient address)
+    pub rcpts: Vec<(String, String)>,
+}
+
+pub fn queue_dir(spool: &Path) -> PathBuf {
+    spool.join(QUEUE_DIR)
+}
+
+/// The header written before the message. Values come from validated addresses and action
+/// names, which contain no spaces or line breaks; anything else is replaced.
+pub fn encode(env: &Envelope) -> Vec<u8> {
+    let clean = |s: &str| -> String { s.chars().map(|c| if c.is_whitespace() || c.is_control() { '_' } else { c }).collect() };
+    let mut out = format!("mxd-queue 1\nsender {}\ncreated {}\n", clean(&env.sender), env.created);
+    for (action, rcpt) in &env.rcpts {
+        out.push_str(&format!("rcpt {} {}\n", clean(action), clean(rcpt)));
+    }
+    out.push_str(".\n");
+    out.into_bytes()
+}
+
+/// Splits a queue file into its envelope and message; `None` for anything malformed (a
+/// file is only ever in new/ whole, so this means corruption, logged by the caller).
+pub fn decode(file: &[u8]) -> Option<(Envelope, &[u8])> {
+    let end = file.windows(3).position(|w| w == b"\n.\n")?;
+    let head = std::str::from_utf8(&file[..end]).ok()?;
+    let mut lines = head.lines();
+    if lines.next()? != "mxd-queue 1" {
+        return None;
+    }
+    let mut env = Envelope { sender: String::new(), created: 0, rcpts: Vec::new() };
+    for line in lines {
+        match line.split_once(' ')? {
+            ("sender", s) => env.sender = s.to_owned(),
+            ("created", n) => env.created = n.parse().ok()?,
+            ("rcpt", rest) => {
+                let (action, rcpt) = rest.split_once(' ')?;
+                env.rcpts.push((action.to_owned(), rcpt.to_owned()));
+            }
+            _ => return None,
+        }
+    }
+    if env.rcpts.is_empty() {
+        return None;
+    }
+    Some((env, &file[end + 3..]))
+}
+
+fn state_path(queue: &Path, name: &str) -> PathBuf {
+    queue.join("state").join(name)
+}
+
+/// Recipients of `name` already delivered (or bounced).
+pub fn read_done(queue: &Path, name: &str) -> BTreeSet<String> {
+    std::fs::read_to_string(state_path(queue, name)).map(|s| s.lines().map(str::to_owned).collect()).unwrap_or_default()
+}
+
+/// Records the finished recipients durably, before anything else relies on it.
+pub fn write_done(queue: &Path, name: &str, done: &BTreeSet<String>) -> std::io::Result<()> {
+    let dir = queue.join("state");
+    std::fs::create_dir_all(&dir)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    for r in done {
+        writeln!(f, "{r}")?;
+    }
+    f.sync_all()?;
+    std::fs::rename(&tmp, state_path(queue, name))?;
+    std::fs::File::open(&dir)?.sync_all()
+}
+
+/// Removes a finished message: its file first, then its state.
+pub fn remove(queue: &Path, name: &str) -> std::io::Result<()> {
+    std::fs::remove_file(queue.join("new").join(name))?;
+    std::fs::File::open(queue.join("new"))?.sync_all()?;
+    match std::fs::remove_file(state_path(queue, name)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_refusals() {
+        let env = Envelope { sender: "a@b".into(), created: 42, rcpts: vec![("out".into(), "x@y".into()), ("out".into(), "z@y".into())] };
+        let mut file = encode(&env);
+        file.extend_from_slice(b"Subject: s\n\nbody\n.\nmore\n");
+        let (back, msg) = decode(&file).unwrap();
+        assert_eq!(back, env);
+        assert_eq!(msg, b"Subject: s\n\nbody\n.\nmore\n");
+        assert!(decode(b"mxd-queue 1\nsender a\n").is_none(), "truncated");
+        assert!(decode(b"mxd-queue 2\nrcpt a b\n.\nx").is_none());
+        assert!(decode(b"mxd-queue 1\nsender a\n.\nx").is_none(), "no recipient");
+        let odd = encode(&Envelope { sender: "a b\nrcpt x y".into(), created: 1, rcpts: vec![("o".into(), "r".into())] });
+        assert_eq!(decode(&[odd, b"m".to_vec()].concat()).unwrap().0.rcpts.len(), 1);
+    }
+
+    #[test]
+    fn done_state_survives() {
+        let t = tempfile::tempdir().unwrap();
+        let mut done = BTreeSet::new();
+        done.insert("x@y".to_owned());
+        write_done(t.path(), "m1", &done).unwrap();
+        assert_eq!(read_done(t.path(), "m1"), done);
+        assert!(read_done(t.path(), "m2").is_empty());
+    }
+}

@@ -1,0 +1,323 @@
+//! The outbound SMTP client for relaying: blocking sockets with timeouts (it runs on the
+//! relay thread, never on an event loop), STARTTLS or implicit TLS with rustls, certificate
+//! verification against the system's CA bundle unless `tls no-verify`, AUTH PLAIN over TLS.
+//! Server input is untrusted: replies are length-capped and parsed without panicking.
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// A reply line longer than this is a broken server.
+const MAX_REPLY: usize = 64 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    /// `smtp+notls://`
+    Never,
+    /// `smtp://`: STARTTLS when offered.
+    Opportunistic,
+    /// `smtp+tls://` or `tls`: STARTTLS or fail.
+    Required,
+    /// `smtps://`
+    Implicit,
+}
+
+/// Everything needed to open a session to one relay host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spec {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    /// False for `tls no-verify`.
+    pub verify: bool,
+    pub src: Option<IpAddr>,
+    pub helo: String,
+    /// (user, password) for AUTH PLAIN, only ever sent over TLS.
+    pub auth: Option<(String, String)>,
+}
+
+/// What the server said about one recipient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RcptResult {
+    Ok,
+    Temp(String),
+    Perm(String),
+}
+
+impl RcptResult {
+    fn from_reply(code: u16, text: &str) -> RcptResult {
+        let t = format!("{code} {text}");
+        match code {
+            200..=399 => RcptResult::Ok,
+            500..=599 => RcptResult::Perm(t),
+            _ => RcptResult::Temp(t),
+        }
+    }
+}
+
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+pub struct Session {
+    stream: Box<dyn Stream>,
+    buf: Vec<u8>,
+    pipelining: bool,
+}
+
+fn err(msg: impl Into<String>) -> io::Error {
+    io::Error::other(msg.into())
+}
+
+fn connect(spec: &Spec) -> io::Result<TcpStream> {
+    let addrs: Vec<SocketAddr> = (spec.host.as_str(), spec.port).to_socket_addrs()?.collect();
+    let mut last = err(format!("{}: no address", spec.host));
+    for addr in addrs {
+        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+        if let Some(src) = spec.src {
+            socket.bind(&SocketAddr::new(src, 0).into())?;
+        }
+        match socket.connect_timeout(&addr.into(), TIMEOUT) {
+            Ok(()) => {
+                let s: TcpStream = socket.into();
+                s.set_read_timeout(Some(TIMEOUT))?;
+                s.set_write_timeout(Some(TIMEOUT))?;
+                return Ok(s);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+impl Session {
+    /// Connects, reads the greeting, says EHLO, upgrades to TLS as the spec says, and
+    /// authenticates if asked.
+    pub fn open(spec: &Spec) -> io::Result<Session> {
+        let tcp = connect(spec)?;
+        let stream: Box<dyn Stream> = match spec.tls {
+            TlsMode::Implicit => Box::new(tls(tcp.try_clone()?, spec)?),
+            _ => Box::new(tcp.try_clone()?),
+        };
+        let mut s = Session { stream, buf: Vec::new(), pipelining: false };
+        s.expect(220, "greeting")?;
+        let mut exts = s.ehlo(&spec.helo)?;
+        let offered = exts.iter().any(|e| e.eq_ignore_ascii_case("STARTTLS"));
+        let upgrade = match spec.tls {
+            TlsMode::Required if !offered => return Err(err(format!("{}: STARTTLS required but not offered", spec.host))),
+            TlsMode::Required => true,
+            TlsMode::Opportunistic => offered,
+            TlsMode::Never | TlsMode::Implicit => false,
+        };
+        if upgrade {
+            s.command(b"STARTTLS\r\n")?;
+            s.expect(220, "STARTTLS")?;
+            s.stream = Box::new(tls(tcp, spec)?);
+            s.buf.clear();
+            exts = s.ehlo(&spec.helo)?;
+        }
+        s.pipelining = exts.iter().any(|e| e.eq_ignore_ascii_case("PIPELINING"));
+        if let Some((user, pass)) = &spec.auth {
+            if !(upgrade || spec.tls == TlsMode::Implicit) {
+                return Err(err("AUTH refused without TLS"));
+            }
+            let token = base64(format!("\0{user}\0{pass}").as_bytes());
+            s.command(format!("AUTH PLAIN {token}\r\n").as_bytes())?;
+            s.expect(235, "AUTH")?;
+        }
+        Ok(s)
+    }
+
+    fn ehlo(&mut self, helo: &str) -> io::Result<Vec<String>> {
+        self.command(format!("EHLO {helo}\r\n").as_bytes())?;
+        let (code, lines) = self.reply()?;
+        if code != 250 {
+            // RFC 5321 §3.2: fall back to HELO.
+            self.command(format!("HELO {helo}\r\n").as_bytes())?;
+            self.expect(250, "HELO")?;
+            return Ok(Vec::new());
+        }
+        Ok(lines.into_iter().skip(1).collect())
+    }
+
+    fn command(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
+    }
+
+    fn expect(&mut self, code: u16, what: &str) -> io::Result<()> {
+        let (got, lines) = self.reply()?;
+        if got == code {
+            Ok(())
+        } else {
+            Err(err(format!("{what}: {got} {}", lines.last().map_or("", String::as_str))))
+        }
+    }
+
+    /// One reply: its code and the text of each line.
+    fn reply(&mut self) -> io::Result<(u16, Vec<String>)> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.line()?;
+            let code = line.get(..3).and_then(|c| c.parse::<u16>().ok()).ok_or_else(|| err(format!("bad reply {line:?}")))?;
+            lines.push(line.get(4..).unwrap_or("").to_owned());
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok((code, lines));
+            }
+            if lines.len() > 100 {
+                return Err(err("reply too long"));
+            }
+        }
+    }
+
+    fn line(&mut self) -> io::Result<String> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return Ok(String::from_utf8_lossy(&line).trim_end().to_owned());
+            }
+            if self.buf.len() > MAX_REPLY {
+                return Err(err("reply line too long"));
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed by the server"));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Sends one message to `rcpts`; the message is stored with LF endings and goes out
+    /// with CRLF and dot-stuffing. An `Err` means the session is unusable: every
+    /// recipient of this message is a temporary failure.
+    pub fn send(&mut self, sender: &str, rcpts: &[&str], message: &[u8]) -> io::Result<Vec<RcptResult>> {
+        let mut cmds = format!("MAIL FROM:<{sender}>\r\n");
+        for r in rcpts {
+            cmds.push_str(&format!("RCPT TO:<{r}>\r\n"));
+        }
+        let (mail_code, mail_text, mut results) = if self.pipelining {
+            // RFC 2920: MAIL and every RCPT in one write; DATA waits for their replies.
+            self.command(cmds.as_bytes())?;
+            let (code, lines) = self.reply()?;
+            let mut results = Vec::new();
+            for _ in rcpts {
+                let (c, l) = self.reply()?;
+                results.push(RcptResult::from_reply(c, l.last().map_or("", String::as_str)));
+            }
+            (code, lines.last().cloned().unwrap_or_default(), results)
+        } else {
+            let mut lines = cmds.split_inclusive("\r\n");
+            self.command(lines.next().unwrap_or_default().as_bytes())?;
+            let (code, l) = self.reply()?;
+            let mut results = Vec::new();
+            if (200..300).contains(&code) {
+                for line in lines {
+                    self.command(line.as_bytes())?;
+                    let (c, l) = self.reply()?;
+                    results.push(RcptResult::from_reply(c, l.last().map_or("", String::as_str)));
+                }
+            }
+            (code, l.last().cloned().unwrap_or_default(), results)
+        };
+        if !(200..300).contains(&mail_code) {
+            let all = RcptResult::from_reply(mail_code, &mail_text);
+            self.rset()?;
+            return Ok(rcpts.iter().map(|_| all.clone()).collect());
+        }
+        if !results.iter().any(|r| *r == RcptResult::Ok) {
+            self.rset()?;
+            return Ok(results);
+        }
+        self.command(b"DATA\r\n")?;
+        let (code, l) = self.reply()?;
+        if code != 354 {
+            let all = RcptResult::from_reply(code, l.last().map_or("", String::as_str));
+            self.rset()?;
+            return Ok(results.iter().map(|r| if *r == RcptResult::Ok { all.clone() } else { r.clone() }).collect());
+        }
+        self.command(&wire_form(message))?;
+        let (code, l) = self.reply()?;
+        let verdict = RcptResult::from_reply(code, l.last().map_or("", String::as_str));
+        for r in results.iter_mut().filter(|r| **r == RcptResult::Ok) {
+            *r = verdict.clone();
+        }
+        Ok(results)
+    }
+
+    fn rset(&mut self) -> io::Result<()> {
+        self.command(b"RSET\r\n")?;
+        self.reply().map(drop)
+    }
+
+    pub fn quit(mut self) {
+        if self.command(b"QUIT\r\n").is_ok() {
+            let _ = self.reply();
+        }
+    }
+}
+
+/// LF → CRLF, a dot doubled at the start of a line, and the final ".".
+pub fn wire_form(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 40 + 8);
+    for line in message.split_inclusive(|b| *b == b'\n') {
+        let text = line.strip_suffix(b"\n").unwrap_or(line);
+        if text.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(text);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(T[((n >> shift) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn tls(tcp: TcpStream, spec: &Spec) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let config = crate::tls::client_config(spec.verify).map_err(|e| err(e.to_string()))?;
+    let name = rustls::pki_types::ServerName::try_from(spec.host.clone()).map_err(|e| err(e.to_string()))?;
+    let mut conn = rustls::ClientConnection::new(config, name).map_err(|e| err(e.to_string()))?;
+    let mut tcp = tcp;
+    // Finish the handshake here, so a bad certificate fails the session, not a later write.
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp)?;
+    }
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form_and_base64() {
+        assert_eq!(wire_form(b"a\n.b\n..c\nend"), b"a\r\n..b\r\n...c\r\nend\r\n.\r\n");
+        assert_eq!(base64(b"\0user\0pass"), "AHVzZXIAcGFzcw==");
+        assert_eq!(base64(b"ab"), "YWI=");
+        assert_eq!(base64(b"abc"), "YWJj");
+    }
+
+    #[test]
+    fn reply_classes() {
+        assert_eq!(RcptResult::from_reply(250, "ok"), RcptResult::Ok);
+        assert!(matches!(RcptResult::from_reply(451, "later"), RcptResult::Temp(_)));
+        assert!(matches!(RcptResult::from_reply(550, "no"), RcptResult::Perm(_)));
+        assert!(matches!(RcptResult::from_reply(999, "odd"), RcptResult::Temp(_)));
+    }
+}

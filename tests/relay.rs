@@ -1,0 +1,249 @@
+//! Relay (issue 5): a node mxd relaying to a second mxd over STARTTLS with `tls no-verify`,
+//! to a host that is down and comes back, to one that answers 4xx then 250, to one that
+//! answers 5xx (the bounce lands in the sender's Maildir), and across a kill -9.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{python, Mxd};
+
+const SEND: &str = r#"
+import smtplib, sys
+port, sender, rcpt, body = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+with smtplib.SMTP("127.0.0.1", port) as s:
+    s.sendmail(sender, [rcpt], ("Message-ID: <%s@relay-test>\r\nSubject: relayed\r\n\r\n%s\r\n" % (body, body)).encode())
+"#;
+
+/// A node: joseph is local (for node.test), everything else goes to 127.0.0.1:`to`.
+fn node_conf(to: u16, scheme: &'static str, extra: &'static str) -> impl FnOnce(&Path, u16) -> String {
+    move |d: &Path, p: u16| {
+        let (uid, gid) = common::uid_gid();
+        format!(
+            "spool \"{d}/spool\"\nhostname \"node.test\"\n\
+             table users {{ joseph = \"{uid}:{gid}:{d}/home/joseph\" }}\n\
+             listen on 127.0.0.1 port {p}\n\
+             action \"local\" maildir userbase <users>\n\
+             action \"out\" relay host {scheme}://127.0.0.1:{to} {extra}\n\
+             match from any for domain \"node.test\" action \"local\"\n\
+             match from any for any action \"out\"\n",
+            d = d.display()
+        )
+    }
+}
+
+/// mx0: the basic configuration plus a TLS-required listener on `tls_port`.
+fn mx0_conf(tls_port: u16) -> impl FnOnce(&Path, u16) -> String {
+    move |d: &Path, p: u16| {
+        let key = d.join("mx0.key");
+        let crt = d.join("mx0.crt");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out {k} 2>/dev/null && chmod 600 {k} && openssl req -x509 -new -key {k} -out {c} -days 30 -subj /CN=mx0.test",
+                k = key.display(),
+                c = crt.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        format!(
+            "pki mx0.test cert \"{}\"\npki mx0.test key \"{}\"\n{}listen on 127.0.0.1 port {tls_port} tls-require pki mx0.test\n",
+            crt.display(),
+            key.display(),
+            common::basic_conf(d, p)
+        )
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn queue_files(m: &Mxd) -> usize {
+    common::count_files(&m.path().join("spool/queue/new"))
+}
+
+#[test]
+fn node_relays_to_mx0_over_starttls_no_verify() {
+    let tls_port = common::free_port();
+    let mx0 = Mxd::start_with(mx0_conf(tls_port), &[]);
+    let node = Mxd::start_with(node_conf(tls_port, "smtp+tls", "tls no-verify"), &[]);
+    python(SEND, &[&node.port.to_string(), "joseph@node.test", "joseph@test", "hello-mx0"]);
+    wait_for("the message on mx0", Duration::from_secs(20), || mx0.messages("joseph").len() == 1);
+    let text = String::from_utf8_lossy(&mx0.messages("joseph")[0]).into_owned();
+    assert_eq!(text.matches("\nReceived: ").count() + usize::from(text.starts_with("Received: ")), 2, "{text}");
+    assert!(text.contains("by mx.test (mxd) with ESMTPS id "), "hop to mx0 is TLS: {text}");
+    assert!(text.contains("(TLSv1.3:"), "{text}");
+    assert!(text.contains("by node.test (mxd) with ESMTP id "), "{text}");
+    assert!(text.starts_with("Return-Path: <joseph@node.test>\nDelivered-To: joseph@test\n"), "{text}");
+    wait_for("an empty queue", Duration::from_secs(10), || queue_files(&node) == 0);
+    assert!(node.log().contains("result=Ok"), "{}", node.log());
+}
+
+#[test]
+fn host_down_then_up_gets_it_exactly_once_and_mailq_shows_it() {
+    let port = common::free_port();
+    let node = Mxd::start_with(node_conf(port, "smtp", ""), &[("MXD_RETRY_BASE", "1")]);
+    python(SEND, &[&node.port.to_string(), "joseph@node.test", "alice@test", "while-down"]);
+    wait_for("a failed attempt", Duration::from_secs(10), || node.log().contains("result=TempFail"));
+    let mailq = std::process::Command::new(env!("CARGO_BIN_EXE_mxctl")).arg("-f").arg(&node.conf).args(["show", "queue"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&mailq.stdout).contains("<alice@test>"), "{}", String::from_utf8_lossy(&mailq.stdout));
+    // mx0 comes up on that port.
+    let mx0 = Mxd::start_at(port, common::basic_conf, &[]);
+    wait_for("delivery after the host came back", Duration::from_secs(30), || mx0.messages("alice").len() == 1);
+    wait_for("an empty queue", Duration::from_secs(10), || queue_files(&node) == 0);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(mx0.messages("alice").len(), 1, "exactly once");
+}
+
+/// A scripted server: RCPT answers come from `rcpt_replies` in turn (then 250); counts
+/// accepted messages and connections.
+struct Scripted {
+    port: u16,
+    messages: Arc<AtomicU64>,
+    connections: Arc<AtomicU64>,
+}
+
+fn scripted(rcpt_replies: Vec<&'static str>) -> Scripted {
+    scripted_at(0, rcpt_replies)
+}
+
+fn scripted_at(port: u16, rcpt_replies: Vec<&'static str>) -> Scripted {
+    let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (messages, connections) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (m, c) = (Arc::clone(&messages), Arc::clone(&connections));
+    let replies = Arc::new(std::sync::Mutex::new(rcpt_replies.into_iter()));
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            c.fetch_add(1, Ordering::Relaxed);
+            let (m, replies) = (Arc::clone(&m), Arc::clone(&replies));
+            std::thread::spawn(move || {
+                let mut w = conn.try_clone().unwrap();
+                let mut r = BufReader::new(conn);
+                let _ = w.write_all(b"220 scripted ESMTP\r\n");
+                let mut line = String::new();
+                let mut ok_rcpt = false;
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let u = line.to_ascii_uppercase();
+                    let reply: String = if u.starts_with("EHLO") {
+                        "250-scripted\r\n250 PIPELINING\r\n".into()
+                    } else if u.starts_with("RCPT") {
+                        let r = replies.lock().unwrap().next().unwrap_or("250 ok");
+                        ok_rcpt |= r.starts_with('2');
+                        format!("{r}\r\n")
+                    } else if u.starts_with("DATA") && ok_rcpt {
+                        let _ = w.write_all(b"354 go\r\n");
+                        loop {
+                            line.clear();
+                            if r.read_line(&mut line).unwrap_or(0) == 0 || line == ".\r\n" {
+                                break;
+                            }
+                        }
+                        m.fetch_add(1, Ordering::Relaxed);
+                        ok_rcpt = false;
+                        "250 queued\r\n".into()
+                    } else if u.starts_with("QUIT") {
+                        let _ = w.write_all(b"221 bye\r\n");
+                        return;
+                    } else if u.starts_with("MAIL") || u.starts_with("RSET") {
+                        ok_rcpt = false;
+                        "250 ok\r\n".into()
+                    } else {
+                        "250 ok\r\n".into()
+                    };
+                    if w.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Scripted { port, messages, connections }
+}
+
+#[test]
+fn four_xx_then_250_is_retried() {
+    let s = scripted(vec!["451 4.3.0 try again"]);
+    let node = Mxd::start_with(node_conf(s.port, "smtp", ""), &[("MXD_RETRY_BASE", "1")]);
+    python(SEND, &[&node.port.to_string(), "joseph@node.test", "x@far.test", "retry"]);
+    wait_for("the retry to succeed", Duration::from_secs(20), || s.messages.load(Ordering::Relaxed) == 1);
+    wait_for("an empty queue", Duration::from_secs(10), || queue_files(&node) == 0);
+    assert!(node.log().contains("result=TempFail"), "{}", node.log());
+}
+
+#[test]
+fn five_xx_bounces_to_the_sender_and_no_bounce_for_a_bounce() {
+    let s = scripted(vec!["550 5.1.1 no such user", "550 5.1.1 no such user"]);
+    let node = Mxd::start_with(node_conf(s.port, "smtp", ""), &[]);
+    python(SEND, &[&node.port.to_string(), "joseph@node.test", "nobody@far.test", "doomed"]);
+    wait_for("the bounce in joseph's Maildir", Duration::from_secs(20), || node.messages("joseph").len() == 1);
+    let bounce = String::from_utf8_lossy(&node.messages("joseph")[0]).into_owned();
+    assert!(bounce.starts_with("Return-Path: <>\n"), "{bounce}");
+    assert!(bounce.contains("report-type=delivery-status"), "{bounce}");
+    assert!(bounce.contains("Final-Recipient: rfc822; nobody@far.test"), "{bounce}");
+    assert!(bounce.contains("550 5.1.1 no such user"), "{bounce}");
+    wait_for("an empty queue", Duration::from_secs(10), || queue_files(&node) == 0);
+    // A message from the null sender that fails for good is dropped, not bounced.
+    let script = r#"
+import smtplib, sys
+with smtplib.SMTP("127.0.0.1", int(sys.argv[1])) as s:
+    s.sendmail("<>", ["nobody@far.test"], b"Subject: bounce\r\n\r\nx\r\n")
+"#;
+    python(script, &[&node.port.to_string()]);
+    wait_for("an empty queue", Duration::from_secs(20), || queue_files(&node) == 0 && node.log().matches("result=PermFail").count() >= 2);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(node.messages("joseph").len(), 1, "no bounce for a bounce");
+}
+
+#[test]
+fn several_messages_for_one_host_share_a_session() {
+    // Five messages wait for a host that is down; when it comes up, one session takes them.
+    let port = common::free_port();
+    let node = Mxd::start_with(node_conf(port, "smtp", ""), &[("MXD_RETRY_BASE", "2")]);
+    let script = r#"
+import smtplib, sys
+with smtplib.SMTP("127.0.0.1", int(sys.argv[1])) as s:
+    for i in range(5):
+        s.sendmail("joseph@node.test", ["x%d@far.test" % i], b"Subject: batch\r\n\r\nx\r\n")
+"#;
+    python(script, &[&node.port.to_string()]);
+    wait_for("failed attempts", Duration::from_secs(10), || node.log().matches("result=TempFail").count() >= 5);
+    let s = scripted_at(port, vec![]);
+    wait_for("five messages", Duration::from_secs(20), || s.messages.load(Ordering::Relaxed) == 5);
+    assert_eq!(s.connections.load(Ordering::Relaxed), 1, "one session for the five");
+}
+
+#[test]
+fn kill9_with_messages_queued_loses_nothing() {
+    let port = common::free_port();
+    let mut node = Mxd::start_with(node_conf(port, "smtp", ""), &[("MXD_RETRY_BASE", "1")]);
+    for i in 0..5 {
+        python(SEND, &[&node.port.to_string(), "joseph@node.test", "alice@test", &format!("k9-{i}")]);
+    }
+    assert_eq!(queue_files(&node), 5);
+    node.kill9();
+    let mx0 = Mxd::start_at(port, common::basic_conf, &[]);
+    node.restart(&[("MXD_RETRY_BASE", "1")]);
+    wait_for("all five after restart", Duration::from_secs(30), || mx0.messages("alice").len() == 5);
+    let bodies: std::collections::BTreeSet<String> = mx0
+        .messages("alice")
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).lines().last().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(bodies.len(), 5);
+}
