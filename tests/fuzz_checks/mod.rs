@@ -1,0 +1,190 @@
+//! The invariants the fuzz targets check, shared by fuzz/fuzz_targets/*.rs (libFuzzer, on
+//! nightly) and tests/fuzz_replay.rs (every corpus and regression file, on stable). Each
+//! function takes arbitrary bytes and panics only when an invariant breaks.
+#![allow(dead_code)] // each user calls some of them
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mxd::smtp::data::{reference_decode, DataDecoder, DataStatus};
+use mxd::smtp::{AcceptAll, Event, Outcome, Session, SessionConfig, TlsInfo, TlsPolicy};
+
+/// The command parser never panics; every error maps to a 4xx/5xx reply.
+pub fn smtp_command(data: &[u8]) {
+    match mxd::smtp::command::parse(data) {
+        Ok(_) => {}
+        Err(e) => assert!((400..600).contains(&e.reply().code)),
+    }
+    let _ = mxd::smtp::command::mail_params(data);
+    let _ = mxd::smtp::command::rcpt_params(data);
+}
+
+/// The DATA decoder gives the reference decoder's answer under a chunking taken from the
+/// input's first byte.
+pub fn smtp_data(data: &[u8]) {
+    let (step, input) = match data.split_first() {
+        Some((s, rest)) => (usize::from(*s % 17) + 1, rest),
+        None => return,
+    };
+    let max = 4096;
+    let want = reference_decode(input, max);
+    let mut d = DataDecoder::new(max);
+    let mut body = Vec::new();
+    let mut consumed = 0;
+    let mut got = None;
+    for chunk in input.chunks(step) {
+        let (n, status) = d.feed(chunk, &mut body);
+        consumed += n;
+        assert!(body.len() as u64 <= max, "body grew past the limit");
+        if let DataStatus::End(r) = status {
+            got = Some((consumed, r.map(|()| body.clone())));
+            break;
+        }
+        assert_eq!(n, chunk.len(), "input consumed before the end");
+    }
+    assert_eq!(got, want);
+}
+
+/// A whole session driven by arbitrary client bytes: replies well-formed and numbered,
+/// output and body bounded, every accepted body what the reference decoder gives.
+pub fn smtp_session(data: &[u8]) {
+    let cfg = SessionConfig {
+        hostname: "fuzz.test".into(),
+        max_message_size: 2048,
+        max_rcpt: 5,
+        max_errors: 50,
+        idle_timeout: Duration::from_secs(300),
+        tls: TlsPolicy::Offer,
+        tls_active: false,
+    };
+    let now = Instant::now();
+    let mut s = Session::new(Arc::new(cfg), AcceptAll::default(), now);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut commits = 0u32;
+    for chunk in data.chunks(7) {
+        pending.extend_from_slice(chunk);
+        for _ in 0..4 {
+            let n = s.handle_input(&pending, now);
+            pending.drain(..n);
+            while let Some(ev) = s.poll_event() {
+                match ev {
+                    Event::Message(m) => {
+                        assert!(m.body.len() <= 2048);
+                        assert!(!m.body.contains(&b'\r'), "stored form has LF endings only");
+                        commits += 1;
+                        let o = if commits % 2 == 0 { Outcome::Ok } else { Outcome::TempFail("fuzz".into()) };
+                        s.handle_commit(m.id, o);
+                    }
+                    Event::StartTls => {
+                        pending.clear();
+                        s.handle_tls(TlsInfo { version: "TLSv1.3".into(), cipher: "X".into(), bits: 256 });
+                    }
+                    Event::Close(_) => {}
+                }
+            }
+            check_output(s.output());
+            let len = s.output().len();
+            s.consume_output(len);
+            if s.is_closing() {
+                return;
+            }
+        }
+        assert!(pending.len() <= 1024 + chunk.len(), "unconsumed input grew: {}", pending.len());
+    }
+}
+
+fn check_output(out: &[u8]) {
+    assert!(out.len() < 256 * 1024);
+    for line in out.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let line = line.strip_suffix(b"\r").expect("replies end in CRLF");
+        let code: u16 = std::str::from_utf8(&line[..3]).ok().and_then(|c| c.parse().ok()).expect("numeric code");
+        assert!((200..600).contains(&code));
+        assert!(line.len() == 3 || line[3] == b' ' || line[3] == b'-');
+    }
+}
+
+/// Accepted addresses have an '@' (or are empty) and no CR, LF, NUL or other controls.
+pub fn address(data: &[u8]) {
+    for utf8 in [false, true] {
+        if let Ok(a) = mxd::smtp::address::parse_mailbox(data, utf8) {
+            assert!(a.is_empty() || a.contains('@'));
+            assert!(!a.chars().any(|c| c.is_control()), "{a:?}");
+        }
+    }
+    let _ = mxd::smtp::address::split_path(data);
+}
+
+/// Configuration text never panics the loader; every error has a line.
+pub fn config(data: &[u8]) {
+    let dir = std::env::temp_dir().join(format!("mxd-fuzz-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join("smtpd.conf");
+    if std::fs::write(&path, data).is_ok() {
+        if let Err(errs) = mxd::config::load(&path, &[]) {
+            assert!(!errs.0.is_empty());
+        }
+    }
+}
+
+pub fn table(data: &[u8]) {
+    let _ = mxd::table::parse(&String::from_utf8_lossy(data));
+}
+
+/// Expansion never adds a ".." component, and address values never add a '/'.
+pub fn expand(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.splitn(3, '\u{1}');
+    let (template, rcpt, sender) = (parts.next().unwrap_or(""), parts.next().unwrap_or("u@d"), parts.next().unwrap_or("s@d"));
+    let ctx = mxd::config::expand::ExpandCtx { sender, rcpt, dest: rcpt, user_name: "joseph", user_dir: "/home/joseph", sub_addr_delim: '+' };
+    if let Ok(out) = mxd::config::expand::expand(template, &ctx) {
+        let count = |s: &str| s.split('/').filter(|c| *c == "..").count();
+        assert!(count(&out) <= count(template), "{template:?} + {rcpt:?} -> {out:?}");
+        if !template.contains("user.directory") {
+            assert_eq!(out.matches('/').count(), template.matches('/').count(), "{template:?} + {rcpt:?} -> {out:?}");
+        }
+    }
+}
+
+/// Headers built from hostile values keep their structure: no CR, no control bytes, every
+/// continuation line indented.
+pub fn headers(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.splitn(3, '\u{1}');
+    let (helo, rcpt, sender) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let h = mxd::headers::received(&mxd::headers::ReceivedInfo {
+        helo,
+        rdns: Some(sender),
+        peer: mxd::headers::Peer::Local,
+        by: "fuzz.test",
+        proto: "ESMTP",
+        id: mxd::envelope::MsgId(1),
+        tls: Some((helo, rcpt, 256)),
+        rcpt: Some(rcpt),
+        date: std::time::UNIX_EPOCH,
+    });
+    let s = String::from_utf8(h).expect("ASCII or UTF-8");
+    assert_eq!(s.matches('\n').count(), 4, "{s:?}");
+    assert!(s.lines().skip(1).all(|l| l.starts_with('\t')));
+    assert!(!s.chars().any(|c| c.is_control() && c != '\n' && c != '\t'), "{s:?}");
+    for h in [mxd::headers::return_path(sender), mxd::headers::delivered_to(rcpt)] {
+        assert_eq!(h.iter().filter(|b| **b == b'\n').count(), 1);
+        assert!(!h.iter().any(|b| *b == b'\r'));
+    }
+}
+
+/// Runs one named target on one input.
+pub fn run(target: &str, data: &[u8]) {
+    match target {
+        "smtp_command" => smtp_command(data),
+        "smtp_data" => smtp_data(data),
+        "smtp_session" => smtp_session(data),
+        "address" => address(data),
+        "config" => config(data),
+        "table" => table(data),
+        "expand" => expand(data),
+        "headers" => headers(data),
+        other => panic!("unknown fuzz target {other}"),
+    }
+}
+
+pub const TARGETS: [&str; 8] = ["smtp_command", "smtp_data", "smtp_session", "address", "config", "table", "expand", "headers"];
