@@ -33,7 +33,8 @@ fn arbitrary_byte_soup_holds() {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                b"HELO EHLO MAIL FROM:<a@b> RCPT TO:<c@d> DATA\r\n.\r\n\n\r\0\xff%{}/.."[(x % 60) as usize]
+                let alphabet = b"HELO EHLO MAIL FROM:<a@b> RCPT TO:<c@d> DATA\r\n.\r\n\n\r\0\xff%{}/..";
+                alphabet[(x % alphabet.len() as u64) as usize]
             })
             .collect();
         for target in fuzz_checks::TARGETS {
