@@ -235,23 +235,49 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
 /// The system's CA bundle (Debian's, then OpenBSD's), for verified relay sessions.
 const CA_BUNDLES: [&str; 2] = ["/etc/ssl/certs/ca-certificates.crt", "/etc/ssl/cert.pem"];
 
-/// The relay's client configuration: certificates verified against the system's CAs, or
-/// not at all (`no-verify`). TLS 1.2 and 1.3.
-pub fn client_config(verify: bool) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+/// How a relay session checks the server's certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verify {
+    /// `tls no-verify`: any certificate.
+    Nothing,
+    /// Against the system's CA bundle.
+    System,
+    /// Against the certificates of a `ca` (`relay … ca NAME`).
+    Ca(PathBuf),
+}
+
+/// The relay's client configuration, TLS 1.2 and 1.3: the server's certificate checked as
+/// `verify` says; `identity` (a pki's cert and key, `relay … pki NAME`) presented when the
+/// server asks for a client certificate.
+pub fn client_config(verify: &Verify, identity: Option<(&Path, &Path)>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config { reason: e.to_string() })?;
-    let config = if verify {
-        let mut roots = rustls::RootCertStore::empty();
-        for path in CA_BUNDLES {
-            if let Ok(certs) = load_certs(Path::new(path)) {
-                roots.add_parsable_certificates(certs);
-                break;
+    let mut roots = rustls::RootCertStore::empty();
+    let builder = match verify {
+        Verify::Nothing => builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider()))),
+        Verify::System => {
+            for path in CA_BUNDLES {
+                if let Ok(certs) = load_certs(Path::new(path)) {
+                    roots.add_parsable_certificates(certs);
+                    break;
+                }
             }
+            builder.with_root_certificates(roots)
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
-    } else {
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider()))).with_no_client_auth()
+        Verify::Ca(path) => {
+            for cert in load_certs(path)? {
+                roots.add(cert).map_err(|e| TlsError::Config { reason: e.to_string() })?;
+            }
+            builder.with_root_certificates(roots)
+        }
+    };
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let certified = Arc::new(load_certified_key(cert, key)?);
+            builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)))
+        }
     };
     Ok(Arc::new(config))
 }

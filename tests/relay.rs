@@ -9,32 +9,12 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{python, Mxd};
+use common::{python, queue_files, wait_for, Mxd, SEND};
 
-const SEND: &str = r#"
-import smtplib, sys
-port, sender, rcpt, body = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-with smtplib.SMTP("127.0.0.1", port) as s:
-    s.sendmail(sender, [rcpt], ("Message-ID: <%s@relay-test>\r\nSubject: relayed\r\n\r\n%s\r\n" % (body, body)).encode())
-"#;
-
-/// A node: joseph is local (for node.test), everything else goes to 127.0.0.1:`to`.
 fn node_conf(to: u16, scheme: &'static str, extra: &'static str) -> impl FnOnce(&Path, u16) -> String {
-    move |d: &Path, p: u16| {
-        let (uid, gid) = common::uid_gid();
-        format!(
-            "spool \"{d}/spool\"\nhostname \"node.test\"\n\
-             table users {{ joseph = \"{uid}:{gid}:{d}/home/joseph\" }}\n\
-             listen on 127.0.0.1 port {p}\n\
-             action \"local\" maildir userbase <users>\n\
-             action \"out\" relay host {scheme}://127.0.0.1:{to} {extra}\n\
-             match from any for domain \"node.test\" action \"local\"\n\
-             match from any for any action \"out\"\n",
-            d = d.display()
-        )
-    }
+    common::node_conf(String::new(), format!("host {scheme}://127.0.0.1:{to} {extra}"))
 }
 
 /// mx0: the basic configuration plus a TLS-required listener on `tls_port`.
@@ -61,18 +41,6 @@ fn mx0_conf(tls_port: u16) -> impl FnOnce(&Path, u16) -> String {
     }
 }
 
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn queue_files(m: &Mxd) -> usize {
-    common::count_files(&m.path().join("spool/queue/new"))
-}
-
 #[test]
 fn node_relays_to_mx0_over_starttls_no_verify() {
     let tls_port = common::free_port();
@@ -96,14 +64,40 @@ fn host_down_then_up_gets_it_exactly_once_and_mailq_shows_it() {
     let node = Mxd::start_with(node_conf(port, "smtp", ""), &[("MXD_RETRY_BASE", "1")]);
     python(SEND, &[&node.port.to_string(), "joseph@node.test", "alice@test", "while-down"]);
     wait_for("a failed attempt", Duration::from_secs(10), || node.log().contains("result=TempFail"));
-    let mailq = std::process::Command::new(env!("CARGO_BIN_EXE_mxctl")).arg("-f").arg(&node.conf).args(["show", "queue"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&mailq.stdout).contains("<alice@test>"), "{}", String::from_utf8_lossy(&mailq.stdout));
+    assert!(mxctl(&node, &["show", "queue"]).contains("<joseph@node.test> <alice@test> action=out"));
+    wait_for("the retry in show queue", Duration::from_secs(5), || {
+        let mailq = mxctl(&node, &["show", "queue"]);
+        mailq.contains(" attempts=1 ") && mailq.contains("Connection refused")
+    });
     // mx0 comes up on that port.
     let mx0 = Mxd::start_at(port, common::basic_conf, &[]);
     wait_for("delivery after the host came back", Duration::from_secs(30), || mx0.messages("alice").len() == 1);
     wait_for("an empty queue", Duration::from_secs(10), || queue_files(&node) == 0);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(mx0.messages("alice").len(), 1, "exactly once");
+}
+
+fn mxctl(m: &Mxd, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mxctl")).arg("-f").arg(&m.conf).args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn remove_takes_the_id_show_queue_prints() {
+    let node = Mxd::start_with(node_conf(common::free_port(), "smtp", ""), &[("MXD_RETRY_BASE", "60")]);
+    for body in ["first", "second"] {
+        python(SEND, &[&node.port.to_string(), "joseph@node.test", &format!("{body}@far.test"), body]);
+    }
+    let listing = mxctl(&node, &["show", "queue"]);
+    let first = listing.lines().find(|l| l.contains("<first@far.test>")).expect("first listed");
+    let id = &first.split(' ').next().unwrap()[..8];
+    assert_eq!(mxctl(&node, &["remove", id]).trim(), "1 removed");
+    wait_for("the runner to forget it", Duration::from_secs(5), || !mxctl(&node, &["show", "queue"]).contains("first@"));
+    assert!(mxctl(&node, &["show", "queue"]).contains("<second@far.test>"));
+    assert_eq!(queue_files(&node), 1);
+    assert!(mxctl(&node, &["remove", id]).contains("no such message"));
+    assert_eq!(mxctl(&node, &["remove", "all"]).trim(), "1 removed");
+    assert_eq!(queue_files(&node), 0);
 }
 
 /// A scripted server: RCPT answers come from `rcpt_replies` in turn (then 250); counts

@@ -128,7 +128,7 @@ fn wrap(tcp: TcpStream, host: &str, config: &Arc<rustls::ClientConfig>) -> io::R
 
 /// No certificate verification: a load generator measures, it does not authenticate.
 pub fn tls_config() -> Arc<rustls::ClientConfig> {
-    mxd::tls::client_config(false).unwrap_or_else(|e| panic!("TLS client configuration: {e}"))
+    mxd::tls::client_config(&mxd::tls::Verify::Nothing, None).unwrap_or_else(|e| panic!("TLS client configuration: {e}"))
 }
 
 /// A message of exactly `size` octets (CRLF lines, before dot-stuffing), with a unique

@@ -55,6 +55,11 @@ pub(super) fn finish(p: Parsed) -> Result<Config, Errors> {
                     c.at(&a.at, ErrorKind::Undefined { what: "pki", name: pki.clone() });
                 }
             }
+            if let Some(ca) = &r.ca {
+                if !cas.contains_key(ca) {
+                    c.at(&a.at, ErrorKind::Undefined { what: "ca", name: ca.clone() });
+                }
+            }
         }
         if actions.contains_key(&a.name) {
             c.at(&a.at, ErrorKind::Duplicate { what: "action", name: a.name.clone() });

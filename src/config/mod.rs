@@ -150,7 +150,10 @@ pub struct Relay {
     pub helo: Option<String>,
     pub auth: Option<String>,
     pub mail_from: Option<String>,
+    /// `pki NAME`: the client certificate shown to the relay host.
     pub pki: Option<String>,
+    /// `ca NAME`: verify the relay host against this CA instead of the system's bundle.
+    pub ca: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

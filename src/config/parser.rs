@@ -449,6 +449,7 @@ fn relay(p: &mut Parser<'_>) -> R<Relay> {
             "auth" => r.auth = Some(p.table_ref()?),
             "mail-from" => r.mail_from = Some(p.value("an address")?),
             "pki" => r.pki = Some(p.value("a pki name")?),
+            "ca" => r.ca = Some(p.value("a ca name")?),
             other => return Err(ErrorKind::Unsupported(format!("relay option '{other}'"))),
         }
     }

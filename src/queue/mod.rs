@@ -35,6 +35,13 @@ pub fn queue_dir(spool: &Path) -> PathBuf {
     spool.join(QUEUE_DIR)
 }
 
+/// The 16-hex-digit id `mxctl show queue` prints for queue file `name`, and `remove ID`
+/// takes (or any prefix of it): FNV-1a of the name, stable across restarts.
+pub fn id_of(name: &str) -> String {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{hash:016x}")
+}
+
 /// The header written before the message. Values come from validated addresses and action
 /// names, which contain no spaces or line breaks; anything else is replaced.
 pub fn encode(env: &Envelope) -> Vec<u8> {

@@ -1,11 +1,15 @@
-//! The outbound SMTP client for relaying: blocking sockets with timeouts (it runs on the
-//! relay thread, never on an event loop), STARTTLS or implicit TLS with rustls, certificate
-//! verification against the system's CA bundle unless `tls no-verify`, AUTH PLAIN over TLS.
+//! The outbound SMTP and LMTP client for relaying: blocking sockets with timeouts (it runs on
+//! the relay thread, never on an event loop), STARTTLS or implicit TLS with rustls,
+//! certificate verification against the system's CA bundle or a `ca` unless `tls no-verify`,
+//! a client certificate from a `pki`, AUTH PLAIN or LOGIN over TLS only.
 //! Server input is untrusted: replies are length-capped and parsed without panicking.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::tls::Verify;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// A reply line longer than this is a broken server.
@@ -28,12 +32,15 @@ pub enum TlsMode {
 pub struct Spec {
     pub host: String,
     pub port: u16,
+    /// `lmtp://`: LHLO, and one reply per recipient after the data (RFC 2033).
+    pub lmtp: bool,
     pub tls: TlsMode,
-    /// False for `tls no-verify`.
-    pub verify: bool,
+    pub verify: Verify,
+    /// The client certificate and key of `relay … pki NAME`.
+    pub identity: Option<(PathBuf, PathBuf)>,
     pub src: Option<IpAddr>,
     pub helo: String,
-    /// (user, password) for AUTH PLAIN, only ever sent over TLS.
+    /// (user, password) for AUTH, only ever sent over TLS.
     pub auth: Option<(String, String)>,
 }
 
@@ -63,6 +70,7 @@ pub struct Session {
     stream: Box<dyn Stream>,
     buf: Vec<u8>,
     pipelining: bool,
+    lmtp: bool,
 }
 
 fn err(msg: impl Into<String>) -> io::Error {
@@ -99,7 +107,7 @@ impl Session {
             TlsMode::Implicit => Box::new(tls(tcp.try_clone()?, spec)?),
             _ => Box::new(tcp.try_clone()?),
         };
-        let mut s = Session { stream, buf: Vec::new(), pipelining: false };
+        let mut s = Session { stream, buf: Vec::new(), pipelining: false, lmtp: spec.lmtp };
         s.expect(220, "greeting")?;
         let mut exts = s.ehlo(&spec.helo)?;
         let offered = exts.iter().any(|e| e.eq_ignore_ascii_case("STARTTLS"));
@@ -121,16 +129,38 @@ impl Session {
             if !(upgrade || spec.tls == TlsMode::Implicit) {
                 return Err(err("AUTH refused without TLS"));
             }
-            let token = base64(format!("\0{user}\0{pass}").as_bytes());
-            s.command(format!("AUTH PLAIN {token}\r\n").as_bytes())?;
-            s.expect(235, "AUTH")?;
+            s.auth(&exts, user, pass)?;
         }
         Ok(s)
     }
 
+    /// AUTH PLAIN, or LOGIN when the server offers LOGIN and not PLAIN.
+    fn auth(&mut self, exts: &[String], user: &str, pass: &str) -> io::Result<()> {
+        let mechanisms: Vec<String> = exts
+            .iter()
+            .filter_map(|e| e.get(..5).filter(|k| k.eq_ignore_ascii_case("AUTH ") || k.eq_ignore_ascii_case("AUTH=")).map(|_| &e[5..]))
+            .flat_map(|m| m.split_ascii_whitespace().map(str::to_ascii_uppercase))
+            .collect();
+        if mechanisms.iter().any(|m| m == "LOGIN") && !mechanisms.iter().any(|m| m == "PLAIN") {
+            self.command(b"AUTH LOGIN\r\n")?;
+            self.expect(334, "AUTH LOGIN")?;
+            self.command(format!("{}\r\n", base64(user.as_bytes())).as_bytes())?;
+            self.expect(334, "AUTH LOGIN user")?;
+            self.command(format!("{}\r\n", base64(pass.as_bytes())).as_bytes())?;
+        } else {
+            let token = base64(format!("\0{user}\0{pass}").as_bytes());
+            self.command(format!("AUTH PLAIN {token}\r\n").as_bytes())?;
+        }
+        self.expect(235, "AUTH")
+    }
+
     fn ehlo(&mut self, helo: &str) -> io::Result<Vec<String>> {
-        self.command(format!("EHLO {helo}\r\n").as_bytes())?;
+        let verb = if self.lmtp { "LHLO" } else { "EHLO" };
+        self.command(format!("{verb} {helo}\r\n").as_bytes())?;
         let (code, lines) = self.reply()?;
+        if code != 250 && self.lmtp {
+            return Err(err(format!("LHLO: {code} {}", lines.last().map_or("", String::as_str))));
+        }
         if code != 250 {
             // RFC 5321 §3.2: fall back to HELO.
             self.command(format!("HELO {helo}\r\n").as_bytes())?;
@@ -237,10 +267,14 @@ impl Session {
             return Ok(results.iter().map(|r| if *r == RcptResult::Ok { all.clone() } else { r.clone() }).collect());
         }
         self.command(&wire_form(message))?;
-        let (code, l) = self.reply()?;
-        let verdict = RcptResult::from_reply(code, l.last().map_or("", String::as_str));
+        // SMTP gives one verdict for the message; LMTP one per accepted recipient, in order.
+        let mut verdict = None;
         for r in results.iter_mut().filter(|r| **r == RcptResult::Ok) {
-            *r = verdict.clone();
+            if verdict.is_none() || self.lmtp {
+                let (code, l) = self.reply()?;
+                verdict = Some(RcptResult::from_reply(code, l.last().map_or("", String::as_str)));
+            }
+            *r = verdict.clone().unwrap_or(RcptResult::Ok);
         }
         Ok(results)
     }
@@ -290,7 +324,8 @@ fn base64(data: &[u8]) -> String {
 }
 
 fn tls(tcp: TcpStream, spec: &Spec) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
-    let config = crate::tls::client_config(spec.verify).map_err(|e| err(e.to_string()))?;
+    let identity = spec.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+    let config = crate::tls::client_config(&spec.verify, identity).map_err(|e| err(e.to_string()))?;
     let name = rustls::pki_types::ServerName::try_from(spec.host.clone()).map_err(|e| err(e.to_string()))?;
     let mut conn = rustls::ClientConnection::new(config, name).map_err(|e| err(e.to_string()))?;
     let mut tcp = tcp;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::Receiver;
 
 use crate::config::{Config, Method, Scheme};
+use crate::tls::Verify;
 use crate::queue::{self, bounce, Envelope};
 use client::{RcptResult, Session, Spec, TlsMode};
 
@@ -35,6 +36,13 @@ struct Rcpt {
     last_error: String,
 }
 
+impl Rcpt {
+    /// Due for an attempt: its time has come and it is not waiting for its bounce.
+    fn due(&self, action: Option<&str>, now: Instant) -> bool {
+        self.next <= now && !self.last_error.starts_with("perm:") && action.is_none_or(|a| a == self.action)
+    }
+}
+
 struct Entry {
     env: Envelope,
     /// Recipients not yet done.
@@ -52,12 +60,25 @@ pub struct Runner {
     retry_base: Duration,
 }
 
-/// Control over a running runner: wake it, ask for everything to be retried now, stop it.
+/// Control over a running runner: wake it, ask for everything to be retried now, stop it,
+/// and read where its retries stand.
 #[derive(Clone)]
 pub struct Handle {
     pub wake: crossbeam_channel::Sender<()>,
     pub schedule_all: Arc<AtomicBool>,
     pub stop: Arc<AtomicBool>,
+    pub status: Status,
+}
+
+/// The runner's view of each waiting recipient, by (queue file, address), published after
+/// every round so that `show queue` can say how often it was tried and why it waits.
+pub type Status = Arc<Mutex<BTreeMap<(String, String), Retry>>>;
+
+#[derive(Clone, Debug)]
+pub struct Retry {
+    pub attempts: u32,
+    pub next: Instant,
+    pub last_error: String,
 }
 
 pub fn spawn(spool: &Path, config: SharedConfig, wake: Receiver<()>, handle: Handle) -> std::io::Result<JoinHandle<()>> {
@@ -71,6 +92,7 @@ pub fn spawn(spool: &Path, config: SharedConfig, wake: Receiver<()>, handle: Han
             }
             runner.scan();
             runner.attempt_due();
+            runner.publish(&handle.status);
         }
     })
 }
@@ -80,6 +102,21 @@ fn now_secs() -> u64 {
 }
 
 impl Runner {
+    fn publish(&self, status: &Status) {
+        let view = self
+            .entries
+            .iter()
+            .flat_map(|(name, e)| {
+                e.pending.iter().map(move |r| {
+                    ((name.clone(), r.addr.clone()), Retry { attempts: r.attempts, next: r.next, last_error: r.last_error.clone() })
+                })
+            })
+            .collect();
+        if let Ok(mut s) = status.lock() {
+            *s = view;
+        }
+    }
+
     /// Picks up queue files not seen yet (new messages, or all of them after a restart).
     fn scan(&mut self) {
         let dir = self.queue.join("new");
@@ -112,7 +149,7 @@ impl Runner {
         let now = Instant::now();
         let mut by_action: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (name, e) in &self.entries {
-            for r in e.pending.iter().filter(|r| r.next <= now) {
+            for r in e.pending.iter().filter(|r| r.due(None, now)) {
                 let names = by_action.entry(r.action.clone()).or_default();
                 if !names.contains(name) {
                     names.push(name.clone());
@@ -145,7 +182,7 @@ impl Runner {
             let Some((env, message)) = queue::decode(&bytes) else { continue };
             let now = Instant::now();
             let Some(entry) = self.entries.get_mut(name) else { continue };
-            let due: Vec<String> = entry.pending.iter().filter(|r| r.action == action && r.next <= now).map(|r| r.addr.clone()).collect();
+            let due: Vec<String> = entry.pending.iter().filter(|r| r.due(Some(action), now)).map(|r| r.addr.clone()).collect();
             let rcpts: Vec<&str> = due.iter().map(String::as_str).collect();
             let sender = sender_override.as_deref().unwrap_or(&env.sender);
             match session.send(sender, &rcpts, message) {
@@ -171,7 +208,7 @@ impl Runner {
         let now = Instant::now();
         for name in names {
             if let Some(entry) = self.entries.get_mut(name) {
-                let due: Vec<String> = entry.pending.iter().filter(|r| r.action == action && r.next <= now).map(|r| r.addr.clone()).collect();
+                let due: Vec<String> = entry.pending.iter().filter(|r| r.due(Some(action), now)).map(|r| r.addr.clone()).collect();
                 for addr in due {
                     log::info!("relay msgid={name} to=<{addr}> result={}", result_name(result));
                     record(entry, &addr, result, self.retry_base);
@@ -282,12 +319,23 @@ fn spec_for(config: &Config, action: &str) -> Result<Spec, String> {
     let r = relay_of(config, action).ok_or_else(|| format!("action {action} is not a relay action (any more)"))?;
     let url = r.host.as_ref().ok_or("relay without 'host': MX lookups are not supported by mxd")?;
     let tls = match url.scheme {
-        Scheme::Smtp if r.tls => TlsMode::Required,
+        Scheme::Smtp | Scheme::Lmtp if r.tls => TlsMode::Required,
         Scheme::Smtp => TlsMode::Opportunistic,
         Scheme::SmtpTls => TlsMode::Required,
-        Scheme::SmtpNoTls => TlsMode::Never,
+        Scheme::SmtpNoTls | Scheme::Lmtp => TlsMode::Never,
         Scheme::Smtps => TlsMode::Implicit,
-        Scheme::Lmtp => return Err("lmtp relays are not supported yet".into()),
+    };
+    let verify = match (&r.ca, r.no_verify) {
+        (_, true) => Verify::Nothing,
+        (Some(ca), false) => Verify::Ca(config.cas.get(ca).ok_or(format!("ca {ca} is not defined"))?.cert.clone()),
+        (None, false) => Verify::System,
+    };
+    let identity = match &r.pki {
+        Some(name) => {
+            let pki = config.pkis.get(name).ok_or(format!("pki {name} is not defined"))?;
+            Some((pki.cert.clone(), pki.key.clone()))
+        }
+        None => None,
     };
     let src = match &r.src {
         Some(t) => Some(
@@ -307,17 +355,20 @@ fn spec_for(config: &Config, action: &str) -> Result<Spec, String> {
     Ok(Spec {
         host: url.host.clone(),
         port: url.port_or_default(),
+        lmtp: url.scheme == Scheme::Lmtp,
         tls,
-        verify: !r.no_verify,
+        verify,
+        identity,
         src,
         helo: r.helo.clone().unwrap_or_else(|| config.hostname.clone()),
         auth,
     })
 }
 
-/// `mailq`: one line per waiting recipient.
-pub fn list(spool: &Path) -> String {
+/// `mailq`: one line per waiting recipient, with its retry state when the runner has one.
+pub fn list(spool: &Path, status: &Status) -> String {
     let q = queue::queue_dir(spool);
+    let status = status.lock().map(|s| s.clone()).unwrap_or_default();
     let mut out = String::new();
     let Ok(rd) = std::fs::read_dir(q.join("new")) else { return out };
     let mut names: Vec<String> = rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
@@ -328,7 +379,13 @@ pub fn list(spool: &Path) -> String {
         let done = queue::read_done(&q, &name);
         let age = now_secs().saturating_sub(env.created);
         for (action, rcpt) in env.rcpts.iter().filter(|(_, r)| !done.contains(r)) {
-            out.push_str(&format!("{name} <{}> <{rcpt}> action={action} size={} age={age}s\n", env.sender, message.len()));
+            out.push_str(&format!("{} <{}> <{rcpt}> action={action} size={} age={age}s", queue::id_of(&name), env.sender, message.len()));
+            if let Some(r) = status.get(&(name.clone(), rcpt.clone())).filter(|r| r.attempts > 0) {
+                let next = r.next.saturating_duration_since(Instant::now()).as_secs();
+                let error = r.last_error.split_once(':').map_or(r.last_error.as_str(), |(_, e)| e).replace('"', "'");
+                out.push_str(&format!(" attempts={} next={next}s error=\"{error}\"", r.attempts));
+            }
+            out.push('\n');
         }
     }
     out.pop();

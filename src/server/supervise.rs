@@ -136,7 +136,7 @@ impl Control {
 
 impl ControlHandler for Control {
     fn show_queue(&self) -> String {
-        crate::relay::list(&self.spool)
+        crate::relay::list(&self.spool, &self.relay.status)
     }
 
     fn show_stats(&self) -> String {
@@ -165,7 +165,7 @@ impl ControlHandler for Control {
             .unwrap_or_default();
         let chosen: Vec<&String> = match target {
             Target::All => names.iter().collect(),
-            Target::Id(id) => names.iter().filter(|n| n.contains(id.as_str())).collect(),
+            Target::Id(id) => names.iter().filter(|n| crate::queue::id_of(n).starts_with(id.as_str())).collect(),
         };
         if chosen.is_empty() {
             return Err(HandlerError::not_found("no such message"));

@@ -45,6 +45,33 @@ match from any for local action "local"
     )
 }
 
+/// python3 smtplib: `SEND PORT SENDER RCPT BODY` sends one message whose Message-ID and body
+/// are BODY.
+pub const SEND: &str = r#"
+import smtplib, sys
+port, sender, rcpt, body = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+with smtplib.SMTP("127.0.0.1", port) as s:
+    s.sendmail(sender, rcpt.split(","), ("Message-ID: <%s@relay-test>\r\nSubject: relayed\r\n\r\n%s\r\n" % (body, body)).encode())
+"#;
+
+/// A node: joseph is local (for node.test), everything else goes out through
+/// `action "out" relay RELAY`; `top` (ca, pki, table lines) comes before the listener.
+pub fn node_conf(top: String, relay: String) -> impl FnOnce(&Path, u16) -> String {
+    move |d: &Path, p: u16| {
+        let (uid, gid) = uid_gid();
+        format!(
+            "spool \"{d}/spool\"\nhostname \"node.test\"\n{top}\
+             table users {{ joseph = \"{uid}:{gid}:{d}/home/joseph\" }}\n\
+             listen on 127.0.0.1 port {p}\n\
+             action \"local\" maildir userbase <users>\n\
+             action \"out\" relay {relay}\n\
+             match from any for domain \"node.test\" action \"local\"\n\
+             match from any for any action \"out\"\n",
+            d = d.display()
+        )
+    }
+}
+
 impl Mxd {
     /// Starts mxd on `conf` (a function of the temp dir and a free port) with extra env vars.
     pub fn start_with(conf: impl FnOnce(&Path, u16) -> String, env: &[(&str, &str)]) -> Mxd {
@@ -180,6 +207,20 @@ pub fn read_dir_files(dir: &Path) -> Vec<Vec<u8>> {
     };
     names.sort();
     names.iter().map(|p| std::fs::read(p).expect("read message")).collect()
+}
+
+/// Polls `cond` every 50 ms until it holds; panics naming `what` after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Messages in `m`'s relay queue.
+pub fn queue_files(m: &Mxd) -> usize {
+    count_files(&m.path().join("spool/queue/new"))
 }
 
 pub fn count_files(dir: &Path) -> usize {
