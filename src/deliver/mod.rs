@@ -33,6 +33,13 @@ pub struct Mail {
     pub body: Vec<u8>,
 }
 
+impl Drop for Mail {
+    /// Every job holding this message is done: its buffer serves the next DATA.
+    fn drop(&mut self) {
+        crate::buffers::give(std::mem::take(&mut self.body));
+    }
+}
+
 /// One message and the places it must land; `done` receives the verdict on a delivery thread.
 pub struct Job {
     pub mail: Arc<Mail>,

@@ -284,7 +284,7 @@ impl<P: Policy> Session<P> {
     /// The client went away: any open transaction is dropped, nothing is delivered.
     pub fn handle_eof(&mut self) {
         if !matches!(self.state, State::AwaitCommit(_)) {
-            self.body = Vec::new();
+            crate::buffers::give(std::mem::take(&mut self.body));
             self.close(CloseReason::Eof);
         }
     }
@@ -440,7 +440,7 @@ impl<P: Policy> Session<P> {
         match std::mem::replace(&mut self.state, State::Closing) {
             State::Mail(tx) if !tx.rcpts.is_empty() => {
                 self.state = State::Data(tx, DataDecoder::new(self.cfg.max_message_size));
-                self.body = Vec::new();
+                self.body = crate::buffers::take();
                 self.reply(&reply::DATA_GO);
             }
             State::Mail(tx) => {
