@@ -215,6 +215,12 @@ impl<P: Policy> Session<P> {
         matches!(self.state, State::Closing)
     }
 
+    /// Reading a message's content after DATA's 354 (harnesses check that stream against
+    /// the reference decoder).
+    pub fn in_data(&self) -> bool {
+        matches!(self.state, State::Data(..))
+    }
+
     /// Consumes as much of `input` as the current state allows; returns the count.
     pub fn handle_input(&mut self, input: &[u8], now: Instant) -> usize {
         let mut pos = 0;
