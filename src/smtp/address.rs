@@ -75,9 +75,15 @@ pub fn parse_mailbox(path: &[u8], utf8: bool) -> Result<String, AddrError> {
     Ok(text.to_owned())
 }
 
-/// RFC 5321 atext, plus any non-ASCII character (only reachable with SMTPUTF8).
+/// RFC 5321 atext, plus non-ASCII characters (only reachable with SMTPUTF8).
 fn is_atext(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || is_utf8_text(c)
+}
+
+/// A non-ASCII character that is not a control: the C1 controls (U+0080–U+009F) are valid
+/// UTF-8 but have no business in an address that ends up in headers and file names.
+fn is_utf8_text(c: char) -> bool {
+    !c.is_ascii() && !c.is_control()
 }
 
 fn valid_local(local: &str) -> bool {
@@ -100,7 +106,7 @@ fn valid_quoted(inner: &str) -> bool {
                 _ => return false,
             },
             '"' => return false,
-            c if (' '..='~').contains(&c) || !c.is_ascii() => {}
+            c if (' '..='~').contains(&c) || is_utf8_text(c) => {}
             _ => return false,
         }
     }
@@ -120,7 +126,7 @@ fn valid_domain(domain: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || is_utf8_text(c))
         })
 }
 
@@ -152,6 +158,10 @@ mod tests {
             ("\"a\rb\"@example.org", false, Err(AddrError::Syntax)),
             ("jörg@example.org", false, Err(AddrError::EightBit)),
             ("jörg@example.org", true, Ok("jörg@example.org")),
+            // C1 controls are UTF-8 too, and refused (found by the address fuzz target).
+            ("r@r\u{81}", true, Err(AddrError::Syntax)),
+            ("r\u{9b}x@example.org", true, Err(AddrError::Syntax)),
+            ("\"a\u{85}\"@example.org", true, Err(AddrError::Syntax)),
         ];
         for (input, utf8, want) in cases {
             let got = parse_mailbox(input.as_bytes(), *utf8);
