@@ -34,7 +34,9 @@ pub(crate) struct Staged {
     new: OwnedFd,
     name: String,
     pub(crate) file: File,
-    /// Device of the Maildir: one syncfs per device covers a batch.
+    /// Device of the Maildir: one syncfs per device covers a batch (Linux only; elsewhere
+    /// each file is fsynced).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) dev: u64,
     /// (device, inode) of new/, so each directory is fsynced once per batch.
     pub(crate) new_id: (u64, u64),
