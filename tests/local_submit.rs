@@ -97,6 +97,36 @@ fn offline_mail_is_taken_in_at_start() {
 }
 
 #[test]
+fn a_deferred_local_submission_waits_offline_and_is_retried() {
+    // alice's home is a regular file: the daemon answers 451 at the end of data.
+    let mxd = Mxd::start_with(
+        |d, p| {
+            std::fs::write(d.join("alice-home"), "").unwrap();
+            common::basic_conf(d, p).replace(&format!("{}/home/alice", d.display()), &format!("{}/alice-home", d.display()))
+        },
+        &[("MXD_RETRY_BASE", "1")],
+    );
+    let bin = personalities(mxd.path());
+    let out = sendmail(&bin, &mxd.conf, &["-v", "alice"], "Subject: deferred\n\nkept\n");
+    assert!(out.status.success(), "a 4xx is not the caller's problem: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("451"), "{}", String::from_utf8_lossy(&out.stdout));
+    let offline = mxd.path().join("spool/offline");
+    assert_eq!(common::count_files(&offline), 1);
+    common::wait_for("a retry", std::time::Duration::from_secs(10), || mxd.log().matches("result=TempFail").count() >= 2);
+    assert_eq!(common::count_files(&offline), 1, "kept while the Maildir cannot be written");
+    // The administrator repairs alice's home: the next round delivers it, once.
+    let home = mxd.path().join("alice-home");
+    std::fs::remove_file(&home).unwrap();
+    std::fs::create_dir(&home).unwrap();
+    let new = home.join("Maildir/new");
+    common::wait_for("delivery after the repair", std::time::Duration::from_secs(10), || common::count_files(&new) == 1);
+    common::wait_for("an empty offline directory", std::time::Duration::from_secs(5), || common::count_files(&offline) == 0);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(common::count_files(&new), 1);
+    assert!(String::from_utf8_lossy(&common::read_dir_files(&new)[0]).ends_with("\n\nkept\n"));
+}
+
+#[test]
 fn newaliases_takes_effect_without_restart() {
     let mxd = Mxd::start_with(conf_with_alias_file, &[]);
     let bin = personalities(mxd.path());

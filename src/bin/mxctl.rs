@@ -129,7 +129,7 @@ fn sendmail(rest: Vec<OsString>, conf_flag: Option<PathBuf>) -> u8 {
         Ok(Outcome::Offline(path)) => {
             if a.verbose {
                 println!(
-                    "mail daemon not running; message saved in {}",
+                    "mail daemon not running or deferring the message; saved in {}, it takes it in within a minute of running",
                     path.display()
                 );
             }

@@ -136,7 +136,7 @@ pub fn run(config: Config, reloader: Reloader) -> Result<(), StartError> {
     supervise::forward_signals(tx.clone()).map_err(StartError::Thread)?;
     supervise::start_control(&config.spool, supervise::Control { tx, stats: &STATS, spool: config.spool.clone(), relay: relay.clone() });
     let spool = config.spool.clone();
-    let _ = std::thread::Builder::new().name("offline".into()).spawn(move || supervise::pick_up_offline(spool));
+    let _ = std::thread::Builder::new().name("offline".into()).spawn(move || supervise::offline_loop(&spool));
     supervise::supervise(Arc::clone(&config), &reloader, &mut bound, &handles, &rx, &shared);
 
     for h in &handles {

@@ -2,9 +2,10 @@
 //! reloads), requests from `mxctl` over the control socket, and taking in the mail that
 //! `sendmail` left in the offline directory while the daemon was down.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -206,14 +207,27 @@ pub(crate) fn start_control(spool: &std::path::Path, control: Control) {
     }
 }
 
+/// Takes in the offline directory at start and then every minute (`MXD_RETRY_BASE` seconds
+/// in tests): sendmail leaves a message there when the daemon is down or answers 4xx.
+pub(crate) fn offline_loop(spool: &Path) {
+    let every = std::env::var("MXD_RETRY_BASE").ok().and_then(|s| s.parse().ok()).map_or(Duration::from_secs(60), Duration::from_secs);
+    loop {
+        pick_up_offline(spool);
+        std::thread::sleep(every);
+    }
+}
+
 /// Submits every message sendmail left offline through the daemon's own local socket, and
 /// removes each file only after its 250: a crash in between submits it again (at most one
 /// duplicate), never loses it.
-pub(crate) fn pick_up_offline(spool: PathBuf) {
+fn pick_up_offline(spool: &Path) {
     let waiting = match submit::offline::take_offline(&spool) {
         Ok(w) => w,
         Err(e) => return log::error!("offline directory: {e}"),
     };
+    if waiting.is_empty() {
+        return;
+    }
     let socket = spool.join(SUBMIT_SOCKET);
     for (path, msg) in waiting {
         let msg = match msg {

@@ -71,10 +71,11 @@ impl std::fmt::Display for SubmitError {
 impl std::error::Error for SubmitError {}
 
 impl SubmitError {
-    /// True when the message belongs in the offline directory: the daemon never refused
-    /// it, it was down, busy at the greeting, or the session broke before the final reply.
+    /// True when the message belongs in the offline directory: the daemon was down, busy
+    /// at the greeting, the session broke before the final reply, or the daemon refused it
+    /// for now (4xx: a Maildir it cannot write yet). Only a 5xx is final.
     pub fn goes_offline(&self) -> bool {
-        !matches!(self, SubmitError::Refused { .. })
+        !matches!(self, SubmitError::Refused { reply, .. } if reply.code >= 500)
     }
 }
 

@@ -4,11 +4,12 @@
 //! 2. [`headers::prepare`] adds From:, Date:, Message-ID: and computes the envelope.
 //! 3. [`client::submit`] hands it to the daemon on `SPOOL/mxd.sock`; success means the
 //!    daemon answered 250 to the final dot, i.e. it holds the message durably.
-//! 4. If the daemon cannot be reached (or the connection breaks before that 250), the
-//!    message goes to `SPOOL/offline/` ([`offline`]), which mxd reads when it starts.
+//! 4. If the daemon cannot be reached, defers the message (4xx), or the connection breaks
+//!    before that 250, the message goes to `SPOOL/offline/` ([`offline`]), which mxd reads
+//!    when it starts and every minute after.
 //!
 //! Either way the message is on disk before [`sendmail`] returns `Ok`: nothing is lost.
-//! A refusal by the daemon (4xx/5xx) is an error, reported with the daemon's reply.
+//! A 5xx refusal is an error, reported with the daemon's reply.
 
 pub mod addrlist;
 pub mod args;
