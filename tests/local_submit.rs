@@ -99,13 +99,7 @@ fn offline_mail_is_taken_in_at_start() {
 #[test]
 fn a_deferred_local_submission_waits_offline_and_is_retried() {
     // alice's home is a regular file: the daemon answers 451 at the end of data.
-    let mxd = Mxd::start_with(
-        |d, p| {
-            std::fs::write(d.join("alice-home"), "").unwrap();
-            common::basic_conf(d, p).replace(&format!("{}/home/alice", d.display()), &format!("{}/alice-home", d.display()))
-        },
-        &[("MXD_RETRY_BASE", "1")],
-    );
+    let mxd = Mxd::start_with(common::conf_alice_unwritable, &[("MXD_RETRY_BASE", "1")]);
     let bin = personalities(mxd.path());
     let out = sendmail(&bin, &mxd.conf, &["-v", "alice"], "Subject: deferred\n\nkept\n");
     assert!(out.status.success(), "a 4xx is not the caller's problem: {}", String::from_utf8_lossy(&out.stderr));

@@ -150,25 +150,23 @@ fn dot_stuffing_and_line_endings() {
 
 #[test]
 fn exit_status_follows_the_final_reply() {
+    let sendmail_against = |reply: &'static str| {
+        let env = Env::new();
+        let server = smtp_server(&env.socket(), FinalReply::Line(reply));
+        let mut cmd = env.command("sendmail");
+        cmd.arg("joseph");
+        let out = run(cmd, SEED);
+        server.join().expect("server");
+        (env, out)
+    };
     // A 5xx is final: exit 69 with the daemon's reply, nothing kept.
-    let env = Env::new();
-    let server = smtp_server(&env.socket(), FinalReply::Line("550 5.7.1 Delivery not authorized\r\n"));
-    let mut cmd = env.command("sendmail");
-    cmd.arg("joseph");
-    let out = run(cmd, SEED);
-    server.join().expect("server");
+    let (env, out) = sendmail_against("550 5.7.1 Delivery not authorized\r\n");
     assert_eq!(out.status.code(), Some(69));
     assert!(String::from_utf8_lossy(&out.stderr).contains("550 5.7.1 Delivery not authorized"), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     assert!(!env.spool.join("offline").exists(), "a refused message must not go offline");
-
     // A 4xx is "not now": the message waits in the offline directory for the daemon's next
     // round, and the caller (cron, security(8)) sees success.
-    let env = Env::new();
-    let server = smtp_server(&env.socket(), FinalReply::Line("451 4.3.0 Temporary failure\r\n"));
-    let mut cmd = env.command("sendmail");
-    cmd.arg("joseph");
-    let out = run(cmd, SEED);
-    server.join().expect("server");
+    let (env, out) = sendmail_against("451 4.3.0 Temporary failure\r\n");
     assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let kept = std::fs::read_dir(env.spool.join("offline")).expect("offline dir").count();
     assert_eq!(kept, 1, "a deferred message waits offline");

@@ -333,14 +333,7 @@ import os; os._exit(0)
 
 #[test]
 fn unwritable_maildir_is_451_and_no_recipient_gets_a_copy() {
-    let mxd = Mxd::start_with(
-        |d, p| {
-            // alice's home is a regular file: no Maildir can be made there, even by root.
-            std::fs::write(d.join("alice-home"), "").unwrap();
-            common::basic_conf(d, p).replace(&format!("{}/home/alice", d.display()), &format!("{}/alice-home", d.display()))
-        },
-        &[],
-    );
+    let mxd = Mxd::start_with(common::conf_alice_unwritable, &[]);
     let mut c = mxd.connect();
     c.cmd("EHLO client.test");
     c.cmd("MAIL FROM:<a@example.org>");

@@ -72,6 +72,13 @@ pub fn node_conf(top: String, relay: String) -> impl FnOnce(&Path, u16) -> Strin
     }
 }
 
+/// `basic_conf` with alice's home a regular file: no Maildir can be made there, even by
+/// root, so every delivery to her fails for now (451).
+pub fn conf_alice_unwritable(d: &Path, p: u16) -> String {
+    std::fs::write(d.join("alice-home"), "").expect("alice-home");
+    basic_conf(d, p).replace(&format!("{}/home/alice", d.display()), &format!("{}/alice-home", d.display()))
+}
+
 impl Mxd {
     /// Starts mxd on `conf` (a function of the temp dir and a free port) with extra env vars.
     pub fn start_with(conf: impl FnOnce(&Path, u16) -> String, env: &[(&str, &str)]) -> Mxd {
