@@ -11,8 +11,10 @@ use crossbeam_channel::{Receiver, Sender};
 const POOLED: usize = 32;
 const MAX_POOLED: usize = 128 * 1024;
 
-fn list() -> &'static (Sender<Vec<u8>>, Receiver<Vec<u8>>) {
-    static LIST: OnceLock<(Sender<Vec<u8>>, Receiver<Vec<u8>>)> = OnceLock::new();
+type FreeList = (Sender<Vec<u8>>, Receiver<Vec<u8>>);
+
+fn list() -> &'static FreeList {
+    static LIST: OnceLock<FreeList> = OnceLock::new();
     LIST.get_or_init(|| crossbeam_channel::bounded(POOLED))
 }
 

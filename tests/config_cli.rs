@@ -152,7 +152,7 @@ with smtplib.SMTP("127.0.0.1", 2525) as s:
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT);
     let status = child.wait().unwrap();
     let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
-    let out = out.expect(&format!("quickstart did not listen on 127.0.0.1:2525:\n{log}"));
+    let out = out.unwrap_or_else(|| panic!("quickstart did not listen on 127.0.0.1:2525:\n{log}"));
     assert!(String::from_utf8_lossy(&out.stdout).contains("'nobody@mxd.quickstart': (550"), "{}", text(&out));
     assert!(status.success(), "exit on SIGINT: {status:?}\n{log}");
     let new = dir.path().join("mail/joseph/Maildir/new");

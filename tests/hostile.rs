@@ -181,7 +181,8 @@ fn disconnect_mid_data_delivers_nothing() {
 }
 
 /// A Maildir on a 1 MiB tmpfs: a message that does not fit gets 451 and leaves nothing;
-/// once space is back, delivery works again. Needs root to mount, as CI is.
+/// so does a small one while the disk is full; once space is back, delivery works again.
+/// Needs root to mount, as CI is.
 #[test]
 fn disk_full_is_451_and_recovers() {
     if !nix::unistd::geteuid().is_root() {
@@ -216,7 +217,16 @@ fn disk_full_is_451_and_recovers() {
     assert!(r.starts_with("451 4."), "{r}");
     assert!(mxd.messages("joseph").is_empty());
     assert_eq!(count_files(&mxd.maildir("joseph").join("tmp")), 0, "partial file left in tmp/");
+    // Another writer fills the file system: even a small message is deferred, not lost.
+    let filler = home.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 2 << 20]);
     let r = send(10);
-    assert!(r.starts_with("250 2.0.0"), "recovers when the message fits: {r}");
+    assert!(r.starts_with("451 4."), "full disk: {r}");
+    assert!(mxd.messages("joseph").is_empty());
+    assert_eq!(count_files(&mxd.maildir("joseph").join("tmp")), 0, "partial file left in tmp/");
+    // Space is back: the same daemon delivers again.
+    std::fs::remove_file(&filler).unwrap();
+    let r = send(10);
+    assert!(r.starts_with("250 2.0.0"), "recovers once space is back: {r}");
     assert_eq!(mxd.messages("joseph").len(), 1);
 }

@@ -1,6 +1,7 @@
 //! Relay (issue 5): a node mxd relaying to a second mxd over STARTTLS with `tls no-verify`,
 //! to a host that is down and comes back, to one that answers 4xx then 250, to one that
-//! answers 5xx (the bounce lands in the sender's Maildir), and across a kill -9.
+//! answers 5xx (the bounce lands in the sender's Maildir), across a kill -9, and
+//! pipelining exactly when the server offers it.
 
 mod common;
 
@@ -240,4 +241,67 @@ fn kill9_with_messages_queued_loses_nothing() {
         .map(|m| String::from_utf8_lossy(m).lines().last().unwrap_or("").to_owned())
         .collect();
     assert_eq!(bodies.len(), 5);
+}
+
+/// A server that, after MAIL, stays silent until the client has been quiet for 700 ms and
+/// reports how many RCPTs arrived in that silence: a pipelining client sends them all
+/// without waiting, a client that does not pipeline sends none. Offers PIPELINING or not.
+fn pipelining_witness(offer: bool) -> (u16, std::sync::mpsc::Receiver<usize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            let mut w = conn.try_clone().unwrap();
+            let mut r = BufReader::new(conn);
+            let _ = w.write_all(b"220 witness ESMTP\r\n");
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let u = line.to_ascii_uppercase();
+                let reply: String = if u.starts_with("EHLO") {
+                    if offer { "250-witness\r\n250 PIPELINING\r\n".into() } else { "250 witness\r\n".into() }
+                } else if u.starts_with("MAIL") {
+                    r.get_ref().set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+                    let mut early = 0;
+                    let mut more = String::new();
+                    while r.read_line(&mut more).is_ok_and(|n| n > 0) {
+                        early += usize::from(more.to_ascii_uppercase().starts_with("RCPT"));
+                        more.clear();
+                    }
+                    r.get_ref().set_read_timeout(None).unwrap();
+                    tx.send(early).unwrap();
+                    "250 ok\r\n".to_owned() + &"250 ok\r\n".repeat(early)
+                } else if u.starts_with("DATA") {
+                    let _ = w.write_all(b"354 go\r\n");
+                    while r.read_line(&mut line).unwrap_or(0) > 0 && !line.ends_with("\r\n.\r\n") {}
+                    "250 queued\r\n".into()
+                } else if u.starts_with("QUIT") {
+                    let _ = w.write_all(b"221 bye\r\n");
+                    break;
+                } else {
+                    "250 ok\r\n".into()
+                };
+                if w.write_all(reply.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn relay_pipelines_only_when_the_server_offers_it() {
+    for (offer, expected) in [(true, 3), (false, 0)] {
+        let (port, early) = pipelining_witness(offer);
+        let node = Mxd::start_with(node_conf(port, "smtp", ""), &[]);
+        python(SEND, &[&node.port.to_string(), "joseph@node.test", "a@far.test,b@far.test,c@far.test", "piped"]);
+        let seen = early.recv_timeout(Duration::from_secs(20)).expect("a MAIL at the witness");
+        assert_eq!(seen, expected, "RCPTs sent before the reply to MAIL, PIPELINING offered: {offer}");
+        wait_for("an empty queue", Duration::from_secs(20), || queue_files(&node) == 0);
+    }
 }

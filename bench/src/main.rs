@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         }
     };
     match cmd {
-        Command::Probe { dir, size, json } => match probe::probe(&dir, size) {
+        Command::Probe { dir, size, budget, keep, json } => match probe::probe(&dir, size, budget, keep) {
             Ok(results) => {
                 stats::print_probe(&results, size, json);
                 ExitCode::SUCCESS

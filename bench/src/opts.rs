@@ -100,10 +100,10 @@ pub struct Opts {
 }
 
 pub const USAGE: &str = "usage: mxd-load [options] HOST:PORT
-       mxd-load --fsync-probe DIR [--size N] [--json]
+       mxd-load --fsync-probe DIR [--size N] [-t SECS] [--keep] [--json]
   -c, --sessions N      concurrent sessions (default 8)
   -n, --messages N      total messages (default 1000)
-  -t, --duration SECS   run for SECS instead of a count
+  -t, --duration SECS   run for SECS instead of a count (--fsync-probe: per mode, default 2)
   -s, --size SPEC       4096 | 4k | 1k:16k (uniform) | 1k=70,16k=25,1m=5 (weighted); default 4k
   -r, --rcpts N         recipients per message (default 1)
   --per-session N       messages per session before QUIT and reconnect (default: unlimited)
@@ -115,6 +115,7 @@ pub const USAGE: &str = "usage: mxd-load [options] HOST:PORT
   --to ADDR[,ADDR…]     recipients, cycled; {n} in an address is replaced by a counter
   --helo NAME           (default mxd-load.test)
   --timeout SECS        per reply (default 30)
+  --keep                (--fsync-probe) leave the probe's files in DIR for the caller to remove
   --json                one JSON object on stdout
   --progress            progress bar on stderr even when it is not a terminal";
 
@@ -141,6 +142,7 @@ pub fn parse(args: Vec<std::ffi::OsString>) -> Result<Command, String> {
         progress: false,
     };
     let mut probe = None;
+    let mut keep = false;
     let err = |e: lexopt::Error| e.to_string();
     let num = |v: String| v.parse::<u64>().map_err(|_| format!("bad number '{v}'"));
     fn value(p: &mut lexopt::Parser) -> Result<String, String> {
@@ -166,6 +168,7 @@ pub fn parse(args: Vec<std::ffi::OsString>) -> Result<Command, String> {
             Long("json") => o.json = true,
             Long("progress") => o.progress = true,
             Long("fsync-probe") => probe = Some(value(&mut p)?),
+            Long("keep") => keep = true,
             Short('h') | Long("help") => return Err(USAGE.into()),
             Value(v) if o.target.is_empty() => o.target = v.string().map_err(err)?,
             other => return Err(format!("{}\n{USAGE}", other.unexpected())),
@@ -176,7 +179,8 @@ pub fn parse(args: Vec<std::ffi::OsString>) -> Result<Command, String> {
             Sizes::Fixed(s) => s,
             _ => 4096,
         };
-        return Ok(Command::Probe { dir: dir.into(), size, json: o.json });
+        let budget = o.duration.unwrap_or(Duration::from_secs(2));
+        return Ok(Command::Probe { dir: dir.into(), size, budget, keep, json: o.json });
     }
     if o.target.is_empty() {
         return Err(USAGE.into());
@@ -189,7 +193,7 @@ pub fn parse(args: Vec<std::ffi::OsString>) -> Result<Command, String> {
 
 pub enum Command {
     Load(Opts),
-    Probe { dir: std::path::PathBuf, size: usize, json: bool },
+    Probe { dir: std::path::PathBuf, size: usize, budget: Duration, keep: bool, json: bool },
 }
 
 #[cfg(test)]

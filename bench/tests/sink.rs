@@ -160,6 +160,9 @@ fn pipelining_sends_the_group_in_one_write() {
 #[test]
 fn probe_reports_rates() {
     let dir = std::env::temp_dir();
-    let json = run(&["--fsync-probe", dir.to_str().unwrap(), "--json"]);
-    assert!(json.contains("\"single\":") && field(&json, "", "single") > 0, "{json}");
+    let json = run(&["--fsync-probe", dir.to_str().unwrap(), "-t", "0.2", "--json"]);
+    for mode in ["single", "batch32-fsync", "2x-batch32-syncfs", "4x-batch128-syncfs"] {
+        let mode = if cfg!(target_os = "linux") { mode.to_owned() } else { mode.replace("syncfs", "fsync") };
+        assert!(field(&json, "", &mode) > 0, "{mode}: {json}");
+    }
 }

@@ -5,6 +5,7 @@
 //!    elsewhere;
 //! 3. renames every copy into new/ and fsyncs each distinct new/ directory once;
 //! 4. reports each job's verdict.
+//!
 //! So the fsync latency is paid once per batch, not once per message.
 
 use std::collections::BTreeMap;

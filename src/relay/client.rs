@@ -255,7 +255,7 @@ impl Session {
             self.rset()?;
             return Ok(rcpts.iter().map(|_| all.clone()).collect());
         }
-        if !results.iter().any(|r| *r == RcptResult::Ok) {
+        if !results.contains(&RcptResult::Ok) {
             self.rset()?;
             return Ok(results);
         }

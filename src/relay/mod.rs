@@ -39,7 +39,7 @@ struct Rcpt {
 impl Rcpt {
     /// Due for an attempt: its time has come and it is not waiting for its bounce.
     fn due(&self, action: Option<&str>, now: Instant) -> bool {
-        self.next <= now && !self.last_error.starts_with("perm:") && action.is_none_or(|a| a == self.action)
+        self.next <= now && !self.last_error.starts_with("perm:") && action.map_or(true, |a| a == self.action)
     }
 }
 

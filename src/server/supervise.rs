@@ -221,7 +221,7 @@ pub(crate) fn offline_loop(spool: &Path) {
 /// removes each file only after its 250: a crash in between submits it again (at most one
 /// duplicate), never loses it.
 fn pick_up_offline(spool: &Path) {
-    let waiting = match submit::offline::take_offline(&spool) {
+    let waiting = match submit::offline::take_offline(spool) {
         Ok(w) => w,
         Err(e) => return log::error!("offline directory: {e}"),
     };

@@ -189,7 +189,7 @@ pub fn headers(data: &[u8]) {
     assert!(!s.chars().any(|c| c.is_control() && c != '\n' && c != '\t'), "{s:?}");
     for h in [mxd::headers::return_path(sender), mxd::headers::delivered_to(rcpt)] {
         assert_eq!(h.iter().filter(|b| **b == b'\n').count(), 1);
-        assert!(!h.iter().any(|b| *b == b'\r'));
+        assert!(!h.contains(&b'\r'));
     }
 }
 
