@@ -20,7 +20,8 @@ fn dir_flags() -> OFlag {
 
 /// True when files must be given to their user (only root can, and only root must).
 pub(crate) fn running_as_root() -> bool {
-    nix::unistd::geteuid().is_root()
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| nix::unistd::geteuid().is_root())
 }
 
 fn chown(fd: impl AsFd, owner: Option<Owner>) -> io::Result<()> {

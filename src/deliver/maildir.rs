@@ -1,12 +1,15 @@
 //! Maildir (https://cr.yp.to/proto/maildir.html): a copy is written to tmp/ under a unique
 //! name, made durable, then renamed into new/. Names: `<secs>.M<usecs>P<pid>Q<n>.<host>`.
 
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::Write;
+use std::io::{self, IoSlice, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{fs, Cause};
@@ -17,9 +20,11 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// A unique file name: the counter makes it unique within the process, pid across
 /// processes, time across restarts.
 fn unique_name(host: &str) -> String {
+    // Delivery threads start after the daemon has forked, so the pid is final by then.
+    static PID: OnceLock<u32> = OnceLock::new();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{}.M{}P{}Q{}.{}", now.as_secs(), now.subsec_micros(), std::process::id(), n, host)
+    format!("{}.M{}P{}Q{}.{}", now.as_secs(), now.subsec_micros(), PID.get_or_init(std::process::id), n, host)
 }
 
 /// The spec's escaping for '/' and ':' in the host part.
@@ -27,11 +32,80 @@ pub(crate) fn safe_host(host: &str) -> String {
     host.replace('/', "\\057").replace(':', "\\072")
 }
 
+/// A Maildir's tmp/ and new/, opened (and created when missing) once per batch.
+struct Dirs {
+    tmp: OwnedFd,
+    new: OwnedFd,
+    dev: u64,
+    new_id: (u64, u64),
+}
+
+impl Dirs {
+    fn open(dir: &Path, owner: Option<Owner>) -> Result<Dirs, Cause> {
+        let parent = fs::open_parent(dir).map_err(|e| Cause::new("open", dir.parent().unwrap_or(dir), e))?;
+        let leaf = dir.file_name().and_then(|n| n.to_str()).unwrap_or(".");
+        let maildir = fs::subdir(&parent, leaf, owner).map_err(|e| Cause::new("open", dir, e))?;
+        let tmp = fs::subdir(&maildir, "tmp", owner).map_err(|e| Cause::new("open", dir.join("tmp"), e))?;
+        let new = fs::subdir(&maildir, "new", owner).map_err(|e| Cause::new("open", dir.join("new"), e))?;
+        fs::subdir(&maildir, "cur", owner).map_err(|e| Cause::new("open", dir.join("cur"), e))?;
+        let meta = File::from(new.try_clone().map_err(|e| Cause::new("open", dir.join("new"), e))?)
+            .metadata()
+            .map_err(|e| Cause::new("stat", dir.join("new"), e))?;
+        // tmp/ and new/ must share a file system for the rename; new/'s device stands for both.
+        Ok(Dirs { tmp, new, dev: meta.dev(), new_id: (meta.dev(), meta.ino()) })
+    }
+}
+
+/// The Maildirs one batch writes into: a batch of messages for one user opens its
+/// directories once, not once per message. It lives for one batch only, so a Maildir
+/// that is moved or replaced is looked up afresh by the next.
+#[derive(Default)]
+pub(crate) struct Opened(HashMap<PathBuf, Rc<Dirs>>);
+
+impl Opened {
+    /// Writes one copy into `dir`/tmp, creating the Maildir when missing.
+    pub(crate) fn stage(&mut self, dir: &Path, owner: Option<Owner>, pieces: &[&[u8]], host: &str) -> Result<Staged, Cause> {
+        let dirs = match self.0.get(dir) {
+            Some(d) => Rc::clone(d),
+            None => {
+                let d = Rc::new(Dirs::open(dir, owner)?);
+                self.0.insert(dir.to_owned(), Rc::clone(&d));
+                d
+            }
+        };
+        let name = unique_name(host);
+        let path = dir.join("tmp").join(&name);
+        let mut file = fs::create_file(&dirs.tmp, &name, owner).map_err(|e| Cause::new("create", &path, e))?;
+        if let Err(e) = write_pieces(&mut file, pieces) {
+            fs::unlink(&dirs.tmp, &name);
+            return Err(Cause::new("write", path, e));
+        }
+        Ok(Staged { path, dev: dirs.dev, new_id: dirs.new_id, dirs, name, file })
+    }
+}
+
+/// Writes every piece, in one writev(2) when the kernel takes it all.
+fn write_pieces(file: &mut File, pieces: &[&[u8]]) -> io::Result<()> {
+    let (mut i, mut off) = (0, 0);
+    while i < pieces.len() {
+        let slices: Vec<IoSlice<'_>> = std::iter::once(&pieces[i][off..]).chain(pieces[i + 1..].iter().copied()).map(IoSlice::new).collect();
+        let mut n = file.write_vectored(&slices)?;
+        if n == 0 && slices.iter().any(|s| !s.is_empty()) {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while i < pieces.len() && n >= pieces[i].len() - off {
+            n -= pieces[i].len() - off;
+            (i, off) = (i + 1, 0);
+        }
+        off += n;
+    }
+    Ok(())
+}
+
 /// A copy written to tmp/, not yet durable or visible.
 pub(crate) struct Staged {
     pub(crate) path: PathBuf,
-    tmp: OwnedFd,
-    new: OwnedFd,
+    dirs: Rc<Dirs>,
     name: String,
     pub(crate) file: File,
     /// Device of the Maildir: one syncfs per device covers a batch (Linux only; elsewhere
@@ -42,32 +116,10 @@ pub(crate) struct Staged {
     pub(crate) new_id: (u64, u64),
 }
 
-/// Writes one copy into `dir`/tmp, creating the Maildir when missing.
-pub(crate) fn stage(dir: &Path, owner: Option<Owner>, pieces: &[&[u8]], host: &str) -> Result<Staged, Cause> {
-    let parent = fs::open_parent(dir).map_err(|e| Cause::new("open", dir.parent().unwrap_or(dir), e))?;
-    let leaf = dir.file_name().and_then(|n| n.to_str()).unwrap_or(".");
-    let maildir = fs::subdir(&parent, leaf, owner).map_err(|e| Cause::new("open", dir, e))?;
-    let tmp = fs::subdir(&maildir, "tmp", owner).map_err(|e| Cause::new("open", dir.join("tmp"), e))?;
-    let new = fs::subdir(&maildir, "new", owner).map_err(|e| Cause::new("open", dir.join("new"), e))?;
-    fs::subdir(&maildir, "cur", owner).map_err(|e| Cause::new("open", dir.join("cur"), e))?;
-    let name = unique_name(host);
-    let path = dir.join("tmp").join(&name);
-    let mut file = fs::create_file(&tmp, &name, owner).map_err(|e| Cause::new("create", &path, e))?;
-    let written = pieces.iter().try_for_each(|p| file.write_all(p));
-    let meta = written.and_then(|()| file.metadata()).and_then(|m| Ok((m, File::from(new.try_clone()?).metadata()?)));
-    match meta {
-        Ok((m, nm)) => Ok(Staged { path, tmp, new, name, file, dev: m.dev(), new_id: (nm.dev(), nm.ino()) }),
-        Err(e) => {
-            fs::unlink(&tmp, &name);
-            Err(Cause::new("write", path, e))
-        }
-    }
-}
-
 impl Staged {
     /// Makes the copy visible: tmp/NAME → new/NAME.
     pub(crate) fn publish(&self) -> Result<(), Cause> {
-        fs::rename(&self.tmp, &self.name, &self.new, &self.name).map_err(|e| Cause::new("rename", &self.path, e))
+        fs::rename(&self.dirs.tmp, &self.name, &self.dirs.new, &self.name).map_err(|e| Cause::new("rename", &self.path, e))
     }
 
     #[cfg_attr(target_os = "linux", allow(dead_code))] // Linux syncs the batch with syncfs
@@ -76,7 +128,7 @@ impl Staged {
     }
 
     pub(crate) fn fsync_new_dir(&self) -> Result<(), Cause> {
-        fs::fsync(&self.new).map_err(|e| Cause::new("fsync", self.path.parent().unwrap_or(&self.path), e))
+        fs::fsync(&self.dirs.new).map_err(|e| Cause::new("fsync", self.path.parent().unwrap_or(&self.path), e))
     }
 
     #[cfg(target_os = "linux")]
@@ -86,13 +138,24 @@ impl Staged {
 
     /// Removes the unpublished copy.
     pub(crate) fn discard(self) {
-        fs::unlink(&self.tmp, &self.name);
+        fs::unlink(&self.dirs.tmp, &self.name);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pieces_are_written_whole_and_in_order() {
+        let t = tempfile::tempdir().unwrap();
+        let mut f = File::create(t.path().join("f")).unwrap();
+        let big = vec![b'b'; 300_000];
+        write_pieces(&mut f, &[b"a", b"", &big, b"c"]).unwrap();
+        let got = std::fs::read(t.path().join("f")).unwrap();
+        assert_eq!(got.len(), 300_002);
+        assert!(got.starts_with(b"ab") && got.ends_with(b"bc"));
+    }
 
     #[test]
     fn names_are_unique_and_escaped() {

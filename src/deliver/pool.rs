@@ -111,7 +111,8 @@ impl Pending {
 }
 
 fn deliver_batch(batch: Vec<Job>, ctx: &Ctx) {
-    let mut pending: Vec<Pending> = batch.into_iter().map(|job| stage_job(job, ctx)).collect();
+    let mut opened = maildir::Opened::default();
+    let mut pending: Vec<Pending> = batch.into_iter().map(|job| stage_job(job, ctx, &mut opened)).collect();
     make_durable(&mut pending);
     publish(&mut pending);
     let queued = pending.iter().any(|p| p.failed.is_none() && p.queued);
@@ -130,7 +131,7 @@ fn deliver_batch(batch: Vec<Job>, ctx: &Ctx) {
     }
 }
 
-fn stage_job(job: Job, ctx: &Ctx) -> Pending {
+fn stage_job(job: Job, ctx: &Ctx, opened: &mut maildir::Opened) -> Pending {
     let mut p = Pending { staged: Vec::new(), appended: Vec::new(), failed: None, queued: false, job };
     let mail: &Mail = &p.job.mail;
     let return_path = headers::return_path(&mail.return_path);
@@ -139,7 +140,7 @@ fn stage_job(job: Job, ctx: &Ctx) -> Pending {
         let result = match target {
             Target::Maildir { dir, owner, delivered_to } => {
                 let dt = headers::delivered_to(delivered_to);
-                maildir::stage(dir, *owner, &[&return_path, &dt, &mail.received, &mail.body], &ctx.host).map(|s| p.staged.push(s))
+                opened.stage(dir, *owner, &[&return_path, &dt, &mail.received, &mail.body], &ctx.host).map(|s| p.staged.push(s))
             }
             Target::Mbox { path, owner, delivered_to } => {
                 let dt = headers::delivered_to(delivered_to);
@@ -163,7 +164,7 @@ fn stage_job(job: Job, ctx: &Ctx) -> Pending {
         // One queue file per message holds every relayed recipient (one envelope each).
         let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let env = queue::encode(&queue::Envelope { sender: mail.return_path.clone(), created, rcpts: relay });
-        match maildir::stage(&queue.dir, None, &[&env, &mail.received, &mail.body], &ctx.host) {
+        match opened.stage(&queue.dir, None, &[&env, &mail.received, &mail.body], &ctx.host) {
             Ok(s) => {
                 p.staged.push(s);
                 p.queued = true;
