@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -109,6 +109,36 @@ struct Scripted {
     connections: Arc<AtomicU64>,
 }
 
+/// Serves one SMTP client a line at a time: `answer` gets each command line, upper-cased,
+/// with the reader (for DATA) and the writer, and returns the reply, or None to hang up.
+fn serve(conn: TcpStream, greeting: &str, mut answer: impl FnMut(&str, &mut BufReader<TcpStream>, &mut TcpStream) -> Option<String>) {
+    let mut w = conn.try_clone().unwrap();
+    let mut r = BufReader::new(conn);
+    let _ = w.write_all(greeting.as_bytes());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let Some(reply) = answer(&line.to_ascii_uppercase(), &mut r, &mut w) else {
+            return;
+        };
+        if w.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Answers DATA with 354 and reads the message up to its final dot.
+fn read_data(r: &mut BufReader<TcpStream>, w: &mut TcpStream) {
+    let _ = w.write_all(b"354 go\r\n");
+    let mut line = String::new();
+    while r.read_line(&mut line).unwrap_or(0) > 0 && line != ".\r\n" {
+        line.clear();
+    }
+}
+
 fn scripted(rcpt_replies: Vec<&'static str>) -> Scripted {
     scripted_at(0, rcpt_replies)
 }
@@ -124,47 +154,27 @@ fn scripted_at(port: u16, rcpt_replies: Vec<&'static str>) -> Scripted {
             c.fetch_add(1, Ordering::Relaxed);
             let (m, replies) = (Arc::clone(&m), Arc::clone(&replies));
             std::thread::spawn(move || {
-                let mut w = conn.try_clone().unwrap();
-                let mut r = BufReader::new(conn);
-                let _ = w.write_all(b"220 scripted ESMTP\r\n");
-                let mut line = String::new();
                 let mut ok_rcpt = false;
-                loop {
-                    line.clear();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let u = line.to_ascii_uppercase();
-                    let reply: String = if u.starts_with("EHLO") {
+                serve(conn, "220 scripted ESMTP\r\n", |u, r, w| {
+                    Some(if u.starts_with("EHLO") {
                         "250-scripted\r\n250 PIPELINING\r\n".into()
                     } else if u.starts_with("RCPT") {
                         let r = replies.lock().unwrap().next().unwrap_or("250 ok");
                         ok_rcpt |= r.starts_with('2');
                         format!("{r}\r\n")
                     } else if u.starts_with("DATA") && ok_rcpt {
-                        let _ = w.write_all(b"354 go\r\n");
-                        loop {
-                            line.clear();
-                            if r.read_line(&mut line).unwrap_or(0) == 0 || line == ".\r\n" {
-                                break;
-                            }
-                        }
+                        read_data(r, w);
                         m.fetch_add(1, Ordering::Relaxed);
                         ok_rcpt = false;
                         "250 queued\r\n".into()
                     } else if u.starts_with("QUIT") {
                         let _ = w.write_all(b"221 bye\r\n");
-                        return;
-                    } else if u.starts_with("MAIL") || u.starts_with("RSET") {
-                        ok_rcpt = false;
-                        "250 ok\r\n".into()
+                        return None;
                     } else {
+                        ok_rcpt &= !(u.starts_with("MAIL") || u.starts_with("RSET"));
                         "250 ok\r\n".into()
-                    };
-                    if w.write_all(reply.as_bytes()).is_err() {
-                        return;
-                    }
-                }
+                    })
+                });
             });
         }
     });
@@ -252,17 +262,8 @@ fn pipelining_witness(offer: bool) -> (u16, std::sync::mpsc::Receiver<usize>) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for conn in l.incoming().flatten() {
-            let mut w = conn.try_clone().unwrap();
-            let mut r = BufReader::new(conn);
-            let _ = w.write_all(b"220 witness ESMTP\r\n");
-            let mut line = String::new();
-            loop {
-                line.clear();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                let u = line.to_ascii_uppercase();
-                let reply: String = if u.starts_with("EHLO") {
+            serve(conn, "220 witness ESMTP\r\n", |u, r, w| {
+                Some(if u.starts_with("EHLO") {
                     if offer { "250-witness\r\n250 PIPELINING\r\n".into() } else { "250 witness\r\n".into() }
                 } else if u.starts_with("MAIL") {
                     r.get_ref().set_read_timeout(Some(Duration::from_millis(700))).unwrap();
@@ -276,19 +277,15 @@ fn pipelining_witness(offer: bool) -> (u16, std::sync::mpsc::Receiver<usize>) {
                     tx.send(early).unwrap();
                     "250 ok\r\n".to_owned() + &"250 ok\r\n".repeat(early)
                 } else if u.starts_with("DATA") {
-                    let _ = w.write_all(b"354 go\r\n");
-                    while r.read_line(&mut line).unwrap_or(0) > 0 && !line.ends_with("\r\n.\r\n") {}
+                    read_data(r, w);
                     "250 queued\r\n".into()
                 } else if u.starts_with("QUIT") {
                     let _ = w.write_all(b"221 bye\r\n");
-                    break;
+                    return None;
                 } else {
                     "250 ok\r\n".into()
-                };
-                if w.write_all(reply.as_bytes()).is_err() {
-                    break;
-                }
-            }
+                })
+            });
         }
     });
     (port, rx)
