@@ -48,11 +48,12 @@ impl Dirs {
         let tmp = fs::subdir(&maildir, "tmp", owner).map_err(|e| Cause::new("open", dir.join("tmp"), e))?;
         let new = fs::subdir(&maildir, "new", owner).map_err(|e| Cause::new("open", dir.join("new"), e))?;
         fs::subdir(&maildir, "cur", owner).map_err(|e| Cause::new("open", dir.join("cur"), e))?;
-        let meta = File::from(new.try_clone().map_err(|e| Cause::new("open", dir.join("new"), e))?)
-            .metadata()
-            .map_err(|e| Cause::new("stat", dir.join("new"), e))?;
-        // tmp/ and new/ must share a file system for the rename; new/'s device stands for both.
-        Ok(Dirs { tmp, new, dev: meta.dev(), new_id: (meta.dev(), meta.ino()) })
+        let stat = |fd: &OwnedFd, name: &str| {
+            fd.try_clone().and_then(|fd| File::from(fd).metadata()).map_err(|e| Cause::new("stat", dir.join(name), e))
+        };
+        // The files' data lives on tmp/'s device: that is the one to sync.
+        let (tmp_meta, new_meta) = (stat(&tmp, "tmp")?, stat(&new, "new")?);
+        Ok(Dirs { dev: tmp_meta.dev(), new_id: (new_meta.dev(), new_meta.ino()), tmp, new })
     }
 }
 
