@@ -36,7 +36,10 @@ pub(crate) fn safe_host(host: &str) -> String {
 struct Dirs {
     tmp: OwnedFd,
     new: OwnedFd,
+    /// Device of tmp/, where the copies' data is: one syncfs per device covers a batch
+    /// (Linux only; elsewhere each file is fsynced).
     dev: u64,
+    /// (device, inode) of new/, so each directory is fsynced once per batch.
     new_id: (u64, u64),
 }
 
@@ -81,7 +84,7 @@ impl Opened {
             fs::unlink(&dirs.tmp, &name);
             return Err(Cause::new("write", path, e));
         }
-        Ok(Staged { path, dev: dirs.dev, new_id: dirs.new_id, dirs, name, file })
+        Ok(Staged { path, dirs, name, file })
     }
 }
 
@@ -109,15 +112,18 @@ pub(crate) struct Staged {
     dirs: Rc<Dirs>,
     name: String,
     pub(crate) file: File,
-    /// Device of the Maildir: one syncfs per device covers a batch (Linux only; elsewhere
-    /// each file is fsynced).
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    pub(crate) dev: u64,
-    /// (device, inode) of new/, so each directory is fsynced once per batch.
-    pub(crate) new_id: (u64, u64),
 }
 
 impl Staged {
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(crate) fn dev(&self) -> u64 {
+        self.dirs.dev
+    }
+
+    pub(crate) fn new_id(&self) -> (u64, u64) {
+        self.dirs.new_id
+    }
+
     /// Makes the copy visible: tmp/NAME → new/NAME.
     pub(crate) fn publish(&self) -> Result<(), Cause> {
         fs::rename(&self.dirs.tmp, &self.name, &self.dirs.new, &self.name).map_err(|e| Cause::new("rename", &self.path, e))

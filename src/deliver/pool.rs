@@ -183,11 +183,11 @@ fn make_durable(pending: &mut [Pending]) {
         let mut by_dev: BTreeMap<u64, Result<(), String>> = BTreeMap::new();
         for p in pending.iter() {
             for s in &p.staged {
-                by_dev.entry(s.dev).or_insert_with(|| s.syncfs().map_err(|c| c.to_string()));
+                by_dev.entry(s.dev()).or_insert_with(|| s.syncfs().map_err(|c| c.to_string()));
             }
         }
         for p in pending.iter_mut() {
-            let err = p.staged.iter().find_map(|s| match by_dev.get(&s.dev) {
+            let err = p.staged.iter().find_map(|s| match by_dev.get(&s.dev()) {
                 Some(Err(e)) => Some(Cause::new("syncfs", &s.path, std::io::Error::other(e.clone()))),
                 _ => None,
             });
@@ -218,7 +218,7 @@ fn publish(pending: &mut [Pending]) {
     for p in pending.iter_mut() {
         let mut err = None;
         for s in &p.staged {
-            let ok = *synced.entry(s.new_id).or_insert_with(|| s.fsync_new_dir().is_ok());
+            let ok = *synced.entry(s.new_id()).or_insert_with(|| s.fsync_new_dir().is_ok());
             if !ok && err.is_none() {
                 err = Some(Cause::new("fsync", &s.path, std::io::Error::other("directory fsync failed")));
             }
