@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,12 +50,12 @@ impl Dirs {
         let tmp = fs::subdir(&maildir, "tmp", owner).map_err(|e| Cause::new("open", dir.join("tmp"), e))?;
         let new = fs::subdir(&maildir, "new", owner).map_err(|e| Cause::new("open", dir.join("new"), e))?;
         fs::subdir(&maildir, "cur", owner).map_err(|e| Cause::new("open", dir.join("cur"), e))?;
-        let stat = |fd: &OwnedFd, name: &str| {
-            fd.try_clone().and_then(|fd| File::from(fd).metadata()).map_err(|e| Cause::new("stat", dir.join(name), e))
-        };
+        let stat = |fd: &OwnedFd, name: &str| nix::sys::stat::fstat(fd).map_err(|e| Cause::new("stat", dir.join(name), e));
         // The files' data lives on tmp/'s device: that is the one to sync.
-        let (tmp_meta, new_meta) = (stat(&tmp, "tmp")?, stat(&new, "new")?);
-        Ok(Dirs { dev: tmp_meta.dev(), new_id: (new_meta.dev(), new_meta.ino()), tmp, new })
+        let (tmp_st, new_st) = (stat(&tmp, "tmp")?, stat(&new, "new")?);
+        // dev_t and ino_t differ in width across systems (OpenBSD's dev_t is i32).
+        #[allow(clippy::unnecessary_cast)]
+        Ok(Dirs { dev: tmp_st.st_dev as u64, new_id: (new_st.st_dev as u64, new_st.st_ino as u64), tmp, new })
     }
 }
 
