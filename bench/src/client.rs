@@ -47,7 +47,7 @@ impl Client {
         let mut c = Client { stream, buf: Vec::new(), pipelining: false };
         c.expect(220)?;
         c.ehlo(helo)?;
-        if tls == Tls::StartTls {
+        if tls == Tls::Starttls {
             c.send(b"STARTTLS\r\n")?;
             c.expect(220)?;
             c.stream = Box::new(wrap(tcp, &host, tls_config)?);

@@ -5,7 +5,7 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tls {
     None,
-    StartTls,
+    Starttls,
     Smtps,
 }
 
@@ -157,7 +157,7 @@ pub fn parse(args: Vec<std::ffi::OsString>) -> Result<Command, String> {
             Short('r') | Long("rcpts") => o.rcpts = num(value(&mut p)?)?.max(1) as usize,
             Long("per-session") => o.per_session = num(value(&mut p)?)?.max(1),
             Long("pipelining") => o.pipelining = true,
-            Long("starttls") => o.tls = Tls::StartTls,
+            Long("starttls") => o.tls = Tls::Starttls,
             Long("smtps") => o.tls = Tls::Smtps,
             Long("rate") => o.rate = Some(value(&mut p)?.parse().map_err(|_| "bad rate")?),
             Long("warmup") => o.warmup = num(value(&mut p)?)?,
