@@ -33,6 +33,8 @@ pub(crate) fn safe_host(host: &str) -> String {
 
 /// A Maildir's tmp/ and new/, opened (and created when missing) once per batch.
 struct Dirs {
+    /// The Maildir's path, for error messages only: every access goes through the fds.
+    path: PathBuf,
     tmp: OwnedFd,
     new: OwnedFd,
     /// Device of tmp/, where the copies' data is: one syncfs per device covers a batch
@@ -55,7 +57,7 @@ impl Dirs {
         let (tmp_st, new_st) = (stat(&tmp, "tmp")?, stat(&new, "new")?);
         // dev_t and ino_t differ in width across systems (OpenBSD's dev_t is i32).
         #[allow(clippy::unnecessary_cast)]
-        Ok(Dirs { dev: tmp_st.st_dev as u64, new_id: (new_st.st_dev as u64, new_st.st_ino as u64), tmp, new })
+        Ok(Dirs { path: dir.to_owned(), dev: tmp_st.st_dev as u64, new_id: (new_st.st_dev as u64, new_st.st_ino as u64), tmp, new })
     }
 }
 
@@ -77,13 +79,17 @@ impl Opened {
             }
         };
         let name = unique_name(host);
-        let path = dir.join("tmp").join(&name);
-        let mut file = fs::create_file(&dirs.tmp, &name, owner).map_err(|e| Cause::new("create", &path, e))?;
-        if let Err(e) = write_pieces(&mut file, pieces) {
-            fs::unlink(&dirs.tmp, &name);
-            return Err(Cause::new("write", path, e));
+        let file = match fs::create_file(&dirs.tmp, &name, owner) {
+            Ok(f) => f,
+            Err(e) => return Err(Cause::new("create", dir.join("tmp").join(&name), e)),
+        };
+        let mut staged = Staged { dirs, name, file };
+        if let Err(e) = write_pieces(&mut staged.file, pieces) {
+            let cause = Cause::new("write", staged.path(), e);
+            staged.discard();
+            return Err(cause);
         }
-        Ok(Staged { path, dirs, name, file })
+        Ok(staged)
     }
 }
 
@@ -107,13 +113,17 @@ fn write_pieces(file: &mut File, pieces: &[&[u8]]) -> io::Result<()> {
 
 /// A copy written to tmp/, not yet durable or visible.
 pub(crate) struct Staged {
-    pub(crate) path: PathBuf,
     dirs: Rc<Dirs>,
     name: String,
-    pub(crate) file: File,
+    file: File,
 }
 
 impl Staged {
+    /// Where the copy is now (tmp/), for error messages; built only when one is needed.
+    pub(crate) fn path(&self) -> PathBuf {
+        self.dirs.path.join("tmp").join(&self.name)
+    }
+
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn dev(&self) -> u64 {
         self.dirs.dev
@@ -125,21 +135,21 @@ impl Staged {
 
     /// Makes the copy visible: tmp/NAME → new/NAME.
     pub(crate) fn publish(&self) -> Result<(), Cause> {
-        fs::rename(&self.dirs.tmp, &self.name, &self.dirs.new, &self.name).map_err(|e| Cause::new("rename", &self.path, e))
+        fs::rename(&self.dirs.tmp, &self.name, &self.dirs.new, &self.name).map_err(|e| Cause::new("rename", self.path(), e))
     }
 
     #[cfg_attr(target_os = "linux", allow(dead_code))] // Linux syncs the batch with syncfs
     pub(crate) fn fsync_file(&self) -> Result<(), Cause> {
-        fs::fsync(&self.file).map_err(|e| Cause::new("fsync", &self.path, e))
+        fs::fsync(&self.file).map_err(|e| Cause::new("fsync", self.path(), e))
     }
 
     pub(crate) fn fsync_new_dir(&self) -> Result<(), Cause> {
-        fs::fsync(&self.dirs.new).map_err(|e| Cause::new("fsync", self.path.parent().unwrap_or(&self.path), e))
+        fs::fsync(&self.dirs.new).map_err(|e| Cause::new("fsync", self.dirs.path.join("new"), e))
     }
 
     #[cfg(target_os = "linux")]
     pub(crate) fn syncfs(&self) -> Result<(), Cause> {
-        nix::unistd::syncfs(&self.file).map_err(|e| Cause::new("syncfs", &self.path, e))
+        nix::unistd::syncfs(&self.file).map_err(|e| Cause::new("syncfs", self.path(), e))
     }
 
     /// Removes the unpublished copy.

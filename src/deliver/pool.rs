@@ -188,7 +188,7 @@ fn make_durable(pending: &mut [Pending]) {
         }
         for p in pending.iter_mut() {
             let err = p.staged.iter().find_map(|s| match by_dev.get(&s.dev()) {
-                Some(Err(e)) => Some(Cause::new("syncfs", &s.path, std::io::Error::other(e.clone()))),
+                Some(Err(e)) => Some(Cause::new("syncfs", s.path(), std::io::Error::other(e.clone()))),
                 _ => None,
             });
             if let Some(cause) = err {
@@ -220,7 +220,7 @@ fn publish(pending: &mut [Pending]) {
         for s in &p.staged {
             let ok = *synced.entry(s.new_id()).or_insert_with(|| s.fsync_new_dir().is_ok());
             if !ok && err.is_none() {
-                err = Some(Cause::new("fsync", &s.path, std::io::Error::other("directory fsync failed")));
+                err = Some(Cause::new("fsync", s.path(), std::io::Error::other("directory fsync failed")));
             }
         }
         if let Some(cause) = err {
