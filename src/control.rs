@@ -69,10 +69,7 @@ impl std::fmt::Display for VerbError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             VerbError::Unknown(l) => write!(f, "unknown command {l:?}"),
-            VerbError::BadId(id) => write!(
-                f,
-                "invalid id {id:?}: expected \"all\" or 1 to 16 hex digits"
-            ),
+            VerbError::BadId(id) => write!(f, "invalid id {id:?}: expected \"all\" or 1 to 16 hex digits"),
             VerbError::BadTable(t) => write!(f, "invalid table name {t:?}"),
         }
     }
@@ -92,10 +89,7 @@ impl Verb {
             ["reload"] => Ok(Verb::Reload),
             ["update", "aliases"] => Ok(Verb::UpdateAliases),
             ["update", "table", name] => {
-                let ok = name.len() <= 64
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+                let ok = name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
                 if ok {
                     Ok(Verb::UpdateTable(name.to_string()))
                 } else {
@@ -173,14 +167,9 @@ impl ErrorKind {
     }
 
     fn from_word(word: &str) -> Option<ErrorKind> {
-        [
-            ErrorKind::Denied,
-            ErrorKind::NotFound,
-            ErrorKind::Failed,
-            ErrorKind::Usage,
-        ]
-        .into_iter()
-        .find(|k| k.word() == word)
+        [ErrorKind::Denied, ErrorKind::NotFound, ErrorKind::Failed, ErrorKind::Usage]
+            .into_iter()
+            .find(|k| k.word() == word)
     }
 }
 
@@ -193,16 +182,10 @@ pub struct HandlerError {
 
 impl HandlerError {
     pub fn not_found(message: impl Into<String>) -> Self {
-        HandlerError {
-            kind: ErrorKind::NotFound,
-            message: message.into(),
-        }
+        HandlerError { kind: ErrorKind::NotFound, message: message.into() }
     }
     pub fn failed(message: impl Into<String>) -> Self {
-        HandlerError {
-            kind: ErrorKind::Failed,
-            message: message.into(),
-        }
+        HandlerError { kind: ErrorKind::Failed, message: message.into() }
     }
 }
 
@@ -241,9 +224,7 @@ fn dispatch(handler: &dyn ControlHandler, verb: &Verb) -> Result<String, Handler
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub fn peer_uid(stream: &impl std::os::fd::AsFd) -> io::Result<u32> {
     use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-    getsockopt(stream, PeerCredentials)
-        .map(|c| c.uid())
-        .map_err(io::Error::from)
+    getsockopt(stream, PeerCredentials).map(|c| c.uid()).map_err(io::Error::from)
 }
 
 /// The uid of the process at the other end of a unix socket, from the kernel.
@@ -256,9 +237,7 @@ pub fn peer_uid(stream: &impl std::os::fd::AsFd) -> io::Result<u32> {
     target_os = "ios"
 ))]
 pub fn peer_uid(stream: &impl std::os::fd::AsFd) -> io::Result<u32> {
-    nix::unistd::getpeereid(stream.as_fd())
-        .map(|(uid, _)| uid.as_raw())
-        .map_err(io::Error::from)
+    nix::unistd::getpeereid(stream.as_fd()).map(|(uid, _)| uid.as_raw()).map_err(io::Error::from)
 }
 
 /// Without a way to learn the peer's uid, nobody is trusted (every privileged verb refused).
@@ -273,10 +252,7 @@ pub fn peer_uid(stream: &impl std::os::fd::AsFd) -> io::Result<u32> {
     target_os = "ios"
 )))]
 pub fn peer_uid(_stream: &impl std::os::fd::AsFd) -> io::Result<u32> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "peer credentials not supported on this system",
-    ))
+    Err(io::Error::new(io::ErrorKind::Unsupported, "peer credentials not supported on this system"))
 }
 
 /// Binds `SPOOL/control.sock`, mode 0666 (permissions are checked per request). A stale
@@ -308,11 +284,7 @@ pub fn serve(listener: UnixListener, handler: Arc<dyn ControlHandler>) -> io::Er
                     log::debug!("control: request failed: {e}");
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
-                ) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
             Err(e)
                 if e.raw_os_error().is_some_and(|c| {
                     c == nix::errno::Errno::EMFILE as i32 || c == nix::errno::Errno::ENFILE as i32
@@ -328,33 +300,21 @@ pub fn serve(listener: UnixListener, handler: Arc<dyn ControlHandler>) -> io::Er
 }
 
 /// Answers the one request of a connection, with the permission check.
-pub fn handle_connection(
-    stream: UnixStream,
-    handler: &dyn ControlHandler,
-    daemon_uid: u32,
-) -> io::Result<()> {
+pub fn handle_connection(stream: UnixStream, handler: &dyn ControlHandler, daemon_uid: u32) -> io::Result<()> {
     stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
     let uid = peer_uid(&stream);
     let mut line = Vec::new();
-    BufReader::new(&stream)
-        .take(MAX_REQUEST)
-        .read_until(b'\n', &mut line)?;
+    BufReader::new(&stream).take(MAX_REQUEST).read_until(b'\n', &mut line)?;
     let text = String::from_utf8_lossy(&line);
     let result = match Verb::parse(text.trim_end_matches(['\r', '\n'])) {
-        Err(e) => Err(HandlerError {
-            kind: ErrorKind::Usage,
-            message: e.to_string(),
-        }),
+        Err(e) => Err(HandlerError { kind: ErrorKind::Usage, message: e.to_string() }),
         Ok(verb) => match uid {
             Ok(uid) if allowed(uid, daemon_uid, &verb) => {
                 log::info!("control: uid={uid} {verb}");
                 dispatch(handler, &verb)
             }
-            _ => Err(HandlerError {
-                kind: ErrorKind::Denied,
-                message: format!("{verb}: need root privileges"),
-            }),
+            _ => Err(HandlerError { kind: ErrorKind::Denied, message: format!("{verb}: need root privileges") }),
         },
     };
     write_response(&mut &stream, result)
@@ -396,11 +356,9 @@ pub enum ControlError {
 impl std::fmt::Display for ControlError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ControlError::Unreachable { path, source } => write!(
-                f,
-                "mxd doesn't seem to be running ({}: {source})",
-                path.display()
-            ),
+            ControlError::Unreachable { path, source } => {
+                write!(f, "mxd doesn't seem to be running ({}: {source})", path.display())
+            }
             ControlError::Io(e) => write!(f, "control connection: {e}"),
             ControlError::Protocol(s) => write!(f, "bad answer from mxd: {s}"),
             ControlError::Refused { message, .. } => write!(f, "command failed: {message}"),
@@ -413,14 +371,9 @@ impl std::error::Error for ControlError {}
 /// Sends `verb` to the daemon whose spool is `spool`; returns its output lines.
 pub fn request(spool: &Path, verb: &Verb) -> Result<Vec<String>, ControlError> {
     let path = spool.join(CONTROL_SOCKET);
-    let stream =
-        UnixStream::connect(&path).map_err(|source| ControlError::Unreachable { path, source })?;
-    stream
-        .set_read_timeout(Some(RESPONSE_TIMEOUT))
-        .map_err(ControlError::Io)?;
-    (&stream)
-        .write_all(format!("{verb}\n").as_bytes())
-        .map_err(ControlError::Io)?;
+    let stream = UnixStream::connect(&path).map_err(|source| ControlError::Unreachable { path, source })?;
+    stream.set_read_timeout(Some(RESPONSE_TIMEOUT)).map_err(ControlError::Io)?;
+    (&stream).write_all(format!("{verb}\n").as_bytes()).map_err(ControlError::Io)?;
     read_response(&mut BufReader::new(&stream))
 }
 
@@ -429,11 +382,7 @@ fn read_response(reader: &mut impl BufRead) -> Result<Vec<String>, ControlError>
     let mut output = Vec::new();
     loop {
         let mut raw = Vec::new();
-        reader
-            .by_ref()
-            .take(MAX_RESPONSE_LINE)
-            .read_until(b'\n', &mut raw)
-            .map_err(ControlError::Io)?;
+        reader.by_ref().take(MAX_RESPONSE_LINE).read_until(b'\n', &mut raw).map_err(ControlError::Io)?;
         if raw.last() != Some(&b'\n') {
             return Err(ControlError::Protocol("answer truncated".into()));
         }
@@ -445,12 +394,8 @@ fn read_response(reader: &mut impl BufRead) -> Result<Vec<String>, ControlError>
             return Ok(output);
         } else if let Some(rest) = line.strip_prefix("error ") {
             let (word, message) = rest.split_once(' ').unwrap_or((rest, ""));
-            let kind = ErrorKind::from_word(word)
-                .ok_or_else(|| ControlError::Protocol(line.to_string()))?;
-            return Err(ControlError::Refused {
-                kind,
-                message: message.to_string(),
-            });
+            let kind = ErrorKind::from_word(word).ok_or_else(|| ControlError::Protocol(line.to_string()))?;
+            return Err(ControlError::Refused { kind, message: message.to_string() });
         } else {
             return Err(ControlError::Protocol(line.to_string()));
         }
@@ -467,14 +412,8 @@ mod tests {
             ("show queue", Verb::ShowQueue),
             ("show  stats", Verb::ShowStats),
             ("schedule all", Verb::Schedule(Target::All)),
-            (
-                "schedule 64F3EAB9",
-                Verb::Schedule(Target::Id("64f3eab9".into())),
-            ),
-            (
-                "remove 64f3eab9deadbeef",
-                Verb::Remove(Target::Id("64f3eab9deadbeef".into())),
-            ),
+            ("schedule 64F3EAB9", Verb::Schedule(Target::Id("64f3eab9".into()))),
+            ("remove 64f3eab9deadbeef", Verb::Remove(Target::Id("64f3eab9deadbeef".into()))),
             ("reload", Verb::Reload),
             ("update table aliases", Verb::UpdateTable("aliases".into())),
             ("update aliases", Verb::UpdateAliases),
@@ -492,10 +431,7 @@ mod tests {
             ("show", VerbError::Unknown("show".into())),
             ("reload now", VerbError::Unknown("reload now".into())),
             ("schedule xyz", VerbError::BadId("xyz".into())),
-            (
-                "remove 0123456789abcdef0",
-                VerbError::BadId("0123456789abcdef0".into()),
-            ),
+            ("remove 0123456789abcdef0", VerbError::BadId("0123456789abcdef0".into())),
             ("update table a/b", VerbError::BadTable("a/b".into())),
         ];
         for (line, err) in cases {
@@ -517,11 +453,7 @@ mod tests {
         for verb in &all {
             assert!(allowed(0, 0, verb), "root: {verb}");
             assert!(allowed(1000, 1000, verb), "daemon's own uid: {verb}");
-            assert_eq!(
-                allowed(1001, 0, verb),
-                verb.is_read_only(),
-                "other user: {verb}"
-            );
+            assert_eq!(allowed(1001, 0, verb), verb.is_read_only(), "other user: {verb}");
         }
         assert!(allowed(1001, 0, &Verb::ShowQueue));
         assert!(!allowed(1001, 0, &Verb::UpdateAliases));
@@ -529,24 +461,15 @@ mod tests {
 
     #[test]
     fn responses_round_trip() {
-        type Case = (
-            Result<String, HandlerError>,
-            Result<Vec<String>, (ErrorKind, &'static str)>,
-        );
+        type Case = (Result<String, HandlerError>, Result<Vec<String>, (ErrorKind, &'static str)>);
         let cases: [Case; 4] = [
-            (
-                Ok("a\nb c\n\nok".into()),
-                Ok(vec!["a".into(), "b c".into(), String::new(), "ok".into()]),
-            ),
+            (Ok("a\nb c\n\nok".into()), Ok(vec!["a".into(), "b c".into(), String::new(), "ok".into()])),
             (Ok(String::new()), Ok(vec![])),
             (
                 Err(HandlerError::not_found("no such message\n64f3eab9")),
                 Err((ErrorKind::NotFound, "no such message 64f3eab9")),
             ),
-            (
-                Err(HandlerError::failed("aliases:3: bad line")),
-                Err((ErrorKind::Failed, "aliases:3: bad line")),
-            ),
+            (Err(HandlerError::failed("aliases:3: bad line")), Err((ErrorKind::Failed, "aliases:3: bad line"))),
         ];
         for (sent, want) in cases {
             let mut wire = Vec::new();
@@ -559,13 +482,7 @@ mod tests {
             assert_eq!(got, want);
         }
         for junk in ["", "hello\n", " partial", "error bogus x\n"] {
-            assert!(
-                matches!(
-                    read_response(&mut junk.as_bytes()),
-                    Err(ControlError::Protocol(_))
-                ),
-                "{junk:?}"
-            );
+            assert!(matches!(read_response(&mut junk.as_bytes()), Err(ControlError::Protocol(_))), "{junk:?}");
         }
     }
 }

@@ -38,11 +38,8 @@ pub struct ReceivedInfo<'a> {
 
 /// A hostname-like token: letters, digits and `.-_:[]`; anything else becomes `?`.
 fn token(s: &str) -> String {
-    let cleaned: String = s
-        .chars()
-        .take(255)
-        .map(|c| if c.is_ascii_alphanumeric() || ".-_:[]".contains(c) { c } else { '?' })
-        .collect();
+    let cleaned: String =
+        s.chars().take(255).map(|c| if c.is_ascii_alphanumeric() || ".-_:[]".contains(c) { c } else { '?' }).collect();
     if cleaned.is_empty() {
         "unknown".to_owned()
     } else {
@@ -61,7 +58,14 @@ pub fn received(r: &ReceivedInfo<'_>) -> Vec<u8> {
         Peer::Local => format!("{} [local]", token(r.by)),
         Peer::Ip(ip) => format!("{} [{ip}]", r.rdns.map_or_else(|| "unknown".to_owned(), token)),
     };
-    let _ = write!(h, "Received: from {} ({from})\n\tby {} (mxd) with {} id {}", token(r.helo), token(r.by), token(r.proto), r.id);
+    let _ = write!(
+        h,
+        "Received: from {} ({from})\n\tby {} (mxd) with {} id {}",
+        token(r.helo),
+        token(r.by),
+        token(r.proto),
+        r.id
+    );
     if let Some((version, cipher, bits)) = r.tls {
         let _ = write!(h, " ({}:{}:{bits}:NO)", token(version), token(cipher));
     }

@@ -74,10 +74,7 @@ impl log::Log for Logger {
 /// Installs the global logger. `verbosity` counts `-v` flags: 0 = info, 1 = debug, 2+ = trace.
 pub fn init(sink: Sink, verbosity: u8, ident: &'static str) {
     let syslog = match sink {
-        Sink::Syslog => UnixDatagram::unbound()
-            .and_then(|s| s.connect("/dev/log").map(|()| s))
-            .ok()
-            .map(Mutex::new),
+        Sink::Syslog => UnixDatagram::unbound().and_then(|s| s.connect("/dev/log").map(|()| s)).ok().map(Mutex::new),
         Sink::Stderr => None,
     };
     let level = match verbosity {

@@ -51,7 +51,12 @@ struct Resolver<'a> {
     out: Vec<Target>,
 }
 
-pub fn resolve(config: &Config, action: &Action, env: &Envelope<'_>, users: &dyn UserDb) -> Result<Vec<Target>, ResolveError> {
+pub fn resolve(
+    config: &Config,
+    action: &Action,
+    env: &Envelope<'_>,
+    users: &dyn UserDb,
+) -> Result<Vec<Target>, ResolveError> {
     let mut r = Resolver { config, env, system: users, out: Vec::new() };
     r.address(action, env.rcpt, 0, &mut Vec::new())?;
     Ok(r.out)
@@ -62,7 +67,13 @@ fn split(addr: &str) -> (&str, &str) {
 }
 
 impl Resolver<'_> {
-    fn address(&mut self, action: &Action, addr: &str, depth: usize, seen: &mut Vec<String>) -> Result<(), ResolveError> {
+    fn address(
+        &mut self,
+        action: &Action,
+        addr: &str,
+        depth: usize,
+        seen: &mut Vec<String>,
+    ) -> Result<(), ResolveError> {
         if depth > MAX_DEPTH || self.out.len() > MAX_TARGETS {
             return Err(ResolveError::Loop(addr.to_owned()));
         }
@@ -78,7 +89,10 @@ impl Resolver<'_> {
             return self.local_user(action, &base, addr);
         }
         let expansion = match (&action.virtual_, &action.alias) {
-            (Some(t), _) => self.config.table(t).and_then(|t| t.get_list(&key).or_else(|| t.get_list(&format!("@{}", domain.to_lowercase())))),
+            (Some(t), _) => self
+                .config
+                .table(t)
+                .and_then(|t| t.get_list(&key).or_else(|| t.get_list(&format!("@{}", domain.to_lowercase())))),
             (None, Some(t)) => self.config.table(t).and_then(|t| t.get_list(&base)),
             (None, None) => None,
         };
@@ -98,7 +112,14 @@ impl Resolver<'_> {
     }
 
     /// One alias value: a local name, or an address decided again by the rules.
-    fn item(&mut self, action: &Action, item: &str, domain: &str, depth: usize, seen: &mut Vec<String>) -> Result<(), ResolveError> {
+    fn item(
+        &mut self,
+        action: &Action,
+        item: &str,
+        domain: &str,
+        depth: usize,
+        seen: &mut Vec<String>,
+    ) -> Result<(), ResolveError> {
         if item.starts_with('|') || item.starts_with('/') || item.starts_with(':') {
             return Err(ResolveError::Unsupported(format!("alias value '{item}'")));
         }
@@ -124,12 +145,16 @@ impl Resolver<'_> {
         let rcpt_user = self.lookup(action, name).ok_or_else(|| ResolveError::UnknownUser(name.to_owned()))?;
         // `user NAME`: deliver as that user (its ids own the files, its home is ~).
         let user = match &action.user {
-            Some(u) => self.lookup(action, u).or_else(|| self.system.by_name(u)).ok_or_else(|| ResolveError::UnknownUser(u.clone()))?,
+            Some(u) => self
+                .lookup(action, u)
+                .or_else(|| self.system.by_name(u))
+                .ok_or_else(|| ResolveError::UnknownUser(u.clone()))?,
             None => rcpt_user,
         };
         let home = user.home.to_string_lossy().into_owned();
         let (_, domain) = split(dest);
-        let dest_addr = if domain.is_empty() { format!("{name}@{}", self.config.hostname) } else { format!("{name}@{domain}") };
+        let dest_addr =
+            if domain.is_empty() { format!("{name}@{}", self.config.hostname) } else { format!("{name}@{domain}") };
         let ctx = ExpandCtx {
             sender: self.env.mail_from,
             rcpt: self.env.rcpt,
@@ -153,7 +178,9 @@ impl Resolver<'_> {
             Method::Mbox => Target::Mbox { path: PathBuf::from("/var/mail").join(&user.name), owner, delivered_to },
             Method::Lmtp { .. } => return Err(ResolveError::Unsupported("lmtp delivery".into())),
             Method::Mda(_) => return Err(ResolveError::Unsupported("mda delivery".into())),
-            Method::ForwardOnly | Method::ExpandOnly => return Err(ResolveError::Unsupported("local delivery for a forward-only action".into())),
+            Method::ForwardOnly | Method::ExpandOnly => {
+                return Err(ResolveError::Unsupported("local delivery for a forward-only action".into()))
+            }
             Method::Relay(_) => return Err(ResolveError::Unsupported("relay".into())),
         };
         if !self.out.contains(&target) {
@@ -183,7 +210,15 @@ mod tests {
 
     fn run(c: &Config, rcpt: &str) -> Result<Vec<Target>, ResolveError> {
         let origin = Origin::Tcp("127.0.0.1".parse().unwrap());
-        let env = Envelope { origin: &origin, rdns: None, tag: None, tls: false, auth: None, mail_from: "s@example.org", rcpt };
+        let env = Envelope {
+            origin: &origin,
+            rdns: None,
+            tag: None,
+            tls: false,
+            auth: None,
+            mail_from: "s@example.org",
+            rcpt,
+        };
         match rules::decide(c, &env) {
             Decision::Deliver(a) => resolve(c, a, &env, &SystemUsers),
             other => panic!("{rcpt}: {other:?}"),
@@ -191,15 +226,25 @@ mod tests {
     }
 
     fn maildir(dir: &str, to: &str) -> Target {
-        Target::Maildir { dir: dir.into(), owner: Some(Owner { uid: if dir.contains("alice") { 1001 } else { 1000 }, gid: if dir.contains("alice") { 1001 } else { 1000 } }), delivered_to: to.into() }
+        Target::Maildir {
+            dir: dir.into(),
+            owner: Some(Owner {
+                uid: if dir.contains("alice") { 1001 } else { 1000 },
+                gid: if dir.contains("alice") { 1001 } else { 1000 },
+            }),
+            delivered_to: to.into(),
+        }
     }
 
-    const LOCAL: &str = "action local maildir alias <aliases> userbase <users>\naction out relay host smtp://192.0.2.1\n\
+    const LOCAL: &str =
+        "action local maildir alias <aliases> userbase <users>\naction out relay host smtp://192.0.2.1\n\
                          match from any for domain \"test\" action local\nmatch from any for any action out\n";
 
     #[test]
     fn aliases_lists_sub_addresses_and_unknown_users() {
-        let (_d, c) = config(&format!("table aliases {{ root = \"joseph\", team = \"joseph, alice\", ops = \"ops@far.example\" }}\n{LOCAL}"));
+        let (_d, c) = config(&format!(
+            "table aliases {{ root = \"joseph\", team = \"joseph, alice\", ops = \"ops@far.example\" }}\n{LOCAL}"
+        ));
         assert_eq!(run(&c, "joseph@test"), Ok(vec![maildir("/home/joseph/Maildir", "joseph@test")]));
         assert_eq!(run(&c, "Joseph+cron@test"), Ok(vec![maildir("/home/joseph/Maildir", "joseph@test")]));
         assert_eq!(run(&c, "root@test"), Ok(vec![maildir("/home/joseph/Maildir", "joseph@test")]));
@@ -208,7 +253,10 @@ mod tests {
             Ok(vec![maildir("/home/joseph/Maildir", "joseph@test"), maildir("/home/alice/Maildir", "alice@test")])
         );
         // An alias to an address goes through the rules again: here it relays.
-        assert_eq!(run(&c, "ops@test"), Ok(vec![Target::Relay { action: "out".into(), rcpt: "ops@far.example".into() }]));
+        assert_eq!(
+            run(&c, "ops@test"),
+            Ok(vec![Target::Relay { action: "out".into(), rcpt: "ops@far.example".into() }])
+        );
         assert_eq!(run(&c, "nobody@test"), Err(ResolveError::UnknownUser("nobody".into())));
     }
 
@@ -243,7 +291,11 @@ mod tests {
         // `user vmail`: vmail owns the files; the path comes from the recipient.
         assert_eq!(
             run(&c, "joseph+x@v.example"),
-            Ok(vec![Target::Maildir { dir: "/var/vmail/v.example/joseph".into(), owner: Some(Owner { uid: 2000, gid: 2000 }), delivered_to: "joseph@v.example".into() }])
+            Ok(vec![Target::Maildir {
+                dir: "/var/vmail/v.example/joseph".into(),
+                owner: Some(Owner { uid: 2000, gid: 2000 }),
+                delivered_to: "joseph@v.example".into()
+            }])
         );
         let (_d, c) = config(
             "table aliases { }\naction v maildir \"/var/vmail/%{rcpt.user}\" user vmail alias <aliases> userbase <users>\n\
@@ -251,7 +303,11 @@ mod tests {
         );
         assert_eq!(
             run(&c, "joseph@v.example"),
-            Ok(vec![Target::Maildir { dir: "/var/vmail/joseph".into(), owner: Some(Owner { uid: 2000, gid: 2000 }), delivered_to: "joseph@v.example".into() }])
+            Ok(vec![Target::Maildir {
+                dir: "/var/vmail/joseph".into(),
+                owner: Some(Owner { uid: 2000, gid: 2000 }),
+                delivered_to: "joseph@v.example".into()
+            }])
         );
         assert!(matches!(run(&c, "a/b@v.example"), Err(ResolveError::UnknownUser(_)) | Err(ResolveError::BadPath(_))));
     }

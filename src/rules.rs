@@ -43,7 +43,10 @@ pub fn is_local_domain(config: &Config, domain: &str) -> bool {
 }
 
 fn local_addr(config: &Config, ip: std::net::IpAddr) -> bool {
-    config.listeners.iter().any(|l| matches!(&l.kind, crate::config::ListenKind::Inet { addrs } if addrs.iter().any(|a| a.ip() == ip)))
+    config
+        .listeners
+        .iter()
+        .any(|l| matches!(&l.kind, crate::config::ListenKind::Inet { addrs } if addrs.iter().any(|a| a.ip() == ip)))
 }
 
 /// A literal or table matcher applied with `f` to each entry.

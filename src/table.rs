@@ -37,7 +37,10 @@ pub struct Table {
 pub enum TableError {
     Read(String),
     /// Line of the file, and what was expected there.
-    Parse { line: u32, expected: &'static str },
+    Parse {
+        line: u32,
+        expected: &'static str,
+    },
 }
 
 impl fmt::Display for TableError {
@@ -144,7 +147,9 @@ pub fn ip_matches(entry: &str, ip: IpAddr) -> bool {
     match (net, ip) {
         (IpAddr::V4(n), IpAddr::V4(i)) => prefix_eq(&n.octets(), &i.octets(), bits.unwrap_or(32)),
         (IpAddr::V6(n), IpAddr::V6(i)) => prefix_eq(&n.octets(), &i.octets(), bits.unwrap_or(128)),
-        (IpAddr::V4(n), IpAddr::V6(i)) => i.to_ipv4_mapped().is_some_and(|i| prefix_eq(&n.octets(), &i.octets(), bits.unwrap_or(32))),
+        (IpAddr::V4(n), IpAddr::V6(i)) => {
+            i.to_ipv4_mapped().is_some_and(|i| prefix_eq(&n.octets(), &i.octets(), bits.unwrap_or(32)))
+        }
         (IpAddr::V6(_), IpAddr::V4(_)) => false,
     }
 }
@@ -163,7 +168,11 @@ fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
 
 pub fn domain_matches(entry: &str, domain: &str) -> bool {
     match entry.strip_prefix("*.") {
-        Some(suffix) => domain.len() > suffix.len() && domain.ends_with(suffix) && domain[..domain.len() - suffix.len()].ends_with('.'),
+        Some(suffix) => {
+            domain.len() > suffix.len()
+                && domain.ends_with(suffix)
+                && domain[..domain.len() - suffix.len()].ends_with('.')
+        }
         None => entry == domain,
     }
 }
@@ -192,7 +201,10 @@ pub fn parse(text: &str) -> Result<(Kind, BTreeMap<String, String>), TableError>
         match kind {
             None => kind = Some(this),
             Some(k) if k != this => {
-                return Err(TableError::Parse { line: line_no, expected: "entries of one kind (all 'key value' or all lone keys)" });
+                return Err(TableError::Parse {
+                    line: line_no,
+                    expected: "entries of one kind (all 'key value' or all lone keys)",
+                });
             }
             _ => {}
         }
@@ -207,7 +219,8 @@ mod tests {
 
     #[test]
     fn file_formats() {
-        let (k, e) = parse("# aliases\nroot: joseph\nteam: joseph, alice\n\nMailer-Daemon:\tpostmaster # trailing\n").unwrap();
+        let (k, e) =
+            parse("# aliases\nroot: joseph\nteam: joseph, alice\n\nMailer-Daemon:\tpostmaster # trailing\n").unwrap();
         assert_eq!(k, Kind::Mapping);
         assert_eq!(e.get("root").map(String::as_str), Some("joseph"));
         assert_eq!(e.get("team").map(String::as_str), Some("joseph, alice"));
@@ -216,13 +229,19 @@ mod tests {
         assert_eq!((k, e.get("joseph").map(String::as_str)), (Kind::Mapping, Some("1000:1000:/home/joseph")));
         let (k, e) = parse("192.0.2.1\n10.0.0.0/8\n::1\nfe80::/10\n").unwrap();
         assert_eq!((k, e.len()), (Kind::List, 4));
-        assert_eq!(parse("a\nb c\n"), Err(TableError::Parse { line: 2, expected: "entries of one kind (all 'key value' or all lone keys)" }));
+        assert_eq!(
+            parse("a\nb c\n"),
+            Err(TableError::Parse { line: 2, expected: "entries of one kind (all 'key value' or all lone keys)" })
+        );
         assert!(matches!(parse("root:\n"), Err(TableError::Parse { line: 1, .. })));
     }
 
     #[test]
     fn lookups() {
-        let t = Table::inline_list("a", vec!["192.0.2.1".into(), "10.0.0.0/8".into(), "::1".into(), "*.home.lan".into(), "Example.ORG".into()]);
+        let t = Table::inline_list(
+            "a",
+            vec!["192.0.2.1".into(), "10.0.0.0/8".into(), "::1".into(), "*.home.lan".into(), "Example.ORG".into()],
+        );
         assert!(t.match_ip("192.0.2.1".parse().unwrap()));
         assert!(t.match_ip("10.200.3.4".parse().unwrap()));
         assert!(!t.match_ip("11.0.0.1".parse().unwrap()));

@@ -46,18 +46,12 @@ impl fmt::Display for TlsError {
             TlsError::UnsupportedKey { path, reason } => {
                 write!(f, "{}: unsupported private key: {reason}", path.display())
             }
-            TlsError::Mismatch { cert, key } => write!(
-                f,
-                "{}: private key does not match certificate {}",
-                key.display(),
-                cert.display()
-            ),
-            TlsError::InsecurePermissions { path, mode } => write!(
-                f,
-                "{}: insecure permissions {:04o} (expected at most 0640)",
-                path.display(),
-                mode
-            ),
+            TlsError::Mismatch { cert, key } => {
+                write!(f, "{}: private key does not match certificate {}", key.display(), cert.display())
+            }
+            TlsError::InsecurePermissions { path, mode } => {
+                write!(f, "{}: insecure permissions {:04o} (expected at most 0640)", path.display(), mode)
+            }
             TlsError::Undefined { kind, name } => write!(f, "{kind} \"{name}\" is not defined"),
             TlsError::Config { reason } => write!(f, "TLS configuration refused: {reason}"),
         }
@@ -122,9 +116,7 @@ fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError>
     let signer = provider::sign::any_supported_type(&der)
         .map_err(|e| TlsError::UnsupportedKey { path: key.to_owned(), reason: e.to_string() })?;
     let certified = CertifiedKey::new(chain, signer);
-    certified
-        .keys_match()
-        .map_err(|_| TlsError::Mismatch { cert: cert.to_owned(), key: key.to_owned() })?;
+    certified.keys_match().map_err(|_| TlsError::Mismatch { cert: cert.to_owned(), key: key.to_owned() })?;
     Ok(certified)
 }
 
@@ -137,10 +129,8 @@ struct SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let chosen = hello
-            .server_name()
-            .and_then(|sni| self.by_name.get(&sni.to_ascii_lowercase()))
-            .unwrap_or(&self.default);
+        let chosen =
+            hello.server_name().and_then(|sni| self.by_name.get(&sni.to_ascii_lowercase())).unwrap_or(&self.default);
         Some(Arc::clone(chosen))
     }
 }
@@ -152,10 +142,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// The rustls configuration of one listener: `pki` is its default certificate; `client_ca`
 /// makes a client certificate mandatory (`tls-require verify`).
 pub fn server_config(pkis: &Pkis, pki: &str, client_ca: Option<&Path>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let default = pkis
-        .get(pki)
-        .cloned()
-        .ok_or_else(|| TlsError::Undefined { kind: "pki", name: pki.to_owned() })?;
+    let default = pkis.get(pki).cloned().ok_or_else(|| TlsError::Undefined { kind: "pki", name: pki.to_owned() })?;
     let resolver = SniResolver { default, by_name: pkis.keys.clone() };
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

@@ -80,7 +80,16 @@ fn seed_mx0_checks_ok_on_a_host_with_vio0() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     // Outside that host, vio0 does not exist: the error names the line.
-    let out = mxd_n(&["-f", conf("seed-mx0.conf").to_str().unwrap(), "-D", "SERVER_IP_1=1.2.3.4", "-D", "SERVER_IP_2=1.2.3.5", "-D", "SERVER_IP_3=1.2.3.6"]);
+    let out = mxd_n(&[
+        "-f",
+        conf("seed-mx0.conf").to_str().unwrap(),
+        "-D",
+        "SERVER_IP_1=1.2.3.4",
+        "-D",
+        "SERVER_IP_2=1.2.3.5",
+        "-D",
+        "SERVER_IP_3=1.2.3.6",
+    ]);
     assert!(!out.status.success());
     assert!(text(&out).contains("seed-mx0.conf:10: no interface or address 'vio0'"), "{}", text(&out));
 }
@@ -108,7 +117,11 @@ fn broken_configs_name_file_and_line_and_exit_1() {
     let inc = dir.path().join("inc.conf");
     std::fs::write(&inc, "listen on lo\n\naction a maildir alias <missing>\n").unwrap();
     let main = dir.path().join("smtpd.conf");
-    std::fs::write(&main, format!("# first line\ninclude \"{}\"\nmatch from any for any action nowhere\n", inc.display())).unwrap();
+    std::fs::write(
+        &main,
+        format!("# first line\ninclude \"{}\"\nmatch from any for any action nowhere\n", inc.display()),
+    )
+    .unwrap();
     let out = mxd_n(&["-f", main.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -138,7 +151,8 @@ fn quickstart_runs_and_delivers() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(conf("quickstart.conf"), dir.path().join("quickstart.conf")).unwrap();
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    let mut child = Command::new(MXD).args(["-d", "-f", "quickstart.conf"]).current_dir(dir.path()).stderr(log).spawn().unwrap();
+    let mut child =
+        Command::new(MXD).args(["-d", "-f", "quickstart.conf"]).current_dir(dir.path()).stderr(log).spawn().unwrap();
     let ready = (0..200).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(25));
         std::net::TcpStream::connect("127.0.0.1:2525").is_ok()

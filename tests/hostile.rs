@@ -192,7 +192,11 @@ fn disk_full_is_451_and_recovers() {
     let mxd = Mxd::start();
     let home = mxd.path().join("home/joseph");
     std::fs::create_dir_all(&home).unwrap();
-    let mount = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&home).status().unwrap();
+    let mount = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&home)
+        .status()
+        .unwrap();
     assert!(mount.success());
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {

@@ -52,7 +52,10 @@ fn sendmail_joseph_as_in_the_seed() {
     assert_eq!(msgs.len(), 1, "{}", mxd.log());
     let text = String::from_utf8_lossy(&msgs[0]);
     let user = nix::unistd::User::from_uid(nix::unistd::getuid()).unwrap().unwrap().name;
-    assert!(text.starts_with(&format!("Return-Path: <{user}@mx.test>\nDelivered-To: joseph@mx.test\nReceived: from ")), "{text}");
+    assert!(
+        text.starts_with(&format!("Return-Path: <{user}@mx.test>\nDelivered-To: joseph@mx.test\nReceived: from ")),
+        "{text}"
+    );
     assert!(text.contains("(mx.test [local])\n\tby mx.test (mxd) with ESMTPA id "), "{text}");
     for h in ["\nFrom: ", "\nDate: ", "\nSubject: Test Subject\n", "\nMessage-ID: <"] {
         assert!(text.contains(h), "{h} missing: {text}");
@@ -106,15 +109,21 @@ fn a_deferred_local_submission_waits_offline_and_is_retried() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("451"), "{}", String::from_utf8_lossy(&out.stdout));
     let offline = mxd.path().join("spool/offline");
     assert_eq!(common::count_files(&offline), 1);
-    common::wait_for("a retry", std::time::Duration::from_secs(10), || mxd.log().matches("result=TempFail").count() >= 2);
+    common::wait_for("a retry", std::time::Duration::from_secs(10), || {
+        mxd.log().matches("result=TempFail").count() >= 2
+    });
     assert_eq!(common::count_files(&offline), 1, "kept while the Maildir cannot be written");
     // The administrator repairs alice's home: the next round delivers it, once.
     let home = mxd.path().join("alice-home");
     std::fs::remove_file(&home).unwrap();
     std::fs::create_dir(&home).unwrap();
     let new = home.join("Maildir/new");
-    common::wait_for("delivery after the repair", std::time::Duration::from_secs(10), || common::count_files(&new) == 1);
-    common::wait_for("an empty offline directory", std::time::Duration::from_secs(5), || common::count_files(&offline) == 0);
+    common::wait_for("delivery after the repair", std::time::Duration::from_secs(10), || {
+        common::count_files(&new) == 1
+    });
+    common::wait_for("an empty offline directory", std::time::Duration::from_secs(5), || {
+        common::count_files(&offline) == 0
+    });
     std::thread::sleep(std::time::Duration::from_millis(1500));
     assert_eq!(common::count_files(&new), 1);
     assert!(String::from_utf8_lossy(&common::read_dir_files(&new)[0]).ends_with("\n\nkept\n"));

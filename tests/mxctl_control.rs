@@ -42,9 +42,7 @@ impl ControlHandler for Recorder {
     fn schedule(&self, target: &Target) -> Result<String, HandlerError> {
         self.note(format!("schedule {target:?}"));
         match target {
-            Target::Id(id) if id == "deadbeef" => {
-                Err(HandlerError::not_found("no such message: deadbeef"))
-            }
+            Target::Id(id) if id == "deadbeef" => Err(HandlerError::not_found("no such message: deadbeef")),
             _ => Ok("1 envelope scheduled".into()),
         }
     }
@@ -86,18 +84,12 @@ fn mailq_and_show_queue_print_the_queue() {
     assert!(mailq.status.success(), "{}", text(&mailq.stderr));
     assert_eq!(text(&mailq.stdout), format!("{QUEUE}\n"));
     let mut cmd = env.command("mxctl");
-    cmd.env_remove("MXD_CONF")
-        .arg("-f")
-        .arg(&env.conf)
-        .args(["show", "queue"]);
+    cmd.env_remove("MXD_CONF").arg("-f").arg(&env.conf).args(["show", "queue"]);
     let show = run(cmd, "");
     assert_eq!(text(&show.stdout), text(&mailq.stdout));
     let mut cmd = env.command("mxctl");
     cmd.args(["show", "stats"]);
-    assert_eq!(
-        text(&run(cmd, "").stdout),
-        "queue.envelopes=2\nsmtp.session=7\n"
-    );
+    assert_eq!(text(&run(cmd, "").stdout), "queue.envelopes=2\nsmtp.session=7\n");
     assert_eq!(handler.calls(), ["show_queue", "show_queue", "show_stats"]);
 }
 
@@ -109,12 +101,7 @@ fn verbs_reach_the_handler() {
     let cases: &[(&[&str], i32, &str, &str)] = &[
         (&["schedule", "all"], 0, "1 envelope scheduled\n", ""),
         (&["schedule", "64F3EAB9"], 0, "1 envelope scheduled\n", ""),
-        (
-            &["schedule", "deadbeef"],
-            1,
-            "",
-            "no such message: deadbeef",
-        ),
+        (&["schedule", "deadbeef"], 1, "", "no such message: deadbeef"),
         (&["remove", "all"], 0, "", ""),
         (&["reload"], 1, "", "smtpd.conf:3: expected a table name"),
         (&["update", "table", "aliases"], 0, "", ""),
@@ -125,18 +112,9 @@ fn verbs_reach_the_handler() {
         let mut cmd = env.command("mxctl");
         cmd.args(*args);
         let out = run(cmd, "");
-        assert_eq!(
-            out.status.code(),
-            Some(*code),
-            "{args:?}: {}",
-            text(&out.stderr)
-        );
+        assert_eq!(out.status.code(), Some(*code), "{args:?}: {}", text(&out.stderr));
         assert_eq!(text(&out.stdout), *stdout, "{args:?}");
-        assert!(
-            text(&out.stderr).contains(stderr),
-            "{args:?}: {}",
-            text(&out.stderr)
-        );
+        assert!(text(&out.stderr).contains(stderr), "{args:?}: {}", text(&out.stderr));
     }
     let newaliases = run(env.command("newaliases"), "");
     assert!(newaliases.status.success(), "{}", text(&newaliases.stderr));
@@ -165,15 +143,8 @@ fn no_daemon_is_reported() {
     cmd.args(["show", "queue"]);
     let out = run(cmd, "");
     assert_eq!(out.status.code(), Some(69));
-    assert!(
-        text(&out.stderr).contains("doesn't seem to be running"),
-        "{}",
-        text(&out.stderr)
-    );
-    assert!(
-        control::bind(&env.spool).is_ok(),
-        "a stale socket is replaced"
-    );
+    assert!(text(&out.stderr).contains("doesn't seem to be running"), "{}", text(&out.stderr));
+    assert!(control::bind(&env.spool).is_ok(), "a stale socket is replaced");
 }
 
 #[test]
@@ -192,8 +163,7 @@ fn other_users_are_refused_privileged_verbs() {
         return;
     }
     let env = Env::new();
-    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755))
-        .expect("chmod");
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let handler = start(&env);
     let nobody = 65534;
     let mut reload = env.command("mxctl");
@@ -204,9 +174,5 @@ fn other_users_are_refused_privileged_verbs() {
     let mut mailq = env.command("mailq");
     mailq.uid(nobody).gid(nobody);
     assert!(run(mailq, "").status.success());
-    assert_eq!(
-        handler.calls(),
-        ["show_queue"],
-        "the refused reload never reached the handler"
-    );
+    assert_eq!(handler.calls(), ["show_queue"], "the refused reload never reached the handler");
 }

@@ -30,7 +30,10 @@ fn smtplib_message_lands_in_maildir_with_headers() {
     let msgs = mxd.messages("joseph");
     assert_eq!(msgs.len(), 1, "{}", mxd.log());
     let text = String::from_utf8_lossy(&msgs[0]);
-    assert!(text.starts_with("Return-Path: <sender@example.org>\nDelivered-To: joseph@test\nReceived: from client.test"), "{text}");
+    assert!(
+        text.starts_with("Return-Path: <sender@example.org>\nDelivered-To: joseph@test\nReceived: from client.test"),
+        "{text}"
+    );
     assert!(text.contains("by mx.test (mxd) with ESMTP id "), "{text}");
     assert!(text.contains("for <joseph@test>;"), "{text}");
     assert!(!text.contains('\r'), "stored with LF endings");
@@ -43,13 +46,19 @@ fn smtplib_message_lands_in_maildir_with_headers() {
     }
     assert_eq!(count_files(&md.join("tmp")), 0);
     let log = mxd.log();
-    assert!(log.contains("smtp connected") && log.contains("smtp message msgid=") && log.contains("result=Ok"), "{log}");
+    assert!(
+        log.contains("smtp connected") && log.contains("smtp message msgid=") && log.contains("result=Ok"),
+        "{log}"
+    );
 }
 
 #[test]
 fn multiple_recipients_alias_and_list() {
     let mxd = Mxd::start();
-    let out = python(SEND_ONE, &[&mxd.port.to_string(), "joseph@test,root@test,team@test,nobody@test", "Subject: many\\n\\nbody\\n"]);
+    let out = python(
+        SEND_ONE,
+        &[&mxd.port.to_string(), "joseph@test,root@test,team@test,nobody@test", "Subject: many\\n\\nbody\\n"],
+    );
     assert!(out.contains("nobody@test") && out.contains("550"), "unknown user refused at RCPT: {out}");
     // joseph directly, via root and via team: one copy (duplicates filtered); alice via team.
     assert_eq!(mxd.messages("joseph").len(), 1, "{}", mxd.log());
@@ -215,7 +224,9 @@ fn smuggling_bare_lf_dot_is_refused() {
     c.cmd("RCPT TO:<joseph@test>");
     assert!(c.cmd("DATA").starts_with("354"));
     // The classic payload: a bare-LF "end of data" followed by a smuggled transaction.
-    c.send(b"Subject: outer\r\n\r\nhello\n.\nMAIL FROM:<evil@example.org>\nRCPT TO:<alice@test>\nDATA\nsmuggled\n.\r\n");
+    c.send(
+        b"Subject: outer\r\n\r\nhello\n.\nMAIL FROM:<evil@example.org>\nRCPT TO:<alice@test>\nDATA\nsmuggled\n.\r\n",
+    );
     let r = c.reply();
     assert!(r.starts_with('5'), "bare LF refused: {r}");
     std::thread::sleep(Duration::from_millis(200));
@@ -229,7 +240,10 @@ fn hostile_recipients_cannot_leave_the_maildir() {
         |d, p| {
             common::basic_conf(d, p).replace(
                 "action \"local\" maildir alias <aliases> userbase <users>",
-                &format!("action \"local\" maildir \"{}/boxes/%{{rcpt.user}}\" user joseph userbase <users>", d.display()),
+                &format!(
+                    "action \"local\" maildir \"{}/boxes/%{{rcpt.user}}\" user joseph userbase <users>",
+                    d.display()
+                ),
             )
         },
         &[],
@@ -315,14 +329,18 @@ import os; os._exit(0)
     let handle = std::thread::spawn(move || python(script, &[&port, "3.0"]));
     std::thread::sleep(Duration::from_millis(1500));
     mxd.kill9();
-    let acked: Vec<String> = handle.join().expect("client").lines().filter(|l| !l.is_empty()).map(str::to_owned).collect();
+    let acked: Vec<String> =
+        handle.join().expect("client").lines().filter(|l| !l.is_empty()).map(str::to_owned).collect();
     assert!(!acked.is_empty(), "some messages were accepted before the kill");
     let stored: Vec<String> = mxd
         .messages("joseph")
         .iter()
         .map(|m| {
             let t = String::from_utf8_lossy(m).into_owned();
-            assert!(t.ends_with(&format!("{}end\n", format!("{}\n", "x".repeat(78)).repeat(25))), "half-written message in new/");
+            assert!(
+                t.ends_with(&format!("{}end\n", format!("{}\n", "x".repeat(78)).repeat(25))),
+                "half-written message in new/"
+            );
             t.split("Message-ID: <").nth(1).and_then(|s| s.split('>').next()).expect("id").to_owned()
         })
         .collect();

@@ -79,7 +79,8 @@ fn host_down_then_up_gets_it_exactly_once_and_mailq_shows_it() {
 }
 
 fn mxctl(m: &Mxd, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mxctl")).arg("-f").arg(&m.conf).args(args).output().unwrap();
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_mxctl")).arg("-f").arg(&m.conf).args(args).output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
@@ -93,7 +94,9 @@ fn remove_takes_the_id_show_queue_prints() {
     let first = listing.lines().find(|l| l.contains("<first@far.test>")).expect("first listed");
     let id = &first.split(' ').next().unwrap()[..8];
     assert_eq!(mxctl(&node, &["remove", id]).trim(), "1 removed");
-    wait_for("the runner to forget it", Duration::from_secs(5), || !mxctl(&node, &["show", "queue"]).contains("first@"));
+    wait_for("the runner to forget it", Duration::from_secs(5), || {
+        !mxctl(&node, &["show", "queue"]).contains("first@")
+    });
     assert!(mxctl(&node, &["show", "queue"]).contains("<second@far.test>"));
     assert_eq!(queue_files(&node), 1);
     assert!(mxctl(&node, &["remove", id]).contains("no such message"));
@@ -111,7 +114,11 @@ struct Scripted {
 
 /// Serves one SMTP client a line at a time: `answer` gets each command line, upper-cased,
 /// with the reader (for DATA) and the writer, and returns the reply, or None to hang up.
-fn serve(conn: TcpStream, greeting: &str, mut answer: impl FnMut(&str, &mut BufReader<TcpStream>, &mut TcpStream) -> Option<String>) {
+fn serve(
+    conn: TcpStream,
+    greeting: &str,
+    mut answer: impl FnMut(&str, &mut BufReader<TcpStream>, &mut TcpStream) -> Option<String>,
+) {
     let mut w = conn.try_clone().unwrap();
     let mut r = BufReader::new(conn);
     let _ = w.write_all(greeting.as_bytes());
@@ -210,7 +217,9 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1])) as s:
     s.sendmail("<>", ["nobody@far.test"], b"Subject: bounce\r\n\r\nx\r\n")
 "#;
     python(script, &[&node.port.to_string()]);
-    wait_for("an empty queue", Duration::from_secs(20), || queue_files(&node) == 0 && node.log().matches("result=PermFail").count() >= 2);
+    wait_for("an empty queue", Duration::from_secs(20), || {
+        queue_files(&node) == 0 && node.log().matches("result=PermFail").count() >= 2
+    });
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(node.messages("joseph").len(), 1, "no bounce for a bounce");
 }
@@ -264,7 +273,11 @@ fn pipelining_witness(offer: bool) -> (u16, std::sync::mpsc::Receiver<usize>) {
         for conn in l.incoming().flatten() {
             serve(conn, "220 witness ESMTP\r\n", |u, r, w| {
                 Some(if u.starts_with("EHLO") {
-                    if offer { "250-witness\r\n250 PIPELINING\r\n".into() } else { "250 witness\r\n".into() }
+                    if offer {
+                        "250-witness\r\n250 PIPELINING\r\n".into()
+                    } else {
+                        "250 witness\r\n".into()
+                    }
                 } else if u.starts_with("MAIL") {
                     r.get_ref().set_read_timeout(Some(Duration::from_millis(700))).unwrap();
                     let mut early = 0;

@@ -53,14 +53,20 @@ fn verified_relay_with_a_ca_and_a_client_certificate() {
         },
         &[],
     );
-    let top = format!("ca myca cert \"{c}/ca.crt\"\npki node.test cert \"{c}/node.crt\"\npki node.test key \"{c}/node.key\"\n");
-    let good = Mxd::start_with(node_conf(top.clone(), format!("host smtp+tls://127.0.0.1:{tls_port} ca myca pki node.test")), &[]);
+    let top = format!(
+        "ca myca cert \"{c}/ca.crt\"\npki node.test cert \"{c}/node.crt\"\npki node.test key \"{c}/node.key\"\n"
+    );
+    let good = Mxd::start_with(
+        node_conf(top.clone(), format!("host smtp+tls://127.0.0.1:{tls_port} ca myca pki node.test")),
+        &[],
+    );
     python(SEND, &[&good.port.to_string(), "joseph@node.test", "joseph@test", "verified"]);
     wait_for("the message on mx0", Duration::from_secs(20), || mx0.messages("joseph").len() == 1);
     assert!(String::from_utf8_lossy(&mx0.messages("joseph")[0]).contains("with ESMTPS id "));
 
     // Verified against the system's CAs, mx0's certificate is refused: the message waits.
-    let system = Mxd::start_with(node_conf(top.clone(), format!("host smtp+tls://127.0.0.1:{tls_port} pki node.test")), &[]);
+    let system =
+        Mxd::start_with(node_conf(top.clone(), format!("host smtp+tls://127.0.0.1:{tls_port} pki node.test")), &[]);
     python(SEND, &[&system.port.to_string(), "joseph@node.test", "joseph@test", "unverified"]);
     wait_for("a refused certificate", Duration::from_secs(20), || system.log().contains("result=TempFail"));
     assert!(system.log().contains("certificate"), "{}", system.log());
@@ -78,7 +84,10 @@ fn verified_relay_with_a_ca_and_a_client_certificate() {
 #[test]
 fn src_sets_the_source_address() {
     let mx0 = Mxd::start();
-    let node = Mxd::start_with(node_conf("table srcs { 127.0.0.7 }\n".into(), format!("host smtp://127.0.0.1:{} src <srcs>", mx0.port)), &[]);
+    let node = Mxd::start_with(
+        node_conf("table srcs { 127.0.0.7 }\n".into(), format!("host smtp://127.0.0.1:{} src <srcs>", mx0.port)),
+        &[],
+    );
     python(SEND, &[&node.port.to_string(), "joseph@node.test", "alice@test", "from-seven"]);
     wait_for("the message on mx0", Duration::from_secs(20), || mx0.messages("alice").len() == 1);
     let text = String::from_utf8_lossy(&mx0.messages("alice")[0]).into_owned();
@@ -108,7 +117,8 @@ trait Stream: Read + Write {}
 impl<T: Read + Write> Stream for T {}
 
 fn auth_server(certs: &Path, mechanisms: &'static str) -> AuthServer {
-    let pkis = mxd::tls::Pkis::load([("mx0.test", certs.join("mx0.crt").as_path(), certs.join("mx0.key").as_path())]).unwrap();
+    let pkis =
+        mxd::tls::Pkis::load([("mx0.test", certs.join("mx0.crt").as_path(), certs.join("mx0.key").as_path())]).unwrap();
     let config = mxd::tls::server_config(&pkis, "mx0.test", None).unwrap();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -176,10 +186,15 @@ fn auth_plain_and_login_over_tls_with_mail_from() {
         ("LOGIN", vec!["AUTH LOGIN", "dXNlcjE=", "cGFzcyB3b3JkMQ=="]),
     ] {
         let server = auth_server(certs.path(), mechanisms);
-        let relay = format!("host smtp+tls://mx@127.0.0.1:{} tls no-verify auth <secrets> mail-from \"relay@node.test\"", server.port);
+        let relay = format!(
+            "host smtp+tls://mx@127.0.0.1:{} tls no-verify auth <secrets> mail-from \"relay@node.test\"",
+            server.port
+        );
         let node = Mxd::start_with(node_conf(top.clone(), relay), &[]);
         python(SEND, &[&node.port.to_string(), "joseph@node.test", "x@far.test", "authenticated"]);
-        wait_for("the message", Duration::from_secs(20), || server.seen.lock().unwrap().contains(&"<message>".to_owned()));
+        wait_for("the message", Duration::from_secs(20), || {
+            server.seen.lock().unwrap().contains(&"<message>".to_owned())
+        });
         let seen = server.seen.lock().unwrap().clone();
         let auth_at = seen.iter().position(|l| l.starts_with("AUTH")).expect("AUTH sent");
         assert!(seen[..auth_at].contains(&"STARTTLS".to_owned()), "AUTH only after STARTTLS: {seen:?}");
@@ -188,7 +203,8 @@ fn auth_plain_and_login_over_tls_with_mail_from() {
     }
     // Credentials never travel in the clear: over smtp+notls the message waits instead.
     let server = auth_server(certs.path(), "PLAIN");
-    let node = Mxd::start_with(node_conf(top, format!("host smtp+notls://mx@127.0.0.1:{} auth <secrets>", server.port)), &[]);
+    let node =
+        Mxd::start_with(node_conf(top, format!("host smtp+notls://mx@127.0.0.1:{} auth <secrets>", server.port)), &[]);
     python(SEND, &[&node.port.to_string(), "joseph@node.test", "x@far.test", "cleartext"]);
     wait_for("a refusal", Duration::from_secs(20), || node.log().contains("result=TempFail"));
     assert!(node.log().contains("AUTH refused without TLS"), "{}", node.log());
@@ -227,10 +243,13 @@ impl Dovecot {
         .unwrap();
         // The daemon keeps its stdio: a file, not a pipe that would never close.
         let errors = std::fs::File::create(dir.join("dovecot.err")).unwrap();
-        let status = Command::new("dovecot").arg("-c").arg(&conf).stdout(errors.try_clone().unwrap()).stderr(errors).status();
+        let status =
+            Command::new("dovecot").arg("-c").arg(&conf).stdout(errors.try_clone().unwrap()).stderr(errors).status();
         let status = status.expect("dovecot (apt-get install dovecot-lmtpd)");
         assert!(status.success(), "dovecot: {}", std::fs::read_to_string(dir.join("dovecot.err")).unwrap_or_default());
-        wait_for("dovecot's LMTP listener", Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok());
+        wait_for("dovecot's LMTP listener", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
         Dovecot { conf }
     }
 }
@@ -247,7 +266,10 @@ fn lmtp_relay_into_dovecot_with_per_recipient_results() {
     let port = common::free_port();
     let _dovecot = Dovecot::start(dv.path(), port);
     let node = Mxd::start_with(node_conf(String::new(), format!("host lmtp://127.0.0.1:{port}")), &[]);
-    python(SEND, &[&node.port.to_string(), "joseph@node.test", "joseph@dv.test,alice@dv.test,nobody@dv.test", "over-lmtp"]);
+    python(
+        SEND,
+        &[&node.port.to_string(), "joseph@node.test", "joseph@dv.test,alice@dv.test,nobody@dv.test", "over-lmtp"],
+    );
     let inbox = |u: &str| common::read_dir_files(&dv.path().join("home").join(u).join("Maildir/new"));
     wait_for("both users' copies", Duration::from_secs(20), || inbox("joseph").len() == 1 && inbox("alice").len() == 1);
     let text = String::from_utf8_lossy(&inbox("joseph")[0]).into_owned();
@@ -264,7 +286,10 @@ fn lmtp_relay_into_dovecot_with_per_recipient_results() {
 #[test]
 fn a_message_older_than_queue_ttl_bounces() {
     let down = common::free_port();
-    let node = Mxd::start_with(node_conf("queue ttl 2s\n".into(), format!("host smtp://127.0.0.1:{down}")), &[("MXD_RETRY_BASE", "1")]);
+    let node = Mxd::start_with(
+        node_conf("queue ttl 2s\n".into(), format!("host smtp://127.0.0.1:{down}")),
+        &[("MXD_RETRY_BASE", "1")],
+    );
     python(SEND, &[&node.port.to_string(), "joseph@node.test", "x@far.test", "expiring"]);
     wait_for("the expiry bounce", Duration::from_secs(30), || node.messages("joseph").len() == 1);
     let bounce = String::from_utf8_lossy(&node.messages("joseph")[0]).into_owned();

@@ -13,7 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const NODES: [(&str, &str); 3] = [("devbox-ntp.home.lan", "198.51.100.11"), ("devbox-svc0.home.lan", "198.51.100.12"), ("devbox-wg0.home.lan", "198.51.100.13")];
+const NODES: [(&str, &str); 3] = [
+    ("devbox-ntp.home.lan", "198.51.100.11"),
+    ("devbox-svc0.home.lan", "198.51.100.12"),
+    ("devbox-wg0.home.lan", "198.51.100.13"),
+];
 const MX0_IP: &str = "198.51.100.1";
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\njoseph:x:1000:1000:Joseph:/home/joseph:/bin/sh\nalice:x:1001:1001:Alice:/home/alice:/bin/sh\n";
 
@@ -140,7 +144,8 @@ fn seed_end_to_end() {
     let _etc_mail = EtcMail(!Path::new("/etc/mail").exists());
     std::fs::create_dir_all("/etc/mail").unwrap();
     let mx0 = Host::new("mx0", "devbox-mx0.home.lan", top.path());
-    let nodes: Vec<Host> = NODES.iter().enumerate().map(|(i, (name, _))| Host::new(&format!("n{i}"), name, top.path())).collect();
+    let nodes: Vec<Host> =
+        NODES.iter().enumerate().map(|(i, (name, _))| Host::new(&format!("n{i}"), name, top.path())).collect();
     let stranger = Host::new("x", "stranger.lan", top.path());
     // mx0's vio0: a veth whose other end stays in mx0; nodes route to its address.
     sh(&format!("ip -n {m} link add vio0 type veth peer name vio0p && ip -n {m} addr add {MX0_IP}/32 dev vio0 && ip -n {m} link set vio0 up && ip -n {m} link set vio0p up", m = mx0.ns));
@@ -158,7 +163,10 @@ fn seed_end_to_end() {
 
     let ips: Vec<String> = NODES.iter().enumerate().map(|(i, (_, ip))| format!("SERVER_IP_{}={ip}", i + 1)).collect();
     let _mx0d = Kill(mx0.spawn_mxd(&conf("seed-mx0.conf"), &ips));
-    let _noded: Vec<Kill> = nodes.iter().map(|n| Kill(n.spawn_mxd(&conf("seed-node.conf"), &[format!("MAIL_SERVER_IP={MX0_IP}")]))).collect();
+    let _noded: Vec<Kill> = nodes
+        .iter()
+        .map(|n| Kill(n.spawn_mxd(&conf("seed-node.conf"), &[format!("MAIL_SERVER_IP={MX0_IP}")])))
+        .collect();
     for h in std::iter::once(&mx0).chain(nodes.iter()) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !h.log().contains("mxd started") {
@@ -176,26 +184,48 @@ fn seed_end_to_end() {
             .cmd(&format!("printf 'Subject: Test Subject\\n\\nHello, EHLO!\\n' | setpriv --reuid 1000 --regid 1000 --clear-groups {}/sendmail joseph", bin.display()))
             .output()
             .unwrap();
-        assert!(out.status.success(), "sendmail on {}: {}\n{}", node.ns, String::from_utf8_lossy(&out.stderr), node.log());
+        assert!(
+            out.status.success(),
+            "sendmail on {}: {}\n{}",
+            node.ns,
+            String::from_utf8_lossy(&out.stderr),
+            node.log()
+        );
     }
-    wait("three messages for joseph on mx0", Duration::from_secs(60), || common::count_files(&mx0.maildir_new("joseph")) == 3);
+    wait("three messages for joseph on mx0", Duration::from_secs(60), || {
+        common::count_files(&mx0.maildir_new("joseph")) == 3
+    });
     let msgs = files(&mx0.maildir_new("joseph"));
     for (name, ip) in NODES {
-        let m = msgs.iter().find(|m| m.contains(&format!("Return-Path: <joseph@{name}>"))).unwrap_or_else(|| panic!("no message from {name}: {msgs:?}"));
+        let m = msgs
+            .iter()
+            .find(|m| m.contains(&format!("Return-Path: <joseph@{name}>")))
+            .unwrap_or_else(|| panic!("no message from {name}: {msgs:?}"));
         assert!(m.starts_with(&format!("Return-Path: <joseph@{name}>\nDelivered-To: joseph@{name}\nReceived: from {name} (unknown [{ip}])\n\tby devbox-mx0.home.lan (mxd) with ESMTPS id ")), "{m}");
         assert!(m.contains("(TLSv1.3:TLS13_"), "{m}");
-        assert!(m.contains(&format!("Received: from localhost ({name} [local])\n\tby {name} (mxd) with ESMTPA id ")), "{m}");
+        assert!(
+            m.contains(&format!("Received: from localhost ({name} [local])\n\tby {name} (mxd) with ESMTPA id ")),
+            "{m}"
+        );
         assert_eq!(m.matches("Received: ").count(), 2, "{m}");
-        assert!(m.contains("\nSubject: Test Subject\n") && m.contains("\nDate: ") && m.contains("\nMessage-ID: <"), "{m}");
+        assert!(
+            m.contains("\nSubject: Test Subject\n") && m.contains("\nDate: ") && m.contains("\nMessage-ID: <"),
+            "{m}"
+        );
         // sendmail added From: with joseph's GECOS name from the node's /etc/passwd.
         assert!(m.contains(&format!("\nFrom: Joseph <joseph@{name}>\n")), "{m}");
         assert!(m.ends_with("\n\nHello, EHLO!\n"), "{m}");
     }
 
     // root reaches joseph through mx0's aliases file.
-    let out = nodes[0].cmd(&format!("printf 'Subject: for root\\n\\nsecurity report\\n' | {}/sendmail root", bin.display())).output().unwrap();
+    let out = nodes[0]
+        .cmd(&format!("printf 'Subject: for root\\n\\nsecurity report\\n' | {}/sendmail root", bin.display()))
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    wait("root's mail in joseph's Maildir", Duration::from_secs(30), || common::count_files(&mx0.maildir_new("joseph")) == 4);
+    wait("root's mail in joseph's Maildir", Duration::from_secs(30), || {
+        common::count_files(&mx0.maildir_new("joseph")) == 4
+    });
 
     // Refusals on mx0's vio0: a source not in <addresses>, a domain not in <domains>,
     // plaintext MAIL on the tls-require listener.
@@ -209,11 +239,30 @@ fn seed_end_to_end() {
 
     // Edit mx0's aliases, run newaliases there: root now goes to alice, no restart.
     std::fs::write(mx0.etc.join("mail/aliases"), "root: alice\n").unwrap();
-    let out = mx0.cmd(&format!("ln -sf {} {}/newaliases && {}/newaliases", env!("CARGO_BIN_EXE_mxctl"), bin.display(), bin.display())).env("MXD_CONF", conf("seed-mx0.conf")).output().unwrap();
-    assert!(out.status.success(), "newaliases: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let out = nodes[1].cmd(&format!("printf 'Subject: again\\n\\nfor root\\n' | {}/sendmail root", bin.display())).output().unwrap();
+    let out = mx0
+        .cmd(&format!(
+            "ln -sf {} {}/newaliases && {}/newaliases",
+            env!("CARGO_BIN_EXE_mxctl"),
+            bin.display(),
+            bin.display()
+        ))
+        .env("MXD_CONF", conf("seed-mx0.conf"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "newaliases: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = nodes[1]
+        .cmd(&format!("printf 'Subject: again\\n\\nfor root\\n' | {}/sendmail root", bin.display()))
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    wait("root's mail in alice's Maildir", Duration::from_secs(30), || common::count_files(&mx0.maildir_new("alice")) == 1);
+    wait("root's mail in alice's Maildir", Duration::from_secs(30), || {
+        common::count_files(&mx0.maildir_new("alice")) == 1
+    });
     assert_eq!(common::count_files(&mx0.maildir_new("joseph")), 4, "{}", mx0.log());
 }
 

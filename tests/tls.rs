@@ -16,7 +16,22 @@ fn seed_cert(dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
     run("openssl", &["genrsa", "-out", key.to_str().unwrap(), "4096"]);
     run("chmod", &["600", key.to_str().unwrap()]);
     let subj = format!("/C=US/ST=State/L=Town/O=Org/OU=/CN={cn}");
-    run("openssl", &["req", "-x509", "-new", "-key", key.to_str().unwrap(), "-out", crt.to_str().unwrap(), "-days", "18250", "-subj", &subj]);
+    run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            key.to_str().unwrap(),
+            "-out",
+            crt.to_str().unwrap(),
+            "-days",
+            "18250",
+            "-subj",
+            &subj,
+        ],
+    );
     (crt, key)
 }
 
@@ -28,7 +43,22 @@ fn ec_cert(dir: &Path, cn: &str, alg: &[&str]) -> (PathBuf, PathBuf) {
     args.extend_from_slice(&["-out", key.to_str().unwrap()]);
     run("openssl", &args);
     run("chmod", &["600", key.to_str().unwrap()]);
-    run("openssl", &["req", "-x509", "-new", "-key", key.to_str().unwrap(), "-out", crt.to_str().unwrap(), "-days", "30", "-subj", &format!("/CN={cn}")]);
+    run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            key.to_str().unwrap(),
+            "-out",
+            crt.to_str().unwrap(),
+            "-days",
+            "30",
+            "-subj",
+            &format!("/CN={cn}"),
+        ],
+    );
     (crt, key)
 }
 
@@ -98,7 +128,8 @@ fn tls_require_refuses_plaintext_mail() {
 #[test]
 fn openssl_s_client_starttls_and_smtps() {
     let (mxd, tls_port) = tls_mxd("tls", &[]);
-    let out = s_client(&["-starttls", "smtp", "-connect", &format!("127.0.0.1:{tls_port}")], "EHLO client.test\r\nQUIT\r\n");
+    let out =
+        s_client(&["-starttls", "smtp", "-connect", &format!("127.0.0.1:{tls_port}")], "EHLO client.test\r\nQUIT\r\n");
     assert!(out.contains("250-PIPELINING") || out.contains("250 PIPELINING") || out.contains("250-8BITMIME"), "{out}");
     assert!(out.contains("Protocol version: TLSv1.3"), "{out}");
     drop(mxd);
@@ -151,7 +182,17 @@ fn curl_sends_over_starttls() {
     let mail = mxd.path().join("mail.txt");
     std::fs::write(&mail, "From: a@example.org\r\nSubject: curl\r\n\r\nsent by curl\r\n").expect("write");
     let out = Command::new("curl")
-        .args(["-sS", "--ssl-reqd", "-k", &format!("smtp://127.0.0.1:{port}"), "--mail-from", "a@example.org", "--mail-rcpt", "joseph@test", "-T"])
+        .args([
+            "-sS",
+            "--ssl-reqd",
+            "-k",
+            &format!("smtp://127.0.0.1:{port}"),
+            "--mail-from",
+            "a@example.org",
+            "--mail-rcpt",
+            "joseph@test",
+            "-T",
+        ])
         .arg(&mail)
         .output()
         .expect("curl");
@@ -267,9 +308,20 @@ fn bad_keys_are_refused_by_mxd_n() {
     let (_crt2, key2) = ec_cert(dir.path(), "b.test", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]);
     let conf = dir.path().join("smtpd.conf");
     let check = |cert: &Path, key: &Path| {
-        std::fs::write(&conf, format!("pki a.test cert \"{}\"\npki a.test key \"{}\"\nlisten on 127.0.0.1 port 2599 tls pki a.test\n", cert.display(), key.display())).unwrap();
+        std::fs::write(
+            &conf,
+            format!(
+                "pki a.test cert \"{}\"\npki a.test key \"{}\"\nlisten on 127.0.0.1 port 2599 tls pki a.test\n",
+                cert.display(),
+                key.display()
+            ),
+        )
+        .unwrap();
         let out = Command::new(common::MXD).arg("-n").arg("-f").arg(&conf).output().expect("mxd -n");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
     };
     let (ok, out) = check(&crt, &key);
     assert!(ok, "{out}");

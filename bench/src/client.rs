@@ -34,7 +34,13 @@ fn other(msg: String) -> io::Error {
 }
 
 impl Client {
-    pub fn connect(target: &str, tls: Tls, helo: &str, timeout: Duration, tls_config: &Arc<rustls::ClientConfig>) -> io::Result<Client> {
+    pub fn connect(
+        target: &str,
+        tls: Tls,
+        helo: &str,
+        timeout: Duration,
+        tls_config: &Arc<rustls::ClientConfig>,
+    ) -> io::Result<Client> {
         let tcp = TcpStream::connect(target)?;
         tcp.set_nodelay(true)?;
         tcp.set_read_timeout(Some(timeout))?;
@@ -90,7 +96,10 @@ impl Client {
         let mut lines = Vec::new();
         loop {
             let line = self.line()?;
-            let code = line.get(..3).and_then(|c| c.parse::<u16>().ok()).ok_or_else(|| other(format!("bad reply line {line:?}")))?;
+            let code = line
+                .get(..3)
+                .and_then(|c| c.parse::<u16>().ok())
+                .ok_or_else(|| other(format!("bad reply line {line:?}")))?;
             let more = line.as_bytes().get(3) == Some(&b'-');
             lines.push(line.get(4..).unwrap_or("").to_owned());
             if !more {
@@ -120,7 +129,11 @@ impl Client {
     }
 }
 
-fn wrap(tcp: TcpStream, host: &str, config: &Arc<rustls::ClientConfig>) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+fn wrap(
+    tcp: TcpStream,
+    host: &str,
+    config: &Arc<rustls::ClientConfig>,
+) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
     let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| other(e.to_string()))?;
     let conn = rustls::ClientConnection::new(Arc::clone(config), name).map_err(|e| other(e.to_string()))?;
     Ok(rustls::StreamOwned::new(conn, tcp))
@@ -128,7 +141,8 @@ fn wrap(tcp: TcpStream, host: &str, config: &Arc<rustls::ClientConfig>) -> io::R
 
 /// No certificate verification: a load generator measures, it does not authenticate.
 pub fn tls_config() -> Arc<rustls::ClientConfig> {
-    mxd::tls::client_config(&mxd::tls::Verify::Nothing, None).unwrap_or_else(|e| panic!("TLS client configuration: {e}"))
+    mxd::tls::client_config(&mxd::tls::Verify::Nothing, None)
+        .unwrap_or_else(|e| panic!("TLS client configuration: {e}"))
 }
 
 /// A message of exactly `size` octets (CRLF lines, before dot-stuffing), with a unique

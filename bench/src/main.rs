@@ -158,10 +158,12 @@ fn one_message(s: &Shared, c: &mut Client, n: u64, index: usize, st: &mut Stats)
         None => Instant::now(),
     };
     let record = n >= o.warmup;
-    let rcpts: Vec<String> = (0..o.rcpts).map(|k| {
-        let t = &o.to[(n as usize + k) % o.to.len()];
-        t.replace("{n}", &((n as usize + k + index) % 1_000_000).to_string())
-    }).collect();
+    let rcpts: Vec<String> = (0..o.rcpts)
+        .map(|k| {
+            let t = &o.to[(n as usize + k) % o.to.len()];
+            t.replace("{n}", &((n as usize + k + index) % 1_000_000).to_string())
+        })
+        .collect();
     let size = o.sizes.pick(n);
     let body = client::stuffed(&client::message(n, size, &o.from, &rcpts[0]));
     let mut cmds = format!("MAIL FROM:<{}>\r\n", o.from);

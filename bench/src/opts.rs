@@ -152,7 +152,9 @@ pub fn parse(args: Vec<std::ffi::OsString>) -> Result<Command, String> {
         match arg {
             Short('c') | Long("sessions") => o.sessions = num(value(&mut p)?)?.max(1) as usize,
             Short('n') | Long("messages") => o.messages = Some(num(value(&mut p)?)?),
-            Short('t') | Long("duration") => o.duration = Some(Duration::from_secs_f64(value(&mut p)?.parse().map_err(|_| "bad duration")?)),
+            Short('t') | Long("duration") => {
+                o.duration = Some(Duration::from_secs_f64(value(&mut p)?.parse().map_err(|_| "bad duration")?))
+            }
             Short('s') | Long("size") => o.sizes = parse_sizes(&value(&mut p)?)?,
             Short('r') | Long("rcpts") => o.rcpts = num(value(&mut p)?)?.max(1) as usize,
             Long("per-session") => o.per_session = num(value(&mut p)?)?.max(1),

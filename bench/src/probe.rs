@@ -23,7 +23,13 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
 /// Writes `batch` files, makes them durable (`syncfs` or one fsync each), renames them,
 /// fsyncs new/ once; repeats until the budget is spent. Returns the files written and the
 /// time taken.
-fn run(dir: &Path, size: usize, batch: usize, use_syncfs: bool, budget: Duration) -> std::io::Result<(usize, Duration)> {
+fn run(
+    dir: &Path,
+    size: usize,
+    batch: usize,
+    use_syncfs: bool,
+    budget: Duration,
+) -> std::io::Result<(usize, Duration)> {
     let (tmp, new) = (dir.join("tmp"), dir.join("new"));
     std::fs::create_dir_all(&tmp)?;
     std::fs::create_dir_all(&new)?;
@@ -54,7 +60,14 @@ fn run(dir: &Path, size: usize, batch: usize, use_syncfs: bool, budget: Duration
 }
 
 /// `threads` writers at once, each in a directory of its own: files/s over all of them.
-fn rate(dir: &Path, size: usize, batch: usize, use_syncfs: bool, threads: usize, budget: Duration) -> std::io::Result<f64> {
+fn rate(
+    dir: &Path,
+    size: usize,
+    batch: usize,
+    use_syncfs: bool,
+    threads: usize,
+    budget: Duration,
+) -> std::io::Result<f64> {
     let results: Vec<std::io::Result<(usize, Duration)>> = std::thread::scope(|scope| {
         let writers: Vec<_> = (0..threads)
             .map(|i| {
@@ -62,7 +75,10 @@ fn rate(dir: &Path, size: usize, batch: usize, use_syncfs: bool, threads: usize,
                 scope.spawn(move || run(&dir, size, batch, use_syncfs, budget))
             })
             .collect();
-        writers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err(std::io::Error::other("probe thread panicked")))).collect()
+        writers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|_| Err(std::io::Error::other("probe thread panicked"))))
+            .collect()
     });
     let (mut files, mut longest) = (0, Duration::ZERO);
     for r in results {

@@ -33,7 +33,16 @@ fn histogram() -> Histogram<u64> {
 
 impl Stats {
     pub fn new() -> Stats {
-        Stats { delivered: 0, bytes: 0, txn: histogram(), data: histogram(), codes: BTreeMap::new(), connect_errors: 0, io_errors: 0, timeouts: 0 }
+        Stats {
+            delivered: 0,
+            bytes: 0,
+            txn: histogram(),
+            data: histogram(),
+            codes: BTreeMap::new(),
+            connect_errors: 0,
+            io_errors: 0,
+            timeouts: 0,
+        }
     }
 
     pub fn delivered(&mut self, size: usize, txn: Duration, data: Duration) {
@@ -79,19 +88,30 @@ impl Stats {
             return;
         }
         println!("target {}  sessions {}  elapsed {:.2}s", o.target, o.sessions, secs);
-        println!("delivered {}  {:.0} msgs/s  {:.2} MB/s", self.delivered, self.delivered as f64 / secs, self.bytes as f64 / secs / 1e6);
+        println!(
+            "delivered {}  {:.0} msgs/s  {:.2} MB/s",
+            self.delivered,
+            self.delivered as f64 / secs,
+            self.bytes as f64 / secs / 1e6
+        );
         for (name, h) in [("transaction", &self.txn), ("data-to-250", &self.data)] {
             println!(
                 "{name:>12} ms  p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
-                ms(h.value_at_quantile(0.5)), ms(h.value_at_quantile(0.9)), ms(h.value_at_quantile(0.99)),
-                ms(h.value_at_quantile(0.999)), ms(h.max())
+                ms(h.value_at_quantile(0.5)),
+                ms(h.value_at_quantile(0.9)),
+                ms(h.value_at_quantile(0.99)),
+                ms(h.value_at_quantile(0.999)),
+                ms(h.max())
             );
         }
         for (k, v) in &self.codes {
             println!("reply {k}: {v}");
         }
         if self.connect_errors + self.io_errors + self.timeouts > 0 {
-            println!("connect errors {}  i/o errors {}  timeouts {}", self.connect_errors, self.io_errors, self.timeouts);
+            println!(
+                "connect errors {}  i/o errors {}  timeouts {}",
+                self.connect_errors, self.io_errors, self.timeouts
+            );
         }
     }
 
@@ -106,13 +126,22 @@ impl Stats {
             let _ = write!(
                 s,
                 "\"{name}\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{},\"mean\":{:.0}}},",
-                h.value_at_quantile(0.5), h.value_at_quantile(0.9), h.value_at_quantile(0.99), h.value_at_quantile(0.999), h.max(), h.mean()
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.9),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max(),
+                h.mean()
             );
         }
         s.push_str("\"codes\":{");
         let codes: Vec<String> = self.codes.iter().map(|(k, v)| format!("\"{}\":{v}", escape(k))).collect();
         s.push_str(&codes.join(","));
-        let _ = write!(s, "}},\"connect_errors\":{},\"io_errors\":{},\"timeouts\":{}}}", self.connect_errors, self.io_errors, self.timeouts);
+        let _ = write!(
+            s,
+            "}},\"connect_errors\":{},\"io_errors\":{},\"timeouts\":{}}}",
+            self.connect_errors, self.io_errors, self.timeouts
+        );
         s
     }
 }
@@ -122,12 +151,14 @@ fn ms(us: u64) -> f64 {
 }
 
 fn escape(s: &str) -> String {
-    s.chars().flat_map(|c| match c {
-        '"' => vec!['\\', '"'],
-        '\\' => vec!['\\', '\\'],
-        c if c.is_control() => format!("\\u{:04x}", c as u32).chars().collect(),
-        c => vec![c],
-    }).collect()
+    s.chars()
+        .flat_map(|c| match c {
+            '"' => vec!['\\', '"'],
+            '\\' => vec!['\\', '\\'],
+            c if c.is_control() => format!("\\u{:04x}", c as u32).chars().collect(),
+            c => vec![c],
+        })
+        .collect()
 }
 
 pub fn progress(done: &AtomicU64, total: Option<u64>, stop: &AtomicBool, start: Instant) {

@@ -18,8 +18,7 @@ use std::process::ExitCode;
 use mxd::control::{self, ControlError, Verb};
 use mxd::submit::{self, args, conf, exit, Outcome, Submitter};
 
-const USAGE: &str =
-    "usage: mxctl [-f file] show queue | show stats | schedule all|ID | remove all|ID\n\
+const USAGE: &str = "usage: mxctl [-f file] show queue | show stats | schedule all|ID | remove all|ID\n\
                      \x20      | reload | update table NAME\n\
                      \x20      mxctl [-f file] sendmail [-tv] [-f from] [-F name] to ...";
 
@@ -38,10 +37,7 @@ fn main() -> ExitCode {
 
 /// The basename of argv[0]: which personality to take.
 fn program_name(arg0: &OsString) -> String {
-    Path::new(arg0)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    Path::new(arg0).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// `mxctl [-f file] VERB…`: the flag, then the verb words.
@@ -91,10 +87,7 @@ fn run_verb(conf_path: &Path, verb: &Verb) -> u8 {
             eprintln!("mxctl: {e}");
             match e {
                 ControlError::Unreachable { .. } => exit::UNAVAILABLE,
-                ControlError::Refused {
-                    kind: control::ErrorKind::Denied,
-                    ..
-                } => exit::NOPERM,
+                ControlError::Refused { kind: control::ErrorKind::Denied, .. } => exit::NOPERM,
                 _ => 1,
             }
         }
@@ -119,12 +112,7 @@ fn sendmail(rest: Vec<OsString>, conf_flag: Option<PathBuf>) -> u8 {
     }
     let mut stdout = std::io::stdout();
     let trace: Option<&mut dyn Write> = if a.verbose { Some(&mut stdout) } else { None };
-    match submit::sendmail(
-        &a,
-        &Submitter::current(),
-        &mut std::io::stdin().lock(),
-        trace,
-    ) {
+    match submit::sendmail(&a, &Submitter::current(), &mut std::io::stdin().lock(), trace) {
         Ok(Outcome::Submitted) => exit::OK,
         Ok(Outcome::Offline(path)) => {
             if a.verbose {

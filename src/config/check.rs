@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use super::parser::{ListenSpec, Parsed, TableDef};
 use super::{
-    Ca, CondKind, Config, Error, ErrorKind, Errors, ListenKind, Listener, Matcher, Method, Origin, Pki, TlsMode, Verdict,
-    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_RCPT, DEFAULT_QUEUE_TTL, DEFAULT_SPOOL,
+    Ca, CondKind, Config, Error, ErrorKind, Errors, ListenKind, Listener, Matcher, Method, Origin, Pki, TlsMode,
+    Verdict, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_RCPT, DEFAULT_QUEUE_TTL, DEFAULT_SPOOL,
 };
 use crate::table::{Kind, Table};
 
@@ -38,7 +38,8 @@ pub(super) fn finish(p: Parsed) -> Result<Config, Errors> {
         }
     }
     let hostname = p.hostname.unwrap_or_else(default_hostname);
-    let listeners: Vec<Listener> = p.listeners.into_iter().filter_map(|l| listener(&mut c, l, &pkis, &cas, &tables, &hostname)).collect();
+    let listeners: Vec<Listener> =
+        p.listeners.into_iter().filter_map(|l| listener(&mut c, l, &pkis, &cas, &tables, &hostname)).collect();
     let mut actions = BTreeMap::new();
     for a in p.actions {
         for (t, need) in [(&a.alias, Kind::Mapping), (&a.virtual_, Kind::Mapping), (&a.userbase, Kind::Mapping)] {
@@ -75,7 +76,11 @@ pub(super) fn finish(p: Parsed) -> Result<Config, Errors> {
         }
         for cond in &r.conds {
             let m = match &cond.kind {
-                CondKind::FromSrc(m) | CondKind::FromMailFrom(m) | CondKind::ForDomain(m) | CondKind::ForRcptTo(m) | CondKind::Helo(m) => Some(m),
+                CondKind::FromSrc(m)
+                | CondKind::FromMailFrom(m)
+                | CondKind::ForDomain(m)
+                | CondKind::ForRcptTo(m)
+                | CondKind::Helo(m) => Some(m),
                 CondKind::FromAuth(m) | CondKind::FromRdns(m) => m.as_ref(),
                 _ => None,
             };
@@ -132,9 +137,10 @@ fn tables(c: &mut Checker, defs: Vec<(Origin, String, TableDef)>) -> BTreeMap<St
 fn need_table(c: &mut Checker, at: &Origin, tables: &BTreeMap<String, Arc<Table>>, name: &str, kind: Option<Kind>) {
     match (tables.get(name), kind) {
         (None, _) => c.at(at, ErrorKind::Undefined { what: "table", name: name.to_owned() }),
-        (Some(t), Some(Kind::Mapping)) if t.kind() == Kind::List && !t.is_empty() => {
-            c.at(at, ErrorKind::WrongTableKind { name: name.to_owned(), expected: "mapping (key = value, or key: value lines)" })
-        }
+        (Some(t), Some(Kind::Mapping)) if t.kind() == Kind::List && !t.is_empty() => c.at(
+            at,
+            ErrorKind::WrongTableKind { name: name.to_owned(), expected: "mapping (key = value, or key: value lines)" },
+        ),
         _ => {}
     }
 }
@@ -196,7 +202,11 @@ fn listener(
     let pki = l.pki.clone().or_else(|| needs_pki.then(|| hostname.to_owned()));
     if let Some(name) = &pki {
         if !pkis.contains_key(name) {
-            let what = if l.pki.is_some() { name.clone() } else { format!("{name}' (the listener's host name, used when no pki is given") };
+            let what = if l.pki.is_some() {
+                name.clone()
+            } else {
+                format!("{name}' (the listener's host name, used when no pki is given")
+            };
             c.at(&l.at, ErrorKind::Undefined { what: "pki", name: what });
         }
     }

@@ -26,7 +26,10 @@ pub enum ExpandError {
     Syntax(&'static str),
     UnknownToken(String),
     /// A value from an address would escape its directory.
-    Unsafe { token: String, value: String },
+    Unsafe {
+        token: String,
+        value: String,
+    },
 }
 
 impl fmt::Display for ExpandError {
@@ -96,7 +99,8 @@ fn modify(mut value: String, modifier: &str, delim: char) -> Result<String, Expa
         "strip" => {
             let (user, domain) = split_addr(&value);
             let user = user.split(delim).next().unwrap_or(user);
-            value = if domain.is_empty() && !value.contains('@') { user.to_owned() } else { format!("{user}@{domain}") };
+            value =
+                if domain.is_empty() && !value.contains('@') { user.to_owned() } else { format!("{user}@{domain}") };
         }
         "raw" => {}
         _ => return Err(ExpandError::Syntax("a modifier: lowercase, uppercase, strip or raw")),
@@ -202,7 +206,13 @@ mod tests {
     #[test]
     fn hostile_addresses_cannot_escape() {
         for rcpt in ["../../x@test", "a/b@test", "..@test", ".@test", "x@../../etc", "/etc/passwd@test", "a\0b@test"] {
-            for t in ["/var/mail/%{rcpt.user}", "/m/%{rcpt.domain}/%{rcpt.user}", "/m/%{rcpt}", "/m/.%{rcpt.user}", "/m/%{rcpt.user:strip:lowercase}"] {
+            for t in [
+                "/var/mail/%{rcpt.user}",
+                "/m/%{rcpt.domain}/%{rcpt.user}",
+                "/m/%{rcpt}",
+                "/m/.%{rcpt.user}",
+                "/m/%{rcpt.user:strip:lowercase}",
+            ] {
                 let r = expand(t, &ctx(rcpt));
                 if let Ok(path) = &r {
                     assert!(!path.split('/').any(|c| c == ".."), "{t} with {rcpt:?} gave {path}");

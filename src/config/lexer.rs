@@ -92,7 +92,9 @@ pub(crate) fn lex(
 }
 
 fn define_macro(line: &[Token], macros: &mut BTreeMap<String, String>, fixed: &std::collections::BTreeSet<String>) {
-    if let [Token { tok: Tok::Word(name), .. }, Token { tok: Tok::Punct('='), .. }, Token { tok: Tok::Word(v) | Tok::Str(v), .. }] = line {
+    if let [Token { tok: Tok::Word(name), .. }, Token { tok: Tok::Punct('='), .. }, Token { tok: Tok::Word(v) | Tok::Str(v), .. }] =
+        line
+    {
         if !fixed.contains(name) {
             macros.insert(name.clone(), v.clone());
         }
@@ -138,8 +140,19 @@ mod tests {
         assert_eq!(
             words("table t { a, \"b c\" } # comment\nrelay host smtp+tls://$IP\\\n tls"),
             vec![
-                Word("table".into()), Word("t".into()), Punct('{'), Word("a".into()), Punct(','), Str("b c".into()), Punct('}'), Newline,
-                Word("relay".into()), Word("host".into()), Word("smtp+tls://192.0.2.1".into()), Word("tls".into()), Newline
+                Word("table".into()),
+                Word("t".into()),
+                Punct('{'),
+                Word("a".into()),
+                Punct(','),
+                Str("b c".into()),
+                Punct('}'),
+                Newline,
+                Word("relay".into()),
+                Word("host".into()),
+                Word("smtp+tls://192.0.2.1".into()),
+                Word("tls".into()),
+                Newline
             ]
         );
         assert_eq!(words("x=\"$IP\"")[2], Str("$IP".into()));

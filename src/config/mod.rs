@@ -127,11 +127,17 @@ pub struct Action {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Method {
     /// `maildir [PATH] [junk]`: PATH is a template (default `~/Maildir`).
-    Maildir { path: Option<String>, junk: bool },
+    Maildir {
+        path: Option<String>,
+        junk: bool,
+    },
     /// `mbox`: /var/mail/USER.
     Mbox,
     /// `lmtp DEST [rcpt-to]`: parsed, not delivered by mxd yet.
-    Lmtp { dest: String, rcpt_to: bool },
+    Lmtp {
+        dest: String,
+        rcpt_to: bool,
+    },
     /// `mda "COMMAND"`: parsed, not delivered by mxd yet.
     Mda(String),
     ForwardOnly,
@@ -273,18 +279,43 @@ impl fmt::Display for Error {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
     /// Unexpected token: what was expected and what was found.
-    Syntax { expected: String, found: String },
+    Syntax {
+        expected: String,
+        found: String,
+    },
     UnterminatedString,
     UndefinedMacro(String),
-    Undefined { what: &'static str, name: String },
-    Duplicate { what: &'static str, name: String },
+    Undefined {
+        what: &'static str,
+        name: String,
+    },
+    Duplicate {
+        what: &'static str,
+        name: String,
+    },
     /// A list where a mapping is needed, or the reverse.
-    WrongTableKind { name: String, expected: &'static str },
-    PkiIncomplete { name: String, missing: &'static str },
-    InsecureKey { path: PathBuf, mode: u32 },
+    WrongTableKind {
+        name: String,
+        expected: &'static str,
+    },
+    PkiIncomplete {
+        name: String,
+        missing: &'static str,
+    },
+    InsecureKey {
+        path: PathBuf,
+        mode: u32,
+    },
     NoSuchInterface(String),
-    BadValue { what: &'static str, value: String, expected: &'static str },
-    File { path: PathBuf, error: String },
+    BadValue {
+        what: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    File {
+        path: PathBuf,
+        error: String,
+    },
     Unsupported(String),
     IncludeDepth,
 }
@@ -293,14 +324,30 @@ impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ErrorKind::Syntax { expected, found } => write!(f, "syntax error: expected {expected}, found {found}"),
-            ErrorKind::UnterminatedString => write!(f, "unterminated quoted string (expected a closing quote on the same line)"),
-            ErrorKind::UndefinedMacro(n) => write!(f, "macro '{n}' not defined (expected 'name = value' before use, or -D {n}=value)"),
-            ErrorKind::Undefined { what, name } => write!(f, "{what} '{name}' is not defined (expected a '{what}' statement for it)"),
+            ErrorKind::UnterminatedString => {
+                write!(f, "unterminated quoted string (expected a closing quote on the same line)")
+            }
+            ErrorKind::UndefinedMacro(n) => {
+                write!(f, "macro '{n}' not defined (expected 'name = value' before use, or -D {n}=value)")
+            }
+            ErrorKind::Undefined { what, name } => {
+                write!(f, "{what} '{name}' is not defined (expected a '{what}' statement for it)")
+            }
             ErrorKind::Duplicate { what, name } => write!(f, "{what} '{name}' is already defined"),
-            ErrorKind::WrongTableKind { name, expected } => write!(f, "table '{name}' is of the wrong kind: expected a {expected}"),
-            ErrorKind::PkiIncomplete { name, missing } => write!(f, "pki '{name}' has no {missing} (expected both 'pki {name} cert FILE' and 'pki {name} key FILE')"),
-            ErrorKind::InsecureKey { path, mode } => write!(f, "{}: insecure permissions {:04o} on key file (expected at most 0640)", path.display(), mode),
-            ErrorKind::NoSuchInterface(n) => write!(f, "no interface or address '{n}' on this host (expected an interface name, an address or 'socket')"),
+            ErrorKind::WrongTableKind { name, expected } => {
+                write!(f, "table '{name}' is of the wrong kind: expected a {expected}")
+            }
+            ErrorKind::PkiIncomplete { name, missing } => write!(
+                f,
+                "pki '{name}' has no {missing} (expected both 'pki {name} cert FILE' and 'pki {name} key FILE')"
+            ),
+            ErrorKind::InsecureKey { path, mode } => {
+                write!(f, "{}: insecure permissions {:04o} on key file (expected at most 0640)", path.display(), mode)
+            }
+            ErrorKind::NoSuchInterface(n) => write!(
+                f,
+                "no interface or address '{n}' on this host (expected an interface name, an address or 'socket')"
+            ),
             ErrorKind::BadValue { what, value, expected } => write!(f, "invalid {what} '{value}': expected {expected}"),
             ErrorKind::File { path, error } => write!(f, "{}: {error}", path.display()),
             ErrorKind::Unsupported(what) => write!(f, "{what} is not supported by mxd"),
@@ -338,8 +385,11 @@ impl Config {
     /// `mxctl update table` and `newaliases`).
     pub fn reload_table(&self, name: &str) -> Result<Config, Errors> {
         let at = |kind| Errors(vec![Error { file: self.file.clone(), line: 0, kind }]);
-        let old = self.tables.get(name).ok_or_else(|| at(ErrorKind::Undefined { what: "table", name: name.to_owned() }))?;
-        let fresh = old.reload().map_err(|e| at(ErrorKind::File { path: old.path().unwrap_or(&self.file).to_owned(), error: e.to_string() }))?;
+        let old =
+            self.tables.get(name).ok_or_else(|| at(ErrorKind::Undefined { what: "table", name: name.to_owned() }))?;
+        let fresh = old.reload().map_err(|e| {
+            at(ErrorKind::File { path: old.path().unwrap_or(&self.file).to_owned(), error: e.to_string() })
+        })?;
         let mut tables = self.tables.clone();
         tables.insert(name.to_owned(), Arc::new(fresh));
         Ok(Config {

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::lexer::{lex, Tok, Token};
-use super::{Action, Cond, CondKind, Error, ErrorKind, Errors, ListenAuth, Matcher, Method, Origin, Relay, RelayUrl, Rule, Scheme, TlsMode, Verdict};
+use super::{
+    Action, Cond, CondKind, Error, ErrorKind, Errors, ListenAuth, Matcher, Method, Origin, Relay, RelayUrl, Rule,
+    Scheme, TlsMode, Verdict,
+};
 
 const MAX_INCLUDE_DEPTH: usize = 8;
 
@@ -68,7 +71,14 @@ pub(crate) fn parse_file(path: &Path, defines: &[(String, String)]) -> Result<Pa
     Ok(out)
 }
 
-fn include(path: &Path, macros: &mut BTreeMap<String, String>, fixed: &BTreeSet<String>, out: &mut Parsed, depth: usize, from: Option<&Origin>) {
+fn include(
+    path: &Path,
+    macros: &mut BTreeMap<String, String>,
+    fixed: &BTreeSet<String>,
+    out: &mut Parsed,
+    depth: usize,
+    from: Option<&Origin>,
+) {
     let fail = |out: &mut Parsed, kind| {
         let (file, line) = from.map_or((path.to_owned(), 0), |o| (o.file.clone(), o.line));
         out.errors.push(Error { file, line, kind });
@@ -300,9 +310,15 @@ fn statement(p: &mut Parser<'_>, out: &mut Parsed) -> R<Option<PathBuf>> {
         "threads" => {
             let v = p.value("a number of threads")?;
             let n = v.parse::<usize>().ok().filter(|n| (1..=1024).contains(n));
-            out.threads = Some(n.ok_or(ErrorKind::BadValue { what: "threads", value: v, expected: "a number from 1 to 1024" })?);
+            out.threads = Some(n.ok_or(ErrorKind::BadValue {
+                what: "threads",
+                value: v,
+                expected: "a number from 1 to 1024",
+            })?);
         }
-        "srs" | "mta" | "proc" | "proc-exec" | "filter" | "bounce" => return Err(ErrorKind::Unsupported(format!("'{word}'"))),
+        "srs" | "mta" | "proc" | "proc-exec" | "filter" | "bounce" => {
+            return Err(ErrorKind::Unsupported(format!("'{word}'")))
+        }
         _ => {
             p.pos -= 1;
             return p.err("a statement (include, table, pki, ca, listen, action, match, smtp, queue, spool, threads, hostname or name = value)");
@@ -321,7 +337,9 @@ fn table(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
         let spec = p.value("'{', or a table source such as file:/path")?;
         match spec.split_once(':') {
             Some(("file", path)) => TableDef::File(PathBuf::from(path)),
-            Some((kind, _)) if !kind.contains('/') => return Err(ErrorKind::Unsupported(format!("table backend '{kind}'"))),
+            Some((kind, _)) if !kind.contains('/') => {
+                return Err(ErrorKind::Unsupported(format!("table backend '{kind}'")))
+            }
             _ => TableDef::File(PathBuf::from(spec)),
         }
     };
@@ -344,19 +362,48 @@ fn pki(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
 }
 
 fn port(v: &str) -> R<u16> {
-    v.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| ErrorKind::BadValue { what: "port", value: v.to_owned(), expected: "a number from 1 to 65535" })
+    v.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| ErrorKind::BadValue {
+        what: "port",
+        value: v.to_owned(),
+        expected: "a number from 1 to 65535",
+    })
 }
 
 fn listen(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
     let at = p.origin();
     p.expect_word("on")?;
     let on = p.value("an interface, an address or 'socket'")?;
-    let mut l = ListenSpec { at, on, port: None, family: None, tls: TlsMode::Plain, pki: None, ca: None, hostname: None, auth: None, tag: None };
+    let mut l = ListenSpec {
+        at,
+        on,
+        port: None,
+        family: None,
+        tls: TlsMode::Plain,
+        pki: None,
+        ca: None,
+        hostname: None,
+        auth: None,
+        tag: None,
+    };
     while p.peek() != &Tok::Newline {
         let Some(opt) = p.keyword(&[
-            "port", "tls", "tls-require", "smtps", "pki", "ca", "hostname", "auth", "auth-optional", "tag", "inet4", "inet6", "family",
+            "port",
+            "tls",
+            "tls-require",
+            "smtps",
+            "pki",
+            "ca",
+            "hostname",
+            "auth",
+            "auth-optional",
+            "tag",
+            "inet4",
+            "inet6",
+            "family",
         ]) else {
-            return p.err("a listen option (port, tls, tls-require, smtps, pki, ca, hostname, auth, auth-optional, tag, family)");
+            return p.err(
+                "a listen option (port, tls, tls-require, smtps, pki, ca, hostname, auth, auth-optional, tag, family)",
+            );
         };
         match opt.as_str() {
             "port" => l.port = Some(port(&p.value("a port")?)?),
@@ -369,7 +416,9 @@ fn listen(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
             "pki" => l.pki = Some(p.value("a pki name")?),
             "ca" => l.ca = Some(p.value("a ca name")?),
             "hostname" => l.hostname = Some(p.value("a host name")?),
-            "auth" | "auth-optional" => l.auth = Some(ListenAuth { table: p.opt_table_ref()?, optional: opt == "auth-optional" }),
+            "auth" | "auth-optional" => {
+                l.auth = Some(ListenAuth { table: p.opt_table_ref()?, optional: opt == "auth-optional" })
+            }
             "tag" => l.tag = Some(p.value("a tag")?),
             "inet4" => l.family = Some(4),
             "inet6" => l.family = Some(6),
@@ -435,7 +484,20 @@ fn action(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
 fn relay(p: &mut Parser<'_>) -> R<Relay> {
     let mut r = Relay::default();
     loop {
-        let Some(opt) = p.keyword(&["host", "backup", "tls", "src", "helo", "helo-src", "auth", "mail-from", "pki", "ca", "srs", "domain"]) else {
+        let Some(opt) = p.keyword(&[
+            "host",
+            "backup",
+            "tls",
+            "src",
+            "helo",
+            "helo-src",
+            "auth",
+            "mail-from",
+            "pki",
+            "ca",
+            "srs",
+            "domain",
+        ]) else {
             return Ok(r);
         };
         match opt.as_str() {
@@ -458,7 +520,11 @@ fn relay(p: &mut Parser<'_>) -> R<Relay> {
 /// `smtp://`, `smtp+tls://`, `smtp+notls://`, `smtps://`, `lmtp://`, with `label@host` and
 /// `:port`; a bare host means `smtp://host`.
 pub(crate) fn relay_url(s: &str) -> R<RelayUrl> {
-    let bad = || ErrorKind::BadValue { what: "relay URL", value: s.to_owned(), expected: "[smtp|smtp+tls|smtp+notls|smtps|lmtp]://[label@]host[:port]" };
+    let bad = || ErrorKind::BadValue {
+        what: "relay URL",
+        value: s.to_owned(),
+        expected: "[smtp|smtp+tls|smtp+notls|smtps|lmtp]://[label@]host[:port]",
+    };
     let (scheme, rest) = match s.split_once("://") {
         Some(("smtp", r)) => (Scheme::Smtp, r),
         Some(("smtp+tls", r)) => (Scheme::SmtpTls, r),
@@ -494,8 +560,12 @@ fn rule(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
     let mut conds = Vec::new();
     let verdict = loop {
         let negate = p.punct('!');
-        let Some(word) = p.keyword(&["from", "for", "tls", "auth", "mail-from", "rcpt-to", "helo", "tag", "action", "reject"]) else {
-            return p.err("a match option (from, for, tls, auth, mail-from, rcpt-to, helo, tag) or 'action NAME' or 'reject'");
+        let Some(word) =
+            p.keyword(&["from", "for", "tls", "auth", "mail-from", "rcpt-to", "helo", "tag", "action", "reject"])
+        else {
+            return p.err(
+                "a match option (from, for, tls, auth, mail-from, rcpt-to, helo, tag) or 'action NAME' or 'reject'",
+            );
         };
         let kind = match word.as_str() {
             "action" if !negate => break Verdict::Action(p.value("an action name")?),
@@ -561,7 +631,13 @@ fn smtp(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
             let mut chars = v.chars();
             match (chars.next(), chars.next()) {
                 (Some(c), None) if c.is_ascii_punctuation() => out.sub_addr_delim = Some(c),
-                _ => return Err(ErrorKind::BadValue { what: "sub-addr-delim", value: v, expected: "one punctuation character" }),
+                _ => {
+                    return Err(ErrorKind::BadValue {
+                        what: "sub-addr-delim",
+                        value: v,
+                        expected: "one punctuation character",
+                    })
+                }
             }
         }
         _ => {
@@ -570,7 +646,11 @@ fn smtp(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
                     return p.err("max-rcpt or max-mails");
                 };
                 let v = p.value("a number")?;
-                let n = v.parse::<usize>().ok().filter(|n| *n > 0).ok_or(ErrorKind::BadValue { what: "limit", value: v, expected: "a positive number" })?;
+                let n = v.parse::<usize>().ok().filter(|n| *n > 0).ok_or(ErrorKind::BadValue {
+                    what: "limit",
+                    value: v,
+                    expected: "a positive number",
+                })?;
                 if limit == "max-rcpt" {
                     out.max_rcpt = Some(n);
                 }
@@ -582,7 +662,11 @@ fn smtp(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
 
 /// "35M", "10K", "1G", "512" (bytes); an optional "B" after the unit.
 pub(crate) fn size(v: &str) -> R<u64> {
-    let bad = || ErrorKind::BadValue { what: "size", value: v.to_owned(), expected: "a number with an optional K, M or G suffix" };
+    let bad = || ErrorKind::BadValue {
+        what: "size",
+        value: v.to_owned(),
+        expected: "a number with an optional K, M or G suffix",
+    };
     let s = v.trim_end_matches(['b', 'B']);
     let (num, mult) = match s.char_indices().last() {
         Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
@@ -595,7 +679,11 @@ pub(crate) fn size(v: &str) -> R<u64> {
 
 /// "4d", "3h", "30m", "60s", "120" (seconds).
 pub(crate) fn duration(v: &str) -> R<Duration> {
-    let bad = || ErrorKind::BadValue { what: "duration", value: v.to_owned(), expected: "a number with an optional s, m, h or d suffix" };
+    let bad = || ErrorKind::BadValue {
+        what: "duration",
+        value: v.to_owned(),
+        expected: "a number with an optional s, m, h or d suffix",
+    };
     let (num, mult) = match v.char_indices().last() {
         Some((i, 's')) => (&v[..i], 1u64),
         Some((i, 'm')) => (&v[..i], 60),
@@ -603,5 +691,10 @@ pub(crate) fn duration(v: &str) -> R<Duration> {
         Some((i, 'd')) => (&v[..i], 86_400),
         _ => (v, 1),
     };
-    num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).filter(|n| *n > 0).map(Duration::from_secs).ok_or_else(bad)
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|n| *n > 0)
+        .map(Duration::from_secs)
+        .ok_or_else(bad)
 }

@@ -51,13 +51,16 @@ fn seed_mx0_config_loads() {
         key.display()
     );
     let path = d.write("smtpd.conf", &conf);
-    let defs: Vec<(String, String)> = (1..=3).map(|i| (format!("SERVER_IP_{i}"), format!("127.0.0.{}", i + 1))).collect();
+    let defs: Vec<(String, String)> =
+        (1..=3).map(|i| (format!("SERVER_IP_{i}"), format!("127.0.0.{}", i + 1))).collect();
     let c = load(&path, &defs).expect("loads");
     assert_eq!(c.table("addresses").map(|t| t.match_ip("127.0.0.3".parse().unwrap())), Some(true));
     assert_eq!(c.table("aliases").and_then(|t| t.get("root")), Some("joseph"));
     assert_eq!(c.listeners.len(), 2);
     assert_eq!(c.listeners[1].tls, TlsMode::Require { verify: false });
-    assert!(matches!(&c.listeners[0].kind, ListenKind::Inet { addrs } if addrs.iter().any(|a| a.to_string() == "127.0.0.1:25")));
+    assert!(
+        matches!(&c.listeners[0].kind, ListenKind::Inet { addrs } if addrs.iter().any(|a| a.to_string() == "127.0.0.1:25"))
+    );
     assert_eq!(c.rules.len(), 2);
     assert_eq!(c.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
 }
@@ -115,7 +118,10 @@ fn constructs() {
 #[test]
 fn relay_urls() {
     use parser::relay_url;
-    assert_eq!(relay_url("smtp+notls://[::1]:26").map(|u| (u.scheme, u.host, u.port)), Ok((Scheme::SmtpNoTls, "::1".into(), Some(26))));
+    assert_eq!(
+        relay_url("smtp+notls://[::1]:26").map(|u| (u.scheme, u.host, u.port)),
+        Ok((Scheme::SmtpNoTls, "::1".into(), Some(26)))
+    );
     assert_eq!(relay_url("lmtp://h").map(|u| u.port_or_default()), Ok(24));
     assert_eq!(relay_url("mx.example").map(|u| u.scheme), Ok(Scheme::Smtp));
     for bad in ["ftp://x", "smtp://", "smtp://h:0", "smtp://h:99999", "smtp://@h", "smtp://h/x"] {
@@ -133,7 +139,10 @@ fn every_error_kind_names_file_and_line() {
         ("\nmatch from src <nope> action x\naction x mbox\n".into(), "smtpd.conf:2: table 'nope' is not defined"),
         ("\n\nmatch from any for any action nope\n".into(), "smtpd.conf:3: action 'nope' is not defined"),
         ("listen on lo tls pki nope\n".into(), "smtpd.conf:1: pki 'nope' is not defined"),
-        ("table l { a, b }\naction x maildir alias <l>\n".into(), "smtpd.conf:2: table 'l' is of the wrong kind: expected a mapping"),
+        (
+            "table l { a, b }\naction x maildir alias <l>\n".into(),
+            "smtpd.conf:2: table 'l' is of the wrong kind: expected a mapping",
+        ),
         ("\npki p cert \"/etc/hostname\"\n".into(), "smtpd.conf:2: pki 'p' has no key"),
         ("listen on no-such-if0\n".into(), "smtpd.conf:1: no interface or address 'no-such-if0'"),
         ("table t { a }\ntable t { b }\n".into(), "smtpd.conf:2: table 't' is already defined"),

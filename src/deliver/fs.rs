@@ -82,7 +82,8 @@ pub(crate) fn open_append(dir: impl AsFd, name: &str, owner: Option<Owner>) -> i
     match openat(dir.as_fd(), name, flags, Mode::empty()) {
         Ok(fd) => Ok(File::from(fd)),
         Err(nix::errno::Errno::ENOENT) => {
-            let fd = openat(dir.as_fd(), name, flags | OFlag::O_CREAT | OFlag::O_EXCL, Mode::from_bits_truncate(0o600))?;
+            let fd =
+                openat(dir.as_fd(), name, flags | OFlag::O_CREAT | OFlag::O_EXCL, Mode::from_bits_truncate(0o600))?;
             chown(&fd, owner)?;
             Ok(File::from(fd))
         }

@@ -52,12 +52,19 @@ impl Dirs {
         let tmp = fs::subdir(&maildir, "tmp", owner).map_err(|e| Cause::new("open", dir.join("tmp"), e))?;
         let new = fs::subdir(&maildir, "new", owner).map_err(|e| Cause::new("open", dir.join("new"), e))?;
         fs::subdir(&maildir, "cur", owner).map_err(|e| Cause::new("open", dir.join("cur"), e))?;
-        let stat = |fd: &OwnedFd, name: &str| nix::sys::stat::fstat(fd).map_err(|e| Cause::new("stat", dir.join(name), e));
+        let stat =
+            |fd: &OwnedFd, name: &str| nix::sys::stat::fstat(fd).map_err(|e| Cause::new("stat", dir.join(name), e));
         // The files' data lives on tmp/'s device: that is the one to sync.
         let (tmp_st, new_st) = (stat(&tmp, "tmp")?, stat(&new, "new")?);
         // dev_t and ino_t differ in width across systems (OpenBSD's dev_t is i32).
         #[allow(clippy::unnecessary_cast)]
-        Ok(Dirs { path: dir.to_owned(), dev: tmp_st.st_dev as u64, new_id: (new_st.st_dev as u64, new_st.st_ino as u64), tmp, new })
+        Ok(Dirs {
+            path: dir.to_owned(),
+            dev: tmp_st.st_dev as u64,
+            new_id: (new_st.st_dev as u64, new_st.st_ino as u64),
+            tmp,
+            new,
+        })
     }
 }
 
@@ -69,7 +76,13 @@ pub(crate) struct Opened(HashMap<PathBuf, Rc<Dirs>>);
 
 impl Opened {
     /// Writes one copy into `dir`/tmp, creating the Maildir when missing.
-    pub(crate) fn stage(&mut self, dir: &Path, owner: Option<Owner>, pieces: &[&[u8]], host: &str) -> Result<Staged, Cause> {
+    pub(crate) fn stage(
+        &mut self,
+        dir: &Path,
+        owner: Option<Owner>,
+        pieces: &[&[u8]],
+        host: &str,
+    ) -> Result<Staged, Cause> {
         let dirs = match self.0.get(dir) {
             Some(d) => Rc::clone(d),
             None => {
@@ -97,7 +110,8 @@ impl Opened {
 fn write_pieces(file: &mut File, pieces: &[&[u8]]) -> io::Result<()> {
     let (mut i, mut off) = (0, 0);
     while i < pieces.len() {
-        let slices: Vec<IoSlice<'_>> = std::iter::once(&pieces[i][off..]).chain(pieces[i + 1..].iter().copied()).map(IoSlice::new).collect();
+        let slices: Vec<IoSlice<'_>> =
+            std::iter::once(&pieces[i][off..]).chain(pieces[i + 1..].iter().copied()).map(IoSlice::new).collect();
         let mut n = file.write_vectored(&slices)?;
         if n == 0 && slices.iter().any(|s| !s.is_empty()) {
             return Err(io::ErrorKind::WriteZero.into());
@@ -135,7 +149,8 @@ impl Staged {
 
     /// Makes the copy visible: tmp/NAME → new/NAME.
     pub(crate) fn publish(&self) -> Result<(), Cause> {
-        fs::rename(&self.dirs.tmp, &self.name, &self.dirs.new, &self.name).map_err(|e| Cause::new("rename", self.path(), e))
+        fs::rename(&self.dirs.tmp, &self.name, &self.dirs.new, &self.name)
+            .map_err(|e| Cause::new("rename", self.path(), e))
     }
 
     #[cfg_attr(target_os = "linux", allow(dead_code))] // Linux syncs the batch with syncfs

@@ -140,11 +140,14 @@ fn stage_job(job: Job, ctx: &Ctx, opened: &mut maildir::Opened) -> Pending {
         let result = match target {
             Target::Maildir { dir, owner, delivered_to } => {
                 let dt = headers::delivered_to(delivered_to);
-                opened.stage(dir, *owner, &[&return_path, &dt, &mail.received, &mail.body], &ctx.host).map(|s| p.staged.push(s))
+                opened
+                    .stage(dir, *owner, &[&return_path, &dt, &mail.received, &mail.body], &ctx.host)
+                    .map(|s| p.staged.push(s))
             }
             Target::Mbox { path, owner, delivered_to } => {
                 let dt = headers::delivered_to(delivered_to);
-                mbox::append(path, *owner, &mail.return_path, &[&return_path, &dt, &mail.received, &mail.body]).map(|a| p.appended.push(a))
+                mbox::append(path, *owner, &mail.return_path, &[&return_path, &dt, &mail.received, &mail.body])
+                    .map(|a| p.appended.push(a))
             }
             Target::Relay { action, rcpt } => {
                 relay.push((action.clone(), rcpt.clone()));
@@ -237,7 +240,12 @@ mod tests {
     use std::time::Duration;
 
     fn mail(body: &str) -> Arc<Mail> {
-        Arc::new(Mail { id: MsgId(7), return_path: "a@example.org".into(), received: b"Received: x\n".to_vec(), body: body.as_bytes().to_vec() })
+        Arc::new(Mail {
+            id: MsgId(7),
+            return_path: "a@example.org".into(),
+            received: b"Received: x\n".to_vec(),
+            body: body.as_bytes().to_vec(),
+        })
     }
 
     fn maildir(dir: &Path) -> Target {
@@ -264,7 +272,10 @@ mod tests {
             let new = files(&dir.join("new"));
             assert_eq!(new.len(), 1);
             let content = std::fs::read(&new[0]).unwrap();
-            assert_eq!(content, b"Return-Path: <a@example.org>\nDelivered-To: j@example.org\nReceived: x\nSubject: s\n\nbody\n");
+            assert_eq!(
+                content,
+                b"Return-Path: <a@example.org>\nDelivered-To: j@example.org\nReceived: x\nSubject: s\n\nbody\n"
+            );
             let name = new[0].file_name().unwrap().to_string_lossy().into_owned();
             assert!(name.ends_with(".host\\057x\\072y"), "{name}");
             use std::os::unix::fs::PermissionsExt;
@@ -303,7 +314,10 @@ mod tests {
         let bad = t.path().join("blocked/Maildir");
         let pool = Pool::start(1, "h", None);
         let outcome = deliver(&pool, mail("x\n"), vec![maildir(&good), maildir(&bad)]);
-        assert!(matches!(&outcome, Outcome::TempFail(c) if c.path.starts_with(t.path().join("blocked"))), "{outcome:?}");
+        assert!(
+            matches!(&outcome, Outcome::TempFail(c) if c.path.starts_with(t.path().join("blocked"))),
+            "{outcome:?}"
+        );
         assert!(files(&good.join("new")).is_empty());
         assert!(files(&good.join("tmp")).is_empty());
     }
@@ -318,7 +332,10 @@ mod tests {
                 let (pool, md) = (Arc::clone(&pool), md.clone());
                 std::thread::spawn(move || {
                     for j in 0..25 {
-                        assert!(matches!(deliver(&pool, mail(&format!("n {i} {j}\n")), vec![maildir(&md)]), Outcome::Ok));
+                        assert!(matches!(
+                            deliver(&pool, mail(&format!("n {i} {j}\n")), vec![maildir(&md)]),
+                            Outcome::Ok
+                        ));
                     }
                 })
             })
@@ -326,7 +343,8 @@ mod tests {
         for th in threads {
             th.join().unwrap();
         }
-        let mut bodies: Vec<String> = files(&md.join("new")).iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+        let mut bodies: Vec<String> =
+            files(&md.join("new")).iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
         bodies.sort();
         bodies.dedup();
         assert_eq!(bodies.len(), 200);

@@ -33,7 +33,10 @@ pub fn dsn(hostname: &str, sender: &str, failures: &[Failure<'_>], original: &[u
     }
     m.push_str(&format!("\n--{boundary}\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; {hostname}\n"));
     for f in failures {
-        m.push_str(&format!("\nFinal-Recipient: rfc822; {}\nAction: failed\nStatus: {}\nDiagnostic-Code: smtp; {}\n", f.rcpt, f.status, f.diagnostic));
+        m.push_str(&format!(
+            "\nFinal-Recipient: rfc822; {}\nAction: failed\nStatus: {}\nDiagnostic-Code: smtp; {}\n",
+            f.rcpt, f.status, f.diagnostic
+        ));
     }
     m.push_str(&format!("\n--{boundary}\nContent-Type: text/rfc822-headers\n\n"));
     let mut out = m.into_bytes();
@@ -49,7 +52,10 @@ mod tests {
     #[test]
     fn dsn_layout_and_no_bounce_for_bounces() {
         let f = [Failure { rcpt: "x@far.example", status: "5.1.1", diagnostic: "550 5.1.1 no such user" }];
-        let m = String::from_utf8(dsn("node.test", "root@node.test", &f, b"Subject: s\nFrom: r\n\nbody\n", "abcd").unwrap()).unwrap();
+        let m = String::from_utf8(
+            dsn("node.test", "root@node.test", &f, b"Subject: s\nFrom: r\n\nbody\n", "abcd").unwrap(),
+        )
+        .unwrap();
         assert!(m.contains("To: <root@node.test>\n"));
         assert!(m.contains("report-type=delivery-status"));
         assert!(m.contains("Final-Recipient: rfc822; x@far.example\nAction: failed\nStatus: 5.1.1\n"));

@@ -45,7 +45,8 @@ pub fn id_of(name: &str) -> String {
 /// The header written before the message. Values come from validated addresses and action
 /// names, which contain no spaces or line breaks; anything else is replaced.
 pub fn encode(env: &Envelope) -> Vec<u8> {
-    let clean = |s: &str| -> String { s.chars().map(|c| if c.is_whitespace() || c.is_control() { '_' } else { c }).collect() };
+    let clean =
+        |s: &str| -> String { s.chars().map(|c| if c.is_whitespace() || c.is_control() { '_' } else { c }).collect() };
     let mut out = format!("mxd-queue 1\nsender {}\ncreated {}\n", clean(&env.sender), env.created);
     for (action, rcpt) in &env.rcpts {
         out.push_str(&format!("rcpt {} {}\n", clean(action), clean(rcpt)));
@@ -120,7 +121,11 @@ mod tests {
 
     #[test]
     fn round_trip_and_refusals() {
-        let env = Envelope { sender: "a@b".into(), created: 42, rcpts: vec![("out".into(), "x@y".into()), ("out".into(), "z@y".into())] };
+        let env = Envelope {
+            sender: "a@b".into(),
+            created: 42,
+            rcpts: vec![("out".into(), "x@y".into()), ("out".into(), "z@y".into())],
+        };
         let mut file = encode(&env);
         file.extend_from_slice(b"Subject: s\n\nbody\n.\nmore\n");
         let (back, msg) = decode(&file).unwrap();
@@ -129,7 +134,8 @@ mod tests {
         assert!(decode(b"mxd-queue 1\nsender a\n").is_none(), "truncated");
         assert!(decode(b"mxd-queue 2\nrcpt a b\n.\nx").is_none());
         assert!(decode(b"mxd-queue 1\nsender a\n.\nx").is_none(), "no recipient");
-        let odd = encode(&Envelope { sender: "a b\nrcpt x y".into(), created: 1, rcpts: vec![("o".into(), "r".into())] });
+        let odd =
+            encode(&Envelope { sender: "a b\nrcpt x y".into(), created: 1, rcpts: vec![("o".into(), "r".into())] });
         assert_eq!(decode(&[odd, b"m".to_vec()].concat()).unwrap().0.rcpts.len(), 1);
     }
 

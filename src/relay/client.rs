@@ -112,7 +112,9 @@ impl Session {
         let mut exts = s.ehlo(&spec.helo)?;
         let offered = exts.iter().any(|e| e.eq_ignore_ascii_case("STARTTLS"));
         let upgrade = match spec.tls {
-            TlsMode::Required if !offered => return Err(err(format!("{}: STARTTLS required but not offered", spec.host))),
+            TlsMode::Required if !offered => {
+                return Err(err(format!("{}: STARTTLS required but not offered", spec.host)))
+            }
             TlsMode::Required => true,
             TlsMode::Opportunistic => offered,
             TlsMode::Never | TlsMode::Implicit => false,
@@ -138,7 +140,11 @@ impl Session {
     fn auth(&mut self, exts: &[String], user: &str, pass: &str) -> io::Result<()> {
         let mechanisms: Vec<String> = exts
             .iter()
-            .filter_map(|e| e.get(..5).filter(|k| k.eq_ignore_ascii_case("AUTH ") || k.eq_ignore_ascii_case("AUTH=")).map(|_| &e[5..]))
+            .filter_map(|e| {
+                e.get(..5)
+                    .filter(|k| k.eq_ignore_ascii_case("AUTH ") || k.eq_ignore_ascii_case("AUTH="))
+                    .map(|_| &e[5..])
+            })
             .flat_map(|m| m.split_ascii_whitespace().map(str::to_ascii_uppercase))
             .collect();
         if mechanisms.iter().any(|m| m == "LOGIN") && !mechanisms.iter().any(|m| m == "PLAIN") {
@@ -189,7 +195,8 @@ impl Session {
         let mut lines = Vec::new();
         loop {
             let line = self.line()?;
-            let code = line.get(..3).and_then(|c| c.parse::<u16>().ok()).ok_or_else(|| err(format!("bad reply {line:?}")))?;
+            let code =
+                line.get(..3).and_then(|c| c.parse::<u16>().ok()).ok_or_else(|| err(format!("bad reply {line:?}")))?;
             lines.push(line.get(4..).unwrap_or("").to_owned());
             if line.as_bytes().get(3) != Some(&b'-') {
                 return Ok((code, lines));

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::Receiver;
 
 use crate::config::{Config, Method, Scheme};
-use crate::tls::Verify;
 use crate::queue::{self, bounce, Envelope};
+use crate::tls::Verify;
 use client::{RcptResult, Session, Spec, TlsMode};
 
 /// First retry after this (MXD_RETRY_BASE seconds overrides it, for tests); doubling up to
@@ -81,9 +81,21 @@ pub struct Retry {
     pub last_error: String,
 }
 
-pub fn spawn(spool: &Path, config: SharedConfig, wake: Receiver<()>, handle: Handle) -> std::io::Result<JoinHandle<()>> {
-    let retry_base = std::env::var("MXD_RETRY_BASE").ok().and_then(|s| s.parse().ok()).map_or(RETRY_BASE, Duration::from_secs);
-    let mut runner = Runner { queue: queue::queue_dir(spool), spool: spool.to_owned(), config, entries: BTreeMap::new(), retry_base };
+pub fn spawn(
+    spool: &Path,
+    config: SharedConfig,
+    wake: Receiver<()>,
+    handle: Handle,
+) -> std::io::Result<JoinHandle<()>> {
+    let retry_base =
+        std::env::var("MXD_RETRY_BASE").ok().and_then(|s| s.parse().ok()).map_or(RETRY_BASE, Duration::from_secs);
+    let mut runner = Runner {
+        queue: queue::queue_dir(spool),
+        spool: spool.to_owned(),
+        config,
+        entries: BTreeMap::new(),
+        retry_base,
+    };
     std::thread::Builder::new().name("relay".into()).spawn(move || {
         while !handle.stop.load(Ordering::Relaxed) {
             let _ = wake.recv_timeout(Duration::from_secs(1));
@@ -108,7 +120,10 @@ impl Runner {
             .iter()
             .flat_map(|(name, e)| {
                 e.pending.iter().map(move |r| {
-                    ((name.clone(), r.addr.clone()), Retry { attempts: r.attempts, next: r.next, last_error: r.last_error.clone() })
+                    (
+                        (name.clone(), r.addr.clone()),
+                        Retry { attempts: r.attempts, next: r.next, last_error: r.last_error.clone() },
+                    )
                 })
             })
             .collect();
@@ -138,7 +153,13 @@ impl Runner {
                 .rcpts
                 .iter()
                 .filter(|(_, r)| !done.contains(r))
-                .map(|(action, addr)| Rcpt { action: action.clone(), addr: addr.clone(), attempts: 0, next: Instant::now(), last_error: String::new() })
+                .map(|(action, addr)| Rcpt {
+                    action: action.clone(),
+                    addr: addr.clone(),
+                    attempts: 0,
+                    next: Instant::now(),
+                    last_error: String::new(),
+                })
                 .collect();
             let persisted = done.len();
             self.entries.insert(name, Entry { env, pending, done, persisted });
@@ -174,7 +195,9 @@ impl Runner {
         };
         let mut session = match Session::open(&spec) {
             Ok(s) => s,
-            Err(e) => return self.fail_group(action, names, &RcptResult::Temp(format!("{}:{}: {e}", spec.host, spec.port))),
+            Err(e) => {
+                return self.fail_group(action, names, &RcptResult::Temp(format!("{}:{}: {e}", spec.host, spec.port)))
+            }
         };
         let sender_override = relay_of(config, action).and_then(|r| r.mail_from.clone());
         for name in names {
@@ -182,7 +205,8 @@ impl Runner {
             let Some((env, message)) = queue::decode(&bytes) else { continue };
             let now = Instant::now();
             let Some(entry) = self.entries.get_mut(name) else { continue };
-            let due: Vec<String> = entry.pending.iter().filter(|r| r.due(Some(action), now)).map(|r| r.addr.clone()).collect();
+            let due: Vec<String> =
+                entry.pending.iter().filter(|r| r.due(Some(action), now)).map(|r| r.addr.clone()).collect();
             let rcpts: Vec<&str> = due.iter().map(String::as_str).collect();
             let sender = sender_override.as_deref().unwrap_or(&env.sender);
             match session.send(sender, &rcpts, message) {
@@ -208,7 +232,8 @@ impl Runner {
         let now = Instant::now();
         for name in names {
             if let Some(entry) = self.entries.get_mut(name) {
-                let due: Vec<String> = entry.pending.iter().filter(|r| r.due(Some(action), now)).map(|r| r.addr.clone()).collect();
+                let due: Vec<String> =
+                    entry.pending.iter().filter(|r| r.due(Some(action), now)).map(|r| r.addr.clone()).collect();
                 for addr in due {
                     log::info!("relay msgid={name} to=<{addr}> result={}", result_name(result));
                     record(entry, &addr, result, self.retry_base);
@@ -222,7 +247,12 @@ impl Runner {
     fn settle(&mut self, config: &Config, name: &str) {
         let Some(entry) = self.entries.get_mut(name) else { return };
         let age = Duration::from_secs(now_secs().saturating_sub(entry.env.created));
-        let ttl = entry.pending.iter().filter_map(|r| config.actions.get(&r.action).and_then(|a| a.ttl)).min().unwrap_or(config.queue_ttl);
+        let ttl = entry
+            .pending
+            .iter()
+            .filter_map(|r| config.actions.get(&r.action).and_then(|a| a.ttl))
+            .min()
+            .unwrap_or(config.queue_ttl);
         let mut failed: Vec<(String, String, String)> = Vec::new();
         entry.pending.retain(|r| {
             let perm = r.last_error.starts_with("perm:");
@@ -231,7 +261,14 @@ impl Runner {
                 let (status, why) = if perm {
                     ("5.0.0".to_owned(), r.last_error.trim_start_matches("perm:").to_owned())
                 } else {
-                    ("4.4.7".to_owned(), format!("message expired after {}s in the queue: {}", age.as_secs(), r.last_error.trim_start_matches("temp:")))
+                    (
+                        "4.4.7".to_owned(),
+                        format!(
+                            "message expired after {}s in the queue: {}",
+                            age.as_secs(),
+                            r.last_error.trim_start_matches("temp:")
+                        ),
+                    )
                 };
                 failed.push((r.addr.clone(), status, why));
                 return false;
@@ -245,12 +282,22 @@ impl Runner {
                 failed.iter().map(|(rcpt, status, why)| bounce::Failure { rcpt, status, diagnostic: why }).collect();
             if let Some(dsn) = bounce::dsn(&config.hostname, &entry.env.sender, &failures, original, name) {
                 let socket = self.spool.join(crate::server::SUBMIT_SOCKET);
-                let prepared = crate::submit::headers::Prepared { sender: String::new(), recipients: vec![entry.env.sender.clone()], message: dsn };
+                let prepared = crate::submit::headers::Prepared {
+                    sender: String::new(),
+                    recipients: vec![entry.env.sender.clone()],
+                    message: dsn,
+                };
                 if let Err(e) = crate::submit::client::submit(&socket, &prepared, None) {
                     // Keep the recipients pending: the bounce is retried with them.
                     log::warn!("bounce for msgid={name} not submitted, retrying later: {e}");
                     for (addr, _, why) in &failed {
-                        entry.pending.push(Rcpt { action: String::new(), addr: addr.clone(), attempts: 1, next: Instant::now() + self.retry_base, last_error: format!("perm:{why}") });
+                        entry.pending.push(Rcpt {
+                            action: String::new(),
+                            addr: addr.clone(),
+                            attempts: 1,
+                            next: Instant::now() + self.retry_base,
+                            last_error: format!("perm:{why}"),
+                        });
                     }
                     return;
                 }
@@ -339,14 +386,19 @@ fn spec_for(config: &Config, action: &str) -> Result<Spec, String> {
     };
     let src = match &r.src {
         Some(t) => Some(
-            config.table(t).and_then(|t| t.keys().find_map(|k| k.parse::<IpAddr>().ok())).ok_or(format!("src table {t} has no address"))?,
+            config
+                .table(t)
+                .and_then(|t| t.keys().find_map(|k| k.parse::<IpAddr>().ok()))
+                .ok_or(format!("src table {t} has no address"))?,
         ),
         None => None,
     };
     let auth = match (&r.auth, &url.label) {
         (Some(t), Some(label)) => {
-            let value = config.table(t).and_then(|t| t.get(label)).ok_or(format!("no credentials for {label} in table {t}"))?;
-            let (user, pass) = value.split_once(':').ok_or(format!("credentials for {label}: expected user:password"))?;
+            let value =
+                config.table(t).and_then(|t| t.get(label)).ok_or(format!("no credentials for {label} in table {t}"))?;
+            let (user, pass) =
+                value.split_once(':').ok_or(format!("credentials for {label}: expected user:password"))?;
             Some((user.to_owned(), pass.to_owned()))
         }
         (Some(t), None) => return Err(format!("auth <{t}> needs a label@ in the relay URL")),
@@ -379,7 +431,12 @@ pub fn list(spool: &Path, status: &Status) -> String {
         let done = queue::read_done(&q, &name);
         let age = now_secs().saturating_sub(env.created);
         for (action, rcpt) in env.rcpts.iter().filter(|(_, r)| !done.contains(r)) {
-            out.push_str(&format!("{} <{}> <{rcpt}> action={action} size={} age={age}s", queue::id_of(&name), env.sender, message.len()));
+            out.push_str(&format!(
+                "{} <{}> <{rcpt}> action={action} size={} age={age}s",
+                queue::id_of(&name),
+                env.sender,
+                message.len()
+            ));
             if let Some(r) = status.get(&(name.clone(), rcpt.clone())).filter(|r| r.attempts > 0) {
                 let next = r.next.saturating_duration_since(Instant::now()).as_secs();
                 let error = r.last_error.split_once(':').map_or(r.last_error.as_str(), |(_, e)| e).replace('"', "'");

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use mio::{Interest, Registry, Token};
 
+use crate::envelope::Target;
 use crate::envelope::{Origin, SessionId};
 use crate::server::policy::ConnPolicy;
 use crate::server::stream::Stream;
 use crate::server::ListenerRt;
 use crate::smtp::{CloseReason, Event, Message, Session, TlsInfo};
-use crate::envelope::Target;
 
 /// How long a client may take to complete a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -63,7 +63,14 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(id: SessionId, stream: Stream, origin: Origin, listener: Arc<ListenerRt>, user: Option<String>, now: Instant) -> Conn {
+    pub(crate) fn new(
+        id: SessionId,
+        stream: Stream,
+        origin: Origin,
+        listener: Arc<ListenerRt>,
+        user: Option<String>,
+        now: Instant,
+    ) -> Conn {
         let policy = ConnPolicy::new(Arc::clone(&listener.config), origin, listener.tag.clone());
         let mut session = Session::new(Arc::clone(&listener.session), policy, now);
         if let Some(user) = user {
@@ -117,7 +124,12 @@ impl Conn {
     }
 
     /// Runs the connection as far as it can go without blocking.
-    pub(crate) fn pump(&mut self, scratch: &mut [u8], ctx: &mut super::event_loop::LoopCtx<'_>, now: Instant) -> Status {
+    pub(crate) fn pump(
+        &mut self,
+        scratch: &mut [u8],
+        ctx: &mut super::event_loop::LoopCtx<'_>,
+        now: Instant,
+    ) -> Status {
         if let Some(reason) = self.close_reason {
             return Status::Closed(reason);
         }

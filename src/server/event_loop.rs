@@ -44,8 +44,13 @@ pub(crate) struct LoopListener {
 pub(crate) enum Command {
     Listen(LoopListener),
     /// Same socket, new settings (a reload changed its TLS or session limits).
-    Update { key: String, rt: Arc<ListenerRt> },
-    Unlisten { key: String },
+    Update {
+        key: String,
+        rt: Arc<ListenerRt>,
+    },
+    Unlisten {
+        key: String,
+    },
     Stop,
 }
 
@@ -112,7 +117,11 @@ struct Slot {
 }
 
 impl EventLoop {
-    pub(crate) fn new(commands: Receiver<Command>, pool: Arc<deliver::Pool>, max_sessions: usize) -> io::Result<(EventLoop, Arc<Waker>)> {
+    pub(crate) fn new(
+        commands: Receiver<Command>,
+        pool: Arc<deliver::Pool>,
+        max_sessions: usize,
+    ) -> io::Result<(EventLoop, Arc<Waker>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (verdict_tx, verdict_rx) = crossbeam_channel::unbounded();
@@ -139,7 +148,11 @@ impl EventLoop {
         let mut scratch = vec![0u8; SCRATCH];
         let mut next_tick = Instant::now() + TICK;
         loop {
-            let timeout = if self.again.is_empty() { next_tick.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
+            let timeout = if self.again.is_empty() {
+                next_tick.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("event loop poll failed: {e}");
@@ -246,7 +259,8 @@ impl EventLoop {
         let Some(Some(s)) = self.conns.get_mut(slot) else {
             return;
         };
-        let mut ctx = LoopCtx { pool: &self.pool, verdicts: &self.verdict_tx, waker: &self.waker, slot, inflight: false };
+        let mut ctx =
+            LoopCtx { pool: &self.pool, verdicts: &self.verdict_tx, waker: &self.waker, slot, inflight: false };
         let status = s.conn.pump(scratch, &mut ctx, now);
         s.inflight |= ctx.inflight;
         match status {
@@ -345,12 +359,8 @@ impl EventLoop {
     /// At shutdown, every session not waiting for a delivery is told so and closed; those
     /// waiting get their verdict first (the drain in `run`).
     fn refuse_idle(&mut self) {
-        let idle: Vec<usize> = self
-            .conns
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.as_ref().filter(|s| !s.inflight).map(|_| i))
-            .collect();
+        let idle: Vec<usize> =
+            self.conns.iter().enumerate().filter_map(|(i, s)| s.as_ref().filter(|s| !s.inflight).map(|_| i)).collect();
         for slot in idle {
             if let Some(Some(s)) = self.conns.get_mut(slot) {
                 s.conn.notify_shutdown();

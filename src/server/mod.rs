@@ -117,14 +117,19 @@ pub fn run(config: Config, reloader: Reloader) -> Result<(), StartError> {
     let hook = deliver::QueueHook { dir: crate::queue::queue_dir(&config.spool), notify: wake_tx.clone() };
     let pool = Arc::new(deliver::Pool::start(deliver::default_threads(), &config.hostname, Some(hook)));
     let shared: relay::SharedConfig = Arc::new(std::sync::Mutex::new(Arc::clone(&config)));
-    let relay = relay::Handle { wake: wake_tx, schedule_all: Arc::default(), stop: Arc::default(), status: Arc::default() };
-    let relay_thread = relay::spawn(&config.spool, Arc::clone(&shared), wake_rx, relay.clone()).map_err(StartError::Thread)?;
+    let relay =
+        relay::Handle { wake: wake_tx, schedule_all: Arc::default(), stop: Arc::default(), status: Arc::default() };
+    let relay_thread =
+        relay::spawn(&config.spool, Arc::clone(&shared), wake_rx, relay.clone()).map_err(StartError::Thread)?;
 
     let mut handles = Vec::with_capacity(loops);
     for i in 0..loops {
         let (tx, rx) = crossbeam_channel::unbounded();
         let (ev, waker) = EventLoop::new(rx, Arc::clone(&pool), max_sessions).map_err(StartError::Thread)?;
-        let thread = std::thread::Builder::new().name(format!("loop-{i}")).spawn(move || ev.run()).map_err(StartError::Thread)?;
+        let thread = std::thread::Builder::new()
+            .name(format!("loop-{i}"))
+            .spawn(move || ev.run())
+            .map_err(StartError::Thread)?;
         handles.push(LoopHandle { commands: tx, waker, thread });
     }
     let mut bound = Bound::default();
@@ -134,7 +139,10 @@ pub fn run(config: Config, reloader: Reloader) -> Result<(), StartError> {
 
     let (tx, rx) = crossbeam_channel::unbounded();
     supervise::forward_signals(tx.clone()).map_err(StartError::Thread)?;
-    supervise::start_control(&config.spool, supervise::Control { tx, stats: &STATS, spool: config.spool.clone(), relay: relay.clone() });
+    supervise::start_control(
+        &config.spool,
+        supervise::Control { tx, stats: &STATS, spool: config.spool.clone(), relay: relay.clone() },
+    );
     let spool = config.spool.clone();
     let _ = std::thread::Builder::new().name("offline".into()).spawn(move || supervise::offline_loop(&spool));
     supervise::supervise(Arc::clone(&config), &reloader, &mut bound, &handles, &rx, &shared);
@@ -181,10 +189,7 @@ fn raise_fd_limit() -> u64 {
 }
 
 fn idle_timeout() -> Duration {
-    std::env::var("MXD_SMTP_TIMEOUT")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .map_or(IDLE_TIMEOUT, Duration::from_secs)
+    std::env::var("MXD_SMTP_TIMEOUT").ok().and_then(|s| s.parse::<u64>().ok()).map_or(IDLE_TIMEOUT, Duration::from_secs)
 }
 
 /// One socket address to listen on, and the runtime its sessions get.
@@ -201,7 +206,8 @@ enum Target {
 
 /// Turns the configuration's listeners into addresses and runtimes, loading certificates.
 fn plan(config: &Arc<Config>) -> Result<Vec<Planned>, StartError> {
-    let pkis = Pkis::load(config.pkis.values().map(|p| (p.name.as_str(), p.cert.as_path(), p.key.as_path()))).map_err(StartError::Tls)?;
+    let pkis = Pkis::load(config.pkis.values().map(|p| (p.name.as_str(), p.cert.as_path(), p.key.as_path())))
+        .map_err(StartError::Tls)?;
     let mut out = Vec::new();
     let mut has_socket = false;
     for l in &config.listeners {
@@ -260,7 +266,11 @@ fn runtime(config: &Arc<Config>, l: &Listener, pkis: &Pkis) -> Result<ListenerRt
         let pki = l.pki.clone().unwrap_or_else(|| hostname.clone());
         let ca = match (&l.ca, verify) {
             (Some(name), true) => Some(
-                config.cas.get(name).map(|c| c.cert.clone()).ok_or(StartError::Tls(TlsError::Undefined { kind: "ca", name: name.clone() }))?,
+                config
+                    .cas
+                    .get(name)
+                    .map(|c| c.cert.clone())
+                    .ok_or(StartError::Tls(TlsError::Undefined { kind: "ca", name: name.clone() }))?,
             ),
             _ => None,
         };

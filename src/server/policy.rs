@@ -52,7 +52,9 @@ impl Policy for ConnPolicy {
             Decision::Deliver(action) => {
                 resolve::resolve(&self.config, action, &env, &SystemUsers).map_err(|e| refusal(&e))
             }
-            Decision::Reject | Decision::NoMatch => Err(Reply::fixed(550, "5.7.1", "Delivery not authorized, message refused")),
+            Decision::Reject | Decision::NoMatch => {
+                Err(Reply::fixed(550, "5.7.1", "Delivery not authorized, message refused"))
+            }
         }
     }
 }

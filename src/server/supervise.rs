@@ -210,7 +210,10 @@ pub(crate) fn start_control(spool: &std::path::Path, control: Control) {
 /// Takes in the offline directory at start and then every minute (`MXD_RETRY_BASE` seconds
 /// in tests): sendmail leaves a message there when the daemon is down or answers 4xx.
 pub(crate) fn offline_loop(spool: &Path) {
-    let every = std::env::var("MXD_RETRY_BASE").ok().and_then(|s| s.parse().ok()).map_or(Duration::from_secs(60), Duration::from_secs);
+    let every = std::env::var("MXD_RETRY_BASE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(60), Duration::from_secs);
     loop {
         pick_up_offline(spool);
         std::thread::sleep(every);
@@ -237,7 +240,8 @@ fn pick_up_offline(spool: &Path) {
                 continue;
             }
         };
-        let prepared = submit::headers::Prepared { sender: msg.sender, recipients: msg.recipients, message: msg.message };
+        let prepared =
+            submit::headers::Prepared { sender: msg.sender, recipients: msg.recipients, message: msg.message };
         match submit::client::submit(&socket, &prepared, None) {
             Ok(()) => {
                 log::info!("offline message from {} (uid {}) submitted", msg.user, msg.uid);

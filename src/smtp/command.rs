@@ -9,8 +9,14 @@ pub enum Command<'a> {
     Helo(&'a str),
     Ehlo(&'a str),
     /// Path contents (between the brackets, unchecked) and the parameter text.
-    Mail { path: &'a [u8], params: &'a [u8] },
-    Rcpt { path: &'a [u8], params: &'a [u8] },
+    Mail {
+        path: &'a [u8],
+        params: &'a [u8],
+    },
+    Rcpt {
+        path: &'a [u8],
+        params: &'a [u8],
+    },
     Data,
     Rset,
     Noop,
@@ -46,7 +52,9 @@ impl CommandError {
             CommandError::SyntaxRcpt | CommandError::Recipient(AddrError::NoBrackets) => reply::SYNTAX_RCPT,
             CommandError::NoArgument => reply::SYNTAX_NOARG,
             CommandError::BadParam => reply::BAD_PARAM,
-            CommandError::Sender(AddrError::EightBit) | CommandError::Recipient(AddrError::EightBit) => reply::NEED_SMTPUTF8,
+            CommandError::Sender(AddrError::EightBit) | CommandError::Recipient(AddrError::EightBit) => {
+                reply::NEED_SMTPUTF8
+            }
             CommandError::Sender(_) => reply::BAD_SENDER,
             CommandError::Recipient(_) => reply::BAD_RCPT,
         }
@@ -59,12 +67,17 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
         Some(i) => (&line[..i], &line[i + 1..]),
         None => (line, &b""[..]),
     };
-    let no_arg = |cmd: Command<'static>| if arg.iter().all(|b| *b == b' ') { Ok(cmd) } else { Err(CommandError::NoArgument) };
+    let no_arg =
+        |cmd: Command<'static>| if arg.iter().all(|b| *b == b' ') { Ok(cmd) } else { Err(CommandError::NoArgument) };
     match verb.to_ascii_uppercase().as_slice() {
         b"HELO" => helo_arg(arg).map(Command::Helo),
         b"EHLO" => helo_arg(arg).map(Command::Ehlo),
-        b"MAIL" => path_arg(arg, b"FROM:").map(|(path, params)| Command::Mail { path, params }).ok_or(CommandError::SyntaxMail),
-        b"RCPT" => path_arg(arg, b"TO:").map(|(path, params)| Command::Rcpt { path, params }).ok_or(CommandError::SyntaxRcpt),
+        b"MAIL" => {
+            path_arg(arg, b"FROM:").map(|(path, params)| Command::Mail { path, params }).ok_or(CommandError::SyntaxMail)
+        }
+        b"RCPT" => {
+            path_arg(arg, b"TO:").map(|(path, params)| Command::Rcpt { path, params }).ok_or(CommandError::SyntaxRcpt)
+        }
         b"DATA" => no_arg(Command::Data),
         b"RSET" => no_arg(Command::Rset),
         b"QUIT" => no_arg(Command::Quit),
@@ -174,7 +187,10 @@ mod tests {
 
     #[test]
     fn params() {
-        assert_eq!(mail_params(b"SIZE=100 BODY=8BITMIME SMTPUTF8"), Ok(MailParams { size: Some(100), eight_bit: true, smtputf8: true }));
+        assert_eq!(
+            mail_params(b"SIZE=100 BODY=8BITMIME SMTPUTF8"),
+            Ok(MailParams { size: Some(100), eight_bit: true, smtputf8: true })
+        );
         assert_eq!(mail_params(b"body=7bit"), Ok(MailParams::default()));
         assert_eq!(mail_params(b"SIZE=abc"), Err(CommandError::BadParam));
         assert_eq!(mail_params(b"FOO=1"), Err(CommandError::BadParam));

@@ -50,7 +50,16 @@ pub struct DataDecoder {
 
 impl DataDecoder {
     pub fn new(max_size: u64) -> DataDecoder {
-        DataDecoder { max_size, bol: true, dot_line: false, cr: false, line_len: 0, too_big: false, long_line: false, eight_bit: false }
+        DataDecoder {
+            max_size,
+            bol: true,
+            dot_line: false,
+            cr: false,
+            line_len: 0,
+            too_big: false,
+            long_line: false,
+            eight_bit: false,
+        }
     }
 
     /// True when some octet had its high bit set (the body is 8-bit).
@@ -217,7 +226,12 @@ mod tests {
         for (input, max) in cases {
             let want = reference_decode(input, max);
             for split in 0..=input.len() {
-                assert_eq!(decode_in_chunks(input, max, split), want, "{:?} split at {split}", String::from_utf8_lossy(input));
+                assert_eq!(
+                    decode_in_chunks(input, max, split),
+                    want,
+                    "{:?} split at {split}",
+                    String::from_utf8_lossy(input)
+                );
             }
         }
     }

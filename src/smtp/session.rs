@@ -401,7 +401,13 @@ impl<P: Policy> Session<P> {
             return self.reply(&r);
         }
         let id = self.policy.new_msgid();
-        self.state = State::Mail(Tx { id, mail_from, rcpts: Vec::new(), eight_bit: params.eight_bit, smtputf8: params.smtputf8 });
+        self.state = State::Mail(Tx {
+            id,
+            mail_from,
+            rcpts: Vec::new(),
+            eight_bit: params.eight_bit,
+            smtputf8: params.smtputf8,
+        });
         self.reply(&reply::MAIL_OK);
     }
 

@@ -157,9 +157,7 @@ pub fn check_address(addr: &str) -> Result<(), AddressError> {
 
 /// Strips one pair of enclosing angle brackets (`-f '<root@host>'`), as enqueue does.
 pub fn strip_brackets(addr: &str) -> &str {
-    addr.strip_prefix('<')
-        .and_then(|a| a.strip_suffix('>'))
-        .unwrap_or(addr)
+    addr.strip_prefix('<').and_then(|a| a.strip_suffix('>')).unwrap_or(addr)
 }
 
 #[cfg(test)]
@@ -198,13 +196,7 @@ mod tests {
         assert_eq!(strip_brackets("<>"), "");
         assert_eq!(strip_brackets("<a@b"), "<a@b");
         assert!(check_address("a@b").is_ok());
-        assert!(matches!(
-            check_address("a@b>\r\nRCPT TO:<x"),
-            Err(AddressError::BadCharacter(_))
-        ));
-        assert!(matches!(
-            check_address(&"a".repeat(300)),
-            Err(AddressError::TooLong(_))
-        ));
+        assert!(matches!(check_address("a@b>\r\nRCPT TO:<x"), Err(AddressError::BadCharacter(_))));
+        assert!(matches!(check_address(&"a".repeat(300)), Err(AddressError::TooLong(_))));
     }
 }

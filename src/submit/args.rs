@@ -121,42 +121,14 @@ mod tests {
     #[test]
     fn accepted_command_lines() {
         // (command line, extract, sender, fullname, recipients, mode)
-        type Case = (
-            &'static str,
-            bool,
-            Option<&'static str>,
-            Option<&'static str>,
-            &'static [&'static str],
-            Mode,
-        );
+        type Case = (&'static str, bool, Option<&'static str>, Option<&'static str>, &'static [&'static str], Mode);
         let cases: &[Case] = &[
             ("joseph", false, None, None, &["joseph"], Mode::Send),
             ("-t", true, None, None, &[], Mode::Send),
             // cron(8) on OpenBSD: -FCronDaemon -odi -oem -oi -t
-            (
-                "-FCronDaemon -odi -oem -oi -t",
-                true,
-                None,
-                Some("CronDaemon"),
-                &[],
-                Mode::Send,
-            ),
-            (
-                "-f root -F Root -i a b",
-                false,
-                Some("root"),
-                Some("Root"),
-                &["a", "b"],
-                Mode::Send,
-            ),
-            (
-                "-froot@h -ti -- -x",
-                true,
-                Some("root@h"),
-                None,
-                &["-x"],
-                Mode::Send,
-            ),
+            ("-FCronDaemon -odi -oem -oi -t", true, None, Some("CronDaemon"), &[], Mode::Send),
+            ("-f root -F Root -i a b", false, Some("root"), Some("Root"), &["a", "b"], Mode::Send),
+            ("-froot@h -ti -- -x", true, Some("root@h"), None, &["-x"], Mode::Send),
             (
                 "-r <> -B 8BITMIME -N never -R full -V env -bm -v -S -E -m -x a",
                 false,

@@ -87,19 +87,13 @@ struct Client<'a> {
 }
 
 /// Submits `msg` to the daemon listening on `socket`; see the module doc.
-pub fn submit(
-    socket: &Path,
-    msg: &Prepared,
-    trace: Option<&mut dyn Write>,
-) -> Result<(), SubmitError> {
+pub fn submit(socket: &Path, msg: &Prepared, trace: Option<&mut dyn Write>) -> Result<(), SubmitError> {
     let stream = UnixStream::connect(socket).map_err(SubmitError::Unreachable)?;
     let mut c = Client::new(stream, trace)?;
     // A 4xx greeting (mxd stopping, or out of sessions) means nothing was started: the
     // offline directory is the better place than a failure the caller may ignore.
     match c.expect("greeting", 2) {
-        Err(SubmitError::Refused { reply, .. }) if reply.code / 100 == 4 => {
-            return Err(SubmitError::Busy(reply))
-        }
+        Err(SubmitError::Refused { reply, .. }) if reply.code / 100 == 4 => return Err(SubmitError::Busy(reply)),
         other => other?,
     };
     c.command("EHLO localhost", "EHLO", 2)?;
@@ -109,10 +103,7 @@ pub fn submit(
     }
     c.command("DATA", "DATA", 3)?;
     c.send_body(&msg.message)?;
-    c.reader
-        .get_ref()
-        .set_read_timeout(Some(DATA_END_TIMEOUT))
-        .map_err(SubmitError::Lost)?;
+    c.reader.get_ref().set_read_timeout(Some(DATA_END_TIMEOUT)).map_err(SubmitError::Lost)?;
     c.expect("end of data", 2)?;
     // Accepted: the rest is courtesy, its failure changes nothing.
     let _ = c.command("QUIT", "QUIT", 2);
@@ -121,32 +112,17 @@ pub fn submit(
 
 impl<'a> Client<'a> {
     fn new(stream: UnixStream, trace: Option<&'a mut dyn Write>) -> Result<Self, SubmitError> {
-        stream
-            .set_read_timeout(Some(COMMAND_TIMEOUT))
-            .map_err(SubmitError::Lost)?;
-        stream
-            .set_write_timeout(Some(COMMAND_TIMEOUT))
-            .map_err(SubmitError::Lost)?;
+        stream.set_read_timeout(Some(COMMAND_TIMEOUT)).map_err(SubmitError::Lost)?;
+        stream.set_write_timeout(Some(COMMAND_TIMEOUT)).map_err(SubmitError::Lost)?;
         let writer = BufWriter::new(stream.try_clone().map_err(SubmitError::Lost)?);
-        Ok(Client {
-            reader: BufReader::new(stream),
-            writer,
-            trace,
-        })
+        Ok(Client { reader: BufReader::new(stream), writer, trace })
     }
 
-    fn command(
-        &mut self,
-        line: &str,
-        stage: &'static str,
-        class: u16,
-    ) -> Result<Reply, SubmitError> {
+    fn command(&mut self, line: &str, stage: &'static str, class: u16) -> Result<Reply, SubmitError> {
         if let Some(t) = self.trace.as_mut() {
             let _ = writeln!(t, ">>> {line}");
         }
-        self.writer
-            .write_all(line.as_bytes())
-            .map_err(SubmitError::Lost)?;
+        self.writer.write_all(line.as_bytes()).map_err(SubmitError::Lost)?;
         self.writer.write_all(b"\r\n").map_err(SubmitError::Lost)?;
         self.writer.flush().map_err(SubmitError::Lost)?;
         self.expect(stage, class)
@@ -194,26 +170,16 @@ fn read_reply(reader: &mut impl BufRead) -> Result<Reply, SubmitError> {
     let mut lines = Vec::new();
     loop {
         let mut raw = Vec::new();
-        reader
-            .by_ref()
-            .take(MAX_REPLY_LINE)
-            .read_until(b'\n', &mut raw)
-            .map_err(SubmitError::Lost)?;
+        reader.by_ref().take(MAX_REPLY_LINE).read_until(b'\n', &mut raw).map_err(SubmitError::Lost)?;
         if raw.is_empty() {
-            return Err(SubmitError::Lost(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed",
-            )));
+            return Err(SubmitError::Lost(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed")));
         }
         if raw.last() != Some(&b'\n') {
-            return Err(SubmitError::Protocol(
-                "reply line too long or unterminated".into(),
-            ));
+            return Err(SubmitError::Protocol("reply line too long or unterminated".into()));
         }
         let text = String::from_utf8_lossy(&raw);
         let text = text.trim_end_matches(['\r', '\n']);
-        let (code, more, rest) =
-            parse_reply_line(text).ok_or_else(|| SubmitError::Protocol(text.to_string()))?;
+        let (code, more, rest) = parse_reply_line(text).ok_or_else(|| SubmitError::Protocol(text.to_string()))?;
         lines.push(rest.to_string());
         if !more {
             return Ok(Reply { code, lines });
@@ -267,24 +233,12 @@ mod tests {
     fn multi_line_replies() {
         let mut input: &[u8] = b"250-first\r\n250-second\r\n250 last\r\n421 next\r\n";
         let r = read_reply(&mut input).unwrap();
-        assert_eq!(
-            r,
-            Reply {
-                code: 250,
-                lines: vec!["first".into(), "second".into(), "last".into()]
-            }
-        );
+        assert_eq!(r, Reply { code: 250, lines: vec!["first".into(), "second".into(), "last".into()] });
         assert_eq!(read_reply(&mut input).unwrap().code, 421);
         assert!(matches!(read_reply(&mut input), Err(SubmitError::Lost(_))));
         let mut junk: &[u8] = b"hello\r\n";
-        assert!(matches!(
-            read_reply(&mut junk),
-            Err(SubmitError::Protocol(_))
-        ));
+        assert!(matches!(read_reply(&mut junk), Err(SubmitError::Protocol(_))));
         let long = format!("250 {}\r\n", "x".repeat(5000));
-        assert!(matches!(
-            read_reply(&mut long.as_bytes()),
-            Err(SubmitError::Protocol(_))
-        ));
+        assert!(matches!(read_reply(&mut long.as_bytes()), Err(SubmitError::Protocol(_))));
     }
 }

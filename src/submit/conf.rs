@@ -25,15 +25,12 @@ pub struct LocalConf {
 
 /// The configuration path: the command line's, else `$MXD_CONF`, else [`DEFAULT_CONF`].
 pub fn conf_path(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| std::env::var_os("MXD_CONF").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONF))
+    flag.or_else(|| std::env::var_os("MXD_CONF").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from(DEFAULT_CONF))
 }
 
 /// Scans the file at `path`; a missing or unreadable file gives the defaults.
 pub fn load_local_conf(path: &Path) -> LocalConf {
-    let text = std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     scan(&text)
 }
 
@@ -43,10 +40,7 @@ pub fn spool_from_conf(path: &Path) -> PathBuf {
 }
 
 fn scan(text: &str) -> LocalConf {
-    let mut conf = LocalConf {
-        spool: PathBuf::from(DEFAULT_SPOOL),
-        hostname: None,
-    };
+    let mut conf = LocalConf { spool: PathBuf::from(DEFAULT_SPOOL), hostname: None };
     for line in text.lines() {
         let mut words = line.split_whitespace();
         let (Some(key), Some(value)) = (words.next(), words.next()) else {
@@ -63,9 +57,7 @@ fn scan(text: &str) -> LocalConf {
 }
 
 fn unquote(word: &str) -> &str {
-    word.strip_prefix('"')
-        .and_then(|w| w.strip_suffix('"'))
-        .unwrap_or(word)
+    word.strip_prefix('"').and_then(|w| w.strip_suffix('"')).unwrap_or(word)
 }
 
 /// The mail name: the configuration's `hostname`, else the first line of
@@ -82,17 +74,9 @@ mod tests {
     fn scans_top_level_keywords_only() {
         let cases: &[(&str, &str, Option<&str>)] = &[
             ("", DEFAULT_SPOOL, None),
-            (
-                "spool \"/tmp/s\"\nhostname \"mx.lan\"\n",
-                "/tmp/s",
-                Some("mx.lan"),
-            ),
+            ("spool \"/tmp/s\"\nhostname \"mx.lan\"\n", "/tmp/s", Some("mx.lan")),
             ("  spool /var/q  # comment\n", "/var/q", None),
-            (
-                "listen on lo0 hostname other.lan\n# spool \"/no\"\n",
-                DEFAULT_SPOOL,
-                None,
-            ),
+            ("listen on lo0 hostname other.lan\n# spool \"/no\"\n", DEFAULT_SPOOL, None),
             ("spool\nhostname \"\"\n", DEFAULT_SPOOL, None),
         ];
         for (text, spool, host) in cases {
@@ -104,15 +88,9 @@ mod tests {
 
     #[test]
     fn mail_name_prefers_the_configuration() {
-        let conf = LocalConf {
-            spool: PathBuf::from("/s"),
-            hostname: Some("mx0.lan".into()),
-        };
+        let conf = LocalConf { spool: PathBuf::from("/s"), hostname: Some("mx0.lan".into()) };
         assert_eq!(mail_name(&conf), "mx0.lan");
-        let none = LocalConf {
-            hostname: None,
-            ..conf
-        };
+        let none = LocalConf { hostname: None, ..conf };
         assert!(!mail_name(&none).is_empty());
     }
 }

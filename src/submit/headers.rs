@@ -92,11 +92,7 @@ impl Field<'_> {
         let mut v = String::new();
         for (i, line) in self.lines.iter().enumerate() {
             let text = String::from_utf8_lossy(line);
-            let part = if i == 0 {
-                text.split_once(':').map_or("", |(_, v)| v).to_string()
-            } else {
-                text.into_owned()
-            };
+            let part = if i == 0 { text.split_once(':').map_or("", |(_, v)| v).to_string() } else { text.into_owned() };
             v.push_str(&part);
             v.push(' ');
         }
@@ -130,11 +126,7 @@ pub fn prepare(input: &[u8], opts: &Options) -> Result<Prepared, PrepareError> {
             out.push(b'\n');
         }
     }
-    Ok(Prepared {
-        sender,
-        recipients,
-        message: out,
-    })
+    Ok(Prepared { sender, recipients, message: out })
 }
 
 /// Splits on CRLF, LF or a lone CR; a last line without terminator still counts.
@@ -178,15 +170,12 @@ fn group_fields<'a>(header: &'a [&'a [u8]]) -> Vec<Field<'a>> {
     let mut fields = Vec::new();
     let mut start = 0;
     for i in 1..=header.len() {
-        let next_is_new = header
-            .get(i)
-            .map_or(true, |l| !matches!(l.first(), Some(b' ' | b'\t')));
+        let next_is_new = header.get(i).map_or(true, |l| !matches!(l.first(), Some(b' ' | b'\t')));
         if next_is_new {
             let lines = header.get(start..i).unwrap_or(&[]);
             let first = lines.first().copied().unwrap_or(&[]);
             let name_len = first.iter().position(|&b| b == b':').unwrap_or(0);
-            let name =
-                String::from_utf8_lossy(first.get(..name_len).unwrap_or(&[])).to_ascii_lowercase();
+            let name = String::from_utf8_lossy(first.get(..name_len).unwrap_or(&[])).to_ascii_lowercase();
             fields.push(Field { name, lines });
             start = i;
         }
@@ -222,10 +211,7 @@ fn envelope_recipients(fields: &[Field<'_>], opts: &Options) -> Result<Vec<Strin
         .filter(|a| !a.is_empty())
         .collect();
     if opts.extract {
-        for f in fields
-            .iter()
-            .filter(|f| matches!(f.name.as_str(), "to" | "cc" | "bcc"))
-        {
+        for f in fields.iter().filter(|f| matches!(f.name.as_str(), "to" | "cc" | "bcc")) {
             raw.extend(parse_address_list(&f.value()));
         }
     }
@@ -264,15 +250,18 @@ fn write_header(out: &mut Vec<u8>, fields: &[Field<'_>], sender: &str, qp: bool,
         out.extend_from_slice(line.as_bytes());
     }
     if !has(fields, "date") {
-        out.extend_from_slice(format!("Date: {}\n", crate::headers::rfc5322_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(opts.now))).as_bytes());
+        out.extend_from_slice(
+            format!(
+                "Date: {}\n",
+                crate::headers::rfc5322_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(opts.now))
+            )
+            .as_bytes(),
+        );
     }
     if qp {
         let mime: [(&str, &str); 3] = [
             ("mime-version", "MIME-Version: 1.0\n"),
-            (
-                "content-type",
-                "Content-Type: text/plain; charset=unknown-8bit\n",
-            ),
+            ("content-type", "Content-Type: text/plain; charset=unknown-8bit\n"),
             ("content-disposition", "Content-Disposition: inline\n"),
         ];
         for (_, line) in mime.iter().filter(|(name, _)| !has(fields, name)) {
@@ -280,19 +269,14 @@ fn write_header(out: &mut Vec<u8>, fields: &[Field<'_>], sender: &str, qp: bool,
         }
         out.extend_from_slice(b"Content-Transfer-Encoding: quoted-printable\n");
     }
-    for f in fields
-        .iter()
-        .filter(|f| f.name != "bcc" && f.name != "return-path")
-    {
+    for f in fields.iter().filter(|f| f.name != "bcc" && f.name != "return-path") {
         for line in f.lines {
             out.extend_from_slice(line);
             out.push(b'\n');
         }
     }
     if !has(fields, "message-id") {
-        out.extend_from_slice(
-            format!("Message-ID: <{:016x}@{}>\n", opts.unique, opts.hostname).as_bytes(),
-        );
+        out.extend_from_slice(format!("Message-ID: <{:016x}@{}>\n", opts.unique, opts.hostname).as_bytes());
     }
 }
 
@@ -311,10 +295,7 @@ fn display_name(opts: &Options) -> Option<String> {
     Some(match full.split_once('&') {
         Some((before, after)) => {
             let mut login = opts.user.chars();
-            let cap: String = login
-                .next()
-                .map(|c| c.to_uppercase().chain(login).collect())
-                .unwrap_or_default();
+            let cap: String = login.next().map(|c| c.to_uppercase().chain(login).collect()).unwrap_or_default();
             format!("{before}{cap}{after}")
         }
         None => full.to_string(),
@@ -390,11 +371,7 @@ mod tests {
         let none: Tweak = |_| {};
         let cases: &[(&str, Tweak, &str)] = &[
             // No header at all: a blank line separates the added header from the body.
-            (
-                "Hello\r\nworld",
-                none,
-                "From:  <j>\nDate: D\nMessage-ID: <M>\n\nHello\nworld\n",
-            ),
+            ("Hello\r\nworld", none, "From:  <j>\nDate: D\nMessage-ID: <M>\n\nHello\nworld\n"),
             // Existing From/Date/Message-ID are kept; Bcc and Return-Path go.
             (
                 "From: a@x\nDate: today\nMessage-Id: <1@x>\nBcc: secret@x\nReturn-Path: <z>\n\nb\n",
@@ -407,21 +384,9 @@ mod tests {
                 none,
                 "From:  <j>\nDate: D\nSubject: a\n  b\nMessage-ID: <M>\n\nc\n",
             ),
-            (
-                "x\n",
-                |o| o.fullname = Some("Joe Q".into()),
-                "From: Joe Q <j>\nDate: D\nMessage-ID: <M>\n\nx\n",
-            ),
-            (
-                "x\n",
-                |o| o.sender = Some("r@y".into()),
-                "From: <j>\nDate: D\nMessage-ID: <M>\n\nx\n",
-            ),
-            (
-                "x\n",
-                |o| o.gecos = Some("& Doe,Room 1".into()),
-                "From: Joseph Doe <j>\nDate: D\nMessage-ID: <M>\n\nx\n",
-            ),
+            ("x\n", |o| o.fullname = Some("Joe Q".into()), "From: Joe Q <j>\nDate: D\nMessage-ID: <M>\n\nx\n"),
+            ("x\n", |o| o.sender = Some("r@y".into()), "From: <j>\nDate: D\nMessage-ID: <M>\n\nx\n"),
+            ("x\n", |o| o.gecos = Some("& Doe,Room 1".into()), "From: Joseph Doe <j>\nDate: D\nMessage-ID: <M>\n\nx\n"),
             ("", none, "From:  <j>\nDate: D\nMessage-ID: <M>\n\n"),
         ];
         for (input, tweak, want) in cases {
@@ -440,18 +405,8 @@ mod tests {
     fn envelope() {
         type Tweak = fn(&mut Options);
         let cases: &[(&str, Tweak, &str, &[&str])] = &[
-            (
-                "From: Root <root>\n\nx",
-                |_| {},
-                "root@devbox-ntp.home.lan",
-                &["joseph@devbox-ntp.home.lan"],
-            ),
-            (
-                "x",
-                |o| o.sender = Some("<>".into()),
-                "",
-                &["joseph@devbox-ntp.home.lan"],
-            ),
+            ("From: Root <root>\n\nx", |_| {}, "root@devbox-ntp.home.lan", &["joseph@devbox-ntp.home.lan"]),
+            ("x", |o| o.sender = Some("<>".into()), "", &["joseph@devbox-ntp.home.lan"]),
             (
                 "x",
                 |o| o.recipients = vec!["a, b@c".into(), "a".into()],
@@ -482,18 +437,12 @@ mod tests {
     fn refusals() {
         let mut o = opts();
         o.recipients.clear();
-        assert_eq!(
-            prepare(b"To: a@b\n\nx", &o),
-            Err(PrepareError::NoRecipients)
-        );
+        assert_eq!(prepare(b"To: a@b\n\nx", &o), Err(PrepareError::NoRecipients));
         o.recipients = vec!["a@b>\rRCPT TO:<c".into()];
         assert!(matches!(prepare(b"x", &o), Err(PrepareError::Address(_))));
         let mut o = opts();
         o.extract = true;
-        assert!(matches!(
-            prepare(b"To: \"x\x01\"@y\n\nx", &o),
-            Err(PrepareError::Address(_))
-        ));
+        assert!(matches!(prepare(b"To: \"x\x01\"@y\n\nx", &o), Err(PrepareError::Address(_))));
     }
 
     #[test]

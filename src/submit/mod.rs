@@ -62,10 +62,7 @@ pub enum SendmailError {
     /// The daemon refused the message.
     Refused(SubmitError),
     /// The daemon was unreachable and the offline directory could not take the message.
-    Offline {
-        submit: SubmitError,
-        offline: OfflineError,
-    },
+    Offline { submit: SubmitError, offline: OfflineError },
 }
 
 impl SendmailError {
@@ -74,9 +71,7 @@ impl SendmailError {
         match self {
             SendmailError::Read(_) => exit::IOERR,
             SendmailError::TooLarge | SendmailError::Prepare(_) => exit::DATAERR,
-            SendmailError::Refused(SubmitError::Refused { reply, .. }) if reply.code >= 500 => {
-                exit::UNAVAILABLE
-            }
+            SendmailError::Refused(SubmitError::Refused { reply, .. }) if reply.code >= 500 => exit::UNAVAILABLE,
             SendmailError::Refused(_) | SendmailError::Offline { .. } => exit::TEMPFAIL,
         }
     }
@@ -113,17 +108,9 @@ impl Submitter {
         match nix::unistd::User::from_uid(uid) {
             Ok(Some(u)) => {
                 let gecos = u.gecos.into_string().ok();
-                Submitter {
-                    uid: uid.as_raw(),
-                    user: u.name,
-                    gecos,
-                }
+                Submitter { uid: uid.as_raw(), user: u.name, gecos }
             }
-            _ => Submitter {
-                uid: uid.as_raw(),
-                user: "anonymous".to_string(),
-                gecos: None,
-            },
+            _ => Submitter { uid: uid.as_raw(), user: "anonymous".to_string(), gecos: None },
         }
     }
 }
@@ -138,10 +125,7 @@ pub fn sendmail(
 ) -> Result<Outcome, SendmailError> {
     let local = conf::load_local_conf(&conf::conf_path(a.conf.clone()));
     let mut raw = Vec::new();
-    input
-        .take(MAX_INPUT + 1)
-        .read_to_end(&mut raw)
-        .map_err(SendmailError::Read)?;
+    input.take(MAX_INPUT + 1).read_to_end(&mut raw).map_err(SendmailError::Read)?;
     if raw.len() as u64 > MAX_INPUT {
         return Err(SendmailError::TooLarge);
     }
@@ -179,9 +163,7 @@ pub fn sendmail(
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// 64 random bits from the kernel, for Message-ID and offline file names; falls back to
@@ -192,8 +174,6 @@ pub(crate) fn random_u64() -> u64 {
     if read.is_ok() {
         return u64::from_ne_bytes(buf);
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     nanos ^ (u64::from(std::process::id()) << 32)
 }

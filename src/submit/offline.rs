@@ -57,21 +57,13 @@ pub struct OfflineMessage {
 #[derive(Debug)]
 pub enum OfflineError {
     /// A system call failed; `op` says which, `path` on what.
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    Io { op: &'static str, path: PathBuf, source: io::Error },
     /// Not a regular file with exactly one link (a symlink, fifo, hard link…): left alone.
     NotRegular(PathBuf),
     /// Larger than [`MAX_OFFLINE_FILE`].
     TooLarge(PathBuf),
     /// The uid recorded in the file is not the file's owner: someone forged a submission.
-    OwnerMismatch {
-        path: PathBuf,
-        owner: u32,
-        claimed: u32,
-    },
+    OwnerMismatch { path: PathBuf, owner: u32, claimed: u32 },
     /// The content does not follow the format; the string says what was expected.
     Format(PathBuf, &'static str),
     /// A field holds a newline and cannot be written (only possible for a bad user name).
@@ -84,16 +76,8 @@ impl std::fmt::Display for OfflineError {
             OfflineError::Io { op, path, source } => write!(f, "{op} {}: {source}", path.display()),
             OfflineError::NotRegular(p) => write!(f, "{}: not a regular file", p.display()),
             OfflineError::TooLarge(p) => write!(f, "{}: file too large", p.display()),
-            OfflineError::OwnerMismatch {
-                path,
-                owner,
-                claimed,
-            } => {
-                write!(
-                    f,
-                    "{}: owned by uid {owner} but claims uid {claimed}",
-                    path.display()
-                )
+            OfflineError::OwnerMismatch { path, owner, claimed } => {
+                write!(f, "{}: owned by uid {owner} but claims uid {claimed}", path.display())
             }
             OfflineError::Format(p, what) => {
                 write!(f, "{}: bad offline file: expected {what}", p.display())
@@ -113,19 +97,14 @@ impl std::error::Error for OfflineError {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> OfflineError + 'a {
-    move |source| OfflineError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| OfflineError::Io { op, path: path.to_path_buf(), source }
 }
 
 /// Creates `SPOOL/offline` (mode 1777) if it is missing and we are allowed to; returns it.
 pub fn offline_dir(spool: &Path) -> Result<PathBuf, OfflineError> {
     let dir = spool.join(OFFLINE_DIR);
     match fs::create_dir(&dir) {
-        Ok(()) => fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777))
-            .map_err(io_err("chmod", &dir))?,
+        Ok(()) => fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).map_err(io_err("chmod", &dir))?,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(io_err("mkdir", &dir)(e)),
     }
@@ -136,16 +115,10 @@ pub fn offline_dir(spool: &Path) -> Result<PathBuf, OfflineError> {
 pub fn write_offline(spool: &Path, msg: &OfflineMessage) -> Result<PathBuf, OfflineError> {
     let bytes = encode(msg)?;
     let dir = offline_dir(spool)?;
-    let name = format!(
-        "{}.{}.{:016x}",
-        super::unix_now(),
-        std::process::id(),
-        super::random_u64()
-    );
+    let name = format!("{}.{}.{:016x}", super::unix_now(), std::process::id(), super::random_u64());
     let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(&name);
-    let written = write_synced(&tmp, &bytes)
-        .and_then(|()| fs::rename(&tmp, &path).map_err(io_err("rename", &tmp)));
+    let written = write_synced(&tmp, &bytes).and_then(|()| fs::rename(&tmp, &path).map_err(io_err("rename", &tmp)));
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
         return Err(e);
@@ -167,9 +140,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), OfflineError> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), OfflineError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync", dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync", dir))
 }
 
 fn encode(msg: &OfflineMessage) -> Result<Vec<u8>, OfflineError> {
@@ -182,10 +153,7 @@ fn encode(msg: &OfflineMessage) -> Result<Vec<u8>, OfflineError> {
     };
     clean("user", &msg.user)?;
     clean("sender", &msg.sender)?;
-    let mut head = format!(
-        "{MAGIC}\nuid {}\nuser {}\nsender {}\n",
-        msg.uid, msg.user, msg.sender
-    );
+    let mut head = format!("{MAGIC}\nuid {}\nuser {}\nsender {}\n", msg.uid, msg.user, msg.sender);
     for rcpt in &msg.recipients {
         clean("recipient", rcpt)?;
         head.push_str(&format!("rcpt {rcpt}\n"));
@@ -236,16 +204,13 @@ pub fn take_offline(spool: &Path) -> Result<Vec<Waiting>, OfflineError> {
 /// Reads one offline file with the checks described in the module doc.
 pub fn read_offline(path: &Path) -> Result<OfflineMessage, OfflineError> {
     // O_NONBLOCK: opening a fifo planted here must not hang the daemon.
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(code) if code == nix::errno::Errno::ELOOP as i32 => {
-                OfflineError::NotRegular(path.to_path_buf())
-            }
-            _ => io_err("open", path)(e),
-        })?;
+    let mut file =
+        OpenOptions::new().read(true).custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits()).open(path).map_err(
+            |e| match e.raw_os_error() {
+                Some(code) if code == nix::errno::Errno::ELOOP as i32 => OfflineError::NotRegular(path.to_path_buf()),
+                _ => io_err("open", path)(e),
+            },
+        )?;
     let meta = file.metadata().map_err(io_err("stat", path))?;
     if !meta.is_file() || meta.nlink() != 1 {
         return Err(OfflineError::NotRegular(path.to_path_buf()));
@@ -254,17 +219,10 @@ pub fn read_offline(path: &Path) -> Result<OfflineMessage, OfflineError> {
         return Err(OfflineError::TooLarge(path.to_path_buf()));
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    Read::by_ref(&mut file)
-        .take(MAX_OFFLINE_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io_err("read", path))?;
+    Read::by_ref(&mut file).take(MAX_OFFLINE_FILE + 1).read_to_end(&mut bytes).map_err(io_err("read", path))?;
     let msg = decode(&bytes).map_err(|what| OfflineError::Format(path.to_path_buf(), what))?;
     if msg.uid != meta.uid() {
-        return Err(OfflineError::OwnerMismatch {
-            path: path.to_path_buf(),
-            owner: meta.uid(),
-            claimed: msg.uid,
-        });
+        return Err(OfflineError::OwnerMismatch { path: path.to_path_buf(), owner: meta.uid(), claimed: msg.uid });
     }
     Ok(msg)
 }
@@ -272,8 +230,7 @@ pub fn read_offline(path: &Path) -> Result<OfflineMessage, OfflineError> {
 /// Parses the format in the module doc; the error says what was expected.
 fn decode(bytes: &[u8]) -> Result<OfflineMessage, &'static str> {
     let split = memchr::memmem::find(bytes, b"\n\n").ok_or("a blank line after the header")?;
-    let head =
-        std::str::from_utf8(bytes.get(..split).ok_or("a header")?).map_err(|_| "a UTF-8 header")?;
+    let head = std::str::from_utf8(bytes.get(..split).ok_or("a header")?).map_err(|_| "a UTF-8 header")?;
     let rest = bytes.get(split + 2..).ok_or("a message")?;
     let mut lines = head.lines();
     if lines.next() != Some(MAGIC) {
@@ -354,20 +311,11 @@ mod tests {
         assert_eq!(decode(&good), Ok(sample()));
         let truncated = &good[..good.len() - 2];
         let cases: Vec<(Vec<u8>, &str)> = vec![
-            (
-                truncated.to_vec(),
-                "the message followed by END (file truncated?)",
-            ),
+            (truncated.to_vec(), "the message followed by END (file truncated?)"),
             (b"mxd-offline 2\nuid 1\n\nx".to_vec(), "\"mxd-offline 1\""),
             (b"mxd-offline 1\nuid x\n\n".to_vec(), "a numeric uid"),
-            (
-                b"mxd-offline 1\nuid 1\nuser u\nsize 1\n\nxEND\n".to_vec(),
-                "uid, user and at least one rcpt",
-            ),
-            (
-                b"mxd-offline 1\nbogus\n\n".to_vec(),
-                "uid, user, sender, rcpt or size",
-            ),
+            (b"mxd-offline 1\nuid 1\nuser u\nsize 1\n\nxEND\n".to_vec(), "uid, user and at least one rcpt"),
+            (b"mxd-offline 1\nbogus\n\n".to_vec(), "uid, user, sender, rcpt or size"),
             (
                 b"mxd-offline 1\nuid 1\nuser u\nrcpt r\nsize 99\n\nxEND\n".to_vec(),
                 "the message followed by END (file truncated?)",
@@ -375,12 +323,7 @@ mod tests {
             (b"no header".to_vec(), "a blank line after the header"),
         ];
         for (input, want) in cases {
-            assert_eq!(
-                decode(&input),
-                Err(want),
-                "input {:?}",
-                String::from_utf8_lossy(&input)
-            );
+            assert_eq!(decode(&input), Err(want), "input {:?}", String::from_utf8_lossy(&input));
         }
     }
 
@@ -395,18 +338,9 @@ mod tests {
         fs::write(dir.join(".3.tmp"), b"partial").unwrap();
         let taken = take_offline(spool.path()).unwrap();
         assert_eq!(taken.len(), 2, "dot files are skipped");
-        assert!(matches!(
-            taken[0].1,
-            Err(OfflineError::OwnerMismatch { .. })
-        ));
+        assert!(matches!(taken[0].1, Err(OfflineError::OwnerMismatch { .. })));
         assert!(matches!(taken[1].1, Err(OfflineError::NotRegular(_))));
-        let bad = OfflineMessage {
-            user: "a\nuid 0".into(),
-            ..sample()
-        };
-        assert!(matches!(
-            write_offline(spool.path(), &bad),
-            Err(OfflineError::BadField("user"))
-        ));
+        let bad = OfflineMessage { user: "a\nuid 0".into(), ..sample() };
+        assert!(matches!(write_offline(spool.path(), &bad), Err(OfflineError::BadField("user"))));
     }
 }

@@ -85,7 +85,9 @@ pub fn smtp_session(data: &[u8]) {
                 Event::Message(m) => {
                     let start = data_start.take().expect("a message comes out of DATA");
                     match reference_decode(&data[start..], MAX) {
-                        Some((_, Ok(body))) => assert_eq!(body, m.body, "accepted a body the reference decoder reads otherwise"),
+                        Some((_, Ok(body))) => {
+                            assert_eq!(body, m.body, "accepted a body the reference decoder reads otherwise")
+                        }
                         other => panic!("accepted a message the reference decoder gives {other:?}"),
                     }
                     commits += 1;
@@ -155,8 +157,16 @@ pub fn table(data: &[u8]) {
 pub fn expand(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let mut parts = text.splitn(3, '\u{1}');
-    let (template, rcpt, sender) = (parts.next().unwrap_or(""), parts.next().unwrap_or("u@d"), parts.next().unwrap_or("s@d"));
-    let ctx = mxd::config::expand::ExpandCtx { sender, rcpt, dest: rcpt, user_name: "joseph", user_dir: "/home/joseph", sub_addr_delim: '+' };
+    let (template, rcpt, sender) =
+        (parts.next().unwrap_or(""), parts.next().unwrap_or("u@d"), parts.next().unwrap_or("s@d"));
+    let ctx = mxd::config::expand::ExpandCtx {
+        sender,
+        rcpt,
+        dest: rcpt,
+        user_name: "joseph",
+        user_dir: "/home/joseph",
+        sub_addr_delim: '+',
+    };
     if let Ok(out) = mxd::config::expand::expand(template, &ctx) {
         let count = |s: &str| s.split('/').filter(|c| *c == "..").count();
         assert!(count(&out) <= count(template), "{template:?} + {rcpt:?} -> {out:?}");
@@ -208,4 +218,5 @@ pub fn run(target: &str, data: &[u8]) {
     }
 }
 
-pub const TARGETS: [&str; 8] = ["smtp_command", "smtp_data", "smtp_session", "address", "config", "table", "expand", "headers"];
+pub const TARGETS: [&str; 8] =
+    ["smtp_command", "smtp_data", "smtp_session", "address", "config", "table", "expand", "headers"];

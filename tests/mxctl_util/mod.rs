@@ -26,16 +26,12 @@ impl Env {
         let spool = dir.path().join("spool");
         std::fs::create_dir(&spool).expect("mkdir spool");
         let conf = dir.path().join("smtpd.conf");
-        let text = format!(
-            "# test\nspool \"{}\"\nhostname \"{HOST}\"\nlisten on socket\n",
-            spool.display()
-        );
+        let text = format!("# test\nspool \"{}\"\nhostname \"{HOST}\"\nlisten on socket\n", spool.display());
         std::fs::write(&conf, text).expect("write conf");
         let bin = dir.path().join("bin");
         std::fs::create_dir(&bin).expect("mkdir bin");
         for name in ["sendmail", "mailq", "newaliases", "makemap"] {
-            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_mxctl"), bin.join(name))
-                .expect("symlink");
+            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_mxctl"), bin.join(name)).expect("symlink");
         }
         Env { dir, spool, conf }
     }
@@ -58,16 +54,9 @@ impl Env {
 
 /// Runs `cmd` with `stdin` as its input and waits for it.
 pub fn run(mut cmd: Command, stdin: &str) -> Output {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
     child.wait_with_output().expect("wait")
 }
 
@@ -111,10 +100,7 @@ pub fn greeting_only(socket: &Path, greeting: &'static str) -> JoinHandle<Vec<St
     std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().expect("accept");
         let _ = stream.write_all(greeting.as_bytes());
-        BufReader::new(stream)
-            .lines()
-            .map_while(Result::ok)
-            .collect()
+        BufReader::new(stream).lines().map_while(Result::ok).collect()
     })
 }
 

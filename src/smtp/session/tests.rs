@@ -62,7 +62,9 @@ fn full_transaction_waits_for_commit() {
     let mut d = Dialog::new(TlsPolicy::Unavailable);
     d.send("EHLO client.test\r\n");
     d.expect("250-mx.test Hello client.test");
-    for ext in ["250-8BITMIME", "250-ENHANCEDSTATUSCODES", "250-SIZE 1000", "250-PIPELINING", "250-SMTPUTF8", "250 HELP"] {
+    for ext in
+        ["250-8BITMIME", "250-ENHANCEDSTATUSCODES", "250-SIZE 1000", "250-PIPELINING", "250-SMTPUTF8", "250 HELP"]
+    {
         d.expect(ext);
     }
     d.send("MAIL FROM:<a@example.org>\r\n");
@@ -257,17 +259,22 @@ fn eight_bit_addresses_need_smtputf8() {
 
 #[test]
 fn arbitrary_bytes_never_panic_and_replies_are_well_formed() {
-    let inputs: [&[u8]; 5] = [b"\0\0\0\r\n", b"\xff\xfe\r\nEHLO \x00\r\n", b"MAIL FROM:<\"\\\r\n", b"RCPT TO:<@:>\r\n", b"\r\n\r\n\n\n"];
+    let inputs: [&[u8]; 5] =
+        [b"\0\0\0\r\n", b"\xff\xfe\r\nEHLO \x00\r\n", b"MAIL FROM:<\"\\\r\n", b"RCPT TO:<@:>\r\n", b"\r\n\r\n\n\n"];
     for input in inputs {
-        let mut s = Session::new(Arc::new(SessionConfig {
-            hostname: "h".into(),
-            max_message_size: 10,
-            max_rcpt: 1,
-            max_errors: 100,
-            idle_timeout: Duration::from_secs(1),
-            tls: TlsPolicy::Offer,
-            tls_active: false,
-        }), AcceptAll::default(), Instant::now());
+        let mut s = Session::new(
+            Arc::new(SessionConfig {
+                hostname: "h".into(),
+                max_message_size: 10,
+                max_rcpt: 1,
+                max_errors: 100,
+                idle_timeout: Duration::from_secs(1),
+                tls: TlsPolicy::Offer,
+                tls_active: false,
+            }),
+            AcceptAll::default(),
+            Instant::now(),
+        );
         s.handle_input(input, Instant::now());
         for line in String::from_utf8_lossy(s.output()).split_terminator("\r\n") {
             let code: u16 = line.get(..3).and_then(|c| c.parse().ok()).expect("numeric code");
