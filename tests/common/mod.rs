@@ -19,6 +19,42 @@ pub fn uid_gid() -> (u32, u32) {
     (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw())
 }
 
+/// What a test needs from the machine beyond cargo: a program on PATH, a file a package
+/// installs, or root.
+pub enum Need<'a> {
+    /// (program, Debian package)
+    Program(&'a str, &'a str),
+    /// (path, Debian package)
+    File(&'a str, &'a str),
+    Root,
+}
+
+/// Whether `test` can run here. When something is missing it prints one line naming what and
+/// how to get it, and the test should return (and pass); with `MXD_TEST_STRICT` set, as
+/// .ci/run sets it, a missing need fails the test instead, so CI never skips silently.
+pub fn can_run(test: &str, needs: &[Need]) -> bool {
+    let missing: Vec<String> = needs
+        .iter()
+        .filter_map(|n| match n {
+            Need::Program(p, pkg) => (!on_path(p)).then(|| format!("{p} (apt-get install {pkg})")),
+            Need::File(f, pkg) => (!Path::new(f).exists()).then(|| format!("{f} (apt-get install {pkg})")),
+            Need::Root => (!nix::unistd::geteuid().is_root()).then(|| "root".to_string()),
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let line = format!("SKIPPED {test}: needs {}", missing.join(", "));
+    assert!(std::env::var_os("MXD_TEST_STRICT").is_none(), "{line} (MXD_TEST_STRICT is set)");
+    eprintln!("{line}");
+    false
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
 /// A running mxd. Dropping it kills the process.
 pub struct Mxd {
     pub child: Option<Child>,
