@@ -51,8 +51,10 @@ fn seed_node_needs_its_macro() {
 /// bind-mounted from /etc/netns/NAME by `ip netns exec`). Needs root, as CI is.
 #[test]
 fn seed_mx0_checks_ok_on_a_host_with_vio0() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("seed_mx0_checks_ok_on_a_host_with_vio0: needs root for a network namespace; CI runs it");
+    if !common::can_run(
+        "seed_mx0_checks_ok_on_a_host_with_vio0",
+        &[common::Need::Root, common::Need::Program("ip", "iproute2")],
+    ) {
         return;
     }
     let ns = format!("mxd-cfg-{}", std::process::id());

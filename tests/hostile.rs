@@ -185,8 +185,7 @@ fn disconnect_mid_data_delivers_nothing() {
 /// Needs root to mount, as CI is.
 #[test]
 fn disk_full_is_451_and_recovers() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("disk_full_is_451_and_recovers: needs root to mount a tmpfs; CI runs it");
+    if !common::can_run("disk_full_is_451_and_recovers", &[common::Need::Root]) {
         return;
     }
     let mxd = Mxd::start();

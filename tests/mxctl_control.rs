@@ -1,6 +1,7 @@
 //! The real mxctl binary (as itself, as mailq and as newaliases) against a control socket
 //! served by `mxd::control::serve` with a recording test handler.
 
+mod common;
 mod mxctl_util;
 
 use std::os::unix::fs::PermissionsExt;
@@ -158,8 +159,7 @@ fn a_second_daemon_cannot_take_the_socket() {
 /// Only as root: another uid may read the queue but not change anything.
 #[test]
 fn other_users_are_refused_privileged_verbs() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("not root: the refusal is covered by control::tests::permissions only");
+    if !common::can_run("other_users_are_refused_privileged_verbs", &[common::Need::Root]) {
         return;
     }
     let env = Env::new();

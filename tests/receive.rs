@@ -394,8 +394,7 @@ fn sessions_past_the_limit_get_421_at_accept() {
 /// As root, files and Maildir directories belong to the recipient's uid/gid.
 #[test]
 fn delivered_files_belong_to_their_user_when_root() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("delivered_files_belong_to_their_user_when_root: needs root; CI runs it");
+    if !common::can_run("delivered_files_belong_to_their_user_when_root", &[common::Need::Root]) {
         return;
     }
     let mxd = Mxd::start_with(

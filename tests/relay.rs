@@ -44,6 +44,9 @@ fn mx0_conf(tls_port: u16) -> impl FnOnce(&Path, u16) -> String {
 
 #[test]
 fn node_relays_to_mx0_over_starttls_no_verify() {
+    if !common::can_run("node_relays_to_mx0_over_starttls_no_verify", &[common::Need::Program("openssl", "openssl")]) {
+        return;
+    }
     let tls_port = common::free_port();
     let mx0 = Mxd::start_with(mx0_conf(tls_port), &[]);
     let node = Mxd::start_with(node_conf(tls_port, "smtp+tls", "tls no-verify"), &[]);

@@ -37,6 +37,12 @@ fn pki_set(dir: &Path) {
 
 #[test]
 fn verified_relay_with_a_ca_and_a_client_certificate() {
+    if !common::can_run(
+        "verified_relay_with_a_ca_and_a_client_certificate",
+        &[common::Need::Program("openssl", "openssl")],
+    ) {
+        return;
+    }
     let certs = tempfile::tempdir().unwrap();
     pki_set(certs.path());
     let c = certs.path().display().to_string();
@@ -178,6 +184,10 @@ fn serve(tcp: TcpStream, config: &Arc<rustls::ServerConfig>, mechanisms: &str, l
 
 #[test]
 fn auth_plain_and_login_over_tls_with_mail_from() {
+    if !common::can_run("auth_plain_and_login_over_tls_with_mail_from", &[common::Need::Program("openssl", "openssl")])
+    {
+        return;
+    }
     let certs = tempfile::tempdir().unwrap();
     pki_set(certs.path());
     let top = "table secrets { mx = \"user1:pass word1\" }\n".to_owned();
@@ -262,6 +272,15 @@ impl Drop for Dovecot {
 
 #[test]
 fn lmtp_relay_into_dovecot_with_per_recipient_results() {
+    if !common::can_run(
+        "lmtp_relay_into_dovecot_with_per_recipient_results",
+        &[
+            common::Need::Program("dovecot", "dovecot-lmtpd"),
+            common::Need::File("/usr/lib/dovecot/lmtp", "dovecot-lmtpd"),
+        ],
+    ) {
+        return;
+    }
     let dv = tempfile::tempdir().unwrap();
     let port = common::free_port();
     let _dovecot = Dovecot::start(dv.path(), port);

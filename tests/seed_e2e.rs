@@ -135,8 +135,10 @@ print(s.docmd("MAIL FROM:<probe@devbox-ntp.home.lan>")[0], s.docmd("RCPT TO:<%s>
 
 #[test]
 fn seed_end_to_end() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("seed_end_to_end: needs root for network namespaces and mounts; CI runs it");
+    if !common::can_run(
+        "seed_end_to_end",
+        &[common::Need::Root, common::Need::Program("ip", "iproute2"), common::Need::Program("openssl", "openssl")],
+    ) {
         return;
     }
     let top = tempfile::tempdir().unwrap();

@@ -102,6 +102,12 @@ with smtplib.SMTP("127.0.0.1", port, local_hostname="node.test") as s:
 
 #[test]
 fn starttls_with_seed_certificate_and_esmtps_received_header() {
+    if !common::can_run(
+        "starttls_with_seed_certificate_and_esmtps_received_header",
+        &[common::Need::Program("openssl", "openssl")],
+    ) {
+        return;
+    }
     let (mxd, tls_port) = tls_mxd("tls-require", &[]);
     let out = python(STARTTLS_SEND, &[&tls_port.to_string()]);
     assert!(out.contains("cipher TLSv1.3"), "{out}");
@@ -116,6 +122,9 @@ fn starttls_with_seed_certificate_and_esmtps_received_header() {
 
 #[test]
 fn tls_require_refuses_plaintext_mail() {
+    if !common::can_run("tls_require_refuses_plaintext_mail", &[common::Need::Program("openssl", "openssl")]) {
+        return;
+    }
     let (mxd, tls_port) = tls_mxd("tls-require", &[]);
     let mut c = common::Client::connect(tls_port);
     let ehlo = c.cmd("EHLO client.test");
@@ -127,6 +136,9 @@ fn tls_require_refuses_plaintext_mail() {
 
 #[test]
 fn openssl_s_client_starttls_and_smtps() {
+    if !common::can_run("openssl_s_client_starttls_and_smtps", &[common::Need::Program("openssl", "openssl")]) {
+        return;
+    }
     let (mxd, tls_port) = tls_mxd("tls", &[]);
     let out =
         s_client(&["-starttls", "smtp", "-connect", &format!("127.0.0.1:{tls_port}")], "EHLO client.test\r\nQUIT\r\n");
@@ -163,6 +175,9 @@ fn s_client(args: &[&str], input: &str) -> String {
 
 #[test]
 fn smtps_with_python_smtp_ssl() {
+    if !common::can_run("smtps_with_python_smtp_ssl", &[common::Need::Program("openssl", "openssl")]) {
+        return;
+    }
     let (mxd, port) = tls_mxd("smtps", &[]);
     let script = r#"
 import smtplib, ssl, sys
@@ -178,6 +193,12 @@ with smtplib.SMTP_SSL("127.0.0.1", int(sys.argv[1]), context=ctx) as s:
 
 #[test]
 fn curl_sends_over_starttls() {
+    if !common::can_run(
+        "curl_sends_over_starttls",
+        &[common::Need::Program("openssl", "openssl"), common::Need::Program("curl", "curl")],
+    ) {
+        return;
+    }
     let (mxd, port) = tls_mxd("tls-require", &[]);
     let mail = mxd.path().join("mail.txt");
     std::fs::write(&mail, "From: a@example.org\r\nSubject: curl\r\n\r\nsent by curl\r\n").expect("write");
@@ -204,6 +225,9 @@ fn curl_sends_over_starttls() {
 
 #[test]
 fn starttls_injection_is_discarded() {
+    if !common::can_run("starttls_injection_is_discarded", &[common::Need::Program("openssl", "openssl")]) {
+        return;
+    }
     let (mxd, port) = tls_mxd("tls", &[]);
     let script = r#"
 import socket, ssl, sys
@@ -230,6 +254,12 @@ t.sendall(b"RCPT TO:<joseph@test>\r\n"); print(reply(g).decode().strip())
 
 #[test]
 fn garbage_and_stalled_handshakes_do_not_stop_service() {
+    if !common::can_run(
+        "garbage_and_stalled_handshakes_do_not_stop_service",
+        &[common::Need::Program("openssl", "openssl")],
+    ) {
+        return;
+    }
     let (mxd, port) = tls_mxd("smtps", &[("MXD_SMTP_TIMEOUT", "2")]);
     use std::io::{Read, Write};
     // Garbage instead of a ClientHello: dropped.
@@ -278,6 +308,9 @@ with smtplib.SMTP_SSL("127.0.0.1", int(sys.argv[1]), context=ctx) as s:
 
 #[test]
 fn ecdsa_and_ed25519_keys_and_sni_choice() {
+    if !common::can_run("ecdsa_and_ed25519_keys_and_sni_choice", &[common::Need::Program("openssl", "openssl")]) {
+        return;
+    }
     let port = common::free_port();
     let mxd = Mxd::start_with(
         move |d, p| {
@@ -303,6 +336,9 @@ fn ecdsa_and_ed25519_keys_and_sni_choice() {
 
 #[test]
 fn bad_keys_are_refused_by_mxd_n() {
+    if !common::can_run("bad_keys_are_refused_by_mxd_n", &[common::Need::Program("openssl", "openssl")]) {
+        return;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let (crt, key) = seed_cert(dir.path(), "a.test");
     let (_crt2, key2) = ec_cert(dir.path(), "b.test", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]);
@@ -336,6 +372,9 @@ fn bad_keys_are_refused_by_mxd_n() {
 
 #[test]
 fn sighup_reloads_certificates() {
+    if !common::can_run("sighup_reloads_certificates", &[common::Need::Program("openssl", "openssl")]) {
+        return;
+    }
     let port = common::free_port();
     let mxd = Mxd::start_with(
         move |d, p| {
@@ -359,6 +398,12 @@ fn sighup_reloads_certificates() {
 
 #[test]
 fn tls_require_verify_wants_a_client_certificate_from_the_ca() {
+    if !common::can_run(
+        "tls_require_verify_wants_a_client_certificate_from_the_ca",
+        &[common::Need::Program("openssl", "openssl")],
+    ) {
+        return;
+    }
     let port = common::free_port();
     let mxd = Mxd::start_with(
         move |d, p| {
