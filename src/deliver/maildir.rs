@@ -8,8 +8,8 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{fs, Cause};
 use crate::envelope::Owner;
@@ -56,6 +56,10 @@ impl Dirs {
             |fd: &OwnedFd, name: &str| nix::sys::stat::fstat(fd).map_err(|e| Cause::new("stat", dir.join(name), e));
         // The files' data lives on tmp/'s device: that is the one to sync.
         let (tmp_st, new_st) = (stat(&tmp, "tmp")?, stat(&new, "new")?);
+        #[allow(clippy::unnecessary_cast)]
+        if sweep_due((tmp_st.st_dev as u64, tmp_st.st_ino as u64)) {
+            sweep_tmp(&tmp, dir);
+        }
         // dev_t and ino_t differ in width across systems (OpenBSD's dev_t is i32).
         #[allow(clippy::unnecessary_cast)]
         Ok(Dirs {
@@ -65,6 +69,57 @@ impl Dirs {
             tmp,
             new,
         })
+    }
+}
+
+/// The Maildir convention for files a crash left in tmp/: removed once 36 hours old.
+const TMP_MAX_AGE: Duration = Duration::from_secs(36 * 3600);
+/// How often one Maildir's tmp/ is looked at (the first delivery into it, then hourly).
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// Whether the tmp/ with this (device, inode) is due a sweep; marks it swept.
+fn sweep_due(id: (u64, u64)) -> bool {
+    static LAST: Mutex<Option<HashMap<(u64, u64), Instant>>> = Mutex::new(None);
+    let now = Instant::now();
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let last = last.get_or_insert_with(HashMap::new);
+    if last.get(&id).is_some_and(|t| now.duration_since(*t) < SWEEP_EVERY) {
+        return false;
+    }
+    last.insert(id, now);
+    true
+}
+
+/// Removes what is older than `TMP_MAX_AGE` in tmp/ (never following a symlink: it is the
+/// link that goes). Our own copies live there for milliseconds, so none is ever that old.
+fn sweep_tmp(tmp: &OwnedFd, maildir: &Path) {
+    use nix::fcntl::{AtFlags, OFlag};
+    let Ok(mut entries) =
+        nix::dir::Dir::openat(tmp, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY, nix::sys::stat::Mode::empty())
+    else {
+        return;
+    };
+    let cutoff = SystemTime::now().checked_sub(TMP_MAX_AGE).and_then(|t| t.duration_since(UNIX_EPOCH).ok());
+    let Some(cutoff) = cutoff else { return };
+    for entry in entries.iter().flatten() {
+        let name = entry.file_name();
+        if matches!(name.to_bytes(), b"." | b"..") {
+            continue;
+        }
+        let Ok(st) = nix::sys::stat::fstatat(tmp, name, AtFlags::AT_SYMLINK_NOFOLLOW) else { continue };
+        let is_dir = st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR;
+        #[allow(clippy::unnecessary_cast)]
+        if is_dir || (st.st_mtime as i64) >= cutoff.as_secs() as i64 {
+            continue;
+        }
+        match nix::unistd::unlinkat(tmp, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+            Ok(()) => log::info!(
+                "maildir {}: removed tmp/{} (older than 36 hours)",
+                maildir.display(),
+                name.to_string_lossy()
+            ),
+            Err(e) => log::warn!("maildir {}: cannot remove tmp/{}: {e}", maildir.display(), name.to_string_lossy()),
+        }
     }
 }
 
@@ -194,5 +249,33 @@ mod tests {
         let b = unique_name("h");
         assert_ne!(a, b);
         assert_eq!(safe_host("a/b:c"), "a\\057b\\072c");
+    }
+
+    #[test]
+    fn files_a_crash_left_in_tmp_go_after_36_hours() {
+        use nix::sys::stat::{utimensat, UtimensatFlags};
+        use nix::sys::time::TimeSpec;
+        let t = tempfile::tempdir().unwrap();
+        let md = t.path().join("Maildir");
+        let outside = t.path().join("outside");
+        std::fs::write(&outside, "keep").unwrap();
+        std::fs::create_dir_all(md.join("tmp")).unwrap();
+        let two_days_ago = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64 - 48 * 3600;
+        let old = TimeSpec::new(two_days_ago, 0);
+        let age = |p: &Path| utimensat(nix::fcntl::AT_FDCWD, p, &old, &old, UtimensatFlags::NoFollowSymlink).unwrap();
+        for name in ["stale", "recent"] {
+            std::fs::write(md.join("tmp").join(name), name).unwrap();
+        }
+        age(&md.join("tmp/stale"));
+        std::os::unix::fs::symlink(&outside, md.join("tmp/link")).unwrap();
+        age(&md.join("tmp/link"));
+        age(&outside);
+        let staged = Opened::default().stage(&md, None, &[b"x"], "h").unwrap();
+        staged.publish().unwrap();
+        let mut left: Vec<String> =
+            std::fs::read_dir(md.join("tmp")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, ["recent"]);
+        assert_eq!(std::fs::read(&outside).unwrap(), b"keep", "the symlink's target is not touched");
     }
 }

@@ -3,8 +3,11 @@
 //! users' homes lives here (`fs.rs`).
 //!
 //! Guarantees: `done(Outcome::Ok)` is called only once every copy of the message is in its
-//! `new/` (file fsynced, renamed, directory fsynced) or appended and fsynced to its mbox. Any
-//! failure before that leaves no copy in any `new/` and reports `TempFail`.
+//! `new/` (file fsynced, renamed, directory fsynced) or appended and fsynced to its mbox. A
+//! failure while writing or syncing the copies (disk full, permission, a symlink) leaves no copy
+//! in any `new/` and reports `TempFail`. A rename or `new/` fsync that fails after the data is
+//! durable (practically never on one file system) also reports `TempFail`, but copies already
+//! renamed stay: the client's retry may then deliver those twice; nothing is lost.
 
 mod fs;
 mod maildir;

@@ -17,7 +17,7 @@ use crate::envelope::{Origin, SessionId};
 use crate::server::policy::ConnPolicy;
 use crate::server::stream::Stream;
 use crate::server::ListenerRt;
-use crate::smtp::{CloseReason, Event, Message, Session, TlsInfo};
+use crate::smtp::{reply, CloseReason, Event, Message, Session, TlsInfo};
 
 /// How long a client may take to complete a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -355,15 +355,17 @@ impl Conn {
     /// Tells a client that is not mid-delivery that the server is stopping (best effort:
     /// the socket is closed right after).
     pub(crate) fn notify_shutdown(&mut self) {
-        const BYE: &[u8] = b"421 4.3.0 Server shutting down\r\n";
+        let mut bye = Vec::with_capacity(40);
+        reply::SHUTTING_DOWN.write_to(&mut bye);
+        let bye = bye.as_slice();
         match self.tls.as_mut() {
             Some(tls) if !tls.is_handshaking() => {
-                let _ = tls.writer().write_all(BYE);
+                let _ = tls.writer().write_all(bye);
                 let _ = tls.write_tls(&mut self.stream);
             }
             Some(_) => {}
             None => {
-                let _ = self.stream.write_all(BYE);
+                let _ = self.stream.write_all(bye);
             }
         }
     }

@@ -226,7 +226,9 @@ impl EventLoop {
         if self.live >= self.max_sessions || self.stopping.is_some() {
             log::warn!("{id} smtp disconnected reason=too-many-sessions address={addr}");
             // Best effort on a fresh socket: the reply fits any send buffer.
-            let _ = stream.write_all(b"421 4.3.2 Too many connections, try again later\r\n");
+            let mut bye = Vec::with_capacity(64);
+            crate::smtp::reply::TOO_MANY_CONNECTIONS.write_to(&mut bye);
+            let _ = stream.write_all(&bye);
             return;
         }
         // On the local socket, who submits is what the kernel says, not what the client claims.

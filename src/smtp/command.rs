@@ -1,5 +1,6 @@
-//! One command line → `Command`, borrowing from the line (no allocation on the hot path).
-//! Verbs are case-insensitive (RFC 5321 §2.4). Untrusted input; never panics.
+//! One command line → `Command`, borrowing from the line: parsing allocates nothing (the
+//! session copies the addresses it keeps). Verbs are case-insensitive (RFC 5321 §2.4).
+//! Untrusted input; never panics.
 
 use super::address::{self, AddrError};
 use super::reply::{self, Reply};

@@ -76,6 +76,49 @@ pub const TIMEOUT: Reply = Reply::fixed(421, "4.4.2", "Timeout exceeded, closing
 pub const TEMPFAIL: Reply = Reply::fixed(451, "4.3.0", "Temporary failure, try again later");
 pub const PERMFAIL: Reply = Reply::fixed(554, "5.0.0", "Transaction failed");
 
+pub const SHUTTING_DOWN: Reply = Reply::fixed(421, "4.3.0", "Server shutting down");
+pub const TOO_MANY_CONNECTIONS: Reply = Reply::fixed(421, "4.3.2", "Too many connections, try again later");
+
+/// The greeting: `220 HOST ESMTP mxd`.
+pub fn greeting(out: &mut Vec<u8>, host: &str) {
+    let _ = write!(out, "220 {host} ESMTP mxd\r\n");
+}
+
+/// The final 250 after DATA, once every copy is durable.
+pub fn accepted(out: &mut Vec<u8>, id: impl std::fmt::Display) {
+    let _ = write!(out, "250 2.0.0 {id} Message accepted for delivery\r\n");
+}
+
+pub fn help(out: &mut Vec<u8>) {
+    out.extend_from_slice(
+        b"214-2.0.0 This is mxd\r\n214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS\r\n214 2.0.0 End of HELP info\r\n",
+    );
+}
+
+/// The answer to HELO (`ehlo: None`) or EHLO, with the extensions it offers.
+pub fn hello(out: &mut Vec<u8>, host: &str, name: &str, ehlo: Option<Extensions>) {
+    let Some(ext) = ehlo else {
+        let _ = write!(out, "250 {host} Hello {name}, pleased to meet you\r\n");
+        return;
+    };
+    let _ = write!(out, "250-{host} Hello {name}, pleased to meet you\r\n");
+    if ext.starttls {
+        out.extend_from_slice(b"250-STARTTLS\r\n");
+    }
+    let _ = write!(
+        out,
+        "250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SIZE {}\r\n250-PIPELINING\r\n250-SMTPUTF8\r\n250 HELP\r\n",
+        ext.size
+    );
+}
+
+/// What EHLO offers beyond the fixed extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct Extensions {
+    pub starttls: bool,
+    pub size: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

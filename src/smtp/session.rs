@@ -6,7 +6,6 @@
 //! (OpenSMTPD's wait_queue_commit, as a state).
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -170,7 +169,7 @@ impl<P: Policy> Session<P> {
             discarding: false,
             body: Vec::new(),
         };
-        let _ = write!(s.out, "220 {} ESMTP mxd\r\n", s.cfg.hostname);
+        reply::greeting(&mut s.out, &s.cfg.hostname);
         s
     }
 
@@ -263,7 +262,7 @@ impl<P: Policy> Session<P> {
         self.state = State::Ready;
         match outcome {
             Outcome::Ok => {
-                let _ = write!(self.out, "250 2.0.0 {id} Message accepted for delivery\r\n");
+                reply::accepted(&mut self.out, id);
             }
             Outcome::TempFail(_) => self.reply(&reply::TEMPFAIL),
             Outcome::PermFail(_) => self.reply(&reply::PERMFAIL),
@@ -339,9 +338,7 @@ impl<P: Policy> Session<P> {
                 self.close(CloseReason::Quit);
             }
             Command::Vrfy | Command::Expn => self.reply(&reply::VRFY),
-            Command::Help => {
-                self.out.extend_from_slice(b"214-2.0.0 This is mxd\r\n214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS\r\n214 2.0.0 End of HELP info\r\n");
-            }
+            Command::Help => reply::help(&mut self.out),
             Command::StartTls => self.starttls(),
             Command::Auth => self.error(reply::NO_AUTH),
             Command::Bdat => self.error(reply::NOT_IMPLEMENTED),
@@ -352,21 +349,9 @@ impl<P: Policy> Session<P> {
         self.state = State::Ready;
         self.helo = Some(name.to_owned());
         self.esmtp = esmtp;
-        let host = &self.cfg.hostname;
-        if !esmtp {
-            let _ = write!(self.out, "250 {host} Hello {name}, pleased to meet you\r\n");
-            return;
-        }
-        let _ = write!(self.out, "250-{host} Hello {name}, pleased to meet you\r\n");
         let offer_tls = self.cfg.tls != TlsPolicy::Unavailable && self.tls.is_none() && !self.cfg.tls_active;
-        if offer_tls {
-            self.out.extend_from_slice(b"250-STARTTLS\r\n");
-        }
-        let _ = write!(
-            self.out,
-            "250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SIZE {}\r\n250-PIPELINING\r\n250-SMTPUTF8\r\n250 HELP\r\n",
-            self.cfg.max_message_size
-        );
+        let ext = esmtp.then_some(reply::Extensions { starttls: offer_tls, size: self.cfg.max_message_size });
+        reply::hello(&mut self.out, &self.cfg.hostname, name, ext);
     }
 
     fn mail(&mut self, path: &[u8], params: &[u8]) {
