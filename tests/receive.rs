@@ -17,6 +17,17 @@ with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test") as s:
     print("refused", refused)
 "#;
 
+/// Waits for a log line containing `wanted` and checks that it carries the session id of a
+/// `smtp connected` line, so an operator can follow the refusal back to its client.
+fn assert_logged(mxd: &Mxd, wanted: &str) {
+    common::wait_for(wanted, Duration::from_secs(5), || mxd.log().contains(wanted));
+    let log = mxd.log();
+    let line = log.lines().find(|l| l.contains(wanted)).unwrap();
+    let id = line.split_whitespace().find(|w| w.len() == 16 && w.bytes().all(|b| b.is_ascii_hexdigit()));
+    let id = id.unwrap_or_else(|| panic!("no session id in {line:?}"));
+    assert!(log.lines().any(|l| l.contains(&format!("{id} smtp connected"))), "{log}");
+}
+
 fn body_of(stored: &[u8]) -> &[u8] {
     let at = stored.windows(2).position(|w| w == b"\n\n").expect("header/body separator");
     &stored[at + 2..]
@@ -175,6 +186,8 @@ fn message_too_large_is_552_and_session_continues() {
     assert!(r.starts_with("552 5.3.4"), "{r}");
     assert!(c.cmd("NOOP").starts_with("250"));
     assert!(mxd.messages("joseph").is_empty());
+    assert_logged(&mxd, "smtp refused step=mail reply=\"552 5.3.4 Message size exceeds fixed maximum message size\"");
+    assert_logged(&mxd, "smtp refused step=data reply=\"552 5.3.4 Message size exceeds fixed maximum message size\"");
 }
 
 #[test]
@@ -188,6 +201,7 @@ fn too_many_recipients() {
     }
     let r = c.cmd("RCPT TO:<joseph@test>");
     assert!(r.starts_with("452 4.5.3"), "{r}");
+    assert_logged(&mxd, "smtp refused step=rcpt reply=\"452 4.5.3 Too many recipients\"");
 }
 
 #[test]
@@ -232,6 +246,10 @@ fn smuggling_bare_lf_dot_is_refused() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(mxd.messages("alice").is_empty(), "smuggled message delivered");
     assert!(mxd.messages("joseph").is_empty(), "message with bare LF delivered");
+    assert_logged(
+        &mxd,
+        "smtp refused step=data reply=\"554 5.5.2 Message refused: bare CR or LF in DATA is not allowed\"",
+    );
 }
 
 #[test]
@@ -267,6 +285,10 @@ fn no_matching_rule_is_550_5_7_1() {
     c.cmd("MAIL FROM:<a@example.org>");
     let r = c.cmd("RCPT TO:<someone@elsewhere.example>");
     assert!(r.starts_with("550 5.7.1"), "{r}");
+    assert_logged(
+        &mxd,
+        "smtp refused step=rcpt address=<someone@elsewhere.example> reply=\"550 5.7.1 Delivery not authorized, message refused\"",
+    );
 }
 
 #[test]

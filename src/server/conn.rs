@@ -306,6 +306,13 @@ impl Conn {
             Event::Close(reason) => {
                 self.close_reason.get_or_insert(close_reason(&reason));
             }
+            Event::Refused(r) => {
+                let mut reply = Vec::with_capacity(64);
+                r.reply.write_to(&mut reply);
+                let reply = String::from_utf8_lossy(reply.trim_ascii_end());
+                let address = r.address.map(|a| format!(" address=<{a}>")).unwrap_or_default();
+                log::info!("{} smtp refused step={}{address} reply=\"{reply}\"", self.id, r.step.as_str());
+            }
         }
     }
 

@@ -12,5 +12,6 @@ pub mod session;
 
 pub use reply::Reply;
 pub use session::{
-    AcceptAll, CloseReason, Event, Message, Outcome, Policy, Session, SessionConfig, TlsInfo, TlsPolicy, TxContext,
+    AcceptAll, CloseReason, Event, Message, Outcome, Policy, Refusal, Session, SessionConfig, TlsInfo, TlsPolicy,
+    TxContext, TxStep,
 };

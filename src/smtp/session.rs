@@ -94,6 +94,35 @@ pub enum Event<R> {
     Message(Message<R>),
     /// Close once the output is sent.
     Close(CloseReason),
+    /// A sender, recipient or message was refused with this reply: for the log.
+    Refused(Refusal),
+}
+
+/// What the session refused, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub step: TxStep,
+    /// The address MAIL or RCPT named, once parsed.
+    pub address: Option<String>,
+    pub reply: Reply,
+}
+
+/// The transaction step a refusal happened at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxStep {
+    Mail,
+    Rcpt,
+    Data,
+}
+
+impl TxStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxStep::Mail => "mail",
+            TxStep::Rcpt => "rcpt",
+            TxStep::Data => "data",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -361,14 +390,14 @@ impl<P: Policy> Session<P> {
             _ => {}
         }
         if self.cfg.tls == TlsPolicy::Require && self.tls.is_none() {
-            return self.reply(&reply::TLS_REQUIRED);
+            return self.refuse(TxStep::Mail, None, reply::TLS_REQUIRED);
         }
         let params = match command::mail_params(params) {
             Ok(p) => p,
             Err(e) => return self.error(e.reply()),
         };
         if params.size.is_some_and(|s| s > self.cfg.max_message_size) {
-            return self.reply(&reply::TOO_BIG);
+            return self.refuse(TxStep::Mail, None, reply::TOO_BIG);
         }
         let mail_from = match address::parse_mailbox(path, params.smtputf8) {
             Ok(a) => a,
@@ -383,7 +412,7 @@ impl<P: Policy> Session<P> {
         };
         let checked = self.policy.check_mail(&ctx);
         if let Err(r) = checked {
-            return self.reply(&r);
+            return self.refuse(TxStep::Mail, Some(mail_from), r);
         }
         let id = self.policy.new_msgid();
         self.state = State::Mail(Tx {
@@ -401,7 +430,7 @@ impl<P: Policy> Session<P> {
             return self.error(reply::NEED_MAIL);
         };
         if tx.rcpts.len() >= self.cfg.max_rcpt {
-            return self.reply(&reply::TOO_MANY_RCPTS);
+            return self.refuse(TxStep::Rcpt, None, reply::TOO_MANY_RCPTS);
         }
         if let Err(e) = command::rcpt_params(params) {
             return self.error(e.reply());
@@ -429,8 +458,14 @@ impl<P: Policy> Session<P> {
                 tx.rcpts.push((rcpt, accepted));
                 self.reply(&reply::RCPT_OK);
             }
-            Err(r) => self.reply(&r),
+            Err(r) => self.refuse(TxStep::Rcpt, Some(rcpt), r),
         }
+    }
+
+    /// Replies with a refusal and reports it for the log.
+    fn refuse(&mut self, step: TxStep, address: Option<String>, reply: Reply) {
+        self.reply(&reply);
+        self.events.push_back(Event::Refused(Refusal { step, address, reply }));
     }
 
     fn data(&mut self) {
@@ -474,10 +509,10 @@ impl<P: Policy> Session<P> {
                     auth: self.auth.clone(),
                 }));
             }
-            Err(DataError::TooBig) => self.reply(&reply::TOO_BIG),
-            Err(DataError::LongLine) => self.reply(&reply::LONG_TEXT_LINE),
+            Err(DataError::TooBig) => self.refuse(TxStep::Data, None, reply::TOO_BIG),
+            Err(DataError::LongLine) => self.refuse(TxStep::Data, None, reply::LONG_TEXT_LINE),
             Err(DataError::BareEol) => {
-                self.reply(&reply::BARE_EOL);
+                self.refuse(TxStep::Data, None, reply::BARE_EOL);
                 self.close(CloseReason::Protocol);
             }
         }

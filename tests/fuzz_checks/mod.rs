@@ -100,7 +100,7 @@ pub fn smtp_session(data: &[u8]) {
                     pending.clear();
                     s.handle_tls(TlsInfo { version: "TLSv1.3".into(), cipher: "X".into(), bits: 256 });
                 }
-                Event::Close(_) => {}
+                Event::Close(_) | Event::Refused(_) => {}
             }
         }
         if !s.in_data() {
