@@ -180,7 +180,10 @@ fn limits_size_and_recipients() {
     }
     d.send(".\r\n");
     d.expect("552 5.3.4");
-    assert!(d.s.poll_event().is_none());
+    // Each refusal is reported for the log, in order; no message.
+    let steps: Vec<(TxStep, u16)> =
+        std::iter::from_fn(|| d.s.poll_event()).map(refused).map(|r| (r.step, r.reply.code)).collect();
+    assert_eq!(steps, [(TxStep::Mail, 552), (TxStep::Rcpt, 452), (TxStep::Data, 552)]);
     d.send("NOOP\r\n");
     d.expect("250");
 }
@@ -193,6 +196,7 @@ fn bare_lf_in_data_refuses_and_closes() {
     d.send("hello\n.\nMAIL FROM:<evil@b.c>\r\n");
     d.expect("554 5.5.2");
     assert!(d.s.is_closing());
+    assert_eq!(refused(d.s.poll_event().unwrap()).reply, reply::BARE_EOL);
     assert!(matches!(d.s.poll_event(), Some(Event::Close(CloseReason::Protocol))));
 }
 
@@ -204,6 +208,10 @@ fn starttls_required_and_reset() {
     d.out.clear();
     d.send("MAIL FROM:<a@b.c>\r\n");
     d.expect("530 5.7.0 Must issue a STARTTLS command first");
+    assert_eq!(
+        refused(d.s.poll_event().unwrap()),
+        Refusal { step: TxStep::Mail, address: None, reply: reply::TLS_REQUIRED }
+    );
     let consumed = d.send("STARTTLS\r\nMAIL FROM:<evil@b.c>\r\n");
     assert_eq!(consumed, "STARTTLS\r\n".len(), "injected command not consumed");
     d.expect("220 2.0.0");
@@ -280,5 +288,12 @@ fn arbitrary_bytes_never_panic_and_replies_are_well_formed() {
             let code: u16 = line.get(..3).and_then(|c| c.parse().ok()).expect("numeric code");
             assert!((200..600).contains(&code), "{line}");
         }
+    }
+}
+
+fn refused<R: std::fmt::Debug>(event: Event<R>) -> Refusal {
+    match event {
+        Event::Refused(r) => r,
+        other => panic!("expected a refusal, got {other:?}"),
     }
 }
