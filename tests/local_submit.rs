@@ -157,3 +157,20 @@ fn mxctl_show_stats_and_reload() {
     let out = Command::new(bin.join("mailq")).env("MXD_CONF", &mxd.conf).output().unwrap();
     assert!(out.status.success());
 }
+
+#[test]
+fn a_bad_offline_file_is_reported_once_and_set_aside() {
+    let mxd = Mxd::start_with(common::basic_conf, &[("MXD_RETRY_BASE", "1")]);
+    let offline = mxd.path().join("spool/offline");
+    std::fs::write(offline.join("1-forged"), "mxd-offline 1\nuid 0\nuser root\n\ntruncated").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", offline.join("2-link")).unwrap();
+    // Three passes of the offline loop.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let log = mxd.log();
+    for name in ["1-forged", "2-link"] {
+        assert_eq!(log.matches(&format!("offline.rejected/{name}")).count(), 1, "{log}");
+        assert!(std::fs::symlink_metadata(mxd.path().join("spool/offline.rejected").join(name)).is_ok());
+    }
+    assert_eq!(common::count_files(&offline), 0);
+    assert!(std::fs::read_to_string("/etc/passwd").is_ok_and(|p| p.contains("root:")), "the link's target untouched");
+}

@@ -235,6 +235,13 @@ fn pick_up_offline(spool: &Path) {
     for (path, msg) in waiting {
         let msg = match msg {
             Ok(m) => m,
+            Err(e) if e.is_permanent() => {
+                match submit::offline::set_aside(spool, &path) {
+                    Ok(to) => log::warn!("offline message refused and set aside in {}: {e}", to.display()),
+                    Err(moving) => log::error!("offline message refused ({e}) and not set aside: {moving}"),
+                }
+                continue;
+            }
             Err(e) => {
                 log::warn!("offline message {} left in place: {e}", path.display());
                 continue;

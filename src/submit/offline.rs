@@ -26,13 +26,16 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
 
 /// Name of the offline directory inside the spool.
 pub const OFFLINE_DIR: &str = "offline";
+/// Where files the daemon cannot take are set aside, inside the spool (not inside offline/,
+/// where any user could plant a directory or symlink of that name): mode 0700.
+pub const REJECTED_DIR: &str = "offline.rejected";
 /// Largest offline file read back: a bigger one is refused rather than loaded into memory.
 pub const MAX_OFFLINE_FILE: u64 = 128 * 1024 * 1024;
 const MAGIC: &str = "mxd-offline 1";
@@ -264,6 +267,33 @@ fn decode(bytes: &[u8]) -> Result<OfflineMessage, &'static str> {
     }
     msg.message = message.unwrap_or_default().to_vec();
     Ok(msg)
+}
+
+impl OfflineError {
+    /// The file itself is bad (forged, truncated, not a regular file…): reading it again
+    /// will not help. I/O errors may pass.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, OfflineError::Io { .. } | OfflineError::BadField(_))
+    }
+}
+
+/// Moves a file the daemon will never take out of offline/ into `SPOOL/offline.rejected/`,
+/// so it is reported once rather than at every pass. Returns where it went.
+pub fn set_aside(spool: &Path, path: &Path) -> Result<PathBuf, OfflineError> {
+    let dir = spool.join(REJECTED_DIR);
+    match fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err("mkdir", &dir)(e)),
+    }
+    let meta = fs::symlink_metadata(&dir).map_err(io_err("stat", &dir))?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o077 != 0 {
+        return Err(OfflineError::NotRegular(dir));
+    }
+    let to = dir.join(path.file_name().unwrap_or_default());
+    // rename(2) moves a symlink or fifo itself, never what it points to.
+    fs::rename(path, &to).map_err(io_err("rename", path))?;
+    Ok(to)
 }
 
 /// Deletes an offline file once its message is safely queued, and syncs the directory so
