@@ -59,7 +59,7 @@ fn node_relays_to_mx0_over_starttls_no_verify() {
     assert!(text.contains("by node.test (mxd) with ESMTP id "), "{text}");
     assert!(text.starts_with("Return-Path: <joseph@node.test>\nDelivered-To: joseph@test\n"), "{text}");
     wait_for("an empty queue", Duration::from_secs(10), || queue_files(&node) == 0);
-    assert!(node.log().contains("result=Ok"), "{}", node.log());
+    assert!(node.logged("result=Ok"), "{}", node.log());
 }
 
 #[test]
@@ -198,7 +198,7 @@ fn four_xx_then_250_is_retried() {
     python(SEND, &[&node.port.to_string(), "joseph@node.test", "x@far.test", "retry"]);
     wait_for("the retry to succeed", Duration::from_secs(20), || s.messages.load(Ordering::Relaxed) == 1);
     wait_for("an empty queue", Duration::from_secs(10), || queue_files(&node) == 0);
-    assert!(node.log().contains("result=TempFail"), "{}", node.log());
+    assert!(node.logged("result=TempFail"), "{}", node.log());
 }
 
 #[test]

@@ -84,7 +84,7 @@ fn main() -> ExitCode {
     }
     logging::init(sink, args.verbosity, "mxd");
     let reloader = server::Reloader { path: args.file.clone(), defines: args.defines.clone() };
-    match server::run(config, reloader) {
+    let code = match server::run(config, reloader) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("fatal: {e}");
@@ -93,5 +93,8 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
-    }
+    };
+    // Lines still queued for the log writer thread.
+    log::logger().flush();
+    code
 }

@@ -185,6 +185,21 @@ impl Mxd {
         std::fs::read_to_string(self.dir.path().join("mxd.log")).unwrap_or_default()
     }
 
+    /// Whether the log has (or gets within 5 s) a line containing `needle`: mxd's log
+    /// writer runs on a thread of its own, so a line may follow the reply it belongs to.
+    pub fn logged(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if self.log().contains(needle) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> nix::unistd::Pid {
         nix::unistd::Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
     }
