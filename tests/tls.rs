@@ -192,6 +192,36 @@ with smtplib.SMTP_SSL("127.0.0.1", int(sys.argv[1]), context=ctx) as s:
 }
 
 #[test]
+fn swaks_sends_plain_and_over_starttls() {
+    let needs = [
+        common::Need::Program("openssl", "openssl"),
+        common::Need::Program("swaks", "swaks"),
+        common::Need::PerlModule("Net::SSLeay", "libnet-ssleay-perl"),
+    ];
+    if !common::can_run("swaks_sends_plain_and_over_starttls", &needs) {
+        return;
+    }
+    let (mxd, tls_port) = tls_mxd("tls", &[]);
+    for (port, tls, want) in [(mxd.port, None, "with ESMTP id"), (tls_port, Some("-tls"), "with ESMTPS id")] {
+        let port = port.to_string();
+        let mut cmd = Command::new("swaks");
+        cmd.args(["--server", "127.0.0.1", "--port", &port, "--from", "a@example.org", "--to", "alice@test"]);
+        cmd.args(["--helo", "client.test", "--header", "Subject: swaks", "--body", "sent by swaks"]);
+        cmd.args(tls);
+        let out = cmd.output().expect("swaks");
+        assert!(
+            out.status.success(),
+            "swaks: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let msgs: Vec<String> = mxd.messages("alice").iter().map(|m| String::from_utf8_lossy(m).into_owned()).collect();
+        assert!(msgs.iter().any(|m| m.contains(want) && m.contains("\nsent by swaks\n")), "{msgs:?}");
+    }
+    assert_eq!(mxd.messages("alice").len(), 2);
+}
+
+#[test]
 fn curl_sends_over_starttls() {
     if !common::can_run(
         "curl_sends_over_starttls",

@@ -26,6 +26,8 @@ pub enum Need<'a> {
     Program(&'a str, &'a str),
     /// (path, Debian package)
     File(&'a str, &'a str),
+    /// (Perl module, Debian package): swaks's TLS needs Net::SSLeay.
+    PerlModule(&'a str, &'a str),
     Root,
 }
 
@@ -38,6 +40,13 @@ pub fn can_run(test: &str, needs: &[Need]) -> bool {
         .filter_map(|n| match n {
             Need::Program(p, pkg) => (!on_path(p)).then(|| format!("{p} (apt-get install {pkg})")),
             Need::File(f, pkg) => (!Path::new(f).exists()).then(|| format!("{f} (apt-get install {pkg})")),
+            Need::PerlModule(m, pkg) => (!Command::new("perl")
+                .arg(format!("-M{m}"))
+                .arg("-e1")
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()))
+            .then(|| format!("perl's {m} (apt-get install {pkg})")),
             Need::Root => (!nix::unistd::geteuid().is_root()).then(|| "root".to_string()),
         })
         .collect();
