@@ -5,6 +5,7 @@
 //! limits in [`SessionConfig`].
 
 pub mod address;
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod reply;
