@@ -191,6 +191,8 @@ pub struct ClientConfig {
     /// Only send the data when every recipient was accepted (sendmail: a refused recipient
     /// refuses the submission); otherwise send it to those accepted.
     pub all_or_nothing: bool,
+    /// Keep a transcript of the dialogue (`sendmail -v`): see [`Client::take_transcript`].
+    pub transcript: bool,
 }
 
 /// What the server said about one recipient.
@@ -341,6 +343,7 @@ pub struct Client {
     tx: Option<Tx>,
     /// STARTTLS was accepted and the handshake has not been reported yet.
     awaiting_tls: bool,
+    transcript: Vec<String>,
     done: bool,
 }
 
@@ -359,6 +362,7 @@ impl Client {
             tls_active,
             tx: None,
             awaiting_tls: false,
+            transcript: Vec::new(),
             done: false,
         }
     }
@@ -379,6 +383,13 @@ impl Client {
 
     pub fn consume_output(&mut self, n: usize) {
         self.out.drain(..n.min(self.out.len()));
+    }
+
+    /// The dialogue since the last call, one line per command (`>>> …`, the message as
+    /// `>>> [N bytes of message]`) and per reply (`<<< …`); empty unless the configuration
+    /// asks for a transcript.
+    pub fn take_transcript(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.transcript)
     }
 
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
@@ -464,7 +475,16 @@ impl Client {
 
     fn command(&mut self, line: fmt::Arguments<'_>, expect: Expect) {
         use std::io::Write;
+        let start = self.out.len();
         let _ = write!(self.out, "{line}\r\n");
+        if self.cfg.transcript {
+            let text = match expect {
+                // Credentials never reach a transcript.
+                Expect::AuthLoginPass | Expect::AuthDone => "[credentials]".into(),
+                _ => String::from_utf8_lossy(&self.out[start..self.out.len() - 2]).into_owned(),
+            };
+            self.transcript.push(format!(">>> {text}"));
+        }
         self.expect.push_back(expect);
     }
 
@@ -485,6 +505,9 @@ impl Client {
     }
 
     fn on_reply(&mut self, reply: ServerReply) {
+        if self.cfg.transcript {
+            self.transcript.push(format!("<<< {reply}"));
+        }
         let Some(expect) = self.expect.pop_front() else {
             return self.fail(SessionError::Protocol(ProtocolError::Unsolicited(reply)));
         };
@@ -642,6 +665,9 @@ impl Client {
             self.out.extend_from_slice(b".\r\n");
             self.expect.push_back(Expect::Discard);
             return;
+        }
+        if self.cfg.transcript {
+            self.transcript.push(format!(">>> [{} bytes of message]", tx.body.len()));
         }
         self.out.append(&mut tx.body);
         tx.data_sent = true;

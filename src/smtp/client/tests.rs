@@ -8,6 +8,7 @@ fn cfg() -> ClientConfig {
         auth: None,
         pipeline_data: false,
         all_or_nothing: false,
+        transcript: false,
     }
 }
 
@@ -291,4 +292,23 @@ fn broken_servers_end_the_session_with_an_error() {
     d.c.eof();
     assert_eq!(d.event(), Some(ClientEvent::Failed(SessionError::Closed(Step::Ehlo))));
     assert_eq!(d.server("250 late\r\n"), "", "nothing after the end");
+}
+
+#[test]
+fn transcript_shows_the_dialogue_but_no_credentials_or_body() {
+    let auth = Some(("joe".to_string(), "secret".to_string()));
+    let mut d = Dialog::new(ClientConfig { tls: TlsWant::Implicit, auth, transcript: true, ..cfg() });
+    d.server("220 mx\r\n");
+    d.server("250-mx\r\n250 AUTH LOGIN\r\n");
+    d.server("334 VXNlcm5hbWU6\r\n");
+    d.server("334 UGFzc3dvcmQ6\r\n");
+    d.server("235 ok\r\n");
+    d.c.send_mail("a@b", &["x@c"], b"body\n");
+    d.server("250 ok\r\n");
+    d.server("250 ok\r\n");
+    d.server("354 go\r\n");
+    let t = d.c.take_transcript().join("\n");
+    assert!(t.starts_with("<<< 220 mx\n>>> EHLO node.test\n<<< 250 AUTH LOGIN\n>>> AUTH LOGIN\n"), "{t}");
+    assert!(t.contains(">>> [credentials]") && !t.contains("c2VjcmV0") && !t.contains("secret"), "{t}");
+    assert!(t.ends_with(">>> DATA\n<<< 354 go\n>>> [9 bytes of message]"), "{t}");
 }
