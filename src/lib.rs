@@ -12,6 +12,7 @@
 #![warn(unreachable_pub, rust_2018_idioms)]
 
 pub mod buffers;
+pub mod client_io;
 pub mod config;
 pub mod control;
 pub mod deliver;

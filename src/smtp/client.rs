@@ -199,17 +199,38 @@ pub struct ClientConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RcptResult {
     Ok,
-    Temp(String),
-    Perm(String),
+    /// A 4xx (or no verdict): try again later.
+    Temp(Refusal),
+    /// A 5xx: bounce.
+    Perm(Refusal),
+}
+
+/// A refusal and the step it came at (MAIL's refusal applies to every recipient).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub step: Step,
+    pub reply: ServerReply,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.reply)
+    }
 }
 
 impl RcptResult {
-    pub fn from_reply(reply: &ServerReply) -> RcptResult {
+    pub fn from_reply(step: Step, reply: &ServerReply) -> RcptResult {
+        let refusal = || Refusal { step, reply: reply.clone() };
         match reply.code {
             200..=399 => RcptResult::Ok,
-            500..=599 => RcptResult::Perm(reply.to_string()),
-            _ => RcptResult::Temp(reply.to_string()),
+            500..=599 => RcptResult::Perm(refusal()),
+            _ => RcptResult::Temp(refusal()),
         }
+    }
+
+    /// A temporary failure for a reply that never came (the session ended first).
+    fn no_reply(step: Step) -> RcptResult {
+        RcptResult::Temp(Refusal { step, reply: ServerReply { code: 451, lines: vec!["4.4.2 no reply".into()] } })
     }
 }
 
@@ -610,7 +631,7 @@ impl Client {
         let pipelined = self.ext.pipelining;
         let Some(tx) = self.tx.as_mut() else { return };
         if let Some(slot) = tx.results.get_mut(i) {
-            *slot = Some(RcptResult::from_reply(&reply));
+            *slot = Some(RcptResult::from_reply(Step::Rcpt, &reply));
         }
         let last = i + 1 >= tx.rcpts.len();
         if !pipelined && !last {
@@ -630,7 +651,7 @@ impl Client {
         let mail_ok = mail.as_ref().is_some_and(|m| m.code / 100 == 2);
         if !mail_ok {
             // Everything shares MAIL's verdict.
-            let verdict = mail.map_or(RcptResult::Temp("no reply to MAIL".into()), |m| RcptResult::from_reply(&m));
+            let verdict = mail.map_or(RcptResult::no_reply(Step::Mail), |m| RcptResult::from_reply(Step::Mail, &m));
             tx.results.iter_mut().for_each(|r| *r = Some(verdict.clone()));
         }
         let accepted = tx.results.iter().filter(|r| **r == Some(RcptResult::Ok)).count();
@@ -653,7 +674,7 @@ impl Client {
         let mail_ok = tx.mail.as_ref().is_some_and(|m| m.code / 100 == 2);
         let wanted = mail_ok && !accepted.is_empty() && (!all_or_nothing || accepted.len() == tx.rcpts.len());
         if reply.code != 354 {
-            let verdict = RcptResult::from_reply(&reply);
+            let verdict = RcptResult::from_reply(Step::Data, &reply);
             for i in accepted {
                 tx.results[i] = Some(verdict.clone());
             }
@@ -680,7 +701,7 @@ impl Client {
 
     fn on_end_of_data(&mut self, index: Option<usize>, reply: ServerReply) {
         let Some(tx) = self.tx.as_mut() else { return };
-        let verdict = RcptResult::from_reply(&reply);
+        let verdict = RcptResult::from_reply(Step::EndOfData, &reply);
         match index {
             Some(i) => {
                 if let Some(slot) = tx.results.get_mut(i) {
@@ -708,8 +729,7 @@ impl Client {
 
     fn end_tx(&mut self) {
         let Some(tx) = self.tx.take() else { return };
-        let results =
-            tx.results.into_iter().map(|r| r.unwrap_or_else(|| RcptResult::Temp("no reply".into()))).collect();
+        let results = tx.results.into_iter().map(|r| r.unwrap_or_else(|| RcptResult::no_reply(Step::Rcpt))).collect();
         self.events.push_back(ClientEvent::Sent(results));
     }
 }

@@ -40,6 +40,39 @@ impl Dialog {
     }
 }
 
+/// The verdict for a refusal with this wire text ("550 5.1.1 text"), whatever the step.
+fn perm(text: &str) -> RcptResult {
+    assert!(text.starts_with('5'));
+    verdict(text)
+}
+
+fn temp(text: &str) -> RcptResult {
+    assert!(text.starts_with('4'));
+    verdict(text)
+}
+
+fn verdict(text: &str) -> RcptResult {
+    let (code, rest) = text.split_once(' ').unwrap();
+    RcptResult::from_reply(Step::Rcpt, &ServerReply { code: code.parse().unwrap(), lines: vec![rest.into()] })
+}
+
+/// Results compared by kind and reply, not by the step they came at.
+fn shape(event: Option<ClientEvent>) -> Option<Vec<String>> {
+    match event {
+        Some(ClientEvent::Sent(results)) => Some(
+            results
+                .iter()
+                .map(|r| match r {
+                    RcptResult::Ok => "ok".to_string(),
+                    RcptResult::Temp(f) => format!("temp {f}"),
+                    RcptResult::Perm(f) => format!("perm {f}"),
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
 const EHLO_PLAIN: &str = "250-mx.test Hello\r\n250-SIZE 1000\r\n250 8BITMIME\r\n";
 const EHLO_PIPE: &str = "250-mx.test Hello\r\n250-PIPELINING\r\n250 8BITMIME\r\n";
 
@@ -118,12 +151,8 @@ fn plain_transaction_one_command_at_a_time() {
     assert_eq!(d.server("354 go\r\n"), "Subject: s\r\n\r\n..dot\r\n.\r\n");
     assert_eq!(d.server("250 2.0.0 queued\r\n"), "");
     assert_eq!(
-        d.event(),
-        Some(ClientEvent::Sent(vec![
-            RcptResult::Ok,
-            RcptResult::Perm("550 5.1.1 no such user".into()),
-            RcptResult::Temp("451 4.3.0 later".into()),
-        ]))
+        shape(d.event()),
+        shape(Some(ClientEvent::Sent(vec![RcptResult::Ok, perm("550 5.1.1 no such user"), temp("451 4.3.0 later"),])))
     );
     d.c.quit();
     assert_eq!(d.sent(), "QUIT\r\n");
@@ -150,7 +179,7 @@ fn pipelining_sends_mail_and_rcpts_together_and_data_when_asked() {
             assert_eq!(d.server("354 go\r\n"), "hi\r\n.\r\n");
         }
         d.server("250 queued\r\n");
-        assert_eq!(d.event(), Some(ClientEvent::Sent(vec![RcptResult::Ok, RcptResult::Perm("550 no".into())])));
+        assert_eq!(shape(d.event()), shape(Some(ClientEvent::Sent(vec![RcptResult::Ok, perm("550 no")]))));
     }
 }
 
@@ -165,7 +194,7 @@ fn pipelined_data_with_every_recipient_refused_sends_an_empty_message() {
     // A server that answers 354 although no recipient was accepted gets no message.
     assert_eq!(d.server("250 ok\r\n550 no\r\n354 go\r\n"), ".\r\n");
     assert_eq!(d.server("554 no valid recipients\r\n"), "");
-    assert_eq!(d.event(), Some(ClientEvent::Sent(vec![RcptResult::Perm("550 no".into())])));
+    assert_eq!(shape(d.event()), shape(Some(ClientEvent::Sent(vec![perm("550 no")]))));
 }
 
 #[test]
@@ -179,8 +208,8 @@ fn mail_refused_gives_every_recipient_its_verdict() {
     assert_eq!(d.server("452 4.3.1 full\r\n"), "RSET\r\n");
     assert_eq!(d.event(), None, "the transaction ends once RSET is answered");
     d.server("250 ok\r\n");
-    let t = RcptResult::Temp("452 4.3.1 full".into());
-    assert_eq!(d.event(), Some(ClientEvent::Sent(vec![t.clone(), t])));
+    let t = temp("452 4.3.1 full");
+    assert_eq!(shape(d.event()), shape(Some(ClientEvent::Sent(vec![t.clone(), t]))));
 }
 
 #[test]
@@ -195,7 +224,7 @@ fn all_or_nothing_sends_no_data_when_one_recipient_is_refused() {
     d.server("250 ok\r\n");
     assert_eq!(d.server("550 no\r\n"), "RSET\r\n");
     d.server("250 ok\r\n");
-    assert_eq!(d.event(), Some(ClientEvent::Sent(vec![RcptResult::Ok, RcptResult::Perm("550 no".into())])));
+    assert_eq!(shape(d.event()), shape(Some(ClientEvent::Sent(vec![RcptResult::Ok, perm("550 no")]))));
 }
 
 #[test]
@@ -210,12 +239,8 @@ fn lmtp_gets_one_reply_per_accepted_recipient() {
     d.server("354 go\r\n");
     d.server("250 2.0.0 x saved\r\n452 4.2.2 y over quota\r\n");
     assert_eq!(
-        d.event(),
-        Some(ClientEvent::Sent(vec![
-            RcptResult::Ok,
-            RcptResult::Perm("550 unknown".into()),
-            RcptResult::Temp("452 4.2.2 y over quota".into()),
-        ]))
+        shape(d.event()),
+        shape(Some(ClientEvent::Sent(vec![RcptResult::Ok, perm("550 unknown"), temp("452 4.2.2 y over quota"),])))
     );
 }
 
