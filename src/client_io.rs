@@ -7,6 +7,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use std::time::Instant;
 
 use rustls::pki_types::ServerName;
 
@@ -75,12 +76,25 @@ pub struct Blocking {
     stream: Option<ClientStream>,
     tls: Option<TlsClient>,
     buf: Box<[u8]>,
+    /// When the current message's final dot was written.
+    data_sent_at: Option<Instant>,
 }
 
 impl Blocking {
     /// `tls` is needed for STARTTLS; with implicit TLS, `stream` is already `Tls`.
     pub fn new(client: Client, stream: ClientStream, tls: Option<TlsClient>) -> Blocking {
-        Blocking { client, stream: Some(stream), tls, buf: vec![0; 16 * 1024].into_boxed_slice() }
+        Blocking { client, stream: Some(stream), tls, buf: vec![0; 16 * 1024].into_boxed_slice(), data_sent_at: None }
+    }
+
+    /// Starts a transaction (see `Client::send_mail`).
+    pub fn send_mail(&mut self, sender: &str, rcpts: &[&str], message: &[u8]) {
+        self.data_sent_at = None;
+        self.client.send_mail(sender, rcpts, message);
+    }
+
+    /// When the current transaction's message went out whole (for latency figures).
+    pub fn data_sent_at(&self) -> Option<Instant> {
+        self.data_sent_at
     }
 
     pub fn stream(&mut self) -> Option<&mut ClientStream> {
@@ -111,6 +125,9 @@ impl Blocking {
         stream.flush()?;
         let n = out.len();
         self.client.consume_output(n);
+        if self.data_sent_at.is_none() && self.client.message_sent() {
+            self.data_sent_at = Some(Instant::now());
+        }
         Ok(())
     }
 

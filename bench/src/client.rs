@@ -1,142 +1,59 @@
-//! One load session: a blocking SMTP client over TCP, optionally TLS (no verification).
+//! One load session: mxd's own SMTP client (`mxd::smtp::client`, the one the relay and
+//! sendmail use) over blocking TCP, optionally TLS without verification.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mxd::client_io::{Blocking, ClientStream, TlsClient};
+use mxd::smtp::client::{Client, ClientConfig, ClientEvent, Pipelining, TlsWant};
+
 use crate::opts::Tls;
 
-trait Stream: Read + Write + Send {}
-impl<T: Read + Write + Send> Stream for T {}
-
-pub struct Client {
-    stream: Box<dyn Stream>,
-    buf: Vec<u8>,
-    pub pipelining: bool,
-}
-
-/// A reply: its code and the text of its last line.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub code: u16,
-    pub text: String,
-}
-
-impl Reply {
-    pub fn ok(&self) -> bool {
-        (200..400).contains(&self.code)
+/// Opens a session: greeting, EHLO, STARTTLS or smtps as asked, EHLO again.
+pub fn connect(
+    target: &str,
+    tls: Tls,
+    helo: &str,
+    timeout: Duration,
+    pipelining: bool,
+    tls_config: &Arc<rustls::ClientConfig>,
+) -> io::Result<Blocking> {
+    let tcp = TcpStream::connect(target)?;
+    tcp.set_nodelay(true)?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    let host = target.rsplit_once(':').map_or(target, |h| h.0).trim_matches(['[', ']']).to_owned();
+    let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| io::Error::other(e.to_string()))?;
+    let tls_client = TlsClient { config: Arc::clone(tls_config), name };
+    let (stream, want) = match tls {
+        Tls::Smtps => (tls_client.connect(tcp)?, TlsWant::Implicit),
+        Tls::Starttls => (ClientStream::Tcp(tcp), TlsWant::Required),
+        Tls::None => (ClientStream::Tcp(tcp), TlsWant::Never),
+    };
+    let cfg = ClientConfig {
+        helo: helo.to_owned(),
+        lmtp: false,
+        tls: want,
+        auth: None,
+        // `--pipelining`: MAIL, RCPTs and DATA in one write, as the heaviest client would.
+        pipelining: if pipelining { Pipelining::WithData } else { Pipelining::Never },
+        all_or_nothing: false,
+        transcript: false,
+    };
+    let mut session = Blocking::new(Client::new(cfg), stream, Some(tls_client));
+    match session.next_event()? {
+        ClientEvent::Ready => Ok(session),
+        ClientEvent::Failed(e) => Err(io::Error::other(e.to_string())),
+        other => Err(io::Error::other(format!("unexpected {other:?}"))),
     }
 }
 
-fn other(msg: String) -> io::Error {
-    io::Error::other(msg)
-}
-
-impl Client {
-    pub fn connect(
-        target: &str,
-        tls: Tls,
-        helo: &str,
-        timeout: Duration,
-        tls_config: &Arc<rustls::ClientConfig>,
-    ) -> io::Result<Client> {
-        let tcp = TcpStream::connect(target)?;
-        tcp.set_nodelay(true)?;
-        tcp.set_read_timeout(Some(timeout))?;
-        tcp.set_write_timeout(Some(timeout))?;
-        let host = target.rsplit_once(':').map_or(target, |h| h.0).trim_matches(['[', ']']).to_owned();
-        let stream: Box<dyn Stream> = match tls {
-            Tls::Smtps => Box::new(wrap(tcp.try_clone()?, &host, tls_config)?),
-            _ => Box::new(tcp.try_clone()?),
-        };
-        let mut c = Client { stream, buf: Vec::new(), pipelining: false };
-        c.expect(220)?;
-        c.ehlo(helo)?;
-        if tls == Tls::Starttls {
-            c.send(b"STARTTLS\r\n")?;
-            c.expect(220)?;
-            c.stream = Box::new(wrap(tcp, &host, tls_config)?);
-            c.ehlo(helo)?;
-        }
-        Ok(c)
-    }
-
-    fn ehlo(&mut self, helo: &str) -> io::Result<()> {
-        self.send(format!("EHLO {helo}\r\n").as_bytes())?;
-        let (code, lines) = self.read_reply_lines()?;
-        if code != 250 {
-            return Err(other(format!("EHLO refused: {code}")));
-        }
-        self.pipelining = lines.iter().any(|l| l.eq_ignore_ascii_case("PIPELINING"));
-        Ok(())
-    }
-
-    pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes)?;
-        self.stream.flush()
-    }
-
-    fn expect(&mut self, code: u16) -> io::Result<Reply> {
-        let r = self.reply()?;
-        if r.code == code {
-            Ok(r)
-        } else {
-            Err(other(format!("expected {code}, got {} {}", r.code, r.text)))
-        }
-    }
-
-    pub fn reply(&mut self) -> io::Result<Reply> {
-        let (code, lines) = self.read_reply_lines()?;
-        Ok(Reply { code, text: lines.last().cloned().unwrap_or_default() })
-    }
-
-    /// Reads one (possibly multi-line) reply; returns its code and the text of each line.
-    fn read_reply_lines(&mut self) -> io::Result<(u16, Vec<String>)> {
-        let mut lines = Vec::new();
-        loop {
-            let line = self.line()?;
-            let code = line
-                .get(..3)
-                .and_then(|c| c.parse::<u16>().ok())
-                .ok_or_else(|| other(format!("bad reply line {line:?}")))?;
-            let more = line.as_bytes().get(3) == Some(&b'-');
-            lines.push(line.get(4..).unwrap_or("").to_owned());
-            if !more {
-                return Ok((code, lines));
-            }
-        }
-    }
-
-    fn line(&mut self) -> io::Result<String> {
-        loop {
-            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=i).collect();
-                return Ok(String::from_utf8_lossy(&line).trim_end().to_owned());
-            }
-            let mut chunk = [0u8; 4096];
-            let n = self.stream.read(&mut chunk)?;
-            if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    pub fn quit(mut self) {
-        let _ = self.send(b"QUIT\r\n");
-        let _ = self.reply();
-    }
-}
-
-fn wrap(
-    tcp: TcpStream,
-    host: &str,
-    config: &Arc<rustls::ClientConfig>,
-) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
-    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| other(e.to_string()))?;
-    let conn = rustls::ClientConnection::new(Arc::clone(config), name).map_err(|e| other(e.to_string()))?;
-    Ok(rustls::StreamOwned::new(conn, tcp))
+/// Ends a session politely; errors change nothing.
+pub fn quit(mut session: Blocking) {
+    session.client.quit();
+    let _ = session.next_event();
 }
 
 /// No certificate verification: a load generator measures, it does not authenticate.
@@ -170,36 +87,17 @@ pub fn message(n: u64, size: usize, from: &str, to: &str) -> Vec<u8> {
     m
 }
 
-/// Dot-stuffs a CRLF message and appends the final ".".
-pub fn stuffed(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len() + 64);
-    let mut bol = true;
-    for &b in message {
-        if bol && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        bol = b == b'\n';
-    }
-    if !bol {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn exact_sizes_and_stuffing() {
+    fn exact_sizes() {
         for size in [200, 201, 202, 203, 500, 4096, 16384, 100_000] {
             let m = message(3, size, "a@b", "c@d");
             assert_eq!(m.len(), size, "size {size}");
             assert!(m.ends_with(b"\r\n"));
             assert!(m.split(|b| *b == b'\n').all(|l| l.len() <= 1000));
         }
-        assert_eq!(stuffed(b"a\r\n.b\r\n..c\r\n"), b"a\r\n..b\r\n...c\r\n.\r\n");
     }
 }

@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use client::{Client, Reply};
+use mxd::client_io::Blocking;
+use mxd::smtp::client::{ClientEvent, RcptResult};
 use opts::{Command, Opts};
 use stats::Stats;
 
@@ -108,7 +109,8 @@ fn session_loop(s: &Shared, index: usize) {
     let mut local = Stats::new();
     let mut pending = None;
     'connect: while let Some(n) = pending.take().or_else(|| s.claim()) {
-        let mut c = match Client::connect(&s.opts.target, s.opts.tls, &s.opts.helo, s.opts.timeout, &s.tls) {
+        let o = &s.opts;
+        let mut c = match client::connect(&o.target, o.tls, &o.helo, o.timeout, o.pipelining, &s.tls) {
             Ok(c) => c,
             Err(e) => {
                 local.connect_error(&e);
@@ -129,7 +131,7 @@ fn session_loop(s: &Shared, index: usize) {
             }
             s.done.fetch_add(1, Ordering::Relaxed);
             if sent + 1 >= s.opts.per_session {
-                c.quit();
+                client::quit(c);
                 continue 'connect;
             }
             match s.claim() {
@@ -137,14 +139,14 @@ fn session_loop(s: &Shared, index: usize) {
                 None => break,
             }
         }
-        c.quit();
+        client::quit(c);
     }
     if let Ok(mut all) = s.stats.lock() {
         all.merge(&local);
     }
 }
 
-fn one_message(s: &Shared, c: &mut Client, n: u64, index: usize, st: &mut Stats) -> std::io::Result<()> {
+fn one_message(s: &Shared, c: &mut Blocking, n: u64, index: usize, st: &mut Stats) -> std::io::Result<()> {
     let o = &s.opts;
     // Open loop: message n is due at start + n/rate; latency counts from then.
     let started = match o.rate {
@@ -165,57 +167,44 @@ fn one_message(s: &Shared, c: &mut Client, n: u64, index: usize, st: &mut Stats)
         })
         .collect();
     let size = o.sizes.pick(n);
-    let body = client::stuffed(&client::message(n, size, &o.from, &rcpts[0]));
-    let mut cmds = format!("MAIL FROM:<{}>\r\n", o.from);
-    for r in &rcpts {
-        cmds.push_str(&format!("RCPT TO:<{r}>\r\n"));
-    }
-    cmds.push_str("DATA\r\n");
-    let replies: Vec<(&str, Reply)> = if o.pipelining && c.pipelining {
-        c.send(cmds.as_bytes())?;
-        let mut v = vec![("MAIL", c.reply()?)];
-        for _ in &rcpts {
-            v.push(("RCPT", c.reply()?));
-        }
-        v.push(("DATA", c.reply()?));
-        v
-    } else {
-        let mut v: Vec<(&str, Reply)> = Vec::new();
-        for line in cmds.split_inclusive("\r\n") {
-            let verb = &line[..4];
-            if verb == "DATA" && !v.iter().any(|(verb, r)| *verb == "RCPT" && r.ok()) {
-                break; // no recipient accepted: a real client would not send DATA
-            }
-            c.send(line.as_bytes())?;
-            let r = c.reply()?;
-            let stop = !r.ok() && (verb == "MAIL" || verb == "DATA");
-            v.push((verb, r));
-            if stop {
-                break;
-            }
-        }
-        v
+    let message = client::message(n, size, &o.from, &rcpts[0]);
+    let rcpt_refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    c.send_mail(&o.from, &rcpt_refs, &message);
+    let results = match c.next_event()? {
+        ClientEvent::Sent(results) => results,
+        ClientEvent::Failed(e) => return Err(std::io::Error::other(e.to_string())),
+        other => return Err(std::io::Error::other(format!("unexpected {other:?}"))),
     };
-    for (verb, r) in &replies {
-        if !r.ok() && record {
-            st.code(verb, r.code);
-        }
-    }
-    let go = replies.last().is_some_and(|(verb, r)| *verb == "DATA" && r.code == 354);
-    if !go {
-        c.send(b"RSET\r\n")?;
-        c.reply()?;
+    if !record {
         return Ok(());
     }
-    c.send(&body)?;
-    let data_end = Instant::now();
-    let r = c.reply()?;
-    if record {
-        if r.ok() {
-            st.delivered(size, started.elapsed(), data_end.elapsed());
-        } else {
-            st.code("DATA-END", r.code);
+    let mut counted = Vec::new();
+    for r in &results {
+        if let RcptResult::Temp(f) | RcptResult::Perm(f) = r {
+            // MAIL's or DATA's refusal is every recipient's: count it once.
+            let key = (f.step, f.reply.code);
+            if !counted.contains(&key) {
+                counted.push(key);
+                st.code(step_label(f.step), f.reply.code);
+            }
         }
     }
+    // Delivered when the message went through for at least one recipient.
+    if results.contains(&RcptResult::Ok) {
+        let data_end = c.data_sent_at().unwrap_or(started);
+        st.delivered(size, started.elapsed(), data_end.elapsed());
+    }
     Ok(())
+}
+
+/// The command a refusal answered, as the report names it (`RCPT 550`, `DATA-END 451`).
+fn step_label(step: mxd::smtp::client::Step) -> &'static str {
+    use mxd::smtp::client::Step;
+    match step {
+        Step::Mail => "MAIL",
+        Step::Rcpt => "RCPT",
+        Step::Data => "DATA",
+        Step::EndOfData => "DATA-END",
+        other => other.as_str(),
+    }
 }

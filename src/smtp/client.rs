@@ -185,14 +185,24 @@ pub struct ClientConfig {
     pub tls: TlsWant,
     /// (user, password) for AUTH; never sent over plaintext.
     pub auth: Option<(String, String)>,
-    /// Send DATA in the same write as MAIL and RCPT when pipelining (RFC 2920 allows it as
-    /// the last command of a group); otherwise wait for the RCPT replies first.
-    pub pipeline_data: bool,
+    /// How much to send before waiting for replies, when the server offers PIPELINING.
+    pub pipelining: Pipelining,
     /// Only send the data when every recipient was accepted (sendmail: a refused recipient
     /// refuses the submission); otherwise send it to those accepted.
     pub all_or_nothing: bool,
     /// Keep a transcript of the dialogue (`sendmail -v`): see [`Client::take_transcript`].
     pub transcript: bool,
+}
+
+/// What goes out in one write when the server offers PIPELINING (RFC 2920).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pipelining {
+    /// One command, one reply (as OpenSMTPD's enqueue talks to its own daemon).
+    Never,
+    /// MAIL and every RCPT together; DATA once their replies are in.
+    Envelope,
+    /// MAIL, every RCPT and DATA together (DATA may end a group, §3.1).
+    WithData,
 }
 
 /// What the server said about one recipient.
@@ -397,6 +407,17 @@ impl Client {
         self.tls_active
     }
 
+    /// The message (its final dot included) is in the output or sent, and its verdict is
+    /// due: where a load generator starts the commit's clock.
+    pub fn message_sent(&self) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.data_sent)
+    }
+
+    /// Whether commands go out in groups: the server offers PIPELINING and we use it.
+    fn pipelined(&self) -> bool {
+        self.ext.pipelining && self.cfg.pipelining != Pipelining::Never
+    }
+
     /// Bytes to send now.
     pub fn output(&self) -> &[u8] {
         &self.out
@@ -476,11 +497,11 @@ impl Client {
             data_pipelined: false,
         });
         self.command(format_args!("MAIL FROM:<{sender}>"), Expect::Mail);
-        if self.ext.pipelining {
+        if self.pipelined() {
             for (i, r) in rcpts.iter().enumerate() {
                 self.command(format_args!("RCPT TO:<{r}>"), Expect::Rcpt(i));
             }
-            if self.cfg.pipeline_data && n > 0 {
+            if self.cfg.pipelining == Pipelining::WithData && n > 0 {
                 self.command(format_args!("DATA"), Expect::Data);
                 if let Some(tx) = self.tx.as_mut() {
                     tx.data_pipelined = true;
@@ -612,7 +633,7 @@ impl Client {
     }
 
     fn on_mail(&mut self, reply: ServerReply) {
-        let pipelined = self.ext.pipelining;
+        let pipelined = self.pipelined();
         let Some(tx) = self.tx.as_mut() else { return };
         let ok = reply.code / 100 == 2;
         tx.mail = Some(reply);
@@ -628,7 +649,7 @@ impl Client {
     }
 
     fn on_rcpt(&mut self, i: usize, reply: ServerReply) {
-        let pipelined = self.ext.pipelining;
+        let pipelined = self.pipelined();
         let Some(tx) = self.tx.as_mut() else { return };
         if let Some(slot) = tx.results.get_mut(i) {
             *slot = Some(RcptResult::from_reply(Step::Rcpt, &reply));

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use super::Prepared;
 use crate::client_io::{Blocking, ClientStream};
-use crate::smtp::client::{Client, ClientConfig, ClientEvent, RcptResult, ServerReply, SessionError, Step, TlsWant};
+use crate::smtp::client::{
+    Client, ClientConfig, ClientEvent, Pipelining, RcptResult, ServerReply, SessionError, Step, TlsWant,
+};
 
 /// File name of the daemon's submission socket inside the spool (`listen on socket`).
 pub const SUBMIT_SOCKET: &str = "mxd.sock";
@@ -74,7 +76,7 @@ pub fn submit(socket: &Path, msg: &Prepared, mut trace: Option<&mut dyn Write>) 
         lmtp: false,
         tls: TlsWant::Never,
         auth: None,
-        pipeline_data: false,
+        pipelining: Pipelining::Never,
         all_or_nothing: true,
         transcript: trace.is_some(),
     };
@@ -94,10 +96,11 @@ pub fn submit(socket: &Path, msg: &Prepared, mut trace: Option<&mut dyn Write>) 
         other => return Err(SubmitError::Protocol(format!("unexpected {other:?}"))),
     }
     let rcpts: Vec<&str> = msg.recipients.iter().map(String::as_str).collect();
-    session.client.send_mail(&msg.sender, &rcpts, &msg.message);
+    session.send_mail(&msg.sender, &rcpts, &msg.message);
     match next(&mut session)? {
         ClientEvent::Sent(results) => {
-            if let Some(RcptResult::Temp(r) | RcptResult::Perm(r)) = results.into_iter().find(|r| *r != RcptResult::Ok) {
+            if let Some(RcptResult::Temp(r) | RcptResult::Perm(r)) = results.into_iter().find(|r| *r != RcptResult::Ok)
+            {
                 return Err(SubmitError::Refused { stage: r.step.as_str(), reply: r.reply });
             }
         }
@@ -123,4 +126,3 @@ fn session_error(e: SessionError) -> SubmitError {
         other => SubmitError::Protocol(other.to_string()),
     }
 }
-

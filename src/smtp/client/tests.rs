@@ -6,7 +6,7 @@ fn cfg() -> ClientConfig {
         lmtp: false,
         tls: TlsWant::Opportunistic,
         auth: None,
-        pipeline_data: false,
+        pipelining: Pipelining::Envelope,
         all_or_nothing: false,
         transcript: false,
     }
@@ -162,8 +162,9 @@ fn plain_transaction_one_command_at_a_time() {
 
 #[test]
 fn pipelining_sends_mail_and_rcpts_together_and_data_when_asked() {
-    for pipeline_data in [false, true] {
-        let mut d = Dialog::new(ClientConfig { pipeline_data, ..cfg() });
+    for pipelining in [Pipelining::Envelope, Pipelining::WithData] {
+        let pipeline_data = pipelining == Pipelining::WithData;
+        let mut d = Dialog::new(ClientConfig { pipelining, ..cfg() });
         d.server("220 mx\r\n");
         d.server(EHLO_PIPE);
         assert_eq!(d.event(), Some(ClientEvent::Ready));
@@ -185,7 +186,7 @@ fn pipelining_sends_mail_and_rcpts_together_and_data_when_asked() {
 
 #[test]
 fn pipelined_data_with_every_recipient_refused_sends_an_empty_message() {
-    let mut d = Dialog::new(ClientConfig { pipeline_data: true, ..cfg() });
+    let mut d = Dialog::new(ClientConfig { pipelining: Pipelining::WithData, ..cfg() });
     d.server("220 mx\r\n");
     d.server(EHLO_PIPE);
     d.event();
@@ -195,6 +196,22 @@ fn pipelined_data_with_every_recipient_refused_sends_an_empty_message() {
     assert_eq!(d.server("250 ok\r\n550 no\r\n354 go\r\n"), ".\r\n");
     assert_eq!(d.server("554 no valid recipients\r\n"), "");
     assert_eq!(shape(d.event()), shape(Some(ClientEvent::Sent(vec![perm("550 no")]))));
+}
+
+#[test]
+fn never_pipelining_waits_for_each_reply_even_when_offered() {
+    let mut d = Dialog::new(ClientConfig { pipelining: Pipelining::Never, ..cfg() });
+    d.server("220 mx\r\n");
+    d.server(EHLO_PIPE);
+    d.event();
+    d.c.send_mail("a@b", &["x@c", "y@c"], b"m\n");
+    assert_eq!(d.sent(), "MAIL FROM:<a@b>\r\n");
+    assert_eq!(d.server("250 ok\r\n"), "RCPT TO:<x@c>\r\n");
+    assert!(!d.c.message_sent());
+    d.server("250 ok\r\n");
+    d.server("250 ok\r\n");
+    assert_eq!(d.server("354 go\r\n"), "m\r\n.\r\n");
+    assert!(d.c.message_sent());
 }
 
 #[test]
