@@ -204,6 +204,49 @@ pub fn headers(data: &[u8]) {
 }
 
 /// Runs one named target on one input.
+/// The SMTP client fed arbitrary server bytes, in chunks sized by the first byte, through a
+/// whole session (greeting, EHLO, maybe STARTTLS, a transaction of three recipients, QUIT):
+/// no panic, a bounded output, and a transaction ends with one result per recipient.
+pub fn smtp_client(data: &[u8]) {
+    use mxd::smtp::client::{Client, ClientConfig, ClientEvent, Pipelining, TlsWant};
+    let Some((first, input)) = data.split_first() else { return };
+    let pipelining = [Pipelining::Never, Pipelining::Envelope, Pipelining::WithData][usize::from(*first % 3)];
+    let cfg = ClientConfig {
+        helo: "fuzz.test".into(),
+        lmtp: first & 4 != 0,
+        tls: if first & 8 != 0 { TlsWant::Opportunistic } else { TlsWant::Never },
+        auth: (first & 16 != 0).then(|| ("u".to_string(), "p".to_string())),
+        pipelining,
+        all_or_nothing: first & 32 != 0,
+        transcript: first & 64 != 0,
+    };
+    let mut c = Client::new(cfg);
+    let mut started = false;
+    let step = usize::from(*first >> 4) + 1;
+    for chunk in input.chunks(step) {
+        c.receive(chunk);
+        assert!(c.output().len() < 64 * 1024, "client output grew without bound");
+        let n = c.output().len();
+        c.consume_output(n);
+        while let Some(event) = c.poll_event() {
+            match event {
+                ClientEvent::StartTls => c.tls_started(),
+                ClientEvent::Ready if !started => {
+                    started = true;
+                    c.send_mail("a@b.example", &["x@c.example", "y@c.example", "z@c.example"], b"Subject: s\n\n.\n");
+                }
+                ClientEvent::Ready => {}
+                ClientEvent::Sent(results) => {
+                    assert_eq!(results.len(), 3);
+                    c.quit();
+                }
+                ClientEvent::Failed(_) | ClientEvent::Closed => return,
+            }
+        }
+    }
+    c.eof();
+}
+
 pub fn run(target: &str, data: &[u8]) {
     match target {
         "smtp_command" => smtp_command(data),
@@ -214,9 +257,10 @@ pub fn run(target: &str, data: &[u8]) {
         "table" => table(data),
         "expand" => expand(data),
         "headers" => headers(data),
+        "smtp_client" => smtp_client(data),
         other => panic!("unknown fuzz target {other}"),
     }
 }
 
-pub const TARGETS: [&str; 8] =
-    ["smtp_command", "smtp_data", "smtp_session", "address", "config", "table", "expand", "headers"];
+pub const TARGETS: [&str; 9] =
+    ["smtp_command", "smtp_data", "smtp_session", "address", "config", "table", "expand", "headers", "smtp_client"];
