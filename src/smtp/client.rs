@@ -210,19 +210,19 @@ pub enum Pipelining {
 pub enum RcptResult {
     Ok,
     /// A 4xx (or no verdict): try again later.
-    Temp(Refusal),
+    Temp(ServerRefusal),
     /// A 5xx: bounce.
-    Perm(Refusal),
+    Perm(ServerRefusal),
 }
 
 /// A refusal and the step it came at (MAIL's refusal applies to every recipient).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refusal {
+pub struct ServerRefusal {
     pub step: Step,
     pub reply: ServerReply,
 }
 
-impl fmt::Display for Refusal {
+impl fmt::Display for ServerRefusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.reply)
     }
@@ -230,7 +230,7 @@ impl fmt::Display for Refusal {
 
 impl RcptResult {
     pub fn from_reply(step: Step, reply: &ServerReply) -> RcptResult {
-        let refusal = || Refusal { step, reply: reply.clone() };
+        let refusal = || ServerRefusal { step, reply: reply.clone() };
         match reply.code {
             200..=399 => RcptResult::Ok,
             500..=599 => RcptResult::Perm(refusal()),
@@ -240,7 +240,7 @@ impl RcptResult {
 
     /// A temporary failure for a reply that never came (the session ended first).
     fn no_reply(step: Step) -> RcptResult {
-        RcptResult::Temp(Refusal { step, reply: ServerReply { code: 451, lines: vec!["4.4.2 no reply".into()] } })
+        RcptResult::Temp(ServerRefusal { step, reply: ServerReply { code: 451, lines: vec!["4.4.2 no reply".into()] } })
     }
 }
 
@@ -350,7 +350,7 @@ enum Expect {
 }
 
 #[derive(Debug)]
-struct Tx {
+struct Transaction {
     rcpts: Vec<String>,
     mail: Option<ServerReply>,
     results: Vec<Option<RcptResult>>,
@@ -371,7 +371,7 @@ pub struct Client {
     events: VecDeque<ClientEvent>,
     ext: Extensions,
     tls_active: bool,
-    tx: Option<Tx>,
+    tx: Option<Transaction>,
     /// STARTTLS was accepted and the handshake has not been reported yet.
     awaiting_tls: bool,
     transcript: Vec<String>,
@@ -488,7 +488,7 @@ impl Client {
         let mut body = Vec::with_capacity(message.len() + message.len() / 32 + 8);
         dot_stuff(message, &mut body);
         let n = rcpts.len();
-        self.tx = Some(Tx {
+        self.tx = Some(Transaction {
             rcpts: rcpts.iter().map(|r| (*r).to_owned()).collect(),
             mail: None,
             results: vec![None; n],

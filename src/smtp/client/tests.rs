@@ -13,13 +13,13 @@ fn cfg() -> ClientConfig {
 }
 
 /// A client and what it has sent so far, as text.
-struct Dialog {
+struct Script {
     c: Client,
 }
 
-impl Dialog {
-    fn new(cfg: ClientConfig) -> Dialog {
-        Dialog { c: Client::new(cfg) }
+impl Script {
+    fn new(cfg: ClientConfig) -> Script {
+        Script { c: Client::new(cfg) }
     }
 
     /// The server says `reply`; returns what the client sends in answer.
@@ -138,7 +138,7 @@ fn dot_stuffing_and_line_endings() {
 
 #[test]
 fn plain_transaction_one_command_at_a_time() {
-    let mut d = Dialog::new(cfg());
+    let mut d = Script::new(cfg());
     assert_eq!(d.server("220 mx.test ESMTP\r\n"), "EHLO node.test\r\n");
     assert_eq!(d.server(EHLO_PLAIN), "");
     assert_eq!(d.event(), Some(ClientEvent::Ready));
@@ -164,7 +164,7 @@ fn plain_transaction_one_command_at_a_time() {
 fn pipelining_sends_mail_and_rcpts_together_and_data_when_asked() {
     for pipelining in [Pipelining::Envelope, Pipelining::WithData] {
         let pipeline_data = pipelining == Pipelining::WithData;
-        let mut d = Dialog::new(ClientConfig { pipelining, ..cfg() });
+        let mut d = Script::new(ClientConfig { pipelining, ..cfg() });
         d.server("220 mx\r\n");
         d.server(EHLO_PIPE);
         assert_eq!(d.event(), Some(ClientEvent::Ready));
@@ -186,7 +186,7 @@ fn pipelining_sends_mail_and_rcpts_together_and_data_when_asked() {
 
 #[test]
 fn pipelined_data_with_every_recipient_refused_sends_an_empty_message() {
-    let mut d = Dialog::new(ClientConfig { pipelining: Pipelining::WithData, ..cfg() });
+    let mut d = Script::new(ClientConfig { pipelining: Pipelining::WithData, ..cfg() });
     d.server("220 mx\r\n");
     d.server(EHLO_PIPE);
     d.event();
@@ -200,7 +200,7 @@ fn pipelined_data_with_every_recipient_refused_sends_an_empty_message() {
 
 #[test]
 fn never_pipelining_waits_for_each_reply_even_when_offered() {
-    let mut d = Dialog::new(ClientConfig { pipelining: Pipelining::Never, ..cfg() });
+    let mut d = Script::new(ClientConfig { pipelining: Pipelining::Never, ..cfg() });
     d.server("220 mx\r\n");
     d.server(EHLO_PIPE);
     d.event();
@@ -216,7 +216,7 @@ fn never_pipelining_waits_for_each_reply_even_when_offered() {
 
 #[test]
 fn mail_refused_gives_every_recipient_its_verdict() {
-    let mut d = Dialog::new(cfg());
+    let mut d = Script::new(cfg());
     d.server("220 mx\r\n");
     d.server(EHLO_PLAIN);
     d.event();
@@ -231,7 +231,7 @@ fn mail_refused_gives_every_recipient_its_verdict() {
 
 #[test]
 fn all_or_nothing_sends_no_data_when_one_recipient_is_refused() {
-    let mut d = Dialog::new(ClientConfig { all_or_nothing: true, ..cfg() });
+    let mut d = Script::new(ClientConfig { all_or_nothing: true, ..cfg() });
     d.server("220 mx\r\n");
     d.server(EHLO_PLAIN);
     d.event();
@@ -246,7 +246,7 @@ fn all_or_nothing_sends_no_data_when_one_recipient_is_refused() {
 
 #[test]
 fn lmtp_gets_one_reply_per_accepted_recipient() {
-    let mut d = Dialog::new(ClientConfig { lmtp: true, tls: TlsWant::Never, ..cfg() });
+    let mut d = Script::new(ClientConfig { lmtp: true, tls: TlsWant::Never, ..cfg() });
     assert_eq!(d.server("220 lmtp\r\n"), "LHLO node.test\r\n");
     d.server("250-lmtp\r\n250 PIPELINING\r\n");
     d.event();
@@ -263,7 +263,7 @@ fn lmtp_gets_one_reply_per_accepted_recipient() {
 
 #[test]
 fn starttls_discards_plaintext_and_says_ehlo_again() {
-    let mut d = Dialog::new(ClientConfig { tls: TlsWant::Required, ..cfg() });
+    let mut d = Script::new(ClientConfig { tls: TlsWant::Required, ..cfg() });
     d.server("220 mx\r\n");
     assert_eq!(d.server("250-mx\r\n250 STARTTLS\r\n"), "STARTTLS\r\n");
     // An injected reply after the 220 must not be taken as the answer to what follows.
@@ -279,7 +279,7 @@ fn starttls_discards_plaintext_and_says_ehlo_again() {
 
 #[test]
 fn tls_required_but_not_offered_fails() {
-    let mut d = Dialog::new(ClientConfig { tls: TlsWant::Required, ..cfg() });
+    let mut d = Script::new(ClientConfig { tls: TlsWant::Required, ..cfg() });
     d.server("220 mx\r\n");
     d.server(EHLO_PLAIN);
     assert_eq!(d.event(), Some(ClientEvent::Failed(SessionError::NoStartTls)));
@@ -287,7 +287,7 @@ fn tls_required_but_not_offered_fails() {
 
 #[test]
 fn ehlo_refused_falls_back_to_helo() {
-    let mut d = Dialog::new(ClientConfig { tls: TlsWant::Opportunistic, ..cfg() });
+    let mut d = Script::new(ClientConfig { tls: TlsWant::Opportunistic, ..cfg() });
     d.server("220 mx\r\n");
     assert_eq!(d.server("502 5.5.1 what\r\n"), "HELO node.test\r\n");
     d.server("250 mx\r\n");
@@ -298,18 +298,18 @@ fn ehlo_refused_falls_back_to_helo() {
 fn auth_plain_or_login_only_over_tls() {
     let auth = Some(("joe".to_string(), "secret".to_string()));
     // Plaintext: refused before anything is sent.
-    let mut d = Dialog::new(ClientConfig { tls: TlsWant::Never, auth: auth.clone(), ..cfg() });
+    let mut d = Script::new(ClientConfig { tls: TlsWant::Never, auth: auth.clone(), ..cfg() });
     d.server("220 mx\r\n");
     assert_eq!(d.server("250-mx\r\n250 AUTH PLAIN\r\n"), "");
     assert_eq!(d.event(), Some(ClientEvent::Failed(SessionError::AuthWithoutTls)));
     // PLAIN in one line.
-    let mut d = Dialog::new(ClientConfig { tls: TlsWant::Implicit, auth: auth.clone(), ..cfg() });
+    let mut d = Script::new(ClientConfig { tls: TlsWant::Implicit, auth: auth.clone(), ..cfg() });
     d.server("220 mx\r\n");
     assert_eq!(d.server("250-mx\r\n250 AUTH LOGIN PLAIN\r\n"), "AUTH PLAIN AGpvZQBzZWNyZXQ=\r\n");
     d.server("235 ok\r\n");
     assert_eq!(d.event(), Some(ClientEvent::Ready));
     // LOGIN when that is all there is.
-    let mut d = Dialog::new(ClientConfig { tls: TlsWant::Implicit, auth: auth.clone(), ..cfg() });
+    let mut d = Script::new(ClientConfig { tls: TlsWant::Implicit, auth: auth.clone(), ..cfg() });
     d.server("220 mx\r\n");
     assert_eq!(d.server("250-mx\r\n250 AUTH LOGIN\r\n"), "AUTH LOGIN\r\n");
     assert_eq!(d.server("334 VXNlcm5hbWU6\r\n"), "am9l\r\n");
@@ -320,16 +320,16 @@ fn auth_plain_or_login_only_over_tls() {
 
 #[test]
 fn broken_servers_end_the_session_with_an_error() {
-    let mut d = Dialog::new(cfg());
+    let mut d = Script::new(cfg());
     d.server("554 go away\r\n");
     assert!(matches!(d.event(), Some(ClientEvent::Failed(SessionError::Refused { step: Step::Greeting, .. }))));
-    let mut d = Dialog::new(cfg());
+    let mut d = Script::new(cfg());
     d.server("220 mx\r\n");
     d.server(EHLO_PLAIN);
     d.event();
     d.server("250 nobody asked\r\n");
     assert!(matches!(d.event(), Some(ClientEvent::Failed(SessionError::Protocol(ProtocolError::Unsolicited(_))))));
-    let mut d = Dialog::new(cfg());
+    let mut d = Script::new(cfg());
     d.server("220 mx\r\n");
     d.c.eof();
     assert_eq!(d.event(), Some(ClientEvent::Failed(SessionError::Closed(Step::Ehlo))));
@@ -339,7 +339,7 @@ fn broken_servers_end_the_session_with_an_error() {
 #[test]
 fn transcript_shows_the_dialogue_but_no_credentials_or_body() {
     let auth = Some(("joe".to_string(), "secret".to_string()));
-    let mut d = Dialog::new(ClientConfig { tls: TlsWant::Implicit, auth, transcript: true, ..cfg() });
+    let mut d = Script::new(ClientConfig { tls: TlsWant::Implicit, auth, transcript: true, ..cfg() });
     d.server("220 mx\r\n");
     d.server("250-mx\r\n250 AUTH LOGIN\r\n");
     d.server("334 VXNlcm5hbWU6\r\n");
