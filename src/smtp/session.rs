@@ -490,7 +490,6 @@ impl<P: Policy> Session<P> {
                 }));
             }
             Err(DataError::TooBig) => self.reply(&reply::TOO_BIG),
-            Err(DataError::LongLine) => self.reply(&reply::LONG_TEXT_LINE),
             Err(DataError::BareEol) => {
                 self.reply(&reply::BARE_EOL);
                 self.close(CloseReason::Protocol);
