@@ -129,14 +129,18 @@ fn include(
         Ok(t) => t,
         Err((line, kind)) => return out.errors.push(Error { file: path.to_owned(), line, kind }),
     };
-    let mut p = Parser { toks: &tokens, pos: 0, file: path };
+    let mut p = Parser { toks: &tokens, pos: 0, file: path, keyword_names: Vec::new() };
     while p.pos < tokens.len() {
         if p.peek() == &Tok::Newline {
             p.pos += 1;
             continue;
         }
         let line = p.line();
-        match statement(&mut p, out) {
+        let result = statement(&mut p, out);
+        for (at, w) in p.keyword_names.drain(..) {
+            out.notice(&at, format!("'{w}' is a keyword: OpenSMTPD needs it quoted (\"{w}\") here"));
+        }
+        match result {
             Ok(Some(inc)) => {
                 let at = Origin { file: path.to_owned(), line };
                 include(&inc, macros, fixed, out, depth + 1, Some(&at));
@@ -150,10 +154,119 @@ fn include(
     }
 }
 
+/// OpenSMTPD 7.x's keywords (parse.y's `keywords[]`). OpenSMTPD refuses one unquoted where
+/// a name stands (`action relay relay`); mxd takes it, with a notice saying to quote it so
+/// that the file stays valid for OpenSMTPD.
+pub(crate) const KEYWORDS: &[&str] = &[
+    "action",
+    "admd",
+    "alias",
+    "any",
+    "auth",
+    "auth-optional",
+    "backup",
+    "bounce",
+    "bypass",
+    "ca",
+    "cert",
+    "chain",
+    "chroot",
+    "ciphers",
+    "commit",
+    "compression",
+    "connect",
+    "data",
+    "data-line",
+    "dhe",
+    "disconnect",
+    "domain",
+    "ehlo",
+    "encryption",
+    "expand-only",
+    "fcrdns",
+    "filter",
+    "for",
+    "forward-only",
+    "from",
+    "group",
+    "helo",
+    "helo-src",
+    "host",
+    "hostname",
+    "hostnames",
+    "include",
+    "inet4",
+    "inet6",
+    "junk",
+    "key",
+    "limit",
+    "listen",
+    "lmtp",
+    "local",
+    "mail-from",
+    "maildir",
+    "mask-src",
+    "masquerade",
+    "match",
+    "max-deferred",
+    "max-message-size",
+    "mbox",
+    "mda",
+    "mta",
+    "mx",
+    "no-dsn",
+    "no-verify",
+    "noop",
+    "on",
+    "phase",
+    "pki",
+    "port",
+    "proc",
+    "proc-exec",
+    "protocols",
+    "proxy-v2",
+    "queue",
+    "quit",
+    "rcpt-to",
+    "rdns",
+    "received-auth",
+    "recipient",
+    "regex",
+    "reject",
+    "relay",
+    "report",
+    "rewrite",
+    "rset",
+    "scheduler",
+    "senders",
+    "smtp",
+    "smtp-in",
+    "smtp-out",
+    "smtps",
+    "socket",
+    "src",
+    "srs",
+    "sub-addr-delim",
+    "table",
+    "tag",
+    "tagged",
+    "tls",
+    "tls-require",
+    "ttl",
+    "user",
+    "userbase",
+    "verify",
+    "virtual",
+    "warn-interval",
+    "wrapper",
+];
+
 pub(crate) struct Parser<'a> {
     toks: &'a [Token],
     pub(crate) pos: usize,
     file: &'a Path,
+    /// Keywords taken as names, for their notices.
+    keyword_names: Vec<(Origin, String)>,
 }
 
 pub(crate) type R<T> = Result<T, ErrorKind>;
@@ -193,6 +306,13 @@ impl Parser<'_> {
     /// A word or a quoted string.
     pub(crate) fn value(&mut self, expected: &str) -> R<String> {
         match self.peek() {
+            Tok::Word(w) if KEYWORDS.binary_search(&w.as_str()).is_ok() => {
+                let at = self.origin();
+                let w = w.clone();
+                self.pos += 1;
+                self.keyword_names.push((at, w.clone()));
+                Ok(w)
+            }
             Tok::Word(_) | Tok::Str(_) => match self.bump() {
                 Tok::Word(w) | Tok::Str(w) => Ok(w),
                 _ => unreachable!("peeked a word"),
@@ -553,7 +673,10 @@ const LISTEN_OPTIONS: &[&str] = &[
 fn listen(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
     let at = p.origin();
     p.expect_word("on")?;
-    let on = p.value("an interface, an interface group, an address, a host name or 'socket'")?;
+    let on = match p.keyword(&["socket"]) {
+        Some(s) => s,
+        None => p.value("an interface, an interface group, an address, a host name or 'socket'")?,
+    };
     let mut l = ListenSpec {
         at,
         on,
@@ -581,7 +704,14 @@ fn listen(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
             });
         }
         match opt.as_str() {
-            "port" => l.port = Some(port(&p.value("a port")?)?),
+            "port" => {
+                // `smtp` and `smtps` are keywords (parse.y: PORT SMTP, PORT SMTPS).
+                let name = match p.keyword(&["smtp", "smtps"]) {
+                    Some(k) => k,
+                    None => p.value("a port number or service name")?,
+                };
+                l.port = Some(port(&name)?);
+            }
             "tls" => l.tls = TlsMode::StartTls,
             "tls-require" => l.tls = TlsMode::Require { verify: p.keyword(&["verify"]).is_some() },
             "smtps" => {
@@ -936,4 +1066,12 @@ pub(crate) fn duration(v: &str) -> R<Duration> {
         .filter(|n| *n > 0)
         .map(Duration::from_secs)
         .ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keywords_are_sorted_for_binary_search() {
+        assert!(super::KEYWORDS.windows(2).all(|w| w[0] < w[1]));
+    }
 }

@@ -268,10 +268,10 @@ fn filters_load_for_mxd_n_and_stop_the_daemon() {
     let text = "proc rspamd \"/usr/local/bin/filter-rspamd\" user _rspamd\n\
                 filter rspamd proc rspamd\n\
                 filter dkim proc-exec \"filter-dkimsign -d x\" user _dkim\n\
-                filter rdns phase connect match !rdns disconnect \"550 no rDNS\"\n\
-                filter all chain { rdns, rspamd }\n\
-                listen on lo filter all\n\
-                listen on lo port 2526 filter { rdns, dkim }\n";
+                filter \"rdns\" phase connect match !rdns disconnect \"550 no rDNS\"\n\
+                filter \"all\" chain { \"rdns\", rspamd }\n\
+                listen on lo filter \"all\"\n\
+                listen on lo port 2526 filter { \"rdns\", dkim }\n";
     let path = d.write("smtpd.conf", text);
     let c = check(&path, &[]).expect("mxd -n loads it");
     assert_eq!(c.knobs.filters.len(), 5, "{:?}", c.knobs.filters.keys());
