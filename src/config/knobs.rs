@@ -213,6 +213,7 @@ pub(super) fn proc(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
     Ok(())
 }
 
+const FILTER_ACTIONS: &[&str] = &["bypass", "junk", "reject", "disconnect", "rewrite", "report"];
 const PHASES: &[&str] = &["connect", "helo", "ehlo", "auth", "mail-from", "rcpt-to", "data", "commit"];
 
 /// `filter NAME proc P | proc-exec CMD … | phase PHASE match COND ACTION | chain { … }`.
@@ -236,7 +237,7 @@ pub(super) fn filter(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
             }
             FilterKind::Chain(p.name_list()?)
         }
-        _ => builtin(p)?,
+        _ => builtin(p, out)?,
     };
     add_filter(out, name, at, kind)
 }
@@ -251,7 +252,7 @@ fn add_filter(out: &mut Parsed, name: String, at: super::Origin, kind: FilterKin
 }
 
 /// `phase PHASE match [!]CONDITION ACTION`.
-fn builtin(p: &mut Parser<'_>) -> R<FilterKind> {
+fn builtin(p: &mut Parser<'_>, out: &mut Parsed) -> R<FilterKind> {
     let Some(phase) = p.keyword(PHASES) else {
         return p.err(&format!("a phase ({})", PHASES.join(", ")));
     };
@@ -262,18 +263,15 @@ fn builtin(p: &mut Parser<'_>) -> R<FilterKind> {
     };
     let regex = p.keyword(&["regex"]).is_some();
     let table = match p.peek() {
-        Tok::Punct('<') => Some(p.table_ref()?),
-        Tok::Word(w) if !["bypass", "junk", "reject", "disconnect", "rewrite", "report"].contains(&w.as_str()) => {
-            Some(p.value("a table")?)
-        }
-        Tok::Str(_) => Some(p.value("a table")?),
+        Tok::Punct('<' | '{') | Tok::Str(_) => Some(p.tables(out)?),
+        Tok::Word(w) if !FILTER_ACTIONS.contains(&w.as_str()) => Some(p.tables(out)?),
         _ => None,
     };
     let needs_table = !matches!(what.as_str(), "fcrdns" | "rdns" | "auth");
     if (needs_table || regex) && table.is_none() {
         return p.err("a table <name> after the condition");
     }
-    let Some(act) = p.keyword(&["bypass", "junk", "reject", "disconnect", "rewrite", "report"]) else {
+    let Some(act) = p.keyword(FILTER_ACTIONS) else {
         return p.err("bypass, junk, reject MESSAGE, disconnect MESSAGE, rewrite VALUE or report VALUE");
     };
     let action = match act.as_str() {

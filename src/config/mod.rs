@@ -494,6 +494,8 @@ pub enum ErrorKind {
     IncludeDepth,
     /// A statement that `mxd -n` accepts but the daemon will not start with.
     NotRun(String),
+    /// A `match` option given twice in one rule.
+    AlreadySpecified(String),
     BadRegex {
         pattern: String,
         error: String,
@@ -533,6 +535,9 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Unsupported(what) => write!(f, "{what} is not supported by mxd"),
             ErrorKind::BadRegex { pattern, error } => {
                 write!(f, "invalid regular expression '{pattern}': {error} (expected an extended regular expression)")
+            }
+            ErrorKind::AlreadySpecified(what) => {
+                write!(f, "'{what}' already specified for this rule (expected each option once)")
             }
             ErrorKind::NotRun(what) => write!(f, "{what}: mxd refuses to start rather than ignore it"),
             ErrorKind::IncludeDepth => write!(f, "includes nested too deeply (expected at most 8 levels)"),

@@ -129,7 +129,7 @@ fn include(
         Ok(t) => t,
         Err((line, kind)) => return out.errors.push(Error { file: path.to_owned(), line, kind }),
     };
-    let mut p = Parser { toks: &tokens, pos: 0, file: path, keyword_names: Vec::new() };
+    let mut p = Parser { toks: &tokens, pos: 0, file: path, lenient: Vec::new() };
     while p.pos < tokens.len() {
         if p.peek() == &Tok::Newline {
             p.pos += 1;
@@ -137,8 +137,8 @@ fn include(
         }
         let line = p.line();
         let result = statement(&mut p, out);
-        for (at, w) in p.keyword_names.drain(..) {
-            out.notice(&at, format!("'{w}' is a keyword: OpenSMTPD needs it quoted (\"{w}\") here"));
+        for (at, text) in p.lenient.drain(..) {
+            out.notice(&at, text);
         }
         match result {
             Ok(Some(inc)) => {
@@ -155,8 +155,9 @@ fn include(
 }
 
 /// OpenSMTPD 7.x's keywords (parse.y's `keywords[]`). OpenSMTPD refuses one unquoted where
-/// a name stands (`action relay relay`); mxd takes it, with a notice saying to quote it so
-/// that the file stays valid for OpenSMTPD.
+/// a name stands (`action relay relay`), and a word that does not start with a letter, a
+/// digit, `-`, `:` or `_` (`/var/mail`, `@example.com`); mxd takes both, with a notice
+/// saying to quote them so that the file stays valid for OpenSMTPD.
 pub(crate) const KEYWORDS: &[&str] = &[
     "action",
     "admd",
@@ -265,8 +266,8 @@ pub(crate) struct Parser<'a> {
     toks: &'a [Token],
     pub(crate) pos: usize,
     file: &'a Path,
-    /// Keywords taken as names, for their notices.
-    keyword_names: Vec<(Origin, String)>,
+    /// Notices for words mxd takes where OpenSMTPD wants them quoted.
+    lenient: Vec<(Origin, String)>,
 }
 
 pub(crate) type R<T> = Result<T, ErrorKind>;
@@ -310,7 +311,15 @@ impl Parser<'_> {
                 let at = self.origin();
                 let w = w.clone();
                 self.pos += 1;
-                self.keyword_names.push((at, w.clone()));
+                self.lenient.push((at, format!("'{w}' is a keyword: OpenSMTPD needs it quoted (\"{w}\") here")));
+                Ok(w)
+            }
+            // parse.y starts an unquoted word only with a letter, a digit, '-', ':' or '_'.
+            Tok::Word(w) if !w.starts_with(|c: char| c.is_ascii_alphanumeric() || "-:_".contains(c)) => {
+                let at = self.origin();
+                let w = w.clone();
+                self.pos += 1;
+                self.lenient.push((at, format!("OpenSMTPD reads '{w}' only quoted (\"{w}\")")));
                 Ok(w)
             }
             Tok::Word(_) | Tok::Str(_) => match self.bump() {
@@ -352,6 +361,13 @@ impl Parser<'_> {
             true
         } else {
             false
+        }
+    }
+
+    fn peek_keyword(&self) -> Option<&str> {
+        match self.peek() {
+            Tok::Word(w) => Some(w),
+            _ => None,
         }
     }
 
@@ -558,17 +574,21 @@ fn table(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
     Ok(())
 }
 
-/// `file:/path`, `/path`, `passwd:/path`, `db:/path`, `proc-exec:COMMAND`; other backends
-/// (OpenSMTPD's table-ldap, table-sqlite… add-ons) are named as not supported.
+/// `file:/path`, `/path`, `passwd:/path` (the table-passwd add-on's format), `getpwnam`
+/// (the system's users), `db:/path`, `proc:COMMAND` / `proc-exec:COMMAND`; other add-on
+/// backends (table-ldap, table-sqlite…) are named as not supported.
 fn table_source(spec: &str) -> R<TableDef> {
     if spec.starts_with('/') {
         return Ok(TableDef::File(PathBuf::from(spec)));
+    }
+    if spec == "getpwnam" {
+        return Ok(TableDef::Passwd(PathBuf::from("/etc/passwd")));
     }
     let Some((backend, config)) = spec.split_once(':') else {
         return Err(ErrorKind::BadValue {
             what: "table source",
             value: spec.to_owned(),
-            expected: "'{', an absolute path, or BACKEND:/path (file, passwd, db) or proc-exec:COMMAND",
+            expected: "'{', an absolute path, getpwnam, or BACKEND:/path (file, passwd, db, proc)",
         });
     };
     let path = || {
@@ -586,7 +606,7 @@ fn table_source(spec: &str) -> R<TableDef> {
         "file" | "static" => Ok(TableDef::File(path()?)),
         "passwd" => Ok(TableDef::Passwd(path()?)),
         "db" => Ok(TableDef::Db(path()?)),
-        "proc-exec" if !config.is_empty() => Ok(TableDef::ProcExec(config.to_owned())),
+        "proc" | "proc-exec" if !config.is_empty() => Ok(TableDef::ProcExec(config.to_owned())),
         other => Err(ErrorKind::Unsupported(format!("table backend '{other}:'"))),
     }
 }
@@ -912,8 +932,18 @@ pub(crate) fn relay_url(s: &str) -> R<RelayUrl> {
 fn rule(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
     let at = p.origin();
     let mut conds = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
     let verdict = loop {
         let negate = p.punct('!');
+        // parse.y allows each option once per rule ("from already specified for this rule").
+        if let Some(w) = p.peek_keyword() {
+            if w != "action" && w != "reject" {
+                if seen.iter().any(|s| s == w) {
+                    return Err(ErrorKind::AlreadySpecified(w.to_owned()));
+                }
+                seen.push(w.to_owned());
+            }
+        }
         let Some(word) =
             p.keyword(&["from", "for", "tls", "auth", "mail-from", "rcpt-to", "helo", "tag", "action", "reject"])
         else {
