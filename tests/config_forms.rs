@@ -174,3 +174,48 @@ fn notices_from_mxd_n_and_a_filter_stops_the_daemon() {
         "{err}"
     );
 }
+
+/// Several `pki` on one listener: the first is the default when the client names none (as
+/// OpenSMTPD); SNI naming the second selects it.
+#[test]
+fn first_pki_of_a_listener_is_the_default() {
+    if !can_run("first_pki_of_a_listener_is_the_default", &[Need::Program("openssl", "openssl")]) {
+        return;
+    }
+    let port = common::free_port();
+    let mxd = Mxd::start_with(
+        move |d, p| {
+            let mut pkis = String::new();
+            for cn in ["first.test", "second.test"] {
+                let mut params = rcgen::CertificateParams::new(vec![cn.to_owned()]).unwrap();
+                params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+                let pair = rcgen::KeyPair::generate().unwrap();
+                let cert = params.self_signed(&pair).unwrap();
+                let (crt, key) = (d.join(format!("{cn}.crt")), d.join(format!("{cn}.key")));
+                std::fs::write(&crt, cert.pem()).unwrap();
+                std::fs::write(&key, pair.serialize_pem()).unwrap();
+                std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+                pkis += &format!("pki {cn} cert \"{}\"\npki {cn} key \"{}\"\n", crt.display(), key.display());
+            }
+            format!(
+                "{pkis}{}listen on 127.0.0.1 port {port} smtps pki first.test pki second.test\n",
+                common::basic_conf(d, p)
+            )
+        },
+        &[],
+    );
+    let subject = |sni: Option<&str>| {
+        let mut cmd = Command::new("openssl");
+        cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-brief"]);
+        match sni {
+            Some(name) => cmd.args(["-servername", name]),
+            None => cmd.arg("-noservername"),
+        };
+        let out = cmd.stdin(Stdio::null()).output().unwrap();
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    let default = subject(None);
+    assert!(default.contains("first.test"), "{default}\n{}", mxd.log());
+    let second = subject(Some("second.test"));
+    assert!(second.contains("second.test"), "{second}");
+}
