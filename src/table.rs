@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 use regex::Regex;
 
+pub mod db;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     List,
@@ -29,6 +31,8 @@ pub enum Source {
     Inline,
     File(PathBuf),
     Passwd(PathBuf),
+    /// A makemap(8) hash file.
+    Db(PathBuf),
 }
 
 #[derive(Clone, Debug)]
@@ -116,6 +120,24 @@ impl Table {
         Ok(t)
     }
 
+    /// A `db:` table: the hash file makemap(8) writes. A map of `-t set` (every value
+    /// `<set>`) is a list.
+    pub fn load_db(name: &str, path: &Path) -> Result<Table, TableError> {
+        let pairs = db::read(path).map_err(|e| TableError::Read(e.to_string()))?;
+        let text = |b: &[u8]| {
+            let b = b.strip_suffix(b"\0").unwrap_or(b);
+            String::from_utf8_lossy(b).into_owned()
+        };
+        let mut items: Vec<(String, String)> = pairs.iter().map(|(k, v)| (text(k), text(v))).collect();
+        items.sort();
+        let set = !items.is_empty() && items.iter().all(|(_, v)| v == db::SET_VALUE);
+        if set {
+            items.iter_mut().for_each(|(_, v)| v.clear());
+        }
+        let kind = if set || items.is_empty() { Kind::List } else { Kind::Mapping };
+        Ok(Table::build(name, Source::Db(path.to_owned()), kind, items))
+    }
+
     /// The same table read again from its file; inline tables are returned as they are.
     /// A table compiled for `regex` is compiled again.
     pub fn reload(&self) -> Result<Table, TableError> {
@@ -123,6 +145,7 @@ impl Table {
             Source::Inline => return Ok(self.clone()),
             Source::File(path) => Table::load_file(&self.name, path)?,
             Source::Passwd(path) => Table::load_passwd(&self.name, path)?,
+            Source::Db(path) => Table::load_db(&self.name, path)?,
         };
         if self.regexes.is_some() {
             fresh
@@ -134,7 +157,7 @@ impl Table {
 
     pub fn path(&self) -> Option<&Path> {
         match &self.source {
-            Source::File(p) | Source::Passwd(p) => Some(p),
+            Source::File(p) | Source::Passwd(p) | Source::Db(p) => Some(p),
             Source::Inline => None,
         }
     }
@@ -271,7 +294,7 @@ pub fn parse(text: &str) -> Result<(Kind, BTreeMap<String, String>), TableError>
 }
 
 /// A table file's entries as written, in order.
-fn parse_entries(text: &str) -> Result<(Kind, Vec<(String, String)>), TableError> {
+pub(crate) fn parse_entries(text: &str) -> Result<(Kind, Vec<(String, String)>), TableError> {
     let mut kind = None;
     let mut entries = Vec::new();
     for (i, raw) in text.lines().enumerate() {

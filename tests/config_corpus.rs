@@ -73,6 +73,7 @@ fn fixture() -> tempfile::TempDir {
         std::fs::create_dir_all(r.join(d)).unwrap();
     }
     std::fs::write(r.join("etc/mail/aliases"), "root: joseph\npostmaster: root\n").unwrap();
+    mxd::table::db::makemap(&r.join("etc/mail/aliases"), &r.join("etc/mail/aliases.db")).unwrap();
     std::fs::write(r.join("etc/mail/secrets"), "bob username:password\n").unwrap();
     std::fs::write(r.join("etc/mail/other-relays"), "192.0.2.1\n198.51.100.0/24\n").unwrap();
     std::fs::write(r.join("etc/mail/passwd"), "joseph:*:1000:1000:Joseph:/home/joseph:/bin/sh\n").unwrap();

@@ -211,11 +211,13 @@ fn tables(c: &mut Checker, defs: Vec<(Origin, String, TableDef)>) -> BTreeMap<St
                     }
                 }
             }
-            TableDef::Db(path) => {
-                let what = format!("'db:' table {}", path.display());
-                c.at(&at, ErrorKind::Unsupported(what));
-                Table::inline_list(&name, Vec::new())
-            }
+            TableDef::Db(path) => match Table::load_db(&name, &path) {
+                Ok(t) => t,
+                Err(e) => {
+                    c.at(&at, ErrorKind::File { path, error: e.to_string() });
+                    Table::inline_list(&name, Vec::new())
+                }
+            },
             TableDef::ProcExec(command) => {
                 c.at(&at, ErrorKind::Unsupported(format!("'proc-exec:' table '{command}'")));
                 Table::inline_list(&name, Vec::new())
