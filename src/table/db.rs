@@ -143,9 +143,10 @@ pub fn parse(file: &[u8]) -> Result<Vec<Pair>, DbError> {
         }
     };
     let mut out = Vec::new();
+    // Each overflow page belongs to one chain: more hops than pages means a loop.
+    let mut hops = 0u64;
     for bucket in 0..=h.max_bucket {
         let mut page = page_at(h.bucket_page(bucket));
-        let mut hops = 0u64;
         loop {
             match page_pairs(&h, page, &mut out)? {
                 None => break,
