@@ -2,7 +2,8 @@
 //! address on it, IPv6 link-local excepted; OpenBSD's `lo0` is `lo` on Linux); an interface
 //! group (`all`: every interface; `egress`: the interfaces of the default routes; on OpenBSD
 //! any group ifconfig(8) knows); else a host name resolved now, at load (`localhost`), of
-//! which the addresses this host has are kept.
+//! which the addresses this host has are kept. A name without a dot is looked up in
+//! /etc/hosts only, so a mistyped interface name never waits on DNS.
 
 use std::net::{IpAddr, ToSocketAddrs};
 
@@ -31,11 +32,24 @@ pub(super) fn resolve(on: &str) -> Option<Vec<IpAddr>> {
         return Some(addrs_of(&group));
     }
     let local: Vec<IpAddr> = ifaces.iter().filter_map(|(_, ip)| *ip).collect();
-    let mut ips: Vec<IpAddr> =
-        (on, 0).to_socket_addrs().ok()?.map(|a| a.ip()).filter(|ip| local.contains(ip)).collect();
+    let found: Vec<IpAddr> =
+        if on.contains('.') { (on, 0).to_socket_addrs().ok()?.map(|a| a.ip()).collect() } else { etc_hosts(on) };
+    let mut ips: Vec<IpAddr> = found.into_iter().filter(|ip| local.contains(ip)).collect();
     ips.sort();
     ips.dedup();
     (!ips.is_empty()).then_some(ips)
+}
+
+/// The addresses /etc/hosts gives `name` (any of a line's names, case-insensitively).
+fn etc_hosts(name: &str) -> Vec<IpAddr> {
+    let text = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split('#').next()?.split_whitespace();
+            let ip = words.next()?.parse::<IpAddr>().ok()?;
+            words.any(|w| w.eq_ignore_ascii_case(name)).then_some(ip)
+        })
+        .collect()
 }
 
 /// (interface name, address) for every interface; `None` for an entry without an address

@@ -528,7 +528,7 @@ impl fmt::Display for ErrorKind {
             }
             ErrorKind::NoSuchInterface(n) => write!(
                 f,
-                "no interface or address '{n}' on this host (expected an interface name, an address or 'socket')"
+                "no interface or address '{n}' on this host (expected an interface, an interface group, an address, a host name of this host, or 'socket')"
             ),
             ErrorKind::BadValue { what, value, expected } => write!(f, "invalid {what} '{value}': expected {expected}"),
             ErrorKind::File { path, error } => write!(f, "{}: {error}", path.display()),

@@ -501,9 +501,6 @@ impl Parser<'_> {
     }
 }
 
-/// Statements of OpenSMTPD that mxd knows but does not implement at all.
-const UNSUPPORTED_STATEMENTS: &[&str] = &[];
-
 /// One statement; returns a file to include, if the statement is `include`.
 fn statement(p: &mut Parser<'_>, out: &mut Parsed) -> R<Option<PathBuf>> {
     // `name = value` lines were taken by the lexer as macro definitions.
@@ -551,7 +548,6 @@ fn statement(p: &mut Parser<'_>, out: &mut Parsed) -> R<Option<PathBuf>> {
                 expected: "a number from 1 to 1024",
             })?);
         }
-        w if UNSUPPORTED_STATEMENTS.contains(&w) => return Err(ErrorKind::Unsupported(format!("'{w}'"))),
         _ => {
             p.pos -= 1;
             return p.err("a statement (include, table, pki, ca, listen, action, match, smtp, queue, srs, bounce, mta, mda, scheduler, admd, proc, filter, spool, threads, hostname or name = value)");
