@@ -319,6 +319,9 @@ fn listener(
     }
     let mut notice =
         |text: &str| notices.push(super::Notice { at: l.at.clone(), text: text.to_owned(), blocking: false });
+    if l.auth.is_some() {
+        notice("listen auth: parsed; mxd offers no SMTP AUTH yet, so no client authenticates here");
+    }
     let o = &l.options;
     if o.ciphers.is_some() || o.protocols.is_some() {
         notice("listen ciphers/protocols: accepted, no effect (rustls: TLS 1.2 and 1.3, its own safe suites)");
