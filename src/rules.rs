@@ -95,3 +95,44 @@ fn address_matches(config: &Config, m: &Matcher, addr: &str) -> bool {
     let domain = domain_of(addr);
     matches_with(config, m, addr, |e| e == addr || e.strip_prefix('@').is_some_and(|d| d == domain))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(rules: &str) -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("smtpd.conf");
+        std::fs::write(&path, format!("action \"a\" mbox\naction \"b\" mbox\n{rules}")).unwrap();
+        let c = crate::config::load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+        (dir, c)
+    }
+
+    fn verdict(c: &Config, ip: &str, tag: Option<&str>, from: &str, rcpt: &str) -> String {
+        let origin = Origin::Tcp(ip.parse().unwrap());
+        let env = Envelope { origin: &origin, rdns: None, tag, tls: false, auth: None, mail_from: from, rcpt };
+        match decide(c, &env) {
+            Decision::Deliver(a) => a.name.clone(),
+            Decision::Reject => "reject".into(),
+            Decision::NoMatch => "none".into(),
+        }
+    }
+
+    /// Issue 14: inline tables, `regex` forms, `tag` tables and negations.
+    #[test]
+    fn regex_inline_tag_and_negation() {
+        let (_d, c) = config(
+            "match from src { 192.0.2.0/24, 198.51.100.7 } for any reject\n\
+             match !from src regex \"^10\\.\" for any action \"b\"\n\
+             match tag regex \"^IN\" from any mail-from regex { \"@ok\\.test$\" } for domain { x.test } action \"a\"\n\
+             match from any for rcpt-to regex \"^Root@\" action \"a\"\n",
+        );
+        assert_eq!(verdict(&c, "192.0.2.9", None, "s@ok.test", "u@x.test"), "reject");
+        assert_eq!(verdict(&c, "198.51.100.7", None, "s@ok.test", "u@x.test"), "reject");
+        assert_eq!(verdict(&c, "127.0.0.1", None, "s@ok.test", "u@x.test"), "b", "not from 10.");
+        assert_eq!(verdict(&c, "10.1.1.1", Some("INBOUND"), "s@OK.test", "u@x.test"), "a", "case-insensitive");
+        assert_eq!(verdict(&c, "10.1.1.1", Some("OUT"), "s@ok.test", "u@x.test"), "none");
+        assert_eq!(verdict(&c, "10.1.1.1", Some("IN"), "s@ok.test.evil", "u@x.test"), "none", "anchored");
+        assert_eq!(verdict(&c, "10.1.1.1", None, "s@a.test", "root@y.test"), "a");
+    }
+}
