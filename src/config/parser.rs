@@ -731,7 +731,14 @@ fn listen(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
             "tls" => l.tls = TlsMode::StartTls,
             "tls-require" => l.tls = TlsMode::Require { verify: p.keyword(&["verify"]).is_some() },
             "smtps" => {
-                p.keyword(&["verify"]);
+                if p.keyword(&["verify"]).is_some() {
+                    // Accepting any client where a certificate is required would be worse
+                    // than not starting.
+                    out.blocking(
+                        &l.at,
+                        "listen smtps verify is parsed but mxd does not ask smtps clients for certificates yet",
+                    );
+                }
                 l.tls = TlsMode::Smtps;
             }
             "pki" => {
