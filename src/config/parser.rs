@@ -816,7 +816,7 @@ fn action(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
             "userbase" => a.userbase = Some(p.tables(out)?),
             "user" => a.user = Some(p.value("a user name")?),
             "ttl" => a.ttl = Some(duration(&p.value("a duration")?)?),
-            "junk" => {}
+            "junk" => out.notice(&a.at, "maildir junk: accepted, no effect (mxd files no mail into Junk)"),
             _ => {
                 let w = p.value("an mda wrapper name")?;
                 out.blocking(
@@ -829,6 +829,9 @@ fn action(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
     }
     if a.alias.is_some() && a.virtual_.is_some() {
         return Err(ErrorKind::Syntax { expected: "either alias or virtual, not both".into(), found: "both".into() });
+    }
+    if matches!(a.method, Method::Maildir { junk: true, .. }) {
+        out.notice(&a.at, "maildir junk: accepted, no effect (mxd files no mail into Junk)");
     }
     out.actions.push(a);
     Ok(())
