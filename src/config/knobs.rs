@@ -22,18 +22,12 @@ pub(super) fn queue(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
         }
         _ => {
             let key = if p.at_end() {
-                QueueKey::Stdin
+                QueueKey::Ask
             } else {
-                match p.value("a key (64 hex digits) or 'stdin'")? {
-                    k if k == "stdin" => QueueKey::Stdin,
-                    k if k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()) => QueueKey::Key(k),
-                    k => {
-                        return Err(ErrorKind::BadValue {
-                            what: "queue encryption key",
-                            value: "…".into(),
-                            expected: if k.is_empty() { "a key" } else { "64 hex digits (32 octets) or 'stdin'" },
-                        })
-                    }
+                match p.value("a key or 'stdin'")? {
+                    k if k.eq_ignore_ascii_case("stdin") || k == "-" => QueueKey::Stdin,
+                    k if !k.is_empty() => QueueKey::Key(k),
+                    _ => return p.err("a key or 'stdin'"),
                 }
             };
             out.knobs.queue_encryption = Some(key);
@@ -50,7 +44,13 @@ pub(super) fn srs(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
         return p.err("key or ttl after 'srs'");
     };
     if w == "ttl" {
-        out.knobs.srs_ttl = Some(duration(&p.value("a duration")?)?);
+        let v = p.value("a duration")?;
+        let ttl = duration(&v)?;
+        // OpenSMTPD counts SRS ages in days.
+        if ttl.as_secs() < 86_400 {
+            return Err(ErrorKind::BadValue { what: "srs ttl", value: v, expected: "at least one day (1d)" });
+        }
+        out.knobs.srs_ttl = Some(ttl);
         return Ok(());
     }
     let backup = p.keyword(&["backup"]).is_some();

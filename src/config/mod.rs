@@ -107,9 +107,11 @@ pub struct Knobs {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum QueueKey {
-    /// `queue encryption` or `queue encryption stdin`: read from stdin at start.
+    /// `queue encryption`: asked for on the terminal at start.
+    Ask,
+    /// `queue encryption stdin` (or `-`): read from stdin at start.
     Stdin,
-    /// `queue encryption KEY`: 32 octets, hex.
+    /// `queue encryption KEY`.
     Key(String),
 }
 
