@@ -49,11 +49,13 @@ fn local_addr(config: &Config, ip: std::net::IpAddr) -> bool {
         .any(|l| matches!(&l.kind, crate::config::ListenKind::Inet { addrs } if addrs.iter().any(|a| a.ip() == ip)))
 }
 
-/// A literal or table matcher applied with `f` to each entry.
-fn matches_with(config: &Config, m: &Matcher, f: impl Fn(&str) -> bool) -> bool {
+/// A literal or table matcher applied with `f` to each entry; a `regex` table is matched
+/// against `subject` itself.
+fn matches_with(config: &Config, m: &Matcher, subject: &str, f: impl Fn(&str) -> bool) -> bool {
     match m {
         Matcher::Value(v) => f(&v.to_lowercase()),
         Matcher::Table(t) => config.table(t).is_some_and(|t| t.keys().any(f)),
+        Matcher::Regex(t) => config.table(t).is_some_and(|t| t.match_regex(subject)),
     }
 }
 
@@ -64,25 +66,26 @@ fn holds(config: &Config, cond: &CondKind, env: &Envelope<'_>) -> bool {
         CondKind::FromLocal => env.origin.is_local(),
         CondKind::FromSocket => matches!(env.origin, Origin::Socket),
         CondKind::FromSrc(m) => match env.origin {
-            Origin::Tcp(ip) => matches_with(config, m, |e| ip_matches(e, *ip)),
+            Origin::Tcp(ip) => matches_with(config, m, &ip.to_string(), |e| ip_matches(e, *ip)),
             Origin::Socket => false,
         },
         CondKind::FromAuth(m) => match (env.auth, m) {
             (None, _) => false,
             (Some(_), None) => true,
-            (Some(user), Some(m)) => matches_with(config, m, |e| e == user.to_lowercase()),
+            (Some(user), Some(m)) => matches_with(config, m, user, |e| e == user.to_lowercase()),
         },
         CondKind::FromRdns(m) => match (env.rdns, m) {
             (None, _) => false,
             (Some(_), None) => true,
-            (Some(name), Some(m)) => matches_with(config, m, |e| domain_matches(e, &name.to_lowercase())),
+            (Some(name), Some(m)) => matches_with(config, m, name, |e| domain_matches(e, &name.to_lowercase())),
         },
         CondKind::FromMailFrom(m) => address_matches(config, m, &env.mail_from.to_lowercase()),
         CondKind::ForLocal => is_local_domain(config, domain_of(env.rcpt)),
-        CondKind::ForDomain(m) => matches_with(config, m, |e| domain_matches(e, domain_of(&rcpt))),
+        CondKind::ForDomain(m) => matches_with(config, m, domain_of(&rcpt), |e| domain_matches(e, domain_of(&rcpt))),
         CondKind::ForRcptTo(m) => address_matches(config, m, &rcpt),
         CondKind::Tls => env.tls,
-        CondKind::Tag(t) => env.tag == Some(t.as_str()),
+        CondKind::Tag(m) => env.tag.is_some_and(|tag| matches_with(config, m, tag, |e| e == tag.to_lowercase())),
+        // Refused at start (a blocking notice) until the session passes HELO to the rules.
         CondKind::Helo(_) => false,
     }
 }
@@ -90,5 +93,46 @@ fn holds(config: &Config, cond: &CondKind, env: &Envelope<'_>) -> bool {
 /// Mailbox matching as OpenSMTPD's: a full address, or `@domain` for any user there.
 fn address_matches(config: &Config, m: &Matcher, addr: &str) -> bool {
     let domain = domain_of(addr);
-    matches_with(config, m, |e| e == addr || e.strip_prefix('@').is_some_and(|d| d == domain))
+    matches_with(config, m, addr, |e| e == addr || e.strip_prefix('@').is_some_and(|d| d == domain))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(rules: &str) -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("smtpd.conf");
+        std::fs::write(&path, format!("action \"a\" mbox\naction \"b\" mbox\n{rules}")).unwrap();
+        let c = crate::config::load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+        (dir, c)
+    }
+
+    fn verdict(c: &Config, ip: &str, tag: Option<&str>, from: &str, rcpt: &str) -> String {
+        let origin = Origin::Tcp(ip.parse().unwrap());
+        let env = Envelope { origin: &origin, rdns: None, tag, tls: false, auth: None, mail_from: from, rcpt };
+        match decide(c, &env) {
+            Decision::Deliver(a) => a.name.clone(),
+            Decision::Reject => "reject".into(),
+            Decision::NoMatch => "none".into(),
+        }
+    }
+
+    /// Issue 14: inline tables, `regex` forms, `tag` tables and negations.
+    #[test]
+    fn regex_inline_tag_and_negation() {
+        let (_d, c) = config(
+            "match from src { 192.0.2.0/24, 198.51.100.7 } for any reject\n\
+             match !from src regex \"^10\\.\" for any action \"b\"\n\
+             match tag regex \"^IN\" from any mail-from regex { \"@ok\\.test$\" } for domain { x.test } action \"a\"\n\
+             match from any for rcpt-to regex \"^Root@\" action \"a\"\n",
+        );
+        assert_eq!(verdict(&c, "192.0.2.9", None, "s@ok.test", "u@x.test"), "reject");
+        assert_eq!(verdict(&c, "198.51.100.7", None, "s@ok.test", "u@x.test"), "reject");
+        assert_eq!(verdict(&c, "127.0.0.1", None, "s@ok.test", "u@x.test"), "b", "not from 10.");
+        assert_eq!(verdict(&c, "10.1.1.1", Some("INBOUND"), "s@OK.test", "u@x.test"), "a", "case-insensitive");
+        assert_eq!(verdict(&c, "10.1.1.1", Some("OUT"), "s@ok.test", "u@x.test"), "none");
+        assert_eq!(verdict(&c, "10.1.1.1", Some("IN"), "s@ok.test.evil", "u@x.test"), "none", "anchored");
+        assert_eq!(verdict(&c, "10.1.1.1", None, "s@a.test", "root@y.test"), "a");
+    }
 }

@@ -1,7 +1,12 @@
-//! Tables (table(5)): inline lists `{ a, b }`, inline mappings `{ k = v }`, and `file:`
-//! tables. A table file holds one entry a line: `key value` (mapping), `key: v1, v2`
-//! (aliases(5) style, a mapping), or a lone `key` (list); `#` starts a comment. The first
-//! entry decides the kind; a file that mixes kinds is refused with its line.
+//! Tables (table(5)): inline lists `{ a, b }`, inline mappings `{ k = v }`, `file:`
+//! tables and `passwd:` tables. A table file holds one entry a line: `key value` (mapping),
+//! `key: v1, v2` (aliases(5) style, a mapping), or a lone `key` (list); `#` starts a
+//! comment. The first entry decides the kind; a file that mixes kinds is refused with its
+//! line. A passwd(5) file maps each user to `uid:gid:home` (a `userbase`) and keeps the
+//! password field for credentials lookups.
+//!
+//! A table used with `regex` has its entries compiled once, as written (case kept), and
+//! matched case-insensitively: addresses and names compare that way everywhere else.
 //!
 //! Keys compare case-insensitively (addresses' domains and aliases are case-insensitive in
 //! practice, and OpenSMTPD lowercases them). Parsing never panics.
@@ -10,6 +15,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+
+use regex::Regex;
+
+pub mod db;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -21,6 +30,9 @@ pub enum Kind {
 pub enum Source {
     Inline,
     File(PathBuf),
+    Passwd(PathBuf),
+    /// A makemap(8) hash file.
+    Db(PathBuf),
 }
 
 #[derive(Clone, Debug)]
@@ -30,6 +42,12 @@ pub struct Table {
     kind: Kind,
     /// Lowercased key → value ("" for list entries).
     entries: BTreeMap<String, String>,
+    /// The keys as written, in order (regular expressions are case-sensitive text).
+    originals: Vec<String>,
+    /// Compiled keys, once the table is used with `regex`.
+    regexes: Option<Vec<Regex>>,
+    /// passwd tables: user → password field, for credentials lookups.
+    secrets: BTreeMap<String, String>,
 }
 
 /// A table file that could not be read or parsed.
@@ -53,35 +71,122 @@ impl fmt::Display for TableError {
 }
 
 impl Table {
+    fn build(name: &str, source: Source, kind: Kind, items: Vec<(String, String)>) -> Table {
+        let originals = items.iter().map(|(k, _)| k.clone()).collect();
+        let entries = items.into_iter().map(|(k, v)| (k.to_lowercase(), v)).collect();
+        Table { name: name.to_owned(), source, kind, entries, originals, regexes: None, secrets: BTreeMap::new() }
+    }
+
     pub fn inline_list(name: &str, items: Vec<String>) -> Table {
-        let entries = items.into_iter().map(|k| (k.to_lowercase(), String::new())).collect();
-        Table { name: name.to_owned(), source: Source::Inline, kind: Kind::List, entries }
+        Table::build(name, Source::Inline, Kind::List, items.into_iter().map(|k| (k, String::new())).collect())
     }
 
     pub fn inline_mapping(name: &str, items: Vec<(String, String)>) -> Table {
-        let entries = items.into_iter().map(|(k, v)| (k.to_lowercase(), v)).collect();
-        Table { name: name.to_owned(), source: Source::Inline, kind: Kind::Mapping, entries }
+        Table::build(name, Source::Inline, Kind::Mapping, items)
     }
 
     pub fn load_file(name: &str, path: &Path) -> Result<Table, TableError> {
         let text = std::fs::read_to_string(path).map_err(|e| TableError::Read(e.to_string()))?;
-        let (kind, entries) = parse(&text)?;
-        Ok(Table { name: name.to_owned(), source: Source::File(path.to_owned()), kind, entries })
+        let (kind, items) = parse_entries(&text)?;
+        Ok(Table::build(name, Source::File(path.to_owned()), kind, items))
+    }
+
+    /// A passwd(5) file: `name:password:uid:gid:gecos:home:shell` lines.
+    pub fn load_passwd(name: &str, path: &Path) -> Result<Table, TableError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TableError::Read(e.to_string()))?;
+        let mut items = Vec::new();
+        let mut secrets = BTreeMap::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields: Vec<&str> = line.split(':').collect();
+            let valid = fields.len() == 7
+                && !fields[0].is_empty()
+                && fields[2].parse::<u32>().is_ok()
+                && fields[3].parse::<u32>().is_ok()
+                && fields[5].starts_with('/');
+            if !valid {
+                return Err(TableError::Parse {
+                    line: u32::try_from(i + 1).unwrap_or(u32::MAX),
+                    expected: "a passwd(5) line: name:password:uid:gid:gecos:home:shell",
+                });
+            }
+            items.push((fields[0].to_owned(), format!("{}:{}:{}", fields[2], fields[3], fields[5])));
+            secrets.insert(fields[0].to_lowercase(), fields[1].to_owned());
+        }
+        let mut t = Table::build(name, Source::Passwd(path.to_owned()), Kind::Mapping, items);
+        t.secrets = secrets;
+        Ok(t)
+    }
+
+    /// A `db:` table: the hash file makemap(8) writes. A map of `-t set` (every value
+    /// `<set>`) is a list.
+    pub fn load_db(name: &str, path: &Path) -> Result<Table, TableError> {
+        let pairs = db::read(path).map_err(|e| TableError::Read(e.to_string()))?;
+        let text = |b: &[u8]| {
+            let b = b.strip_suffix(b"\0").unwrap_or(b);
+            String::from_utf8_lossy(b).into_owned()
+        };
+        let mut items: Vec<(String, String)> = pairs.iter().map(|(k, v)| (text(k), text(v))).collect();
+        items.sort();
+        let set = !items.is_empty() && items.iter().all(|(_, v)| v == db::SET_VALUE);
+        if set {
+            items.iter_mut().for_each(|(_, v)| v.clear());
+        }
+        let kind = if set || items.is_empty() { Kind::List } else { Kind::Mapping };
+        Ok(Table::build(name, Source::Db(path.to_owned()), kind, items))
     }
 
     /// The same table read again from its file; inline tables are returned as they are.
+    /// A table compiled for `regex` is compiled again.
     pub fn reload(&self) -> Result<Table, TableError> {
-        match &self.source {
-            Source::Inline => Ok(self.clone()),
-            Source::File(path) => Table::load_file(&self.name, path),
+        let mut fresh = match &self.source {
+            Source::Inline => return Ok(self.clone()),
+            Source::File(path) => Table::load_file(&self.name, path)?,
+            Source::Passwd(path) => Table::load_passwd(&self.name, path)?,
+            Source::Db(path) => Table::load_db(&self.name, path)?,
+        };
+        if self.regexes.is_some() {
+            fresh
+                .compile_regexes()
+                .map_err(|(key, why)| TableError::Read(format!("regular expression '{key}': {why}")))?;
         }
+        Ok(fresh)
     }
 
     pub fn path(&self) -> Option<&Path> {
         match &self.source {
-            Source::File(p) => Some(p),
+            Source::File(p) | Source::Passwd(p) | Source::Db(p) => Some(p),
             Source::Inline => None,
         }
+    }
+
+    /// Compiles the keys as regular expressions, for `regex` match conditions. On error:
+    /// the key and why it does not compile.
+    pub fn compile_regexes(&mut self) -> Result<(), (String, String)> {
+        let mut out = Vec::with_capacity(self.originals.len());
+        for key in &self.originals {
+            let re = regex::RegexBuilder::new(key)
+                .case_insensitive(true)
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| (key.clone(), e.to_string()))?;
+            out.push(re);
+        }
+        self.regexes = Some(out);
+        Ok(())
+    }
+
+    /// True when some key, as a regular expression, matches `text` (false for a table
+    /// never compiled).
+    pub fn match_regex(&self, text: &str) -> bool {
+        self.regexes.as_ref().is_some_and(|res| res.iter().any(|re| re.is_match(text)))
+    }
+
+    /// A passwd table's password field for `user`.
+    pub fn secret(&self, user: &str) -> Option<&str> {
+        self.secrets.get(&user.to_lowercase()).map(String::as_str)
     }
 
     pub fn kind(&self) -> Kind {
@@ -122,6 +227,11 @@ impl Table {
     pub fn match_domain(&self, domain: &str) -> bool {
         let domain = domain.to_lowercase();
         self.entries.keys().any(|k| domain_matches(k, &domain))
+    }
+
+    /// The keys as written, in the table's order.
+    pub fn originals(&self) -> impl Iterator<Item = &str> {
+        self.originals.iter().map(String::as_str)
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
@@ -179,8 +289,14 @@ pub fn domain_matches(entry: &str, domain: &str) -> bool {
 
 /// Parses a table file's text.
 pub fn parse(text: &str) -> Result<(Kind, BTreeMap<String, String>), TableError> {
+    let (kind, items) = parse_entries(text)?;
+    Ok((kind, items.into_iter().map(|(k, v)| (k.to_lowercase(), v)).collect()))
+}
+
+/// A table file's entries as written, in order.
+pub(crate) fn parse_entries(text: &str) -> Result<(Kind, Vec<(String, String)>), TableError> {
     let mut kind = None;
-    let mut entries = BTreeMap::new();
+    let mut entries = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line_no = u32::try_from(i + 1).unwrap_or(u32::MAX);
         let line = raw.split('#').next().unwrap_or("").trim();
@@ -208,7 +324,7 @@ pub fn parse(text: &str) -> Result<(Kind, BTreeMap<String, String>), TableError>
             }
             _ => {}
         }
-        entries.insert(key.to_lowercase(), value.unwrap_or("").to_owned());
+        entries.push((key.to_owned(), value.unwrap_or("").to_owned()));
     }
     Ok((kind.unwrap_or(Kind::List), entries))
 }

@@ -20,7 +20,8 @@ use mxd::submit::{self, args, conf, exit, Outcome, Submitter};
 
 const USAGE: &str = "usage: mxctl [-f file] show queue | show stats | schedule all|ID | remove all|ID\n\
                      \x20      | reload | update table NAME\n\
-                     \x20      mxctl [-f file] sendmail [-tv] [-f from] [-F name] to ...";
+                     \x20      mxctl [-f file] sendmail [-tv] [-f from] [-F name] to ...\n\
+                     \x20      mxctl makemap [-U] [-o dbfile] [-t aliases|set] file";
 
 fn main() -> ExitCode {
     let mut argv = std::env::args_os();
@@ -30,7 +31,7 @@ fn main() -> ExitCode {
         "sendmail" | "send-mail" => sendmail(rest, None),
         "mailq" => run_verb(&conf::conf_path(None), &Verb::ShowQueue),
         "newaliases" => run_verb(&conf::conf_path(None), &Verb::UpdateAliases),
-        "makemap" => makemap(),
+        "makemap" => makemap(rest),
         _ => mxctl(rest),
     })
 }
@@ -54,6 +55,8 @@ fn mxctl(rest: Vec<OsString>) -> u8 {
             }
         } else if words.is_empty() && text == "sendmail" {
             return sendmail(iter.collect(), conf_flag);
+        } else if words.is_empty() && text == "makemap" {
+            return makemap(iter.collect());
         } else {
             words.push(text);
         }
@@ -130,9 +133,55 @@ fn sendmail(rest: Vec<OsString>, conf_flag: Option<PathBuf>) -> u8 {
     }
 }
 
-/// makemap(8): mxd reads tables as text files and has no map to build; succeed, so that
-/// scripts written for OpenSMTPD keep working.
-fn makemap() -> u8 {
-    eprintln!("makemap: mxd reads tables as text files; nothing to build (use \"mxctl update table NAME\")");
-    exit::OK
+/// makemap(8): `makemap [-d hash] [-t aliases|set] [-o dbfile] [-U] FILE` builds FILE.db
+/// (or dbfile) for a `db:` table, in the Berkeley DB 1.85 hash format OpenBSD's makemap
+/// writes; `-U` prints a db file's entries instead.
+fn makemap(rest: Vec<OsString>) -> u8 {
+    let mut args = rest.into_iter().map(|a| a.to_string_lossy().into_owned());
+    let (mut out, mut dump, mut source) = (None, false, None);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-U" => dump = true,
+            // The format is read from the file itself: -t only names what makemap checks.
+            "-t" if matches!(args.next().as_deref(), Some("aliases" | "set")) => {}
+            "-d" if args.next().as_deref() == Some("hash") => {}
+            "-o" => out = args.next().map(PathBuf::from),
+            _ if source.is_none() && !a.starts_with('-') => source = Some(PathBuf::from(a)),
+            _ => {
+                eprintln!("usage: makemap [-U] [-d hash] [-o dbfile] [-t aliases|set] file");
+                return exit::USAGE;
+            }
+        }
+    }
+    let Some(source) = source else {
+        eprintln!("usage: makemap [-U] [-d hash] [-o dbfile] [-t aliases|set] file");
+        return exit::USAGE;
+    };
+    if dump {
+        return match mxd::table::db::read(&source) {
+            Ok(pairs) => {
+                for (k, v) in pairs {
+                    let text = |b: &[u8]| String::from_utf8_lossy(b.strip_suffix(b"\0").unwrap_or(b)).into_owned();
+                    println!("{}\t{}", text(&k), text(&v));
+                }
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("makemap: {}: {e}", source.display());
+                exit::DATAERR
+            }
+        };
+    }
+    let out = out.unwrap_or_else(|| {
+        let mut name = source.clone().into_os_string();
+        name.push(".db");
+        PathBuf::from(name)
+    });
+    match mxd::table::db::makemap(&source, &out) {
+        Ok(_) => exit::OK,
+        Err(e) => {
+            eprintln!("makemap: {e}");
+            exit::DATAERR
+        }
+    }
 }

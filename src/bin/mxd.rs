@@ -57,7 +57,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = match config::load(&args.file, &args.defines) {
+    // -n reports what loads but is not run (notices); the daemon refuses such a file.
+    let loaded = if args.check_only {
+        config::check(&args.file, &args.defines)
+    } else {
+        config::load(&args.file, &args.defines)
+    };
+    let config = match loaded {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
@@ -70,6 +76,10 @@ fn main() -> ExitCode {
         if let Err(e) = tls::Pkis::load(pkis) {
             eprintln!("{e}");
             return ExitCode::FAILURE;
+        }
+        for n in &config.notices {
+            let how = if n.blocking { "not run: the daemon refuses to start with it" } else { "notice" };
+            eprintln!("{n} ({how})");
         }
         println!("configuration OK");
         return ExitCode::SUCCESS;

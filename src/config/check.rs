@@ -3,7 +3,7 @@
 //! completeness and key permissions). Errors keep the FILE:LINE of the statement at fault.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,9 +25,17 @@ impl Checker {
     }
 }
 
-pub(super) fn finish(p: Parsed) -> Result<Config, Errors> {
-    let mut c = Checker { errors: p.errors };
-    let tables = tables(&mut c, p.tables);
+pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
+    let missing_filters = super::knobs::undefined_filters(&p);
+    let mut c = Checker { errors: std::mem::take(&mut p.errors) };
+    for (at, name) in missing_filters {
+        c.at(&at, ErrorKind::Undefined { what: "filter", name });
+    }
+    let mut tables = tables(&mut c, p.tables);
+    for (at, name) in &p.regex_tables {
+        compile_regexes(&mut c, at, &mut tables, name);
+    }
+    let mut notices = p.notices;
     let pkis = pkis(&mut c, p.pkis);
     let mut cas = BTreeMap::new();
     for (at, name, cert) in p.cas {
@@ -38,19 +46,26 @@ pub(super) fn finish(p: Parsed) -> Result<Config, Errors> {
         }
     }
     let hostname = p.hostname.unwrap_or_else(default_hostname);
-    let listeners: Vec<Listener> =
-        p.listeners.into_iter().filter_map(|l| listener(&mut c, l, &pkis, &cas, &tables, &hostname)).collect();
+    let listeners: Vec<Listener> = p
+        .listeners
+        .into_iter()
+        .filter_map(|l| listener(&mut c, l, &pkis, &cas, &tables, &hostname, &mut notices))
+        .collect();
     let mut actions = BTreeMap::new();
-    for a in p.actions {
+    for mut a in p.actions {
         for (t, need) in [(&a.alias, Kind::Mapping), (&a.virtual_, Kind::Mapping), (&a.userbase, Kind::Mapping)] {
             if let Some(t) = t {
                 need_table(&mut c, &a.at, &tables, t, Some(need));
             }
         }
-        if let Method::Relay(r) = &a.method {
-            for t in [&r.src, &r.auth].into_iter().flatten() {
+        if let Method::Relay(r) = &mut a.method {
+            for t in [&r.src, &r.auth, &r.host_table].into_iter().flatten() {
                 need_table(&mut c, &a.at, &tables, t, None);
             }
+            for t in [&r.helo_src, &r.domain].into_iter().flatten() {
+                need_table(&mut c, &a.at, &tables, t, Some(Kind::Mapping));
+            }
+            relay_notices(&mut c, &a.at, r, &tables, &mut notices);
             if let Some(pki) = &r.pki {
                 if !pkis.contains_key(pki) {
                     c.at(&a.at, ErrorKind::Undefined { what: "pki", name: pki.clone() });
@@ -80,12 +95,20 @@ pub(super) fn finish(p: Parsed) -> Result<Config, Errors> {
                 | CondKind::FromMailFrom(m)
                 | CondKind::ForDomain(m)
                 | CondKind::ForRcptTo(m)
+                | CondKind::Tag(m)
                 | CondKind::Helo(m) => Some(m),
                 CondKind::FromAuth(m) | CondKind::FromRdns(m) => m.as_ref(),
                 _ => None,
             };
-            if let Some(Matcher::Table(t)) = m {
+            if let Some(Matcher::Table(t) | Matcher::Regex(t)) = m {
                 need_table(&mut c, &r.at, &tables, t, None);
+            }
+            if matches!(cond.kind, CondKind::FromRdns(_)) {
+                notices.push(super::Notice {
+                    at: r.at.clone(),
+                    text: "match from rdns: parsed; mxd does no reverse DNS yet, so it never holds".into(),
+                    blocking: false,
+                });
             }
         }
     }
@@ -107,12 +130,69 @@ pub(super) fn finish(p: Parsed) -> Result<Config, Errors> {
         listeners,
         actions,
         rules: p.rules,
+        knobs: p.knobs,
+        notices,
     })
+}
+
+fn compile_regexes(c: &mut Checker, at: &Origin, tables: &mut BTreeMap<String, Arc<Table>>, name: &str) {
+    let Some(t) = tables.get_mut(name) else {
+        return c.at(at, ErrorKind::Undefined { what: "table", name: name.to_owned() });
+    };
+    if let Err((key, why)) = Arc::make_mut(t).compile_regexes() {
+        let why = why.lines().last().unwrap_or("").trim().to_owned();
+        c.at(at, ErrorKind::BadRegex { pattern: key, error: why });
+    }
+}
+
+/// Relay options parsed but not acted on: each gets its notice. `host <table>` takes the
+/// table's first entry.
+fn relay_notices(
+    c: &mut Checker,
+    at: &Origin,
+    r: &mut super::Relay,
+    tables: &BTreeMap<String, Arc<Table>>,
+    notices: &mut Vec<super::Notice>,
+) {
+    let mut notice =
+        |text: &str| notices.push(super::Notice { at: at.clone(), text: text.to_owned(), blocking: false });
+    if let Some(t) = r.host_table.as_ref().and_then(|t| tables.get(t)) {
+        let mut hosts = t.originals();
+        match hosts.next().map(super::parser::relay_url) {
+            Some(Ok(url)) => r.host = Some(url),
+            Some(Err(e)) => c.at(at, e),
+            None => {
+                c.at(at, ErrorKind::BadValue { what: "host table", value: t.name.clone(), expected: "a relay URL" })
+            }
+        }
+        if hosts.next().is_some() {
+            notice("relay host <table>: mxd relays through the table's first host only");
+        }
+    }
+    if r.backup {
+        notice("relay backup: parsed; mxd does no MX lookups yet, so a backup relay defers its mail");
+    }
+    if r.helo_src.is_some() {
+        notice("relay helo-src: parsed, not used yet (the HELO name is 'helo' or the host name)");
+    }
+    if r.domain.is_some() {
+        notice("relay domain <table>: parsed; mxd does not pick relay hosts by domain yet");
+    }
+    if r.srs {
+        notice("relay srs: parsed; mxd does not rewrite senders with SRS yet");
+    }
+    if r.ciphers.is_some() || r.protocols.is_some() {
+        notice("relay ciphers/protocols: accepted, no effect (rustls: TLS 1.2 and 1.3, its own safe suites)");
+    }
+    if r.src.as_ref().and_then(|t| tables.get(t)).is_some_and(|t| t.len() > 1) {
+        notice("relay src <table>: mxd binds the table's first address only");
+    }
 }
 
 fn tables(c: &mut Checker, defs: Vec<(Origin, String, TableDef)>) -> BTreeMap<String, Arc<Table>> {
     let mut out = BTreeMap::new();
     for (at, name, def) in defs {
+        let passwd = matches!(def, TableDef::Passwd(_));
         if out.contains_key(&name) {
             c.at(&at, ErrorKind::Duplicate { what: "table", name });
             continue;
@@ -120,14 +200,28 @@ fn tables(c: &mut Checker, defs: Vec<(Origin, String, TableDef)>) -> BTreeMap<St
         let table = match def {
             TableDef::List(items) => Table::inline_list(&name, items),
             TableDef::Mapping(items) => Table::inline_mapping(&name, items),
-            TableDef::File(path) => match Table::load_file(&name, &path) {
+            TableDef::File(path) | TableDef::Passwd(path) => {
+                let loaded = if passwd { Table::load_passwd(&name, &path) } else { Table::load_file(&name, &path) };
+                match loaded {
+                    Ok(t) => t,
+                    Err(e) => {
+                        c.at(&at, ErrorKind::File { path, error: e.to_string() });
+                        // Stand-in, so that uses of the table do not each report it undefined.
+                        Table::inline_list(&name, Vec::new())
+                    }
+                }
+            }
+            TableDef::Db(path) => match Table::load_db(&name, &path) {
                 Ok(t) => t,
                 Err(e) => {
                     c.at(&at, ErrorKind::File { path, error: e.to_string() });
-                    // Stand-in, so that uses of the table do not each report it undefined.
                     Table::inline_list(&name, Vec::new())
                 }
             },
+            TableDef::ProcExec(command) => {
+                c.at(&at, ErrorKind::Unsupported(format!("'proc-exec:' table '{command}'")));
+                Table::inline_list(&name, Vec::new())
+            }
         };
         out.insert(name, Arc::new(table));
     }
@@ -175,19 +269,20 @@ fn listener(
     cas: &BTreeMap<String, Ca>,
     tables: &BTreeMap<String, Arc<Table>>,
     hostname: &str,
+    notices: &mut Vec<super::Notice>,
 ) -> Option<Listener> {
     let kind = if l.on == "socket" {
         ListenKind::Socket
     } else {
         let port = l.port.unwrap_or(if l.tls == TlsMode::Smtps { 465 } else { 25 });
-        let ips = match interface_addrs(&l.on) {
+        let ips = match super::iface::resolve(&l.on) {
             Some(ips) => ips,
             None => {
                 c.at(&l.at, ErrorKind::NoSuchInterface(l.on.clone()));
                 return None;
             }
         };
-        let addrs = ips
+        let mut addrs: Vec<SocketAddr> = ips
             .into_iter()
             .filter(|ip| match l.family {
                 Some(4) => ip.is_ipv4(),
@@ -196,17 +291,18 @@ fn listener(
             })
             .map(|ip| SocketAddr::new(ip, port))
             .collect();
+        addrs.sort();
+        addrs.dedup();
         ListenKind::Inet { addrs }
     };
     let needs_pki = l.tls != TlsMode::Plain;
     let pki = l.pki.clone().or_else(|| needs_pki.then(|| hostname.to_owned()));
-    if let Some(name) = &pki {
-        if !pkis.contains_key(name) {
-            let what = if l.pki.is_some() {
-                name.clone()
-            } else {
-                format!("{name}' (the listener's host name, used when no pki is given")
-            };
+    let named = l.pkis.iter().map(|n| (n.clone(), true));
+    let implied = pki.iter().filter(|_| l.pki.is_none()).map(|n| (n.clone(), false));
+    for (name, explicit) in named.chain(implied) {
+        if !pkis.contains_key(&name) {
+            let what =
+                if explicit { name } else { format!("{name}' (the listener's host name, used when no pki is given") };
             c.at(&l.at, ErrorKind::Undefined { what: "pki", name: what });
         }
     }
@@ -216,36 +312,52 @@ fn listener(
         }
     }
     if let Some(t) = l.auth.as_ref().and_then(|a| a.table.as_ref()) {
-        if !tables.contains_key(t) {
-            c.at(&l.at, ErrorKind::Undefined { what: "table", name: t.clone() });
+        need_table(c, &l.at, tables, t, None);
+    }
+    for t in [&l.options.hostnames, &l.options.senders].into_iter().flatten() {
+        need_table(c, &l.at, tables, t, Some(Kind::Mapping));
+    }
+    let mut notice =
+        |text: &str| notices.push(super::Notice { at: l.at.clone(), text: text.to_owned(), blocking: false });
+    if l.auth.is_some() {
+        notice("listen auth: parsed; mxd offers no SMTP AUTH yet, so no client authenticates here");
+    }
+    let o = &l.options;
+    if o.ciphers.is_some() || o.protocols.is_some() {
+        notice("listen ciphers/protocols: accepted, no effect (rustls: TLS 1.2 and 1.3, its own safe suites)");
+    }
+    if o.no_dsn {
+        notice("listen no-dsn: accepted, no effect (mxd does not offer DSN)");
+    }
+    for (on, what) in [
+        (o.mask_src, "mask-src"),
+        (o.received_auth, "received-auth"),
+        (o.hostnames.is_some(), "hostnames"),
+        (o.senders.is_some(), "senders"),
+    ] {
+        if on {
+            notice(&format!("listen {what}: parsed, not applied yet"));
         }
     }
-    Some(Listener { at: l.at, kind, tls: l.tls, pki, ca: l.ca, hostname: l.hostname, auth: l.auth, tag: l.tag })
-}
-
-/// An address, or every address of the interface of that name.
-fn interface_addrs(on: &str) -> Option<Vec<IpAddr>> {
-    if let Ok(ip) = on.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
-        return Some(vec![ip]);
+    if o.proxy_v2 {
+        notices.push(super::Notice {
+            at: l.at.clone(),
+            text: "listen proxy-v2 is parsed but mxd does not read PROXY headers yet".into(),
+            blocking: true,
+        });
     }
-    let mut ips = Vec::new();
-    let mut seen = false;
-    for ifa in nix::ifaddrs::getifaddrs().ok()? {
-        if ifa.interface_name != on {
-            continue;
-        }
-        seen = true;
-        let Some(addr) = ifa.address else { continue };
-        if let Some(v4) = addr.as_sockaddr_in() {
-            ips.push(IpAddr::V4(v4.ip()));
-        } else if let Some(v6) = addr.as_sockaddr_in6() {
-            // Link-local addresses need a scope to bind; mail never travels on them.
-            if v6.ip().segments()[0] & 0xffc0 != 0xfe80 {
-                ips.push(IpAddr::V6(v6.ip()));
-            }
-        }
-    }
-    seen.then_some(ips)
+    Some(Listener {
+        at: l.at,
+        kind,
+        tls: l.tls,
+        pki,
+        ca: l.ca,
+        hostname: l.hostname,
+        auth: l.auth,
+        tag: l.tag,
+        pkis: l.pkis,
+        options: l.options,
+    })
 }
 
 /// /etc/mail/mailname, else the system host name (as design.md says).

@@ -1,9 +1,18 @@
-//! smtpd.conf(5) tokens: words, quoted strings, punctuation `{ } , < > = !`, newlines (which
-//! end statements), `#` comments, `\`-newline continuation, and `$macro` expansion in
-//! unquoted words (anywhere in the word, so `smtp+tls://$MAIL_SERVER_IP` works).
+//! smtpd.conf(5) tokens, as OpenSMTPD's parse.y lexes them: words, quoted strings,
+//! punctuation `{ } ( ) , < > = !`, newlines (which end statements) and `#` comments.
+//!
+//! - `\` before a newline joins the lines (in a comment too); `\x` outside quotes is `x`.
+//! - Inside quotes a newline is dropped and the string goes on; `\` escapes the quote, a
+//!   blank or a newline, and is kept before anything else (parse.y does the same).
+//! - `$name` in an unquoted word is replaced by the macro's value, which is lexed again
+//!   without expansion: a macro holding several words gives several words, as in parse.y.
+//!   Unlike parse.y, `$name` may stand anywhere in a word (`smtp+tls://$IP`).
+//!
 //! Never panics; every token carries its line.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::iter::Peekable;
+use std::str::Chars;
 
 use super::ErrorKind;
 
@@ -22,7 +31,56 @@ pub(crate) struct Token {
     pub(crate) line: u32,
 }
 
-const PUNCT: &[char] = &['{', '}', ',', '<', '>', '=', '!'];
+const PUNCT: &[char] = &['{', '}', '(', ')', ',', '<', '>', '=', '!'];
+
+/// A macro value longer than this is refused: expansion must stay bounded.
+const MAX_MACRO_LEN: usize = 64 * 1024;
+
+/// Characters of the input with `\`-newline continuation and line counting.
+struct Input<'a> {
+    chars: Peekable<Chars<'a>>,
+    line: u32,
+}
+
+impl Input<'_> {
+    /// The next character outside quotes: `\`-newline is skipped, `\x` is `x`. The bool is
+    /// true for an escaped character (never punctuation or a separator).
+    fn next(&mut self) -> Option<(char, bool)> {
+        loop {
+            let c = self.chars.next()?;
+            if c != '\\' {
+                return Some((c, false));
+            }
+            match self.chars.next() {
+                Some('\n') => self.line += 1,
+                Some(n) => return Some((n, true)),
+                None => return Some(('\\', false)),
+            }
+        }
+    }
+
+    /// Peeks at the next character as `next` would return it.
+    fn peek(&mut self) -> Option<char> {
+        loop {
+            match self.chars.peek() {
+                Some('\\') => {
+                    let mut ahead = self.chars.clone();
+                    ahead.next();
+                    match ahead.next() {
+                        Some('\n') => {
+                            self.chars.next();
+                            self.chars.next();
+                            self.line += 1;
+                        }
+                        Some(n) => return Some(n),
+                        None => return Some('\\'),
+                    }
+                }
+                other => return other.copied(),
+            }
+        }
+    }
+}
 
 /// Splits `text` into tokens. `macros` expands `$name` in words; an unknown macro is an
 /// error at its line. A line `name = value` defines a macro for the lines after it, unless
@@ -30,81 +88,152 @@ const PUNCT: &[char] = &['{', '}', ',', '<', '>', '=', '!'];
 pub(crate) fn lex(
     text: &str,
     macros: &mut BTreeMap<String, String>,
-    fixed: &std::collections::BTreeSet<String>,
+    fixed: &BTreeSet<String>,
 ) -> Result<Vec<Token>, (u32, ErrorKind)> {
     let mut out: Vec<Token> = Vec::new();
     let mut line_start = 0;
-    let mut line = 1u32;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
+    // Inside `{ … }` a line `k = v` is a table entry, not a macro definition.
+    let mut depth = 0usize;
+    let mut input = Input { chars: text.chars().peekable(), line: 1 };
+    while let Some((c, escaped)) = input.next() {
+        let line = input.line;
         match c {
-            '\n' => {
-                define_macro(&out[line_start..], macros, fixed);
+            '\n' if !escaped => {
+                if depth == 0 {
+                    define_macro(&out[line_start..], macros, fixed).map_err(|k| (line, k))?;
+                }
                 out.push(Token { tok: Tok::Newline, line });
                 line_start = out.len();
-                line += 1;
+                input.line += 1;
             }
-            ' ' | '\t' | '\r' => {}
-            '#' => {
-                while chars.peek().is_some_and(|c| *c != '\n') {
-                    chars.next();
+            ' ' | '\t' | '\r' if !escaped => {}
+            '#' if !escaped => {
+                // parse.y reads comments with its continuation rule too.
+                while input.peek().is_some_and(|c| c != '\n') {
+                    input.next();
                 }
             }
-            '\\' if chars.peek() == Some(&'\n') => {
-                chars.next();
-                line += 1;
+            '"' | '\'' if !escaped => {
+                let s = quoted(&mut input, c).map_err(|k| (line, k))?;
+                out.push(Token { tok: Tok::Str(s), line });
             }
-            '"' | '\'' => {
-                let start = line;
-                let mut s = String::new();
-                loop {
-                    match chars.next() {
-                        None | Some('\n') => return Err((start, ErrorKind::UnterminatedString)),
-                        Some(q) if q == c => break,
-                        Some('\\') => match chars.next() {
-                            Some('\n') => line += 1,
-                            Some(e) => s.push(e),
-                            None => return Err((start, ErrorKind::UnterminatedString)),
-                        },
-                        Some(ch) => s.push(ch),
-                    }
+            c if PUNCT.contains(&c) && !escaped => {
+                match c {
+                    '{' => depth += 1,
+                    '}' => depth = depth.saturating_sub(1),
+                    _ => {}
                 }
-                out.push(Token { tok: Tok::Str(s), line: start });
+                out.push(Token { tok: Tok::Punct(c), line })
             }
-            c if PUNCT.contains(&c) => out.push(Token { tok: Tok::Punct(c), line }),
             _ => {
                 let mut word = String::from(c);
-                while let Some(&n) = chars.peek() {
-                    if n.is_whitespace() || PUNCT.contains(&n) || n == '#' || n == '"' || n == '\\' {
-                        break;
+                let mut has_macro = c == '$' && !escaped;
+                while let Some(n) = input.peek() {
+                    if n.is_whitespace() || PUNCT.contains(&n) || n == '#' || n == '"' || n == '\'' {
+                        // An escaped separator (`\ `) belongs to the word.
+                        if !matches!(input.chars.peek(), Some('\\')) {
+                            break;
+                        }
                     }
+                    let Some((n, esc)) = input.next() else { break };
+                    has_macro |= n == '$' && !esc;
                     word.push(n);
-                    chars.next();
                 }
-                let word = expand_macros(&word, macros).map_err(|k| (line, k))?;
-                out.push(Token { tok: Tok::Word(word), line });
+                if has_macro {
+                    let value = expand_macros(&word, macros).map_err(|k| (line, k))?;
+                    expanded(&value, line, &mut out).map_err(|k| (line, k))?;
+                } else {
+                    out.push(Token { tok: Tok::Word(word), line });
+                }
             }
         }
     }
-    define_macro(&out[line_start..], macros, fixed);
+    let line = input.line;
+    if depth == 0 {
+        define_macro(&out[line_start..], macros, fixed).map_err(|k| (line, k))?;
+    }
     out.push(Token { tok: Tok::Newline, line });
     Ok(out)
 }
 
-fn define_macro(line: &[Token], macros: &mut BTreeMap<String, String>, fixed: &std::collections::BTreeSet<String>) {
-    if let [Token { tok: Tok::Word(name), .. }, Token { tok: Tok::Punct('='), .. }, Token { tok: Tok::Word(v) | Tok::Str(v), .. }] =
-        line
-    {
-        if !fixed.contains(name) {
-            macros.insert(name.clone(), v.clone());
+/// A quoted string after its opening `quote`.
+fn quoted(input: &mut Input<'_>, quote: char) -> Result<String, ErrorKind> {
+    let mut s = String::new();
+    loop {
+        match input.chars.next() {
+            None => return Err(ErrorKind::UnterminatedString),
+            Some('\n') => input.line += 1,
+            Some('\\') => match input.chars.peek().copied() {
+                Some('\n') => {
+                    input.chars.next();
+                    input.line += 1;
+                }
+                Some(n) if n == quote || n == ' ' || n == '\t' => {
+                    input.chars.next();
+                    s.push(n);
+                }
+                _ => s.push('\\'),
+            },
+            Some(q) if q == quote => return Ok(s),
+            Some('\0') => return Err(ErrorKind::UnterminatedString),
+            Some(ch) => s.push(ch),
         }
     }
 }
 
-fn expand_macros(word: &str, macros: &BTreeMap<String, String>) -> Result<String, ErrorKind> {
-    if !word.contains('$') {
-        return Ok(word.to_owned());
+/// The tokens of an expanded word: lexed again, without macros, on the word's line.
+fn expanded(value: &str, line: u32, out: &mut Vec<Token>) -> Result<(), ErrorKind> {
+    if value.len() > MAX_MACRO_LEN {
+        return Err(ErrorKind::BadValue {
+            what: "macro expansion",
+            value: format!("{}…", value.chars().take(40).collect::<String>()),
+            expected: "at most 64 KiB",
+        });
     }
+    let mut none = BTreeMap::new();
+    let toks = lex_plain(value, &mut none)?;
+    out.extend(toks.into_iter().filter(|t| t.tok != Tok::Newline).map(|t| Token { tok: t.tok, line }));
+    Ok(())
+}
+
+/// Lexes a macro's value: no `$` expansion (parse.y does not expand inside an expansion).
+fn lex_plain(value: &str, none: &mut BTreeMap<String, String>) -> Result<Vec<Token>, ErrorKind> {
+    let escaped = value.replace('$', "\\$");
+    let fixed = BTreeSet::new();
+    let toks = lex(&escaped, none, &fixed).map_err(|(_, k)| k)?;
+    // Quoted strings kept their escaping backslash before `$`; undo it there.
+    Ok(toks
+        .into_iter()
+        .map(|t| match t.tok {
+            Tok::Str(s) => Token { tok: Tok::Str(s.replace("\\$", "$")), line: t.line },
+            other => Token { tok: other, line: t.line },
+        })
+        .collect())
+}
+
+fn define_macro(
+    line: &[Token],
+    macros: &mut BTreeMap<String, String>,
+    fixed: &BTreeSet<String>,
+) -> Result<(), ErrorKind> {
+    if let [Token { tok: Tok::Word(name), .. }, Token { tok: Tok::Punct('='), .. }, Token { tok: Tok::Word(v) | Tok::Str(v), .. }] =
+        line
+    {
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(ErrorKind::BadValue {
+                what: "macro name",
+                value: name.clone(),
+                expected: "letters, digits and '_'",
+            });
+        }
+        if !fixed.contains(name) {
+            macros.insert(name.clone(), v.clone());
+        }
+    }
+    Ok(())
+}
+
+fn expand_macros(word: &str, macros: &BTreeMap<String, String>) -> Result<String, ErrorKind> {
     let mut out = String::with_capacity(word.len());
     let mut rest = word;
     while let Some(i) = rest.find('$') {
@@ -166,5 +295,48 @@ mod tests {
         assert_eq!(lex("a\n\"open\n", &mut m, &fixed).unwrap_err(), (2, ErrorKind::UnterminatedString));
         let toks = lex("X = \"v\"\nuse $X\n", &mut m, &fixed).unwrap();
         assert_eq!(toks[5].tok, Tok::Word("v".into()));
+    }
+
+    #[test]
+    fn macros_with_several_words_give_several_words() {
+        use Tok::*;
+        let mut m = BTreeMap::new();
+        let fixed = Default::default();
+        let toks = lex("opts = \"tls pki mx\"\nlisten on lo $opts\nx = '{ a, b }'\nt $x\n", &mut m, &fixed).unwrap();
+        let toks: Vec<Tok> = toks.into_iter().map(|t| t.tok).collect();
+        let want: Vec<Tok> = ["listen", "on", "lo", "tls", "pki", "mx"].iter().map(|w| Word((*w).into())).collect();
+        assert_eq!(&toks[4..10], &want[..]);
+        assert_eq!(
+            &toks[15..21],
+            &[Word("t".into()), Punct('{'), Word("a".into()), Punct(','), Word("b".into()), Punct('}')]
+        );
+        // An expansion is not expanded again.
+        let mut m = BTreeMap::from([("A".to_owned(), "$B".to_owned()), ("B".to_owned(), "no".to_owned())]);
+        assert_eq!(lex("x $A\n", &mut m, &fixed).unwrap()[1].tok, Word("$B".into()));
+    }
+
+    #[test]
+    fn continuation_escapes_and_strings_as_parse_y() {
+        use Tok::*;
+        let toks = lex(
+            "listen on lo \\\n  port 25 # comment \\\n still comment\nx \"a\\\"b\\nc\" 'multi\nline' a\\ b\n",
+            &mut BTreeMap::new(),
+            &Default::default(),
+        )
+        .unwrap();
+        let lines: Vec<(Tok, u32)> = toks.into_iter().map(|t| (t.tok, t.line)).collect();
+        assert_eq!(lines[3], (Word("port".into()), 2));
+        assert_eq!(lines[5], (Newline, 3));
+        assert_eq!(lines[6], (Word("x".into()), 4));
+        assert_eq!(lines[7], (Str("a\"b\\nc".into()), 4));
+        assert_eq!(lines[8], (Str("multiline".into()), 4));
+        assert_eq!(lines[9], (Word("a b".into()), 5));
+    }
+
+    #[test]
+    fn table_entries_are_not_macros() {
+        let mut m = BTreeMap::new();
+        lex("table t {\n  joe@x = y\n}\n", &mut m, &Default::default()).unwrap();
+        assert!(m.is_empty());
     }
 }

@@ -6,6 +6,8 @@
 //! expected. A loaded `Config` never changes: a reload builds a new one.
 
 mod check;
+mod iface;
+mod knobs;
 pub use check::default_hostname;
 pub mod expand;
 mod lexer;
@@ -48,6 +50,130 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub actions: BTreeMap<String, Action>,
     pub rules: Vec<Rule>,
+    /// Statements parsed into typed values that mxd does not act on yet, or not at all.
+    pub knobs: Knobs,
+    /// What `mxd -n` says about statements that load but do less than in OpenSMTPD.
+    pub notices: Vec<Notice>,
+}
+
+/// A statement that loads but has no effect, or no effect yet, in mxd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub at: Origin,
+    pub text: String,
+    /// The daemon refuses to start with this statement (a filter it would not run, a match
+    /// condition it cannot evaluate): never silently ignored.
+    pub blocking: bool,
+}
+
+impl fmt::Display for Notice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.at.file.display(), self.at.line, self.text)
+    }
+}
+
+/// Top-level statements of OpenSMTPD that mxd parses into typed values for the parts of mxd
+/// that honour them (SRS, delay warnings, queue compression and encryption, limits,
+/// filters); until they do, each is named by a [`Notice`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Knobs {
+    /// `srs key SECRET` then `srs key backup SECRET`: the first signs, all verify.
+    pub srs_keys: Vec<String>,
+    /// `srs ttl DURATION`.
+    pub srs_ttl: Option<Duration>,
+    /// `bounce warn-interval D[, D…]`: delay warnings after each of these ages.
+    pub bounce_warn: Vec<Duration>,
+    /// `queue compression`.
+    pub queue_compression: bool,
+    /// `queue encryption [KEY|stdin]`.
+    pub queue_encryption: Option<QueueKey>,
+    /// `smtp ciphers STRING`.
+    pub smtp_ciphers: Option<String>,
+    /// `smtp limit max-mails N`: transactions per session.
+    pub max_mails: Option<u64>,
+    /// `mta max-deferred N`.
+    pub mta_max_deferred: Option<u64>,
+    /// `mta limit [for domain D] …`, `mda limit …`, `scheduler limit …`.
+    pub limits: Vec<Limit>,
+    /// `admd NAME`: the authserv-id of Authentication-Results headers.
+    pub admd: Option<String>,
+    /// `mda wrapper NAME COMMAND`.
+    pub mda_wrappers: BTreeMap<String, String>,
+    /// `proc NAME COMMAND …`.
+    pub procs: BTreeMap<String, Proc>,
+    /// `filter NAME …`, and the anonymous chains of `listen … filter { … }`.
+    pub filters: BTreeMap<String, Filter>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueueKey {
+    /// `queue encryption`: asked for on the terminal at start.
+    Ask,
+    /// `queue encryption stdin` (or `-`): read from stdin at start.
+    Stdin,
+    /// `queue encryption KEY`.
+    Key(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limit {
+    pub at: Origin,
+    /// "mta", "mda" or "scheduler".
+    pub scope: &'static str,
+    /// `mta limit for domain D`.
+    pub domain: Option<String>,
+    /// `inet4` / `inet6` (mta only).
+    pub family: Option<u8>,
+    pub values: Vec<(String, u64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proc {
+    pub name: String,
+    pub at: Origin,
+    pub command: String,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub chroot: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Filter {
+    pub name: String,
+    pub at: Origin,
+    pub kind: FilterKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FilterKind {
+    /// `filter NAME proc PROC`.
+    Proc(String),
+    /// `filter NAME proc-exec COMMAND [user U] [group G] [chroot DIR]`.
+    ProcExec(Proc),
+    /// `filter NAME phase PHASE match CONDITIONS ACTION`.
+    Builtin { phase: String, conds: Vec<FilterCond>, action: FilterAction },
+    /// `filter NAME chain { A, B }`.
+    Chain(Vec<String>),
+}
+
+/// One condition of a builtin filter: `[!] fcrdns|rdns|src|helo|auth|mail-from|rcpt-to
+/// [regex] [<table>]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilterCond {
+    pub negate: bool,
+    pub what: String,
+    pub regex: bool,
+    pub table: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FilterAction {
+    Bypass,
+    Junk,
+    Reject(String),
+    Disconnect(String),
+    Rewrite(String),
+    Report(String),
 }
 
 /// Where a statement came from, for errors found after parsing.
@@ -83,6 +209,33 @@ pub struct Listener {
     /// `auth [<table>]` / `auth-optional`: parsed; mxd does not offer AUTH yet.
     pub auth: Option<ListenAuth>,
     pub tag: Option<String>,
+    /// Every `pki` named on the listener, in order; `pki` above is the first, the default
+    /// when the client's SNI names none of them (as OpenSMTPD).
+    pub pkis: Vec<String>,
+    pub options: ListenOptions,
+}
+
+/// Listen options parsed for the parts of mxd that honour them (each has its own issue).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListenOptions {
+    /// `mask-src`: the Received header omits the client's address and name.
+    pub mask_src: bool,
+    /// `received-auth`: the Received header names the authenticated user.
+    pub received_auth: bool,
+    /// `hostnames <t>`: local address → greeting name.
+    pub hostnames: Option<String>,
+    /// `no-dsn`: DSN is not offered.
+    pub no_dsn: bool,
+    /// `proxy-v2`: a PROXY protocol v2 header comes first.
+    pub proxy_v2: bool,
+    /// `ciphers STRING`, `protocols STRING` (libtls forms).
+    pub ciphers: Option<String>,
+    pub protocols: Option<String>,
+    /// `senders <t> [masquerade]`: who an authenticated user may send as.
+    pub senders: Option<String>,
+    pub masquerade: bool,
+    /// `filter NAME` or `filter { … }` (an anonymous chain in `Knobs::filters`).
+    pub filter: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,8 +275,12 @@ pub struct Action {
     pub userbase: Option<String>,
     pub user: Option<String>,
     pub ttl: Option<Duration>,
+    /// `wrapper NAME`: an `mda wrapper` around the delivery command.
+    pub wrapper: Option<String>,
 }
 
+// One per action, built once per load: boxing the relay would only complicate its users.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Method {
     /// `maildir [PATH] [junk]`: PATH is a template (default `~/Maildir`).
@@ -160,6 +317,22 @@ pub struct Relay {
     pub pki: Option<String>,
     /// `ca NAME`: verify the relay host against this CA instead of the system's bundle.
     pub ca: Option<String>,
+    /// `host <table>` (a list of URLs): `host` is its first entry.
+    pub host_table: Option<String>,
+    /// `backup [mx NAME]`: relay as a backup MX (only MXs preferred over NAME, or over
+    /// this host).
+    pub backup: bool,
+    pub backup_mx: Option<String>,
+    /// `helo-src <t>`: source address → HELO name.
+    pub helo_src: Option<String>,
+    /// `domain <t>`: recipient domain → relay host.
+    pub domain: Option<String>,
+    /// `srs`: rewrite the sender of forwarded mail (SRS).
+    pub srs: bool,
+    pub ciphers: Option<String>,
+    pub protocols: Option<String>,
+    /// `filter NAME` / `filter { … }` on outgoing sessions.
+    pub filter: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,6 +393,9 @@ pub struct Cond {
 pub enum Matcher {
     Table(String),
     Value(String),
+    /// `regex <t>` / `regex "RE"`: the table's entries are regular expressions (an inline
+    /// value becomes a one-entry table).
+    Regex(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -238,7 +414,7 @@ pub enum CondKind {
     ForDomain(Matcher),
     ForRcptTo(Matcher),
     Tls,
-    Tag(String),
+    Tag(Matcher),
     Helo(Matcher),
 }
 
@@ -318,6 +494,14 @@ pub enum ErrorKind {
     },
     Unsupported(String),
     IncludeDepth,
+    /// A statement that `mxd -n` accepts but the daemon will not start with.
+    NotRun(String),
+    /// A `match` option given twice in one rule.
+    AlreadySpecified(String),
+    BadRegex {
+        pattern: String,
+        error: String,
+    },
 }
 
 impl fmt::Display for ErrorKind {
@@ -346,11 +530,18 @@ impl fmt::Display for ErrorKind {
             }
             ErrorKind::NoSuchInterface(n) => write!(
                 f,
-                "no interface or address '{n}' on this host (expected an interface name, an address or 'socket')"
+                "no interface or address '{n}' on this host (expected an interface, an interface group, an address, a host name of this host, or 'socket')"
             ),
             ErrorKind::BadValue { what, value, expected } => write!(f, "invalid {what} '{value}': expected {expected}"),
             ErrorKind::File { path, error } => write!(f, "{}: {error}", path.display()),
             ErrorKind::Unsupported(what) => write!(f, "{what} is not supported by mxd"),
+            ErrorKind::BadRegex { pattern, error } => {
+                write!(f, "invalid regular expression '{pattern}': {error} (expected an extended regular expression)")
+            }
+            ErrorKind::AlreadySpecified(what) => {
+                write!(f, "'{what}' already specified for this rule (expected each option once)")
+            }
+            ErrorKind::NotRun(what) => write!(f, "{what}: mxd refuses to start rather than ignore it"),
             ErrorKind::IncludeDepth => write!(f, "includes nested too deeply (expected at most 8 levels)"),
         }
     }
@@ -374,8 +565,27 @@ impl fmt::Display for Errors {
 
 impl std::error::Error for Errors {}
 
-/// Loads and checks `path`; `defines` are `-D name=value` macros.
+/// Loads and checks `path` for the daemon; `defines` are `-D name=value` macros. A
+/// configuration with a blocking [`Notice`] (a filter mxd would not run) is refused here,
+/// at start and at reload.
 pub fn load(path: &Path, defines: &[(String, String)]) -> Result<Config, Errors> {
+    let config = check(path, defines)?;
+    let blocking: Vec<Error> = config
+        .notices
+        .iter()
+        .filter(|n| n.blocking)
+        .map(|n| Error { file: n.at.file.clone(), line: n.at.line, kind: ErrorKind::NotRun(n.text.clone()) })
+        .collect();
+    if blocking.is_empty() {
+        Ok(config)
+    } else {
+        Err(Errors(blocking))
+    }
+}
+
+/// Loads and checks `path` as `mxd -n` does: statements mxd parses but does not run are
+/// [`Notice`]s, not errors.
+pub fn check(path: &Path, defines: &[(String, String)]) -> Result<Config, Errors> {
     let parsed = parser::parse_file(path, defines)?;
     check::finish(parsed)
 }
@@ -407,6 +617,8 @@ impl Config {
             listeners: self.listeners.clone(),
             actions: self.actions.clone(),
             rules: self.rules.clone(),
+            knobs: self.knobs.clone(),
+            notices: self.notices.clone(),
         })
     }
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use super::lexer::{lex, Tok, Token};
 use super::{
-    Action, Cond, CondKind, Error, ErrorKind, Errors, ListenAuth, Matcher, Method, Origin, Relay, RelayUrl, Rule,
-    Scheme, TlsMode, Verdict,
+    Action, Cond, CondKind, Error, ErrorKind, Errors, Knobs, ListenAuth, ListenOptions, Matcher, Method, Notice,
+    Origin, Relay, RelayUrl, Rule, Scheme, TlsMode, Verdict,
 };
 
 const MAX_INCLUDE_DEPTH: usize = 8;
@@ -19,7 +19,14 @@ const MAX_INCLUDE_DEPTH: usize = 8;
 pub(crate) enum TableDef {
     List(Vec<String>),
     Mapping(Vec<(String, String)>),
+    /// `file:/path`, or a bare path.
     File(PathBuf),
+    /// `passwd:/path`: passwd(5) lines.
+    Passwd(PathBuf),
+    /// `db:/path`: a Berkeley DB hash file as makemap(8) writes it.
+    Db(PathBuf),
+    /// `proc-exec:COMMAND`: a table process speaking smtpd-tables(7).
+    ProcExec(String),
 }
 
 #[derive(Debug)]
@@ -35,6 +42,9 @@ pub(crate) struct ListenSpec {
     pub(crate) hostname: Option<String>,
     pub(crate) auth: Option<ListenAuth>,
     pub(crate) tag: Option<String>,
+    /// Every `pki`, in order: the first is the default.
+    pub(crate) pkis: Vec<String>,
+    pub(crate) options: ListenOptions,
 }
 
 #[derive(Debug, Default)]
@@ -60,7 +70,32 @@ pub(crate) struct Parsed {
     pub(crate) listeners: Vec<ListenSpec>,
     pub(crate) actions: Vec<Action>,
     pub(crate) rules: Vec<Rule>,
+    pub(crate) knobs: Knobs,
+    pub(crate) notices: Vec<Notice>,
+    /// Tables used with `regex`: their entries must compile (checked with the tables).
+    pub(crate) regex_tables: Vec<(Origin, String)>,
     pub(crate) errors: Vec<Error>,
+    /// Inline tables made so far, for their generated names.
+    pub(crate) anon: usize,
+}
+
+impl Parsed {
+    pub(crate) fn notice(&mut self, at: &Origin, text: impl Into<String>) {
+        self.notices.push(Notice { at: at.clone(), text: text.into(), blocking: false });
+    }
+
+    pub(crate) fn blocking(&mut self, at: &Origin, text: impl Into<String>) {
+        self.notices.push(Notice { at: at.clone(), text: text.into(), blocking: true });
+    }
+
+    /// Registers an inline table and returns its generated name (`{inline FILE:LINE #N}`,
+    /// which no `table` statement can spell).
+    pub(crate) fn anon_table(&mut self, at: &Origin, def: TableDef) -> String {
+        self.anon += 1;
+        let name = format!("{{inline {}:{} #{}}}", at.file.display(), at.line, self.anon);
+        self.tables.push((at.clone(), name.clone(), def));
+        name
+    }
 }
 
 pub(crate) fn parse_file(path: &Path, defines: &[(String, String)]) -> Result<Parsed, Errors> {
@@ -94,14 +129,18 @@ fn include(
         Ok(t) => t,
         Err((line, kind)) => return out.errors.push(Error { file: path.to_owned(), line, kind }),
     };
-    let mut p = Parser { toks: &tokens, pos: 0, file: path };
+    let mut p = Parser { toks: &tokens, pos: 0, file: path, lenient: Vec::new() };
     while p.pos < tokens.len() {
         if p.peek() == &Tok::Newline {
             p.pos += 1;
             continue;
         }
         let line = p.line();
-        match statement(&mut p, out) {
+        let result = statement(&mut p, out);
+        for (at, text) in p.lenient.drain(..) {
+            out.notice(&at, text);
+        }
+        match result {
             Ok(Some(inc)) => {
                 let at = Origin { file: path.to_owned(), line };
                 include(&inc, macros, fixed, out, depth + 1, Some(&at));
@@ -115,13 +154,123 @@ fn include(
     }
 }
 
-struct Parser<'a> {
+/// OpenSMTPD 7.x's keywords (parse.y's `keywords[]`). OpenSMTPD refuses one unquoted where
+/// a name stands (`action relay relay`), and a word that does not start with a letter, a
+/// digit, `-`, `:` or `_` (`/var/mail`, `@example.com`); mxd takes both, with a notice
+/// saying to quote them so that the file stays valid for OpenSMTPD.
+pub(crate) const KEYWORDS: &[&str] = &[
+    "action",
+    "admd",
+    "alias",
+    "any",
+    "auth",
+    "auth-optional",
+    "backup",
+    "bounce",
+    "bypass",
+    "ca",
+    "cert",
+    "chain",
+    "chroot",
+    "ciphers",
+    "commit",
+    "compression",
+    "connect",
+    "data",
+    "data-line",
+    "dhe",
+    "disconnect",
+    "domain",
+    "ehlo",
+    "encryption",
+    "expand-only",
+    "fcrdns",
+    "filter",
+    "for",
+    "forward-only",
+    "from",
+    "group",
+    "helo",
+    "helo-src",
+    "host",
+    "hostname",
+    "hostnames",
+    "include",
+    "inet4",
+    "inet6",
+    "junk",
+    "key",
+    "limit",
+    "listen",
+    "lmtp",
+    "local",
+    "mail-from",
+    "maildir",
+    "mask-src",
+    "masquerade",
+    "match",
+    "max-deferred",
+    "max-message-size",
+    "mbox",
+    "mda",
+    "mta",
+    "mx",
+    "no-dsn",
+    "no-verify",
+    "noop",
+    "on",
+    "phase",
+    "pki",
+    "port",
+    "proc",
+    "proc-exec",
+    "protocols",
+    "proxy-v2",
+    "queue",
+    "quit",
+    "rcpt-to",
+    "rdns",
+    "received-auth",
+    "recipient",
+    "regex",
+    "reject",
+    "relay",
+    "report",
+    "rewrite",
+    "rset",
+    "scheduler",
+    "senders",
+    "smtp",
+    "smtp-in",
+    "smtp-out",
+    "smtps",
+    "socket",
+    "src",
+    "srs",
+    "sub-addr-delim",
+    "table",
+    "tag",
+    "tagged",
+    "tls",
+    "tls-require",
+    "ttl",
+    "user",
+    "userbase",
+    "verify",
+    "virtual",
+    "warn-interval",
+    "wrapper",
+];
+
+pub(crate) struct Parser<'a> {
     toks: &'a [Token],
-    pos: usize,
+    pub(crate) pos: usize,
     file: &'a Path,
+    /// Notices for words mxd takes where OpenSMTPD wants them quoted.
+    lenient: Vec<(Origin, String)>,
 }
 
-type R<T> = Result<T, ErrorKind>;
+pub(crate) type R<T> = Result<T, ErrorKind>;
 
 fn describe(t: &Tok) -> String {
     match t {
@@ -133,7 +282,7 @@ fn describe(t: &Tok) -> String {
 }
 
 impl Parser<'_> {
-    fn peek(&self) -> &Tok {
+    pub(crate) fn peek(&self) -> &Tok {
         self.toks.get(self.pos).map_or(&Tok::Newline, |t| &t.tok)
     }
 
@@ -141,7 +290,7 @@ impl Parser<'_> {
         self.toks.get(self.pos).or(self.toks.last()).map_or(1, |t| t.line)
     }
 
-    fn origin(&self) -> Origin {
+    pub(crate) fn origin(&self) -> Origin {
         Origin { file: self.file.to_owned(), line: self.line() }
     }
 
@@ -151,13 +300,28 @@ impl Parser<'_> {
         t
     }
 
-    fn err<T>(&self, expected: &str) -> R<T> {
+    pub(crate) fn err<T>(&self, expected: &str) -> R<T> {
         Err(ErrorKind::Syntax { expected: expected.to_owned(), found: describe(self.peek()) })
     }
 
     /// A word or a quoted string.
-    fn value(&mut self, expected: &str) -> R<String> {
+    pub(crate) fn value(&mut self, expected: &str) -> R<String> {
         match self.peek() {
+            Tok::Word(w) if KEYWORDS.binary_search(&w.as_str()).is_ok() => {
+                let at = self.origin();
+                let w = w.clone();
+                self.pos += 1;
+                self.lenient.push((at, format!("'{w}' is a keyword: OpenSMTPD needs it quoted (\"{w}\") here")));
+                Ok(w)
+            }
+            // parse.y starts an unquoted word only with a letter, a digit, '-', ':' or '_'.
+            Tok::Word(w) if !w.starts_with(|c: char| c.is_ascii_alphanumeric() || "-:_".contains(c)) => {
+                let at = self.origin();
+                let w = w.clone();
+                self.pos += 1;
+                self.lenient.push((at, format!("OpenSMTPD reads '{w}' only quoted (\"{w}\")")));
+                Ok(w)
+            }
             Tok::Word(_) | Tok::Str(_) => match self.bump() {
                 Tok::Word(w) | Tok::Str(w) => Ok(w),
                 _ => unreachable!("peeked a word"),
@@ -166,8 +330,14 @@ impl Parser<'_> {
         }
     }
 
+    /// A number (parse.y's NUMBER).
+    pub(crate) fn number(&mut self, what: &'static str) -> R<u64> {
+        let v = self.value("a number")?;
+        v.parse::<u64>().map_err(|_| ErrorKind::BadValue { what, value: v, expected: "a number" })
+    }
+
     /// The next unquoted word, if it is one of `words` (keywords are never quoted).
-    fn keyword(&mut self, words: &[&str]) -> Option<String> {
+    pub(crate) fn keyword(&mut self, words: &[&str]) -> Option<String> {
         if let Tok::Word(w) = self.peek() {
             if words.contains(&w.as_str()) {
                 let w = w.clone();
@@ -178,14 +348,14 @@ impl Parser<'_> {
         None
     }
 
-    fn expect_word(&mut self, word: &str) -> R<()> {
+    pub(crate) fn expect_word(&mut self, word: &str) -> R<()> {
         match self.keyword(&[word]) {
             Some(_) => Ok(()),
             None => self.err(&format!("'{word}'")),
         }
     }
 
-    fn punct(&mut self, c: char) -> bool {
+    pub(crate) fn punct(&mut self, c: char) -> bool {
         if self.peek() == &Tok::Punct(c) {
             self.pos += 1;
             true
@@ -194,8 +364,19 @@ impl Parser<'_> {
         }
     }
 
+    fn peek_keyword(&self) -> Option<&str> {
+        match self.peek() {
+            Tok::Word(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn at_end(&self) -> bool {
+        self.peek() == &Tok::Newline
+    }
+
     fn end(&mut self) -> R<()> {
-        if self.peek() == &Tok::Newline {
+        if self.at_end() {
             self.pos += 1;
             Ok(())
         } else {
@@ -204,11 +385,20 @@ impl Parser<'_> {
     }
 
     fn skip_line(&mut self) {
-        while self.pos < self.toks.len() && self.bump() != Tok::Newline {}
+        // Newlines inside `{ … }` belong to the statement (parse.y's optnl).
+        let mut depth = 0usize;
+        while self.pos < self.toks.len() {
+            match self.bump() {
+                Tok::Punct('{') => depth += 1,
+                Tok::Punct('}') => depth = depth.saturating_sub(1),
+                Tok::Newline if depth == 0 => return,
+                _ => {}
+            }
+        }
     }
 
     /// `<name>`
-    fn table_ref(&mut self) -> R<String> {
+    pub(crate) fn table_ref(&mut self) -> R<String> {
         if !self.punct('<') {
             return self.err("a table reference <name>");
         }
@@ -219,19 +409,51 @@ impl Parser<'_> {
         Ok(name)
     }
 
-    fn opt_table_ref(&mut self) -> R<Option<String>> {
-        if self.peek() == &Tok::Punct('<') {
-            self.table_ref().map(Some)
-        } else {
-            Ok(None)
+    /// parse.y's `tables`: `<name>`, an inline `{ … }`, or one value (a one-entry list).
+    /// Returns the table's name (inline tables get a generated one).
+    pub(crate) fn tables(&mut self, out: &mut Parsed) -> R<String> {
+        let at = self.origin();
+        match self.peek() {
+            Tok::Punct('<') => self.table_ref(),
+            Tok::Punct('{') => {
+                self.pos += 1;
+                let def = self.inline_table()?;
+                Ok(out.anon_table(&at, def))
+            }
+            _ => {
+                let v = self.value("a table <name>, { … } or a value")?;
+                Ok(out.anon_table(&at, TableDef::List(vec![v])))
+            }
         }
     }
 
-    fn matcher(&mut self) -> R<Matcher> {
-        if self.peek() == &Tok::Punct('<') {
-            self.table_ref().map(Matcher::Table)
-        } else {
-            self.value("a table <name> or a value").map(Matcher::Value)
+    /// `tables` where it is optional: only `<name>` or `{ … }` (a plain word is the next option).
+    pub(crate) fn opt_tables(&mut self, out: &mut Parsed) -> R<Option<String>> {
+        match self.peek() {
+            Tok::Punct('<' | '{') => self.tables(out).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// What a match condition compares with: `regex TABLES`, `<t>`, `{ … }` or one value.
+    fn matcher(&mut self, out: &mut Parsed) -> R<Matcher> {
+        let at = self.origin();
+        if self.keyword(&["regex"]).is_some() {
+            let t = self.tables(out)?;
+            out.regex_tables.push((at, t.clone()));
+            return Ok(Matcher::Regex(t));
+        }
+        match self.peek() {
+            Tok::Punct('<' | '{') => self.tables(out).map(Matcher::Table),
+            _ => self.value("a table <name>, { … }, a value or 'regex'").map(Matcher::Value),
+        }
+    }
+
+    fn opt_matcher(&mut self, out: &mut Parsed) -> R<Option<Matcher>> {
+        match self.peek() {
+            Tok::Punct('<' | '{') => self.matcher(out).map(Some),
+            Tok::Word(w) if w == "regex" => self.matcher(out).map(Some),
+            _ => Ok(None),
         }
     }
 
@@ -241,33 +463,40 @@ impl Parser<'_> {
         }
     }
 
-    /// `{ a, b }` or `{ k = v, … }`.
-    fn inline_table(&mut self) -> R<TableDef> {
+    /// After `{`: `a, b` or `k = v, …` (also `k => v`) up to `}`; entries are separated by
+    /// commas or newlines, as in parse.y.
+    pub(crate) fn inline_table(&mut self) -> R<TableDef> {
         let (mut list, mut map) = (Vec::new(), Vec::new());
         loop {
             self.skip_newlines();
             if self.punct('}') {
                 break;
             }
+            if self.pos >= self.toks.len() {
+                return self.err("'}' closing the table");
+            }
             let key = self.value("a table entry or '}'")?;
             if self.punct('=') {
+                self.punct('>');
                 map.push((key, self.value("a value after '='")?));
             } else {
                 list.push(key);
             }
             self.skip_newlines();
-            if !self.punct(',') {
-                self.skip_newlines();
-                if self.punct('}') {
-                    break;
-                }
-                return self.err("',' or '}'");
-            }
+            self.punct(',');
         }
         match (list.is_empty(), map.is_empty()) {
             (_, true) => Ok(TableDef::List(list)),
             (true, false) => Ok(TableDef::Mapping(map)),
             (false, false) => self.err("entries of one kind (all 'key = value' or all plain values)"),
+        }
+    }
+
+    /// After `{`: names up to `}` (a filter chain).
+    pub(crate) fn name_list(&mut self) -> R<Vec<String>> {
+        match self.inline_table()? {
+            TableDef::List(names) => Ok(names),
+            _ => self.err("names separated by commas"),
         }
     }
 }
@@ -301,10 +530,13 @@ fn statement(p: &mut Parser<'_>, out: &mut Parsed) -> R<Option<PathBuf>> {
         "action" => action(p, out)?,
         "match" => rule(p, out)?,
         "smtp" => smtp(p, out)?,
-        "queue" => {
-            p.expect_word("ttl")?;
-            out.queue_ttl = Some(duration(&p.value("a duration")?)?);
-        }
+        "queue" => super::knobs::queue(p, out)?,
+        "srs" => super::knobs::srs(p, out)?,
+        "bounce" => super::knobs::bounce(p, out)?,
+        "mta" | "mda" | "scheduler" => super::knobs::limits(p, out, &word)?,
+        "admd" => super::knobs::admd(p, out)?,
+        "proc" => super::knobs::proc(p, out)?,
+        "filter" => super::knobs::filter(p, out)?,
         "spool" => out.spool = Some(PathBuf::from(p.value("a directory")?)),
         "hostname" => out.hostname = Some(p.value("a host name")?),
         "threads" => {
@@ -316,12 +548,9 @@ fn statement(p: &mut Parser<'_>, out: &mut Parsed) -> R<Option<PathBuf>> {
                 expected: "a number from 1 to 1024",
             })?);
         }
-        "srs" | "mta" | "proc" | "proc-exec" | "filter" | "bounce" => {
-            return Err(ErrorKind::Unsupported(format!("'{word}'")))
-        }
         _ => {
             p.pos -= 1;
-            return p.err("a statement (include, table, pki, ca, listen, action, match, smtp, queue, spool, threads, hostname or name = value)");
+            return p.err("a statement (include, table, pki, ca, listen, action, match, smtp, queue, srs, bounce, mta, mda, scheduler, admd, proc, filter, spool, threads, hostname or name = value)");
         }
     }
     p.end()?;
@@ -335,44 +564,135 @@ fn table(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
         p.inline_table()?
     } else {
         let spec = p.value("'{', or a table source such as file:/path")?;
-        match spec.split_once(':') {
-            Some(("file", path)) => TableDef::File(PathBuf::from(path)),
-            Some((kind, _)) if !kind.contains('/') => {
-                return Err(ErrorKind::Unsupported(format!("table backend '{kind}'")))
-            }
-            _ => TableDef::File(PathBuf::from(spec)),
-        }
+        table_source(&spec)?
     };
     out.tables.push((at, name, def));
     Ok(())
 }
 
+/// `file:/path`, `/path`, `passwd:/path` (the table-passwd add-on's format), `getpwnam`
+/// (the system's users), `db:/path`, `proc:COMMAND` / `proc-exec:COMMAND`; other add-on
+/// backends (table-ldap, table-sqlite…) are named as not supported.
+fn table_source(spec: &str) -> R<TableDef> {
+    if spec.starts_with('/') {
+        return Ok(TableDef::File(PathBuf::from(spec)));
+    }
+    if spec == "getpwnam" {
+        return Ok(TableDef::Passwd(PathBuf::from("/etc/passwd")));
+    }
+    let Some((backend, config)) = spec.split_once(':') else {
+        return Err(ErrorKind::BadValue {
+            what: "table source",
+            value: spec.to_owned(),
+            expected: "'{', an absolute path, getpwnam, or BACKEND:/path (file, passwd, db, proc)",
+        });
+    };
+    let path = || {
+        if config.starts_with('/') {
+            Ok(PathBuf::from(config))
+        } else {
+            Err(ErrorKind::BadValue {
+                what: "table path",
+                value: config.to_owned(),
+                expected: "an absolute path, as OpenSMTPD requires",
+            })
+        }
+    };
+    match backend {
+        "file" | "static" => Ok(TableDef::File(path()?)),
+        "passwd" => Ok(TableDef::Passwd(path()?)),
+        "db" => Ok(TableDef::Db(path()?)),
+        "proc" | "proc-exec" if !config.is_empty() => Ok(TableDef::ProcExec(config.to_owned())),
+        other => Err(ErrorKind::Unsupported(format!("table backend '{other}:'"))),
+    }
+}
+
 fn pki(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
     let at = p.origin();
     let name = p.value("a pki name")?;
-    let what = p.keyword(&["cert", "key", "dhe"]).map_or_else(|| p.err("'cert' or 'key'"), Ok)?;
-    let file = p.value("a file name")?;
-    let entry = out.pkis.entry(name).or_insert_with(|| (at.clone(), PkiParts::default()));
-    match what.as_str() {
-        "cert" => entry.1.cert = Some(PathBuf::from(file)),
-        "key" => entry.1.key = Some((PathBuf::from(file), at)),
-        _ => {} // dhe: rustls picks its own key exchange
+    loop {
+        let Some(what) = p.keyword(&["cert", "key", "dhe"]) else {
+            return if p.at_end() { Ok(()) } else { p.err("'cert', 'key' or 'dhe'") };
+        };
+        let file = p.value("a file name")?;
+        let entry = out.pkis.entry(name.clone()).or_insert_with(|| (at.clone(), PkiParts::default()));
+        match what.as_str() {
+            "cert" => entry.1.cert = Some(PathBuf::from(file)),
+            "key" => entry.1.key = Some((PathBuf::from(file), at.clone())),
+            _ => {
+                if !["none", "auto", "legacy"].contains(&file.as_str()) {
+                    return Err(ErrorKind::BadValue { what: "dhe", value: file, expected: "none, auto or legacy" });
+                }
+                out.notice(&at, "pki … dhe: accepted, no effect (rustls chooses its own key exchange)");
+            }
+        }
     }
-    Ok(())
 }
 
-fn port(v: &str) -> R<u16> {
-    v.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| ErrorKind::BadValue {
+/// A port: a number, or a service name (smtp, submission, smtps, submissions, or any
+/// TCP service in /etc/services).
+pub(crate) fn port(v: &str) -> R<u16> {
+    let bad = || ErrorKind::BadValue {
         what: "port",
         value: v.to_owned(),
-        expected: "a number from 1 to 65535",
+        expected: "a number from 1 to 65535 or a service name (smtp, submission, smtps, submissions, /etc/services)",
+    };
+    if v.bytes().all(|b| b.is_ascii_digit()) {
+        return v.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad);
+    }
+    match v {
+        "smtp" => Ok(25),
+        "submission" => Ok(587),
+        "smtps" | "submissions" | "urd" => Ok(465),
+        "lmtp" => Ok(24),
+        _ => service_port(v).ok_or_else(bad),
+    }
+}
+
+/// A TCP port from /etc/services ("name port/tcp [aliases]").
+fn service_port(name: &str) -> Option<u16> {
+    let text = std::fs::read_to_string("/etc/services").ok()?;
+    text.lines().find_map(|line| {
+        let mut words = line.split('#').next()?.split_whitespace();
+        let service = words.next()?;
+        let (port, proto) = words.next()?.split_once('/')?;
+        let named = service == name || words.any(|alias| alias == name);
+        (named && proto == "tcp").then(|| port.parse().ok()).flatten()
     })
 }
+
+const LISTEN_OPTIONS: &[&str] = &[
+    "port",
+    "tls",
+    "tls-require",
+    "smtps",
+    "pki",
+    "ca",
+    "hostname",
+    "hostnames",
+    "auth",
+    "auth-optional",
+    "tag",
+    "inet4",
+    "inet6",
+    "family",
+    "mask-src",
+    "received-auth",
+    "no-dsn",
+    "proxy-v2",
+    "ciphers",
+    "protocols",
+    "senders",
+    "filter",
+];
 
 fn listen(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
     let at = p.origin();
     p.expect_word("on")?;
-    let on = p.value("an interface, an address or 'socket'")?;
+    let on = match p.keyword(&["socket"]) {
+        Some(s) => s,
+        None => p.value("an interface, an interface group, an address, a host name or 'socket'")?,
+    };
     let mut l = ListenSpec {
         at,
         on,
@@ -384,44 +704,69 @@ fn listen(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
         hostname: None,
         auth: None,
         tag: None,
+        pkis: Vec::new(),
+        options: ListenOptions::default(),
     };
-    while p.peek() != &Tok::Newline {
-        let Some(opt) = p.keyword(&[
-            "port",
-            "tls",
-            "tls-require",
-            "smtps",
-            "pki",
-            "ca",
-            "hostname",
-            "auth",
-            "auth-optional",
-            "tag",
-            "inet4",
-            "inet6",
-            "family",
-        ]) else {
-            return p.err(
-                "a listen option (port, tls, tls-require, smtps, pki, ca, hostname, auth, auth-optional, tag, family)",
-            );
+    while !p.at_end() {
+        let Some(opt) = p.keyword(LISTEN_OPTIONS) else {
+            return p.err(&format!("a listen option ({})", LISTEN_OPTIONS.join(", ")));
         };
+        let socket_ok = ["filter", "mask-src", "no-dsn", "tag"].contains(&opt.as_str());
+        if l.on == "socket" && !socket_ok {
+            return Err(ErrorKind::BadValue {
+                what: "option for 'listen on socket'",
+                value: opt,
+                expected: "filter, mask-src, no-dsn or tag",
+            });
+        }
         match opt.as_str() {
-            "port" => l.port = Some(port(&p.value("a port")?)?),
+            "port" => {
+                // `smtp` and `smtps` are keywords (parse.y: PORT SMTP, PORT SMTPS).
+                let name = match p.keyword(&["smtp", "smtps"]) {
+                    Some(k) => k,
+                    None => p.value("a port number or service name")?,
+                };
+                l.port = Some(port(&name)?);
+            }
             "tls" => l.tls = TlsMode::StartTls,
             "tls-require" => l.tls = TlsMode::Require { verify: p.keyword(&["verify"]).is_some() },
             "smtps" => {
-                p.keyword(&["verify"]);
+                if p.keyword(&["verify"]).is_some() {
+                    // Accepting any client where a certificate is required would be worse
+                    // than not starting.
+                    out.blocking(
+                        &l.at,
+                        "listen smtps verify is parsed but mxd does not ask smtps clients for certificates yet",
+                    );
+                }
                 l.tls = TlsMode::Smtps;
             }
-            "pki" => l.pki = Some(p.value("a pki name")?),
+            "pki" => {
+                let name = p.value("a pki name")?;
+                // OpenSMTPD: the first pki is the default when SNI names none of them.
+                l.pki.get_or_insert_with(|| name.clone());
+                l.pkis.push(name);
+            }
             "ca" => l.ca = Some(p.value("a ca name")?),
             "hostname" => l.hostname = Some(p.value("a host name")?),
+            "hostnames" => l.options.hostnames = Some(p.tables(out)?),
             "auth" | "auth-optional" => {
-                l.auth = Some(ListenAuth { table: p.opt_table_ref()?, optional: opt == "auth-optional" })
+                l.auth = Some(ListenAuth { table: p.opt_tables(out)?, optional: opt == "auth-optional" })
             }
             "tag" => l.tag = Some(p.value("a tag")?),
             "inet4" => l.family = Some(4),
             "inet6" => l.family = Some(6),
+            "mask-src" => l.options.mask_src = true,
+            "received-auth" => l.options.received_auth = true,
+            "no-dsn" => l.options.no_dsn = true,
+            "proxy-v2" => l.options.proxy_v2 = true,
+            "ciphers" => l.options.ciphers = Some(p.value("a cipher list")?),
+            "protocols" => l.options.protocols = Some(p.value("a protocol list")?),
+            "senders" => {
+                l.options.senders = Some(p.tables(out)?);
+                l.options.masquerade = p.keyword(&["masquerade"]).is_some();
+            }
+            "filter" => l.options.filter = Some(super::knobs::filter_ref(p, out)?),
             _ => {
                 l.family = match p.keyword(&["inet4", "inet6"]).as_deref() {
                     Some("inet4") => Some(4),
@@ -457,31 +802,42 @@ fn action(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
         "mda" => Method::Mda(p.value("a command")?),
         "forward-only" => Method::ForwardOnly,
         "expand-only" => Method::ExpandOnly,
-        _ => Method::Relay(relay(p)?),
+        _ => Method::Relay(relay(p, out)?),
     };
-    let mut a = Action { name, at, method, alias: None, virtual_: None, userbase: None, user: None, ttl: None };
-    while p.peek() != &Tok::Newline {
+    let mut a =
+        Action { name, at, method, alias: None, virtual_: None, userbase: None, user: None, ttl: None, wrapper: None };
+    while !p.at_end() {
         let Some(opt) = p.keyword(ACTION_OPTIONS) else {
-            return p.err("an action option (alias, virtual, userbase, user, ttl)");
+            return p.err("an action option (alias, virtual, userbase, user, ttl, wrapper)");
         };
         match opt.as_str() {
-            "alias" => a.alias = Some(p.table_ref()?),
-            "virtual" => a.virtual_ = Some(p.table_ref()?),
-            "userbase" => a.userbase = Some(p.table_ref()?),
+            "alias" => a.alias = Some(p.tables(out)?),
+            "virtual" => a.virtual_ = Some(p.tables(out)?),
+            "userbase" => a.userbase = Some(p.tables(out)?),
             "user" => a.user = Some(p.value("a user name")?),
             "ttl" => a.ttl = Some(duration(&p.value("a duration")?)?),
-            "junk" => {}
-            _ => return Err(ErrorKind::Unsupported("'wrapper'".into())),
+            "junk" => out.notice(&a.at, "maildir junk: accepted, no effect (mxd files no mail into Junk)"),
+            _ => {
+                let w = p.value("an mda wrapper name")?;
+                out.blocking(
+                    &a.at,
+                    format!("action option 'wrapper {w}' is parsed but mxd does not run mda wrappers yet"),
+                );
+                a.wrapper = Some(w);
+            }
         }
     }
     if a.alias.is_some() && a.virtual_.is_some() {
         return Err(ErrorKind::Syntax { expected: "either alias or virtual, not both".into(), found: "both".into() });
     }
+    if matches!(a.method, Method::Maildir { junk: true, .. }) {
+        out.notice(&a.at, "maildir junk: accepted, no effect (mxd files no mail into Junk)");
+    }
     out.actions.push(a);
     Ok(())
 }
 
-fn relay(p: &mut Parser<'_>) -> R<Relay> {
+fn relay(p: &mut Parser<'_>, out: &mut Parsed) -> R<Relay> {
     let mut r = Relay::default();
     loop {
         let Some(opt) = p.keyword(&[
@@ -497,22 +853,46 @@ fn relay(p: &mut Parser<'_>) -> R<Relay> {
             "ca",
             "srs",
             "domain",
+            "ciphers",
+            "protocols",
+            "filter",
         ]) else {
             return Ok(r);
         };
         match opt.as_str() {
-            "host" => r.host = Some(relay_url(&p.value("a relay URL")?)?),
+            "host" => match p.peek() {
+                Tok::Punct('<' | '{') => r.host_table = Some(p.tables(out)?),
+                _ => r.host = Some(relay_url(&p.value("a relay URL")?)?),
+            },
+            "backup" => {
+                r.backup = true;
+                if p.keyword(&["mx"]).is_some() {
+                    r.backup_mx = Some(p.value("an MX name")?);
+                }
+            }
             "tls" => {
                 r.tls = true;
                 r.no_verify = p.keyword(&["no-verify"]).is_some();
             }
-            "src" => r.src = Some(p.table_ref()?),
+            "src" => r.src = Some(p.tables(out)?),
             "helo" => r.helo = Some(p.value("a HELO name")?),
-            "auth" => r.auth = Some(p.table_ref()?),
+            "helo-src" => r.helo_src = Some(p.tables(out)?),
+            "auth" => r.auth = Some(p.tables(out)?),
             "mail-from" => r.mail_from = Some(p.value("an address")?),
             "pki" => r.pki = Some(p.value("a pki name")?),
             "ca" => r.ca = Some(p.value("a ca name")?),
-            other => return Err(ErrorKind::Unsupported(format!("relay option '{other}'"))),
+            "srs" => r.srs = true,
+            "domain" => r.domain = Some(p.tables(out)?),
+            "ciphers" => r.ciphers = Some(p.value("a cipher list")?),
+            "protocols" => r.protocols = Some(p.value("a protocol list")?),
+            _ => r.filter = Some(super::knobs::filter_ref(p, out)?),
+        }
+        if (r.host.is_some() || r.host_table.is_some() || r.domain.is_some()) && r.backup {
+            return Err(ErrorKind::BadValue {
+                what: "relay options",
+                value: "backup with host or domain".into(),
+                expected: "backup, or host/domain, not both (as OpenSMTPD)",
+            });
         }
     }
 }
@@ -558,8 +938,18 @@ pub(crate) fn relay_url(s: &str) -> R<RelayUrl> {
 fn rule(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
     let at = p.origin();
     let mut conds = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
     let verdict = loop {
         let negate = p.punct('!');
+        // parse.y allows each option once per rule ("from already specified for this rule").
+        if let Some(w) = p.peek_keyword() {
+            if w != "action" && w != "reject" {
+                if seen.iter().any(|s| s == w) {
+                    return Err(ErrorKind::AlreadySpecified(w.to_owned()));
+                }
+                seen.push(w.to_owned());
+            }
+        }
         let Some(word) =
             p.keyword(&["from", "for", "tls", "auth", "mail-from", "rcpt-to", "helo", "tag", "action", "reject"])
         else {
@@ -570,15 +960,18 @@ fn rule(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
         let kind = match word.as_str() {
             "action" if !negate => break Verdict::Action(p.value("an action name")?),
             "reject" if !negate => break Verdict::Reject,
-            "from" => from_cond(p)?,
-            "for" => for_cond(p)?,
+            "from" => from_cond(p, out)?,
+            "for" => for_cond(p, out)?,
             "tls" => CondKind::Tls,
-            "auth" => CondKind::FromAuth(p.opt_table_ref()?.map(Matcher::Table)),
-            "mail-from" => CondKind::FromMailFrom(p.matcher()?),
-            "rcpt-to" => CondKind::ForRcptTo(p.matcher()?),
-            "helo" => return Err(ErrorKind::Unsupported("match option 'helo'".into())),
-            "tag" => CondKind::Tag(p.value("a tag")?),
-            _ => return p.err("a condition after '!'"),
+            "auth" => CondKind::FromAuth(p.opt_matcher(out)?),
+            "mail-from" => CondKind::FromMailFrom(p.matcher(out)?),
+            "rcpt-to" => CondKind::ForRcptTo(p.matcher(out)?),
+            "helo" => {
+                out.blocking(&at, "match option 'helo' is parsed but mxd does not evaluate it yet");
+                CondKind::Helo(p.matcher(out)?)
+            }
+            "tag" => CondKind::Tag(p.matcher(out)?),
+            _ => return p.err("a condition after '!' ('action' and 'reject' cannot be negated)"),
         };
         conds.push(Cond { negate, kind });
     };
@@ -593,7 +986,7 @@ fn rule(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
     Ok(())
 }
 
-fn from_cond(p: &mut Parser<'_>) -> R<CondKind> {
+fn from_cond(p: &mut Parser<'_>, out: &mut Parsed) -> R<CondKind> {
     let Some(w) = p.keyword(&["any", "local", "socket", "src", "auth", "rdns", "mail-from"]) else {
         return p.err("any, local, socket, src, auth, rdns or mail-from after 'from'");
     };
@@ -601,31 +994,36 @@ fn from_cond(p: &mut Parser<'_>) -> R<CondKind> {
         "any" => CondKind::FromAny,
         "local" => CondKind::FromLocal,
         "socket" => CondKind::FromSocket,
-        "src" => CondKind::FromSrc(p.matcher()?),
-        "auth" => CondKind::FromAuth(p.opt_table_ref()?.map(Matcher::Table)),
-        "rdns" => CondKind::FromRdns(p.opt_table_ref()?.map(Matcher::Table)),
-        _ => CondKind::FromMailFrom(p.matcher()?),
+        "src" => CondKind::FromSrc(p.matcher(out)?),
+        "auth" => CondKind::FromAuth(p.opt_matcher(out)?),
+        "rdns" => CondKind::FromRdns(p.opt_matcher(out)?),
+        _ => CondKind::FromMailFrom(p.matcher(out)?),
     })
 }
 
-fn for_cond(p: &mut Parser<'_>) -> R<CondKind> {
+fn for_cond(p: &mut Parser<'_>, out: &mut Parsed) -> R<CondKind> {
     let Some(w) = p.keyword(&["any", "local", "domain", "rcpt-to"]) else {
         return p.err("any, local, domain or rcpt-to after 'for'");
     };
     Ok(match w.as_str() {
         "any" => CondKind::ForAny,
         "local" => CondKind::ForLocal,
-        "domain" => CondKind::ForDomain(p.matcher()?),
-        _ => CondKind::ForRcptTo(p.matcher()?),
+        "domain" => CondKind::ForDomain(p.matcher(out)?),
+        _ => CondKind::ForRcptTo(p.matcher(out)?),
     })
 }
 
 fn smtp(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
-    let Some(w) = p.keyword(&["max-message-size", "sub-addr-delim", "limit"]) else {
-        return p.err("max-message-size, sub-addr-delim or limit after 'smtp'");
+    let Some(w) = p.keyword(&["max-message-size", "sub-addr-delim", "limit", "ciphers"]) else {
+        return p.err("max-message-size, sub-addr-delim, limit or ciphers after 'smtp'");
     };
     match w.as_str() {
         "max-message-size" => out.max_message_size = Some(size(&p.value("a size")?)?),
+        "ciphers" => {
+            let at = p.origin();
+            out.knobs.smtp_ciphers = Some(p.value("a cipher list")?);
+            out.notice(&at, "smtp ciphers: accepted, no effect (rustls offers only its own safe cipher suites)");
+        }
         "sub-addr-delim" => {
             let v = p.value("one character")?;
             let mut chars = v.chars();
@@ -641,10 +1039,11 @@ fn smtp(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
             }
         }
         _ => {
-            while p.peek() != &Tok::Newline {
+            while !p.at_end() {
                 let Some(limit) = p.keyword(&["max-rcpt", "max-mails"]) else {
                     return p.err("max-rcpt or max-mails");
                 };
+                let at = p.origin();
                 let v = p.value("a number")?;
                 let n = v.parse::<usize>().ok().filter(|n| *n > 0).ok_or(ErrorKind::BadValue {
                     what: "limit",
@@ -653,6 +1052,12 @@ fn smtp(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
                 })?;
                 if limit == "max-rcpt" {
                     out.max_rcpt = Some(n);
+                } else {
+                    out.knobs.max_mails = Some(n as u64);
+                    out.notice(
+                        &at,
+                        "smtp limit max-mails: parsed, not enforced yet (sessions may send any number of messages)",
+                    );
                 }
             }
         }
@@ -697,4 +1102,12 @@ pub(crate) fn duration(v: &str) -> R<Duration> {
         .filter(|n| *n > 0)
         .map(Duration::from_secs)
         .ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keywords_are_sorted_for_binary_search() {
+        assert!(super::KEYWORDS.windows(2).all(|w| w[0] < w[1]));
+    }
 }

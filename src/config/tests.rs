@@ -152,7 +152,13 @@ fn every_error_kind_names_file_and_line() {
         ("action r relay host ftp://x\n".into(), "smtpd.conf:1: invalid relay URL 'ftp://x'"),
         ("\n\ninclude \"/nonexistent/x.conf\"\n".into(), "smtpd.conf:3: /nonexistent/x.conf: "),
         ("table t \"\n".into(), "smtpd.conf:1: unterminated quoted string"),
-        ("table t db:/etc/x.db\n".into(), "smtpd.conf:1: table backend 'db' is not supported"),
+        ("table t ldap:/etc/x.conf\n".into(), "smtpd.conf:1: table backend 'ldap:' is not supported by mxd"),
+        ("table t file:relative\n".into(), "smtpd.conf:1: invalid table path 'relative'"),
+        ("match from src regex \"(\" action a\naction a mbox\n".into(), "smtpd.conf:1: invalid regular expression '('"),
+        ("filter f chain { nope }\n".into(), "smtpd.conf:1: filter 'nope' is not defined"),
+        ("listen on lo port nosuchservice\n".into(), "smtpd.conf:1: invalid port 'nosuchservice'"),
+        ("match ! action a\naction a mbox\n".into(), "smtpd.conf:1: syntax error: expected a condition after '!'"),
+        ("mda limit max-foo 3\n".into(), "smtpd.conf:1: invalid limit 'max-foo'"),
         ("table t { a, b = c }\n".into(), "smtpd.conf:1: syntax error: expected entries of one kind"),
     ];
     for (text, want) in cases {
@@ -198,4 +204,80 @@ fn reload_table_reads_the_file_again() {
     assert_eq!(c.table("aliases").unwrap().get("root"), Some("joseph"));
     let c2 = c.reload_table("aliases").unwrap();
     assert_eq!(c2.table("aliases").unwrap().get("root"), Some("alice"));
+}
+
+/// Issue 14: the forms OpenSMTPD 7.x accepts beyond the seed's.
+#[test]
+fn opensmtpd_7_forms() {
+    let d = Dir::new();
+    let crt = d.write("c.crt", "x");
+    let key = d.write("k.key", "x");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let passwd = d.write("passwd", "joseph:$2b$08$x:1000:1000:Joseph:/home/joseph:/bin/sh\n");
+    let conf = format!(
+        "pki a cert \"{c}\"\npki a key \"{k}\"\npki b cert \"{c}\"\npki b key \"{k}\"\n\
+         opts = \"port submission tls\"\n\
+         listen on localhost $opts pki b pki a mask-src received-auth no-dsn \\\n  ciphers secure protocols tlsv1.3 hostnames {{ 127.0.0.1 => mx.test }} senders <users> masquerade\n\
+         listen on lo0 port smtps smtps pki a\n\
+         table users passwd:{p}\n\
+         action \"out\" relay backup mx mx1.test helo-src {{ 127.0.0.1 = h.test }} src 127.0.0.1 srs\n\
+         action \"in\" maildir userbase <users> alias {{ root = joseph }}\n\
+         match from src {{ 127.0.0.0/8, ::1 }} for domain {{ a.test, b.test }} action \"in\"\n\
+         match !from src regex \"^10\\.\" mail-from regex {{ \"@x\\.test$\" }} tag T !rcpt-to regex \"^root@\" for any action \"out\"\n\
+         srs key s3cr3t\nsrs key backup old\nsrs ttl 5d\nbounce warn-interval 1h, 6h, 2d\nqueue compression\n\
+         smtp ciphers secure\nsmtp limit max-mails 100 max-rcpt 50\nmta max-deferred 100\n\
+         mta limit for domain example.org inet4 max-conn-per-host 2\nmda limit max-session 10\n\
+         scheduler limit max-inflight 1000\nadmd mx.test\n",
+        c = crt.display(),
+        k = key.display(),
+        p = passwd.display()
+    );
+    let c = d.load(&conf).expect("loads");
+    let l = &c.listeners[0];
+    assert_eq!((l.pki.as_deref(), l.pkis.clone()), (Some("b"), vec!["b".to_owned(), "a".to_owned()]), "first pki wins");
+    let ListenKind::Inet { addrs } = &l.kind else { panic!("inet") };
+    assert!(addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 587), "{addrs:?}");
+    assert!(l.options.mask_src && l.options.received_auth && l.options.no_dsn && l.options.masquerade);
+    assert_eq!(c.table(l.options.hostnames.as_deref().unwrap()).and_then(|t| t.get("127.0.0.1")), Some("mx.test"));
+    assert!(
+        matches!(&c.listeners[1].kind, ListenKind::Inet { addrs } if addrs.iter().any(|a| a.to_string() == "127.0.0.1:465"))
+    );
+    assert_eq!(c.table("users").and_then(|t| t.get("joseph")), Some("1000:1000:/home/joseph"));
+    assert_eq!(c.table("users").and_then(|t| t.secret("joseph")), Some("$2b$08$x"));
+    let Method::Relay(r) = &c.actions["out"].method else { panic!("relay") };
+    assert!(r.backup && r.srs && r.backup_mx.as_deref() == Some("mx1.test"));
+    assert!(c.table(r.src.as_deref().unwrap()).unwrap().match_ip("127.0.0.1".parse().unwrap()));
+    let CondKind::FromSrc(Matcher::Table(src)) = &c.rules[0].conds[0].kind else { panic!("inline src table") };
+    assert!(c.table(src).unwrap().match_ip("::1".parse().unwrap()));
+    let Cond { negate: true, kind: CondKind::FromSrc(Matcher::Regex(re)) } = &c.rules[1].conds[0] else {
+        panic!("{:?}", c.rules[1].conds)
+    };
+    assert!(c.table(re).unwrap().match_regex("10.1.2.3") && !c.table(re).unwrap().match_regex("110.1.2.3"));
+    let k = &c.knobs;
+    assert_eq!(k.srs_keys, vec!["s3cr3t".to_owned(), "old".to_owned()]);
+    assert_eq!(k.bounce_warn.len(), 3);
+    assert!(k.queue_compression && k.max_mails == Some(100) && k.admd.as_deref() == Some("mx.test"));
+    assert_eq!(c.max_rcpt, 50);
+    assert_eq!(k.limits.len(), 3);
+    assert!(!c.notices.is_empty() && c.notices.iter().all(|n| !n.blocking), "{:?}", c.notices);
+}
+
+#[test]
+fn filters_load_for_mxd_n_and_stop_the_daemon() {
+    let d = Dir::new();
+    let text = "proc rspamd \"/usr/local/bin/filter-rspamd\" user _rspamd\n\
+                filter rspamd proc rspamd\n\
+                filter dkim proc-exec \"filter-dkimsign -d x\" user _dkim\n\
+                filter \"rdns\" phase connect match !rdns disconnect \"550 no rDNS\"\n\
+                filter \"all\" chain { \"rdns\", rspamd }\n\
+                listen on lo filter \"all\"\n\
+                listen on lo port 2526 filter { \"rdns\", dkim }\n";
+    let path = d.write("smtpd.conf", text);
+    let c = check(&path, &[]).expect("mxd -n loads it");
+    assert_eq!(c.knobs.filters.len(), 5, "{:?}", c.knobs.filters.keys());
+    assert!(c.notices.iter().any(|n| n.blocking && n.at.line == 2 && n.text.contains("filter 'rspamd'")));
+    let errs = load(&path, &[]).expect_err("the daemon refuses it").0;
+    assert!(errs
+        .iter()
+        .any(|e| e.line == 4 && e.to_string().contains("filter 'rdns' is parsed but mxd does not run filters yet")));
 }

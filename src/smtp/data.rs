@@ -6,19 +6,18 @@
 //! CRLF pair ends the transaction with an error at once (§2.3.8; the "SMTP smuggling"
 //! family depends on servers that read a bare LF as a line end). The body stops growing at
 //! the size limit while the rest is read and dropped, so memory stays bounded.
+//!
+//! Text lines of any length are kept as they are, as OpenSMTPD and Postfix do: system mail
+//! carries long log lines, and refusing them would lose the report. Only the size limit
+//! bounds a line.
 
 use memchr::memchr2;
-
-/// Longest text line, without its CRLF (RFC 5321 §4.5.3.1.6: 1000 octets with it).
-pub const MAX_LINE: usize = 998;
 
 /// Why a message was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DataError {
     /// The body exceeded the size limit (552 after the final dot).
     TooBig,
-    /// A text line exceeded 1000 octets (refused after the final dot).
-    LongLine,
     /// A CR or LF outside a CRLF pair: refused at once.
     BareEol,
 }
@@ -41,25 +40,16 @@ pub struct DataDecoder {
     dot_line: bool,
     /// The previous byte was a CR; the next must be LF.
     cr: bool,
-    /// Octets on the current line so far, the dropped dot included.
+    /// Octets on the current line so far, the dropped dot included (only whether the line
+    /// is exactly "." matters).
     line_len: usize,
     too_big: bool,
-    long_line: bool,
     eight_bit: bool,
 }
 
 impl DataDecoder {
     pub fn new(max_size: u64) -> DataDecoder {
-        DataDecoder {
-            max_size,
-            bol: true,
-            dot_line: false,
-            cr: false,
-            line_len: 0,
-            too_big: false,
-            long_line: false,
-            eight_bit: false,
-        }
+        DataDecoder { max_size, bol: true, dot_line: false, cr: false, line_len: 0, too_big: false, eight_bit: false }
     }
 
     /// True when some octet had its high bit set (the body is 8-bit).
@@ -101,10 +91,7 @@ impl DataDecoder {
                 None => (rest, None),
             };
             self.append(body, chunk);
-            self.line_len += chunk.len();
-            if self.line_len > MAX_LINE {
-                self.long_line = true;
-            }
+            self.line_len = self.line_len.saturating_add(chunk.len());
             i += chunk.len();
             match stop {
                 Some(b'\r') => {
@@ -137,8 +124,6 @@ impl DataDecoder {
     fn verdict(&self) -> Result<(), DataError> {
         if self.too_big {
             Err(DataError::TooBig)
-        } else if self.long_line {
-            Err(DataError::LongLine)
         } else {
             Ok(())
         }
@@ -150,7 +135,7 @@ impl DataDecoder {
 /// the input holds no end of message yet.
 pub fn reference_decode(input: &[u8], max_size: u64) -> Option<(usize, Result<Vec<u8>, DataError>)> {
     let mut body = Vec::new();
-    let (mut too_big, mut long) = (false, false);
+    let mut too_big = false;
     let mut pos = 0;
     loop {
         let rest = &input[pos..];
@@ -166,16 +151,9 @@ pub fn reference_decode(input: &[u8], max_size: u64) -> Option<(usize, Result<Ve
         let line = &rest[..eol];
         pos += eol + 2;
         if line == b"." {
-            let result = if too_big {
-                Err(DataError::TooBig)
-            } else if long {
-                Err(DataError::LongLine)
-            } else {
-                Ok(body)
-            };
+            let result = if too_big { Err(DataError::TooBig) } else { Ok(body) };
             return Some((pos, result));
         }
-        long |= line.len() > MAX_LINE;
         let line = line.strip_prefix(b".").unwrap_or(line);
         if body.len() + line.len() + 1 > max_size as usize {
             too_big = true;
@@ -241,10 +219,10 @@ mod tests {
         assert_eq!(reference_decode(b"..x\r\n.\r\n", 100), Some((8, Ok(b".x\n".to_vec()))));
         assert_eq!(reference_decode(b"a\nb\r\n.\r\n", 100), Some((2, Err(DataError::BareEol))));
         assert_eq!(reference_decode(b"0123456789\r\n.\r\n", 5).map(|r| r.1), Some(Err(DataError::TooBig)));
-        let long = [vec![b'y'; 999], b"\r\n.\r\n".to_vec()].concat();
-        assert_eq!(reference_decode(&long, 5000).map(|r| r.1), Some(Err(DataError::LongLine)));
-        let ok = [vec![b'y'; 998], b"\r\n.\r\n".to_vec()].concat();
-        assert!(matches!(reference_decode(&ok, 5000), Some((_, Ok(_)))));
+        // A 3,000-octet line is kept whole; only the size limit bounds it.
+        let long = [vec![b'y'; 3000], b"\r\n.\r\n".to_vec()].concat();
+        assert_eq!(reference_decode(&long, 5000).map(|r| r.1), Some(Ok([vec![b'y'; 3000], b"\n".to_vec()].concat())));
+        assert_eq!(reference_decode(&long, 2000).map(|r| r.1), Some(Err(DataError::TooBig)));
     }
 
     #[test]

@@ -67,7 +67,6 @@ pub const BAD_RCPT: Reply = Reply::fixed(553, "5.1.3", "Recipient address syntax
 pub const BAD_PARAM: Reply = Reply::fixed(555, "5.5.4", "Unsupported option");
 pub const NEED_SMTPUTF8: Reply = Reply::fixed(553, "5.6.7", "SMTPUTF8 is required for 8-bit addresses");
 pub const TOO_BIG: Reply = Reply::fixed(552, "5.3.4", "Message size exceeds fixed maximum message size");
-pub const LONG_TEXT_LINE: Reply = Reply::fixed(554, "5.6.0", "Message refused: text line longer than 1000 octets");
 pub const BARE_EOL: Reply = Reply::fixed(554, "5.5.2", "Message refused: bare CR or LF in DATA is not allowed");
 pub const TOO_MANY_RCPTS: Reply = Reply::fixed(452, "4.5.3", "Too many recipients");
 pub const TLS_REQUIRED: Reply = Reply::fixed(530, "5.7.0", "Must issue a STARTTLS command first");

@@ -510,7 +510,6 @@ impl<P: Policy> Session<P> {
                 }));
             }
             Err(DataError::TooBig) => self.refuse(TxStep::Data, None, reply::TOO_BIG),
-            Err(DataError::LongLine) => self.refuse(TxStep::Data, None, reply::LONG_TEXT_LINE),
             Err(DataError::BareEol) => {
                 self.refuse(TxStep::Data, None, reply::BARE_EOL);
                 self.close(CloseReason::Protocol);

@@ -151,6 +151,8 @@ pub fn config(data: &[u8]) {
 
 pub fn table(data: &[u8]) {
     let _ = mxd::table::parse(&String::from_utf8_lossy(data));
+    // The same bytes as a makemap(8) hash file: refused or read, never a panic.
+    let _ = mxd::table::db::parse(data);
 }
 
 /// Expansion never adds a ".." component, and address values never add a '/'.
