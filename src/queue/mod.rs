@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub const QUEUE_DIR: &str = "queue";
+pub use crate::spool::QUEUE_DIR;
 
 /// Who sent a queued message, when, and to whom (by relay action).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub struct Envelope {
 }
 
 pub fn queue_dir(spool: &Path) -> PathBuf {
-    spool.join(QUEUE_DIR)
+    crate::spool::queue_dir(spool)
 }
 
 /// The 16-hex-digit id `mxctl show queue` prints for queue file `name`, and `remove ID`

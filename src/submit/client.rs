@@ -16,8 +16,7 @@ use std::time::Duration;
 
 use super::Prepared;
 
-/// File name of the daemon's submission socket inside the spool (`listen on socket`).
-pub const SUBMIT_SOCKET: &str = "mxd.sock";
+pub use crate::spool::SUBMIT_SOCKET;
 /// RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets; allow some slack.
 const MAX_REPLY_LINE: u64 = 2048;
 const MAX_REPLY_LINES: usize = 100;

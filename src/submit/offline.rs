@@ -31,8 +31,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
 
-/// Name of the offline directory inside the spool.
-pub const OFFLINE_DIR: &str = "offline";
+pub use crate::spool::OFFLINE_DIR;
 /// Largest offline file read back: a bigger one is refused rather than loaded into memory.
 pub const MAX_OFFLINE_FILE: u64 = 128 * 1024 * 1024;
 const MAGIC: &str = "mxd-offline 1";
@@ -102,7 +101,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Off
 
 /// Creates `SPOOL/offline` (mode 1777) if it is missing and we are allowed to; returns it.
 pub fn offline_dir(spool: &Path) -> Result<PathBuf, OfflineError> {
-    let dir = spool.join(OFFLINE_DIR);
+    let dir = crate::spool::offline_dir(spool);
     match fs::create_dir(&dir) {
         Ok(()) => fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).map_err(io_err("chmod", &dir))?,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
