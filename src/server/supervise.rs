@@ -176,10 +176,7 @@ impl Kids {
             return false;
         }
         if generation {
-            if let Some(c) = self.smtp.take().or_else(|| self.delivery.take()) {
-                c.signal(Signal::SIGUSR2);
-                self.retired.push(c);
-            }
+            // The survivor of the pair retires with it (start_generation).
             if let Err(e) = self.start_generation(bound) {
                 log::error!("cannot start smtp and delivery processes: {e}");
                 return false;
