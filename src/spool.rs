@@ -161,6 +161,9 @@ pub fn prepare(spool: &Path, queue_owner: Option<(u32, u32)>) -> Result<(), Spoo
     ensure_dir(&queue, QUEUE_MODE, queue_owner.map_or(euid, |o| o.0), queue_owner)?;
     for sub in ["tmp", "new", "cur", "state"] {
         ensure_dir(&queue.join(sub), QUEUE_MODE, queue_owner.map_or(euid, |o| o.0), queue_owner)?;
+        if let Some(owner) = queue_owner {
+            hand_over_files(&queue.join(sub), euid, owner)?;
+        }
     }
     for socket in [submit_socket(spool), control_socket(spool)] {
         match fs::symlink_metadata(&socket) {
@@ -209,6 +212,20 @@ fn ensure_dir(path: &Path, mode: u32, owner: u32, chown: Option<(u32, u32)>) -> 
         return Err(SpoolError::Insecure { path: path.to_owned(), mode: meta.mode() & 0o7777 });
     }
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))
+}
+
+/// Queue files an mxd without privilege separation left as root go to the relay's user, who
+/// must read and remove them. Regular files only; a symlink is never followed.
+fn hand_over_files(dir: &Path, from: u32, (uid, gid): (u32, u32)) -> Result<(), SpoolError> {
+    let rd = fs::read_dir(dir).map_err(io_err("read", dir))?;
+    for entry in rd.flatten() {
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+        if meta.is_file() && meta.uid() == from && from != uid {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(io_err("chown", &path))?;
+        }
+    }
+    Ok(())
 }
 
 fn check_owner(path: &Path, meta: &fs::Metadata, want: u32) -> Result<(), SpoolError> {

@@ -123,7 +123,7 @@ pub fn run_relay(config: Config, who: Option<&sandbox::Account>) -> Result<(), S
         None => sandbox::drop_to_nothing().and_then(|()| nix::unistd::chdir(&spool).map_err(Into::into)),
     }
     .map_err(|e| format!("cannot drop privileges: {e}"))?;
-    sandbox::pledge("stdio rpath wpath cpath flock inet dns unix", false).map_err(|e| e.to_string())?;
+    sandbox::pledge("stdio rpath wpath cpath fattr flock inet dns unix", false).map_err(|e| e.to_string())?;
     let shared: relay::SharedConfig = Arc::new(std::sync::Mutex::new(Arc::new(config)));
     let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
     let handle =
