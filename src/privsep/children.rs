@@ -17,6 +17,9 @@ use nix::unistd::Pid;
 
 use super::{fds, frame, Role};
 
+/// Longest answer read from a child (a long `show queue`).
+const MAX_ANSWER: usize = 16 << 20;
+
 /// How to start children: this binary and the flags they share with the parent.
 pub struct Spawner {
     pub exe: PathBuf,
@@ -35,7 +38,7 @@ impl Chan {
         let mut s = self.stream.lock().map_err(|_| io::Error::other("channel poisoned"))?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         s.write_all(&frame::encode_text(request))?;
-        let answer = frame::read_frame(&mut *s, frame::MAX_SMALL)?.ok_or(io::ErrorKind::UnexpectedEof)?;
+        let answer = frame::read_frame(&mut *s, MAX_ANSWER)?.ok_or(io::ErrorKind::UnexpectedEof)?;
         Ok(String::from_utf8_lossy(&answer).into_owned())
     }
 }
