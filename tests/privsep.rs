@@ -520,3 +520,18 @@ fn delivery_refuses_what_no_session_could_have_accepted() {
     written.sort();
     assert_eq!(written, ["delivery.log", "smtpd.conf"]);
 }
+
+#[test]
+fn children_die_with_the_parent_and_a_restart_takes_over() {
+    let mut mxd = Mxd::start_with(common::basic_conf, &[]);
+    let parent = mxd.pid().as_raw() as u32;
+    wait_for("three children", Duration::from_secs(10), || children(parent).len() == 3);
+    let kids: Vec<u32> = children(parent).into_iter().map(|(p, _)| p).collect();
+    mxd.kill9();
+    wait_for("the children to exit", Duration::from_secs(10), || {
+        kids.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists() || status(*p, "State").starts_with('Z'))
+    });
+    mxd.restart(&[]);
+    let mut c = mxd.connect();
+    assert!(c.cmd("QUIT").starts_with("221"));
+}

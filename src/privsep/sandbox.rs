@@ -67,6 +67,8 @@ pub fn drop_to(who: &Account, jail: Jail<'_>) -> io::Result<()> {
         if nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
             return Err(io::Error::other("could regain root after dropping it"));
         }
+        // Linux clears the parent-death signal when the uid changes.
+        die_with_parent(PARENT.load(std::sync::atomic::Ordering::Relaxed));
     }
     no_new_privs()
 }
@@ -101,9 +103,12 @@ pub fn set_name(name: &str) {
     let _ = CString::new(name);
 }
 
+static PARENT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// Dies with the parent (Linux); elsewhere the parent channel's end of file does it.
 #[cfg(target_os = "linux")]
 pub fn die_with_parent(parent: u32) {
+    PARENT.store(parent, std::sync::atomic::Ordering::Relaxed);
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
     if nix::unistd::getppid().as_raw() as u32 != parent {
         std::process::exit(1);
@@ -111,7 +116,9 @@ pub fn die_with_parent(parent: u32) {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn die_with_parent(_parent: u32) {}
+pub fn die_with_parent(parent: u32) {
+    PARENT.store(parent, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// pledge(2) with `promises`, and unveil(2) of nothing more when `lock_unveil`.
 #[cfg(target_os = "openbsd")]
