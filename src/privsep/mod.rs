@@ -117,7 +117,6 @@ pub fn run_relay(config: Config, who: Option<&sandbox::Account>) -> Result<(), S
         }
     }
     crate::tls::preload(files);
-    sandbox::note_unprivileged("relay");
     match who {
         Some(who) => sandbox::drop_to(who, sandbox::Jail::Chdir(&spool)),
         None => sandbox::drop_to_nothing().and_then(|()| nix::unistd::chdir(&spool).map_err(Into::into)),

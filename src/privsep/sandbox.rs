@@ -73,13 +73,6 @@ pub fn drop_to(who: &Account, jail: Jail<'_>) -> io::Result<()> {
     no_new_privs()
 }
 
-/// The one-line notice of a process that was not started as root.
-pub fn note_unprivileged(role: &str) {
-    if !is_root() {
-        log::info!("{role}: not started as root: keeping uid {}", nix::unistd::geteuid());
-    }
-}
-
 #[cfg(target_os = "linux")]
 fn no_new_privs() -> io::Result<()> {
     nix::sys::prctl::set_no_new_privs().map_err(io::Error::from)

@@ -137,7 +137,7 @@ pub fn run(config: Config, reloader: Reloader, procs: Processes) -> Result<(), S
     let account = if privsep::sandbox::is_root() {
         Some(privsep::sandbox::account(&procs.user).map_err(StartError::User)?)
     } else {
-        log::info!("not started as root: the processes run as uid {}", nix::unistd::geteuid());
+        log::info!("not started as root: every process keeps uid {}", nix::unistd::geteuid());
         None
     };
     let lock = spool::lock(&config.spool).map_err(StartError::Spool)?;
@@ -205,7 +205,6 @@ pub fn run_smtp(
     privsep::serve_parent(|req| if req == "stats" { supervise::stats_text(&STATS) } else { String::new() })
         .map_err(StartError::Thread)?;
     let empty = spool::empty_dir(&config.spool);
-    privsep::sandbox::note_unprivileged("smtp");
     match who {
         Some(who) => privsep::sandbox::drop_to(who, privsep::sandbox::Jail::Chroot(&empty)),
         None => privsep::sandbox::drop_to_nothing(),
