@@ -10,6 +10,7 @@
 //!   control.sock    0666 root      mxctl; privileged verbs are checked per peer uid
 //!   offline/        1777 root      sendmail's drop while the daemon is down; files 0600 each
 //!   queue/          0700 mxd       relay queue: written by delivery, read by the relay process
+//!     wake                         datagram socket: delivery wakes the relay process
 //!   empty/          0755 root      the smtp process's chroot: an empty directory
 //! ```
 //! When mxd does not run as root, every owner above is the user running it.
@@ -36,6 +37,8 @@ pub const QUEUE_DIR: &str = "queue";
 pub const EMPTY_DIR: &str = "empty";
 /// The instance lock.
 pub const LOCK_FILE: &str = "mxd.lock";
+/// Datagram socket in the queue where delivery tells the relay process "something queued".
+pub const QUEUE_WAKE: &str = "wake";
 
 const SPOOL_MODE: u32 = 0o711;
 const OFFLINE_MODE: u32 = 0o1777;

@@ -76,7 +76,8 @@ fn wait_signal(wanted: &[i32]) -> i32 {
 pub fn run_delivery(config: Config, link: UnixStream, relay_user: Option<&sandbox::Account>) -> Result<(), String> {
     let config = Arc::new(config);
     sandbox::set_name("mxd: delivery");
-    let (notify, _unused) = crossbeam_channel::bounded(1);
+    let (notify, queued) = crossbeam_channel::bounded(1);
+    wake_relay_on(queued, crate::spool::queue_dir(&config.spool).join(crate::spool::QUEUE_WAKE));
     let hook = QueueHook {
         dir: crate::spool::queue_dir(&config.spool),
         notify,
@@ -86,18 +87,53 @@ pub fn run_delivery(config: Config, link: UnixStream, relay_user: Option<&sandbo
     serve_parent(|_| String::new()).map_err(|e| e.to_string())?;
     // Stays root (it writes as every user) but may never gain more.
     sandbox::drop_to_nothing().map_err(|e| format!("no_new_privs: {e}"))?;
-    sandbox::pledge("stdio rpath wpath cpath fattr chown flock getpw", false).map_err(|e| e.to_string())?;
+    sandbox::pledge("stdio rpath wpath cpath fattr chown flock getpw unix", false).map_err(|e| e.to_string())?;
     // Stop comes from the smtp process closing the link; a signal is not enough, because
     // in-flight messages must still be written.
+    let mut ignored = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| e.to_string())?;
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(|| loop {
-            wait_signal(&[signal_hook::consts::SIGTERM]);
-        })
+        .spawn(move || ignored.forever().for_each(drop))
         .map_err(|e| e.to_string())?;
     delivery::serve(link, &config, pool);
     log::info!("delivery process stopped");
     Ok(())
+}
+
+/// Tells the relay process, through its datagram socket, each time delivery queued
+/// something; a relay that is down or restarting misses nothing, it scans every second.
+fn wake_relay_on(queued: crossbeam_channel::Receiver<()>, socket: std::path::PathBuf) {
+    let spawned = std::thread::Builder::new().name("wake-relay".into()).spawn(move || {
+        let Ok(s) = std::os::unix::net::UnixDatagram::unbound() else { return };
+        let _ = s.set_nonblocking(true);
+        for () in queued.iter() {
+            let _ = s.send_to(b"w", &socket);
+        }
+    });
+    if let Err(e) = spawned {
+        log::warn!("relay wake-up thread: {e}");
+    }
+}
+
+/// The relay process's end: each datagram on `SPOOL/queue/wake` wakes the runner.
+fn listen_for_wake(wake: crossbeam_channel::Sender<()>) {
+    let path = Path::new(crate::spool::QUEUE_DIR).join(crate::spool::QUEUE_WAKE);
+    let _ = std::fs::remove_file(&path);
+    let socket = match std::os::unix::net::UnixDatagram::bind(&path) {
+        Ok(s) => s,
+        Err(e) => return log::warn!("relay: {}: {e}; new mail waits for the next scan", path.display()),
+    };
+    let _ = std::thread::Builder::new().name("wake".into()).spawn(move || {
+        let mut buf = [0u8; 16];
+        while socket.recv(&mut buf).is_ok() {
+            let _ = wake.try_send(());
+        }
+    });
 }
 
 /// The relay process: the relay runner, unprivileged, in the spool.
@@ -125,6 +161,7 @@ pub fn run_relay(config: Config, who: Option<&sandbox::Account>) -> Result<(), S
     sandbox::pledge("stdio rpath wpath cpath fattr flock inet dns unix", false).map_err(|e| e.to_string())?;
     let shared: relay::SharedConfig = Arc::new(std::sync::Mutex::new(Arc::new(config)));
     let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
+    listen_for_wake(wake_tx.clone());
     let handle =
         relay::Handle { wake: wake_tx, schedule_all: Arc::default(), stop: Arc::default(), status: Arc::default() };
     // Paths relative to the spool, our working directory: its parents may be closed to us.
