@@ -535,3 +535,31 @@ fn children_die_with_the_parent_and_a_restart_takes_over() {
     let mut c = mxd.connect();
     assert!(c.cmd("QUIT").starts_with("221"));
 }
+
+/// A reload starts a new smtp process; a session open on the old one finishes there.
+#[test]
+fn reload_lets_open_sessions_finish_on_the_old_process() {
+    let mut mxd = Mxd::start_with(common::basic_conf, &[]);
+    let parent = mxd.pid().as_raw() as u32;
+    wait_for("three children", Duration::from_secs(10), || children(parent).len() == 3);
+    let old = child_pid(parent, "mxd: smtp").unwrap();
+    let mut open = mxd.connect();
+    assert!(open.cmd("EHLO old.test").starts_with("250"));
+    assert!(open.cmd("MAIL FROM:<a@old.test>").starts_with("250"));
+    assert!(open.cmd("RCPT TO:<joseph@test>").starts_with("250"));
+    mxd.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("a new smtp process", Duration::from_secs(20), || {
+        children(parent).iter().any(|(p, c)| c == "mxd: smtp" && *p != old)
+    });
+    send(mxd.port, "alice@test", "after-reload").unwrap();
+    assert!(open.cmd("DATA").starts_with("354"));
+    assert!(open.cmd("Subject: before\r\n\r\nbefore-reload\r\n.").starts_with("250"));
+    assert!(open.cmd("QUIT").starts_with("221"));
+    assert!(maildir_text(&mxd.maildir("joseph")).contains("before-reload"));
+    assert!(maildir_text(&mxd.maildir("alice")).contains("after-reload"));
+    // The old process, its last session gone, exits; the daemon stops cleanly.
+    wait_for("the old smtp process to exit", Duration::from_secs(20), || {
+        !children(parent).iter().any(|(p, _)| *p == old)
+    });
+    assert!(mxd.stop().success(), "{}", mxd.log());
+}

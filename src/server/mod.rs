@@ -184,6 +184,9 @@ pub fn run_smtp(
 ) -> Result<(), StartError> {
     privsep::sandbox::set_name("mxd: smtp");
     let config = Arc::new(config);
+    // Before anything can send one: SIGTERM stops, SIGUSR2 retires, ^C and SIGHUP are the
+    // parent's to act on.
+    let signals = supervise::smtp_signals().map_err(StartError::Thread)?;
     let planned = plan(&config)?;
     if let Err(e) = crate::users::install_snapshot() {
         log::warn!("cannot read /etc/passwd: {e}; local recipients resolve through userbase tables only");
@@ -228,10 +231,9 @@ pub fn run_smtp(
         }
     }
     log::info!("smtp process ready: {loops} event loops");
-    let stop = supervise::smtp_signals();
-    for h in &handles {
-        h.send(if stop { Command::Stop } else { Command::Retire });
-    }
+    let loops_of: Vec<(Sender<Command>, Arc<Waker>)> =
+        handles.iter().map(|h| (h.commands.clone(), Arc::clone(&h.waker))).collect();
+    supervise::forward_smtp_signals(signals, loops_of).map_err(StartError::Thread)?;
     for h in handles {
         let _ = h.thread.join();
     }

@@ -58,13 +58,36 @@ pub(crate) fn stats_text(s: &Stats) -> String {
     )
 }
 
-/// The smtp process's main thread: true on SIGTERM (stop), false on SIGUSR2 (retire).
-pub(crate) fn smtp_signals() -> bool {
+/// The smtp process's signals, registered first thing.
+pub(crate) fn smtp_signals() -> std::io::Result<signal_hook::iterator::Signals> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
-    match signal_hook::iterator::Signals::new([SIGTERM, SIGUSR2, SIGINT, SIGHUP]) {
-        Ok(mut s) => s.forever().find(|sig| *sig == SIGTERM || *sig == SIGUSR2) != Some(SIGUSR2),
-        Err(_) => true,
-    }
+    signal_hook::iterator::Signals::new([SIGTERM, SIGUSR2, SIGINT, SIGHUP])
+}
+
+/// SIGTERM stops the loops (in-flight messages get their verdict, idle sessions a 421);
+/// SIGUSR2 retires them (no more accepting; sessions end on their own); a retired process
+/// still stops on SIGTERM.
+pub(crate) fn forward_smtp_signals(
+    mut signals: signal_hook::iterator::Signals,
+    loops: Vec<(Sender<super::Command>, Arc<mio::Waker>)>,
+) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGTERM, SIGUSR2};
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        for sig in signals.forever() {
+            let stop = match sig {
+                SIGTERM => true,
+                SIGUSR2 => false,
+                _ => continue,
+            };
+            for (tx, waker) in &loops {
+                let cmd = if stop { super::Command::Stop } else { super::Command::Retire };
+                if tx.send(cmd).is_ok() {
+                    let _ = waker.wake();
+                }
+            }
+        }
+    })?;
+    Ok(())
 }
 
 /// The children the control thread may ask something.
