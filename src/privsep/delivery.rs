@@ -70,7 +70,8 @@ fn next_message(r: &mut impl Read, config: &Config) -> std::io::Result<Option<(H
     if head.body_len > config.max_message_size.saturating_add(BODY_SLACK) {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("body of {} bytes", head.body_len)));
     }
-    let mut body = Vec::new();
+    // A buffer a finished message gave back (`Mail`'s drop), so steady traffic reuses them.
+    let mut body = crate::buffers::take();
     r.take(head.body_len).read_to_end(&mut body)?;
     if body.len() as u64 != head.body_len {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
