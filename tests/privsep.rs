@@ -381,7 +381,7 @@ fn a_local_user_cannot_touch_others_queued_mail_and_can_submit() {
     assert_eq!(std::fs::metadata(&offline[0]).unwrap().uid(), NOBODY);
     mxd.restart(&[("MXD_RETRY_BASE", "3600")]);
     wait_for("offline mail", Duration::from_secs(20), || maildir_text(&mxd.maildir("joseph")).contains("while down"));
-    assert!(mxd.log().contains("(uid 65534) submitted"), "{}", mxd.log());
+    assert!(mxd.log().contains("offline message from nobody (uid 65534) submitted"), "{}", mxd.log());
 }
 
 /// The delivery process, started as the parent would, fed by this test as a compromised

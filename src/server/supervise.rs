@@ -462,7 +462,10 @@ fn pick_up_offline(spool: &Path) {
             submit::headers::Prepared { sender: msg.sender, recipients: msg.recipients, message: msg.message };
         match submit::client::submit(&socket, &prepared, None) {
             Ok(()) => {
-                log::info!("offline message from {} (uid {}) submitted", msg.user, msg.uid);
+                // The name from the file's owner (read_offline checked uid against it), never
+                // the one the file claims.
+                let name = crate::users::SystemUsers::name_of(msg.uid).unwrap_or_else(|| format!("#{}", msg.uid));
+                log::info!("offline message from {name} (uid {}) submitted", msg.uid);
                 if let Err(e) = submit::offline::remove_offline(&path) {
                     log::error!("offline message {}: {e}", path.display());
                 }
