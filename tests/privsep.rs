@@ -543,6 +543,7 @@ fn reload_lets_open_sessions_finish_on_the_old_process() {
     let parent = mxd.pid().as_raw() as u32;
     wait_for("three children", Duration::from_secs(10), || children(parent).len() == 3);
     let old = child_pid(parent, "mxd: smtp").unwrap();
+    send(mxd.port, "alice@test", "counted-before").unwrap();
     let mut open = mxd.connect();
     assert!(open.cmd("EHLO old.test").starts_with("250"));
     assert!(open.cmd("MAIL FROM:<a@old.test>").starts_with("250"));
@@ -557,6 +558,10 @@ fn reload_lets_open_sessions_finish_on_the_old_process() {
     assert!(open.cmd("QUIT").starts_with("221"));
     assert!(maildir_text(&mxd.maildir("joseph")).contains("before-reload"));
     assert!(maildir_text(&mxd.maildir("alice")).contains("after-reload"));
+    // The counters carry over the reload (the old process's later sessions excepted).
+    let stats = Command::new(MXCTL).arg("-f").arg(&mxd.conf).args(["show", "stats"]).output().unwrap();
+    let stats = String::from_utf8_lossy(&stats.stdout);
+    assert!(stats.contains("delivery.ok=2\n"), "{stats}");
     // The old process, its last session gone, exits; the daemon stops cleanly.
     wait_for("the old smtp process to exit", Duration::from_secs(20), || {
         !children(parent).iter().any(|(p, _)| *p == old)

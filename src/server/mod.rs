@@ -192,7 +192,9 @@ pub fn run_smtp(
         log::warn!("cannot read /etc/passwd: {e}; local recipients resolve through userbase tables only");
     }
     let max_fds = raise_fd_limit();
-    let loops = sockets.first().map_or_else(|| loop_count(&config), |(_, fds)| fds.len()).max(1);
+    // One loop per socket of a listener (the parent bound as many as `threads` said; a
+    // reload that changed it leaves older listeners with another count: loops share those).
+    let loops = sockets.iter().map(|(_, fds)| fds.len()).max().unwrap_or_else(|| loop_count(&config)).max(1);
     let max_sessions = (max_fds.saturating_sub(64) as usize / loops).max(1);
     let link = Arc::new(privsep::link::Link::start(link).map_err(StartError::Thread)?);
     let mut handles = Vec::with_capacity(loops);
@@ -219,7 +221,8 @@ pub fn run_smtp(
             log::error!("listener {key}: not in this configuration, not served");
             continue;
         };
-        for (h, fd) in handles.iter().zip(fds) {
+        for (i, fd) in fds.into_iter().enumerate() {
+            let h = &handles[i % handles.len()];
             let socket = if key.starts_with("unix:") {
                 let l = std::os::unix::net::UnixListener::from(fd);
                 ListenSocket::Unix(mio::net::UnixListener::from_std(l))

@@ -95,6 +95,17 @@ pub(crate) fn forward_smtp_signals(
 pub(crate) struct Current {
     smtp: Mutex<Option<Arc<Chan>>>,
     relay: Mutex<Option<Arc<Chan>>>,
+    /// Counters of smtp processes replaced since start, as they were when replaced.
+    earlier: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+/// Adds `name=value` lines into `into`.
+fn add_counters(into: &mut std::collections::BTreeMap<String, u64>, text: &str) {
+    for (k, v) in text.lines().filter_map(|l| l.split_once('=')) {
+        if let Ok(v) = v.trim().parse::<u64>() {
+            *into.entry(k.trim().to_owned()).or_default() += v;
+        }
+    }
 }
 
 /// The parent's children: the current generation, retired ones still finishing, the relay.
@@ -135,6 +146,10 @@ impl Kids {
             }
         };
         if let Some(old) = self.smtp.take() {
+            // Its counters carry over; what its last sessions do after this is not counted.
+            if let (Ok(text), Ok(mut earlier)) = (old.chan.ask("stats"), self.current.earlier.lock()) {
+                add_counters(&mut earlier, &text);
+            }
             old.signal(Signal::SIGUSR2);
             self.retired.push(old);
         }
@@ -369,7 +384,18 @@ impl ControlHandler for Control {
 
     fn show_stats(&self) -> String {
         let smtp = self.current.smtp.lock().ok().and_then(|c| c.clone());
-        smtp.and_then(|c| c.ask("stats").ok()).unwrap_or_else(|| stats_text(&Stats::default()))
+        let now = smtp.and_then(|c| c.ask("stats").ok()).unwrap_or_else(|| stats_text(&Stats::default()));
+        let mut total = self.current.earlier.lock().map(|e| e.clone()).unwrap_or_default();
+        add_counters(&mut total, &now);
+        let mut out = String::new();
+        // In the order the smtp process prints them.
+        for line in now.lines() {
+            if let Some((k, _)) = line.split_once('=') {
+                out.push_str(&format!("{k}={}\n", total.get(k).copied().unwrap_or(0)));
+            }
+        }
+        out.pop();
+        out
     }
 
     /// Every waiting recipient is retried now (an ID schedules everything too: sessions to
