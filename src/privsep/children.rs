@@ -17,6 +17,9 @@ use nix::unistd::Pid;
 
 use super::{fds, frame, Role};
 
+/// What a child says once it is ready.
+const READY: &str = "ready";
+
 /// Longest answer read from a child (a long `show queue`).
 const MAX_ANSWER: usize = 16 << 20;
 
@@ -90,6 +93,27 @@ impl Child {
         self.proc.id()
     }
 
+    /// Waits (up to `limit`) for the child to say it is ready; a child that exits or says
+    /// nothing in time is killed and reported.
+    pub fn wait_ready(&mut self, limit: Duration) -> io::Result<()> {
+        let said = self.chan.stream.lock().map_err(|_| io::Error::other("channel poisoned")).and_then(|mut s| {
+            s.set_read_timeout(Some(limit))?;
+            frame::read_frame(&mut *s, frame::MAX_SMALL)
+        });
+        match said {
+            Ok(Some(f)) if f == READY.as_bytes() => Ok(()),
+            other => {
+                let _ = self.proc.kill();
+                let status = self.proc.wait().map(|s| s.to_string()).unwrap_or_default();
+                let why = match other {
+                    Err(e) => e.to_string(),
+                    _ => "no ready".into(),
+                };
+                Err(io::Error::other(format!("{} process did not start ({status}; {why})", self.role.name())))
+            }
+        }
+    }
+
     pub fn signal(&self, sig: Signal) {
         let _ = nix::sys::signal::kill(Pid::from_raw(self.proc.id() as i32), sig);
     }
@@ -114,11 +138,13 @@ impl Child {
     }
 }
 
-/// The child's end: answers the parent's requests on stdin with `answer`, on a thread. The
-/// end of that stream means the parent is gone; the child then exits at once.
+/// The child's end: says `ready` (its configuration loaded, its privileges dropped), then
+/// answers the parent's requests on stdin with `answer`, on a thread. The end of that
+/// stream means the parent is gone; the child then exits at once.
 pub fn serve_parent(answer: impl Fn(&str) -> String + Send + 'static) -> io::Result<()> {
     let fd = io::stdin().as_fd().try_clone_to_owned()?;
     let mut s = UnixStream::from(fd);
+    s.write_all(&frame::encode_text(READY))?;
     std::thread::Builder::new().name("parent".into()).spawn(move || loop {
         match frame::read_frame(&mut s, frame::MAX_SMALL) {
             Ok(Some(req)) => {

@@ -84,7 +84,6 @@ pub fn run_delivery(config: Config, link: UnixStream, relay_user: Option<&sandbo
         owner: relay_user.map(|a| Owner { uid: a.uid, gid: a.gid }),
     };
     let pool = Pool::start(deliver::default_threads(), &config.hostname, Some(hook));
-    serve_parent(|_| String::new()).map_err(|e| e.to_string())?;
     // Stays root (it writes as every user) but may never gain more.
     sandbox::drop_to_nothing().map_err(|e| format!("no_new_privs: {e}"))?;
     sandbox::pledge("stdio rpath wpath cpath fattr chown flock getpw unix", false).map_err(|e| e.to_string())?;
@@ -100,6 +99,7 @@ pub fn run_delivery(config: Config, link: UnixStream, relay_user: Option<&sandbo
         .name("signals".into())
         .spawn(move || ignored.forever().for_each(drop))
         .map_err(|e| e.to_string())?;
+    serve_parent(|_| String::new()).map_err(|e| e.to_string())?;
     delivery::serve(link, &config, pool);
     log::info!("delivery process stopped");
     Ok(())

@@ -150,8 +150,10 @@ pub fn run(config: Config, reloader: Reloader, procs: Processes) -> Result<(), S
         control::bind(&config.spool).map_err(|source| StartError::Bind { what: "control.sock".into(), source })?;
     let current: Arc<supervise::Current> = Arc::default();
     let mut kids = supervise::Kids::new(procs.spawner, Arc::clone(&current));
-    kids.start_generation(&bound).map_err(StartError::Thread)?;
+    // The relay, then delivery, then smtp, each ready before the next: once the smtp process
+    // listens, every process has loaded the configuration.
     kids.start_relay().map_err(StartError::Thread)?;
+    kids.start_generation(&bound).map_err(StartError::Thread)?;
     log::info!("mxd started: {} event loops, {} listeners, hostname {}", loops, bound.keys.len(), config.hostname);
 
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -207,8 +209,6 @@ pub fn run_smtp(
             .map_err(StartError::Thread)?;
         handles.push(LoopHandle { commands: tx, waker, thread });
     }
-    privsep::serve_parent(|req| if req == "stats" { supervise::stats_text(&STATS) } else { String::new() })
-        .map_err(StartError::Thread)?;
     let empty = spool::empty_dir(&config.spool);
     match who {
         Some(who) => privsep::sandbox::drop_to(who, privsep::sandbox::Jail::Chroot(&empty)),
@@ -223,6 +223,7 @@ pub fn run_smtp(
         };
         for (i, fd) in fds.into_iter().enumerate() {
             let h = &handles[i % handles.len()];
+            listener::listen(&fd).map_err(|source| StartError::Bind { what: key.clone(), source })?;
             let socket = if key.starts_with("unix:") {
                 let l = std::os::unix::net::UnixListener::from(fd);
                 ListenSocket::Unix(mio::net::UnixListener::from_std(l))
@@ -233,6 +234,9 @@ pub fn run_smtp(
             h.send(Command::Listen(LoopListener { key: key.clone(), socket, rt: Arc::clone(&p.rt) }));
         }
     }
+    // Tells the parent we are up, then answers its questions.
+    privsep::serve_parent(|req| if req == "stats" { supervise::stats_text(&STATS) } else { String::new() })
+        .map_err(StartError::Thread)?;
     log::info!("smtp process ready: {loops} event loops");
     let loops_of: Vec<(Sender<Command>, Arc<Waker>)> =
         handles.iter().map(|h| (h.commands.clone(), Arc::clone(&h.waker))).collect();

@@ -24,6 +24,8 @@ use crate::privsep::frame::Verdict as Outcome;
 use crate::privsep::{Chan, Child, Role, Spawner};
 use crate::submit;
 
+/// How long a new child may take to load its configuration and say it is ready.
+const READY_WITHIN: Duration = Duration::from_secs(60);
 /// Crashes tolerated within [`RESTART_WINDOW`].
 const MAX_RESTARTS: usize = 5;
 const RESTART_WINDOW: Duration = Duration::from_secs(60);
@@ -129,15 +131,19 @@ impl Kids {
     pub(crate) fn start_generation(&mut self, bound: &Bound) -> std::io::Result<()> {
         use std::os::fd::{AsFd, AsRawFd};
         let (a, b) = std::os::unix::net::UnixStream::pair()?;
-        let delivery = self.spawner.spawn(
+        let mut delivery = self.spawner.spawn(
             Role::Delivery,
             vec!["--link".into(), b.as_raw_fd().to_string().into()],
             &[b.as_fd()],
         )?;
+        delivery.wait_ready(READY_WITHIN)?;
         let (mut args, mut pass) = bound.args();
         args.extend(["--link".into(), a.as_raw_fd().to_string().into()]);
         pass.push(a.as_fd());
-        let smtp = match self.spawner.spawn(Role::Smtp, args, &pass) {
+        // The old pair keeps serving until the new one is up: a new process that cannot
+        // start (a configuration file broken on disk since the parent read it) changes nothing.
+        let smtp = self.spawner.spawn(Role::Smtp, args, &pass).and_then(|mut s| s.wait_ready(READY_WITHIN).map(|()| s));
+        let smtp = match smtp {
             Ok(s) => s,
             Err(e) => {
                 // The delivery process exits when its link closes (here, with `b`).
@@ -169,7 +175,8 @@ impl Kids {
             old.signal(Signal::SIGTERM);
             old.wait_or_kill(Duration::from_secs(30));
         }
-        let relay = self.spawner.spawn(Role::Relay, Vec::new(), &[])?;
+        let mut relay = self.spawner.spawn(Role::Relay, Vec::new(), &[])?;
+        relay.wait_ready(READY_WITHIN)?;
         if let Ok(mut c) = self.current.relay.lock() {
             *c = Some(Arc::clone(&relay.chan));
         }
@@ -195,13 +202,15 @@ impl Kids {
                 }
             }
         }
+        // A relay that died, or that could not be started last time, is started again.
         let relay_died = match self.relay.as_mut().map(|c| (c.pid(), c.exited())) {
             Some((pid, Some(status))) => {
                 log::error!("relay process {pid} exited ({status}): starting a new one");
                 self.relay = None;
                 true
             }
-            _ => false,
+            Some((_, None)) => false,
+            None => true,
         };
         if !generation && !relay_died {
             return true;
