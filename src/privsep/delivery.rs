@@ -29,7 +29,8 @@ pub fn serve(stream: UnixStream, config: &Arc<Config>, pool: Pool) {
         Err(e) => return log::error!("delivery: {e}"),
     };
     let writer = std::thread::Builder::new().name("verdicts".into()).spawn(move || write_verdicts(writer, &vrx));
-    let mut reader = stream;
+    // Buffered: a small message's length, head and body usually come in one read.
+    let mut reader = std::io::BufReader::with_capacity(64 * 1024, stream);
     loop {
         match next_message(&mut reader, config) {
             Ok(Some((head, body))) => {
@@ -72,6 +73,8 @@ fn next_message(r: &mut impl Read, config: &Config) -> std::io::Result<Option<(H
     }
     // A buffer a finished message gave back (`Mail`'s drop), so steady traffic reuses them.
     let mut body = crate::buffers::take();
+    // Bounded by the check above.
+    body.reserve(usize::try_from(head.body_len).unwrap_or(0));
     r.take(head.body_len).read_to_end(&mut body)?;
     if body.len() as u64 != head.body_len {
         return Err(std::io::ErrorKind::UnexpectedEof.into());

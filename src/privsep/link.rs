@@ -77,9 +77,18 @@ fn fail(pending: &Mutex<HashMap<u64, Done>>, seq: Option<u64>, why: &str) {
     }
 }
 
+/// Head and body in one writev(2) when the socket takes them whole, as it usually does.
+fn send(stream: &mut UnixStream, head: &[u8], body: &[u8]) -> std::io::Result<()> {
+    let n = stream.write_vectored(&[std::io::IoSlice::new(head), std::io::IoSlice::new(body)])?;
+    match n.checked_sub(head.len()) {
+        Some(sent) => stream.write_all(body.get(sent..).unwrap_or_default()),
+        None => stream.write_all(head.get(n..).unwrap_or_default()).and_then(|()| stream.write_all(body)),
+    }
+}
+
 fn write_loop(mut stream: UnixStream, rx: &Receiver<Outgoing>, pending: &Mutex<HashMap<u64, Done>>, lost: &AtomicBool) {
     while let Ok(out) = rx.recv() {
-        let sent = stream.write_all(&out.head).and_then(|()| stream.write_all(&out.body));
+        let sent = send(&mut stream, &out.head, &out.body);
         crate::buffers::give(out.body);
         if let Err(e) = sent {
             log::error!("delivery link: write failed: {e}");
@@ -96,9 +105,11 @@ fn write_loop(mut stream: UnixStream, rx: &Receiver<Outgoing>, pending: &Mutex<H
     }
 }
 
-fn read_loop(mut stream: UnixStream, pending: &Mutex<HashMap<u64, Done>>, lost: &AtomicBool) {
+fn read_loop(stream: UnixStream, pending: &Mutex<HashMap<u64, Done>>, lost: &AtomicBool) {
+    // Verdicts come several per write: read them in one go.
+    let mut reader = std::io::BufReader::new(stream);
     loop {
-        let frame = match frame::read_frame(&mut stream, frame::MAX_SMALL) {
+        let frame = match frame::read_frame(&mut reader, frame::MAX_SMALL) {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {
@@ -121,6 +132,6 @@ fn read_loop(mut stream: UnixStream, pending: &Mutex<HashMap<u64, Done>>, lost: 
     }
     log::error!("delivery process gone: waiting messages get 451");
     lost.store(true, Ordering::Relaxed);
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = reader.get_ref().shutdown(std::net::Shutdown::Both);
     fail(pending, None, "delivery process unavailable");
 }
