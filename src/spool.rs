@@ -37,6 +37,8 @@ pub const QUEUE_DIR: &str = "queue";
 pub const EMPTY_DIR: &str = "empty";
 /// The instance lock.
 pub const LOCK_FILE: &str = "mxd.lock";
+/// The queue's list of finished recipients, beside the Maildir-style tmp/, new/ and cur/.
+pub const QUEUE_STATE: &str = "state";
 /// Datagram socket in the queue where delivery tells the relay process "something queued".
 pub const QUEUE_WAKE: &str = "wake";
 
@@ -162,7 +164,7 @@ pub fn prepare(spool: &Path, queue_owner: Option<(u32, u32)>) -> Result<(), Spoo
     ensure_dir(&empty_dir(spool), EMPTY_MODE, euid, None)?;
     let queue = queue_dir(spool);
     ensure_dir(&queue, QUEUE_MODE, queue_owner.map_or(euid, |o| o.0), queue_owner)?;
-    for sub in ["tmp", "new", "cur", "state"] {
+    for sub in ["tmp", "new", "cur", QUEUE_STATE] {
         ensure_dir(&queue.join(sub), QUEUE_MODE, queue_owner.map_or(euid, |o| o.0), queue_owner)?;
         if let Some(owner) = queue_owner {
             hand_over_files(&queue.join(sub), euid, owner)?;
