@@ -51,7 +51,6 @@ pub struct Child {
     pub role: Role,
     pub chan: Arc<Chan>,
     proc: std::process::Child,
-    pub started: Instant,
 }
 
 impl Spawner {
@@ -79,12 +78,7 @@ impl Spawner {
         }
         let proc = spawned?;
         log::info!("{} process started, pid {}", role.name(), proc.id());
-        Ok(Child {
-            role,
-            chan: Arc::new(Chan { stream: Mutex::new(ours), pid: proc.id() }),
-            proc,
-            started: Instant::now(),
-        })
+        Ok(Child { role, chan: Arc::new(Chan { stream: Mutex::new(ours), pid: proc.id() }), proc })
     }
 }
 
