@@ -32,7 +32,6 @@ pub struct Spawner {
 /// A child's request channel, shared by the threads that ask it something.
 pub struct Chan {
     stream: Mutex<UnixStream>,
-    pub pid: u32,
 }
 
 impl Chan {
@@ -78,7 +77,7 @@ impl Spawner {
         }
         let proc = spawned?;
         log::info!("{} process started, pid {}", role.name(), proc.id());
-        Ok(Child { role, chan: Arc::new(Chan { stream: Mutex::new(ours), pid: proc.id() }), proc })
+        Ok(Child { role, chan: Arc::new(Chan { stream: Mutex::new(ours) }), proc })
     }
 }
 
