@@ -497,6 +497,21 @@ mod tests {
     }
 
     #[test]
+    fn unprivileged_show_queue_holds_only_own_mail() {
+        let listing = "aa <joseph@mx.test> <x@far> action=out size=1 age=1s\n\
+                       bb <alice@mx.test> <y@far> action=out size=1 age=1s\n\
+                       cc <joseph@other.test> <z@far> action=out size=1 age=1s\n\
+                       dd <> <w@far> action=out size=1 age=1s\n\
+                       ee <joseph.x@mx.test> <v@far> action=out size=1 age=1s";
+        let ids = |text: String| text.lines().map(|l| l[..2].to_owned()).collect::<Vec<_>>();
+        assert_eq!(ids(own_lines(listing, "joseph", Some("mx.test"))), ["aa"]);
+        assert_eq!(ids(own_lines(listing, "joseph", Some("MX.TEST"))), ["aa"]);
+        assert_eq!(ids(own_lines(listing, "joseph", None)), ["aa", "cc"]);
+        assert!(own_lines(listing, "", Some("mx.test")).is_empty(), "the null sender is nobody's");
+        assert!(own_lines(listing, "#1001", Some("mx.test")).is_empty());
+    }
+
+    #[test]
     fn responses_round_trip() {
         type Case = (Result<String, HandlerError>, Result<Vec<String>, (ErrorKind, &'static str)>);
         let cases: [Case; 4] = [
