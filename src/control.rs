@@ -23,8 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// File name of the control socket inside the spool.
-pub const CONTROL_SOCKET: &str = "control.sock";
+pub use crate::spool::CONTROL_SOCKET;
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 1024;
 /// Longest response line the client accepts.
@@ -193,6 +192,11 @@ impl HandlerError {
 pub trait ControlHandler: Send + Sync {
     /// One line per queued envelope (mailq).
     fn show_queue(&self) -> String;
+    /// mailq for an unprivileged user: only the envelopes whose sender is that user (a
+    /// local part equal to the login name); others' queued mail stays private.
+    fn show_queue_for(&self, user: &str) -> String {
+        own_lines(&self.show_queue(), user, None)
+    }
     /// Counters, one `name=value` per line.
     fn show_stats(&self) -> String;
     /// Retry now the given message/envelope, or everything.
@@ -207,10 +211,25 @@ pub trait ControlHandler: Send + Sync {
     fn update_aliases(&self) -> Result<String, HandlerError>;
 }
 
-/// Runs `verb` against `handler`; the permission check has already passed.
-fn dispatch(handler: &dyn ControlHandler, verb: &Verb) -> Result<String, HandlerError> {
+/// The lines of a `show queue` listing (`ID <sender> <rcpt> …`) whose sender is `user`'s:
+/// its local part is the login name, and its domain `domain` when one is given.
+pub fn own_lines(listing: &str, user: &str, domain: Option<&str>) -> String {
+    let mine = |line: &&str| {
+        let sender = line.split(' ').nth(1).unwrap_or("").trim_start_matches('<').trim_end_matches('>');
+        let (local, dom) = sender.rsplit_once('@').unwrap_or((sender, ""));
+        local == user && domain.map_or(true, |d| dom.eq_ignore_ascii_case(d))
+    };
+    listing.lines().filter(mine).collect::<Vec<_>>().join("\n")
+}
+
+/// Runs `verb` against `handler` for a peer whose permission check has passed; `viewer` is
+/// the login name of an unprivileged peer, who sees only their own queued mail.
+fn dispatch(handler: &dyn ControlHandler, verb: &Verb, viewer: Option<&str>) -> Result<String, HandlerError> {
     match verb {
-        Verb::ShowQueue => Ok(handler.show_queue()),
+        Verb::ShowQueue => Ok(match viewer {
+            Some(user) => handler.show_queue_for(user),
+            None => handler.show_queue(),
+        }),
         Verb::ShowStats => Ok(handler.show_stats()),
         Verb::Schedule(t) => handler.schedule(t),
         Verb::Remove(t) => handler.remove(t),
@@ -311,13 +330,31 @@ pub fn handle_connection(stream: UnixStream, handler: &dyn ControlHandler, daemo
         Err(e) => Err(HandlerError { kind: ErrorKind::Usage, message: e.to_string() }),
         Ok(verb) => match uid {
             Ok(uid) if allowed(uid, daemon_uid, &verb) => {
+                let privileged = uid == 0 || uid == daemon_uid;
+                // The name comes from the password database by the kernel's uid, never
+                // from the client; an unknown uid sees nothing of the queue.
+                let name = (!privileged).then(|| login_name(uid));
                 log::info!("control: uid={uid} {verb}");
-                dispatch(handler, &verb)
+                dispatch(handler, &verb, name.as_deref())
             }
-            _ => Err(HandlerError { kind: ErrorKind::Denied, message: format!("{verb}: need root privileges") }),
+            Ok(uid) => {
+                log::warn!("control: denied uid={uid} {verb}");
+                Err(HandlerError { kind: ErrorKind::Denied, message: format!("{verb}: need root privileges") })
+            }
+            Err(e) => {
+                log::warn!("control: denied {verb}: no peer credentials: {e}");
+                Err(HandlerError { kind: ErrorKind::Denied, message: format!("{verb}: need root privileges") })
+            }
         },
     };
     write_response(&mut &stream, result)
+}
+
+fn login_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("#{uid}"), |u| u.name)
 }
 
 fn write_response(out: &mut impl Write, result: Result<String, HandlerError>) -> io::Result<()> {
@@ -457,6 +494,21 @@ mod tests {
         }
         assert!(allowed(1001, 0, &Verb::ShowQueue));
         assert!(!allowed(1001, 0, &Verb::UpdateAliases));
+    }
+
+    #[test]
+    fn unprivileged_show_queue_holds_only_own_mail() {
+        let listing = "aa <joseph@mx.test> <x@far> action=out size=1 age=1s\n\
+                       bb <alice@mx.test> <y@far> action=out size=1 age=1s\n\
+                       cc <joseph@other.test> <z@far> action=out size=1 age=1s\n\
+                       dd <> <w@far> action=out size=1 age=1s\n\
+                       ee <joseph.x@mx.test> <v@far> action=out size=1 age=1s";
+        let ids = |text: String| text.lines().map(|l| l[..2].to_owned()).collect::<Vec<_>>();
+        assert_eq!(ids(own_lines(listing, "joseph", Some("mx.test"))), ["aa"]);
+        assert_eq!(ids(own_lines(listing, "joseph", Some("MX.TEST"))), ["aa"]);
+        assert_eq!(ids(own_lines(listing, "joseph", None)), ["aa", "cc"]);
+        assert!(own_lines(listing, "", Some("mx.test")).is_empty(), "the null sender is nobody's");
+        assert!(own_lines(listing, "#1001", Some("mx.test")).is_empty());
     }
 
     #[test]

@@ -86,7 +86,33 @@ impl Pkis {
     }
 }
 
+static PRELOADED: std::sync::OnceLock<BTreeMap<PathBuf, Vec<u8>>> = std::sync::OnceLock::new();
+
+/// Reads these certificate, key and CA files now, for a process about to lose the rights to
+/// read them (the relay process reads them again for each TLS session). A key file's mode is
+/// checked here; files that cannot be read are left to fail later, with their error.
+pub fn preload<'a>(paths: impl IntoIterator<Item = &'a Path>) {
+    let files = paths
+        .into_iter()
+        .filter_map(|p| {
+            let meta = std::fs::metadata(p).ok()?;
+            (meta.permissions().mode() & 0o037 == 0 || load_certs_from(p).is_ok())
+                .then(|| std::fs::read(p).ok().map(|b| (p.to_owned(), b)))
+                .flatten()
+        })
+        .collect();
+    let _ = PRELOADED.set(files);
+}
+
+fn load_certs_from(path: &Path) -> Result<(), ()> {
+    let pem = std::fs::read(path).map_err(drop)?;
+    CertificateDer::pem_slice_iter(&pem).next().map(drop).ok_or(())
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    if let Some(bytes) = PRELOADED.get().and_then(|m| m.get(path)) {
+        return Ok(bytes.clone());
+    }
     std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })
 }
 
@@ -101,6 +127,10 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 
 /// Loads a key file after checking that neither "other" nor group-write can touch it.
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    if PRELOADED.get().is_some_and(|m| m.contains_key(path)) {
+        let pem = read(path)?;
+        return PrivateKeyDer::from_pem_slice(&pem).map_err(|_| TlsError::NoKey { path: path.to_owned() });
+    }
     let meta = std::fs::metadata(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })?;
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o037 != 0 {

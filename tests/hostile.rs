@@ -9,13 +9,20 @@ use std::time::{Duration, Instant};
 
 use common::{count_files, Mxd};
 
+/// RSS of mxd's processes together: the parent and its children (smtp, delivery, relay).
 fn rss_kib(mxd: &Mxd) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", mxd.pid())).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    let field = |pid: &str, key: &str| -> Option<String> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().trim_end_matches("kB").trim().to_owned())
+    };
+    let parent = mxd.pid().to_string();
+    let pids = std::fs::read_dir("/proc")
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    pids.iter()
+        .filter(|p| **p == parent || field(p, "PPid:").as_deref() == Some(parent.as_str()))
+        .filter_map(|p| field(p, "VmRSS:")?.parse::<u64>().ok())
+        .sum()
 }
 
 fn small_limit(d: &std::path::Path, p: u16) -> String {

@@ -19,7 +19,7 @@ const NODES: [(&str, &str); 3] = [
     ("devbox-wg0.home.lan", "198.51.100.13"),
 ];
 const MX0_IP: &str = "198.51.100.1";
-const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\njoseph:x:1000:1000:Joseph:/home/joseph:/bin/sh\nalice:x:1001:1001:Alice:/home/alice:/bin/sh\n";
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\njoseph:x:1000:1000:Joseph:/home/joseph:/bin/sh\nalice:x:1001:1001:Alice:/home/alice:/bin/sh\nmxd:x:999:999:mxd:/nonexistent:/usr/sbin/nologin\n";
 
 fn conf(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("conf").join(name)

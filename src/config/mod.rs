@@ -28,7 +28,7 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 35 * 1024 * 1024;
 pub const DEFAULT_MAX_RCPT: usize = 1000;
 /// OpenSMTPD's default `queue ttl`: 4 days.
 pub const DEFAULT_QUEUE_TTL: Duration = Duration::from_secs(4 * 24 * 3600);
-pub const DEFAULT_SPOOL: &str = "/var/spool/mxd";
+pub use crate::spool::DEFAULT_SPOOL;
 
 #[derive(Debug)]
 pub struct Config {

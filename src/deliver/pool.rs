@@ -35,6 +35,8 @@ pub struct Pool {
 pub struct QueueHook {
     pub dir: PathBuf,
     pub notify: Sender<()>,
+    /// Owner of queue files: the relay process's user, which reads and removes them.
+    pub owner: Option<crate::envelope::Owner>,
 }
 
 struct Ctx {
@@ -167,7 +169,7 @@ fn stage_job(job: Job, ctx: &Ctx, opened: &mut maildir::Opened) -> Pending {
         // One queue file per message holds every relayed recipient (one envelope each).
         let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let env = queue::encode(&queue::Envelope { sender: mail.return_path.clone(), created, rcpts: relay });
-        match opened.stage(&queue.dir, None, &[&env, &mail.received, &mail.body], &ctx.host) {
+        match opened.stage(&queue.dir, queue.owner, &[&env, &mail.received, &mail.body], &ctx.host) {
             Ok(s) => {
                 p.staged.push(s);
                 p.queued = true;

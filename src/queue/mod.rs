@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub const QUEUE_DIR: &str = "queue";
+pub use crate::spool::QUEUE_DIR;
 
 /// Who sent a queued message, when, and to whom (by relay action).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub struct Envelope {
 }
 
 pub fn queue_dir(spool: &Path) -> PathBuf {
-    spool.join(QUEUE_DIR)
+    crate::spool::queue_dir(spool)
 }
 
 /// The 16-hex-digit id `mxctl show queue` prints for queue file `name`, and `remove ID`
@@ -83,7 +83,7 @@ pub fn decode(file: &[u8]) -> Option<(Envelope, &[u8])> {
 }
 
 fn state_path(queue: &Path, name: &str) -> PathBuf {
-    queue.join("state").join(name)
+    queue.join(crate::spool::QUEUE_STATE).join(name)
 }
 
 /// Recipients of `name` already delivered (or bounced).
@@ -93,7 +93,7 @@ pub fn read_done(queue: &Path, name: &str) -> BTreeSet<String> {
 
 /// Records the finished recipients durably, before anything else relies on it.
 pub fn write_done(queue: &Path, name: &str, done: &BTreeSet<String>) -> std::io::Result<()> {
-    let dir = queue.join("state");
+    let dir = queue.join(crate::spool::QUEUE_STATE);
     std::fs::create_dir_all(&dir)?;
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;

@@ -327,7 +327,9 @@ impl Conn {
             proto
         );
         let received = super::message::received_header(self, &message, proto);
-        ctx.submit(self.id, message, received);
+        let policy = self.session.policy();
+        let (origin, tag) = (policy.origin().clone(), policy.tag().map(str::to_owned));
+        ctx.submit(self.id, message, received, &origin, tag.as_deref());
     }
 
     fn proto(&self, message: &Message<Vec<Target>>) -> &'static str {

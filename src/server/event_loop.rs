@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::deliver::{self, Job, Mail, Outcome as Delivered};
 use crate::envelope::{MsgId, Origin, SessionId, Target};
+use crate::privsep::frame::{Head, Verdict as Delivered};
+use crate::privsep::link::Link;
 use crate::server::conn::{Conn, Status, Tick};
 use crate::server::stream::Stream;
 use crate::server::ListenerRt;
@@ -43,14 +44,9 @@ pub(crate) struct LoopListener {
 
 pub(crate) enum Command {
     Listen(LoopListener),
-    /// Same socket, new settings (a reload changed its TLS or session limits).
-    Update {
-        key: String,
-        rt: Arc<ListenerRt>,
-    },
-    Unlisten {
-        key: String,
-    },
+    /// Stop accepting; serve the sessions there are until they end (a newer smtp process
+    /// has taken over the listeners).
+    Retire,
     Stop,
 }
 
@@ -64,7 +60,7 @@ pub(crate) struct Verdict {
 
 /// What a connection may use of its loop while it pumps.
 pub(crate) struct LoopCtx<'a> {
-    pool: &'a deliver::Pool,
+    link: &'a Link,
     verdicts: &'a Sender<Verdict>,
     waker: &'a Arc<Waker>,
     slot: usize,
@@ -72,16 +68,29 @@ pub(crate) struct LoopCtx<'a> {
 }
 
 impl LoopCtx<'_> {
-    pub(crate) fn submit(&mut self, sid: SessionId, message: Message<Vec<Target>>, received: Vec<u8>) {
+    /// Hands the message to the delivery process: the envelope as the client gave it (the
+    /// targets this process resolved stay here; delivery resolves them again itself).
+    pub(crate) fn submit(
+        &mut self,
+        sid: SessionId,
+        message: Message<Vec<Target>>,
+        received: Vec<u8>,
+        origin: &Origin,
+        tag: Option<&str>,
+    ) {
         let msgid = message.id;
-        // Recipients that expand to the same mailbox get one copy (Postfix's duplicate filter).
-        let mut targets: Vec<Target> = Vec::new();
-        for t in message.rcpts.into_iter().flat_map(|(_, t)| t) {
-            if !targets.contains(&t) {
-                targets.push(t);
-            }
-        }
-        let mail = Mail { id: msgid, return_path: message.mail_from, received, body: message.body };
+        let head = Head {
+            seq: 0,
+            msgid: msgid.0,
+            origin: origin.clone(),
+            tls: message.tls.is_some(),
+            tag: tag.map(str::to_owned),
+            auth: message.auth,
+            mail_from: message.mail_from,
+            rcpts: message.rcpts.into_iter().map(|(r, _)| r).collect(),
+            received,
+            body_len: 0,
+        };
         let (tx, waker, slot) = (self.verdicts.clone(), Arc::clone(self.waker), self.slot);
         let done = Box::new(move |outcome: Delivered| {
             // The loop may be gone at shutdown; then the client simply never sees a 250.
@@ -89,7 +98,7 @@ impl LoopCtx<'_> {
                 let _ = waker.wake();
             }
         });
-        self.pool.submit(Job { mail: Arc::new(mail), targets, done });
+        self.link.submit(head, message.body, done);
         self.inflight = true;
     }
 }
@@ -102,12 +111,13 @@ pub(crate) struct EventLoop {
     free: Vec<usize>,
     live: usize,
     max_sessions: usize,
-    pool: Arc<deliver::Pool>,
+    link: Arc<Link>,
     verdict_tx: Sender<Verdict>,
     verdict_rx: Receiver<Verdict>,
     commands: Receiver<Command>,
     again: Vec<usize>,
     stopping: Option<Instant>,
+    retiring: bool,
 }
 
 struct Slot {
@@ -119,7 +129,7 @@ struct Slot {
 impl EventLoop {
     pub(crate) fn new(
         commands: Receiver<Command>,
-        pool: Arc<deliver::Pool>,
+        link: Arc<Link>,
         max_sessions: usize,
     ) -> io::Result<(EventLoop, Arc<Waker>)> {
         let poll = Poll::new()?;
@@ -133,12 +143,13 @@ impl EventLoop {
             free: Vec::new(),
             live: 0,
             max_sessions,
-            pool,
+            link,
             verdict_tx,
             verdict_rx,
             commands,
             again: Vec::new(),
             stopping: None,
+            retiring: false,
         };
         Ok((ev, waker))
     }
@@ -184,6 +195,9 @@ impl EventLoop {
                 next_tick = now + TICK;
                 self.tick(&mut scratch, now);
             }
+            if self.retiring && self.live == 0 {
+                return;
+            }
             if let Some(since) = self.stopping {
                 let waiting = self.conns.iter().flatten().any(|s| s.inflight);
                 if !waiting || now.duration_since(since) > DRAIN {
@@ -223,7 +237,7 @@ impl EventLoop {
             Origin::Socket => "local".to_owned(),
             Origin::Tcp(ip) => ip.to_string(),
         };
-        if self.live >= self.max_sessions || self.stopping.is_some() {
+        if self.live >= self.max_sessions || self.stopping.is_some() || self.retiring {
             log::warn!("{id} smtp disconnected reason=too-many-sessions address={addr}");
             // Best effort on a fresh socket: the reply fits any send buffer.
             let mut bye = Vec::with_capacity(64);
@@ -233,10 +247,7 @@ impl EventLoop {
         }
         // On the local socket, who submits is what the kernel says, not what the client claims.
         let user = match &stream {
-            Stream::Unix(s) => crate::control::peer_uid(s)
-                .ok()
-                .and_then(|uid| nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten())
-                .map(|u| u.name),
+            Stream::Unix(s) => crate::control::peer_uid(s).ok().and_then(crate::users::SystemUsers::name_of),
             Stream::Tcp(_) => None,
         };
         match &user {
@@ -262,7 +273,7 @@ impl EventLoop {
             return;
         };
         let mut ctx =
-            LoopCtx { pool: &self.pool, verdicts: &self.verdict_tx, waker: &self.waker, slot, inflight: false };
+            LoopCtx { link: &self.link, verdicts: &self.verdict_tx, waker: &self.waker, slot, inflight: false };
         let status = s.conn.pump(scratch, &mut ctx, now);
         s.inflight |= ctx.inflight;
         match status {
@@ -302,8 +313,8 @@ impl EventLoop {
             s.inflight = false;
             let outcome = match &v.outcome {
                 Delivered::Ok => Outcome::Ok,
-                Delivered::TempFail(cause) => Outcome::TempFail(cause.to_string()),
-                Delivered::PermFail(cause) => Outcome::PermFail(cause.to_string()),
+                Delivered::TempFail(cause) => Outcome::TempFail(cause.clone()),
+                Delivered::PermFail(cause) => Outcome::PermFail(cause.clone()),
             };
             log::info!("{} delivery msgid={} result={}", v.sid, v.msgid, result_name(&v.outcome));
             super::STATS.count(&v.outcome);
@@ -329,12 +340,10 @@ impl EventLoop {
                         Err(e) => log::error!("listener {}: {e}", l.key),
                     }
                 }
-                Command::Update { key, rt } => {
-                    for l in self.listeners.iter_mut().flatten().filter(|l| l.key == key) {
-                        l.rt = Arc::clone(&rt);
-                    }
+                Command::Retire => {
+                    self.unlisten(|_| true);
+                    self.retiring = true;
                 }
-                Command::Unlisten { key } => self.unlisten(|k| k == key),
                 Command::Stop => {
                     self.unlisten(|_| true);
                     self.stopping.get_or_insert(now);

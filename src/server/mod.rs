@@ -14,7 +14,7 @@ mod supervise;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -23,9 +23,10 @@ use crossbeam_channel::Sender;
 use mio::Waker;
 
 use crate::config::{Config, ListenKind, Listener, TlsMode};
-use crate::deliver;
-use crate::relay;
+use crate::control;
+use crate::privsep;
 use crate::smtp::{SessionConfig, TlsPolicy};
+use crate::spool;
 use crate::tls::{self, Pkis, TlsError};
 use event_loop::{Command, EventLoop, ListenSocket, LoopListener};
 
@@ -44,7 +45,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Name of the local submission socket in the spool: sendmail(8) talks to it, always bound
 /// (as OpenSMTPD's smtpd.sock) whether or not the configuration says `listen on socket`.
-pub const SUBMIT_SOCKET: &str = "mxd.sock";
+pub use crate::spool::SUBMIT_SOCKET;
 
 /// What a listener's sessions share: limits, TLS, and the configuration they were born under
 /// (a reload gives new sessions the new one; running sessions keep theirs).
@@ -66,9 +67,18 @@ impl ListenerRt {
 #[derive(Debug)]
 pub enum StartError {
     Tls(TlsError),
-    Bind { what: String, source: io::Error },
-    Spool { path: PathBuf, source: io::Error },
+    Bind {
+        what: String,
+        source: io::Error,
+    },
+    Spool(spool::SpoolError),
     Thread(io::Error),
+    /// The unprivileged user is missing.
+    User(String),
+    /// chroot, setuid, no_new_privs or pledge failed.
+    Privileges(io::Error),
+    /// Children kept crashing; the daemon stopped.
+    Crashed,
 }
 
 impl fmt::Display for StartError {
@@ -76,8 +86,11 @@ impl fmt::Display for StartError {
         match self {
             StartError::Tls(e) => write!(f, "{e}"),
             StartError::Bind { what, source } => write!(f, "cannot listen on {what}: {source}"),
-            StartError::Spool { path, source } => write!(f, "spool {}: {source}", path.display()),
-            StartError::Thread(e) => write!(f, "cannot start a thread: {e}"),
+            StartError::Spool(e) => write!(f, "{e}"),
+            StartError::Thread(e) => write!(f, "cannot start a thread or process: {e}"),
+            StartError::User(e) => write!(f, "{e}"),
+            StartError::Privileges(e) => write!(f, "cannot drop privileges: {e}"),
+            StartError::Crashed => f.write_str("a child process kept failing: stopped"),
         }
     }
 }
@@ -88,6 +101,13 @@ impl std::error::Error for StartError {}
 pub struct Reloader {
     pub path: PathBuf,
     pub defines: Vec<(String, String)>,
+}
+
+/// How the parent starts its children, and as whom they run.
+pub struct Processes {
+    pub spawner: privsep::Spawner,
+    /// The unprivileged user's name (`-u`, else [`privsep::sandbox::DEFAULT_USER`]).
+    pub user: String,
 }
 
 struct LoopHandle {
@@ -104,73 +124,127 @@ impl LoopHandle {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT; returns once every loop has drained and every
-/// accepted message is on disk.
-pub fn run(config: Config, reloader: Reloader) -> Result<(), StartError> {
-    let config = Arc::new(config);
-    prepare_spool(&config.spool)?;
-    let max_fds = raise_fd_limit();
-    let loops = config.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
-    // Each session needs one descriptor; keep some for listeners, files and the spool.
-    let max_sessions = (max_fds.saturating_sub(64) as usize / loops).max(1);
-    let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
-    let hook = deliver::QueueHook { dir: crate::queue::queue_dir(&config.spool), notify: wake_tx.clone() };
-    let pool = Arc::new(deliver::Pool::start(deliver::default_threads(), &config.hostname, Some(hook)));
-    let shared: relay::SharedConfig = Arc::new(std::sync::Mutex::new(Arc::clone(&config)));
-    let relay =
-        relay::Handle { wake: wake_tx, schedule_all: Arc::default(), stop: Arc::default(), status: Arc::default() };
-    let relay_thread =
-        relay::spawn(&config.spool, Arc::clone(&shared), wake_rx, relay.clone()).map_err(StartError::Thread)?;
+fn loop_count(config: &Config) -> usize {
+    config.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1)
+}
 
+/// The parent: runs the daemon until SIGTERM or SIGINT and returns once every child has
+/// stopped, every accepted message on disk. It binds, supervises and reloads; it reads no
+/// network input.
+pub fn run(config: Config, reloader: Reloader, procs: Processes) -> Result<(), StartError> {
+    privsep::sandbox::set_name("mxd: parent");
+    let config = Arc::new(config);
+    let account = if privsep::sandbox::is_root() {
+        Some(privsep::sandbox::account(&procs.user).map_err(StartError::User)?)
+    } else {
+        log::info!("not started as root: every process keeps uid {}", nix::unistd::geteuid());
+        None
+    };
+    let lock = spool::lock(&config.spool).map_err(StartError::Spool)?;
+    spool::prepare(&config.spool, account.as_ref().map(|a| (a.uid, a.gid))).map_err(StartError::Spool)?;
+    raise_fd_limit();
+    let loops = loop_count(&config);
+    let mut bound = Bound::default();
+    bound.apply(plan(&config)?, loops)?;
+    let control =
+        control::bind(&config.spool).map_err(|source| StartError::Bind { what: "control.sock".into(), source })?;
+    let current: Arc<supervise::Current> = Arc::default();
+    let mut kids = supervise::Kids::new(procs.spawner, Arc::clone(&current));
+    // The relay, then delivery, then smtp, each ready before the next: once the smtp process
+    // listens, every process has loaded the configuration.
+    kids.start_relay().map_err(StartError::Thread)?;
+    kids.start_generation(&bound).map_err(StartError::Thread)?;
+    log::info!("mxd started: {} event loops, {} listeners, hostname {}", loops, bound.keys.len(), config.hostname);
+
+    let (tx, rx) = crossbeam_channel::unbounded();
+    supervise::forward_signals(tx.clone()).map_err(StartError::Thread)?;
+    supervise::start_control(
+        control,
+        supervise::Control { tx, spool: config.spool.clone(), hostname: config.hostname.clone(), current },
+    );
+    let spool_dir = config.spool.clone();
+    let _ = std::thread::Builder::new().name("offline".into()).spawn(move || supervise::offline_loop(&spool_dir));
+    let clean = supervise::supervise(config, &reloader, &mut bound, &mut kids, &rx);
+    kids.shutdown();
+    drop(lock);
+    log::info!("mxd stopped");
+    if clean {
+        Ok(())
+    } else {
+        Err(StartError::Crashed)
+    }
+}
+
+/// The smtp process: the event loops behind the listeners the parent bound, handing
+/// messages to the delivery process over `link`. Loads what it needs as root, then becomes
+/// the unprivileged user in an empty chroot before it accepts anything.
+pub fn run_smtp(
+    config: Config,
+    link: std::os::unix::net::UnixStream,
+    sockets: Vec<(String, Vec<std::os::fd::OwnedFd>)>,
+    who: Option<&privsep::sandbox::Account>,
+) -> Result<(), StartError> {
+    privsep::sandbox::set_name("mxd: smtp");
+    let config = Arc::new(config);
+    // Before anything can send one: SIGTERM stops, SIGUSR2 retires, ^C and SIGHUP are the
+    // parent's to act on.
+    let signals = supervise::smtp_signals().map_err(StartError::Thread)?;
+    let planned = plan(&config)?;
+    if let Err(e) = crate::users::install_snapshot() {
+        log::warn!("cannot read /etc/passwd: {e}; local recipients resolve through userbase tables only");
+    }
+    let max_fds = raise_fd_limit();
+    // One loop per socket of a listener (the parent bound as many as `threads` said; a
+    // reload that changed it leaves older listeners with another count: loops share those).
+    let loops = sockets.iter().map(|(_, fds)| fds.len()).max().unwrap_or_else(|| loop_count(&config)).max(1);
+    let max_sessions = (max_fds.saturating_sub(64) as usize / loops).max(1);
+    let link = Arc::new(privsep::link::Link::start(link).map_err(StartError::Thread)?);
     let mut handles = Vec::with_capacity(loops);
     for i in 0..loops {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let (ev, waker) = EventLoop::new(rx, Arc::clone(&pool), max_sessions).map_err(StartError::Thread)?;
+        let (ev, waker) = EventLoop::new(rx, Arc::clone(&link), max_sessions).map_err(StartError::Thread)?;
         let thread = std::thread::Builder::new()
             .name(format!("loop-{i}"))
             .spawn(move || ev.run())
             .map_err(StartError::Thread)?;
         handles.push(LoopHandle { commands: tx, waker, thread });
     }
-    let mut bound = Bound::default();
-    let plan = plan(&config)?;
-    bound.apply(plan, &handles)?;
-    log::info!("mxd started: {} event loops, {} listeners, hostname {}", loops, bound.keys.len(), config.hostname);
-
-    let (tx, rx) = crossbeam_channel::unbounded();
-    supervise::forward_signals(tx.clone()).map_err(StartError::Thread)?;
-    supervise::start_control(
-        &config.spool,
-        supervise::Control { tx, stats: &STATS, spool: config.spool.clone(), relay: relay.clone() },
-    );
-    let spool = config.spool.clone();
-    let _ = std::thread::Builder::new().name("offline".into()).spawn(move || supervise::offline_loop(&spool));
-    supervise::supervise(Arc::clone(&config), &reloader, &mut bound, &handles, &rx, &shared);
-
-    for h in &handles {
-        h.send(Command::Stop);
+    let empty = spool::empty_dir(&config.spool);
+    match who {
+        Some(who) => privsep::sandbox::drop_to(who, privsep::sandbox::Jail::Chroot(&empty)),
+        None => privsep::sandbox::drop_to_nothing(),
     }
+    .map_err(StartError::Privileges)?;
+    privsep::sandbox::pledge("stdio inet unix", true).map_err(StartError::Privileges)?;
+    for (key, fds) in sockets {
+        let Some(p) = planned.iter().find(|p| p.key == key) else {
+            log::error!("listener {key}: not in this configuration, not served");
+            continue;
+        };
+        for (i, fd) in fds.into_iter().enumerate() {
+            let h = &handles[i % handles.len()];
+            listener::listen(&fd).map_err(|source| StartError::Bind { what: key.clone(), source })?;
+            let socket = if key.starts_with("unix:") {
+                let l = std::os::unix::net::UnixListener::from(fd);
+                ListenSocket::Unix(mio::net::UnixListener::from_std(l))
+            } else {
+                let l = std::net::TcpListener::from(fd);
+                ListenSocket::Tcp(mio::net::TcpListener::from_std(l))
+            };
+            h.send(Command::Listen(LoopListener { key: key.clone(), socket, rt: Arc::clone(&p.rt) }));
+        }
+    }
+    // Tells the parent we are up, then answers its questions.
+    privsep::serve_parent(|req| if req == "stats" { supervise::stats_text(&STATS) } else { String::new() })
+        .map_err(StartError::Thread)?;
+    log::info!("smtp process ready: {loops} event loops");
+    let loops_of: Vec<(Sender<Command>, Arc<Waker>)> =
+        handles.iter().map(|h| (h.commands.clone(), Arc::clone(&h.waker))).collect();
+    supervise::forward_smtp_signals(signals, loops_of).map_err(StartError::Thread)?;
     for h in handles {
         let _ = h.thread.join();
     }
-    match Arc::try_unwrap(pool) {
-        Ok(pool) => pool.shutdown(),
-        Err(_) => log::warn!("delivery pool still shared at exit"),
-    }
-    relay.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = relay.wake.try_send(());
-    let _ = relay_thread.join();
-    log::info!("mxd stopped");
     Ok(())
-}
-
-/// The spool, and its offline directory (mode 1777: any user's sendmail may drop a file
-/// there while the daemon is down; files are 0600 and owned by their writer).
-fn prepare_spool(spool: &Path) -> Result<(), StartError> {
-    std::fs::create_dir_all(spool).map_err(|source| StartError::Spool { path: spool.to_owned(), source })?;
-    crate::submit::offline::offline_dir(spool)
-        .map(drop)
-        .map_err(|e| StartError::Spool { path: spool.to_owned(), source: std::io::Error::other(e.to_string()) })
 }
 
 /// Raises the soft descriptor limit to the hard one: every session is a descriptor.
@@ -287,57 +361,56 @@ fn runtime(config: &Arc<Config>, l: &Listener, pkis: &Pkis) -> Result<ListenerRt
     })
 }
 
-/// The sockets currently handed to the loops, by key.
+/// The listening sockets the parent holds, by key: one per loop for each address.
 #[derive(Default)]
-struct Bound {
-    keys: BTreeMap<String, ()>,
+pub(crate) struct Bound {
+    keys: BTreeMap<String, Vec<std::os::fd::OwnedFd>>,
 }
 
 impl Bound {
-    /// Makes the loops listen on exactly what `plan` says: new addresses are bound, kept ones
-    /// get the new runtime, dropped ones are closed.
-    fn apply(&mut self, plan: Vec<Planned>, handles: &[LoopHandle]) -> Result<(), StartError> {
-        let mut fresh = Vec::new();
-        for p in &plan {
-            if !self.keys.contains_key(&p.key) {
-                fresh.push((p.key.clone(), bind(&p.target, handles.len())?));
-            }
+    /// Holds exactly what `plan` says: new addresses are bound, dropped ones closed (the
+    /// smtp process that served them retires).
+    fn apply(&mut self, plan: Vec<Planned>, loops: usize) -> Result<(), StartError> {
+        let mut next = BTreeMap::new();
+        for p in plan {
+            let fds = match self.keys.remove(&p.key) {
+                Some(fds) => fds,
+                None => {
+                    let fds = bind(&p.target, loops)?;
+                    log::info!("listening on {}", p.key);
+                    fds
+                }
+            };
+            next.insert(p.key, fds);
         }
-        let wanted: BTreeMap<String, ()> = plan.iter().map(|p| (p.key.clone(), ())).collect();
-        for key in self.keys.keys().filter(|k| !wanted.contains_key(*k)) {
-            for h in handles {
-                h.send(Command::Unlisten { key: key.clone() });
-            }
+        for key in self.keys.keys() {
             log::info!("listener {key} closed");
         }
-        let mut fresh: BTreeMap<String, Vec<ListenSocket>> = fresh.into_iter().collect();
-        for p in plan {
-            match fresh.remove(&p.key) {
-                Some(sockets) => {
-                    for (h, socket) in handles.iter().zip(sockets) {
-                        h.send(Command::Listen(LoopListener { key: p.key.clone(), socket, rt: Arc::clone(&p.rt) }));
-                    }
-                    log::info!("listening on {}", p.key);
-                }
-                None => {
-                    for h in handles {
-                        h.send(Command::Update { key: p.key.clone(), rt: Arc::clone(&p.rt) });
-                    }
-                }
-            }
-        }
-        self.keys = wanted;
+        self.keys = next;
         Ok(())
+    }
+
+    /// `--listener KEY FD,FD…` arguments for an smtp process, and the descriptors to pass.
+    pub(crate) fn args(&self) -> (Vec<std::ffi::OsString>, Vec<std::os::fd::BorrowedFd<'_>>) {
+        use std::os::fd::{AsFd, AsRawFd};
+        let mut args = Vec::new();
+        let mut pass = Vec::new();
+        for (key, fds) in &self.keys {
+            let nums: Vec<String> = fds.iter().map(|f| f.as_raw_fd().to_string()).collect();
+            args.extend(["--listener".into(), key.into(), nums.join(",").into()]);
+            pass.extend(fds.iter().map(|f| f.as_fd()));
+        }
+        (args, pass)
     }
 }
 
-fn bind(target: &Target, loops: usize) -> Result<Vec<ListenSocket>, StartError> {
+fn bind(target: &Target, loops: usize) -> Result<Vec<std::os::fd::OwnedFd>, StartError> {
     match target {
         Target::Tcp(addr) => listener::bind_tcp(*addr, loops)
-            .map(|v| v.into_iter().map(|l| ListenSocket::Tcp(mio::net::TcpListener::from_std(l))).collect())
+            .map(|v| v.into_iter().map(std::os::fd::OwnedFd::from).collect())
             .map_err(|source| StartError::Bind { what: addr.to_string(), source }),
         Target::Unix(path) => listener::bind_unix(path, loops)
-            .map(|v| v.into_iter().map(|l| ListenSocket::Unix(mio::net::UnixListener::from_std(l))).collect())
+            .map(|v| v.into_iter().map(std::os::fd::OwnedFd::from).collect())
             .map_err(|source| StartError::Bind { what: path.display().to_string(), source }),
     }
 }

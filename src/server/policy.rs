@@ -25,6 +25,10 @@ impl ConnPolicy {
     pub(crate) fn origin(&self) -> &Origin {
         &self.origin
     }
+
+    pub(crate) fn tag(&self) -> Option<&str> {
+        self.tag.as_deref()
+    }
 }
 
 impl Policy for ConnPolicy {

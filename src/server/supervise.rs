@@ -1,21 +1,36 @@
-//! The main thread's work once the loops run: signals (SIGTERM/SIGINT stop, SIGHUP
-//! reloads), requests from `mxctl` over the control socket, and taking in the mail that
-//! `sendmail` left in the offline directory while the daemon was down.
+//! The parent's work once the children run: signals (SIGTERM/SIGINT stop, SIGHUP reloads),
+//! watching its children (a crashed one is replaced), requests from `mxctl` over the
+//! control socket, and taking in the mail that `sendmail` left in the offline directory
+//! while the daemon was down.
+//!
+//! A reload or a crash starts a new generation: a fresh smtp process and its delivery
+//! process, on the same listening sockets (connections wait in the kernel's backlog in the
+//! meantime); the old smtp process stops accepting and serves its sessions to their end,
+//! its delivery process finishes what it was given and exits. More than
+//! [`MAX_RESTARTS`] crashes within a minute bring the daemon down instead.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use nix::sys::signal::Signal;
 
-use super::{plan, Bound, LoopHandle, Reloader, SUBMIT_SOCKET};
+use super::{plan, Bound, Reloader, SUBMIT_SOCKET};
 use crate::config::{self, Config};
 use crate::control::{self, ControlHandler, HandlerError, Target};
-use crate::deliver::Outcome;
+use crate::privsep::frame::Verdict as Outcome;
+use crate::privsep::{Chan, Child, Role, Spawner};
 use crate::submit;
 
-/// Counters for `mxctl show stats`.
+/// How long a new child may take to load its configuration and say it is ready.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+/// Crashes tolerated within [`RESTART_WINDOW`].
+const MAX_RESTARTS: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+/// Counters for `mxctl show stats`, kept by the smtp process.
 #[derive(Default)]
 pub(crate) struct Stats {
     pub(crate) connections: AtomicU64,
@@ -32,6 +47,223 @@ impl Stats {
             Outcome::PermFail(_) => &self.permfail,
         };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub(crate) fn stats_text(s: &Stats) -> String {
+    format!(
+        "smtp.connections={}\ndelivery.ok={}\ndelivery.tempfail={}\ndelivery.permfail={}",
+        s.connections.load(Ordering::Relaxed),
+        s.delivered.load(Ordering::Relaxed),
+        s.tempfail.load(Ordering::Relaxed),
+        s.permfail.load(Ordering::Relaxed)
+    )
+}
+
+/// The smtp process's signals, registered first thing.
+pub(crate) fn smtp_signals() -> std::io::Result<signal_hook::iterator::Signals> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+    signal_hook::iterator::Signals::new([SIGTERM, SIGUSR2, SIGINT, SIGHUP])
+}
+
+/// SIGTERM stops the loops (in-flight messages get their verdict, idle sessions a 421);
+/// SIGUSR2 retires them (no more accepting; sessions end on their own); a retired process
+/// still stops on SIGTERM.
+pub(crate) fn forward_smtp_signals(
+    mut signals: signal_hook::iterator::Signals,
+    loops: Vec<(Sender<super::Command>, Arc<mio::Waker>)>,
+) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGTERM, SIGUSR2};
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        for sig in signals.forever() {
+            let stop = match sig {
+                SIGTERM => true,
+                SIGUSR2 => false,
+                _ => continue,
+            };
+            for (tx, waker) in &loops {
+                let cmd = if stop { super::Command::Stop } else { super::Command::Retire };
+                if tx.send(cmd).is_ok() {
+                    let _ = waker.wake();
+                }
+            }
+        }
+    })?;
+    Ok(())
+}
+
+/// The children the control thread may ask something.
+#[derive(Default)]
+pub(crate) struct Current {
+    smtp: Mutex<Option<Arc<Chan>>>,
+    relay: Mutex<Option<Arc<Chan>>>,
+    /// Counters of smtp processes replaced since start, as they were when replaced.
+    earlier: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+/// Adds `name=value` lines into `into`.
+fn add_counters(into: &mut std::collections::BTreeMap<String, u64>, text: &str) {
+    for (k, v) in text.lines().filter_map(|l| l.split_once('=')) {
+        if let Ok(v) = v.trim().parse::<u64>() {
+            *into.entry(k.trim().to_owned()).or_default() += v;
+        }
+    }
+}
+
+/// The parent's children: the current generation, retired ones still finishing, the relay.
+pub(crate) struct Kids {
+    spawner: Spawner,
+    current: Arc<Current>,
+    smtp: Option<Child>,
+    delivery: Option<Child>,
+    relay: Option<Child>,
+    retired: Vec<Child>,
+    crashes: Vec<Instant>,
+}
+
+impl Kids {
+    pub(crate) fn new(spawner: Spawner, current: Arc<Current>) -> Kids {
+        Kids { spawner, current, smtp: None, delivery: None, relay: None, retired: Vec::new(), crashes: Vec::new() }
+    }
+
+    /// A delivery process and an smtp process joined by a socketpair; the previous pair
+    /// retires.
+    pub(crate) fn start_generation(&mut self, bound: &Bound) -> std::io::Result<()> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let (a, b) = std::os::unix::net::UnixStream::pair()?;
+        let mut delivery = self.spawner.spawn(
+            Role::Delivery,
+            vec!["--link".into(), b.as_raw_fd().to_string().into()],
+            &[b.as_fd()],
+        )?;
+        delivery.wait_ready(READY_WITHIN)?;
+        let (mut args, mut pass) = bound.args();
+        args.extend(["--link".into(), a.as_raw_fd().to_string().into()]);
+        pass.push(a.as_fd());
+        // The old pair keeps serving until the new one is up: a new process that cannot
+        // start (a configuration file broken on disk since the parent read it) changes nothing.
+        let smtp = self.spawner.spawn(Role::Smtp, args, &pass).and_then(|mut s| s.wait_ready(READY_WITHIN).map(|()| s));
+        let smtp = match smtp {
+            Ok(s) => s,
+            Err(e) => {
+                // The delivery process exits when its link closes (here, with `b`).
+                self.retired.push(delivery);
+                return Err(e);
+            }
+        };
+        if let Some(old) = self.smtp.take() {
+            // Its counters carry over; what its last sessions do after this is not counted.
+            if let (Ok(text), Ok(mut earlier)) = (old.chan.ask("stats"), self.current.earlier.lock()) {
+                add_counters(&mut earlier, &text);
+            }
+            old.signal(Signal::SIGUSR2);
+            self.retired.push(old);
+        }
+        self.retired.extend(self.delivery.take());
+        if let Ok(mut c) = self.current.smtp.lock() {
+            *c = Some(Arc::clone(&smtp.chan));
+        }
+        self.smtp = Some(smtp);
+        self.delivery = Some(delivery);
+        Ok(())
+    }
+
+    /// Starts the relay process, after the previous one has stopped: two relay runners on
+    /// one queue could send a message twice.
+    pub(crate) fn start_relay(&mut self) -> std::io::Result<()> {
+        if let Some(mut old) = self.relay.take() {
+            old.signal(Signal::SIGTERM);
+            old.wait_or_kill(Duration::from_secs(30));
+        }
+        let mut relay = self.spawner.spawn(Role::Relay, Vec::new(), &[])?;
+        relay.wait_ready(READY_WITHIN)?;
+        if let Ok(mut c) = self.current.relay.lock() {
+            *c = Some(Arc::clone(&relay.chan));
+        }
+        self.relay = Some(relay);
+        Ok(())
+    }
+
+    /// Reaps exited children; a current one that died is replaced. False when they crash
+    /// too often: the daemon must stop.
+    fn watch(&mut self, bound: &Bound) -> bool {
+        self.retired.retain_mut(|c| c.exited().is_none());
+        let mut generation = false;
+        for slot in [&mut self.smtp, &mut self.delivery] {
+            if let Some(c) = slot.as_mut() {
+                if let Some(status) = c.exited() {
+                    log::error!(
+                        "{} process {} exited ({status}): starting new smtp and delivery processes",
+                        c.role.name(),
+                        c.pid()
+                    );
+                    generation = true;
+                    *slot = None;
+                }
+            }
+        }
+        // A relay that died, or that could not be started last time, is started again.
+        let relay_died = match self.relay.as_mut().map(|c| (c.pid(), c.exited())) {
+            Some((pid, Some(status))) => {
+                log::error!("relay process {pid} exited ({status}): starting a new one");
+                self.relay = None;
+                true
+            }
+            Some((_, None)) => false,
+            None => true,
+        };
+        if !generation && !relay_died {
+            return true;
+        }
+        let now = Instant::now();
+        self.crashes.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        self.crashes.push(now);
+        if self.crashes.len() > MAX_RESTARTS {
+            log::error!("{} child crashes within {RESTART_WINDOW:?}: stopping", self.crashes.len());
+            return false;
+        }
+        if generation {
+            // The survivor of the pair retires with it (start_generation).
+            if let Err(e) = self.start_generation(bound) {
+                log::error!("cannot start smtp and delivery processes: {e}");
+                return false;
+            }
+        }
+        if relay_died {
+            if let Err(e) = self.start_relay() {
+                log::error!("cannot start the relay process: {e}");
+            }
+        }
+        true
+    }
+
+    /// Stops everything in order: smtp processes first (their in-flight messages get their
+    /// verdicts), then delivery (which exits once its links are closed and its work
+    /// written), then the relay.
+    pub(crate) fn shutdown(&mut self) {
+        let mut smtps: Vec<Child> = self.smtp.take().into_iter().collect();
+        let mut rest = Vec::new();
+        for c in self.retired.drain(..) {
+            if c.role == Role::Smtp {
+                smtps.push(c);
+            } else {
+                rest.push(c);
+            }
+        }
+        for c in &smtps {
+            c.signal(Signal::SIGTERM);
+        }
+        for mut c in smtps {
+            c.wait_or_kill(Duration::from_secs(45));
+        }
+        rest.extend(self.delivery.take());
+        for mut c in rest {
+            c.wait_or_kill(Duration::from_secs(60));
+        }
+        if let Some(mut r) = self.relay.take() {
+            r.signal(Signal::SIGTERM);
+            r.wait_or_kill(Duration::from_secs(30));
+        }
     }
 }
 
@@ -57,21 +289,31 @@ pub(crate) fn forward_signals(tx: Sender<Request>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Runs until SIGTERM or SIGINT, applying reloads as they are asked for.
+/// Runs until SIGTERM or SIGINT (true) or until children crash too often (false),
+/// applying reloads as they are asked for.
 pub(crate) fn supervise(
     mut config: Arc<Config>,
     reloader: &Reloader,
     bound: &mut Bound,
-    handles: &[LoopHandle],
+    kids: &mut Kids,
     rx: &Receiver<Request>,
-    shared: &crate::relay::SharedConfig,
-) {
-    while let Ok(req) = rx.recv() {
+) -> bool {
+    loop {
+        let req = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(req) => req,
+            Err(RecvTimeoutError::Timeout) => {
+                if !kids.watch(bound) {
+                    return false;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return true,
+        };
         let (result, reply) = match req {
             Request::Signal(sig) if sig == signal_hook::consts::SIGHUP => (full_reload(reloader), None),
             Request::Signal(sig) => {
                 log::info!("received signal {sig}, stopping");
-                return;
+                return true;
             }
             Request::Reload(reply) => (full_reload(reloader), Some(reply)),
             Request::UpdateTable(name, reply) => (config.reload_table(&name).map_err(|e| e.to_string()), Some(reply)),
@@ -80,15 +322,15 @@ pub(crate) fn supervise(
         let applied = result.and_then(|c| {
             let c = Arc::new(c);
             let p = plan(&c).map_err(|e| e.to_string())?;
-            bound.apply(p, handles).map_err(|e| e.to_string())?;
+            bound.apply(p, super::loop_count(&c)).map_err(|e| e.to_string())?;
+            // The children read the files again themselves, as root, before giving it up.
+            kids.start_generation(bound).map_err(|e| e.to_string())?;
+            kids.start_relay().map_err(|e| e.to_string())?;
             Ok(c)
         });
         let answer = match applied {
             Ok(c) => {
                 config = c;
-                if let Ok(mut s) = shared.lock() {
-                    *s = Arc::clone(&config);
-                }
                 log::info!("configuration reloaded from {}", config.file.display());
                 Ok("configuration reloaded".to_owned())
             }
@@ -122,9 +364,9 @@ fn full_reload(reloader: &Reloader) -> Result<Config, String> {
 /// The control socket's handler: asks the supervisor and waits for its answer.
 pub(crate) struct Control {
     pub(crate) tx: Sender<Request>,
-    pub(crate) stats: &'static Stats,
-    pub(crate) spool: PathBuf,
-    pub(crate) relay: crate::relay::Handle,
+    pub(crate) spool: std::path::PathBuf,
+    pub(crate) hostname: String,
+    pub(crate) current: Arc<Current>,
 }
 
 impl Control {
@@ -136,27 +378,43 @@ impl Control {
 }
 
 impl ControlHandler for Control {
+    /// The relay process knows each recipient's retries; without it, the queue files alone.
     fn show_queue(&self) -> String {
-        crate::relay::list(&self.spool, &self.relay.status)
+        let relay = self.current.relay.lock().ok().and_then(|c| c.clone());
+        match relay.map(|c| c.ask("queue")) {
+            Some(Ok(text)) => text,
+            _ => crate::relay::list(&self.spool, &crate::relay::Status::default()),
+        }
+    }
+
+    fn show_queue_for(&self, user: &str) -> String {
+        control::own_lines(&self.show_queue(), user, Some(&self.hostname))
     }
 
     fn show_stats(&self) -> String {
-        let s = self.stats;
-        format!(
-            "smtp.connections={}\ndelivery.ok={}\ndelivery.tempfail={}\ndelivery.permfail={}",
-            s.connections.load(Ordering::Relaxed),
-            s.delivered.load(Ordering::Relaxed),
-            s.tempfail.load(Ordering::Relaxed),
-            s.permfail.load(Ordering::Relaxed)
-        )
+        let smtp = self.current.smtp.lock().ok().and_then(|c| c.clone());
+        let now = smtp.and_then(|c| c.ask("stats").ok()).unwrap_or_else(|| stats_text(&Stats::default()));
+        let mut total = self.current.earlier.lock().map(|e| e.clone()).unwrap_or_default();
+        add_counters(&mut total, &now);
+        let mut out = String::new();
+        // In the order the smtp process prints them.
+        for line in now.lines() {
+            if let Some((k, _)) = line.split_once('=') {
+                out.push_str(&format!("{k}={}\n", total.get(k).copied().unwrap_or(0)));
+            }
+        }
+        out.pop();
+        out
     }
 
     /// Every waiting recipient is retried now (an ID schedules everything too: sessions to
     /// one host carry all its messages anyway).
     fn schedule(&self, _target: &Target) -> Result<String, HandlerError> {
-        self.relay.schedule_all.store(true, Ordering::Relaxed);
-        let _ = self.relay.wake.try_send(());
-        Ok("scheduled".to_owned())
+        let relay = self.current.relay.lock().ok().and_then(|c| c.clone());
+        relay
+            .ok_or_else(|| HandlerError::failed("the relay process is not running"))?
+            .ask("schedule")
+            .map_err(|e| HandlerError::failed(e.to_string()))
     }
 
     fn remove(&self, target: &Target) -> Result<String, HandlerError> {
@@ -190,20 +448,15 @@ impl ControlHandler for Control {
     }
 }
 
-/// Starts the control socket's thread; a failure to bind is logged, not fatal.
-pub(crate) fn start_control(spool: &std::path::Path, control: Control) {
-    match control::bind(spool) {
-        Ok(listener) => {
-            let handler: Arc<dyn ControlHandler> = Arc::new(control);
-            let spawned = std::thread::Builder::new().name("control".into()).spawn(move || {
-                let e = control::serve(listener, handler);
-                log::error!("control socket stopped: {e}");
-            });
-            if let Err(e) = spawned {
-                log::error!("cannot start the control thread: {e}");
-            }
-        }
-        Err(e) => log::error!("control socket in {}: {e}", spool.display()),
+/// Starts the control socket's thread.
+pub(crate) fn start_control(listener: std::os::unix::net::UnixListener, control: Control) {
+    let handler: Arc<dyn ControlHandler> = Arc::new(control);
+    let spawned = std::thread::Builder::new().name("control".into()).spawn(move || {
+        let e = control::serve(listener, handler);
+        log::error!("control socket stopped: {e}");
+    });
+    if let Err(e) = spawned {
+        log::error!("cannot start the control thread: {e}");
     }
 }
 
@@ -251,7 +504,10 @@ fn pick_up_offline(spool: &Path) {
             submit::headers::Prepared { sender: msg.sender, recipients: msg.recipients, message: msg.message };
         match submit::client::submit(&socket, &prepared, None) {
             Ok(()) => {
-                log::info!("offline message from {} (uid {}) submitted", msg.user, msg.uid);
+                // The name from the file's owner (read_offline checked uid against it), never
+                // the one the file claims.
+                let name = crate::users::SystemUsers::name_of(msg.uid).unwrap_or_else(|| format!("#{}", msg.uid));
+                log::info!("offline message from {name} (uid {}) submitted", msg.uid);
                 if let Err(e) = submit::offline::remove_offline(&path) {
                     log::error!("offline message {}: {e}", path.display());
                 }

@@ -18,8 +18,7 @@ use crate::smtp::client::{
     Client, ClientConfig, ClientEvent, Pipelining, RcptResult, ServerReply, SessionError, Step, TlsWant,
 };
 
-/// File name of the daemon's submission socket inside the spool (`listen on socket`).
-pub const SUBMIT_SOCKET: &str = "mxd.sock";
+pub use crate::spool::SUBMIT_SOCKET;
 /// RFC 5321 §4.5.3.2: 5 minutes per command, 10 minutes for the final dot.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);

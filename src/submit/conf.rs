@@ -9,8 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// The spool when the configuration names none (design.md).
-pub const DEFAULT_SPOOL: &str = "/var/spool/mxd";
+pub use crate::spool::DEFAULT_SPOOL;
 /// The configuration file when neither -f/-C nor MXD_CONF names one.
 pub const DEFAULT_CONF: &str = "/etc/mxd/smtpd.conf";
 

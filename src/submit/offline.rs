@@ -31,11 +31,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
 
-/// Name of the offline directory inside the spool.
-pub const OFFLINE_DIR: &str = "offline";
-/// Where files the daemon cannot take are set aside, inside the spool (not inside offline/,
-/// where any user could plant a directory or symlink of that name): mode 0700.
-pub const REJECTED_DIR: &str = "offline.rejected";
+pub use crate::spool::OFFLINE_DIR;
 /// Largest offline file read back: a bigger one is refused rather than loaded into memory.
 pub const MAX_OFFLINE_FILE: u64 = 128 * 1024 * 1024;
 const MAGIC: &str = "mxd-offline 1";
@@ -105,7 +101,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Off
 
 /// Creates `SPOOL/offline` (mode 1777) if it is missing and we are allowed to; returns it.
 pub fn offline_dir(spool: &Path) -> Result<PathBuf, OfflineError> {
-    let dir = spool.join(OFFLINE_DIR);
+    let dir = crate::spool::offline_dir(spool);
     match fs::create_dir(&dir) {
         Ok(()) => fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).map_err(io_err("chmod", &dir))?,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -280,7 +276,7 @@ impl OfflineError {
 /// Moves a file the daemon will never take out of offline/ into `SPOOL/offline.rejected/`,
 /// so it is reported once rather than at every pass. Returns where it went.
 pub fn set_aside(spool: &Path, path: &Path) -> Result<PathBuf, OfflineError> {
-    let dir = spool.join(REJECTED_DIR);
+    let dir = crate::spool::rejected_dir(spool);
     match fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}

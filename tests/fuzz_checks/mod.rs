@@ -205,7 +205,6 @@ pub fn headers(data: &[u8]) {
     }
 }
 
-/// Runs one named target on one input.
 /// The SMTP client fed arbitrary server bytes, in chunks sized by the first byte, through a
 /// whole session (greeting, EHLO, maybe STARTTLS, a transaction of three recipients, QUIT):
 /// no panic, a bounded output, and a transaction ends with one result per recipient.
@@ -249,6 +248,23 @@ pub fn smtp_client(data: &[u8]) {
     c.eof();
 }
 
+/// The frames between mxd's processes: a head decodes or is refused, never panics, and one
+/// that decodes encodes back to the same bytes (nothing in it is ignored or guessed).
+pub fn privsep_frame(data: &[u8]) {
+    use mxd::privsep::frame;
+    if let Ok(head) = frame::decode_head(data) {
+        let mut again = Vec::new();
+        frame::encode_head(&head, &mut again);
+        assert_eq!(&again[4..], data, "a decoded head encodes differently");
+    }
+    let _ = frame::decode_verdict(data);
+    let mut r = data;
+    while let Ok(Some(f)) = frame::read_frame(&mut r, 4096) {
+        assert!(f.len() <= 4096);
+    }
+}
+
+/// Runs one named target on one input.
 pub fn run(target: &str, data: &[u8]) {
     match target {
         "smtp_command" => smtp_command(data),
@@ -260,9 +276,20 @@ pub fn run(target: &str, data: &[u8]) {
         "expand" => expand(data),
         "headers" => headers(data),
         "smtp_client" => smtp_client(data),
+        "privsep_frame" => privsep_frame(data),
         other => panic!("unknown fuzz target {other}"),
     }
 }
 
-pub const TARGETS: [&str; 9] =
-    ["smtp_command", "smtp_data", "smtp_session", "address", "config", "table", "expand", "headers", "smtp_client"];
+pub const TARGETS: [&str; 10] = [
+    "smtp_command",
+    "smtp_data",
+    "smtp_session",
+    "address",
+    "config",
+    "table",
+    "expand",
+    "headers",
+    "smtp_client",
+    "privsep_frame",
+];

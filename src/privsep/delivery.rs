@@ -1,0 +1,138 @@
+//! The delivery process's side of the hand-off. It trusts nothing the smtp process sends:
+//! a frame that does not decode, or a body longer than the configuration allows, ends the
+//! link (the stream cannot be resynchronised); a recipient that its own `match` rules and
+//! resolution would not have accepted for that envelope fails the message (451) and is
+//! logged. Every path, uid and gid comes from this process's own configuration.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+
+use super::frame::{self, Head, Verdict};
+use crate::config::Config;
+use crate::deliver::{Job, Mail, Outcome, Pool};
+use crate::envelope::{Envelope, MsgId, Target};
+use crate::resolve;
+use crate::rules::{self, Decision};
+use crate::users::SystemUsers;
+
+/// Room for the Received header and rounding on top of `max-message-size`.
+const BODY_SLACK: u64 = 64 * 1024;
+
+/// Serves one smtp process until it closes its end, then waits for the pool to finish.
+pub fn serve(stream: UnixStream, config: &Arc<Config>, pool: Pool) {
+    let (vtx, vrx) = crossbeam_channel::unbounded::<(u64, Verdict)>();
+    let writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(e) => return log::error!("delivery: {e}"),
+    };
+    let writer = std::thread::Builder::new().name("verdicts".into()).spawn(move || write_verdicts(writer, &vrx));
+    // Buffered: a small message's length, head and body usually come in one read.
+    let mut reader = std::io::BufReader::with_capacity(64 * 1024, stream);
+    loop {
+        match next_message(&mut reader, config) {
+            Ok(Some((head, body))) => {
+                let seq = head.seq;
+                match targets(config, &head) {
+                    Ok(targets) => {
+                        let mail =
+                            Mail { id: MsgId(head.msgid), return_path: head.mail_from, received: head.received, body };
+                        let tx = vtx.clone();
+                        let done = Box::new(move |o: Outcome| drop(tx.send((seq, verdict(&o)))));
+                        pool.submit(Job { mail: Arc::new(mail), targets, done });
+                    }
+                    Err(why) => {
+                        log::warn!("delivery msgid={:08x} refused from the smtp process: {why}", head.msgid);
+                        let _ = vtx.send((seq, Verdict::TempFail("recipient not accepted by delivery".into())));
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                log::error!("delivery: refused input from the smtp process, closing the link: {e}");
+                break;
+            }
+        }
+    }
+    pool.shutdown();
+    drop(vtx);
+    if let Ok(w) = writer {
+        let _ = w.join();
+    }
+}
+
+fn next_message(r: &mut impl Read, config: &Config) -> std::io::Result<Option<(Head, Vec<u8>)>> {
+    let Some(bytes) = frame::read_frame(r, frame::MAX_HEAD)? else {
+        return Ok(None);
+    };
+    let head = frame::decode_head(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    if head.body_len > config.max_message_size.saturating_add(BODY_SLACK) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("body of {} bytes", head.body_len)));
+    }
+    // A buffer a finished message gave back (`Mail`'s drop), so steady traffic reuses them.
+    let mut body = crate::buffers::take();
+    // Bounded by the check above.
+    body.reserve(usize::try_from(head.body_len).unwrap_or(0));
+    r.take(head.body_len).read_to_end(&mut body)?;
+    if body.len() as u64 != head.body_len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(Some((head, body)))
+}
+
+/// Decides every recipient again, as a session of this envelope would have, and returns
+/// the distinct targets; the first recipient a real session would have refused fails all.
+pub fn targets(config: &Config, head: &Head) -> Result<Vec<Target>, String> {
+    if head.rcpts.is_empty() {
+        return Err("no recipient".into());
+    }
+    let mut out: Vec<Target> = Vec::new();
+    for rcpt in &head.rcpts {
+        let env = Envelope {
+            origin: &head.origin,
+            rdns: None,
+            tag: head.tag.as_deref(),
+            tls: head.tls,
+            auth: head.auth.as_deref(),
+            mail_from: &head.mail_from,
+            rcpt,
+        };
+        let action = match rules::decide(config, &env) {
+            Decision::Deliver(action) => action,
+            Decision::Reject | Decision::NoMatch => return Err(format!("<{rcpt}>: no rule accepts it")),
+        };
+        let found = resolve::resolve(config, action, &env, &SystemUsers).map_err(|e| format!("<{rcpt}>: {e}"))?;
+        for t in found {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn verdict(o: &Outcome) -> Verdict {
+    match o {
+        Outcome::Ok => Verdict::Ok,
+        Outcome::TempFail(c) => Verdict::TempFail(c.to_string()),
+        Outcome::PermFail(c) => Verdict::PermFail(c.to_string()),
+    }
+}
+
+/// Writes verdicts as they come, every one waiting at that moment in one write.
+fn write_verdicts(mut w: UnixStream, rx: &Receiver<(u64, Verdict)>) {
+    let mut buf = Vec::new();
+    while let Ok((seq, v)) = rx.recv() {
+        buf.clear();
+        frame::encode_verdict(seq, &v, &mut buf);
+        while let Ok((seq, v)) = rx.try_recv() {
+            frame::encode_verdict(seq, &v, &mut buf);
+        }
+        if let Err(e) = w.write_all(&buf) {
+            log::warn!("delivery: verdicts not sent, the smtp process is gone: {e}");
+            return;
+        }
+    }
+}

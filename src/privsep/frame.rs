@@ -1,0 +1,309 @@
+//! The framed protocol between mxd's processes. Sans-IO: encoders append to a `Vec<u8>`,
+//! decoders read a byte slice and never trust it (every length is checked against what is
+//! left and against a cap); the blocking readers at the bottom only move bytes.
+//!
+//! smtp → delivery, one message: `u32 head_len`, the head, then `body_len` raw body bytes.
+//! The head carries only what a client chose or could have produced: the listener's tag,
+//! where it came from, TLS, the authenticated (or local) user, sender, recipients as
+//! addresses, this hop's Received header; never a path, uid or action.
+//! ```text
+//! head: u64 seq | u32 msgid | u8 origin (0 socket, 4 + 4 bytes v4, 6 + 16 bytes v6) | u8 tls
+//!       | str tag | str auth | str mail_from | u16 n, n × str rcpt | bytes received | u64 body_len
+//! str: u16 len (0xffff = none) + UTF-8;  bytes: u32 len + bytes
+//! ```
+//! delivery → smtp, verdicts, several per write: `u32 len`, `u64 seq | u8 kind | UTF-8 text`.
+//! parent ↔ child requests and answers: `u32 len` + UTF-8 text.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::net::IpAddr;
+
+use crate::envelope::Origin;
+
+/// Largest head accepted: 1000 recipients of 256 octets, a Received header, slack.
+pub const MAX_HEAD: usize = 1 << 20;
+/// Largest verdict or request frame.
+pub const MAX_SMALL: usize = 1 << 20;
+const NONE: u16 = u16::MAX;
+
+/// A message's envelope as it crosses from the smtp process to delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub seq: u64,
+    pub msgid: u32,
+    pub origin: Origin,
+    pub tls: bool,
+    pub tag: Option<String>,
+    pub auth: Option<String>,
+    pub mail_from: String,
+    pub rcpts: Vec<String>,
+    pub received: Vec<u8>,
+    pub body_len: u64,
+}
+
+/// A delivery verdict on the wire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    TempFail(String),
+    PermFail(String),
+}
+
+/// Bytes that are not a frame of this protocol.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// Shorter than its fields say.
+    Truncated,
+    /// Longer than the cap, or bytes after the last field.
+    TooLong(usize),
+    /// A field with a value no sender of ours writes.
+    Bad(&'static str),
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Truncated => f.write_str("truncated frame"),
+            FrameError::TooLong(n) => write!(f, "frame too long ({n} bytes)"),
+            FrameError::Bad(what) => write!(f, "bad frame field: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+fn put_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        // Longer strings are cut: no field of ours comes near 64 KiB.
+        Some(s) => {
+            let b = &s.as_bytes()[..s.len().min(usize::from(NONE) - 1)];
+            out.extend_from_slice(&(b.len() as u16).to_be_bytes());
+            out.extend_from_slice(b);
+        }
+        None => out.extend_from_slice(&NONE.to_be_bytes()),
+    }
+}
+
+/// Appends `head`, with its length prefix, to `out`; the body follows on the wire.
+pub fn encode_head(head: &Head, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&head.seq.to_be_bytes());
+    out.extend_from_slice(&head.msgid.to_be_bytes());
+    match head.origin {
+        Origin::Socket => out.push(0),
+        Origin::Tcp(IpAddr::V4(a)) => {
+            out.push(4);
+            out.extend_from_slice(&a.octets());
+        }
+        Origin::Tcp(IpAddr::V6(a)) => {
+            out.push(6);
+            out.extend_from_slice(&a.octets());
+        }
+    }
+    out.push(u8::from(head.tls));
+    put_str(out, head.tag.as_deref());
+    put_str(out, head.auth.as_deref());
+    put_str(out, Some(&head.mail_from));
+    out.extend_from_slice(&(head.rcpts.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
+    for r in head.rcpts.iter().take(usize::from(u16::MAX)) {
+        put_str(out, Some(r));
+    }
+    out.extend_from_slice(&(head.received.len() as u32).to_be_bytes());
+    out.extend_from_slice(&head.received);
+    out.extend_from_slice(&head.body_len.to_be_bytes());
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Reads fields off a byte slice, refusing anything short.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.0.len() < n {
+            return Err(FrameError::Truncated);
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], FrameError> {
+        let mut a = [0; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, FrameError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, FrameError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, FrameError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, FrameError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+    fn opt_str(&mut self) -> Result<Option<String>, FrameError> {
+        let n = self.u16()?;
+        if n == NONE {
+            return Ok(None);
+        }
+        let b = self.take(usize::from(n))?;
+        std::str::from_utf8(b).map(|s| Some(s.to_owned())).map_err(|_| FrameError::Bad("string is not UTF-8"))
+    }
+    fn str(&mut self) -> Result<String, FrameError> {
+        self.opt_str()?.ok_or(FrameError::Bad("missing string"))
+    }
+}
+
+/// Decodes a head (without its length prefix).
+pub fn decode_head(bytes: &[u8]) -> Result<Head, FrameError> {
+    if bytes.len() > MAX_HEAD {
+        return Err(FrameError::TooLong(bytes.len()));
+    }
+    let mut c = Cursor(bytes);
+    let seq = c.u64()?;
+    let msgid = c.u32()?;
+    let origin = match c.u8()? {
+        0 => Origin::Socket,
+        4 => Origin::Tcp(IpAddr::from(c.array::<4>()?)),
+        6 => Origin::Tcp(IpAddr::from(c.array::<16>()?)),
+        _ => return Err(FrameError::Bad("origin")),
+    };
+    let tls = match c.u8()? {
+        0 => false,
+        1 => true,
+        _ => return Err(FrameError::Bad("tls flag")),
+    };
+    let tag = c.opt_str()?;
+    let auth = c.opt_str()?;
+    let mail_from = c.str()?;
+    let n = c.u16()?;
+    let rcpts = (0..n).map(|_| c.str()).collect::<Result<Vec<_>, _>>()?;
+    let rlen = c.u32()? as usize;
+    let received = c.take(rlen)?.to_vec();
+    let body_len = c.u64()?;
+    if !c.0.is_empty() {
+        return Err(FrameError::TooLong(bytes.len()));
+    }
+    Ok(Head { seq, msgid, origin, tls, tag, auth, mail_from, rcpts, received, body_len })
+}
+
+/// Appends one verdict frame to `out` (several are written at once).
+pub fn encode_verdict(seq: u64, verdict: &Verdict, out: &mut Vec<u8>) {
+    let (kind, text) = match verdict {
+        Verdict::Ok => (0u8, ""),
+        Verdict::TempFail(t) => (1, t.as_str()),
+        Verdict::PermFail(t) => (2, t.as_str()),
+    };
+    let text = &text.as_bytes()[..text.len().min(4096)];
+    out.extend_from_slice(&((9 + text.len()) as u32).to_be_bytes());
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.push(kind);
+    out.extend_from_slice(text);
+}
+
+/// Decodes a verdict frame (without its length prefix).
+pub fn decode_verdict(bytes: &[u8]) -> Result<(u64, Verdict), FrameError> {
+    let mut c = Cursor(bytes);
+    let seq = c.u64()?;
+    let kind = c.u8()?;
+    let text = String::from_utf8_lossy(c.0).into_owned();
+    let v = match kind {
+        0 => Verdict::Ok,
+        1 => Verdict::TempFail(text),
+        2 => Verdict::PermFail(text),
+        _ => return Err(FrameError::Bad("verdict kind")),
+    };
+    Ok((seq, v))
+}
+
+/// A length-prefixed text frame (parent ↔ child requests and answers).
+pub fn encode_text(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + text.len());
+    out.extend_from_slice(&(text.len() as u32).to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+    out
+}
+
+/// Reads one length-prefixed frame of at most `max` bytes. `Ok(None)` is a clean end of
+/// stream between frames; a stream cut inside a frame is `UnexpectedEof`.
+pub fn read_frame(r: &mut impl Read, max: usize) -> io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, FrameError::TooLong(len)));
+    }
+    let mut buf = vec![0; len];
+    r.read_exact(&mut buf)?;
+    Ok(Some(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head() -> Head {
+        Head {
+            seq: 7,
+            msgid: 0x64f3_eab9,
+            origin: Origin::Tcp("::1".parse().unwrap()),
+            tls: true,
+            tag: Some("MX".into()),
+            auth: None,
+            mail_from: String::new(),
+            rcpts: vec!["joseph@test".into(), "alice@test".into()],
+            received: b"Received: from x\n".to_vec(),
+            body_len: 12,
+        }
+    }
+
+    #[test]
+    fn heads_and_verdicts_round_trip() {
+        let mut out = Vec::new();
+        encode_head(&head(), &mut out);
+        let frame = read_frame(&mut &out[..], MAX_HEAD).unwrap().unwrap();
+        assert_eq!(decode_head(&frame), Ok(head()));
+        let mut v = Vec::new();
+        encode_verdict(9, &Verdict::TempFail("disk full".into()), &mut v);
+        encode_verdict(10, &Verdict::Ok, &mut v);
+        let mut r = &v[..];
+        let a = read_frame(&mut r, MAX_SMALL).unwrap().unwrap();
+        let b = read_frame(&mut r, MAX_SMALL).unwrap().unwrap();
+        assert_eq!(decode_verdict(&a), Ok((9, Verdict::TempFail("disk full".into()))));
+        assert_eq!(decode_verdict(&b), Ok((10, Verdict::Ok)));
+        assert!(read_frame(&mut r, MAX_SMALL).unwrap().is_none());
+    }
+
+    #[test]
+    fn every_truncation_and_forgery_is_refused() {
+        let mut out = Vec::new();
+        encode_head(&head(), &mut out);
+        let full = &out[4..];
+        for n in 0..full.len() {
+            assert!(decode_head(&full[..n]).is_err(), "prefix of {n} bytes accepted");
+        }
+        let mut longer = full.to_vec();
+        longer.push(0);
+        assert!(decode_head(&longer).is_err());
+        let mut bad_origin = full.to_vec();
+        bad_origin[12] = 5;
+        assert_eq!(decode_head(&bad_origin), Err(FrameError::Bad("origin")));
+        // A length past the cap is refused before anything is allocated for it.
+        let huge = [0xff, 0xff, 0xff, 0xff];
+        assert!(read_frame(&mut &huge[..], MAX_HEAD).is_err());
+        assert!(read_frame(&mut &out[..10], MAX_HEAD).is_err());
+    }
+}

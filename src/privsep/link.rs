@@ -1,0 +1,137 @@
+//! The smtp process's end of the hand-off to delivery: the loops call [`Link::submit`]
+//! with a message's envelope, Received header and body; a writer thread sends each as one
+//! frame (the body is written from the loop's buffer, never copied), a reader thread takes
+//! the batched verdicts and calls each message's `done`. If the delivery process goes away,
+//! every waiting message and every later one gets a temporary failure (451): the client
+//! retries, nothing that got a 250 depends on this process.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::frame::{self, Head, Verdict};
+
+type Done = Box<dyn FnOnce(Verdict) + Send>;
+
+struct Outgoing {
+    head: Vec<u8>,
+    body: Vec<u8>,
+}
+
+pub struct Link {
+    tx: Sender<Outgoing>,
+    pending: Arc<Mutex<HashMap<u64, Done>>>,
+    seq: AtomicU64,
+    lost: Arc<AtomicBool>,
+}
+
+impl Link {
+    /// Starts the writer and reader threads on `stream`, a socketpair end to delivery.
+    pub fn start(stream: UnixStream) -> std::io::Result<Link> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Outgoing>();
+        let pending: Arc<Mutex<HashMap<u64, Done>>> = Arc::default();
+        let lost = Arc::new(AtomicBool::new(false));
+        let reader = stream.try_clone()?;
+        let (p, l) = (Arc::clone(&pending), Arc::clone(&lost));
+        std::thread::Builder::new().name("link-write".into()).spawn(move || write_loop(stream, &rx, &p, &l))?;
+        let (p, l) = (Arc::clone(&pending), Arc::clone(&lost));
+        std::thread::Builder::new().name("link-read".into()).spawn(move || read_loop(reader, &p, &l))?;
+        Ok(Link { tx, pending, seq: AtomicU64::new(1), lost })
+    }
+
+    /// Hands one message to delivery; `done` is called once, on a link thread.
+    pub fn submit(&self, mut head: Head, body: Vec<u8>, done: Done) {
+        if self.lost.load(Ordering::Relaxed) {
+            crate::buffers::give(body);
+            return done(Verdict::TempFail("delivery process unavailable".into()));
+        }
+        head.seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        head.body_len = body.len() as u64;
+        let mut bytes = Vec::with_capacity(256 + head.received.len());
+        frame::encode_head(&head, &mut bytes);
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(head.seq, done);
+        }
+        if let Err(e) = self.tx.send(Outgoing { head: bytes, body }) {
+            crate::buffers::give(e.0.body);
+            fail(&self.pending, Some(head.seq), "delivery link closed");
+        }
+    }
+}
+
+/// Fails one waiting message (`Some(seq)`) or all of them.
+fn fail(pending: &Mutex<HashMap<u64, Done>>, seq: Option<u64>, why: &str) {
+    let taken: Vec<Done> = match pending.lock() {
+        Ok(mut p) => match seq {
+            Some(s) => p.remove(&s).into_iter().collect(),
+            None => p.drain().map(|(_, d)| d).collect(),
+        },
+        Err(_) => Vec::new(),
+    };
+    for done in taken {
+        done(Verdict::TempFail(why.to_owned()));
+    }
+}
+
+/// Head and body in one writev(2) when the socket takes them whole, as it usually does.
+fn send(stream: &mut UnixStream, head: &[u8], body: &[u8]) -> std::io::Result<()> {
+    let n = stream.write_vectored(&[std::io::IoSlice::new(head), std::io::IoSlice::new(body)])?;
+    match n.checked_sub(head.len()) {
+        Some(sent) => stream.write_all(body.get(sent..).unwrap_or_default()),
+        None => stream.write_all(head.get(n..).unwrap_or_default()).and_then(|()| stream.write_all(body)),
+    }
+}
+
+fn write_loop(mut stream: UnixStream, rx: &Receiver<Outgoing>, pending: &Mutex<HashMap<u64, Done>>, lost: &AtomicBool) {
+    while let Ok(out) = rx.recv() {
+        let sent = send(&mut stream, &out.head, &out.body);
+        crate::buffers::give(out.body);
+        if let Err(e) = sent {
+            log::error!("delivery link: write failed: {e}");
+            lost.store(true, Ordering::Relaxed);
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            fail(pending, None, "delivery process unavailable");
+            // Later messages are failed by `submit` or here as they come.
+            for out in rx.iter() {
+                crate::buffers::give(out.body);
+                fail(pending, None, "delivery process unavailable");
+            }
+            return;
+        }
+    }
+}
+
+fn read_loop(stream: UnixStream, pending: &Mutex<HashMap<u64, Done>>, lost: &AtomicBool) {
+    // Verdicts come several per write: read them in one go.
+    let mut reader = std::io::BufReader::new(stream);
+    loop {
+        let frame = match frame::read_frame(&mut reader, frame::MAX_SMALL) {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                log::error!("delivery link: {e}");
+                break;
+            }
+        };
+        let (seq, verdict) = match frame::decode_verdict(&frame) {
+            Ok(v) => v,
+            Err(e) => {
+                log::error!("delivery link: refused verdict: {e}");
+                break;
+            }
+        };
+        let done = pending.lock().ok().and_then(|mut p| p.remove(&seq));
+        match done {
+            Some(done) => done(verdict),
+            None => log::warn!("delivery link: verdict for unknown message {seq}"),
+        }
+    }
+    log::error!("delivery process gone: waiting messages get 451");
+    lost.store(true, Ordering::Relaxed);
+    let _ = reader.get_ref().shutdown(std::net::Shutdown::Both);
+    fail(pending, None, "delivery process unavailable");
+}
