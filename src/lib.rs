@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub, rust_2018_idioms)]
 
+pub mod auth;
 pub mod buffers;
 pub mod config;
 pub mod control;
