@@ -9,6 +9,11 @@ use std::fmt;
 /// `encrypt` both default to 10 for `$2b$`.
 pub const ENCRYPT_COST: u32 = 10;
 
+/// The most work one check may cost (about 5 s each on a small machine): a hash asking for
+/// more, by mistake or not, would let each login attempt stall the process that checks.
+pub const MAX_BCRYPT_COST: u32 = 16;
+pub const MAX_SHA_ROUNDS: u64 = 10_000_000;
+
 /// A valid bcrypt hash of a password nobody has: checked when the user is unknown, so an
 /// unknown user costs as much time as a wrong password.
 pub(super) const DUMMY: &str = "$2b$10$XHH8w/I0EgGwxd09CPweLuu7C9DdOBM.cT1.J6AbiJ8OzmR3unh9m";
@@ -32,6 +37,8 @@ pub enum HashError {
     UnknownForm(Option<String>),
     /// The prefix of a known form, but the rest does not parse.
     Malformed(HashForm),
+    /// A cost or rounds above [`MAX_BCRYPT_COST`] / [`MAX_SHA_ROUNDS`].
+    TooCostly(HashForm),
 }
 
 impl fmt::Display for HashError {
@@ -45,6 +52,10 @@ impl fmt::Display for HashError {
                 "not a password hash (expected bcrypt $2b$/$2a$/$2y$, SHA-512-crypt $6$ or SHA-256-crypt $5$; make one with \"mxctl encrypt\")",
             ),
             HashError::Malformed(form) => write!(f, "malformed {form:?} password hash"),
+            HashError::TooCostly(form) => write!(
+                f,
+                "{form:?} password hash too costly to check (at most bcrypt cost {MAX_BCRYPT_COST}, {MAX_SHA_ROUNDS} SHA-crypt rounds)"
+            ),
         }
     }
 }
@@ -72,6 +83,9 @@ fn printable(prefix: &str) -> String {
 /// itself cannot be used (the administrator's problem, to be logged).
 pub fn verify(hash: &str, password: &[u8]) -> Result<bool, HashError> {
     let form = form(hash)?;
+    if too_costly(form, hash) {
+        return Err(HashError::TooCostly(form));
+    }
     match form {
         HashForm::Bcrypt => bcrypt::verify(password, hash).map_err(|_| HashError::Malformed(form)),
         HashForm::Sha512Crypt | HashForm::Sha256Crypt => {
@@ -81,6 +95,17 @@ pub fn verify(hash: &str, password: &[u8]) -> Result<bool, HashError> {
                 Err(Error::PasswordInvalid) => Ok(false),
                 Err(_) => Err(HashError::Malformed(form)),
             }
+        }
+    }
+}
+
+/// `$2b$NN$…` with NN over the limit, or `$6$rounds=N$…` with N over it.
+fn too_costly(form: HashForm, hash: &str) -> bool {
+    let field = hash.split('$').nth(2).unwrap_or("");
+    match form {
+        HashForm::Bcrypt => field.parse::<u32>().is_ok_and(|cost| cost > MAX_BCRYPT_COST),
+        HashForm::Sha512Crypt | HashForm::Sha256Crypt => {
+            field.strip_prefix("rounds=").is_some_and(|n| n.parse::<u64>().map_or(true, |n| n > MAX_SHA_ROUNDS))
         }
     }
 }
@@ -146,6 +171,9 @@ mod tests {
             ("$6$", HashError::Malformed(HashForm::Sha512Crypt)),
             ("$6$salt$!!!", HashError::Malformed(HashForm::Sha512Crypt)),
             ("$2b$10$short", HashError::Malformed(HashForm::Bcrypt)),
+            ("$2b$31$XHH8w/I0EgGwxd09CPweLuu7C9DdOBM.cT1.J6AbiJ8OzmR3unh9m", HashError::TooCostly(HashForm::Bcrypt)),
+            ("$6$rounds=999999999$salt$abc", HashError::TooCostly(HashForm::Sha512Crypt)),
+            ("$5$rounds=99999999999999999999999$salt$abc", HashError::TooCostly(HashForm::Sha256Crypt)),
         ];
         for (hash, want) in cases {
             assert_eq!(&verify(hash, b"secret").unwrap_err(), want, "{hash}");
