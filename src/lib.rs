@@ -13,6 +13,7 @@
 #![deny(unsafe_code)]
 #![warn(unreachable_pub, rust_2018_idioms)]
 
+pub mod auth;
 pub mod buffers;
 pub mod client_io;
 pub mod config;

@@ -6,6 +6,7 @@
 //! mxctl [-f file] show queue | show stats | schedule all|ID | remove all|ID | reload
 //!                 | update table NAME
 //! mxctl [-f file] sendmail [sendmail flags] [recipient ...]
+//! mxctl encrypt [password]
 //! ```
 //! The configuration (-f, -C for sendmail, else $MXD_CONF, else /etc/mxd/smtpd.conf) is read
 //! only for its `spool` and `hostname` lines. Exit statuses follow sysexits(3).
@@ -15,13 +16,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use mxd::auth::Secret;
 use mxd::control::{self, ControlError, Verb};
 use mxd::submit::{self, args, conf, exit, Outcome, Submitter};
 
 const USAGE: &str = "usage: mxctl [-f file] show queue | show stats | schedule all|ID | remove all|ID\n\
                      \x20      | reload | update table NAME\n\
                      \x20      mxctl [-f file] sendmail [-tv] [-f from] [-F name] to ...\n\
-                     \x20      mxctl makemap [-U] [-o dbfile] [-t aliases|set] file";
+                     \x20      mxctl makemap [-U] [-o dbfile] [-t aliases|set] file\n\
+                     \x20      mxctl encrypt [password]";
 
 fn main() -> ExitCode {
     let mut argv = std::env::args_os();
@@ -57,6 +60,8 @@ fn mxctl(rest: Vec<OsString>) -> u8 {
             return sendmail(iter.collect(), conf_flag);
         } else if words.is_empty() && text == "makemap" {
             return makemap(iter.collect());
+        } else if words.is_empty() && text == "encrypt" {
+            return encrypt(iter.collect());
         } else {
             words.push(text);
         }
@@ -184,4 +189,46 @@ fn makemap(rest: Vec<OsString>) -> u8 {
             exit::DATAERR
         }
     }
+}
+
+/// `encrypt [password]`, as `smtpctl encrypt`: a bcrypt `$2b$` hash for an auth table, of
+/// the argument, or else of each line of stdin (one hash per line, as encrypt(1) does).
+fn encrypt(args: Vec<OsString>) -> u8 {
+    use std::io::Read;
+    use std::os::unix::ffi::OsStrExt;
+    let input = match args.as_slice() {
+        [] => {
+            let mut buf = Vec::with_capacity(4096);
+            if let Err(e) = std::io::stdin().lock().read_to_end(&mut buf) {
+                eprintln!("mxctl: encrypt: cannot read stdin: {e}");
+                return exit::IOERR;
+            }
+            Secret::new(buf)
+        }
+        [one] => Secret::new(one.as_bytes().to_vec()),
+        _ => return usage(),
+    };
+    let passwords: Vec<&[u8]> = if args.is_empty() {
+        let text = input.expose();
+        let text = text.strip_suffix(b"\n").unwrap_or(text);
+        if text.is_empty() {
+            return exit::OK;
+        }
+        text.split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l)).collect()
+    } else {
+        vec![input.expose()]
+    };
+    let mut out = std::io::stdout().lock();
+    for password in passwords {
+        match mxd::auth::hash::encrypt(password) {
+            Ok(hash) => {
+                let _ = writeln!(out, "{hash}");
+            }
+            Err(e) => {
+                eprintln!("mxctl: encrypt: {e}");
+                return exit::SOFTWARE;
+            }
+        }
+    }
+    exit::OK
 }

@@ -26,7 +26,8 @@ pub enum Command<'a> {
     Expn,
     Help,
     StartTls,
-    Auth,
+    /// The arguments: mechanism and optional initial response.
+    Auth(&'a [u8]),
     Bdat,
 }
 
@@ -87,7 +88,7 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
         b"VRFY" => Ok(Command::Vrfy),
         b"EXPN" => Ok(Command::Expn),
         b"HELP" => Ok(Command::Help),
-        b"AUTH" => Ok(Command::Auth),
+        b"AUTH" => Ok(Command::Auth(arg)),
         b"BDAT" => Ok(Command::Bdat),
         _ => Err(CommandError::Unknown),
     }
@@ -177,6 +178,8 @@ mod tests {
             (b"noop anything", Ok(Command::Noop)),
             (b"QUIT", Ok(Command::Quit)),
             (b"STARTTLS", Ok(Command::StartTls)),
+            (b"AUTH PLAIN AGpvZQBzZWNyZXQ=", Ok(Command::Auth(b"PLAIN AGpvZQBzZWNyZXQ="))),
+            (b"auth", Ok(Command::Auth(b""))),
             (b"GET / HTTP/1.1", Err(CommandError::Unknown)),
             (b"", Err(CommandError::Unknown)),
             (b"\xff\xfe", Err(CommandError::Unknown)),

@@ -9,10 +9,11 @@ pub mod client;
 pub mod command;
 pub mod data;
 pub mod reply;
+pub mod sasl;
 pub mod session;
 
 pub use reply::Reply;
 pub use session::{
-    AcceptAll, CloseReason, Event, Message, Outcome, Policy, Refusal, Session, SessionConfig, TlsInfo, TlsPolicy,
-    TxContext, TxStep,
+    AcceptAll, AuthConfig, AuthId, AuthPolicy, AuthRequest, AuthResult, CloseReason, Event, Message, Outcome, Policy,
+    Refusal, Session, SessionConfig, TlsInfo, TlsPolicy, TxContext, TxStep,
 };

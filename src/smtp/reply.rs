@@ -56,7 +56,7 @@ pub const NEED_MAIL: Reply = Reply::fixed(503, "5.5.1", "Invalid command: No MAI
 pub const NEED_RCPT: Reply = Reply::fixed(503, "5.5.1", "Invalid command: No recipient specified");
 pub const ALREADY_TLS: Reply = Reply::fixed(503, "5.5.1", "Invalid command: TLS already active");
 pub const NO_TLS: Reply = Reply::fixed(502, "5.5.1", "Invalid command: STARTTLS not available");
-pub const NO_AUTH: Reply = Reply::fixed(503, "5.5.1", "Invalid command: AUTH not supported");
+pub const NO_AUTH: Reply = Reply::fixed(503, "5.5.1", "Invalid command: Command not supported");
 pub const NOT_IMPLEMENTED: Reply = Reply::fixed(502, "5.5.1", "Invalid command: Command not implemented");
 pub const SYNTAX_HELO: Reply = Reply::fixed(501, "5.5.4", "Syntax: HELO/EHLO hostname");
 pub const SYNTAX_MAIL: Reply = Reply::fixed(501, "5.5.4", "Syntax: MAIL FROM:<address>");
@@ -74,6 +74,29 @@ pub const TOO_MANY_ERRORS: Reply = Reply::fixed(421, "4.7.0", "Too many errors, 
 pub const TIMEOUT: Reply = Reply::fixed(421, "4.4.2", "Timeout exceeded, closing connection");
 pub const TEMPFAIL: Reply = Reply::fixed(451, "4.3.0", "Temporary failure, try again later");
 pub const PERMFAIL: Reply = Reply::fixed(554, "5.0.0", "Transaction failed");
+
+// AUTH (RFC 4954): OpenSMTPD's texts where it has one; the enhanced codes of RFC 4954 §6.
+pub const AUTH_OK: Reply = Reply::fixed(235, "2.0.0", "Authentication succeeded");
+pub const AUTH_FAILED: Reply = Reply::fixed(535, "5.7.8", "Authentication failed");
+pub const AUTH_TEMPFAIL: Reply = Reply::fixed(454, "4.7.0", "Temporary authentication failure");
+/// PLAIN without an initial response: an empty challenge.
+pub const AUTH_PLAIN_GO: Reply = Reply::fixed(334, "", "");
+pub const AUTH_USERNAME: Reply = Reply::fixed(334, "", "VXNlcm5hbWU6");
+pub const AUTH_PASSWORD: Reply = Reply::fixed(334, "", "UGFzc3dvcmQ6");
+pub const AUTH_CANCELED: Reply = Reply::fixed(501, "5.7.0", "Authentication canceled");
+pub const AUTH_SYNTAX: Reply = Reply::fixed(501, "5.5.2", "Syntax error: malformed AUTH response");
+pub const AUTH_NO_MECHANISM: Reply = Reply::fixed(501, "5.5.4", "Invalid command arguments: No parameters given");
+pub const AUTH_UNKNOWN_MECHANISM: Reply =
+    Reply::fixed(504, "5.7.4", "Security features not supported: AUTH method not supported");
+pub const AUTH_NOT_NOW: Reply = Reply::fixed(503, "5.5.1", "Invalid command: Command not allowed at this point.");
+pub const AUTH_TWICE: Reply = Reply::fixed(503, "5.5.1", "Invalid command: Already authenticated");
+pub const AUTH_REQUIRED: Reply = Reply::fixed(530, "5.7.0", "Must issue an AUTH command first");
+pub const TOO_MANY_AUTH_FAILURES: Reply =
+    Reply::fixed(421, "4.7.0", "Too many authentication failures, closing connection");
+/// `senders <t>`: MAIL FROM is not one of the authenticated user's addresses
+/// (`auth::senders::sender_allowed` said no).
+pub const SENDER_NOT_ALLOWED: Reply =
+    Reply::fixed(550, "5.7.1", "Sender rejected: not an address of the authenticated user");
 
 pub const SHUTTING_DOWN: Reply = Reply::fixed(421, "4.3.0", "Server shutting down");
 pub const TOO_MANY_CONNECTIONS: Reply = Reply::fixed(421, "4.3.2", "Too many connections, try again later");
@@ -104,6 +127,9 @@ pub fn hello(out: &mut Vec<u8>, host: &str, name: &str, ehlo: Option<Extensions>
     if ext.starttls {
         out.extend_from_slice(b"250-STARTTLS\r\n");
     }
+    if ext.auth {
+        out.extend_from_slice(b"250-AUTH PLAIN LOGIN\r\n");
+    }
     let _ = write!(
         out,
         "250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SIZE {}\r\n250-PIPELINING\r\n250-SMTPUTF8\r\n250 HELP\r\n",
@@ -115,6 +141,8 @@ pub fn hello(out: &mut Vec<u8>, host: &str, name: &str, ehlo: Option<Extensions>
 #[derive(Clone, Copy, Debug)]
 pub struct Extensions {
     pub starttls: bool,
+    /// `AUTH PLAIN LOGIN`: only on an auth listener, under TLS, before a login succeeded.
+    pub auth: bool,
     pub size: u64,
 }
 

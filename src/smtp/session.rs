@@ -3,7 +3,9 @@
 //!
 //! The final 250 after DATA is sent only by `handle_commit`: the session parks in
 //! `AwaitCommit` and reads nothing until the server reports that the message is on disk
-//! (OpenSMTPD's wait_queue_commit, as a state).
+//! (OpenSMTPD's wait_queue_commit, as a state). AUTH waits the same way: the session never
+//! checks a password; it hands the credentials out (`poll_auth`) and parks in `AwaitAuth`
+//! until `handle_auth` (session/auth.rs).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -14,6 +16,10 @@ use super::command::{self, Command, CommandError};
 use super::data::{DataDecoder, DataError, DataStatus};
 use super::reply::{self, Reply};
 use crate::envelope::MsgId;
+
+mod auth;
+use auth::AuthStep;
+pub use auth::{AuthConfig, AuthId, AuthPolicy, AuthRequest, AuthResult};
 
 /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -102,7 +108,7 @@ pub enum Event<R> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
     pub step: TxStep,
-    /// The address MAIL or RCPT named, once parsed.
+    /// The address MAIL or RCPT named, once parsed; for `TxStep::Auth`, the user name.
     pub address: Option<String>,
     pub reply: Reply,
 }
@@ -113,6 +119,8 @@ pub enum TxStep {
     Mail,
     Rcpt,
     Data,
+    /// A login refused (535, 454) or the session closed for too many (421).
+    Auth,
 }
 
 impl TxStep {
@@ -121,6 +129,7 @@ impl TxStep {
             TxStep::Mail => "mail",
             TxStep::Rcpt => "rcpt",
             TxStep::Data => "data",
+            TxStep::Auth => "auth",
         }
     }
 }
@@ -133,6 +142,8 @@ pub enum CloseReason {
     Eof,
     /// A bare CR or LF in DATA: the dialogue cannot be trusted to be in sync any more.
     Protocol,
+    /// `AuthConfig::max_failures` logins failed.
+    TooManyAuthFailures,
 }
 
 /// The verdict of the delivery layer on a message.
@@ -159,6 +170,10 @@ enum State<R> {
     Mail(Tx<R>),
     Data(Tx<R>, DataDecoder),
     AwaitCommit(MsgId),
+    /// A 334 challenge sent; the next line is the client's response, not a command.
+    Auth(AuthStep),
+    /// Credentials handed out (`poll_auth`); input paused until `handle_auth`.
+    AwaitAuth(AuthId, String),
     /// 220 to STARTTLS queued; waiting for `handle_tls`.
     StartTls,
     Closing,
@@ -171,7 +186,12 @@ pub struct Session<P: Policy> {
     helo: Option<String>,
     esmtp: bool,
     tls: Option<TlsInfo>,
+    /// Who the client is: set by a successful AUTH, or by the server (`set_auth`).
     auth: Option<String>,
+    auth_cfg: AuthConfig,
+    auth_failures: u32,
+    next_auth_id: u32,
+    auth_request: Option<AuthRequest>,
     out: Vec<u8>,
     events: VecDeque<Event<P::Rcpt>>,
     errors: u32,
@@ -192,6 +212,10 @@ impl<P: Policy> Session<P> {
             esmtp: false,
             tls: None,
             auth: None,
+            auth_cfg: AuthConfig::OFF,
+            auth_failures: 0,
+            next_auth_id: 0,
+            auth_request: None,
             out: Vec::new(),
             events: VecDeque::new(),
             errors: 0,
@@ -230,13 +254,14 @@ impl<P: Policy> Session<P> {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
-            State::AwaitCommit(_) | State::Closing => None,
+            State::AwaitCommit(_) | State::AwaitAuth(..) | State::Closing => None,
             _ => Some(self.deadline),
         }
     }
 
     pub fn wants_read(&self) -> bool {
-        !matches!(self.state, State::AwaitCommit(_) | State::StartTls | State::Closing) && self.out.len() < MAX_OUTPUT
+        !matches!(self.state, State::AwaitCommit(_) | State::AwaitAuth(..) | State::StartTls | State::Closing)
+            && self.out.len() < MAX_OUTPUT
     }
 
     pub fn is_closing(&self) -> bool {
@@ -271,7 +296,7 @@ impl<P: Policy> Session<P> {
             };
             pos += lf + 1;
             if std::mem::take(&mut self.discarding) || lf + 1 > MAX_COMMAND_LINE {
-                self.error(reply::LINE_TOO_LONG);
+                self.line_too_long();
                 continue;
             }
             let line = rest[..lf].strip_suffix(b"\r").unwrap_or(&rest[..lf]);
@@ -344,7 +369,19 @@ impl<P: Policy> Session<P> {
         }
     }
 
+    /// An over-long line also ends an AUTH exchange: it cannot be a valid response.
+    fn line_too_long(&mut self) {
+        if matches!(self.state, State::Auth(_)) {
+            self.state = State::Ready;
+        }
+        self.error(reply::LINE_TOO_LONG);
+    }
+
     fn command(&mut self, line: &[u8]) {
+        if matches!(self.state, State::Auth(_)) {
+            let State::Auth(step) = std::mem::replace(&mut self.state, State::Ready) else { return };
+            return self.auth_response(step, line);
+        }
         let cmd = match command::parse(line) {
             Ok(cmd) => cmd,
             Err(e) => return self.error(e.reply()),
@@ -369,7 +406,7 @@ impl<P: Policy> Session<P> {
             Command::Vrfy | Command::Expn => self.reply(&reply::VRFY),
             Command::Help => reply::help(&mut self.out),
             Command::StartTls => self.starttls(),
-            Command::Auth => self.error(reply::NO_AUTH),
+            Command::Auth(arg) => self.auth(arg),
             Command::Bdat => self.error(reply::NOT_IMPLEMENTED),
         }
     }
@@ -379,7 +416,11 @@ impl<P: Policy> Session<P> {
         self.helo = Some(name.to_owned());
         self.esmtp = esmtp;
         let offer_tls = self.cfg.tls != TlsPolicy::Unavailable && self.tls.is_none() && !self.cfg.tls_active;
-        let ext = esmtp.then_some(reply::Extensions { starttls: offer_tls, size: self.cfg.max_message_size });
+        let ext = esmtp.then_some(reply::Extensions {
+            starttls: offer_tls,
+            auth: self.offers_auth(),
+            size: self.cfg.max_message_size,
+        });
         reply::hello(&mut self.out, &self.cfg.hostname, name, ext);
     }
 
@@ -391,6 +432,9 @@ impl<P: Policy> Session<P> {
         }
         if self.cfg.tls == TlsPolicy::Require && self.tls.is_none() {
             return self.refuse(TxStep::Mail, None, reply::TLS_REQUIRED);
+        }
+        if self.auth_cfg.policy == AuthPolicy::Required && self.auth.is_none() {
+            return self.refuse(TxStep::Mail, None, reply::AUTH_REQUIRED);
         }
         let params = match command::mail_params(params) {
             Ok(p) => p,

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mxd::smtp::data::{reference_decode, DataDecoder, DataStatus};
-use mxd::smtp::{AcceptAll, Event, Outcome, Session, SessionConfig, TlsInfo, TlsPolicy};
+use mxd::smtp::{
+    AcceptAll, AuthConfig, AuthPolicy, AuthResult, Event, Outcome, Session, SessionConfig, TlsInfo, TlsPolicy, TxStep,
+};
 
 /// The command parser never panics; every error maps to a 4xx/5xx reply.
 pub fn smtp_command(data: &[u8]) {
@@ -49,7 +51,11 @@ pub fn smtp_data(data: &[u8]) {
 
 /// A whole session driven by arbitrary client bytes: replies well-formed and numbered,
 /// output and pending input bounded, and every accepted message exactly what the reference
-/// decoder makes of the bytes after its DATA line (no smuggled end of data).
+/// decoder makes of the bytes after its DATA line (no smuggled end of data). AUTH runs on an
+/// auth listener (required when the input's length is 3 mod 4, else optional): credentials
+/// come out only under TLS, with a clean user name and a password; the password `good`
+/// logs in, `temp` is a temporary failure, anything else fails; every message carries the
+/// user who logged in, and only then.
 pub fn smtp_session(data: &[u8]) {
     const MAX: u64 = 2048;
     let cfg = SessionConfig {
@@ -63,6 +69,9 @@ pub fn smtp_session(data: &[u8]) {
     };
     let now = Instant::now();
     let mut s = Session::new(Arc::new(cfg), AcceptAll::default(), now);
+    let policy = if data.len() % 4 == 3 { AuthPolicy::Required } else { AuthPolicy::Optional };
+    s.set_auth_config(AuthConfig::new(policy));
+    let (mut tls, mut logged_in) = (false, None::<String>);
     let mut pending: Vec<u8> = Vec::new();
     // Offsets into `data`: the next byte to feed, the first byte not consumed, where the
     // content of the current DATA starts.
@@ -80,9 +89,27 @@ pub fn smtp_session(data: &[u8]) {
         if s.in_data() && data_start.is_none() {
             data_start = Some(consumed);
         }
+        if let Some(req) = s.poll_auth() {
+            assert!(tls, "credentials taken on a plaintext channel");
+            assert!(logged_in.is_none(), "a second login");
+            assert!(!req.user.is_empty() && !req.user.chars().any(|c| c.is_whitespace() || c.is_control()));
+            assert!(!req.password.is_empty() && !format!("{req:?}").contains("password: ["));
+            assert!(!s.wants_read(), "reads on while the server checks");
+            let verdict = match req.password.expose() {
+                b"good" => AuthResult::Ok,
+                b"temp" => AuthResult::TempFail,
+                _ => AuthResult::Failed,
+            };
+            if verdict == AuthResult::Ok {
+                logged_in = Some(req.user.clone());
+            }
+            s.handle_auth(req.id, verdict);
+        }
         while let Some(ev) = s.poll_event() {
             match ev {
                 Event::Message(m) => {
+                    assert_eq!(m.auth, logged_in, "a message carries exactly the user who logged in");
+                    assert!(policy == AuthPolicy::Optional || logged_in.is_some(), "MAIL before AUTH");
                     let start = data_start.take().expect("a message comes out of DATA");
                     match reference_decode(&data[start..], MAX) {
                         Some((_, Ok(body))) => {
@@ -99,7 +126,9 @@ pub fn smtp_session(data: &[u8]) {
                     consumed += pending.len();
                     pending.clear();
                     s.handle_tls(TlsInfo { version: "TLSv1.3".into(), cipher: "X".into(), bits: 256 });
+                    tls = true;
                 }
+                Event::Refused(r) if r.step == TxStep::Auth => assert!(r.address.is_some(), "refusal names the user"),
                 Event::Close(_) | Event::Refused(_) => {}
             }
         }

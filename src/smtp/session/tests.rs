@@ -297,3 +297,276 @@ fn refused<R: std::fmt::Debug>(event: Event<R>) -> Refusal {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+// AUTH (issue 15). "\0joseph\0s3cret" in base64:
+const PLAIN_JOSEPH: &str = "AGpvc2VwaABzM2NyZXQ=";
+
+impl Dialog {
+    /// A session on an auth listener, after STARTTLS and a fresh EHLO.
+    fn tls_with_auth(policy: AuthPolicy) -> Dialog {
+        let mut d = Dialog::new(TlsPolicy::Offer);
+        d.s.set_auth_config(AuthConfig::new(policy));
+        d.send("EHLO c\r\n");
+        assert!(!d.out.contains("AUTH"), "AUTH offered on plaintext: {}", d.out);
+        d.out.clear();
+        d.send("STARTTLS\r\n");
+        d.expect("220 2.0.0");
+        assert!(matches!(d.s.poll_event(), Some(Event::StartTls)));
+        d.s.handle_tls(TlsInfo { version: "TLSv1.3".into(), cipher: "TLS13_AES_256_GCM_SHA384".into(), bits: 256 });
+        d.send("EHLO c\r\n");
+        assert!(d.out.contains("250-AUTH PLAIN LOGIN\r\n"), "{}", d.out);
+        d.out.clear();
+        d
+    }
+
+    fn auth_request(&mut self) -> AuthRequest {
+        let req = self.s.poll_auth().expect("credentials handed out");
+        assert!(!self.s.wants_read(), "input paused while the server checks");
+        assert_eq!(self.s.poll_timeout(), None, "no idle timeout while the server checks");
+        req
+    }
+
+    fn events(&mut self) -> Vec<Event<()>> {
+        std::iter::from_fn(|| self.s.poll_event()).collect()
+    }
+}
+
+#[test]
+fn auth_is_offered_only_under_tls_on_an_auth_listener() {
+    // Not configured: never offered, refused with OpenSMTPD's text even under TLS.
+    let mut d = Dialog::new(TlsPolicy::Offer);
+    d.send("EHLO c\r\nSTARTTLS\r\n");
+    d.out.clear();
+    d.s.handle_tls(TlsInfo { version: "TLSv1.3".into(), cipher: "X".into(), bits: 256 });
+    d.send("EHLO c\r\n");
+    assert!(!d.out.contains("AUTH"), "{}", d.out);
+    d.out.clear();
+    d.send(&format!("AUTH PLAIN {PLAIN_JOSEPH}\r\n"));
+    d.expect("503 5.5.1 Invalid command: Command not supported");
+
+    // Configured, before STARTTLS: not offered, and the credentials are never taken.
+    let mut d = Dialog::new(TlsPolicy::Offer);
+    d.s.set_auth_config(AuthConfig::new(AuthPolicy::Optional));
+    d.send("EHLO c\r\n");
+    assert!(!d.out.contains("AUTH"), "{}", d.out);
+    d.out.clear();
+    d.send(&format!("AUTH PLAIN {PLAIN_JOSEPH}\r\nAUTH LOGIN\r\n"));
+    d.expect("503 5.5.1 Invalid command: Command not supported");
+    d.expect("503 5.5.1 Invalid command: Command not supported");
+    assert!(d.s.poll_auth().is_none());
+    d.send("MAIL FROM:<a@b.c>\r\n");
+    d.expect("250 2.1.0");
+}
+
+#[test]
+fn auth_plain_initial_response_waits_for_the_verdict() {
+    let mut d = Dialog::tls_with_auth(AuthPolicy::Required);
+    let line = format!("AUTH PLAIN {PLAIN_JOSEPH}\r\n");
+    let consumed = d.send(&format!("{line}MAIL FROM:<joseph@b.c>\r\n"));
+    assert_eq!(consumed, line.len(), "pipelined MAIL waits for the verdict");
+    d.expect_nothing();
+    let req = d.auth_request();
+    assert_eq!(req.user, "joseph");
+    assert_eq!(req.password.expose(), b"s3cret");
+    assert!(!format!("{req:?}").contains("s3cret"), "{req:?}");
+    d.s.handle_auth(AuthId(req.id.0 + 1), AuthResult::Ok);
+    d.expect_nothing();
+    d.s.handle_auth(req.id, AuthResult::Ok);
+    d.expect("235 2.0.0 Authentication succeeded");
+    assert!(d.s.wants_read());
+    d.send("MAIL FROM:<joseph@b.c>\r\nRCPT TO:<x@b.c>\r\nDATA\r\nhi\r\n.\r\n");
+    for p in ["250 2.1.0", "250 2.1.5", "354"] {
+        d.expect(p);
+    }
+    assert_eq!(d.message().auth.as_deref(), Some("joseph"), "the Received header says ESMTPSA");
+    d.s.handle_commit(MsgId(1), Outcome::Ok);
+    d.out.clear();
+    // Once only: no longer offered, and a second AUTH is 503.
+    d.send("EHLO c\r\n");
+    assert!(!d.out.contains("AUTH"), "{}", d.out);
+    d.out.clear();
+    d.send(&format!("AUTH PLAIN {PLAIN_JOSEPH}\r\n"));
+    d.expect("503 5.5.1 Invalid command: Already authenticated");
+    assert!(d.s.poll_auth().is_none());
+}
+
+#[test]
+fn auth_plain_with_a_334_continuation() {
+    let mut d = Dialog::tls_with_auth(AuthPolicy::Optional);
+    d.send("AUTH PLAIN\r\n");
+    assert_eq!(d.out, "334 \r\n");
+    d.out.clear();
+    // "admin\0joseph\0s3cret": the authorization identity is ignored.
+    d.send("YWRtaW4Aam9zZXBoAHMzY3JldA==\r\n");
+    d.expect_nothing();
+    let req = d.auth_request();
+    assert_eq!((req.user.as_str(), req.password.expose()), ("joseph", &b"s3cret"[..]));
+    d.s.handle_auth(req.id, AuthResult::Ok);
+    d.expect("235 2.0.0");
+}
+
+#[test]
+fn auth_login_exchange() {
+    let mut d = Dialog::tls_with_auth(AuthPolicy::Required);
+    d.send("AUTH LOGIN\r\n");
+    d.expect("334 VXNlcm5hbWU6\r\n");
+    d.send("am9zZXBo\r\n");
+    d.expect("334 UGFzc3dvcmQ6\r\n");
+    d.send("czNjcmV0\r\n");
+    d.expect_nothing();
+    let req = d.auth_request();
+    assert_eq!((req.user.as_str(), req.password.expose()), ("joseph", &b"s3cret"[..]));
+    d.s.handle_auth(req.id, AuthResult::Failed);
+    d.expect("535 5.7.8 Authentication failed");
+    // The user name as the initial response skips the first challenge.
+    d.send("AUTH LOGIN am9zZXBo\r\n");
+    d.expect("334 UGFzc3dvcmQ6\r\n");
+    d.send("czNjcmV0\r\n");
+    let req = d.auth_request();
+    d.s.handle_auth(req.id, AuthResult::Ok);
+    d.expect("235 2.0.0");
+}
+
+#[test]
+fn auth_cancel_malformed_and_unknown_mechanisms() {
+    let mut d = Dialog::tls_with_auth(AuthPolicy::Optional);
+    d.send("AUTH\r\nAUTH PLAIN\r\nAGpvc2VwaABzM2NyZXQ\r\nNOOP\r\n");
+    d.expect("501 5.5.4 Invalid command arguments: No parameters given");
+    d.expect("334 ");
+    d.expect("501 5.5.2 Syntax error"); // padding missing
+    d.expect("250 2.0.0 Ok");
+    assert!(d.s.poll_auth().is_none(), "nothing malformed reaches the server");
+
+    // Each mistake is counted (a cancel too), so the error limit (5 here) bounds a client
+    // that loops on them.
+    let mut d = Dialog::tls_with_auth(AuthPolicy::Optional);
+    d.send("AUTH LOGIN\r\n*\r\nNOOP\r\n");
+    d.expect("334 VXNlcm5hbWU6");
+    d.expect("501 5.7.0 Authentication canceled");
+    d.expect("250 2.0.0 Ok");
+    d.send("AUTH PLAIN\r\n*\r\n");
+    d.expect("334 ");
+    d.expect("501 5.7.0");
+    d.send("AUTH PLAIN not-base64!\r\n");
+    d.expect("501 5.5.2 Syntax error");
+    d.send("AUTH LOGIN\r\nam8gc2VwaA==\r\n");
+    d.expect("334 ");
+    d.expect("501 5.5.2"); // "jo seph"
+    d.send("AUTH CRAM-MD5\r\n");
+    d.expect("504 5.7.4 Security features not supported");
+    d.expect("421 4.7.0 Too many errors");
+    assert!(d.s.is_closing());
+    assert!(d.s.poll_auth().is_none());
+}
+
+#[test]
+fn auth_over_long_line_is_bounded_and_ends_the_exchange() {
+    let mut d = Dialog::tls_with_auth(AuthPolicy::Optional);
+    d.send("AUTH PLAIN\r\n");
+    d.expect("334 ");
+    let chunk = "A".repeat(4096);
+    for _ in 0..50 {
+        assert_eq!(d.send(&chunk), chunk.len(), "consumed, not buffered by the caller");
+    }
+    d.send("==\r\nNOOP\r\n");
+    d.expect("500 5.5.1 Invalid command: Line too long");
+    d.expect("250 2.0.0 Ok");
+    // An initial response longer than a command line, too.
+    d.send(&format!("AUTH PLAIN {}\r\nNOOP\r\n", "A".repeat(600)));
+    d.expect("500 5.5.1 Invalid command: Line too long");
+    d.expect("250 2.0.0 Ok");
+    assert!(d.s.poll_auth().is_none());
+}
+
+#[test]
+fn auth_needs_helo_and_no_transaction() {
+    let mut d = Dialog::tls_with_auth(AuthPolicy::Optional);
+    d.s.handle_tls(TlsInfo { version: "TLSv1.3".into(), cipher: "X".into(), bits: 256 });
+    d.send("AUTH PLAIN\r\n");
+    d.expect("503 5.5.1 Invalid command: Command not allowed at this point.");
+    d.send("EHLO c\r\n");
+    d.out.clear();
+    d.send(&format!("MAIL FROM:<a@b.c>\r\nAUTH PLAIN {PLAIN_JOSEPH}\r\n"));
+    d.expect("250 2.1.0");
+    d.expect("503 5.5.1 Invalid command: Command not allowed at this point.");
+    assert!(d.s.poll_auth().is_none());
+}
+
+#[test]
+fn auth_required_refuses_mail_before_login() {
+    let mut d = Dialog::tls_with_auth(AuthPolicy::Required);
+    d.send("MAIL FROM:<a@b.c>\r\n");
+    d.expect("530 5.7.0 Must issue an AUTH command first");
+    assert_eq!(
+        refused(d.s.poll_event().unwrap()),
+        Refusal { step: TxStep::Mail, address: None, reply: reply::AUTH_REQUIRED }
+    );
+    // Optional lets it through.
+    let mut d = Dialog::tls_with_auth(AuthPolicy::Optional);
+    d.send("MAIL FROM:<a@b.c>\r\n");
+    d.expect("250 2.1.0");
+}
+
+#[test]
+fn auth_failures_are_logged_by_user_and_end_the_session() {
+    let mut d = Dialog::tls_with_auth(AuthPolicy::Required);
+    for attempt in 1..=3 {
+        d.send(&format!("AUTH PLAIN {PLAIN_JOSEPH}\r\n"));
+        let req = d.auth_request();
+        d.s.handle_auth(req.id, AuthResult::Failed);
+        d.expect("535 5.7.8 Authentication failed");
+        let events = d.events();
+        let log = format!("{events:?}");
+        assert!(log.contains("joseph") && !log.contains("s3cret"), "{log}");
+        let refusals: Vec<Refusal> =
+            events.into_iter().filter(|e| matches!(e, Event::Refused(_))).map(refused).collect();
+        assert_eq!(
+            refusals[0],
+            Refusal { step: TxStep::Auth, address: Some("joseph".into()), reply: reply::AUTH_FAILED }
+        );
+        if attempt < 3 {
+            assert!(!d.s.is_closing());
+        } else {
+            d.expect("421 4.7.0 Too many authentication failures");
+            assert_eq!(refusals[1].reply, reply::TOO_MANY_AUTH_FAILURES);
+            assert!(log.contains("Close(TooManyAuthFailures)"), "{log}");
+            assert!(d.s.is_closing());
+        }
+    }
+}
+
+#[test]
+fn auth_tempfail_is_454_and_not_counted() {
+    let mut d = Dialog::tls_with_auth(AuthPolicy::Required);
+    for _ in 0..5 {
+        d.send("AUTH LOGIN am9zZXBo\r\n");
+        d.expect("334 UGFzc3dvcmQ6");
+        d.send("czNjcmV0\r\n");
+        let req = d.auth_request();
+        d.s.handle_auth(req.id, AuthResult::TempFail);
+        d.expect("454 4.7.0 Temporary authentication failure");
+    }
+    assert!(!d.s.is_closing());
+    let r = d.events().into_iter().map(refused).next_back().unwrap();
+    assert_eq!((r.step, r.address.as_deref()), (TxStep::Auth, Some("joseph")));
+}
+
+#[test]
+fn auth_exchange_idle_timeout_and_eof_while_waiting() {
+    let mut d = Dialog::tls_with_auth(AuthPolicy::Optional);
+    d.send("AUTH LOGIN\r\n");
+    d.expect("334 ");
+    d.s.handle_timeout(d.now + Duration::from_secs(301));
+    d.expect("421 4.4.2");
+    assert!(d.s.is_closing());
+
+    let mut d = Dialog::tls_with_auth(AuthPolicy::Optional);
+    d.send(&format!("AUTH PLAIN {PLAIN_JOSEPH}\r\n"));
+    let req = d.auth_request();
+    d.s.handle_timeout(d.now + Duration::from_secs(1000));
+    d.expect_nothing();
+    d.s.handle_eof();
+    assert!(d.s.is_closing());
+    d.s.handle_auth(req.id, AuthResult::Ok);
+    d.expect_nothing();
+}
