@@ -15,6 +15,7 @@ pub mod buffers;
 pub mod config;
 pub mod control;
 pub mod deliver;
+pub mod dns;
 pub mod envelope;
 pub mod headers;
 pub mod logging;
