@@ -127,9 +127,21 @@ impl Resolver {
             return Lookup::Ok(vec![name.to_owned()]);
         }
         self.ask_chain(Name::from(addr), RecordType::PTR).map(|r| match r {
-            Rdata::Ptr(n) => Some(n),
+            Rdata::Name(n) => Some(n),
             _ => None,
         })
+    }
+
+    /// The target of `name` when `name` is an alias (a CNAME), for the log of an MX host
+    /// that is one (RFC 2181 §10.3 forbids it; mail still flows).
+    pub fn cname(&self, name: &str) -> Option<String> {
+        match self.query(name, RecordType::CNAME) {
+            Lookup::Ok(r) => r.into_iter().find_map(|r| match r {
+                Rdata::Name(n) => Some(n),
+                _ => None,
+            }),
+            _ => None,
+        }
     }
 
     /// Forward-confirmed reverse DNS: the first PTR name of `addr` whose addresses include

@@ -28,8 +28,8 @@ pub enum Rdata {
     /// (preference, exchange: lowercase, no trailing dot; "" for the root, RFC 7505's null MX)
     Mx(u16, String),
     Addr(IpAddr),
-    /// A name, lowercase, no trailing dot.
-    Ptr(String),
+    /// A PTR's or a CNAME's target, lowercase, no trailing dot.
+    Name(String),
 }
 
 /// What an answer that matches its question says.
@@ -143,7 +143,8 @@ fn rdata(d: &RData, rtype: RecordType) -> Option<Rdata> {
         (RData::MX(mx), RecordType::MX) => Some(Rdata::Mx(mx.preference(), text(mx.exchange()))),
         (RData::A(a), RecordType::A) => Some(Rdata::Addr(IpAddr::V4(a.0))),
         (RData::AAAA(a), RecordType::AAAA) => Some(Rdata::Addr(IpAddr::V6(a.0))),
-        (RData::PTR(p), RecordType::PTR) => Some(Rdata::Ptr(text(&p.0))),
+        (RData::PTR(p), RecordType::PTR) => Some(Rdata::Name(text(&p.0))),
+        (RData::CNAME(c), RecordType::CNAME) => Some(Rdata::Name(text(&c.0))),
         _ => None,
     }
 }

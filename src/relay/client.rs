@@ -31,6 +31,8 @@ pub enum TlsMode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Spec {
     pub host: String,
+    /// Where to connect, in order; empty: the addresses of `host`, from the system.
+    pub addrs: Vec<IpAddr>,
     pub port: u16,
     /// `lmtp://`: LHLO, and one reply per recipient after the data (RFC 2033).
     pub lmtp: bool,
@@ -71,6 +73,10 @@ pub struct Session {
     buf: Vec<u8>,
     pipelining: bool,
     lmtp: bool,
+    /// `TLSv1.3:TLS13_AES_256_GCM_SHA384:256` once TLS is on, for the log.
+    tls: Option<String>,
+    /// The address connected to.
+    peer: SocketAddr,
 }
 
 fn err(msg: impl Into<String>) -> io::Error {
@@ -78,7 +84,11 @@ fn err(msg: impl Into<String>) -> io::Error {
 }
 
 fn connect(spec: &Spec) -> io::Result<TcpStream> {
-    let addrs: Vec<SocketAddr> = (spec.host.as_str(), spec.port).to_socket_addrs()?.collect();
+    let addrs: Vec<SocketAddr> = if spec.addrs.is_empty() {
+        (spec.host.as_str(), spec.port).to_socket_addrs()?.collect()
+    } else {
+        spec.addrs.iter().map(|a| SocketAddr::new(*a, spec.port)).collect()
+    };
     let mut last = err(format!("{}: no address", spec.host));
     for addr in addrs {
         let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
@@ -92,7 +102,10 @@ fn connect(spec: &Spec) -> io::Result<TcpStream> {
                 s.set_write_timeout(Some(TIMEOUT))?;
                 return Ok(s);
             }
-            Err(e) => last = e,
+            Err(e) => {
+                log::debug!("relay host={} address={addr}: {e}", spec.host);
+                last = io::Error::new(e.kind(), format!("{addr}: {e}"));
+            }
         }
     }
     Err(last)
@@ -103,11 +116,13 @@ impl Session {
     /// authenticates if asked.
     pub fn open(spec: &Spec) -> io::Result<Session> {
         let tcp = connect(spec)?;
+        let peer = tcp.peer_addr()?;
+        let mut described = None;
         let stream: Box<dyn Stream> = match spec.tls {
-            TlsMode::Implicit => Box::new(tls(tcp.try_clone()?, spec)?),
+            TlsMode::Implicit => Box::new(tls(tcp.try_clone()?, spec, &mut described)?),
             _ => Box::new(tcp.try_clone()?),
         };
-        let mut s = Session { stream, buf: Vec::new(), pipelining: false, lmtp: spec.lmtp };
+        let mut s = Session { stream, buf: Vec::new(), pipelining: false, lmtp: spec.lmtp, tls: described, peer };
         s.expect(220, "greeting")?;
         let mut exts = s.ehlo(&spec.helo)?;
         let offered = exts.iter().any(|e| e.eq_ignore_ascii_case("STARTTLS"));
@@ -122,7 +137,7 @@ impl Session {
         if upgrade {
             s.command(b"STARTTLS\r\n")?;
             s.expect(220, "STARTTLS")?;
-            s.stream = Box::new(tls(tcp, spec)?);
+            s.stream = Box::new(tls(tcp, spec, &mut s.tls)?);
             s.buf.clear();
             exts = s.ehlo(&spec.helo)?;
         }
@@ -134,6 +149,15 @@ impl Session {
             s.auth(&exts, user, pass)?;
         }
         Ok(s)
+    }
+
+    /// The TLS version, cipher and bits, once TLS is on.
+    pub fn tls(&self) -> Option<&str> {
+        self.tls.as_deref()
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
     }
 
     /// AUTH PLAIN, or LOGIN when the server offers LOGIN and not PLAIN.
@@ -319,16 +343,24 @@ fn base64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
 }
 
-fn tls(tcp: TcpStream, spec: &Spec) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+fn tls(
+    tcp: TcpStream,
+    spec: &Spec,
+    described: &mut Option<String>,
+) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
     let identity = spec.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
     let config = crate::tls::client_config(&spec.verify, identity).map_err(|e| err(e.to_string()))?;
-    let name = rustls::pki_types::ServerName::try_from(spec.host.clone()).map_err(|e| err(e.to_string()))?;
+    // An address literal ([192.0.2.1], [IPv6:…]) is presented as an address, not a name.
+    let host = spec.host.trim_start_matches('[').trim_end_matches(']');
+    let host = host.strip_prefix("IPv6:").unwrap_or(host).to_owned();
+    let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| err(e.to_string()))?;
     let mut conn = rustls::ClientConnection::new(config, name).map_err(|e| err(e.to_string()))?;
     let mut tcp = tcp;
     // Finish the handshake here, so a bad certificate fails the session, not a later write.
     while conn.is_handshaking() {
         conn.complete_io(&mut tcp)?;
     }
+    *described = crate::tls::describe(&conn).map(|(v, c, b)| format!("{v}:{c}:{b}"));
     Ok(rustls::StreamOwned::new(conn, tcp))
 }
 

@@ -4,6 +4,7 @@
 //! bounced to the sender (5xx, or older than `queue ttl`), never a bounce for a bounce.
 
 pub mod client;
+pub mod mx;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -15,7 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Receiver;
 
-use crate::config::{Config, Method, Scheme};
+use crate::config::{Config, Method, Relay, Scheme};
+use crate::dns::Resolver;
 use crate::queue::{self, bounce, Envelope};
 use crate::tls::Verify;
 use client::{RcptResult, Session, Spec, TlsMode};
@@ -24,32 +26,69 @@ use client::{RcptResult, Session, Spec, TlsMode};
 /// `MAX_DELAY`.
 const RETRY_BASE: Duration = Duration::from_secs(60);
 const MAX_DELAY: Duration = Duration::from_secs(4 * 3600);
+/// The SMTP port of MX hosts. `MXD_MX_PORT` replaces it, for tests only: a test cannot
+/// own port 25 on the loopback addresses its receiving servers use.
+const MX_PORT: u16 = 25;
 
 /// The current configuration, swapped by the supervisor on reload.
 pub type SharedConfig = Arc<Mutex<Arc<Config>>>;
+
+/// Where one recipient stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Not tried yet (since the start).
+    Pending,
+    /// Failed for now; tried again at its `next`.
+    Deferred(String),
+    /// Failed for good (5xx, null MX, NXDOMAIN, expired): its bounce is still to be sent.
+    Bounced { status: String, reason: String },
+    /// Delivered, or its bounce sent: recorded in `queue/state/`.
+    Done,
+}
 
 struct Rcpt {
     action: String,
     addr: String,
     attempts: u32,
     next: Instant,
-    last_error: String,
+    state: State,
 }
 
 impl Rcpt {
-    /// Due for an attempt: its time has come and it is not waiting for its bounce.
-    fn due(&self, action: Option<&str>, now: Instant) -> bool {
-        self.next <= now && !self.last_error.starts_with("perm:") && action.map_or(true, |a| a == self.action)
+    /// Due for an attempt: its time has come and it is waiting for a delivery.
+    fn due(&self, now: Instant) -> bool {
+        self.next <= now && matches!(self.state, State::Pending | State::Deferred(_))
     }
+}
+
+/// One destination: every recipient of `action`, or, for a relay by MX, those of `domain`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Dest {
+    action: String,
+    domain: Option<String>,
+}
+
+impl Dest {
+    fn holds(&self, r: &Rcpt) -> bool {
+        r.action == self.action && self.domain.as_ref().map_or(true, |d| *d == domain_of(&r.addr))
+    }
+}
+
+fn domain_of(addr: &str) -> String {
+    addr.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase()
 }
 
 struct Entry {
     env: Envelope,
-    /// Recipients not yet done.
-    pending: Vec<Rcpt>,
-    done: BTreeSet<String>,
-    /// How many of `done` are already in the state file.
+    rcpts: Vec<Rcpt>,
+    /// How many Done recipients are already in the state file.
     persisted: usize,
+}
+
+impl Entry {
+    fn done(&self) -> BTreeSet<String> {
+        self.rcpts.iter().filter(|r| r.state == State::Done).map(|r| r.addr.clone()).collect()
+    }
 }
 
 pub struct Runner {
@@ -58,6 +97,7 @@ pub struct Runner {
     config: SharedConfig,
     entries: BTreeMap<String, Entry>,
     retry_base: Duration,
+    mx_port: u16,
 }
 
 /// Control over a running runner: wake it, ask for everything to be retried now, stop it,
@@ -78,29 +118,31 @@ pub type Status = Arc<Mutex<BTreeMap<(String, String), Retry>>>;
 pub struct Retry {
     pub attempts: u32,
     pub next: Instant,
-    pub last_error: String,
+    pub state: State,
 }
 
+/// Starts the relay runner on a thread of its own; it reads the queue under `spool`, the
+/// configuration from `config` at each round, and the system's resolver configuration.
 pub fn spawn(
     spool: &Path,
     config: SharedConfig,
     wake: Receiver<()>,
     handle: Handle,
 ) -> std::io::Result<JoinHandle<()>> {
-    let retry_base =
-        std::env::var("MXD_RETRY_BASE").ok().and_then(|s| s.parse().ok()).map_or(RETRY_BASE, Duration::from_secs);
+    let env_u64 = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<u64>().ok());
     let mut runner = Runner {
         queue: queue::queue_dir(spool),
         spool: spool.to_owned(),
         config,
         entries: BTreeMap::new(),
-        retry_base,
+        retry_base: env_u64("MXD_RETRY_BASE").map_or(RETRY_BASE, Duration::from_secs),
+        mx_port: env_u64("MXD_MX_PORT").and_then(|p| u16::try_from(p).ok()).unwrap_or(MX_PORT),
     };
     std::thread::Builder::new().name("relay".into()).spawn(move || {
         while !handle.stop.load(Ordering::Relaxed) {
             let _ = wake.recv_timeout(Duration::from_secs(1));
             if handle.schedule_all.swap(false, Ordering::Relaxed) {
-                runner.entries.values_mut().flat_map(|e| e.pending.iter_mut()).for_each(|r| r.next = Instant::now());
+                runner.entries.values_mut().flat_map(|e| e.rcpts.iter_mut()).for_each(|r| r.next = Instant::now());
             }
             runner.scan();
             runner.attempt_due();
@@ -119,10 +161,10 @@ impl Runner {
             .entries
             .iter()
             .flat_map(|(name, e)| {
-                e.pending.iter().map(move |r| {
+                e.rcpts.iter().filter(|r| r.state != State::Done).map(move |r| {
                     (
                         (name.clone(), r.addr.clone()),
-                        Retry { attempts: r.attempts, next: r.next, last_error: r.last_error.clone() },
+                        Retry { attempts: r.attempts, next: r.next, state: r.state.clone() },
                     )
                 })
             })
@@ -149,37 +191,40 @@ impl Runner {
                 continue;
             };
             let done = queue::read_done(&self.queue, &name);
-            let pending = env
+            let rcpts = env
                 .rcpts
                 .iter()
-                .filter(|(_, r)| !done.contains(r))
                 .map(|(action, addr)| Rcpt {
                     action: action.clone(),
                     addr: addr.clone(),
                     attempts: 0,
                     next: Instant::now(),
-                    last_error: String::new(),
+                    state: if done.contains(addr) { State::Done } else { State::Pending },
                 })
                 .collect();
             let persisted = done.len();
-            self.entries.insert(name, Entry { env, pending, done, persisted });
+            self.entries.insert(name, Entry { env, rcpts, persisted });
         }
     }
 
     fn attempt_due(&mut self) {
         let now = Instant::now();
-        let mut by_action: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let config = self.config.lock().map(|c| Arc::clone(&c)).unwrap_or_else(|e| Arc::clone(&e.into_inner()));
+        let mut by_dest: BTreeMap<Dest, Vec<String>> = BTreeMap::new();
         for (name, e) in &self.entries {
-            for r in e.pending.iter().filter(|r| r.due(None, now)) {
-                let names = by_action.entry(r.action.clone()).or_default();
+            for r in e.rcpts.iter().filter(|r| r.due(now)) {
+                let by_mx = relay_of(&config, &r.action).is_some_and(|rel| rel.host.is_none());
+                let dest = Dest { action: r.action.clone(), domain: by_mx.then(|| domain_of(&r.addr)) };
+                let names = by_dest.entry(dest).or_default();
                 if !names.contains(name) {
                     names.push(name.clone());
                 }
             }
         }
-        let config = self.config.lock().map(|c| Arc::clone(&c)).unwrap_or_else(|e| Arc::clone(&e.into_inner()));
-        for (action, names) in by_action {
-            self.relay_group(&config, &action, &names);
+        // Read once per round that needs it, so an edited resolv.conf applies without a restart.
+        let resolver = by_dest.keys().any(|d| d.domain.is_some()).then(Resolver::system);
+        for (dest, names) in by_dest {
+            self.relay_group(&config, &dest, &names, resolver.as_ref());
         }
         let names: Vec<String> = self.entries.keys().cloned().collect();
         for name in names {
@@ -187,94 +232,145 @@ impl Runner {
         }
     }
 
-    /// Every due recipient of `action`, over one session.
-    fn relay_group(&mut self, config: &Config, action: &str, names: &[String]) {
-        let spec = match spec_for(config, action) {
-            Ok(s) => s,
-            Err(e) => return self.fail_group(action, names, &RcptResult::Temp(e)),
+    /// The hosts to try for `dest`, in order; or the verdict for all its recipients.
+    fn candidates(&self, config: &Config, dest: &Dest, resolver: Option<&Resolver>) -> Result<Vec<Spec>, RcptResult> {
+        let relay = relay_of(config, &dest.action)
+            .ok_or_else(|| RcptResult::Temp(format!("action {} is not a relay action (any more)", dest.action)))?;
+        let (Some(domain), Some(resolver)) = (&dest.domain, resolver) else {
+            return spec_for(config, relay).map(|s| vec![s]).map_err(RcptResult::Temp);
         };
-        let mut session = match Session::open(&spec) {
+        match mx::route(resolver, domain) {
+            mx::Route::Hosts(hosts) => hosts
+                .iter()
+                .map(|h| mx_spec(config, relay, h, self.mx_port))
+                .collect::<Result<_, _>>()
+                .map_err(RcptResult::Temp),
+            mx::Route::Bounce(status, why) => Err(RcptResult::Perm(format!("{status} {why}"))),
+            mx::Route::Defer(why) => Err(RcptResult::Temp(why)),
+        }
+    }
+
+    /// Every due recipient of `dest`, over one session with the first host that takes it.
+    fn relay_group(&mut self, config: &Config, dest: &Dest, names: &[String], resolver: Option<&Resolver>) {
+        let specs = match self.candidates(config, dest, resolver) {
             Ok(s) => s,
-            Err(e) => {
-                return self.fail_group(action, names, &RcptResult::Temp(format!("{}:{}: {e}", spec.host, spec.port)))
+            Err(verdict) => return self.fail_group(dest, names, &verdict, None),
+        };
+        let mut last = String::from("no host to try");
+        let mut opened = None;
+        for spec in &specs {
+            match Session::open(spec) {
+                Ok(s) => {
+                    opened = Some((s, spec));
+                    break;
+                }
+                Err(e) => {
+                    last = format!("{}: {e}", spec.host);
+                    if specs.len() > 1 {
+                        log::info!("relay host={} port={} failed, trying the next host: {e}", spec.host, spec.port);
+                    }
+                }
             }
+        }
+        let Some((mut session, spec)) = opened else {
+            return self.fail_group(dest, names, &RcptResult::Temp(last), None);
         };
-        let sender_override = relay_of(config, action).and_then(|r| r.mail_from.clone());
+        let host = match session.tls() {
+            Some(tls) => format!("{} address={} tls={tls}", spec.host, session.peer()),
+            None => format!("{} address={} tls=none", spec.host, session.peer()),
+        };
+        let relay = relay_of(config, &dest.action);
+        let sender_override = relay.and_then(|r| r.mail_from.clone());
         for name in names {
             let Ok(bytes) = std::fs::read(self.queue.join("new").join(name)) else { continue };
             let Some((env, message)) = queue::decode(&bytes) else { continue };
             let now = Instant::now();
             let Some(entry) = self.entries.get_mut(name) else { continue };
             let due: Vec<String> =
-                entry.pending.iter().filter(|r| r.due(Some(action), now)).map(|r| r.addr.clone()).collect();
+                entry.rcpts.iter().filter(|r| r.due(now) && dest.holds(r)).map(|r| r.addr.clone()).collect();
+            if due.is_empty() {
+                continue;
+            }
             let rcpts: Vec<&str> = due.iter().map(String::as_str).collect();
             let sender = sender_override.as_deref().unwrap_or(&env.sender);
             match session.send(sender, &rcpts, message) {
                 Ok(results) => {
                     for (addr, result) in due.iter().zip(results) {
-                        log::info!("relay msgid={name} to=<{addr}> host={} result={}", spec.host, result_name(&result));
-                        record(entry, addr, &result, self.retry_base);
+                        log::info!("relay msgid={name} to=<{addr}> host={host} result={}", result_name(&result));
+                        record(entry, dest, addr, &result, self.retry_base);
                     }
+                    // Delivered means recorded: before the next message goes out.
+                    self.persist(name);
                 }
                 Err(e) => {
                     let r = RcptResult::Temp(format!("{}: {e}", spec.host));
-                    for addr in &due {
-                        record(entry, addr, &r, self.retry_base);
-                    }
-                    return self.fail_group(action, names, &r);
+                    return self.fail_group(dest, names, &r, Some(&host));
                 }
             }
         }
         session.quit();
     }
 
-    fn fail_group(&mut self, action: &str, names: &[String], result: &RcptResult) {
+    fn fail_group(&mut self, dest: &Dest, names: &[String], result: &RcptResult, host: Option<&str>) {
         let now = Instant::now();
+        let host = host.map_or(String::new(), |h| format!(" host={h}"));
         for name in names {
             if let Some(entry) = self.entries.get_mut(name) {
                 let due: Vec<String> =
-                    entry.pending.iter().filter(|r| r.due(Some(action), now)).map(|r| r.addr.clone()).collect();
+                    entry.rcpts.iter().filter(|r| r.due(now) && dest.holds(r)).map(|r| r.addr.clone()).collect();
                 for addr in due {
-                    log::info!("relay msgid={name} to=<{addr}> result={}", result_name(result));
-                    record(entry, &addr, result, self.retry_base);
+                    log::info!("relay msgid={name} to=<{addr}>{host} result={}", result_name(result));
+                    record(entry, dest, &addr, result, self.retry_base);
                 }
             }
         }
     }
 
-    /// Bounces what failed for good or expired, persists what is done, removes what is
-    /// finished.
+    /// Writes what is done to `state/` (or removes the message when all is): durable
+    /// before the runner goes on, so a crash resends at most what was in flight.
+    fn persist(&mut self, name: &str) {
+        let Some(entry) = self.entries.get_mut(name) else { return };
+        let done = entry.done();
+        let result = if done.len() == entry.rcpts.len() {
+            queue::remove(&self.queue, name).map(|()| true)
+        } else if done.len() != entry.persisted {
+            entry.persisted = done.len();
+            queue::write_done(&self.queue, name, &done).map(|()| false)
+        } else {
+            Ok(false)
+        };
+        match result {
+            Ok(true) => {
+                self.entries.remove(name);
+            }
+            Ok(false) => {}
+            Err(e) => log::error!("queue {name}: {e}"),
+        }
+    }
+
+    /// Turns expired deferrals into bounces, sends the bounces that are due, and persists.
     fn settle(&mut self, config: &Config, name: &str) {
         let Some(entry) = self.entries.get_mut(name) else { return };
         let age = Duration::from_secs(now_secs().saturating_sub(entry.env.created));
-        let ttl = entry
-            .pending
-            .iter()
-            .filter_map(|r| config.actions.get(&r.action).and_then(|a| a.ttl))
-            .min()
-            .unwrap_or(config.queue_ttl);
-        let mut failed: Vec<(String, String, String)> = Vec::new();
-        entry.pending.retain(|r| {
-            let perm = r.last_error.starts_with("perm:");
-            let expired = age > ttl && r.attempts > 0;
-            if perm || expired {
-                let (status, why) = if perm {
-                    ("5.0.0".to_owned(), r.last_error.trim_start_matches("perm:").to_owned())
-                } else {
-                    (
-                        "4.4.7".to_owned(),
-                        format!(
-                            "message expired after {}s in the queue: {}",
-                            age.as_secs(),
-                            r.last_error.trim_start_matches("temp:")
-                        ),
-                    )
-                };
-                failed.push((r.addr.clone(), status, why));
-                return false;
+        let now = Instant::now();
+        for r in entry.rcpts.iter_mut() {
+            let ttl = config.actions.get(&r.action).and_then(|a| a.ttl).unwrap_or(config.queue_ttl);
+            if let State::Deferred(why) = &r.state {
+                if age > ttl && r.attempts > 0 {
+                    let reason = format!("message expired after {}s in the queue: {why}", age.as_secs());
+                    r.state = State::Bounced { status: "4.4.7".into(), reason };
+                }
             }
-            true
-        });
+        }
+        let failed: Vec<(String, String, String)> = entry
+            .rcpts
+            .iter()
+            .filter(|r| r.next <= now)
+            .filter_map(|r| match &r.state {
+                State::Bounced { status, reason } => Some((r.addr.clone(), status.clone(), reason.clone())),
+                _ => None,
+            })
+            .collect();
         if !failed.is_empty() {
             let bytes = std::fs::read(self.queue.join("new").join(name)).unwrap_or_default();
             let original = queue::decode(&bytes).map_or(&b""[..], |(_, m)| m);
@@ -288,39 +384,20 @@ impl Runner {
                     message: dsn,
                 };
                 if let Err(e) = crate::submit::client::submit(&socket, &prepared, None) {
-                    // Keep the recipients pending: the bounce is retried with them.
+                    // The recipients stay Bounced: the bounce is tried again later.
                     log::warn!("bounce for msgid={name} not submitted, retrying later: {e}");
-                    for (addr, _, why) in &failed {
-                        entry.pending.push(Rcpt {
-                            action: String::new(),
-                            addr: addr.clone(),
-                            attempts: 1,
-                            next: Instant::now() + self.retry_base,
-                            last_error: format!("perm:{why}"),
-                        });
+                    for r in entry.rcpts.iter_mut().filter(|r| matches!(r.state, State::Bounced { .. })) {
+                        r.next = now + self.retry_base;
                     }
                     return;
                 }
                 log::info!("bounce msgid={name} to=<{}> nrcpt={}", entry.env.sender, failed.len());
             }
-            entry.done.extend(failed.into_iter().map(|f| f.0));
-        }
-        let finished = entry.pending.is_empty();
-        let result = if finished {
-            queue::remove(&self.queue, name)
-        } else if entry.done.len() != entry.persisted {
-            entry.persisted = entry.done.len();
-            queue::write_done(&self.queue, name, &entry.done)
-        } else {
-            Ok(())
-        };
-        match result {
-            Ok(()) if finished => {
-                self.entries.remove(name);
+            for r in entry.rcpts.iter_mut().filter(|r| failed.iter().any(|f| f.0 == r.addr)) {
+                r.state = State::Done;
             }
-            Ok(()) => {}
-            Err(e) => log::error!("queue {name}: {e}"),
         }
+        self.persist(name);
     }
 }
 
@@ -332,18 +409,26 @@ fn result_name(r: &RcptResult) -> String {
     }
 }
 
-fn record(entry: &mut Entry, addr: &str, result: &RcptResult, base: Duration) {
-    let Some(i) = entry.pending.iter().position(|r| r.addr == addr) else { return };
+/// The enhanced status code in a reply text ("550 5.1.1 no such user"), else the class's.
+fn enhanced_status(text: &str) -> String {
+    // A reply ("550 5.1.1 …") has it second; mxd's own verdicts ("5.1.10 …") first.
+    let code = text.split_ascii_whitespace().take(2).find(|c| {
+        let parts: Vec<&str> = c.split('.').collect();
+        parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+    });
+    code.map_or_else(|| "5.0.0".to_owned(), str::to_owned)
+}
+
+fn record(entry: &mut Entry, dest: &Dest, addr: &str, result: &RcptResult, base: Duration) {
+    let Some(r) = entry.rcpts.iter_mut().find(|r| r.addr == addr && dest.holds(r) && r.state != State::Done) else {
+        return;
+    };
+    r.attempts += 1;
     match result {
-        RcptResult::Ok => {
-            entry.pending.remove(i);
-            entry.done.insert(addr.to_owned());
-        }
-        RcptResult::Perm(e) => entry.pending[i].last_error = format!("perm:{e}"),
+        RcptResult::Ok => r.state = State::Done,
+        RcptResult::Perm(e) => r.state = State::Bounced { status: enhanced_status(e), reason: e.clone() },
         RcptResult::Temp(e) => {
-            let r = &mut entry.pending[i];
-            r.attempts += 1;
-            r.last_error = format!("temp:{e}");
+            r.state = State::Deferred(e.clone());
             r.next = Instant::now() + backoff(base, r.attempts);
         }
     }
@@ -354,28 +439,22 @@ pub fn backoff(base: Duration, attempts: u32) -> Duration {
     base.saturating_mul(1u32 << attempts.saturating_sub(1).min(16)).min(MAX_DELAY)
 }
 
-fn relay_of<'c>(config: &'c Config, action: &str) -> Option<&'c crate::config::Relay> {
+fn relay_of<'c>(config: &'c Config, action: &str) -> Option<&'c Relay> {
     match &config.actions.get(action)?.method {
         Method::Relay(r) => Some(r),
         _ => None,
     }
 }
 
-/// How to reach the host of relay `action`.
-fn spec_for(config: &Config, action: &str) -> Result<Spec, String> {
-    let r = relay_of(config, action).ok_or_else(|| format!("action {action} is not a relay action (any more)"))?;
-    let url = r.host.as_ref().ok_or("relay without 'host': MX lookups are not supported by mxd")?;
-    let tls = match url.scheme {
-        Scheme::Smtp | Scheme::Lmtp if r.tls => TlsMode::Required,
-        Scheme::Smtp => TlsMode::Opportunistic,
-        Scheme::SmtpTls => TlsMode::Required,
-        Scheme::SmtpNoTls | Scheme::Lmtp => TlsMode::Never,
-        Scheme::Smtps => TlsMode::Implicit,
-    };
+/// What a relay's options say about TLS verification, the client certificate and the
+/// source address, whatever the host.
+type Common = (Verify, Option<(PathBuf, PathBuf)>, Option<IpAddr>);
+
+fn common(config: &Config, r: &Relay, verify_default: Verify) -> Result<Common, String> {
     let verify = match (&r.ca, r.no_verify) {
         (_, true) => Verify::Nothing,
         (Some(ca), false) => Verify::Ca(config.cas.get(ca).ok_or(format!("ca {ca} is not defined"))?.cert.clone()),
-        (None, false) => Verify::System,
+        (None, false) => verify_default,
     };
     let identity = match &r.pki {
         Some(name) => {
@@ -393,6 +472,42 @@ fn spec_for(config: &Config, action: &str) -> Result<Spec, String> {
         ),
         None => None,
     };
+    Ok((verify, identity, src))
+}
+
+/// How to reach one MX host. Without `tls`, STARTTLS when offered and no certificate
+/// check, as OpenSMTPD does for MX relays; with `tls`, STARTTLS required and verified
+/// (unless `no-verify`).
+fn mx_spec(config: &Config, r: &Relay, host: &mx::Host, port: u16) -> Result<Spec, String> {
+    if let Some(t) = &r.auth {
+        return Err(format!("auth <{t}> needs a relay host (relay host URL with label@)"));
+    }
+    let (verify, identity, src) = common(config, r, if r.tls { Verify::System } else { Verify::Nothing })?;
+    Ok(Spec {
+        host: host.name.clone(),
+        addrs: host.addrs.clone(),
+        port,
+        lmtp: false,
+        tls: if r.tls { TlsMode::Required } else { TlsMode::Opportunistic },
+        verify,
+        identity,
+        src,
+        helo: r.helo.clone().unwrap_or_else(|| config.hostname.clone()),
+        auth: None,
+    })
+}
+
+/// How to reach the host of a relay with `host URL`.
+fn spec_for(config: &Config, r: &Relay) -> Result<Spec, String> {
+    let Some(url) = r.host.as_ref() else { return Err("relay without a host".into()) };
+    let tls = match url.scheme {
+        Scheme::Smtp | Scheme::Lmtp if r.tls => TlsMode::Required,
+        Scheme::Smtp => TlsMode::Opportunistic,
+        Scheme::SmtpTls => TlsMode::Required,
+        Scheme::SmtpNoTls | Scheme::Lmtp => TlsMode::Never,
+        Scheme::Smtps => TlsMode::Implicit,
+    };
+    let (verify, identity, src) = common(config, r, Verify::System)?;
     let auth = match (&r.auth, &url.label) {
         (Some(t), Some(label)) => {
             let value =
@@ -406,6 +521,7 @@ fn spec_for(config: &Config, action: &str) -> Result<Spec, String> {
     };
     Ok(Spec {
         host: url.host.clone(),
+        addrs: Vec::new(),
         port: url.port_or_default(),
         lmtp: url.scheme == Scheme::Lmtp,
         tls,
@@ -439,8 +555,13 @@ pub fn list(spool: &Path, status: &Status) -> String {
             ));
             if let Some(r) = status.get(&(name.clone(), rcpt.clone())).filter(|r| r.attempts > 0) {
                 let next = r.next.saturating_duration_since(Instant::now()).as_secs();
-                let error = r.last_error.split_once(':').map_or(r.last_error.as_str(), |(_, e)| e).replace('"', "'");
-                out.push_str(&format!(" attempts={} next={next}s error=\"{error}\"", r.attempts));
+                let (state, error) = match &r.state {
+                    State::Deferred(e) => ("deferred", e.as_str()),
+                    State::Bounced { reason, .. } => ("bounced", reason.as_str()),
+                    State::Pending | State::Done => ("pending", ""),
+                };
+                let error = error.replace('"', "'");
+                out.push_str(&format!(" state={state} attempts={} next={next}s error=\"{error}\"", r.attempts));
             }
             out.push('\n');
         }

@@ -36,7 +36,7 @@ impl Dnsmasq {
                 .args(records)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::piped())
+                .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn dnsmasq");
             let addr = SocketAddr::new(ip, port);

@@ -221,7 +221,7 @@ pub fn dns_answer(data: &[u8]) {
                 let ok = match rec {
                     Rdata::Mx(..) => rtype == RecordType::MX,
                     Rdata::Addr(_) => rtype == RecordType::A,
-                    Rdata::Ptr(_) => rtype == RecordType::PTR,
+                    Rdata::Name(_) => rtype == RecordType::PTR,
                 };
                 assert!(ok, "a record of another type than {rtype}");
             }

@@ -1,0 +1,229 @@
+//! Relay by MX (issue 13): a node mxd with `action "out" relay` (no host) finds its
+//! destinations in a real dnsmasq on loopback and delivers to receiving mxd instances on
+//! other loopback addresses. The MX port is `MXD_MX_PORT` (tests only; port 25 is not ours
+//! to take): every receiver listens on it, each on its own address.
+
+mod common;
+mod dns_util;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{can_run, python, queue_files, uid_gid, wait_for, Mxd, Need, SEND};
+use dns_util::{Dnsmasq, DNSMASQ};
+
+fn needs(test: &str) -> bool {
+    can_run(test, &[Need::File(DNSMASQ, "dnsmasq-base"), Need::Program("python3", "python3")])
+}
+
+/// A port free on `addr` a moment ago: the MX port of one test.
+fn mx_port(addr: &str) -> u16 {
+    TcpListener::bind((addr, 0)).and_then(|l| l.local_addr()).expect("port").port()
+}
+
+/// A receiving mxd: its harness listener on 127.0.0.1, and the MX listener on `addr`;
+/// mail for joseph at any domain lands in its Maildir.
+fn receiver(addr: &'static str, port: u16) -> Mxd {
+    Mxd::start_with(
+        move |d: &Path, p: u16| {
+            let (uid, gid) = uid_gid();
+            format!(
+                "spool \"{d}/spool\"\nhostname \"rx-{addr}.test\"\n\
+                 table users {{ joseph = \"{uid}:{gid}:{d}/home/joseph\" }}\n\
+                 listen on 127.0.0.1 port {p}\nlisten on {addr} port {port}\n\
+                 action \"local\" maildir userbase <users>\nmatch from any for any action \"local\"\n",
+                d = d.display()
+            )
+        },
+        &[],
+    )
+}
+
+/// The sending node: joseph@node.test is local, everything else goes out by MX.
+struct Node {
+    mxd: Mxd,
+    _resolv: tempfile::TempDir,
+    resolv: PathBuf,
+    port: u16,
+}
+
+fn node(dns: &Dnsmasq, port: u16) -> Node {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let resolv = dns.resolv_conf(dir.path(), "timeout:1 attempts:1");
+    let env = node_env(&resolv, port);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mxd = Mxd::start_with(common::node_conf(String::new(), String::new()), &env);
+    Node { mxd, _resolv: dir, resolv, port }
+}
+
+fn node_env(resolv: &Path, port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("MXD_RESOLV_CONF", resolv.display().to_string()),
+        ("MXD_MX_PORT", port.to_string()),
+        ("MXD_RETRY_BASE", "1".into()),
+    ]
+}
+
+fn send(node: &Mxd, rcpt: &str, body: &str) {
+    python(SEND, &[&node.port.to_string(), "joseph@node.test", rcpt, body]);
+}
+
+fn bodies(m: &Mxd) -> Vec<String> {
+    m.messages("joseph").iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect()
+}
+
+fn count_with(m: &Mxd, needle: &str) -> usize {
+    bodies(m).iter().filter(|b| b.contains(needle)).count()
+}
+
+#[test]
+fn mx_preference_order_then_the_secondary_when_the_primary_is_down() {
+    if !needs("mx_preference_order_then_the_secondary_when_the_primary_is_down") {
+        return;
+    }
+    let dns = Dnsmasq::start(
+        "127.0.55.1",
+        &[
+            "--mx-host=pref.test,mx2.pref.test,20".into(),
+            "--mx-host=pref.test,mx1.pref.test,10".into(),
+            "--host-record=mx1.pref.test,127.0.55.11".into(),
+            "--host-record=mx2.pref.test,127.0.55.12".into(),
+        ],
+    );
+    let port = mx_port("127.0.55.11");
+    let mut mx1 = receiver("127.0.55.11", port);
+    let mx2 = receiver("127.0.55.12", port);
+    let n = node(&dns, port);
+    for i in 0..3 {
+        send(&n.mxd, "joseph@pref.test", &format!("to-primary-{i}"));
+    }
+    wait_for("three messages at mx1", Duration::from_secs(30), || mx1.messages("joseph").len() == 3);
+    assert_eq!(mx2.messages("joseph").len(), 0, "the secondary got mail while the primary was up");
+    let log = n.mxd.log();
+    assert!(log.contains("host=mx1.pref.test address=127.0.55.11:"), "{log}");
+    assert!(log.contains("tls=none result=Ok"), "{log}");
+
+    mx1.kill9();
+    send(&n.mxd, "joseph@pref.test", "to-secondary");
+    wait_for("the message at mx2", Duration::from_secs(30), || mx2.messages("joseph").len() == 1);
+    wait_for("an empty queue", Duration::from_secs(10), || queue_files(&n.mxd) == 0);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(count_with(&mx2, "to-secondary"), 1, "exactly once");
+    assert!(n.mxd.log().contains("trying the next host"), "{}", n.mxd.log());
+}
+
+#[test]
+fn implicit_mx_and_an_mx_that_is_an_alias() {
+    if !needs("implicit_mx_and_an_mx_that_is_an_alias") {
+        return;
+    }
+    let dns = Dnsmasq::start(
+        "127.0.56.1",
+        &[
+            "--host-record=implicit.test,127.0.56.11".into(),
+            "--mx-host=alias.test,mx.alias.test,10".into(),
+            "--cname=mx.alias.test,real.alias.test".into(),
+            "--host-record=real.alias.test,127.0.56.12".into(),
+            "--mx-host=literal.test,127.0.56.11,10".into(),
+        ],
+    );
+    let port = mx_port("127.0.56.11");
+    let implicit = receiver("127.0.56.11", port);
+    let aliased = receiver("127.0.56.12", port);
+    let n = node(&dns, port);
+    send(&n.mxd, "joseph@implicit.test", "implicit");
+    send(&n.mxd, "joseph@alias.test", "aliased");
+    wait_for("the implicit MX's message", Duration::from_secs(30), || count_with(&implicit, "implicit") == 1);
+    wait_for("the aliased MX's message", Duration::from_secs(30), || count_with(&aliased, "aliased") == 1);
+    let log = n.mxd.log();
+    assert!(log.contains("MX mx.alias.test is an alias (CNAME) of real.alias.test"), "{log}");
+
+    // An MX naming an address is refused by name, then the domain has no usable host.
+    send(&n.mxd, "joseph@literal.test", "literal");
+    wait_for("the bounce", Duration::from_secs(30), || count_with(&n.mxd, "Delivery status notification") == 1);
+    assert!(n.mxd.log().contains("is an address literal, not a host name"), "{}", n.mxd.log());
+    assert_eq!(count_with(&implicit, "literal"), 0);
+}
+
+#[test]
+fn null_mx_and_nxdomain_bounce_at_once_and_a_dns_failure_defers() {
+    if !needs("null_mx_and_nxdomain_bounce_at_once_and_a_dns_failure_defers") {
+        return;
+    }
+    let dns =
+        Dnsmasq::start("127.0.57.1", &["--mx-host=null.test,.,0".into(), "--server=/dead.test/127.0.0.1#9".into()]);
+    let n = node(&dns, mx_port("127.0.57.1"));
+    send(&n.mxd, "someone@null.test", "to-null");
+    send(&n.mxd, "someone@nowhere.test", "to-nx");
+    send(&n.mxd, "someone@dead.test", "to-dead");
+    wait_for("two bounces", Duration::from_secs(20), || count_with(&n.mxd, "Delivery status notification") == 2);
+    let all = bodies(&n.mxd).join("\n");
+    assert!(all.contains("Final-Recipient: rfc822; someone@null.test\nAction: failed\nStatus: 5.1.10"), "{all}");
+    assert!(all.contains("Final-Recipient: rfc822; someone@nowhere.test\nAction: failed\nStatus: 5.1.10"), "{all}");
+    assert!(all.contains("null MX") && all.contains("NXDOMAIN"), "{all}");
+    // The DNS failure is temporary: the message waits, and mailq says why.
+    assert_eq!(queue_files(&n.mxd), 1);
+    let mailq = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mxctl"))
+            .arg("-f")
+            .arg(&n.mxd.conf)
+            .args(["show", "queue"])
+            .output()
+            .expect("mxctl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_for("the deferral in mailq", Duration::from_secs(20), || mailq().contains("state=deferred"));
+    let mailq = mailq();
+    assert!(mailq.contains("<someone@dead.test>") && mailq.contains("state=deferred"), "{mailq}");
+    assert!(mailq.contains("MX lookup for dead.test"), "{mailq}");
+    assert!(!all.contains("someone@dead.test"), "no bounce for a temporary failure");
+}
+
+/// Sends `n` messages over one session; bodies are `PREFIX-i`.
+const SEND_MANY: &str = r#"
+import smtplib, sys
+port, rcpt, prefix, n = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+with smtplib.SMTP("127.0.0.1", port) as s:
+    for i in range(n):
+        s.sendmail("joseph@node.test", [rcpt], ("Subject: m\r\n\r\n%s-%d.\r\n" % (prefix, i)).encode())
+"#;
+
+#[test]
+fn kill9_mid_drain_resends_at_most_the_message_in_flight() {
+    if !needs("kill9_mid_drain_resends_at_most_the_message_in_flight") {
+        return;
+    }
+    let dns = Dnsmasq::start(
+        "127.0.58.1",
+        &["--mx-host=drain.test,mx.drain.test,10".into(), "--host-record=mx.drain.test,127.0.58.11".into()],
+    );
+    let port = mx_port("127.0.58.11");
+    let total = 300;
+    let mut n = node(&dns, port);
+    // Queued while the destination is down.
+    python(SEND_MANY, &[&n.mxd.port.to_string(), "joseph@drain.test", "drain", &total.to_string()]);
+    assert_eq!(queue_files(&n.mxd), total);
+    let rx = receiver("127.0.58.11", port);
+    let mxctl = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mxctl")).arg("-f").arg(&n.mxd.conf).args(args).output()
+    };
+    mxctl(&["schedule", "all"]).expect("mxctl");
+    let started = std::time::Instant::now();
+    while rx.messages("joseph").len() < 40 {
+        assert!(started.elapsed() < Duration::from_secs(60), "drain too slow:\n{}\n{}", n.mxd.log(), dns.queries());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    n.mxd.kill9();
+    let before = rx.messages("joseph").len();
+    assert!(before < total, "the drain finished before the kill: make it longer");
+    let env = node_env(&n.resolv, n.port);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    n.mxd.restart(&env);
+    wait_for("an empty queue", Duration::from_secs(120), || queue_files(&n.mxd) == 0);
+    let got = bodies(&rx);
+    let distinct: std::collections::BTreeSet<String> =
+        got.iter().filter_map(|b| b.split("\n\n").nth(1).map(|s| s.trim().to_owned())).collect();
+    assert_eq!(distinct.len(), total, "every message arrives");
+    assert!(got.len() <= total + 1, "{} duplicates after a kill at {before} delivered", got.len() - total);
+}
