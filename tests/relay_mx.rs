@@ -25,19 +25,42 @@ fn mx_port(addr: &str) -> u16 {
 /// A receiving mxd: its harness listener on 127.0.0.1, and the MX listener on `addr`;
 /// mail for joseph at any domain lands in its Maildir.
 fn receiver(addr: &'static str, port: u16) -> Mxd {
+    receiver_with(addr, port, false)
+}
+
+/// As `receiver`; with `tls`, the MX listener offers STARTTLS with a self-signed certificate.
+fn receiver_with(addr: &'static str, port: u16, tls: bool) -> Mxd {
     Mxd::start_with(
         move |d: &Path, p: u16| {
             let (uid, gid) = uid_gid();
+            let (pki, opts) = if tls { (self_signed(d), " tls pki rx") } else { (String::new(), "") };
             format!(
-                "spool \"{d}/spool\"\nhostname \"rx-{addr}.test\"\n\
+                "spool \"{d}/spool\"\nhostname \"rx-{addr}.test\"\n{pki}\
                  table users {{ joseph = \"{uid}:{gid}:{d}/home/joseph\" }}\n\
-                 listen on 127.0.0.1 port {p}\nlisten on {addr} port {port}\n\
+                 listen on 127.0.0.1 port {p}\nlisten on {addr} port {port}{opts}\n\
                  action \"local\" maildir userbase <users>\nmatch from any for any action \"local\"\n",
                 d = d.display()
             )
         },
         &[],
     )
+}
+
+/// `pki rx` lines for a fresh self-signed P-256 certificate in `d`.
+fn self_signed(d: &Path) -> String {
+    let (key, crt) = (d.join("rx.key"), d.join("rx.crt"));
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out {k} 2>/dev/null && chmod 600 {k} \
+             && openssl req -x509 -new -key {k} -out {c} -days 30 -subj /CN=rx.test",
+            k = key.display(),
+            c = crt.display()
+        ))
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    format!("pki rx cert \"{}\"\npki rx key \"{}\"\n", crt.display(), key.display())
 }
 
 /// The sending node: joseph@node.test is local, everything else goes out by MX.
@@ -178,6 +201,30 @@ fn null_mx_and_nxdomain_bounce_at_once_and_a_dns_failure_defers() {
     assert!(mailq.contains("<someone@dead.test>") && mailq.contains("state=deferred"), "{mailq}");
     assert!(mailq.contains("MX lookup for dead.test"), "{mailq}");
     assert!(!all.contains("someone@dead.test"), "no bounce for a temporary failure");
+}
+
+#[test]
+fn opportunistic_starttls_to_an_mx_with_a_self_signed_certificate() {
+    if !needs("opportunistic_starttls_to_an_mx_with_a_self_signed_certificate")
+        || !can_run("opportunistic_starttls_to_an_mx_with_a_self_signed_certificate", &[Need::Program("openssl", "openssl")])
+    {
+        return;
+    }
+    let dns = Dnsmasq::start(
+        "127.0.59.1",
+        &["--mx-host=tls.test,mx.tls.test,10".into(), "--host-record=mx.tls.test,127.0.59.11".into()],
+    );
+    let port = mx_port("127.0.59.11");
+    let rx = receiver_with("127.0.59.11", port, true);
+    let n = node(&dns, port);
+    send(&n.mxd, "joseph@tls.test", "over-tls");
+    wait_for("the message", Duration::from_secs(30), || count_with(&rx, "over-tls") == 1);
+    let text = bodies(&rx).join("");
+    assert!(text.contains("with ESMTPS id "), "{text}");
+    // The certificate names rx.test, not mx.tls.test, and nobody signed it: as OpenSMTPD
+    // does for MX relays without `tls`, it is used unverified.
+    let log = n.mxd.log();
+    assert!(log.contains("host=mx.tls.test address=127.0.59.11:") && log.contains(" tls=TLSv1.3:TLS13_"), "{log}");
 }
 
 /// Sends `n` messages over one session; bodies are `PREFIX-i`.
