@@ -72,9 +72,15 @@ struct Node {
 }
 
 fn node(dns: &Dnsmasq, port: u16) -> Node {
+    node_retrying(dns, port, 1)
+}
+
+/// As `node`, the first retry after `retry` seconds.
+fn node_retrying(dns: &Dnsmasq, port: u16, retry: u64) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let resolv = dns.resolv_conf(dir.path(), "timeout:1 attempts:1");
-    let env = node_env(&resolv, port);
+    let mut env = node_env(&resolv, port);
+    env[2].1 = retry.to_string();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mxd = Mxd::start_with(common::node_conf(String::new(), String::new()), &env);
     Node { mxd, _resolv: dir, resolv, port }
@@ -206,7 +212,10 @@ fn null_mx_and_nxdomain_bounce_at_once_and_a_dns_failure_defers() {
 #[test]
 fn opportunistic_starttls_to_an_mx_with_a_self_signed_certificate() {
     if !needs("opportunistic_starttls_to_an_mx_with_a_self_signed_certificate")
-        || !can_run("opportunistic_starttls_to_an_mx_with_a_self_signed_certificate", &[Need::Program("openssl", "openssl")])
+        || !can_run(
+            "opportunistic_starttls_to_an_mx_with_a_self_signed_certificate",
+            &[Need::Program("openssl", "openssl")],
+        )
     {
         return;
     }
@@ -225,6 +234,60 @@ fn opportunistic_starttls_to_an_mx_with_a_self_signed_certificate() {
     // does for MX relays without `tls`, it is used unverified.
     let log = n.mxd.log();
     assert!(log.contains("host=mx.tls.test address=127.0.59.11:") && log.contains(" tls=TLSv1.3:TLS13_"), "{log}");
+}
+
+fn mxctl(m: &Mxd, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mxctl")).arg("-f").arg(&m.conf).args(args).output();
+    let out = out.expect("mxctl");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// `attempts=N` of the mailq line of message `id`.
+fn attempts(mailq: &str, id: &str) -> Option<u32> {
+    let line = mailq.lines().find(|l| l.starts_with(id))?;
+    line.split_whitespace().find_map(|w| w.strip_prefix("attempts=")).and_then(|n| n.parse().ok())
+}
+
+#[test]
+fn one_message_id_from_the_receive_log_to_mailq_schedule_and_remove() {
+    if !needs("one_message_id_from_the_receive_log_to_mailq_schedule_and_remove") {
+        return;
+    }
+    let dns = Dnsmasq::start(
+        "127.0.60.1",
+        &["--mx-host=down.test,mx.down.test,10".into(), "--host-record=mx.down.test,127.0.60.11".into()],
+    );
+    let n = node_retrying(&dns, mx_port("127.0.60.11"), 600);
+    for i in 0..3 {
+        send(&n.mxd, &format!("r{i}@down.test"), &format!("m{i}"));
+    }
+    wait_for("three deferrals", Duration::from_secs(20), || n.mxd.log().matches("result=TempFail").count() == 3);
+    let log = n.mxd.log();
+    let ids: Vec<String> = log
+        .lines()
+        .filter_map(|l| l.split(" smtp message msgid=").nth(1))
+        .map(|r| r.split(' ').next().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3, "{log}");
+    for (i, id) in ids.iter().enumerate() {
+        assert!(log.contains(&format!("relay msgid={id} to=<r{i}@down.test>")), "{id} in the relay log:\n{log}");
+    }
+    let mailq = mxctl(&n.mxd, &["show", "queue"]);
+    for id in &ids {
+        assert_eq!(attempts(&mailq, id), Some(1), "{id} in mailq:\n{mailq}");
+    }
+    // remove takes that id and drops that message only.
+    assert!(mxctl(&n.mxd, &["remove", &ids[0]]).contains("1 removed"));
+    assert_eq!(queue_files(&n.mxd), 2);
+    // schedule takes an id and retries that message only.
+    assert!(mxctl(&n.mxd, &["schedule", &ids[1]]).contains("1 scheduled"));
+    wait_for("the scheduled retry", Duration::from_secs(20), || {
+        attempts(&mxctl(&n.mxd, &["show", "queue"]), &ids[1]) == Some(2)
+    });
+    let mailq = mxctl(&n.mxd, &["show", "queue"]);
+    assert!(!mailq.contains(&ids[0]), "{mailq}");
+    assert_eq!(attempts(&mailq, &ids[2]), Some(1), "{mailq}");
+    assert!(mxctl(&n.mxd, &["schedule", "ffffffff"]).contains("no such message"));
 }
 
 /// Sends `n` messages over one session; bodies are `PREFIX-i`.

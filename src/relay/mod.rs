@@ -80,6 +80,8 @@ fn domain_of(addr: &str) -> String {
 
 struct Entry {
     env: Envelope,
+    /// The message id (see `queue::message_id`).
+    id: String,
     rcpts: Vec<Rcpt>,
     /// How many Done recipients are already in the state file.
     persisted: usize,
@@ -100,14 +102,72 @@ pub struct Runner {
     mx_port: u16,
 }
 
-/// Control over a running runner: wake it, ask for everything to be retried now, stop it,
-/// and read where its retries stand.
+/// Control over a running runner: wake it, ask for everything or one message to be retried
+/// now, stop it, and read where its retries stand.
 #[derive(Clone)]
 pub struct Handle {
     pub wake: crossbeam_channel::Sender<()>,
     pub schedule_all: Arc<AtomicBool>,
+    /// Message ids (or prefixes) to retry now.
+    pub scheduled: Arc<Mutex<Vec<String>>>,
     pub stop: Arc<AtomicBool>,
     pub status: Status,
+}
+
+impl Handle {
+    pub fn new(wake: crossbeam_channel::Sender<()>) -> Handle {
+        Handle {
+            wake,
+            schedule_all: Arc::default(),
+            scheduled: Arc::default(),
+            stop: Arc::default(),
+            status: Arc::default(),
+        }
+    }
+
+    /// `mxctl schedule all|ID`: retry now everything, or the messages whose id starts
+    /// with `id`; how many messages that is.
+    pub fn schedule(&self, spool: &Path, id: Option<&str>) -> Result<usize, String> {
+        let matching = queued(spool, id).len();
+        if matching == 0 && id.is_some() {
+            return Err("no such message".into());
+        }
+        match id {
+            None => self.schedule_all.store(true, Ordering::Relaxed),
+            Some(id) => self.scheduled.lock().map_err(|_| "relay runner failed")?.push(id.to_owned()),
+        }
+        let _ = self.wake.try_send(());
+        Ok(matching)
+    }
+}
+
+/// The queue files under `spool` holding the message `id` (a prefix of it), or all.
+fn queued(spool: &Path, id: Option<&str>) -> Vec<String> {
+    let new = queue::queue_dir(spool).join("new");
+    let Ok(rd) = std::fs::read_dir(&new) else { return Vec::new() };
+    rd.flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| match id {
+            None => true,
+            Some(id) => std::fs::read(new.join(name))
+                .ok()
+                .and_then(|b| queue::decode(&b).map(|(env, _)| queue::message_id(&env, name)))
+                .is_some_and(|m| m.starts_with(id)),
+        })
+        .collect()
+}
+
+/// `mxctl remove all|ID`: drops the messages (no bounce); how many.
+pub fn remove(spool: &Path, id: Option<&str>) -> Result<usize, String> {
+    let names = queued(spool, id);
+    if names.is_empty() {
+        return Err("no such message".into());
+    }
+    let q = queue::queue_dir(spool);
+    for name in &names {
+        queue::remove(&q, name).map_err(|e| e.to_string())?;
+    }
+    Ok(names.len())
 }
 
 /// The runner's view of each waiting recipient, by (queue file, address), published after
@@ -141,10 +201,12 @@ pub fn spawn(
     std::thread::Builder::new().name("relay".into()).spawn(move || {
         while !handle.stop.load(Ordering::Relaxed) {
             let _ = wake.recv_timeout(Duration::from_secs(1));
-            if handle.schedule_all.swap(false, Ordering::Relaxed) {
-                runner.entries.values_mut().flat_map(|e| e.rcpts.iter_mut()).for_each(|r| r.next = Instant::now());
-            }
             runner.scan();
+            let all = handle.schedule_all.swap(false, Ordering::Relaxed);
+            let ids = handle.scheduled.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
+            for e in runner.entries.values_mut().filter(|e| all || ids.iter().any(|id| e.id.starts_with(id.as_str()))) {
+                e.rcpts.iter_mut().for_each(|r| r.next = Instant::now());
+            }
             runner.attempt_due();
             runner.publish(&handle.status);
         }
@@ -203,7 +265,8 @@ impl Runner {
                 })
                 .collect();
             let persisted = done.len();
-            self.entries.insert(name, Entry { env, rcpts, persisted });
+            let id = queue::message_id(&env, &name);
+            self.entries.insert(name, Entry { env, id, rcpts, persisted });
         }
     }
 
@@ -296,7 +359,8 @@ impl Runner {
             match session.send(sender, &rcpts, message) {
                 Ok(results) => {
                     for (addr, result) in due.iter().zip(results) {
-                        log::info!("relay msgid={name} to=<{addr}> host={host} result={}", result_name(&result));
+                        let id = &entry.id;
+                        log::info!("relay msgid={id} to=<{addr}> host={host} result={}", result_name(&result));
                         record(entry, dest, addr, &result, self.retry_base);
                     }
                     // Delivered means recorded: before the next message goes out.
@@ -319,7 +383,7 @@ impl Runner {
                 let due: Vec<String> =
                     entry.rcpts.iter().filter(|r| r.due(now) && dest.holds(r)).map(|r| r.addr.clone()).collect();
                 for addr in due {
-                    log::info!("relay msgid={name} to=<{addr}>{host} result={}", result_name(result));
+                    log::info!("relay msgid={} to=<{addr}>{host} result={}", entry.id, result_name(result));
                     record(entry, dest, &addr, result, self.retry_base);
                 }
             }
@@ -344,7 +408,7 @@ impl Runner {
                 self.entries.remove(name);
             }
             Ok(false) => {}
-            Err(e) => log::error!("queue {name}: {e}"),
+            Err(e) => log::error!("queue msgid={} file={name}: {e}", entry_id(&self.entries, name)),
         }
     }
 
@@ -376,7 +440,7 @@ impl Runner {
             let original = queue::decode(&bytes).map_or(&b""[..], |(_, m)| m);
             let failures: Vec<bounce::Failure<'_>> =
                 failed.iter().map(|(rcpt, status, why)| bounce::Failure { rcpt, status, diagnostic: why }).collect();
-            if let Some(dsn) = bounce::dsn(&config.hostname, &entry.env.sender, &failures, original, name) {
+            if let Some(dsn) = bounce::dsn(&config.hostname, &entry.env.sender, &failures, original, &entry.id) {
                 let socket = self.spool.join(crate::server::SUBMIT_SOCKET);
                 let prepared = crate::submit::headers::Prepared {
                     sender: String::new(),
@@ -385,13 +449,13 @@ impl Runner {
                 };
                 if let Err(e) = crate::submit::client::submit(&socket, &prepared, None) {
                     // The recipients stay Bounced: the bounce is tried again later.
-                    log::warn!("bounce for msgid={name} not submitted, retrying later: {e}");
+                    log::warn!("bounce for msgid={} not submitted, retrying later: {e}", entry.id);
                     for r in entry.rcpts.iter_mut().filter(|r| matches!(r.state, State::Bounced { .. })) {
                         r.next = now + self.retry_base;
                     }
                     return;
                 }
-                log::info!("bounce msgid={name} to=<{}> nrcpt={}", entry.env.sender, failed.len());
+                log::info!("bounce msgid={} to=<{}> nrcpt={}", entry.id, entry.env.sender, failed.len());
             }
             for r in entry.rcpts.iter_mut().filter(|r| failed.iter().any(|f| f.0 == r.addr)) {
                 r.state = State::Done;
@@ -399,6 +463,10 @@ impl Runner {
         }
         self.persist(name);
     }
+}
+
+fn entry_id(entries: &BTreeMap<String, Entry>, name: &str) -> String {
+    entries.get(name).map_or_else(|| queue::id_of(name), |e| e.id.clone())
 }
 
 fn result_name(r: &RcptResult) -> String {
@@ -549,7 +617,7 @@ pub fn list(spool: &Path, status: &Status) -> String {
         for (action, rcpt) in env.rcpts.iter().filter(|(_, r)| !done.contains(r)) {
             out.push_str(&format!(
                 "{} <{}> <{rcpt}> action={action} size={} age={age}s",
-                queue::id_of(&name),
+                queue::message_id(&env, &name),
                 env.sender,
                 message.len()
             ));

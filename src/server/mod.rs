@@ -117,8 +117,7 @@ pub fn run(config: Config, reloader: Reloader) -> Result<(), StartError> {
     let hook = deliver::QueueHook { dir: crate::queue::queue_dir(&config.spool), notify: wake_tx.clone() };
     let pool = Arc::new(deliver::Pool::start(deliver::default_threads(), &config.hostname, Some(hook)));
     let shared: relay::SharedConfig = Arc::new(std::sync::Mutex::new(Arc::clone(&config)));
-    let relay =
-        relay::Handle { wake: wake_tx, schedule_all: Arc::default(), stop: Arc::default(), status: Arc::default() };
+    let relay = relay::Handle::new(wake_tx);
     let relay_thread =
         relay::spawn(&config.spool, Arc::clone(&shared), wake_rx, relay.clone()).map_err(StartError::Thread)?;
 

@@ -151,30 +151,15 @@ impl ControlHandler for Control {
         )
     }
 
-    /// Every waiting recipient is retried now (an ID schedules everything too: sessions to
-    /// one host carry all its messages anyway).
-    fn schedule(&self, _target: &Target) -> Result<String, HandlerError> {
-        self.relay.schedule_all.store(true, Ordering::Relaxed);
-        let _ = self.relay.wake.try_send(());
-        Ok("scheduled".to_owned())
+    /// Every waiting recipient, or those of one message, is retried now.
+    fn schedule(&self, target: &Target) -> Result<String, HandlerError> {
+        let n = self.relay.schedule(&self.spool, target_id(target)).map_err(HandlerError::not_found)?;
+        Ok(format!("{n} scheduled"))
     }
 
     fn remove(&self, target: &Target) -> Result<String, HandlerError> {
-        let q = crate::queue::queue_dir(&self.spool);
-        let names: Vec<String> = std::fs::read_dir(q.join("new"))
-            .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
-            .unwrap_or_default();
-        let chosen: Vec<&String> = match target {
-            Target::All => names.iter().collect(),
-            Target::Id(id) => names.iter().filter(|n| crate::queue::id_of(n).starts_with(id.as_str())).collect(),
-        };
-        if chosen.is_empty() {
-            return Err(HandlerError::not_found("no such message"));
-        }
-        for name in &chosen {
-            crate::queue::remove(&q, name).map_err(|e| HandlerError::failed(e.to_string()))?;
-        }
-        Ok(format!("{} removed", chosen.len()))
+        let n = crate::relay::remove(&self.spool, target_id(target)).map_err(HandlerError::not_found)?;
+        Ok(format!("{n} removed"))
     }
 
     fn reload(&self) -> Result<String, HandlerError> {
@@ -187,6 +172,13 @@ impl ControlHandler for Control {
 
     fn update_aliases(&self) -> Result<String, HandlerError> {
         self.ask(Request::UpdateAliases)
+    }
+}
+
+fn target_id(target: &Target) -> Option<&str> {
+    match target {
+        Target::All => None,
+        Target::Id(id) => Some(id),
     }
 }
 
