@@ -11,7 +11,23 @@ use std::time::Duration;
 
 use crate::tls::Verify;
 
-const TIMEOUT: Duration = Duration::from_secs(60);
+/// Connecting, per address.
+const CONNECT: Duration = Duration::from_secs(60);
+/// RFC 5321 §4.5.3.2: how long to wait for the greeting and for replies to EHLO, MAIL and
+/// RCPT; for the 354 to DATA (and RSET, QUIT); to write a block of data; and for the
+/// reply to the final dot.
+const GREETING: Duration = Duration::from_secs(300);
+const DATA_INIT: Duration = Duration::from_secs(120);
+const DATA_BLOCK: Duration = Duration::from_secs(180);
+const DATA_END: Duration = Duration::from_secs(600);
+
+/// `MXD_RELAY_TIMEOUT=SECONDS` caps every timeout above, for tests and debugging.
+fn limit(t: Duration) -> Duration {
+    static CAP: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    let cap = CAP
+        .get_or_init(|| std::env::var("MXD_RELAY_TIMEOUT").ok().and_then(|s| s.parse().ok()).map(Duration::from_secs));
+    cap.map_or(t, |c| t.min(c.max(Duration::from_secs(1))))
+}
 /// A reply line longer than this is a broken server.
 const MAX_REPLY: usize = 64 * 1024;
 
@@ -77,6 +93,8 @@ pub struct Session {
     tls: Option<String>,
     /// The address connected to.
     peer: SocketAddr,
+    /// The socket under `stream`, for its timeouts.
+    tcp: TcpStream,
 }
 
 fn err(msg: impl Into<String>) -> io::Error {
@@ -95,11 +113,11 @@ fn connect(spec: &Spec) -> io::Result<TcpStream> {
         if let Some(src) = spec.src {
             socket.bind(&SocketAddr::new(src, 0).into())?;
         }
-        match socket.connect_timeout(&addr.into(), TIMEOUT) {
+        match socket.connect_timeout(&addr.into(), limit(CONNECT)) {
             Ok(()) => {
                 let s: TcpStream = socket.into();
-                s.set_read_timeout(Some(TIMEOUT))?;
-                s.set_write_timeout(Some(TIMEOUT))?;
+                s.set_read_timeout(Some(limit(GREETING)))?;
+                s.set_write_timeout(Some(limit(DATA_BLOCK)))?;
                 return Ok(s);
             }
             Err(e) => {
@@ -122,7 +140,15 @@ impl Session {
             TlsMode::Implicit => Box::new(tls(tcp.try_clone()?, spec, &mut described)?),
             _ => Box::new(tcp.try_clone()?),
         };
-        let mut s = Session { stream, buf: Vec::new(), pipelining: false, lmtp: spec.lmtp, tls: described, peer };
+        let mut s = Session {
+            stream,
+            buf: Vec::new(),
+            pipelining: false,
+            lmtp: spec.lmtp,
+            tls: described,
+            peer,
+            tcp: tcp.try_clone()?,
+        };
         s.expect(220, "greeting")?;
         let mut exts = s.ehlo(&spec.helo)?;
         let offered = exts.iter().any(|e| e.eq_ignore_ascii_case("STARTTLS"));
@@ -149,6 +175,11 @@ impl Session {
             s.auth(&exts, user, pass)?;
         }
         Ok(s)
+    }
+
+    /// How long the next replies may take (RFC 5321 §4.5.3.2).
+    fn wait(&self, t: Duration) -> io::Result<()> {
+        self.tcp.set_read_timeout(Some(limit(t)))
     }
 
     /// The TLS version, cipher and bits, once TLS is on.
@@ -253,6 +284,7 @@ impl Session {
     /// with CRLF and dot-stuffing. An `Err` means the session is unusable: every
     /// recipient of this message is a temporary failure.
     pub fn send(&mut self, sender: &str, rcpts: &[&str], message: &[u8]) -> io::Result<Vec<RcptResult>> {
+        self.wait(GREETING)?;
         let mut cmds = format!("MAIL FROM:<{sender}>\r\n");
         for r in rcpts {
             cmds.push_str(&format!("RCPT TO:<{r}>\r\n"));
@@ -291,6 +323,7 @@ impl Session {
             return Ok(results);
         }
         self.command(b"DATA\r\n")?;
+        self.wait(DATA_INIT)?;
         let (code, l) = self.reply()?;
         if code != 354 {
             let all = RcptResult::from_reply(code, l.last().map_or("", String::as_str));
@@ -298,6 +331,7 @@ impl Session {
             return Ok(results.iter().map(|r| if *r == RcptResult::Ok { all.clone() } else { r.clone() }).collect());
         }
         self.command(&wire_form(message))?;
+        self.wait(DATA_END)?;
         // SMTP gives one verdict for the message; LMTP one per accepted recipient, in order.
         let mut verdict = None;
         for r in results.iter_mut().filter(|r| **r == RcptResult::Ok) {
@@ -311,12 +345,13 @@ impl Session {
     }
 
     fn rset(&mut self) -> io::Result<()> {
+        self.wait(DATA_INIT)?;
         self.command(b"RSET\r\n")?;
         self.reply().map(drop)
     }
 
     pub fn quit(mut self) {
-        if self.command(b"QUIT\r\n").is_ok() {
+        if self.wait(DATA_INIT).is_ok() && self.command(b"QUIT\r\n").is_ok() {
             let _ = self.reply();
         }
     }

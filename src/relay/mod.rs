@@ -5,22 +5,23 @@
 
 pub mod client;
 pub mod mx;
+mod spec;
+mod worker;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 
-use crate::config::{Config, Method, Relay, Scheme};
+use crate::config::Config;
 use crate::dns::Resolver;
 use crate::queue::{self, bounce, Envelope};
-use crate::tls::Verify;
-use client::{RcptResult, Session, Spec, TlsMode};
+use client::RcptResult;
+use worker::{Item, Report, Work};
 
 /// First retry after this (MXD_RETRY_BASE seconds overrides it, for tests); doubling up to
 /// `MAX_DELAY`.
@@ -29,6 +30,10 @@ const MAX_DELAY: Duration = Duration::from_secs(4 * 3600);
 /// The SMTP port of MX hosts. `MXD_MX_PORT` replaces it, for tests only: a test cannot
 /// own port 25 on the loopback addresses its receiving servers use.
 const MX_PORT: u16 = 25;
+/// Destinations served at once, each by a worker thread with one session.
+const MAX_DESTINATIONS: usize = 32;
+/// On stop, how long in-flight sessions may still report what they delivered.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// The current configuration, swapped by the supervisor on reload.
 pub type SharedConfig = Arc<Mutex<Arc<Config>>>;
@@ -62,6 +67,7 @@ impl Rcpt {
 }
 
 /// One destination: every recipient of `action`, or, for a relay by MX, those of `domain`.
+/// At most one session per destination at a time.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Dest {
     action: String,
@@ -69,6 +75,11 @@ struct Dest {
 }
 
 impl Dest {
+    fn of(config: &Config, r: &Rcpt) -> Dest {
+        let by_mx = spec::relay_of(config, &r.action).is_some_and(|rel| rel.host.is_none());
+        Dest { action: r.action.clone(), domain: by_mx.then(|| domain_of(&r.addr)) }
+    }
+
     fn holds(&self, r: &Rcpt) -> bool {
         r.action == self.action && self.domain.as_ref().map_or(true, |d| *d == domain_of(&r.addr))
     }
@@ -100,6 +111,10 @@ pub struct Runner {
     entries: BTreeMap<String, Entry>,
     retry_base: Duration,
     mx_port: u16,
+    /// Destinations a worker is serving now.
+    in_flight: BTreeSet<Dest>,
+    reports_tx: Sender<Report>,
+    reports: Receiver<Report>,
 }
 
 /// Control over a running runner: wake it, ask for everything or one message to be retried
@@ -190,6 +205,7 @@ pub fn spawn(
     handle: Handle,
 ) -> std::io::Result<JoinHandle<()>> {
     let env_u64 = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<u64>().ok());
+    let (reports_tx, reports) = crossbeam_channel::unbounded();
     let mut runner = Runner {
         queue: queue::queue_dir(spool),
         spool: spool.to_owned(),
@@ -197,19 +213,32 @@ pub fn spawn(
         entries: BTreeMap::new(),
         retry_base: env_u64("MXD_RETRY_BASE").map_or(RETRY_BASE, Duration::from_secs),
         mx_port: env_u64("MXD_MX_PORT").and_then(|p| u16::try_from(p).ok()).unwrap_or(MX_PORT),
+        in_flight: BTreeSet::new(),
+        reports_tx,
+        reports,
     };
     std::thread::Builder::new().name("relay".into()).spawn(move || {
         while !handle.stop.load(Ordering::Relaxed) {
-            let _ = wake.recv_timeout(Duration::from_secs(1));
+            let reports = runner.reports.clone();
+            crossbeam_channel::select! {
+                recv(wake) -> w => if w.is_err() { std::thread::sleep(Duration::from_secs(1)) },
+                recv(reports) -> r => if let Ok(r) = r { runner.handle(r) },
+                default(Duration::from_secs(1)) => {}
+            }
+            while let Ok(r) = runner.reports.try_recv() {
+                runner.handle(r);
+            }
             runner.scan();
             let all = handle.schedule_all.swap(false, Ordering::Relaxed);
             let ids = handle.scheduled.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
             for e in runner.entries.values_mut().filter(|e| all || ids.iter().any(|id| e.id.starts_with(id.as_str()))) {
                 e.rcpts.iter_mut().for_each(|r| r.next = Instant::now());
             }
-            runner.attempt_due();
+            runner.dispatch();
+            runner.settle_all();
             runner.publish(&handle.status);
         }
+        runner.drain_on_stop();
     })
 }
 
@@ -270,123 +299,96 @@ impl Runner {
         }
     }
 
-    fn attempt_due(&mut self) {
+    fn config(&self) -> Arc<Config> {
+        self.config.lock().map(|c| Arc::clone(&c)).unwrap_or_else(|e| Arc::clone(&e.into_inner()))
+    }
+
+    /// Hands each destination with due recipients, and no session yet, to a worker.
+    fn dispatch(&mut self) {
         let now = Instant::now();
-        let config = self.config.lock().map(|c| Arc::clone(&c)).unwrap_or_else(|e| Arc::clone(&e.into_inner()));
-        let mut by_dest: BTreeMap<Dest, Vec<String>> = BTreeMap::new();
+        let config = self.config();
+        let mut work: BTreeMap<Dest, Vec<Item>> = BTreeMap::new();
         for (name, e) in &self.entries {
+            let mut by_dest: BTreeMap<Dest, Vec<String>> = BTreeMap::new();
             for r in e.rcpts.iter().filter(|r| r.due(now)) {
-                let by_mx = relay_of(&config, &r.action).is_some_and(|rel| rel.host.is_none());
-                let dest = Dest { action: r.action.clone(), domain: by_mx.then(|| domain_of(&r.addr)) };
-                let names = by_dest.entry(dest).or_default();
-                if !names.contains(name) {
-                    names.push(name.clone());
+                let dest = Dest::of(&config, r);
+                if !self.in_flight.contains(&dest) {
+                    by_dest.entry(dest).or_default().push(r.addr.clone());
                 }
             }
+            for (dest, rcpts) in by_dest {
+                work.entry(dest).or_default().push(Item { name: name.clone(), id: e.id.clone(), rcpts });
+            }
+        }
+        if work.is_empty() {
+            return;
         }
         // Read once per round that needs it, so an edited resolv.conf applies without a restart.
-        let resolver = by_dest.keys().any(|d| d.domain.is_some()).then(Resolver::system);
-        for (dest, names) in by_dest {
-            self.relay_group(&config, &dest, &names, resolver.as_ref());
+        let resolver = Arc::new(Resolver::system());
+        for (dest, items) in work {
+            if self.in_flight.len() >= MAX_DESTINATIONS {
+                break;
+            }
+            let w = Work {
+                dest: dest.clone(),
+                items,
+                config: Arc::clone(&config),
+                resolver: Arc::clone(&resolver),
+                mx_port: self.mx_port,
+                queue: self.queue.clone(),
+            };
+            match worker::spawn(w, self.reports_tx.clone()) {
+                Ok(()) => {
+                    self.in_flight.insert(dest);
+                }
+                Err(e) => log::error!("relay: cannot start a worker for {}: {e}", dest.action),
+            }
         }
+    }
+
+    /// Records what a worker reports; a message's verdicts reach the disk before its ack.
+    fn handle(&mut self, report: Report) {
+        match report {
+            Report::Sent { dest, name, results, ack } => {
+                if let Some(entry) = self.entries.get_mut(&name) {
+                    for (addr, result) in &results {
+                        record(entry, &dest, addr, result, self.retry_base);
+                    }
+                }
+                self.persist(&name);
+                let _ = ack.send(());
+            }
+            Report::Failed { dest, rcpts, result } => {
+                for (name, addrs) in rcpts {
+                    if let Some(entry) = self.entries.get_mut(&name) {
+                        for addr in &addrs {
+                            record(entry, &dest, addr, &result, self.retry_base);
+                        }
+                    }
+                }
+            }
+            Report::Finished(dest) => {
+                self.in_flight.remove(&dest);
+            }
+        }
+    }
+
+    /// Stopping: sessions still running get a moment to report what they delivered.
+    fn drain_on_stop(&mut self) {
+        let deadline = Instant::now() + STOP_GRACE;
+        while !self.in_flight.is_empty() {
+            match self.reports.recv_deadline(deadline) {
+                Ok(r) => self.handle(r),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn settle_all(&mut self) {
+        let config = self.config();
         let names: Vec<String> = self.entries.keys().cloned().collect();
         for name in names {
             self.settle(&config, &name);
-        }
-    }
-
-    /// The hosts to try for `dest`, in order; or the verdict for all its recipients.
-    fn candidates(&self, config: &Config, dest: &Dest, resolver: Option<&Resolver>) -> Result<Vec<Spec>, RcptResult> {
-        let relay = relay_of(config, &dest.action)
-            .ok_or_else(|| RcptResult::Temp(format!("action {} is not a relay action (any more)", dest.action)))?;
-        let (Some(domain), Some(resolver)) = (&dest.domain, resolver) else {
-            return spec_for(config, relay).map(|s| vec![s]).map_err(RcptResult::Temp);
-        };
-        match mx::route(resolver, domain) {
-            mx::Route::Hosts(hosts) => hosts
-                .iter()
-                .map(|h| mx_spec(config, relay, h, self.mx_port))
-                .collect::<Result<_, _>>()
-                .map_err(RcptResult::Temp),
-            mx::Route::Bounce(status, why) => Err(RcptResult::Perm(format!("{status} {why}"))),
-            mx::Route::Defer(why) => Err(RcptResult::Temp(why)),
-        }
-    }
-
-    /// Every due recipient of `dest`, over one session with the first host that takes it.
-    fn relay_group(&mut self, config: &Config, dest: &Dest, names: &[String], resolver: Option<&Resolver>) {
-        let specs = match self.candidates(config, dest, resolver) {
-            Ok(s) => s,
-            Err(verdict) => return self.fail_group(dest, names, &verdict, None),
-        };
-        let mut last = String::from("no host to try");
-        let mut opened = None;
-        for spec in &specs {
-            match Session::open(spec) {
-                Ok(s) => {
-                    opened = Some((s, spec));
-                    break;
-                }
-                Err(e) => {
-                    last = format!("{}: {e}", spec.host);
-                    if specs.len() > 1 {
-                        log::info!("relay host={} port={} failed, trying the next host: {e}", spec.host, spec.port);
-                    }
-                }
-            }
-        }
-        let Some((mut session, spec)) = opened else {
-            return self.fail_group(dest, names, &RcptResult::Temp(last), None);
-        };
-        let host = match session.tls() {
-            Some(tls) => format!("{} address={} tls={tls}", spec.host, session.peer()),
-            None => format!("{} address={} tls=none", spec.host, session.peer()),
-        };
-        let relay = relay_of(config, &dest.action);
-        let sender_override = relay.and_then(|r| r.mail_from.clone());
-        for name in names {
-            let Ok(bytes) = std::fs::read(self.queue.join("new").join(name)) else { continue };
-            let Some((env, message)) = queue::decode(&bytes) else { continue };
-            let now = Instant::now();
-            let Some(entry) = self.entries.get_mut(name) else { continue };
-            let due: Vec<String> =
-                entry.rcpts.iter().filter(|r| r.due(now) && dest.holds(r)).map(|r| r.addr.clone()).collect();
-            if due.is_empty() {
-                continue;
-            }
-            let rcpts: Vec<&str> = due.iter().map(String::as_str).collect();
-            let sender = sender_override.as_deref().unwrap_or(&env.sender);
-            match session.send(sender, &rcpts, message) {
-                Ok(results) => {
-                    for (addr, result) in due.iter().zip(results) {
-                        let id = &entry.id;
-                        log::info!("relay msgid={id} to=<{addr}> host={host} result={}", result_name(&result));
-                        record(entry, dest, addr, &result, self.retry_base);
-                    }
-                    // Delivered means recorded: before the next message goes out.
-                    self.persist(name);
-                }
-                Err(e) => {
-                    let r = RcptResult::Temp(format!("{}: {e}", spec.host));
-                    return self.fail_group(dest, names, &r, Some(&host));
-                }
-            }
-        }
-        session.quit();
-    }
-
-    fn fail_group(&mut self, dest: &Dest, names: &[String], result: &RcptResult, host: Option<&str>) {
-        let now = Instant::now();
-        let host = host.map_or(String::new(), |h| format!(" host={h}"));
-        for name in names {
-            if let Some(entry) = self.entries.get_mut(name) {
-                let due: Vec<String> =
-                    entry.rcpts.iter().filter(|r| r.due(now) && dest.holds(r)).map(|r| r.addr.clone()).collect();
-                for addr in due {
-                    log::info!("relay msgid={} to=<{addr}>{host} result={}", entry.id, result_name(result));
-                    record(entry, dest, &addr, result, self.retry_base);
-                }
-            }
         }
     }
 
@@ -419,6 +421,10 @@ impl Runner {
         let now = Instant::now();
         for r in entry.rcpts.iter_mut() {
             let ttl = config.actions.get(&r.action).and_then(|a| a.ttl).unwrap_or(config.queue_ttl);
+            // A recipient in a session now waits for that session's verdict.
+            if self.in_flight.contains(&Dest::of(config, r)) {
+                continue;
+            }
             if let State::Deferred(why) = &r.state {
                 if age > ttl && r.attempts > 0 {
                     let reason = format!("message expired after {}s in the queue: {why}", age.as_secs());
@@ -469,7 +475,7 @@ fn entry_id(entries: &BTreeMap<String, Entry>, name: &str) -> String {
     entries.get(name).map_or_else(|| queue::id_of(name), |e| e.id.clone())
 }
 
-fn result_name(r: &RcptResult) -> String {
+pub(crate) fn result_name(r: &RcptResult) -> String {
     match r {
         RcptResult::Ok => "Ok".into(),
         RcptResult::Temp(e) => format!("TempFail error=\"{e}\""),
@@ -505,100 +511,6 @@ fn record(entry: &mut Entry, dest: &Dest, addr: &str, result: &RcptResult, base:
 /// base, 2·base, 4·base … capped.
 pub fn backoff(base: Duration, attempts: u32) -> Duration {
     base.saturating_mul(1u32 << attempts.saturating_sub(1).min(16)).min(MAX_DELAY)
-}
-
-fn relay_of<'c>(config: &'c Config, action: &str) -> Option<&'c Relay> {
-    match &config.actions.get(action)?.method {
-        Method::Relay(r) => Some(r),
-        _ => None,
-    }
-}
-
-/// What a relay's options say about TLS verification, the client certificate and the
-/// source address, whatever the host.
-type Common = (Verify, Option<(PathBuf, PathBuf)>, Option<IpAddr>);
-
-fn common(config: &Config, r: &Relay, verify_default: Verify) -> Result<Common, String> {
-    let verify = match (&r.ca, r.no_verify) {
-        (_, true) => Verify::Nothing,
-        (Some(ca), false) => Verify::Ca(config.cas.get(ca).ok_or(format!("ca {ca} is not defined"))?.cert.clone()),
-        (None, false) => verify_default,
-    };
-    let identity = match &r.pki {
-        Some(name) => {
-            let pki = config.pkis.get(name).ok_or(format!("pki {name} is not defined"))?;
-            Some((pki.cert.clone(), pki.key.clone()))
-        }
-        None => None,
-    };
-    let src = match &r.src {
-        Some(t) => Some(
-            config
-                .table(t)
-                .and_then(|t| t.keys().find_map(|k| k.parse::<IpAddr>().ok()))
-                .ok_or(format!("src table {t} has no address"))?,
-        ),
-        None => None,
-    };
-    Ok((verify, identity, src))
-}
-
-/// How to reach one MX host. Without `tls`, STARTTLS when offered and no certificate
-/// check, as OpenSMTPD does for MX relays; with `tls`, STARTTLS required and verified
-/// (unless `no-verify`).
-fn mx_spec(config: &Config, r: &Relay, host: &mx::Host, port: u16) -> Result<Spec, String> {
-    if let Some(t) = &r.auth {
-        return Err(format!("auth <{t}> needs a relay host (relay host URL with label@)"));
-    }
-    let (verify, identity, src) = common(config, r, if r.tls { Verify::System } else { Verify::Nothing })?;
-    Ok(Spec {
-        host: host.name.clone(),
-        addrs: host.addrs.clone(),
-        port,
-        lmtp: false,
-        tls: if r.tls { TlsMode::Required } else { TlsMode::Opportunistic },
-        verify,
-        identity,
-        src,
-        helo: r.helo.clone().unwrap_or_else(|| config.hostname.clone()),
-        auth: None,
-    })
-}
-
-/// How to reach the host of a relay with `host URL`.
-fn spec_for(config: &Config, r: &Relay) -> Result<Spec, String> {
-    let Some(url) = r.host.as_ref() else { return Err("relay without a host".into()) };
-    let tls = match url.scheme {
-        Scheme::Smtp | Scheme::Lmtp if r.tls => TlsMode::Required,
-        Scheme::Smtp => TlsMode::Opportunistic,
-        Scheme::SmtpTls => TlsMode::Required,
-        Scheme::SmtpNoTls | Scheme::Lmtp => TlsMode::Never,
-        Scheme::Smtps => TlsMode::Implicit,
-    };
-    let (verify, identity, src) = common(config, r, Verify::System)?;
-    let auth = match (&r.auth, &url.label) {
-        (Some(t), Some(label)) => {
-            let value =
-                config.table(t).and_then(|t| t.get(label)).ok_or(format!("no credentials for {label} in table {t}"))?;
-            let (user, pass) =
-                value.split_once(':').ok_or(format!("credentials for {label}: expected user:password"))?;
-            Some((user.to_owned(), pass.to_owned()))
-        }
-        (Some(t), None) => return Err(format!("auth <{t}> needs a label@ in the relay URL")),
-        _ => None,
-    };
-    Ok(Spec {
-        host: url.host.clone(),
-        addrs: Vec::new(),
-        port: url.port_or_default(),
-        lmtp: url.scheme == Scheme::Lmtp,
-        tls,
-        verify,
-        identity,
-        src,
-        helo: r.helo.clone().unwrap_or_else(|| config.hostname.clone()),
-        auth,
-    })
 }
 
 /// `mailq`: one line per waiting recipient, with its retry state when the runner has one.
