@@ -75,12 +75,24 @@ fn node(dns: &Dnsmasq, port: u16) -> Node {
     node_retrying(dns, port, 1)
 }
 
+/// A host that accepts connections and never says a word.
+fn tarpit(addr: &str, port: u16) {
+    let l = TcpListener::bind((addr, port)).expect("tarpit");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in l.incoming().flatten() {
+            held.push(c);
+        }
+    });
+}
+
 /// As `node`, the first retry after `retry` seconds.
 fn node_retrying(dns: &Dnsmasq, port: u16, retry: u64) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let resolv = dns.resolv_conf(dir.path(), "timeout:1 attempts:1");
     let mut env = node_env(&resolv, port);
     env[2].1 = retry.to_string();
+    env.push(("MXD_RELAY_TIMEOUT", "4".into()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mxd = Mxd::start_with(common::node_conf(String::new(), String::new()), &env);
     Node { mxd, _resolv: dir, resolv, port }
@@ -288,6 +300,40 @@ fn one_message_id_from_the_receive_log_to_mailq_schedule_and_remove() {
     assert!(!mailq.contains(&ids[0]), "{mailq}");
     assert_eq!(attempts(&mailq, &ids[2]), Some(1), "{mailq}");
     assert!(mxctl(&n.mxd, &["schedule", "ffffffff"]).contains("no such message"));
+}
+
+#[test]
+fn a_tarpit_destination_delays_no_other() {
+    if !needs("a_tarpit_destination_delays_no_other") {
+        return;
+    }
+    let dns = Dnsmasq::start(
+        "127.0.61.1",
+        &[
+            "--mx-host=tarpit.test,mx.tarpit.test,10".into(),
+            "--host-record=mx.tarpit.test,127.0.61.11".into(),
+            "--mx-host=fast.test,mx.fast.test,10".into(),
+            "--host-record=mx.fast.test,127.0.61.12".into(),
+        ],
+    );
+    let port = mx_port("127.0.61.11");
+    tarpit("127.0.61.11", port);
+    let rx = receiver("127.0.61.12", port);
+    let n = node(&dns, port);
+    send(&n.mxd, "joseph@tarpit.test", "stuck");
+    let start = std::time::Instant::now();
+    for i in 0..5 {
+        send(&n.mxd, "joseph@fast.test", &format!("fast-{i}"));
+    }
+    wait_for("the other destination's mail", Duration::from_secs(20), || rx.messages("joseph").len() == 5);
+    // Well within the tarpit's timeout (MXD_RELAY_TIMEOUT=4 s here, 5 min by default).
+    assert!(start.elapsed() < Duration::from_secs(4), "took {:?}", start.elapsed());
+    assert!(!n.mxd.log().contains("to=<joseph@tarpit.test>"), "the tarpit answered?\n{}", n.mxd.log());
+    // The tarpit's greeting times out: deferred, never lost.
+    wait_for("the tarpit's deferral", Duration::from_secs(20), || {
+        n.mxd.log().contains("to=<joseph@tarpit.test> result=TempFail")
+    });
+    assert_eq!(queue_files(&n.mxd), 1);
 }
 
 /// Sends `n` messages over one session; bodies are `PREFIX-i`.
