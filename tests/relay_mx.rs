@@ -188,6 +188,33 @@ fn implicit_mx_and_an_mx_that_is_an_alias() {
 }
 
 #[test]
+fn an_ipv6_mx_and_ipv4_after_ipv6_fails() {
+    if !needs("an_ipv6_mx_and_ipv4_after_ipv6_fails") {
+        return;
+    }
+    let dns = Dnsmasq::start(
+        "127.0.62.1",
+        &[
+            "--mx-host=six.test,mx.six.test,10".into(),
+            "--host-record=mx.six.test,::1".into(),
+            // Both families: ::1 has no listener on this port, so 127.0.62.11 gets it.
+            "--host-record=dual.test,::1,127.0.62.11".into(),
+        ],
+    );
+    let port = mx_port("::1");
+    let six = receiver("::1", port);
+    let n = node(&dns, port);
+    send(&n.mxd, "joseph@six.test", "over-ipv6");
+    wait_for("the message over IPv6", Duration::from_secs(30), || count_with(&six, "over-ipv6") == 1);
+    assert!(n.mxd.log().contains("host=mx.six.test address=[::1]:"), "{}", n.mxd.log());
+    drop(six);
+    let four = receiver("127.0.62.11", port);
+    send(&n.mxd, "joseph@dual.test", "over-ipv4");
+    wait_for("the message over IPv4", Duration::from_secs(30), || count_with(&four, "over-ipv4") == 1);
+    assert!(n.mxd.log().contains("host=dual.test address=127.0.62.11:"), "{}", n.mxd.log());
+}
+
+#[test]
 fn null_mx_and_nxdomain_bounce_at_once_and_a_dns_failure_defers() {
     if !needs("null_mx_and_nxdomain_bounce_at_once_and_a_dns_failure_defers") {
         return;
