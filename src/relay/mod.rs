@@ -1,7 +1,10 @@
-//! The relay runner: one thread that takes due recipients from the queue, groups them by
-//! relay action so that every message for one host goes over one session, and records each
-//! recipient's fate: delivered, retried later with backoff (4xx, network errors), or
-//! bounced to the sender (5xx, or older than `queue ttl`), never a bounce for a bounce.
+//! The relay runner: one thread that takes due recipients from the queue, groups them into
+//! destinations (a relay action, and the recipient domain for a relay by MX), hands each to
+//! a worker (`worker.rs`: one session per destination, many destinations at once), and
+//! records each recipient's fate as the workers report it: delivered, retried later with
+//! backoff (4xx, network and DNS errors), or bounced to the sender (5xx, null MX, NXDOMAIN,
+//! older than `queue ttl`), never a bounce for a bounce. The runner alone reads and writes
+//! the queue's state, so workers share nothing but their reports.
 
 pub mod client;
 pub mod mx;
