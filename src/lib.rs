@@ -19,6 +19,7 @@ pub mod client_io;
 pub mod config;
 pub mod control;
 pub mod deliver;
+pub mod dns;
 pub mod envelope;
 pub mod headers;
 pub mod logging;

@@ -168,7 +168,12 @@ fn stage_job(job: Job, ctx: &Ctx, opened: &mut maildir::Opened) -> Pending {
         };
         // One queue file per message holds every relayed recipient (one envelope each).
         let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let env = queue::encode(&queue::Envelope { sender: mail.return_path.clone(), created, rcpts: relay });
+        let env = queue::encode(&queue::Envelope {
+            id: mail.id.to_string(),
+            sender: mail.return_path.clone(),
+            created,
+            rcpts: relay,
+        });
         match opened.stage(&queue.dir, queue.owner, &[&env, &mail.received, &mail.body], &ctx.host) {
             Ok(s) => {
                 p.staged.push(s);

@@ -162,17 +162,19 @@ pub fn run_relay(config: Config, who: Option<&sandbox::Account>) -> Result<(), S
     let shared: relay::SharedConfig = Arc::new(std::sync::Mutex::new(Arc::new(config)));
     let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
     listen_for_wake(wake_tx.clone());
-    let handle =
-        relay::Handle { wake: wake_tx, schedule_all: Arc::default(), stop: Arc::default(), status: Arc::default() };
+    let handle = relay::Handle::new(wake_tx);
     // Paths relative to the spool, our working directory: its parents may be closed to us.
     let thread = relay::spawn(Path::new("."), shared, wake_rx, handle.clone()).map_err(|e| e.to_string())?;
     let h = handle.clone();
     serve_parent(move |req| match req {
         "queue" => relay::list(Path::new("."), &h.status),
-        "schedule" => {
-            h.schedule_all.store(true, Ordering::Relaxed);
-            let _ = h.wake.try_send(());
-            "scheduled".into()
+        // `schedule` or `schedule ID`: "N scheduled", or "error WHY".
+        req if req == "schedule" || req.starts_with("schedule ") => {
+            let id = req.strip_prefix("schedule ").filter(|id| !id.is_empty());
+            match h.schedule(Path::new("."), id) {
+                Ok(n) => format!("{n} scheduled"),
+                Err(e) => format!("error {e}"),
+            }
         }
         _ => String::new(),
     })

@@ -5,6 +5,7 @@
 //! A queue file is an envelope header, a line ".", then the message (LF endings):
 //! ```text
 //! mxd-queue 1
+//! id 6c1f0a33
 //! sender joseph@node.example
 //! created 1700000000
 //! rcpt relay_to_mx0 joseph@node.example
@@ -25,6 +26,10 @@ pub use crate::spool::QUEUE_DIR;
 /// Who sent a queued message, when, and to whom (by relay action).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
+    /// The message id of the receive log (`smtp message msgid=…`): what the relay's log
+    /// lines, `mailq`, `mxctl schedule ID` and `remove ID` name the message by. Empty in
+    /// files written before it was recorded (see [`message_id`]).
+    pub id: String,
     pub sender: String,
     pub created: u64,
     /// (action name, recipient address)
@@ -35,8 +40,18 @@ pub fn queue_dir(spool: &Path) -> PathBuf {
     crate::spool::queue_dir(spool)
 }
 
-/// The 16-hex-digit id `mxctl show queue` prints for queue file `name`, and `remove ID`
-/// takes (or any prefix of it): FNV-1a of the name, stable across restarts.
+/// The id of the message in queue file `name`: its recorded message id, or for a file
+/// from before ids were recorded, [`id_of`] its name.
+pub fn message_id(env: &Envelope, name: &str) -> String {
+    if env.id.is_empty() {
+        id_of(name)
+    } else {
+        env.id.clone()
+    }
+}
+
+/// A stable 16-hex-digit id for queue file `name` (FNV-1a of the name), for files that
+/// carry no message id.
 pub fn id_of(name: &str) -> String {
     let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     format!("{hash:016x}")
@@ -47,7 +62,11 @@ pub fn id_of(name: &str) -> String {
 pub fn encode(env: &Envelope) -> Vec<u8> {
     let clean =
         |s: &str| -> String { s.chars().map(|c| if c.is_whitespace() || c.is_control() { '_' } else { c }).collect() };
-    let mut out = format!("mxd-queue 1\nsender {}\ncreated {}\n", clean(&env.sender), env.created);
+    let mut out = String::from("mxd-queue 1\n");
+    if !env.id.is_empty() {
+        out.push_str(&format!("id {}\n", clean(&env.id)));
+    }
+    out.push_str(&format!("sender {}\ncreated {}\n", clean(&env.sender), env.created));
     for (action, rcpt) in &env.rcpts {
         out.push_str(&format!("rcpt {} {}\n", clean(action), clean(rcpt)));
     }
@@ -64,9 +83,10 @@ pub fn decode(file: &[u8]) -> Option<(Envelope, &[u8])> {
     if lines.next()? != "mxd-queue 1" {
         return None;
     }
-    let mut env = Envelope { sender: String::new(), created: 0, rcpts: Vec::new() };
+    let mut env = Envelope { id: String::new(), sender: String::new(), created: 0, rcpts: Vec::new() };
     for line in lines {
         match line.split_once(' ')? {
+            ("id", s) => env.id = s.to_owned(),
             ("sender", s) => env.sender = s.to_owned(),
             ("created", n) => env.created = n.parse().ok()?,
             ("rcpt", rest) => {
@@ -122,6 +142,7 @@ mod tests {
     #[test]
     fn round_trip_and_refusals() {
         let env = Envelope {
+            id: "6c1f0a33".into(),
             sender: "a@b".into(),
             created: 42,
             rcpts: vec![("out".into(), "x@y".into()), ("out".into(), "z@y".into())],
@@ -132,10 +153,16 @@ mod tests {
         assert_eq!(back, env);
         assert_eq!(msg, b"Subject: s\n\nbody\n.\nmore\n");
         assert!(decode(b"mxd-queue 1\nsender a\n").is_none(), "truncated");
+        let (old, _) = decode(b"mxd-queue 1\nsender a\ncreated 1\nrcpt o r\n.\nm").unwrap();
+        assert_eq!(message_id(&old, "name"), id_of("name"), "a file without an id");
         assert!(decode(b"mxd-queue 2\nrcpt a b\n.\nx").is_none());
         assert!(decode(b"mxd-queue 1\nsender a\n.\nx").is_none(), "no recipient");
-        let odd =
-            encode(&Envelope { sender: "a b\nrcpt x y".into(), created: 1, rcpts: vec![("o".into(), "r".into())] });
+        let odd = encode(&Envelope {
+            id: String::new(),
+            sender: "a b\nrcpt x y".into(),
+            created: 1,
+            rcpts: vec![("o".into(), "r".into())],
+        });
         assert_eq!(decode(&[odd, b"m".to_vec()].concat()).unwrap().0.rcpts.len(), 1);
     }
 

@@ -11,7 +11,23 @@ use std::time::Duration;
 
 use crate::tls::Verify;
 
-const TIMEOUT: Duration = Duration::from_secs(60);
+/// Connecting, per address.
+const CONNECT: Duration = Duration::from_secs(60);
+/// RFC 5321 §4.5.3.2: how long to wait for the greeting and for replies to EHLO, MAIL and
+/// RCPT; for the 354 to DATA (and RSET, QUIT); to write a block of data; and for the
+/// reply to the final dot.
+const GREETING: Duration = Duration::from_secs(300);
+const DATA_INIT: Duration = Duration::from_secs(120);
+const DATA_BLOCK: Duration = Duration::from_secs(180);
+const DATA_END: Duration = Duration::from_secs(600);
+
+/// `MXD_RELAY_TIMEOUT=SECONDS` caps every timeout above, for tests and debugging.
+fn limit(t: Duration) -> Duration {
+    static CAP: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    let cap = CAP
+        .get_or_init(|| std::env::var("MXD_RELAY_TIMEOUT").ok().and_then(|s| s.parse().ok()).map(Duration::from_secs));
+    cap.map_or(t, |c| t.min(c.max(Duration::from_secs(1))))
+}
 /// A reply line longer than this is a broken server.
 const MAX_REPLY: usize = 64 * 1024;
 
@@ -31,6 +47,8 @@ pub enum TlsMode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Spec {
     pub host: String,
+    /// Where to connect, in order; empty: the addresses of `host`, from the system.
+    pub addrs: Vec<IpAddr>,
     pub port: u16,
     /// `lmtp://`: LHLO, and one reply per recipient after the data (RFC 2033).
     pub lmtp: bool,
@@ -71,6 +89,12 @@ pub struct Session {
     buf: Vec<u8>,
     pipelining: bool,
     lmtp: bool,
+    /// `TLSv1.3:TLS13_AES_256_GCM_SHA384:256` once TLS is on, for the log.
+    tls: Option<String>,
+    /// The address connected to.
+    peer: SocketAddr,
+    /// The socket under `stream`, for its timeouts.
+    tcp: TcpStream,
 }
 
 fn err(msg: impl Into<String>) -> io::Error {
@@ -78,21 +102,28 @@ fn err(msg: impl Into<String>) -> io::Error {
 }
 
 fn connect(spec: &Spec) -> io::Result<TcpStream> {
-    let addrs: Vec<SocketAddr> = (spec.host.as_str(), spec.port).to_socket_addrs()?.collect();
+    let addrs: Vec<SocketAddr> = if spec.addrs.is_empty() {
+        (spec.host.as_str(), spec.port).to_socket_addrs()?.collect()
+    } else {
+        spec.addrs.iter().map(|a| SocketAddr::new(*a, spec.port)).collect()
+    };
     let mut last = err(format!("{}: no address", spec.host));
     for addr in addrs {
         let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
         if let Some(src) = spec.src {
             socket.bind(&SocketAddr::new(src, 0).into())?;
         }
-        match socket.connect_timeout(&addr.into(), TIMEOUT) {
+        match socket.connect_timeout(&addr.into(), limit(CONNECT)) {
             Ok(()) => {
                 let s: TcpStream = socket.into();
-                s.set_read_timeout(Some(TIMEOUT))?;
-                s.set_write_timeout(Some(TIMEOUT))?;
+                s.set_read_timeout(Some(limit(GREETING)))?;
+                s.set_write_timeout(Some(limit(DATA_BLOCK)))?;
                 return Ok(s);
             }
-            Err(e) => last = e,
+            Err(e) => {
+                log::debug!("relay host={} address={addr}: {e}", spec.host);
+                last = io::Error::new(e.kind(), format!("{addr}: {e}"));
+            }
         }
     }
     Err(last)
@@ -103,11 +134,21 @@ impl Session {
     /// authenticates if asked.
     pub fn open(spec: &Spec) -> io::Result<Session> {
         let tcp = connect(spec)?;
+        let peer = tcp.peer_addr()?;
+        let mut described = None;
         let stream: Box<dyn Stream> = match spec.tls {
-            TlsMode::Implicit => Box::new(tls(tcp.try_clone()?, spec)?),
+            TlsMode::Implicit => Box::new(tls(tcp.try_clone()?, spec, &mut described)?),
             _ => Box::new(tcp.try_clone()?),
         };
-        let mut s = Session { stream, buf: Vec::new(), pipelining: false, lmtp: spec.lmtp };
+        let mut s = Session {
+            stream,
+            buf: Vec::new(),
+            pipelining: false,
+            lmtp: spec.lmtp,
+            tls: described,
+            peer,
+            tcp: tcp.try_clone()?,
+        };
         s.expect(220, "greeting")?;
         let mut exts = s.ehlo(&spec.helo)?;
         let offered = exts.iter().any(|e| e.eq_ignore_ascii_case("STARTTLS"));
@@ -122,7 +163,7 @@ impl Session {
         if upgrade {
             s.command(b"STARTTLS\r\n")?;
             s.expect(220, "STARTTLS")?;
-            s.stream = Box::new(tls(tcp, spec)?);
+            s.stream = Box::new(tls(tcp, spec, &mut s.tls)?);
             s.buf.clear();
             exts = s.ehlo(&spec.helo)?;
         }
@@ -134,6 +175,20 @@ impl Session {
             s.auth(&exts, user, pass)?;
         }
         Ok(s)
+    }
+
+    /// How long the next replies may take (RFC 5321 §4.5.3.2).
+    fn wait(&self, t: Duration) -> io::Result<()> {
+        self.tcp.set_read_timeout(Some(limit(t)))
+    }
+
+    /// The TLS version, cipher and bits, once TLS is on.
+    pub fn tls(&self) -> Option<&str> {
+        self.tls.as_deref()
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
     }
 
     /// AUTH PLAIN, or LOGIN when the server offers LOGIN and not PLAIN.
@@ -229,6 +284,7 @@ impl Session {
     /// with CRLF and dot-stuffing. An `Err` means the session is unusable: every
     /// recipient of this message is a temporary failure.
     pub fn send(&mut self, sender: &str, rcpts: &[&str], message: &[u8]) -> io::Result<Vec<RcptResult>> {
+        self.wait(GREETING)?;
         let mut cmds = format!("MAIL FROM:<{sender}>\r\n");
         for r in rcpts {
             cmds.push_str(&format!("RCPT TO:<{r}>\r\n"));
@@ -267,6 +323,7 @@ impl Session {
             return Ok(results);
         }
         self.command(b"DATA\r\n")?;
+        self.wait(DATA_INIT)?;
         let (code, l) = self.reply()?;
         if code != 354 {
             let all = RcptResult::from_reply(code, l.last().map_or("", String::as_str));
@@ -274,6 +331,7 @@ impl Session {
             return Ok(results.iter().map(|r| if *r == RcptResult::Ok { all.clone() } else { r.clone() }).collect());
         }
         self.command(&wire_form(message))?;
+        self.wait(DATA_END)?;
         // SMTP gives one verdict for the message; LMTP one per accepted recipient, in order.
         let mut verdict = None;
         for r in results.iter_mut().filter(|r| **r == RcptResult::Ok) {
@@ -287,12 +345,13 @@ impl Session {
     }
 
     fn rset(&mut self) -> io::Result<()> {
+        self.wait(DATA_INIT)?;
         self.command(b"RSET\r\n")?;
         self.reply().map(drop)
     }
 
     pub fn quit(mut self) {
-        if self.command(b"QUIT\r\n").is_ok() {
+        if self.wait(DATA_INIT).is_ok() && self.command(b"QUIT\r\n").is_ok() {
             let _ = self.reply();
         }
     }
@@ -319,16 +378,24 @@ fn base64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
 }
 
-fn tls(tcp: TcpStream, spec: &Spec) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+fn tls(
+    tcp: TcpStream,
+    spec: &Spec,
+    described: &mut Option<String>,
+) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
     let identity = spec.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
     let config = crate::tls::client_config(&spec.verify, identity).map_err(|e| err(e.to_string()))?;
-    let name = rustls::pki_types::ServerName::try_from(spec.host.clone()).map_err(|e| err(e.to_string()))?;
+    // An address literal ([192.0.2.1], [IPv6:…]) is presented as an address, not a name.
+    let host = spec.host.trim_start_matches('[').trim_end_matches(']');
+    let host = host.strip_prefix("IPv6:").unwrap_or(host).to_owned();
+    let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| err(e.to_string()))?;
     let mut conn = rustls::ClientConnection::new(config, name).map_err(|e| err(e.to_string()))?;
     let mut tcp = tcp;
     // Finish the handshake here, so a bad certificate fails the session, not a later write.
     while conn.is_handshaking() {
         conn.complete_io(&mut tcp)?;
     }
+    *described = crate::tls::describe(&conn).map(|(v, c, b)| format!("{v}:{c}:{b}"));
     Ok(rustls::StreamOwned::new(conn, tcp))
 }
 

@@ -1,55 +1,110 @@
-//! The relay runner: one thread that takes due recipients from the queue, groups them by
-//! relay action so that every message for one host goes over one session, and records each
-//! recipient's fate: delivered, retried later with backoff (4xx, network errors), or
-//! bounced to the sender (5xx, or older than `queue ttl`), never a bounce for a bounce.
+//! The relay runner: one thread that takes due recipients from the queue, groups them into
+//! destinations (a relay action, and the recipient domain for a relay by MX), hands each to
+//! a worker (`worker.rs`: one session per destination, many destinations at once), and
+//! records each recipient's fate as the workers report it: delivered, retried later with
+//! backoff (4xx, network and DNS errors), or bounced to the sender (5xx, null MX, NXDOMAIN,
+//! older than `queue ttl`), never a bounce for a bounce. The runner alone reads and writes
+//! the queue's state, so workers share nothing but their reports.
 
 pub mod client;
+pub mod mx;
+mod spec;
+mod worker;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 
-use crate::config::{Config, Method, Scheme};
+use crate::config::Config;
+use crate::dns::Resolver;
 use crate::queue::{self, bounce, Envelope};
-use crate::tls::Verify;
-use client::{RcptResult, Session, Spec, TlsMode};
+use client::RcptResult;
+use worker::{Item, Report, Work};
 
 /// First retry after this (MXD_RETRY_BASE seconds overrides it, for tests); doubling up to
 /// `MAX_DELAY`.
 const RETRY_BASE: Duration = Duration::from_secs(60);
 const MAX_DELAY: Duration = Duration::from_secs(4 * 3600);
+/// The SMTP port of MX hosts. `MXD_MX_PORT` replaces it, for tests only: a test cannot
+/// own port 25 on the loopback addresses its receiving servers use.
+const MX_PORT: u16 = 25;
+/// Destinations served at once, each by a worker thread with one session.
+const MAX_DESTINATIONS: usize = 32;
+/// On stop, how long in-flight sessions may still report what they delivered.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// The current configuration, swapped by the supervisor on reload.
 pub type SharedConfig = Arc<Mutex<Arc<Config>>>;
+
+/// Where one recipient stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Not tried yet (since the start).
+    Pending,
+    /// Failed for now; tried again at its `next`.
+    Deferred(String),
+    /// Failed for good (5xx, null MX, NXDOMAIN, expired): its bounce is still to be sent.
+    Bounced { status: String, reason: String },
+    /// Delivered, or its bounce sent: recorded in `queue/state/`.
+    Done,
+}
 
 struct Rcpt {
     action: String,
     addr: String,
     attempts: u32,
     next: Instant,
-    last_error: String,
+    state: State,
 }
 
 impl Rcpt {
-    /// Due for an attempt: its time has come and it is not waiting for its bounce.
-    fn due(&self, action: Option<&str>, now: Instant) -> bool {
-        self.next <= now && !self.last_error.starts_with("perm:") && action.map_or(true, |a| a == self.action)
+    /// Due for an attempt: its time has come and it is waiting for a delivery.
+    fn due(&self, now: Instant) -> bool {
+        self.next <= now && matches!(self.state, State::Pending | State::Deferred(_))
     }
+}
+
+/// One destination: every recipient of `action`, or, for a relay by MX, those of `domain`.
+/// At most one session per destination at a time.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Dest {
+    action: String,
+    domain: Option<String>,
+}
+
+impl Dest {
+    fn of(config: &Config, r: &Rcpt) -> Dest {
+        let by_mx = spec::relay_of(config, &r.action).is_some_and(|rel| rel.host.is_none());
+        Dest { action: r.action.clone(), domain: by_mx.then(|| domain_of(&r.addr)) }
+    }
+
+    fn holds(&self, r: &Rcpt) -> bool {
+        r.action == self.action && self.domain.as_ref().map_or(true, |d| *d == domain_of(&r.addr))
+    }
+}
+
+fn domain_of(addr: &str) -> String {
+    addr.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase()
 }
 
 struct Entry {
     env: Envelope,
-    /// Recipients not yet done.
-    pending: Vec<Rcpt>,
-    done: BTreeSet<String>,
-    /// How many of `done` are already in the state file.
+    /// The message id (see `queue::message_id`).
+    id: String,
+    rcpts: Vec<Rcpt>,
+    /// How many Done recipients are already in the state file.
     persisted: usize,
+}
+
+impl Entry {
+    fn done(&self) -> BTreeSet<String> {
+        self.rcpts.iter().filter(|r| r.state == State::Done).map(|r| r.addr.clone()).collect()
+    }
 }
 
 pub struct Runner {
@@ -58,16 +113,79 @@ pub struct Runner {
     config: SharedConfig,
     entries: BTreeMap<String, Entry>,
     retry_base: Duration,
+    mx_port: u16,
+    /// Destinations a worker is serving now.
+    in_flight: BTreeSet<Dest>,
+    reports_tx: Sender<Report>,
+    reports: Receiver<Report>,
 }
 
-/// Control over a running runner: wake it, ask for everything to be retried now, stop it,
-/// and read where its retries stand.
+/// Control over a running runner: wake it, ask for everything or one message to be retried
+/// now, stop it, and read where its retries stand.
 #[derive(Clone)]
 pub struct Handle {
     pub wake: crossbeam_channel::Sender<()>,
     pub schedule_all: Arc<AtomicBool>,
+    /// Message ids (or prefixes) to retry now.
+    pub scheduled: Arc<Mutex<Vec<String>>>,
     pub stop: Arc<AtomicBool>,
     pub status: Status,
+}
+
+impl Handle {
+    pub fn new(wake: crossbeam_channel::Sender<()>) -> Handle {
+        Handle {
+            wake,
+            schedule_all: Arc::default(),
+            scheduled: Arc::default(),
+            stop: Arc::default(),
+            status: Arc::default(),
+        }
+    }
+
+    /// `mxctl schedule all|ID`: retry now everything, or the messages whose id starts
+    /// with `id`; how many messages that is.
+    pub fn schedule(&self, spool: &Path, id: Option<&str>) -> Result<usize, String> {
+        let matching = queued(spool, id).len();
+        if matching == 0 && id.is_some() {
+            return Err("no such message".into());
+        }
+        match id {
+            None => self.schedule_all.store(true, Ordering::Relaxed),
+            Some(id) => self.scheduled.lock().map_err(|_| "relay runner failed")?.push(id.to_owned()),
+        }
+        let _ = self.wake.try_send(());
+        Ok(matching)
+    }
+}
+
+/// The queue files under `spool` holding the message `id` (a prefix of it), or all.
+fn queued(spool: &Path, id: Option<&str>) -> Vec<String> {
+    let new = queue::queue_dir(spool).join("new");
+    let Ok(rd) = std::fs::read_dir(&new) else { return Vec::new() };
+    rd.flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| match id {
+            None => true,
+            Some(id) => std::fs::read(new.join(name))
+                .ok()
+                .and_then(|b| queue::decode(&b).map(|(env, _)| queue::message_id(&env, name)))
+                .is_some_and(|m| m.starts_with(id)),
+        })
+        .collect()
+}
+
+/// `mxctl remove all|ID`: drops the messages (no bounce); how many.
+pub fn remove(spool: &Path, id: Option<&str>) -> Result<usize, String> {
+    let names = queued(spool, id);
+    if names.is_empty() {
+        return Err("no such message".into());
+    }
+    let q = queue::queue_dir(spool);
+    for name in &names {
+        queue::remove(&q, name).map_err(|e| e.to_string())?;
+    }
+    Ok(names.len())
 }
 
 /// The runner's view of each waiting recipient, by (queue file, address), published after
@@ -78,34 +196,52 @@ pub type Status = Arc<Mutex<BTreeMap<(String, String), Retry>>>;
 pub struct Retry {
     pub attempts: u32,
     pub next: Instant,
-    pub last_error: String,
+    pub state: State,
 }
 
+/// Starts the relay runner on a thread of its own; it reads the queue under `spool`, the
+/// configuration from `config` at each round, and the system's resolver configuration.
 pub fn spawn(
     spool: &Path,
     config: SharedConfig,
     wake: Receiver<()>,
     handle: Handle,
 ) -> std::io::Result<JoinHandle<()>> {
-    let retry_base =
-        std::env::var("MXD_RETRY_BASE").ok().and_then(|s| s.parse().ok()).map_or(RETRY_BASE, Duration::from_secs);
+    let env_u64 = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<u64>().ok());
+    let (reports_tx, reports) = crossbeam_channel::unbounded();
     let mut runner = Runner {
         queue: queue::queue_dir(spool),
         spool: spool.to_owned(),
         config,
         entries: BTreeMap::new(),
-        retry_base,
+        retry_base: env_u64("MXD_RETRY_BASE").map_or(RETRY_BASE, Duration::from_secs),
+        mx_port: env_u64("MXD_MX_PORT").and_then(|p| u16::try_from(p).ok()).unwrap_or(MX_PORT),
+        in_flight: BTreeSet::new(),
+        reports_tx,
+        reports,
     };
     std::thread::Builder::new().name("relay".into()).spawn(move || {
         while !handle.stop.load(Ordering::Relaxed) {
-            let _ = wake.recv_timeout(Duration::from_secs(1));
-            if handle.schedule_all.swap(false, Ordering::Relaxed) {
-                runner.entries.values_mut().flat_map(|e| e.pending.iter_mut()).for_each(|r| r.next = Instant::now());
+            let reports = runner.reports.clone();
+            crossbeam_channel::select! {
+                recv(wake) -> w => if w.is_err() { std::thread::sleep(Duration::from_secs(1)) },
+                recv(reports) -> r => if let Ok(r) = r { runner.handle(r) },
+                default(Duration::from_secs(1)) => {}
+            }
+            while let Ok(r) = runner.reports.try_recv() {
+                runner.handle(r);
             }
             runner.scan();
-            runner.attempt_due();
+            let all = handle.schedule_all.swap(false, Ordering::Relaxed);
+            let ids = handle.scheduled.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
+            for e in runner.entries.values_mut().filter(|e| all || ids.iter().any(|id| e.id.starts_with(id.as_str()))) {
+                e.rcpts.iter_mut().for_each(|r| r.next = Instant::now());
+            }
+            runner.dispatch();
+            runner.settle_all();
             runner.publish(&handle.status);
         }
+        runner.drain_on_stop();
     })
 }
 
@@ -119,10 +255,10 @@ impl Runner {
             .entries
             .iter()
             .flat_map(|(name, e)| {
-                e.pending.iter().map(move |r| {
+                e.rcpts.iter().filter(|r| r.state != State::Done).map(move |r| {
                     (
                         (name.clone(), r.addr.clone()),
-                        Retry { attempts: r.attempts, next: r.next, last_error: r.last_error.clone() },
+                        Retry { attempts: r.attempts, next: r.next, state: r.state.clone() },
                     )
                 })
             })
@@ -149,138 +285,171 @@ impl Runner {
                 continue;
             };
             let done = queue::read_done(&self.queue, &name);
-            let pending = env
+            let rcpts = env
                 .rcpts
                 .iter()
-                .filter(|(_, r)| !done.contains(r))
                 .map(|(action, addr)| Rcpt {
                     action: action.clone(),
                     addr: addr.clone(),
                     attempts: 0,
                     next: Instant::now(),
-                    last_error: String::new(),
+                    state: if done.contains(addr) { State::Done } else { State::Pending },
                 })
                 .collect();
             let persisted = done.len();
-            self.entries.insert(name, Entry { env, pending, done, persisted });
+            let id = queue::message_id(&env, &name);
+            self.entries.insert(name, Entry { env, id, rcpts, persisted });
         }
     }
 
-    fn attempt_due(&mut self) {
+    fn config(&self) -> Arc<Config> {
+        self.config.lock().map(|c| Arc::clone(&c)).unwrap_or_else(|e| Arc::clone(&e.into_inner()))
+    }
+
+    /// Hands each destination with due recipients, and no session yet, to a worker.
+    fn dispatch(&mut self) {
         let now = Instant::now();
-        let mut by_action: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let config = self.config();
+        let mut work: BTreeMap<Dest, Vec<Item>> = BTreeMap::new();
         for (name, e) in &self.entries {
-            for r in e.pending.iter().filter(|r| r.due(None, now)) {
-                let names = by_action.entry(r.action.clone()).or_default();
-                if !names.contains(name) {
-                    names.push(name.clone());
+            let mut by_dest: BTreeMap<Dest, Vec<String>> = BTreeMap::new();
+            for r in e.rcpts.iter().filter(|r| r.due(now)) {
+                let dest = Dest::of(&config, r);
+                if !self.in_flight.contains(&dest) {
+                    by_dest.entry(dest).or_default().push(r.addr.clone());
                 }
             }
+            for (dest, rcpts) in by_dest {
+                work.entry(dest).or_default().push(Item { name: name.clone(), id: e.id.clone(), rcpts });
+            }
         }
-        let config = self.config.lock().map(|c| Arc::clone(&c)).unwrap_or_else(|e| Arc::clone(&e.into_inner()));
-        for (action, names) in by_action {
-            self.relay_group(&config, &action, &names);
+        if work.is_empty() {
+            return;
         }
+        // Read once per round that needs it, so an edited resolv.conf applies without a restart.
+        let resolver = Arc::new(Resolver::system());
+        for (dest, items) in work {
+            if self.in_flight.len() >= MAX_DESTINATIONS {
+                break;
+            }
+            let w = Work {
+                dest: dest.clone(),
+                items,
+                config: Arc::clone(&config),
+                resolver: Arc::clone(&resolver),
+                mx_port: self.mx_port,
+                queue: self.queue.clone(),
+            };
+            match worker::spawn(w, self.reports_tx.clone()) {
+                Ok(()) => {
+                    self.in_flight.insert(dest);
+                }
+                Err(e) => log::error!("relay: cannot start a worker for {}: {e}", dest.action),
+            }
+        }
+    }
+
+    /// Records what a worker reports; a message's verdicts reach the disk before its ack.
+    fn handle(&mut self, report: Report) {
+        match report {
+            Report::Sent { dest, name, results, ack } => {
+                if let Some(entry) = self.entries.get_mut(&name) {
+                    for (addr, result) in &results {
+                        record(entry, &dest, addr, result, self.retry_base);
+                    }
+                }
+                self.persist(&name);
+                let _ = ack.send(());
+            }
+            Report::Failed { dest, rcpts, result } => {
+                for (name, addrs) in rcpts {
+                    if let Some(entry) = self.entries.get_mut(&name) {
+                        for addr in &addrs {
+                            record(entry, &dest, addr, &result, self.retry_base);
+                        }
+                    }
+                }
+            }
+            Report::Finished(dest) => {
+                self.in_flight.remove(&dest);
+            }
+        }
+    }
+
+    /// Stopping: sessions still running get a moment to report what they delivered.
+    fn drain_on_stop(&mut self) {
+        let deadline = Instant::now() + STOP_GRACE;
+        while !self.in_flight.is_empty() {
+            match self.reports.recv_deadline(deadline) {
+                Ok(r) => self.handle(r),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn settle_all(&mut self) {
+        let config = self.config();
         let names: Vec<String> = self.entries.keys().cloned().collect();
         for name in names {
             self.settle(&config, &name);
         }
     }
 
-    /// Every due recipient of `action`, over one session.
-    fn relay_group(&mut self, config: &Config, action: &str, names: &[String]) {
-        let spec = match spec_for(config, action) {
-            Ok(s) => s,
-            Err(e) => return self.fail_group(action, names, &RcptResult::Temp(e)),
+    /// Writes what is done to `state/` (or removes the message when all is): durable
+    /// before the runner goes on, so a crash resends at most what was in flight.
+    fn persist(&mut self, name: &str) {
+        let Some(entry) = self.entries.get_mut(name) else { return };
+        let done = entry.done();
+        let result = if done.len() == entry.rcpts.len() {
+            queue::remove(&self.queue, name).map(|()| true)
+        } else if done.len() != entry.persisted {
+            entry.persisted = done.len();
+            queue::write_done(&self.queue, name, &done).map(|()| false)
+        } else {
+            Ok(false)
         };
-        let mut session = match Session::open(&spec) {
-            Ok(s) => s,
-            Err(e) => {
-                return self.fail_group(action, names, &RcptResult::Temp(format!("{}:{}: {e}", spec.host, spec.port)))
+        match result {
+            Ok(true) => {
+                self.entries.remove(name);
             }
-        };
-        let sender_override = relay_of(config, action).and_then(|r| r.mail_from.clone());
-        for name in names {
-            let Ok(bytes) = std::fs::read(self.queue.join("new").join(name)) else { continue };
-            let Some((env, message)) = queue::decode(&bytes) else { continue };
-            let now = Instant::now();
-            let Some(entry) = self.entries.get_mut(name) else { continue };
-            let due: Vec<String> =
-                entry.pending.iter().filter(|r| r.due(Some(action), now)).map(|r| r.addr.clone()).collect();
-            let rcpts: Vec<&str> = due.iter().map(String::as_str).collect();
-            let sender = sender_override.as_deref().unwrap_or(&env.sender);
-            match session.send(sender, &rcpts, message) {
-                Ok(results) => {
-                    for (addr, result) in due.iter().zip(results) {
-                        log::info!("relay msgid={name} to=<{addr}> host={} result={}", spec.host, result_name(&result));
-                        record(entry, addr, &result, self.retry_base);
-                    }
-                }
-                Err(e) => {
-                    let r = RcptResult::Temp(format!("{}: {e}", spec.host));
-                    for addr in &due {
-                        record(entry, addr, &r, self.retry_base);
-                    }
-                    return self.fail_group(action, names, &r);
-                }
-            }
-        }
-        session.quit();
-    }
-
-    fn fail_group(&mut self, action: &str, names: &[String], result: &RcptResult) {
-        let now = Instant::now();
-        for name in names {
-            if let Some(entry) = self.entries.get_mut(name) {
-                let due: Vec<String> =
-                    entry.pending.iter().filter(|r| r.due(Some(action), now)).map(|r| r.addr.clone()).collect();
-                for addr in due {
-                    log::info!("relay msgid={name} to=<{addr}> result={}", result_name(result));
-                    record(entry, &addr, result, self.retry_base);
-                }
-            }
+            Ok(false) => {}
+            Err(e) => log::error!("queue msgid={} file={name}: {e}", entry_id(&self.entries, name)),
         }
     }
 
-    /// Bounces what failed for good or expired, persists what is done, removes what is
-    /// finished.
+    /// Turns expired deferrals into bounces, sends the bounces that are due, and persists.
     fn settle(&mut self, config: &Config, name: &str) {
         let Some(entry) = self.entries.get_mut(name) else { return };
         let age = Duration::from_secs(now_secs().saturating_sub(entry.env.created));
-        let ttl = entry
-            .pending
-            .iter()
-            .filter_map(|r| config.actions.get(&r.action).and_then(|a| a.ttl))
-            .min()
-            .unwrap_or(config.queue_ttl);
-        let mut failed: Vec<(String, String, String)> = Vec::new();
-        entry.pending.retain(|r| {
-            let perm = r.last_error.starts_with("perm:");
-            let expired = age > ttl && r.attempts > 0;
-            if perm || expired {
-                let (status, why) = if perm {
-                    ("5.0.0".to_owned(), r.last_error.trim_start_matches("perm:").to_owned())
-                } else {
-                    (
-                        "4.4.7".to_owned(),
-                        format!(
-                            "message expired after {}s in the queue: {}",
-                            age.as_secs(),
-                            r.last_error.trim_start_matches("temp:")
-                        ),
-                    )
-                };
-                failed.push((r.addr.clone(), status, why));
-                return false;
+        let now = Instant::now();
+        for r in entry.rcpts.iter_mut() {
+            let ttl = config.actions.get(&r.action).and_then(|a| a.ttl).unwrap_or(config.queue_ttl);
+            // A recipient in a session now waits for that session's verdict.
+            if self.in_flight.contains(&Dest::of(config, r)) {
+                continue;
             }
-            true
-        });
+            if let State::Deferred(why) = &r.state {
+                if age > ttl && r.attempts > 0 {
+                    let reason = format!("message expired after {}s in the queue: {why}", age.as_secs());
+                    r.state = State::Bounced { status: "4.4.7".into(), reason };
+                }
+            }
+        }
+        let failed: Vec<(String, String, String)> = entry
+            .rcpts
+            .iter()
+            .filter(|r| r.next <= now)
+            .filter_map(|r| match &r.state {
+                State::Bounced { status, reason } => Some((r.addr.clone(), status.clone(), reason.clone())),
+                _ => None,
+            })
+            .collect();
         if !failed.is_empty() {
             let bytes = std::fs::read(self.queue.join("new").join(name)).unwrap_or_default();
             let original = queue::decode(&bytes).map_or(&b""[..], |(_, m)| m);
             let failures: Vec<bounce::Failure<'_>> =
                 failed.iter().map(|(rcpt, status, why)| bounce::Failure { rcpt, status, diagnostic: why }).collect();
-            if let Some(dsn) = bounce::dsn(&config.hostname, &entry.env.sender, &failures, original, name) {
+            if let Some(dsn) = bounce::dsn(&config.hostname, &entry.env.sender, &failures, original, &entry.id) {
                 let socket = self.spool.join(crate::server::SUBMIT_SOCKET);
                 let prepared = crate::submit::headers::Prepared {
                     sender: String::new(),
@@ -288,43 +457,28 @@ impl Runner {
                     message: dsn,
                 };
                 if let Err(e) = crate::submit::client::submit(&socket, &prepared, None) {
-                    // Keep the recipients pending: the bounce is retried with them.
-                    log::warn!("bounce for msgid={name} not submitted, retrying later: {e}");
-                    for (addr, _, why) in &failed {
-                        entry.pending.push(Rcpt {
-                            action: String::new(),
-                            addr: addr.clone(),
-                            attempts: 1,
-                            next: Instant::now() + self.retry_base,
-                            last_error: format!("perm:{why}"),
-                        });
+                    // The recipients stay Bounced: the bounce is tried again later.
+                    log::warn!("bounce for msgid={} not submitted, retrying later: {e}", entry.id);
+                    for r in entry.rcpts.iter_mut().filter(|r| matches!(r.state, State::Bounced { .. })) {
+                        r.next = now + self.retry_base;
                     }
                     return;
                 }
-                log::info!("bounce msgid={name} to=<{}> nrcpt={}", entry.env.sender, failed.len());
+                log::info!("bounce msgid={} to=<{}> nrcpt={}", entry.id, entry.env.sender, failed.len());
             }
-            entry.done.extend(failed.into_iter().map(|f| f.0));
-        }
-        let finished = entry.pending.is_empty();
-        let result = if finished {
-            queue::remove(&self.queue, name)
-        } else if entry.done.len() != entry.persisted {
-            entry.persisted = entry.done.len();
-            queue::write_done(&self.queue, name, &entry.done)
-        } else {
-            Ok(())
-        };
-        match result {
-            Ok(()) if finished => {
-                self.entries.remove(name);
+            for r in entry.rcpts.iter_mut().filter(|r| failed.iter().any(|f| f.0 == r.addr)) {
+                r.state = State::Done;
             }
-            Ok(()) => {}
-            Err(e) => log::error!("queue {name}: {e}"),
         }
+        self.persist(name);
     }
 }
 
-fn result_name(r: &RcptResult) -> String {
+fn entry_id(entries: &BTreeMap<String, Entry>, name: &str) -> String {
+    entries.get(name).map_or_else(|| queue::id_of(name), |e| e.id.clone())
+}
+
+pub(crate) fn result_name(r: &RcptResult) -> String {
     match r {
         RcptResult::Ok => "Ok".into(),
         RcptResult::Temp(e) => format!("TempFail error=\"{e}\""),
@@ -332,18 +486,26 @@ fn result_name(r: &RcptResult) -> String {
     }
 }
 
-fn record(entry: &mut Entry, addr: &str, result: &RcptResult, base: Duration) {
-    let Some(i) = entry.pending.iter().position(|r| r.addr == addr) else { return };
+/// The enhanced status code in a reply text ("550 5.1.1 no such user"), else the class's.
+fn enhanced_status(text: &str) -> String {
+    // A reply ("550 5.1.1 …") has it second; mxd's own verdicts ("5.1.10 …") first.
+    let code = text.split_ascii_whitespace().take(2).find(|c| {
+        let parts: Vec<&str> = c.split('.').collect();
+        parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+    });
+    code.map_or_else(|| "5.0.0".to_owned(), str::to_owned)
+}
+
+fn record(entry: &mut Entry, dest: &Dest, addr: &str, result: &RcptResult, base: Duration) {
+    let Some(r) = entry.rcpts.iter_mut().find(|r| r.addr == addr && dest.holds(r) && r.state != State::Done) else {
+        return;
+    };
+    r.attempts += 1;
     match result {
-        RcptResult::Ok => {
-            entry.pending.remove(i);
-            entry.done.insert(addr.to_owned());
-        }
-        RcptResult::Perm(e) => entry.pending[i].last_error = format!("perm:{e}"),
+        RcptResult::Ok => r.state = State::Done,
+        RcptResult::Perm(e) => r.state = State::Bounced { status: enhanced_status(e), reason: e.clone() },
         RcptResult::Temp(e) => {
-            let r = &mut entry.pending[i];
-            r.attempts += 1;
-            r.last_error = format!("temp:{e}");
+            r.state = State::Deferred(e.clone());
             r.next = Instant::now() + backoff(base, r.attempts);
         }
     }
@@ -352,69 +514,6 @@ fn record(entry: &mut Entry, addr: &str, result: &RcptResult, base: Duration) {
 /// base, 2·base, 4·base … capped.
 pub fn backoff(base: Duration, attempts: u32) -> Duration {
     base.saturating_mul(1u32 << attempts.saturating_sub(1).min(16)).min(MAX_DELAY)
-}
-
-fn relay_of<'c>(config: &'c Config, action: &str) -> Option<&'c crate::config::Relay> {
-    match &config.actions.get(action)?.method {
-        Method::Relay(r) => Some(r),
-        _ => None,
-    }
-}
-
-/// How to reach the host of relay `action`.
-fn spec_for(config: &Config, action: &str) -> Result<Spec, String> {
-    let r = relay_of(config, action).ok_or_else(|| format!("action {action} is not a relay action (any more)"))?;
-    let url = r.host.as_ref().ok_or("relay without 'host': MX lookups are not supported by mxd")?;
-    let tls = match url.scheme {
-        Scheme::Smtp | Scheme::Lmtp if r.tls => TlsMode::Required,
-        Scheme::Smtp => TlsMode::Opportunistic,
-        Scheme::SmtpTls => TlsMode::Required,
-        Scheme::SmtpNoTls | Scheme::Lmtp => TlsMode::Never,
-        Scheme::Smtps => TlsMode::Implicit,
-    };
-    let verify = match (&r.ca, r.no_verify) {
-        (_, true) => Verify::Nothing,
-        (Some(ca), false) => Verify::Ca(config.cas.get(ca).ok_or(format!("ca {ca} is not defined"))?.cert.clone()),
-        (None, false) => Verify::System,
-    };
-    let identity = match &r.pki {
-        Some(name) => {
-            let pki = config.pkis.get(name).ok_or(format!("pki {name} is not defined"))?;
-            Some((pki.cert.clone(), pki.key.clone()))
-        }
-        None => None,
-    };
-    let src = match &r.src {
-        Some(t) => Some(
-            config
-                .table(t)
-                .and_then(|t| t.keys().find_map(|k| k.parse::<IpAddr>().ok()))
-                .ok_or(format!("src table {t} has no address"))?,
-        ),
-        None => None,
-    };
-    let auth = match (&r.auth, &url.label) {
-        (Some(t), Some(label)) => {
-            let value =
-                config.table(t).and_then(|t| t.get(label)).ok_or(format!("no credentials for {label} in table {t}"))?;
-            let (user, pass) =
-                value.split_once(':').ok_or(format!("credentials for {label}: expected user:password"))?;
-            Some((user.to_owned(), pass.to_owned()))
-        }
-        (Some(t), None) => return Err(format!("auth <{t}> needs a label@ in the relay URL")),
-        _ => None,
-    };
-    Ok(Spec {
-        host: url.host.clone(),
-        port: url.port_or_default(),
-        lmtp: url.scheme == Scheme::Lmtp,
-        tls,
-        verify,
-        identity,
-        src,
-        helo: r.helo.clone().unwrap_or_else(|| config.hostname.clone()),
-        auth,
-    })
 }
 
 /// `mailq`: one line per waiting recipient, with its retry state when the runner has one.
@@ -433,14 +532,19 @@ pub fn list(spool: &Path, status: &Status) -> String {
         for (action, rcpt) in env.rcpts.iter().filter(|(_, r)| !done.contains(r)) {
             out.push_str(&format!(
                 "{} <{}> <{rcpt}> action={action} size={} age={age}s",
-                queue::id_of(&name),
+                queue::message_id(&env, &name),
                 env.sender,
                 message.len()
             ));
             if let Some(r) = status.get(&(name.clone(), rcpt.clone())).filter(|r| r.attempts > 0) {
                 let next = r.next.saturating_duration_since(Instant::now()).as_secs();
-                let error = r.last_error.split_once(':').map_or(r.last_error.as_str(), |(_, e)| e).replace('"', "'");
-                out.push_str(&format!(" attempts={} next={next}s error=\"{error}\"", r.attempts));
+                let (state, error) = match &r.state {
+                    State::Deferred(e) => ("deferred", e.as_str()),
+                    State::Bounced { reason, .. } => ("bounced", reason.as_str()),
+                    State::Pending | State::Done => ("pending", ""),
+                };
+                let error = error.replace('"', "'");
+                out.push_str(&format!(" state={state} attempts={} next={next}s error=\"{error}\"", r.attempts));
             }
             out.push('\n');
         }

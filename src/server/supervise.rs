@@ -407,32 +407,27 @@ impl ControlHandler for Control {
         out
     }
 
-    /// Every waiting recipient is retried now (an ID schedules everything too: sessions to
-    /// one host carry all its messages anyway).
-    fn schedule(&self, _target: &Target) -> Result<String, HandlerError> {
+    /// Every waiting recipient, or those of one message, is retried now: the relay process
+    /// does it, and says how many messages that is.
+    fn schedule(&self, target: &Target) -> Result<String, HandlerError> {
         let relay = self.current.relay.lock().ok().and_then(|c| c.clone());
-        relay
+        let request = match target_id(target) {
+            None => "schedule".to_string(),
+            Some(id) => format!("schedule {id}"),
+        };
+        let answer = relay
             .ok_or_else(|| HandlerError::failed("the relay process is not running"))?
-            .ask("schedule")
-            .map_err(|e| HandlerError::failed(e.to_string()))
+            .ask(&request)
+            .map_err(|e| HandlerError::failed(e.to_string()))?;
+        match answer.strip_prefix("error ") {
+            Some(e) => Err(HandlerError::not_found(e)),
+            None => Ok(answer),
+        }
     }
 
     fn remove(&self, target: &Target) -> Result<String, HandlerError> {
-        let q = crate::queue::queue_dir(&self.spool);
-        let names: Vec<String> = std::fs::read_dir(q.join("new"))
-            .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
-            .unwrap_or_default();
-        let chosen: Vec<&String> = match target {
-            Target::All => names.iter().collect(),
-            Target::Id(id) => names.iter().filter(|n| crate::queue::id_of(n).starts_with(id.as_str())).collect(),
-        };
-        if chosen.is_empty() {
-            return Err(HandlerError::not_found("no such message"));
-        }
-        for name in &chosen {
-            crate::queue::remove(&q, name).map_err(|e| HandlerError::failed(e.to_string()))?;
-        }
-        Ok(format!("{} removed", chosen.len()))
+        let n = crate::relay::remove(&self.spool, target_id(target)).map_err(HandlerError::not_found)?;
+        Ok(format!("{n} removed"))
     }
 
     fn reload(&self) -> Result<String, HandlerError> {
@@ -445,6 +440,13 @@ impl ControlHandler for Control {
 
     fn update_aliases(&self) -> Result<String, HandlerError> {
         self.ask(Request::UpdateAliases)
+    }
+}
+
+fn target_id(target: &Target) -> Option<&str> {
+    match target {
+        Target::All => None,
+        Target::Id(id) => Some(id),
     }
 }
 

@@ -294,6 +294,31 @@ pub fn privsep_frame(data: &[u8]) {
 }
 
 /// Runs one named target on one input.
+/// A DNS answer from an untrusted server, checked against questions of each type mxd asks
+/// (the id taken from the input, so the full parse is reached): never a panic; a CNAME
+/// chain never followed forever; records only of the asked type; never more records than
+/// the bytes could hold.
+pub fn dns_answer(data: &[u8]) {
+    use mxd::dns::wire::{decode, Answer, Name, Question, Rdata, RecordType};
+    let id = data.get(..2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+    for (name, rtype) in [("example.test.", "MX"), ("mx.example.test.", "A"), ("2.0.192.in-addr.arpa.", "PTR")] {
+        let rtype: RecordType = rtype.parse().expect("record type");
+        let name = Name::from_ascii(name).expect("name");
+        let q = Question { id, name, rtype };
+        if let Ok(Answer::Records(r)) = decode(&q, data) {
+            assert!(!r.is_empty() && r.len() <= data.len() / 11, "{} records from {} bytes", r.len(), data.len());
+            for rec in r {
+                let ok = match rec {
+                    Rdata::Mx(..) => rtype == RecordType::MX,
+                    Rdata::Addr(_) => rtype == RecordType::A,
+                    Rdata::Name(_) => rtype == RecordType::PTR,
+                };
+                assert!(ok, "a record of another type than {rtype}");
+            }
+        }
+    }
+}
+
 pub fn run(target: &str, data: &[u8]) {
     match target {
         "smtp_command" => smtp_command(data),
@@ -306,11 +331,12 @@ pub fn run(target: &str, data: &[u8]) {
         "headers" => headers(data),
         "smtp_client" => smtp_client(data),
         "privsep_frame" => privsep_frame(data),
+        "dns_answer" => dns_answer(data),
         other => panic!("unknown fuzz target {other}"),
     }
 }
 
-pub const TARGETS: [&str; 10] = [
+pub const TARGETS: [&str; 11] = [
     "smtp_command",
     "smtp_data",
     "smtp_session",
@@ -321,4 +347,5 @@ pub const TARGETS: [&str; 10] = [
     "headers",
     "smtp_client",
     "privsep_frame",
+    "dns_answer",
 ];

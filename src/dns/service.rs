@@ -1,0 +1,69 @@
+//! A resolver thread for code that must not wait: an event loop submits a lookup with a
+//! callback, and the callback runs on the resolver thread when the answer is in (it
+//! typically sends on the loop's channel and wakes its `mio::Waker`). Lookups are served in
+//! order by a few threads, so one slow nameserver delays at most that many lookups.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::{Lookup, Mx, Resolver};
+
+/// Lookups waiting beyond this are refused at once (`submit` returns false): the caller
+/// goes on without the answer rather than queueing without bound.
+const MAX_WAITING: usize = 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    Mx(String),
+    Addrs(String),
+    Ptr(IpAddr),
+    /// Forward-confirmed reverse DNS (PTR, then the name's addresses).
+    Fcrdns(IpAddr),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Mx(Lookup<Mx>),
+    Addrs(Lookup<IpAddr>),
+    /// The answer to `Ptr` and to `Fcrdns`.
+    Names(Lookup<String>),
+}
+
+type Job = (Request, Box<dyn FnOnce(Reply) + Send>);
+
+/// The submitting side; cloning it is cheap. The threads stop when every clone is dropped.
+#[derive(Clone)]
+pub struct Service {
+    jobs: Sender<Job>,
+}
+
+impl Service {
+    pub fn spawn(resolver: Arc<Resolver>, threads: usize) -> std::io::Result<Service> {
+        let (jobs, rx) = crossbeam_channel::bounded::<Job>(MAX_WAITING);
+        for i in 0..threads.max(1) {
+            let (rx, resolver): (Receiver<Job>, _) = (rx.clone(), Arc::clone(&resolver));
+            std::thread::Builder::new().name(format!("resolver-{i}")).spawn(move || {
+                for (request, reply) in rx {
+                    reply(answer(&resolver, request));
+                }
+            })?;
+        }
+        Ok(Service { jobs })
+    }
+
+    /// Queues a lookup; `reply` runs on a resolver thread. False when too many wait.
+    pub fn submit(&self, request: Request, reply: impl FnOnce(Reply) + Send + 'static) -> bool {
+        self.jobs.try_send((request, Box::new(reply))).is_ok()
+    }
+}
+
+fn answer(resolver: &Resolver, request: Request) -> Reply {
+    match request {
+        Request::Mx(d) => Reply::Mx(resolver.mx(&d)),
+        Request::Addrs(n) => Reply::Addrs(resolver.addrs(&n)),
+        Request::Ptr(a) => Reply::Names(resolver.ptr(a)),
+        Request::Fcrdns(a) => Reply::Names(resolver.fcrdns(a)),
+    }
+}

@@ -1,0 +1,128 @@
+//! How to reach a relay action's host, or for a relay by MX, the hosts of a recipient
+//! domain: the client `Spec`s to try, in order, built from the action's options.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use super::client::{RcptResult, Spec, TlsMode};
+use super::mx;
+use crate::config::{Config, Method, Relay, Scheme};
+use crate::dns::Resolver;
+use crate::tls::Verify;
+
+/// The hosts to try for `action` (and `domain`, for a relay by MX), in order; or the
+/// verdict for every recipient (a bounce for a null MX, a deferral for a DNS failure).
+pub(super) fn candidates(
+    config: &Config,
+    action: &str,
+    domain: Option<&str>,
+    resolver: &Resolver,
+    mx_port: u16,
+) -> Result<Vec<Spec>, RcptResult> {
+    let relay = relay_of(config, action)
+        .ok_or_else(|| RcptResult::Temp(format!("action {action} is not a relay action (any more)")))?;
+    let Some(domain) = domain else {
+        return spec_for(config, relay).map(|s| vec![s]).map_err(RcptResult::Temp);
+    };
+    match mx::route(resolver, domain) {
+        mx::Route::Hosts(hosts) => {
+            hosts.iter().map(|h| mx_spec(config, relay, h, mx_port)).collect::<Result<_, _>>().map_err(RcptResult::Temp)
+        }
+        mx::Route::Bounce(status, why) => Err(RcptResult::Perm(format!("{status} {why}"))),
+        mx::Route::Defer(why) => Err(RcptResult::Temp(why)),
+    }
+}
+
+pub(super) fn relay_of<'c>(config: &'c Config, action: &str) -> Option<&'c Relay> {
+    match &config.actions.get(action)?.method {
+        Method::Relay(r) => Some(r),
+        _ => None,
+    }
+}
+
+/// What a relay's options say about TLS verification, the client certificate and the
+/// source address, whatever the host.
+type Common = (Verify, Option<(PathBuf, PathBuf)>, Option<IpAddr>);
+
+fn common(config: &Config, r: &Relay, verify_default: Verify) -> Result<Common, String> {
+    let verify = match (&r.ca, r.no_verify) {
+        (_, true) => Verify::Nothing,
+        (Some(ca), false) => Verify::Ca(config.cas.get(ca).ok_or(format!("ca {ca} is not defined"))?.cert.clone()),
+        (None, false) => verify_default,
+    };
+    let identity = match &r.pki {
+        Some(name) => {
+            let pki = config.pkis.get(name).ok_or(format!("pki {name} is not defined"))?;
+            Some((pki.cert.clone(), pki.key.clone()))
+        }
+        None => None,
+    };
+    let src = match &r.src {
+        Some(t) => Some(
+            config
+                .table(t)
+                .and_then(|t| t.keys().find_map(|k| k.parse::<IpAddr>().ok()))
+                .ok_or(format!("src table {t} has no address"))?,
+        ),
+        None => None,
+    };
+    Ok((verify, identity, src))
+}
+
+/// How to reach one MX host. Without `tls`, STARTTLS when offered and no certificate
+/// check, as OpenSMTPD does for MX relays; with `tls`, STARTTLS required and verified
+/// (unless `no-verify`).
+fn mx_spec(config: &Config, r: &Relay, host: &mx::Host, port: u16) -> Result<Spec, String> {
+    if let Some(t) = &r.auth {
+        return Err(format!("auth <{t}> needs a relay host (relay host URL with label@)"));
+    }
+    let (verify, identity, src) = common(config, r, if r.tls { Verify::System } else { Verify::Nothing })?;
+    Ok(Spec {
+        host: host.name.clone(),
+        addrs: host.addrs.clone(),
+        port,
+        lmtp: false,
+        tls: if r.tls { TlsMode::Required } else { TlsMode::Opportunistic },
+        verify,
+        identity,
+        src,
+        helo: r.helo.clone().unwrap_or_else(|| config.hostname.clone()),
+        auth: None,
+    })
+}
+
+/// How to reach the host of a relay with `host URL`.
+fn spec_for(config: &Config, r: &Relay) -> Result<Spec, String> {
+    let Some(url) = r.host.as_ref() else { return Err("relay without a host".into()) };
+    let tls = match url.scheme {
+        Scheme::Smtp | Scheme::Lmtp if r.tls => TlsMode::Required,
+        Scheme::Smtp => TlsMode::Opportunistic,
+        Scheme::SmtpTls => TlsMode::Required,
+        Scheme::SmtpNoTls | Scheme::Lmtp => TlsMode::Never,
+        Scheme::Smtps => TlsMode::Implicit,
+    };
+    let (verify, identity, src) = common(config, r, Verify::System)?;
+    let auth = match (&r.auth, &url.label) {
+        (Some(t), Some(label)) => {
+            let value =
+                config.table(t).and_then(|t| t.get(label)).ok_or(format!("no credentials for {label} in table {t}"))?;
+            let (user, pass) =
+                value.split_once(':').ok_or(format!("credentials for {label}: expected user:password"))?;
+            Some((user.to_owned(), pass.to_owned()))
+        }
+        (Some(t), None) => return Err(format!("auth <{t}> needs a label@ in the relay URL")),
+        _ => None,
+    };
+    Ok(Spec {
+        host: url.host.clone(),
+        addrs: Vec::new(),
+        port: url.port_or_default(),
+        lmtp: url.scheme == Scheme::Lmtp,
+        tls,
+        verify,
+        identity,
+        src,
+        helo: r.helo.clone().unwrap_or_else(|| config.hostname.clone()),
+        auth,
+    })
+}

@@ -1,0 +1,124 @@
+//! One destination's delivery, on a thread of its own, so that many destinations progress
+//! at once and a slow or silent host (a tarpit) delays only its own mail. A worker owns no
+//! queue state: it reports each message's verdicts to the runner and waits until the
+//! runner has recorded them on disk before it sends the next message.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+
+use super::client::{RcptResult, Session, Spec};
+use super::{result_name, spec, Dest};
+use crate::config::Config;
+use crate::dns::Resolver;
+use crate::queue;
+
+/// A session carries at most this many messages, then a new one is opened (OpenSMTPD's
+/// default `max-mail` per session is also 100).
+pub(super) const MAX_MAILS_PER_SESSION: usize = 100;
+
+/// One queued message's due recipients for the destination.
+pub(super) struct Item {
+    pub(super) name: String,
+    pub(super) id: String,
+    pub(super) rcpts: Vec<String>,
+}
+
+pub(super) struct Work {
+    pub(super) dest: Dest,
+    pub(super) items: Vec<Item>,
+    pub(super) config: Arc<Config>,
+    pub(super) resolver: Arc<Resolver>,
+    pub(super) mx_port: u16,
+    pub(super) queue: PathBuf,
+}
+
+pub(super) enum Report {
+    /// The verdicts for one message's recipients. The worker waits for `ack`, sent once
+    /// they are on disk, before the next message: a crash resends at most this one.
+    Sent { dest: Dest, name: String, results: Vec<(String, RcptResult)>, ack: Sender<()> },
+    /// One verdict for each of these recipients, by queue file name.
+    Failed { dest: Dest, rcpts: Vec<(String, Vec<String>)>, result: RcptResult },
+    /// The worker is done with `dest`.
+    Finished(Dest),
+}
+
+pub(super) fn spawn(work: Work, reports: Sender<Report>) -> std::io::Result<()> {
+    std::thread::Builder::new().name("relay-dest".into()).spawn(move || {
+        run(&work, &reports);
+        let _ = reports.send(Report::Finished(work.dest.clone()));
+    })?;
+    Ok(())
+}
+
+fn run(work: &Work, reports: &Sender<Report>) {
+    let (action, domain) = (&work.dest.action, work.dest.domain.as_deref());
+    let specs = match spec::candidates(&work.config, action, domain, &work.resolver, work.mx_port) {
+        Ok(s) => s,
+        Err(verdict) => return fail(work, &work.items, verdict, None, reports),
+    };
+    let sender_override = spec::relay_of(&work.config, action).and_then(|r| r.mail_from.clone());
+    for (b, batch) in work.items.chunks(MAX_MAILS_PER_SESSION).enumerate() {
+        let (mut session, spec) = match open(&specs) {
+            Ok(s) => s,
+            Err(e) => return fail(work, &work.items[b * MAX_MAILS_PER_SESSION..], RcptResult::Temp(e), None, reports),
+        };
+        let tls = session.tls().unwrap_or("none");
+        let host = format!("{} address={} tls={tls}", spec.host, session.peer());
+        for (i, item) in batch.iter().enumerate() {
+            // Gone since it was dispatched (`mxctl remove`): nothing to send.
+            let Ok(bytes) = std::fs::read(work.queue.join("new").join(&item.name)) else { continue };
+            let Some((env, message)) = queue::decode(&bytes) else { continue };
+            let rcpts: Vec<&str> = item.rcpts.iter().map(String::as_str).collect();
+            let sender = sender_override.as_deref().unwrap_or(&env.sender);
+            match session.send(sender, &rcpts, message) {
+                Ok(results) => {
+                    for (addr, result) in item.rcpts.iter().zip(&results) {
+                        log::info!("relay msgid={} to=<{addr}> host={host} result={}", item.id, result_name(result));
+                    }
+                    let (ack, acked) = crossbeam_channel::bounded(1);
+                    let results = item.rcpts.iter().cloned().zip(results).collect();
+                    let report = Report::Sent { dest: work.dest.clone(), name: item.name.clone(), results, ack };
+                    // The runner stopped: what is not recorded is sent again after a restart.
+                    if reports.send(report).is_err() || acked.recv().is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let rest = &work.items[b * MAX_MAILS_PER_SESSION + i..];
+                    return fail(work, rest, RcptResult::Temp(format!("{}: {e}", spec.host)), Some(&host), reports);
+                }
+            }
+        }
+        session.quit();
+    }
+}
+
+/// The first host of `specs` that takes a session (connection, greeting, EHLO, TLS, AUTH).
+fn open(specs: &[Spec]) -> Result<(Session, &Spec), String> {
+    let mut last = String::from("no host to try");
+    for spec in specs {
+        match Session::open(spec) {
+            Ok(s) => return Ok((s, spec)),
+            Err(e) => {
+                last = format!("{}: {e}", spec.host);
+                if specs.len() > 1 {
+                    log::info!("relay host={} port={} failed, trying the next host: {e}", spec.host, spec.port);
+                }
+            }
+        }
+    }
+    Err(last)
+}
+
+fn fail(work: &Work, items: &[Item], result: RcptResult, host: Option<&str>, reports: &Sender<Report>) {
+    let host = host.map_or(String::new(), |h| format!(" host={h}"));
+    for item in items {
+        for addr in &item.rcpts {
+            log::info!("relay msgid={} to=<{addr}>{host} result={}", item.id, result_name(&result));
+        }
+    }
+    let rcpts = items.iter().map(|i| (i.name.clone(), i.rcpts.clone())).collect();
+    let _ = reports.send(Report::Failed { dest: work.dest.clone(), rcpts, result });
+}
