@@ -16,6 +16,7 @@ pub mod config;
 pub mod control;
 pub mod deliver;
 pub mod envelope;
+pub mod filter;
 pub mod headers;
 pub mod logging;
 pub mod queue;
