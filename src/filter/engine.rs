@@ -423,7 +423,10 @@ impl SessionFilter {
                         self.filter_report(now, ReporterKind::Proc, &name, m);
                         self.run(now, phase, param, pos + 1);
                     }
-                    Response::Junk if phase == Phase::Commit => return Err(SessionError::JunkAfterData),
+                    Response::Junk if phase == Phase::Commit => {
+                        self.fail(now, phase);
+                        return Err(SessionError::JunkAfterData);
+                    }
                     Response::Junk => self.decide(now, phase, Decision::Junk),
                     Response::Reject(r) => self.decide(now, phase, Decision::Reject(r.to_string())),
                     Response::Disconnect(r) => self.decide(now, phase, Decision::Disconnect(r.to_string())),
@@ -530,3 +533,7 @@ fn stuff(line: &str) -> std::borrow::Cow<'_, str> {
 fn unstuff(line: &str) -> &str {
     line.strip_prefix('.').unwrap_or(line)
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;
