@@ -91,7 +91,9 @@ impl Driver {
                         return Err(bad(&"output before the first request"));
                     }
                     match protocol::parse_output(l) {
-                        Ok(Output::Register(r)) => drop(reg.handle(r)),
+                        Ok(Output::Register(r)) => {
+                            reg.handle(r);
+                        }
                         Ok(_) => return Err(bad(&"non-register line before register|ready")),
                         Err(e) => return Err(bad(&e)),
                     }
@@ -99,6 +101,9 @@ impl Driver {
                 if status == ReadStatus::Closed && !reg.is_ready() {
                     return Err(bad(&"exited during the handshake"));
                 }
+            }
+            if regs.iter().all(|r| r.is_ready()) {
+                break;
             }
             let now = Instant::now();
             if now >= deadline {
@@ -130,14 +135,14 @@ impl Driver {
             let now = Now::read();
             self.sessions.handle_timeout(now);
             self.route_sends(now);
+            let more = self.read_all(now);
+            self.route_sends(now);
             if done(&mut self.sessions) {
                 return true;
             }
             if now.mono >= deadline {
                 return false;
             }
-            let more = self.read_all(now);
-            self.route_sends(now);
             if more {
                 continue;
             }

@@ -13,8 +13,12 @@ const SID: Id = Id(0xabc);
 
 fn reg(phases: &[Phase], events: &[EventKind]) -> Registration {
     let mut r = Registration::default();
-    phases.iter().for_each(|p| drop(r.handle(Register::Filter(*p))));
-    events.iter().for_each(|e| drop(r.handle(Register::Report(*e))));
+    for p in phases {
+        r.handle(Register::Filter(*p));
+    }
+    for e in events {
+        r.handle(Register::Report(*e));
+    }
     r.handle(Register::Ready);
     r
 }
