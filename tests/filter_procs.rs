@@ -44,8 +44,13 @@ fn start(specs: &[ProcSpec]) -> Driver {
 /// Adds a session filtered by `procs` (in order) to the driver.
 fn open_session(d: &mut Driver, id: u64, procs: &[&str], timeout: Duration) -> Id {
     let filters = procs.iter().map(|p| Filter { name: p.to_string(), kind: FilterKind::Proc(p.to_string()) }).collect();
-    let no_tables = |_: &TableRef, _: mxd::filter::LookupKind, _: &str| false;
-    let chain = Chain::new(&FilterChain { filters }, d.registrations(), Arc::new(no_tables)).unwrap();
+    open_chain(d, id, filters, timeout)
+}
+
+/// Adds a session filtered by `filters`; tables hold addresses of bad.test and 127.0.0.1.
+fn open_chain(d: &mut Driver, id: u64, filters: Vec<Filter>, timeout: Duration) -> Id {
+    let tables = |_: &TableRef, _: mxd::filter::LookupKind, key: &str| key.ends_with("@bad.test") || key == "127.0.0.1";
+    let chain = Chain::new(&FilterChain { filters }, d.registrations(), Arc::new(tables)).unwrap();
     let link = Link {
         rdns: Some("client.test".into()),
         fcrdns: true,
@@ -75,6 +80,19 @@ fn phase(d: &mut Driver, id: Id, phase: Phase, param: &str) -> Decision {
         Event::Decided(p, decision) if p == phase => decision,
         other => panic!("{}: {other:?}", phase.name()),
     }
+}
+
+/// Keeps the driver going until the filter's log file says `cond` (the filter writes it
+/// without telling us, so look every 20 ms), for at most 10 s.
+fn wait_log(d: &mut Driver, log: &Path, cond: impl Fn(&str) -> bool) -> bool {
+    let limit = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < limit {
+        let check = || std::fs::read_to_string(log).is_ok_and(|l| cond(&l));
+        if d.run_until(Instant::now() + Duration::from_millis(20), |_| check()) {
+            return true;
+        }
+    }
+    false
 }
 
 fn report(d: &mut Driver, id: Id, r: &Report<'_>) {
@@ -149,9 +167,7 @@ fn own_filter_sees_every_phase_and_each_response_works() {
     assert_eq!(phase(&mut d, b, Phase::Ehlo, "disconnect.test"), Decision::Disconnect("421 4.7.0 bye".into()));
 
     // The filter checks every line; it would have exited on a bad one.
-    let ok = d.run_until(Instant::now() + Duration::from_secs(10), |_| {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.matches("link-disconnect").count() == 1)
-    });
+    let ok = wait_log(&mut d, &log, |l| l.matches("link-disconnect").count() == 1);
     assert!(ok && d.failures().is_empty(), "{:?}", d.failures());
     let seen = std::fs::read_to_string(&log).unwrap();
     for want in [
@@ -307,4 +323,42 @@ fn answers_for_unknown_sessions_are_ignored() {
     let id = open_session(&mut d, 1, &["bad"], Duration::from_secs(10));
     assert_eq!(phase(&mut d, id, Phase::Connect, ""), Decision::Proceed);
     assert!(d.failures().is_empty(), "{:?}", d.failures());
+}
+
+#[test]
+fn builtin_and_proc_filters_run_in_chain_order() {
+    if !can_run("builtin_and_proc_filters_run_in_chain_order", &[Need::File(PY, "python3")]) {
+        return;
+    }
+    use mxd::filter::{Action, Condition, Rule, Test};
+    let dir = shared_tempdir();
+    let log = dir.path().join("filter.log");
+    let script = tests_dir().join("all_phases.py");
+    let mut d = start(&[spec("all", format!("{PY} {} {}", script.display(), log.display()))]);
+    let table = || TableRef { name: "t".into(), regex: false };
+    let rule = |name: &str, phase, negate, test, action| Filter {
+        name: name.into(),
+        kind: FilterKind::Builtin(Rule { phase, conditions: vec![Condition { negate, test }], action }),
+    };
+    let filters = vec![
+        rule("note", Phase::Connect, false, Test::Src(table()), Action::Report("from loopback".into())),
+        rule("fast", Phase::MailFrom, true, Test::Auth, Action::Bypass),
+        Filter { name: "all".into(), kind: FilterKind::Proc("all".into()) },
+        rule("deny", Phase::RcptTo, false, Test::RcptTo(table()), Action::Reject("550 5.7.1 denied".into())),
+    ];
+    let id = open_chain(&mut d, 1, filters, Duration::from_secs(10));
+    d.sessions.get_mut(id).unwrap().begin(Now::read(), Phase::Connect, "");
+    assert_eq!(next_event(&mut d, id), Event::Reported { filter: "note".into(), message: "from loopback".into() });
+    assert_eq!(next_event(&mut d, id), Event::Decided(Phase::Connect, Decision::Proceed));
+    // The bypass comes before the process: it never sees MAIL FROM.
+    assert_eq!(phase(&mut d, id, Phase::MailFrom, "junk@example.org"), Decision::Proceed);
+    // The process proceeds, then the builtin after it refuses.
+    assert_eq!(phase(&mut d, id, Phase::RcptTo, "x@bad.test"), Decision::Reject("550 5.7.1 denied".into()));
+    assert_eq!(phase(&mut d, id, Phase::RcptTo, "x@good.test"), Decision::Proceed);
+    report(&mut d, id, &Report::LinkDisconnect);
+    let ok = wait_log(&mut d, &log, |l| l.contains("link-disconnect"));
+    assert!(ok && d.failures().is_empty(), "{:?}", d.failures());
+    let seen = std::fs::read_to_string(&log).unwrap();
+    assert!(seen.contains("filter-report") && seen.contains("rcpt-to x@bad.test"), "{seen}");
+    assert!(!seen.contains("mail-from junk"), "{seen}");
 }
