@@ -6,6 +6,7 @@
 //! - [`chain`]: a listener's chain resolved against what each process registered.
 //! - [`engine`]: one session's filtering, sans-IO: events in, requests and decisions out.
 //! - [`Sessions`] (here): routes a process's output lines to the sessions they name.
+//! - [`tables`]: builtin conditions against smtpd.conf's tables.
 //! - [`process`]: starting a `proc-exec` command, its non-blocking pipes; [`driver`]: a
 //!   small blocking loop around all of it, for tests and tools.
 //!
@@ -18,6 +19,7 @@ pub mod driver;
 pub mod engine;
 pub mod process;
 pub mod protocol;
+pub mod tables;
 
 use std::collections::HashMap;
 use std::fmt;
