@@ -22,8 +22,13 @@ use mxd::filter::{
 const PY: &str = "/usr/bin/python3";
 const DKIMSIGN: &str = "/usr/libexec/opensmtpd/filter-dkimsign";
 
-fn tests_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/filters")
+/// A copy of tests/filters/NAME in `dir`, where the filter's user can read it even when
+/// the checkout is somewhere it cannot (a root-only home directory).
+fn script(dir: &Path, name: &str) -> PathBuf {
+    let to = dir.join(name);
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/filters").join(name), &to).unwrap();
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+    to
 }
 
 /// A temporary directory the filter's user (nobody, when tests run as root) can use.
@@ -121,7 +126,7 @@ fn own_filter_sees_every_phase_and_each_response_works() {
     }
     let dir = shared_tempdir();
     let log = dir.path().join("filter.log");
-    let script = tests_dir().join("all_phases.py");
+    let script = script(dir.path(), "all_phases.py");
     let mut d = start(&[spec("all", format!("{PY} {} {}", script.display(), log.display()))]);
     let reg = d.registrations()["all"];
     assert!(Phase::ALL.iter().all(|p| reg.filters(*p)) && EventKind::ALL.iter().all(|e| reg.reports(*e)));
@@ -257,8 +262,8 @@ print("verified" if ok and not tampered else "FAILED ok=%s tampered=%s" % (ok, t
 
 /// A driver with a misbehaving filter (`mode`) and, beside it, the project's well-behaved one.
 fn misbehaving(mode: &str, dir: &Path) -> Driver {
-    let bad = tests_dir().join("misbehave.sh");
-    let good = tests_dir().join("all_phases.py");
+    let bad = script(dir, "misbehave.sh");
+    let good = script(dir, "all_phases.py");
     let log = dir.join("good.log");
     start(&[
         spec("bad", format!("{} {mode}", bad.display())),
@@ -333,7 +338,7 @@ fn builtin_and_proc_filters_run_in_chain_order() {
     use mxd::filter::{Action, Condition, Rule, Test};
     let dir = shared_tempdir();
     let log = dir.path().join("filter.log");
-    let script = tests_dir().join("all_phases.py");
+    let script = script(dir.path(), "all_phases.py");
     let mut d = start(&[spec("all", format!("{PY} {} {}", script.display(), log.display()))]);
     let table = || TableRef { name: "t".into(), regex: false };
     let rule = |name: &str, phase, negate, test, action| Filter {
