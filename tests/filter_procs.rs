@@ -367,3 +367,29 @@ fn builtin_and_proc_filters_run_in_chain_order() {
     assert!(seen.contains("filter-report") && seen.contains("rcpt-to x@bad.test"), "{seen}");
     assert!(!seen.contains("mail-from junk"), "{seen}");
 }
+
+#[test]
+fn handshake_failures_are_reported_with_the_filters_name() {
+    let dir = shared_tempdir();
+    let bad = script(dir.path(), "misbehave.sh");
+    let handshake = protocol::handshake(300, "mx.test");
+    let start = |mode: &str| {
+        Driver::start(&[spec("bad", format!("{} {mode}", bad.display()))], &handshake, Duration::from_millis(500))
+    };
+    match start("silent") {
+        Err(e @ mxd::filter::driver::DriverError::NotReady(_)) => {
+            assert_eq!(e.to_string(), "filter bad: not ready in time")
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    match start("badreg") {
+        Err(e @ mxd::filter::driver::DriverError::Handshake(..)) => {
+            assert!(e.to_string().contains("invalid register line"), "{e}")
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    let missing =
+        Driver::start(&[spec("gone", "filter-that-does-not-exist -x".into())], &handshake, Duration::from_secs(1));
+    let e = missing.err().expect("refused").to_string();
+    assert!(e.starts_with("filter gone: filter-that-does-not-exist: not found (looked at /usr/libexec/opensmtpd/filter-that-does-not-exist"), "{e}");
+}

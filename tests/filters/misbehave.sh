@@ -2,9 +2,14 @@
 # A filter that registers the connect and data-line phases, then misbehaves at the first
 # request, as $1 says: crash (exits 1), hang (reads on, never answers), garbage (a line
 # that is not the protocol), flood (a line without end), unknown (an answer for a session
-# that does not exist, then a proper one).
+# that does not exist, then a proper one); or at the handshake: silent (never registers),
+# badreg (registers a phase that does not exist).
 mode=$1
 while read -r line; do [ "$line" = "config|ready" ] && break; done
+case $mode in
+  silent) exec cat >/dev/null ;;
+  badreg) echo "register|filter|smtp-in|nonsense" ;;
+esac
 printf 'register|filter|smtp-in|connect\nregister|filter|smtp-in|data-line\nregister|ready\n'
 while read -r line; do
   case $line in filter\|*) ;; *) continue ;; esac
