@@ -21,6 +21,7 @@ pub mod control;
 pub mod deliver;
 pub mod dns;
 pub mod envelope;
+pub mod filter;
 pub mod headers;
 pub mod logging;
 pub mod privsep;

@@ -293,6 +293,85 @@ pub fn privsep_frame(data: &[u8]) {
     }
 }
 
+/// A filter process's output (issue 16): every line parses or is refused with a typed error,
+/// and what parses stays within the line; a session fed the lines as a filter's answers
+/// never panics, only decides what OpenSMTPD allows (refusals are 4xx/5xx replies, a 421
+/// always disconnects), and its filtered message stays within the limit.
+pub fn filter_line(data: &[u8]) {
+    use mxd::filter::engine::{FAIL_REPLY, INVALID_REPLY, TOO_BIG_REPLY};
+    use mxd::filter::protocol::{self, valid_refusal, Endpoint, EventKind, Output, Register, Response, Timestamp};
+    use mxd::filter::{Chain, Decision, Event, Filter, FilterChain, FilterKind, Id, Limits, Link, Now, Phase};
+
+    for line in data.split(|b| *b == b'\n') {
+        let inside = |s: &str| assert!(!s.contains(['\n', '\r', '\0']), "{s:?}");
+        match protocol::parse_output(line) {
+            Ok(Output::DataLine { line, .. }) | Ok(Output::Report { message: line, .. }) => inside(line),
+            Ok(Output::Result { response, .. }) => match response {
+                Response::Reject(r) | Response::Disconnect(r) | Response::Rewrite(r) | Response::Report(r) => inside(r),
+                Response::Proceed | Response::Junk => {}
+            },
+            Ok(Output::Register(_)) | Err(_) => {}
+        }
+    }
+
+    let mut reg = mxd::filter::Registration::default();
+    for p in Phase::ALL {
+        reg.handle(Register::Filter(p));
+    }
+    for e in EventKind::ALL {
+        reg.handle(Register::Report(e));
+    }
+    reg.handle(Register::Ready);
+    let regs = [("p".to_string(), reg)].into_iter().collect();
+    let filters = vec![Filter { name: "p".into(), kind: FilterKind::Proc("p".into()) }];
+    let tables = |_: &mxd::filter::TableRef, _: mxd::filter::LookupKind, _: &str| true;
+    let chain = Arc::new(Chain::new(&FilterChain { filters }, &regs, Arc::new(tables)).expect("chain"));
+    let now = Now { mono: Instant::now(), wall: Timestamp(Duration::from_secs(1_700_000_000)) };
+    let link = Link { rdns: None, fcrdns: false, src: Endpoint::Unix("/s".into()), dest: Endpoint::Unix("/s".into()) };
+    let limits = Limits { timeout: Duration::from_secs(5), max_message: 256 };
+    // Session 1, token base 0: the filter's token is 1, so "filter-result|1|1|…" is an answer.
+    let mut sessions = mxd::filter::Sessions::default();
+    sessions.insert(mxd::filter::SessionFilter::new(chain, Id(1), 0, limits, &link, now));
+    let mut step = 0usize;
+    for line in data.split(|b| *b == b'\n') {
+        let s = sessions.get_mut(Id(1)).expect("session");
+        if !s.is_waiting() {
+            match step % 3 {
+                0 => s.begin(now, Phase::RcptTo, "a@b"),
+                1 => {
+                    s.data_begin(now);
+                    s.data_line(now, ".x");
+                    s.data_end(now);
+                }
+                _ => s.begin(now, Phase::Commit, ""),
+            }
+            step += 1;
+        }
+        let _ = sessions.handle_line(now, "p", line);
+        let s = sessions.get_mut(Id(1)).expect("session");
+        let mut sends = 0;
+        while s.poll_send().is_some() {
+            sends += 1;
+        }
+        assert!(sends <= 8, "{sends} lines to send after one answer");
+        while let Some(ev) = s.poll_event() {
+            match ev {
+                Event::Decided(_, Decision::Reject(r)) => {
+                    assert!(valid_refusal(&r) && !r.starts_with("421") || r == TOO_BIG_REPLY, "{r:?}")
+                }
+                Event::Decided(_, Decision::Disconnect(r)) => {
+                    assert!(valid_refusal(&r) || r == INVALID_REPLY || r == FAIL_REPLY, "{r:?}")
+                }
+                Event::Message(lines) => {
+                    assert!(lines.iter().map(|l| l.len() + 1).sum::<usize>() <= 256);
+                    assert!(lines.iter().all(|l| !l.contains('\n')));
+                }
+                Event::Decided(..) | Event::Reported { .. } => {}
+            }
+        }
+    }
+}
+
 /// Runs one named target on one input.
 /// A DNS answer from an untrusted server, checked against questions of each type mxd asks
 /// (the id taken from the input, so the full parse is reached): never a panic; a CNAME
@@ -332,11 +411,12 @@ pub fn run(target: &str, data: &[u8]) {
         "smtp_client" => smtp_client(data),
         "privsep_frame" => privsep_frame(data),
         "dns_answer" => dns_answer(data),
+        "filter_line" => filter_line(data),
         other => panic!("unknown fuzz target {other}"),
     }
 }
 
-pub const TARGETS: [&str; 11] = [
+pub const TARGETS: [&str; 12] = [
     "smtp_command",
     "smtp_data",
     "smtp_session",
@@ -348,4 +428,5 @@ pub const TARGETS: [&str; 11] = [
     "smtp_client",
     "privsep_frame",
     "dns_answer",
+    "filter_line",
 ];

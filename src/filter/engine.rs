@@ -1,0 +1,539 @@
+//! The filter engine of one SMTP session, sans-IO: the session tells it what happened
+//! (`report`) and what it is about to do (`begin` a phase, stream the message with
+//! `data_line`/`data_end`); the engine runs the chain in order (builtins at once, proc
+//! filters by queuing a request in `poll_send`), takes the processes' answers
+//! (`handle_output`, routed here by [`super::Sessions`]) and yields one [`Decision`] per
+//! phase, and the filtered message after data-line filtering, through `poll_event`.
+//!
+//! Never touches a pipe or the clock (time comes in as [`Now`]); never panics on what a
+//! filter writes; the filtered message is bounded by `Limits::max_message`. A filter that
+//! misbehaves, dies or does not answer in time fails the session closed: `421`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::builtin::{Action, Facts};
+use super::chain::{Chain, FilterKind};
+use super::protocol::{
+    valid_refusal, write_report, write_request, Endpoint, Fcrdns, Id, Phase, Report, ReporterKind, Response,
+    ResponseKind, Timestamp,
+};
+
+/// The reply to a session whose filter failed, misbehaved or timed out: fail closed
+/// (smtpd.conf(5)), the client retries later.
+pub const FAIL_REPLY: &str = "421 4.3.0 Filter failure, try again later";
+/// What OpenSMTPD substitutes for a reject or disconnect message that is not a 4xx/5xx reply.
+pub const INVALID_REPLY: &str = "421 Internal server error";
+/// The refusal when data-line filters make the message larger than the limit.
+pub const TOO_BIG_REPLY: &str = "552 5.3.4 Message too big after filtering";
+
+/// The time, both ways the engine needs it: monotonic for deadlines, wall-clock for lines.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub mono: Instant,
+    pub wall: Timestamp,
+}
+
+impl Now {
+    /// Reads both clocks; for the I/O layer and tests (the engine itself never calls it).
+    pub fn read() -> Now {
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Now { mono: Instant::now(), wall: Timestamp(wall) }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How long a filter may take to answer a request (or, while streaming data, between
+    /// two lines of output).
+    pub timeout: Duration,
+    /// The largest filtered message, in octets of lines plus one newline each.
+    pub max_message: usize,
+}
+
+/// The connection a session starts with.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub rdns: Option<String>,
+    pub fcrdns: bool,
+    pub src: Endpoint,
+    pub dest: Endpoint,
+}
+
+/// The outcome of a phase.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Proceed,
+    /// Proceed, and the session or transaction is junk: the message gets `X-Spam: Yes`.
+    Junk,
+    /// Proceed with this parameter instead of the client's.
+    Rewrite(String),
+    /// Refuse the command with this reply (4xx or 5xx); the session goes on.
+    Reject(String),
+    /// Send this reply and close the session.
+    Disconnect(String),
+}
+
+/// What the engine has for the session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Decided(Phase, Decision),
+    /// Data-line filtering is done: the message as the last filter wrote it, one line per
+    /// entry, dot-unstuffed, without line endings.
+    Message(Vec<String>),
+    /// A filter's `report` (builtin or proc), for the log.
+    Reported {
+        filter: String,
+        message: String,
+    },
+}
+
+/// A line for a filter process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub proc: Arc<str>,
+    pub line: String,
+}
+
+/// Why a filter's answer was refused. The session has failed (421) when this is returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionError {
+    /// The answer names a token the session is not waiting on.
+    UnexpectedToken(Id),
+    /// A filter-result while the message streams, or a filter-dataline outside of it.
+    WrongPhase,
+    /// `junk` at the commit phase, too late to mark the message (OpenSMTPD: fatal).
+    JunkAfterData,
+    /// The filtered message would exceed `Limits::max_message`.
+    TooBig,
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::UnexpectedToken(t) => write!(f, "unexpected token {t}"),
+            SessionError::WrongPhase => f.write_str("answer out of phase"),
+            SessionError::JunkAfterData => f.write_str("junk after DATA"),
+            SessionError::TooBig => f.write_str("filtered message too big"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+enum State {
+    Idle,
+    /// Waiting for the answer of filter `by_phase[phase][pos]`.
+    Phase {
+        phase: Phase,
+        param: String,
+        pos: usize,
+        deadline: Instant,
+    },
+    /// The message streams through the data-line filters; stage `i` is
+    /// `by_phase[DataLine][i]`, and `closed[i]` says it has written its final dot.
+    Data {
+        closed: Vec<bool>,
+        out: Vec<String>,
+        size: usize,
+        deadline: Option<Instant>,
+    },
+    Failed,
+}
+
+pub struct SessionFilter {
+    chain: Arc<Chain>,
+    id: Id,
+    /// Tokens are `token_base + filter index + 1`, so they differ between sessions.
+    token_base: u64,
+    limits: Limits,
+    facts: Facts,
+    state: State,
+    /// A process of the chain has died: every later phase fails at once.
+    broken: bool,
+    /// The client's input has ended (`data_end`); stages close as their input does.
+    input_closed: bool,
+    sends: VecDeque<Outgoing>,
+    events: VecDeque<Event>,
+    now: Now,
+}
+
+impl SessionFilter {
+    /// Starts filtering a session: sends `link-connect` to the processes that want it.
+    pub fn new(chain: Arc<Chain>, id: Id, token_base: u64, limits: Limits, link: &Link, now: Now) -> SessionFilter {
+        let facts =
+            Facts { rdns: link.rdns.clone(), fcrdns: link.fcrdns, src: link.src.addr_text(), ..Facts::default() };
+        let mut s = SessionFilter {
+            chain,
+            id,
+            token_base,
+            limits,
+            facts,
+            state: State::Idle,
+            broken: false,
+            input_closed: false,
+            sends: VecDeque::new(),
+            events: VecDeque::new(),
+            now,
+        };
+        let rdns = link.rdns.as_deref().unwrap_or("");
+        let fcrdns = if link.fcrdns { Fcrdns::Pass } else { Fcrdns::Fail };
+        s.report(now, &Report::LinkConnect { rdns, fcrdns, src: &link.src, dest: &link.dest });
+        s
+    }
+
+    pub fn id(&self) -> Id {
+        self.id
+    }
+
+    /// Sends a report event to the chain's processes that registered it, and keeps what
+    /// builtin conditions need (HELO name, authenticated user).
+    pub fn report(&mut self, now: Now, report: &Report<'_>) {
+        match report {
+            Report::LinkIdentify { identity, .. } => self.facts.helo = Some((*identity).to_string()),
+            Report::LinkAuth { result: super::protocol::AuthResult::Pass, username } => {
+                self.facts.username = Some((*username).to_string())
+            }
+            _ => {}
+        }
+        let kind = report.kind();
+        let mut line = String::new();
+        for (name, reg) in &self.chain.procs {
+            if reg.reports(kind) {
+                if line.is_empty() {
+                    write_report(&mut line, now.wall, self.id, report);
+                }
+                self.sends.push_back(Outgoing { proc: name.clone(), line: line.clone() });
+            }
+        }
+    }
+
+    /// Runs the chain for a command phase. `param` is what OpenSMTPD passes: the HELO/EHLO
+    /// name, the address of MAIL FROM or RCPT TO without angle brackets, empty otherwise
+    /// (for connect the engine builds `RDNS|SRC` itself). The decision comes as
+    /// `Event::Decided`, at once when no process takes part.
+    pub fn begin(&mut self, now: Now, phase: Phase, param: &str) {
+        self.now = now;
+        if phase == Phase::DataLine || !matches!(self.state, State::Idle) {
+            return self.fail(now, phase);
+        }
+        if self.broken {
+            return self.fail(now, phase);
+        }
+        match phase {
+            Phase::Helo | Phase::Ehlo => self.facts.helo = Some(param.to_string()),
+            Phase::MailFrom => self.facts.mail_from = Some(param.to_string()),
+            _ => {}
+        }
+        let param = match phase {
+            Phase::Connect => format!("{}|{}", self.facts.rdns.as_deref().unwrap_or(""), self.facts.src),
+            _ => param.to_string(),
+        };
+        self.run(now, phase, param, 0);
+    }
+
+    /// Runs filters `pos..` of `phase` until one must be waited for or the chain ends.
+    fn run(&mut self, now: Now, phase: Phase, param: String, mut pos: usize) {
+        let chain = self.chain.clone();
+        let entries = &chain.by_phase[phase as usize];
+        while let Some(&i) = entries.get(pos) {
+            let filter = &chain.filters[i];
+            match &filter.kind {
+                FilterKind::Proc(_) => {
+                    let proc = chain.proc_of[i].map(|p| chain.procs[p].0.clone());
+                    let Some(proc) = proc else { return self.fail(now, phase) };
+                    let mut line = String::new();
+                    write_request(&mut line, now.wall, phase, self.id, self.token(i), &param);
+                    self.sends.push_back(Outgoing { proc, line });
+                    let deadline = now.mono + self.limits.timeout;
+                    self.state = State::Phase { phase, param, pos, deadline };
+                    return;
+                }
+                FilterKind::Builtin(rule) => {
+                    let rcpt = (phase == Phase::RcptTo).then_some(param.as_str());
+                    if rule.fires(&self.facts, rcpt, &*chain.tables) {
+                        let decision = match &rule.action {
+                            Action::Bypass => Decision::Proceed,
+                            Action::Junk => Decision::Junk,
+                            Action::Reject(r) => Decision::Reject(r.clone()),
+                            Action::Disconnect(r) => Decision::Disconnect(r.clone()),
+                            Action::Rewrite(v) => Decision::Rewrite(v.clone()),
+                            Action::Report(m) => {
+                                self.filter_report(now, ReporterKind::Builtin, &filter.name, m);
+                                pos += 1;
+                                continue;
+                            }
+                        };
+                        return self.decide(now, phase, decision);
+                    }
+                }
+            }
+            pos += 1;
+        }
+        self.decide(now, phase, Decision::Proceed);
+    }
+
+    fn token(&self, filter: usize) -> Id {
+        Id(self.token_base.wrapping_add(filter as u64 + 1))
+    }
+
+    fn filter_report(&mut self, now: Now, kind: ReporterKind, name: &str, message: &str) {
+        self.report(now, &Report::FilterReport { kind, name, message });
+        self.events.push_back(Event::Reported { filter: name.to_string(), message: message.to_string() });
+    }
+
+    /// Ends a phase: refusals are checked as OpenSMTPD checks them (not a 4xx/5xx reply:
+    /// `421 Internal server error`; a 421: the session is disconnected), reported as
+    /// `filter-response`, and queued for the session.
+    fn decide(&mut self, now: Now, phase: Phase, decision: Decision) {
+        let decision = match decision {
+            Decision::Reject(r) | Decision::Disconnect(r) if !valid_refusal(&r) => {
+                Decision::Disconnect(INVALID_REPLY.into())
+            }
+            Decision::Reject(r) if r.starts_with("421") => Decision::Disconnect(r),
+            d => d,
+        };
+        let (response, param) = match &decision {
+            Decision::Proceed => (ResponseKind::Proceed, None),
+            Decision::Junk => (ResponseKind::Junk, None),
+            Decision::Rewrite(v) => (ResponseKind::Rewrite, Some(v.as_str())),
+            Decision::Reject(r) => (ResponseKind::Reject, Some(r.as_str())),
+            Decision::Disconnect(r) => (ResponseKind::Disconnect, Some(r.as_str())),
+        };
+        // Borrow juggling: the report is written before the decision moves into the queue.
+        let mut line = String::new();
+        let report = Report::FilterResponse { phase, response, param };
+        for (name, reg) in &self.chain.procs {
+            if reg.reports(report.kind()) {
+                if line.is_empty() {
+                    write_report(&mut line, now.wall, self.id, &report);
+                }
+                self.sends.push_back(Outgoing { proc: name.clone(), line: line.clone() });
+            }
+        }
+        self.state = State::Idle;
+        self.events.push_back(Event::Decided(phase, decision));
+    }
+
+    /// Fails the session closed: the phase under way (or the next one) gets 421.
+    fn fail(&mut self, now: Now, phase: Phase) {
+        self.state = State::Failed;
+        self.broken = true;
+        let _ = now;
+        self.events.push_back(Event::Decided(phase, Decision::Disconnect(FAIL_REPLY.into())));
+    }
+
+    /// The phase being waited on, if any (for the failure decision).
+    fn current_phase(&self) -> Option<Phase> {
+        match &self.state {
+            State::Phase { phase, .. } => Some(*phase),
+            State::Data { .. } => Some(Phase::DataLine),
+            State::Idle | State::Failed => None,
+        }
+    }
+
+    /// Starts streaming the message (after the data phase proceeded). The caller then
+    /// gives every line with `data_line` and ends with `data_end`.
+    pub fn data_begin(&mut self, now: Now) {
+        if !matches!(self.state, State::Idle) || self.broken {
+            return self.fail(now, Phase::DataLine);
+        }
+        let stages = self.chain.by_phase[Phase::DataLine as usize].len();
+        self.input_closed = false;
+        self.state = State::Data { closed: vec![false; stages], out: Vec::new(), size: 0, deadline: None };
+    }
+
+    /// One line of the message, without its line ending and not dot-stuffed.
+    pub fn data_line(&mut self, now: Now, line: &str) {
+        if !matches!(self.state, State::Data { .. }) || self.input_closed {
+            return;
+        }
+        self.stage_input(now, 0, &stuff(line));
+    }
+
+    /// The end of the message (the client's final dot).
+    pub fn data_end(&mut self, now: Now) {
+        if !matches!(self.state, State::Data { .. }) || self.input_closed {
+            return;
+        }
+        self.input_closed = true;
+        self.stage_input(now, 0, ".");
+    }
+
+    /// Gives a dot-stuffed line (or the final ".") to stage `stage`, or to the message
+    /// when every stage is past.
+    fn stage_input(&mut self, now: Now, stage: usize, line: &str) {
+        let chain = self.chain.clone();
+        let entries = &chain.by_phase[Phase::DataLine as usize];
+        let token = entries.get(stage).map(|&i| self.token(i));
+        let State::Data { out, size, deadline, .. } = &mut self.state else { return };
+        if let Some(&i) = entries.get(stage) {
+            let Some(proc) = chain.proc_of[i].map(|p| chain.procs[p].0.clone()) else { return };
+            let mut buf = String::new();
+            write_request(&mut buf, now.wall, Phase::DataLine, self.id, token.unwrap_or(Id(0)), line);
+            self.sends.push_back(Outgoing { proc, line: buf });
+            *deadline = Some(now.mono + self.limits.timeout);
+            return;
+        }
+        if line == "." {
+            let message = std::mem::take(out);
+            self.state = State::Idle;
+            self.events.push_back(Event::Message(message));
+            return;
+        }
+        *size += line.len() + 1;
+        if *size > self.limits.max_message {
+            self.state = State::Failed;
+            self.events.push_back(Event::Decided(Phase::DataLine, Decision::Reject(TOO_BIG_REPLY.into())));
+            return;
+        }
+        out.push(unstuff(line).to_string());
+    }
+
+    /// An answer from `proc` for this session (routed by session id).
+    pub fn handle_output(&mut self, now: Now, proc: &str, token: Id, answer: Answer<'_>) -> Result<(), SessionError> {
+        let result = self.handle_answer(now, proc, token, answer);
+        if let Err(e) = &result {
+            if !matches!(self.state, State::Failed) {
+                let phase = self.current_phase().unwrap_or(Phase::DataLine);
+                self.fail(now, phase);
+            }
+            log::debug!("{} filter {proc}: {e}", self.id);
+        }
+        result
+    }
+
+    fn handle_answer(&mut self, now: Now, proc: &str, token: Id, answer: Answer<'_>) -> Result<(), SessionError> {
+        match (answer, &self.state) {
+            (Answer::Result(response), State::Phase { phase, pos, .. }) => {
+                let (phase, pos) = (*phase, *pos);
+                let i = self.chain.by_phase[phase as usize][pos];
+                if token != self.token(i) || !self.is_proc(i, proc) {
+                    return Err(SessionError::UnexpectedToken(token));
+                }
+                let State::Phase { param, .. } = std::mem::replace(&mut self.state, State::Idle) else {
+                    return Ok(());
+                };
+                match response {
+                    Response::Proceed => self.run(now, phase, param, pos + 1),
+                    Response::Report(m) => {
+                        let name = self.chain.filters[i].name.clone();
+                        self.filter_report(now, ReporterKind::Proc, &name, m);
+                        self.run(now, phase, param, pos + 1);
+                    }
+                    Response::Junk if phase == Phase::Commit => {
+                        self.fail(now, phase);
+                        return Err(SessionError::JunkAfterData);
+                    }
+                    Response::Junk => self.decide(now, phase, Decision::Junk),
+                    Response::Reject(r) => self.decide(now, phase, Decision::Reject(r.to_string())),
+                    Response::Disconnect(r) => self.decide(now, phase, Decision::Disconnect(r.to_string())),
+                    Response::Rewrite(v) => self.decide(now, phase, Decision::Rewrite(v.to_string())),
+                }
+                Ok(())
+            }
+            (Answer::DataLine(line), State::Data { closed, .. }) => {
+                let entries = &self.chain.by_phase[Phase::DataLine as usize];
+                let stage = entries.iter().position(|&i| self.token(i) == token && self.is_proc(i, proc));
+                let Some(stage) = stage else { return Err(SessionError::UnexpectedToken(token)) };
+                if closed[stage] {
+                    return Err(SessionError::WrongPhase);
+                }
+                if let State::Data { closed, deadline, .. } = &mut self.state {
+                    if line == "." {
+                        closed[stage] = true;
+                    }
+                    // Output resets the clock: a filter that streams is alive.
+                    *deadline = Some(now.mono + self.limits.timeout);
+                }
+                self.stage_input(now, stage + 1, line);
+                if matches!(self.state, State::Failed) {
+                    return Err(SessionError::TooBig);
+                }
+                Ok(())
+            }
+            (Answer::Report(m), _) => {
+                let name = proc.to_string();
+                self.filter_report(now, ReporterKind::Proc, &name, m);
+                Ok(())
+            }
+            (_, State::Failed) => Ok(()),
+            _ => Err(SessionError::WrongPhase),
+        }
+    }
+
+    fn is_proc(&self, filter: usize, proc: &str) -> bool {
+        self.chain.proc_of[filter].is_some_and(|p| &*self.chain.procs[p].0 == proc)
+    }
+
+    /// A process died or was killed for misbehaving. If this session uses it, the phase
+    /// under way fails now (421) and so will every later one.
+    pub fn handle_proc_failure(&mut self, now: Now, proc: &str) {
+        if !self.chain.procs.iter().any(|(n, _)| &**n == proc) {
+            return;
+        }
+        self.broken = true;
+        if let Some(phase) = self.current_phase() {
+            self.fail(now, phase);
+        }
+    }
+
+    /// When the filter being waited on is late.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.state {
+            State::Phase { deadline, .. } => Some(*deadline),
+            State::Data { deadline, .. } => *deadline,
+            State::Idle | State::Failed => None,
+        }
+    }
+
+    /// Fails the session if the filter it waits on is past its deadline.
+    pub fn handle_timeout(&mut self, now: Now) {
+        if self.poll_timeout().is_some_and(|d| now.mono >= d) {
+            let phase = self.current_phase().unwrap_or(Phase::DataLine);
+            log::warn!("{} filter timeout phase={}", self.id, phase.name());
+            self.fail(now, phase);
+        }
+    }
+
+    /// Whether the session waits for a filter.
+    pub fn is_waiting(&self) -> bool {
+        matches!(self.state, State::Phase { .. } | State::Data { .. })
+    }
+
+    pub fn poll_send(&mut self) -> Option<Outgoing> {
+        self.sends.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+}
+
+/// A filter's answer for one session, as routed to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer<'a> {
+    Result(Response<'a>),
+    DataLine(&'a str),
+    Report(&'a str),
+}
+
+/// SMTP dot-stuffing of one line (RFC 5321 §4.5.2), as data-line requests carry it.
+fn stuff(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.starts_with('.') {
+        format!(".{line}").into()
+    } else {
+        line.into()
+    }
+}
+
+/// The reverse: one leading dot goes (OpenSMTPD's smtp_tx_dataline does the same).
+fn unstuff(line: &str) -> &str {
+    line.strip_prefix('.').unwrap_or(line)
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

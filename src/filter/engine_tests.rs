@@ -1,0 +1,239 @@
+//! The engine driven by hand: the test plays the filter processes, with a virtual clock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::filter::builtin::{Condition, LookupKind, Rule, TableRef, Test};
+use crate::filter::chain::{Filter, FilterChain, Registration};
+use crate::filter::protocol::{EventKind, Register};
+
+const SID: Id = Id(0xabc);
+
+fn reg(phases: &[Phase], events: &[EventKind]) -> Registration {
+    let mut r = Registration::default();
+    for p in phases {
+        r.handle(Register::Filter(*p));
+    }
+    for e in events {
+        r.handle(Register::Report(*e));
+    }
+    r.handle(Register::Ready);
+    r
+}
+
+fn proc(name: &str) -> Filter {
+    Filter { name: name.into(), kind: FilterKind::Proc(name.into()) }
+}
+
+fn builtin(name: &str, phase: Phase, test: Test, action: Action) -> Filter {
+    Filter {
+        name: name.into(),
+        kind: FilterKind::Builtin(Rule { phase, conditions: vec![Condition { negate: false, test }], action }),
+    }
+}
+
+fn bad() -> TableRef {
+    TableRef { name: "bad".into(), regex: false }
+}
+
+fn session(filters: Vec<Filter>, regs: &[(&str, Registration)], max: usize) -> (SessionFilter, Now) {
+    let regs: HashMap<String, Registration> = regs.iter().map(|(n, r)| (n.to_string(), *r)).collect();
+    let tables = |_: &TableRef, _: LookupKind, key: &str| key.ends_with("@bad.test") || key == "192.0.2.1";
+    let chain = Arc::new(Chain::new(&FilterChain { filters }, &regs, Arc::new(tables)).unwrap());
+    let now = Now { mono: Instant::now(), wall: Timestamp(Duration::from_micros(1_700_000_000_000_001)) };
+    let link = Link {
+        rdns: Some("client.test".into()),
+        fcrdns: true,
+        src: Endpoint::Inet("192.0.2.1:4444".parse().unwrap()),
+        dest: Endpoint::Inet("127.0.0.1:25".parse().unwrap()),
+    };
+    let limits = Limits { timeout: Duration::from_secs(30), max_message: max };
+    (SessionFilter::new(chain, SID, 0x100, limits, &link, now), now)
+}
+
+fn sends(s: &mut SessionFilter) -> Vec<(String, String)> {
+    std::iter::from_fn(|| s.poll_send()).map(|o| (o.proc.to_string(), o.line)).collect()
+}
+
+fn events(s: &mut SessionFilter) -> Vec<Event> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
+#[test]
+fn builtins_decide_at_once_in_chain_order() {
+    let filters = vec![
+        builtin("rep", Phase::RcptTo, Test::RcptTo(bad()), Action::Report("saw bad".into())),
+        builtin("rej", Phase::RcptTo, Test::RcptTo(bad()), Action::Reject("550 5.7.1 go away".into())),
+        builtin("never", Phase::RcptTo, Test::RcptTo(bad()), Action::Junk),
+    ];
+    let (mut s, now) = session(filters, &[], 1000);
+    s.begin(now, Phase::RcptTo, "x@good.test");
+    assert_eq!(events(&mut s), vec![Event::Decided(Phase::RcptTo, Decision::Proceed)]);
+    s.begin(now, Phase::RcptTo, "x@bad.test");
+    assert_eq!(
+        events(&mut s),
+        vec![
+            Event::Reported { filter: "rep".into(), message: "saw bad".into() },
+            Event::Decided(Phase::RcptTo, Decision::Reject("550 5.7.1 go away".into())),
+        ]
+    );
+    assert!(sends(&mut s).is_empty(), "no process in the chain");
+}
+
+#[test]
+fn bypass_skips_the_rest_and_refusals_are_checked() {
+    let filters = vec![
+        builtin("by", Phase::Connect, Test::Fcrdns, Action::Bypass),
+        builtin("no", Phase::Connect, Test::Fcrdns, Action::Reject("550 no".into())),
+        builtin("bad", Phase::Helo, Test::Rdns, Action::Reject("250 not a refusal".into())),
+        builtin("bye", Phase::Ehlo, Test::Rdns, Action::Reject("421 4.7.0 bye".into())),
+    ];
+    let (mut s, now) = session(filters, &[], 1000);
+    s.begin(now, Phase::Connect, "");
+    s.begin(now, Phase::Helo, "h");
+    s.begin(now, Phase::Ehlo, "h");
+    assert_eq!(
+        events(&mut s),
+        vec![
+            Event::Decided(Phase::Connect, Decision::Proceed),
+            Event::Decided(Phase::Helo, Decision::Disconnect("421 Internal server error".into())),
+            Event::Decided(Phase::Ehlo, Decision::Disconnect("421 4.7.0 bye".into())),
+        ]
+    );
+}
+
+#[test]
+fn proc_filters_get_requests_and_reports_in_opensmtpds_format() {
+    let p = reg(&[Phase::Connect, Phase::MailFrom], &[EventKind::LinkConnect, EventKind::FilterResponse]);
+    let filters = vec![proc("p"), builtin("j", Phase::MailFrom, Test::MailFrom(bad()), Action::Junk)];
+    let (mut s, now) = session(filters, &[("p", p)], 1000);
+    let ts = "1700000000.000001";
+    assert_eq!(
+        sends(&mut s),
+        vec![(
+            "p".into(),
+            format!(
+                "report|0.7|{ts}|smtp-in|link-connect|0000000000000abc|client.test|pass|192.0.2.1:4444|127.0.0.1:25\n"
+            )
+        )]
+    );
+    s.begin(now, Phase::Connect, "");
+    assert_eq!(
+        sends(&mut s),
+        vec![(
+            "p".into(),
+            format!("filter|0.7|{ts}|smtp-in|connect|0000000000000abc|0000000000000101|client.test|192.0.2.1\n")
+        )]
+    );
+    assert!(s.is_waiting() && events(&mut s).is_empty());
+    s.handle_output(now, "p", Id(0x101), Answer::Result(Response::Proceed)).unwrap();
+    assert_eq!(events(&mut s), vec![Event::Decided(Phase::Connect, Decision::Proceed)]);
+    assert_eq!(
+        sends(&mut s)[0].1,
+        format!("report|0.7|{ts}|smtp-in|filter-response|0000000000000abc|connected|proceed\n")
+    );
+
+    // The proc proceeds, then the builtin after it junks.
+    s.begin(now, Phase::MailFrom, "a@bad.test");
+    assert!(sends(&mut s)[0].1.ends_with("|mail-from|0000000000000abc|0000000000000101|a@bad.test\n"));
+    s.handle_output(now, "p", Id(0x101), Answer::Result(Response::Proceed)).unwrap();
+    assert_eq!(events(&mut s), vec![Event::Decided(Phase::MailFrom, Decision::Junk)]);
+
+    // A rewrite ends the chain.
+    s.begin(now, Phase::MailFrom, "a@good.test");
+    s.handle_output(now, "p", Id(0x101), Answer::Result(Response::Rewrite("b@good.test"))).unwrap();
+    assert_eq!(events(&mut s), vec![Event::Decided(Phase::MailFrom, Decision::Rewrite("b@good.test".into()))]);
+    assert!(sends(&mut s)
+        .iter()
+        .any(|(_, l)| l.ends_with("|filter-response|0000000000000abc|mail-from|rewrite|b@good.test\n")));
+}
+
+#[test]
+fn data_lines_stream_through_every_stage_dot_stuffed() {
+    let d = reg(&[Phase::DataLine], &[]);
+    let (mut s, now) = session(vec![proc("a"), proc("b")], &[("a", d), ("b", d)], 1000);
+    s.data_begin(now);
+    s.data_line(now, "Subject: x");
+    s.data_line(now, ".hidden");
+    s.data_end(now);
+    let to_a = sends(&mut s);
+    assert_eq!(to_a.len(), 3);
+    assert!(to_a.iter().all(|(p, _)| p == "a"));
+    assert!(to_a[1].1.ends_with("|data-line|0000000000000abc|0000000000000101|..hidden\n"), "{}", to_a[1].1);
+    assert!(to_a[2].1.ends_with("|0000000000000101|.\n"));
+    // a adds a header and echoes; its output goes to b with b's token.
+    for l in ["X-A: 1", "Subject: x", "..hidden", "."] {
+        s.handle_output(now, "a", Id(0x101), Answer::DataLine(l)).unwrap();
+    }
+    let to_b = sends(&mut s);
+    assert_eq!(to_b.len(), 4);
+    assert!(to_b[0].1.ends_with("|data-line|0000000000000abc|0000000000000102|X-A: 1\n"));
+    assert!(events(&mut s).is_empty());
+    for l in ["X-B: 2", "X-A: 1", "Subject: x", "..hidden", "."] {
+        s.handle_output(now, "b", Id(0x102), Answer::DataLine(l)).unwrap();
+    }
+    let want = ["X-B: 2", "X-A: 1", "Subject: x", ".hidden"].map(String::from).to_vec();
+    assert_eq!(events(&mut s), vec![Event::Message(want)]);
+    assert!(!s.is_waiting());
+    // After its final dot, a stage may not write more.
+    s.data_begin(now);
+    s.data_end(now);
+    s.handle_output(now, "a", Id(0x101), Answer::DataLine(".")).unwrap();
+    assert_eq!(s.handle_output(now, "a", Id(0x101), Answer::DataLine("late")), Err(SessionError::WrongPhase));
+}
+
+#[test]
+fn misbehaviour_fails_the_session_closed() {
+    let p = reg(&[Phase::Helo, Phase::Commit, Phase::DataLine], &[]);
+    let fail = |phase| Event::Decided(phase, Decision::Disconnect(FAIL_REPLY.into()));
+
+    let (mut s, now) = session(vec![proc("p")], &[("p", p)], 1000);
+    s.begin(now, Phase::Helo, "h");
+    assert_eq!(
+        s.handle_output(now, "p", Id(0x999), Answer::Result(Response::Proceed)),
+        Err(SessionError::UnexpectedToken(Id(0x999)))
+    );
+    assert_eq!(events(&mut s), vec![fail(Phase::Helo)]);
+    s.begin(now, Phase::Helo, "h");
+    assert_eq!(events(&mut s), vec![fail(Phase::Helo)], "a failed session stays failed");
+
+    let (mut s, now) = session(vec![proc("p")], &[("p", p)], 1000);
+    s.begin(now, Phase::Helo, "h");
+    assert_eq!(s.handle_output(now, "p", Id(0x101), Answer::DataLine("x")), Err(SessionError::WrongPhase));
+
+    let (mut s, now) = session(vec![proc("p")], &[("p", p)], 1000);
+    s.begin(now, Phase::Commit, "");
+    assert_eq!(s.handle_output(now, "p", Id(0x101), Answer::Result(Response::Junk)), Err(SessionError::JunkAfterData));
+    assert_eq!(events(&mut s), vec![fail(Phase::Commit)]);
+
+    // Timeout: nothing before the deadline, 421 at it.
+    let (mut s, now) = session(vec![proc("p")], &[("p", p)], 1000);
+    s.begin(now, Phase::Helo, "h");
+    let deadline = s.poll_timeout().unwrap();
+    s.handle_timeout(Now { mono: deadline - Duration::from_millis(1), ..now });
+    assert!(events(&mut s).is_empty());
+    s.handle_timeout(Now { mono: deadline, ..now });
+    assert_eq!(events(&mut s), vec![fail(Phase::Helo)]);
+
+    // The process dies while the message streams.
+    let (mut s, now) = session(vec![proc("p")], &[("p", p)], 1000);
+    s.data_begin(now);
+    s.data_line(now, "x");
+    s.handle_proc_failure(now, "other");
+    assert!(events(&mut s).is_empty());
+    s.handle_proc_failure(now, "p");
+    assert_eq!(events(&mut s), vec![fail(Phase::DataLine)]);
+}
+
+#[test]
+fn filtered_message_is_bounded() {
+    let d = reg(&[Phase::DataLine], &[]);
+    let (mut s, now) = session(vec![proc("a")], &[("a", d)], 10);
+    s.data_begin(now);
+    for _ in 0..3 {
+        let _ = s.handle_output(now, "a", Id(0x101), Answer::DataLine("0123"));
+    }
+    assert_eq!(events(&mut s), vec![Event::Decided(Phase::DataLine, Decision::Reject(TOO_BIG_REPLY.into()))]);
+}
