@@ -217,7 +217,7 @@ pub fn own_lines(listing: &str, user: &str, domain: Option<&str>) -> String {
     let mine = |line: &&str| {
         let sender = line.split(' ').nth(1).unwrap_or("").trim_start_matches('<').trim_end_matches('>');
         let (local, dom) = sender.rsplit_once('@').unwrap_or((sender, ""));
-        local == user && domain.map_or(true, |d| dom.eq_ignore_ascii_case(d))
+        local == user && domain.is_none_or(|d| dom.eq_ignore_ascii_case(d))
     };
     listing.lines().filter(mine).collect::<Vec<_>>().join("\n")
 }

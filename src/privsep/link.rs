@@ -77,19 +77,40 @@ fn fail(pending: &Mutex<HashMap<u64, Done>>, seq: Option<u64>, why: &str) {
     }
 }
 
-/// Head and body in one writev(2) when the socket takes them whole, as it usually does.
-fn send(stream: &mut UnixStream, head: &[u8], body: &[u8]) -> std::io::Result<()> {
-    let n = stream.write_vectored(&[std::io::IoSlice::new(head), std::io::IoSlice::new(body)])?;
-    match n.checked_sub(head.len()) {
-        Some(sent) => stream.write_all(body.get(sent..).unwrap_or_default()),
-        None => stream.write_all(head.get(n..).unwrap_or_default()).and_then(|()| stream.write_all(body)),
+/// Most frames to write at once: messages that queued up while the last write ran go out
+/// together, in one writev(2) when the socket takes them whole.
+const MAX_BATCH: usize = 32;
+
+/// Writes every head and body of `batch`, in order.
+fn send(stream: &mut UnixStream, batch: &[Outgoing]) -> std::io::Result<()> {
+    let mut all: Vec<std::io::IoSlice<'_>> =
+        batch.iter().flat_map(|o| [std::io::IoSlice::new(&o.head), std::io::IoSlice::new(&o.body)]).collect();
+    let mut slices = &mut all[..];
+    while !slices.is_empty() {
+        match stream.write_vectored(slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
+    Ok(())
 }
 
 fn write_loop(mut stream: UnixStream, rx: &Receiver<Outgoing>, pending: &Mutex<HashMap<u64, Done>>, lost: &AtomicBool) {
-    while let Ok(out) = rx.recv() {
-        let sent = send(&mut stream, &out.head, &out.body);
-        crate::buffers::give(out.body);
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(out) => batch.push(out),
+                Err(_) => break,
+            }
+        }
+        let sent = send(&mut stream, &batch);
+        for out in batch.drain(..) {
+            crate::buffers::give(out.body);
+        }
         if let Err(e) = sent {
             log::error!("delivery link: write failed: {e}");
             lost.store(true, Ordering::Relaxed);

@@ -84,7 +84,7 @@ impl Dest {
     }
 
     fn holds(&self, r: &Rcpt) -> bool {
-        r.action == self.action && self.domain.as_ref().map_or(true, |d| *d == domain_of(&r.addr))
+        r.action == self.action && self.domain.as_ref().is_none_or(|d| *d == domain_of(&r.addr))
     }
 }
 

@@ -170,7 +170,7 @@ fn group_fields<'a>(header: &'a [&'a [u8]]) -> Vec<Field<'a>> {
     let mut fields = Vec::new();
     let mut start = 0;
     for i in 1..=header.len() {
-        let next_is_new = header.get(i).map_or(true, |l| !matches!(l.first(), Some(b' ' | b'\t')));
+        let next_is_new = header.get(i).is_none_or(|l| !matches!(l.first(), Some(b' ' | b'\t')));
         if next_is_new {
             let lines = header.get(start..i).unwrap_or(&[]);
             let first = lines.first().copied().unwrap_or(&[]);
