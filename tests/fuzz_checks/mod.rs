@@ -291,6 +291,21 @@ pub fn privsep_frame(data: &[u8]) {
     while let Ok(Some(f)) = frame::read_frame(&mut r, 4096) {
         assert!(f.len() <= 4096);
     }
+    // Logins (issue 15) share the link: same promise.
+    if let Ok(ask) = frame::decode_auth_ask(data) {
+        let mut again = Vec::new();
+        frame::encode_auth_ask(&ask, &mut again);
+        assert_eq!(&again[4..], data, "a decoded login encodes differently");
+    }
+    if let Ok(frame::Answer::Auth(seq, v)) = frame::decode_answer(data) {
+        let mut again = Vec::new();
+        frame::encode_auth_verdict(seq, v, &mut again);
+        assert_eq!(&again[4..], data, "a decoded login verdict encodes differently");
+    }
+    let mut r = data;
+    while let Ok(Some((_, f))) = frame::read_kinded(&mut r, 4096) {
+        assert!(f.len() <= 4096);
+    }
 }
 
 /// A filter process's output (issue 16): every line parses or is refused with a typed error,
