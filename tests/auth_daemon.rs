@@ -141,7 +141,7 @@ fn python_smtplib_logs_in_on_auth_optional() {
     let remote = Mxd::start_with(remote_conf, &[]);
     let mx = Mxd::start_with(submission_conf(remote.port, "auth-optional <creds>"), &[]);
     let script = r#"
-import smtplib, sys
+import smtplib, sys, time
 port, password = int(sys.argv[1]), sys.argv[2]
 with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
     s.ehlo()
@@ -149,20 +149,23 @@ with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
     s.starttls()
     s.ehlo()
     print("after-tls", s.esmtp_features.get("auth", "").strip())
+    s.user, s.password = "joseph", "nope"
+    started = time.monotonic()
     try:
-        s.login("joseph", "nope")
+        s.auth("PLAIN", s.auth_plain)
     except smtplib.SMTPAuthenticationError as e:
-        print("wrong", e.smtp_code)
+        print("wrong", e.smtp_code, "late" if time.monotonic() - started >= 0.9 else "at once")
     s.user, s.password = "joseph", password
+    started = time.monotonic()
     code, _ = s.auth("PLAIN", s.auth_plain)
-    print("plain", code)
+    print("plain", code, "late" if time.monotonic() - started >= 0.9 else "at once")
     s.sendmail("joseph@mx.test", ["alice@mx.test"], b"Subject: smtplib\r\n\r\nhi\r\n")
     print("sent")
     code, _ = s.docmd("AUTH", "PLAIN AGpvc2VwaABzM2NyZXQgcGFzcw==")
     print("twice", code)
 "#;
     let out = python(script, &[&mx.port.to_string(), JOSEPH_PW]);
-    assert_eq!(out, "before-tls False\nafter-tls PLAIN LOGIN\nwrong 535\nplain 235\nsent\ntwice 503\n");
+    assert_eq!(out, "before-tls False\nafter-tls PLAIN LOGIN\nwrong 535 late\nplain 235 at once\nsent\ntwice 503\n");
     wait_for("alice's copy", Duration::from_secs(10), || mx.messages("alice").len() == 1);
     let msg = String::from_utf8(mx.messages("alice").remove(0)).unwrap();
     assert!(msg.contains("auth=yes user=joseph") && msg.contains("Subject: smtplib"), "{msg}");

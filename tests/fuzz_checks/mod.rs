@@ -98,6 +98,7 @@ pub fn smtp_session(data: &[u8]) {
             let verdict = match req.password.expose() {
                 b"good" => AuthResult::Ok,
                 b"temp" => AuthResult::TempFail,
+                b"blocked" => AuthResult::Blocked,
                 _ => AuthResult::Failed,
             };
             if verdict == AuthResult::Ok {
