@@ -100,7 +100,10 @@ fn check_loop(
             if let Ok(mut f) = flood.lock() {
                 f.failed(&ask.origin, now);
             }
-            let _ = delay.send((now + FAILURE_DELAY, ask.seq, verdict));
+            if delay.send((now + FAILURE_DELAY, ask.seq, verdict)).is_err() {
+                // No delay thread: an answer without the delay beats a session left waiting.
+                let _ = answers.send((ask.seq, verdict));
+            }
         } else {
             let _ = answers.send((ask.seq, verdict));
         }
