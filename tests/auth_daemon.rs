@@ -284,3 +284,16 @@ fn swaks_logs_in_on_smtps() {
     let msg = String::from_utf8(mx.messages("joseph").remove(0)).unwrap();
     assert!(msg.contains("with ESMTPSA") && msg.contains("auth=yes user=alice"), "{msg}");
 }
+
+#[test]
+fn mxd_relays_to_mxd_with_auth() {
+    let mx = Mxd::start_with(submission_conf(common::free_port(), "tls pki mx.test auth <creds>"), &[]);
+    let top = format!("table secrets {{ mx = \"joseph:{JOSEPH_PW}\" }}\n");
+    let relay = format!("host smtp+tls://mx@127.0.0.1:{} tls no-verify auth <secrets>", mx.port);
+    let node = Mxd::start_with(common::node_conf(top, relay), &[]);
+    python(common::SEND, &[&node.port.to_string(), "root@node.test", "joseph@mx.test", "relayed-with-auth"]);
+    wait_for("the relayed copy", Duration::from_secs(20), || mx.messages("joseph").len() == 1);
+    let msg = String::from_utf8(mx.messages("joseph").remove(0)).unwrap();
+    assert!(msg.contains("by mx.test (mxd) with ESMTPSA") && msg.contains("auth=yes user=joseph"), "{msg}");
+    assert!(mx.logged("smtp authentication user=joseph address=127.0.0.1 result=ok"), "{}", mx.log());
+}
