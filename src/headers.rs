@@ -52,7 +52,23 @@ fn address(s: &str) -> String {
     s.chars().take(256).map(|c| if c.is_control() || c == '<' || c == '>' { '?' } else { c }).collect()
 }
 
+/// An authenticated user's name in a header: printable, no space, nothing that would end
+/// the header or its comment.
+fn user_name(s: &str) -> String {
+    s.chars()
+        .take(255)
+        .map(|c| if c.is_control() || c.is_whitespace() || "()<>;\\\"".contains(c) { '?' } else { c })
+        .collect()
+}
+
 pub fn received(r: &ReceivedInfo<'_>) -> Vec<u8> {
+    received_with_auth(r, None)
+}
+
+/// `received` for a `received-auth` listener: `Some(user)` (`None` when the session did not
+/// log in). As OpenSMTPD, `auth=yes user=NAME` or `auth=no` follows the TLS details, under
+/// TLS only.
+pub fn received_with_auth(r: &ReceivedInfo<'_>, received_auth: Option<Option<&str>>) -> Vec<u8> {
     let mut h = String::with_capacity(256);
     let from = match r.peer {
         Peer::Local => format!("{} [local]", token(r.by)),
@@ -68,6 +84,13 @@ pub fn received(r: &ReceivedInfo<'_>) -> Vec<u8> {
     );
     if let Some((version, cipher, bits)) = r.tls {
         let _ = write!(h, " ({}:{}:{bits}:NO)", token(version), token(cipher));
+        match received_auth {
+            Some(Some(user)) => {
+                let _ = write!(h, " auth=yes user={}", user_name(user));
+            }
+            Some(None) => h.push_str(" auth=no"),
+            None => {}
+        }
     }
     if let Some(rcpt) = r.rcpt {
         let _ = write!(h, "\n\tfor <{}>", address(rcpt));
@@ -173,5 +196,31 @@ mod tests {
         assert!(!text.contains("Bcc: "), "{text}");
         assert_eq!(return_path("a\nb"), b"Return-Path: <a?b>\n");
         assert_eq!(delivered_to("x\r\ny"), b"Delivered-To: x??y\n");
+    }
+
+    #[test]
+    fn received_auth_names_the_user_after_the_tls_details() {
+        let info = ReceivedInfo {
+            helo: "laptop",
+            rdns: None,
+            peer: Peer::Ip("192.0.2.7".parse().unwrap()),
+            by: "mx.test",
+            proto: "ESMTPSA",
+            id: MsgId(1),
+            tls: Some(("TLSv1.3", "TLS13_AES_256_GCM_SHA384", 256)),
+            rcpt: None,
+            date: at(0),
+        };
+        let h = String::from_utf8(received_with_auth(&info, Some(Some("joseph@example.org")))).unwrap();
+        assert!(
+            h.contains("id 00000001 (TLSv1.3:TLS13_AES_256_GCM_SHA384:256:NO) auth=yes user=joseph@example.org;"),
+            "{h}"
+        );
+        let h = String::from_utf8(received_with_auth(&info, Some(Some("a)b\nX-Evil: 1")))).unwrap();
+        assert!(h.contains("user=a?b?X-Evil:?1;") && h.lines().count() == 3, "{h}");
+        let h = String::from_utf8(received_with_auth(&info, Some(None))).unwrap();
+        assert!(h.contains(":NO) auth=no;"), "{h}");
+        let plain = ReceivedInfo { tls: None, ..info };
+        assert!(!String::from_utf8(received_with_auth(&plain, Some(Some("joseph")))).unwrap().contains("auth="));
     }
 }

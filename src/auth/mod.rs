@@ -1,5 +1,5 @@
 //! Credentials for AUTH on listeners: pure functions that any process may call (the
-//! privileged side does, once the process split lands; never an event loop, since a bcrypt
+//! delivery process's checkers do, `privsep::auth`; never an event loop, since a bcrypt
 //! check costs tens of milliseconds).
 //!
 //! - [`hash`]: a table's `user = "HASH"` value against a password: bcrypt (`$2b$`, `$2a$`,

@@ -319,8 +319,8 @@ fn listener(
     }
     let mut notice =
         |text: &str| notices.push(super::Notice { at: l.at.clone(), text: text.to_owned(), blocking: false });
-    if l.auth.is_some() {
-        notice("listen auth: parsed; mxd offers no SMTP AUTH yet, so no client authenticates here");
+    if l.auth.is_some() && l.tls == TlsMode::Plain && l.pki.is_none() {
+        notice("listen auth: AUTH is offered only under TLS, and this listener has none (add tls and a pki, or smtps)");
     }
     let o = &l.options;
     if o.ciphers.is_some() || o.protocols.is_some() {
@@ -329,12 +329,7 @@ fn listener(
     if o.no_dsn {
         notice("listen no-dsn: accepted, no effect (mxd does not offer DSN)");
     }
-    for (on, what) in [
-        (o.mask_src, "mask-src"),
-        (o.received_auth, "received-auth"),
-        (o.hostnames.is_some(), "hostnames"),
-        (o.senders.is_some(), "senders"),
-    ] {
+    for (on, what) in [(o.mask_src, "mask-src"), (o.hostnames.is_some(), "hostnames")] {
         if on {
             notice(&format!("listen {what}: parsed, not applied yet"));
         }

@@ -3,6 +3,7 @@
 //! link (the stream cannot be resynchronised); a recipient that its own `match` rules and
 //! resolution would not have accepted for that envelope fails the message (451) and is
 //! logged. Every path, uid and gid comes from this process's own configuration.
+//! Logins from the smtp process go to the checkers of [`super::auth`].
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 
-use super::frame::{self, Head, Verdict};
+use super::frame::{self, AuthVerdict, Head, Verdict};
 use crate::config::Config;
 use crate::deliver::{Job, Mail, Outcome, Pool};
 use crate::envelope::{Envelope, MsgId, Target};
@@ -24,16 +25,19 @@ const BODY_SLACK: u64 = 64 * 1024;
 /// Serves one smtp process until it closes its end, then waits for the pool to finish.
 pub fn serve(stream: UnixStream, config: &Arc<Config>, pool: Pool) {
     let (vtx, vrx) = crossbeam_channel::unbounded::<(u64, Verdict)>();
+    let (atx, arx) = crossbeam_channel::unbounded::<(u64, AuthVerdict)>();
     let writer = match stream.try_clone() {
         Ok(w) => w,
         Err(e) => return log::error!("delivery: {e}"),
     };
-    let writer = std::thread::Builder::new().name("verdicts".into()).spawn(move || write_verdicts(writer, &vrx));
+    let writer = std::thread::Builder::new().name("verdicts".into()).spawn(move || write_verdicts(writer, &vrx, &arx));
+    let checker = super::auth::Checker::start(Arc::clone(config), atx);
     // Buffered: a small message's length, head and body usually come in one read.
     let mut reader = std::io::BufReader::with_capacity(64 * 1024, stream);
     loop {
         match next_message(&mut reader, config) {
-            Ok(Some((head, body))) => {
+            Ok(Some(Input::Auth(ask))) => checker.ask(ask),
+            Ok(Some(Input::Message(head, body))) => {
                 let seq = head.seq;
                 match targets(config, &head) {
                     Ok(targets) => {
@@ -58,15 +62,31 @@ pub fn serve(stream: UnixStream, config: &Arc<Config>, pool: Pool) {
     }
     pool.shutdown();
     drop(vtx);
+    drop(checker);
     if let Ok(w) = writer {
         let _ = w.join();
     }
 }
 
-fn next_message(r: &mut impl Read, config: &Config) -> std::io::Result<Option<(Head, Vec<u8>)>> {
-    let Some(bytes) = frame::read_frame(r, frame::MAX_HEAD)? else {
+/// What the smtp process sends: a message, or a login to check.
+enum Input {
+    Message(Head, Vec<u8>),
+    Auth(frame::AuthAsk),
+}
+
+fn next_message(r: &mut impl Read, config: &Config) -> std::io::Result<Option<Input>> {
+    let Some((kind, mut bytes)) = frame::read_kinded(r, frame::MAX_HEAD)? else {
         return Ok(None);
     };
+    if kind == frame::KIND_AUTH {
+        let ask = frame::decode_auth_ask(&bytes);
+        zeroize::Zeroize::zeroize(&mut bytes);
+        let ask = ask.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        return Ok(Some(Input::Auth(ask)));
+    }
+    if kind != frame::KIND_HEAD {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, frame::FrameError::Bad("frame kind")));
+    }
     let head = frame::decode_head(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     if head.body_len > config.max_message_size.saturating_add(BODY_SLACK) {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("body of {} bytes", head.body_len)));
@@ -79,7 +99,7 @@ fn next_message(r: &mut impl Read, config: &Config) -> std::io::Result<Option<(H
     if body.len() as u64 != head.body_len {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
-    Ok(Some((head, body)))
+    Ok(Some(Input::Message(head, body)))
 }
 
 /// Decides every recipient again, as a session of this envelope would have, and returns
@@ -121,14 +141,33 @@ fn verdict(o: &Outcome) -> Verdict {
     }
 }
 
-/// Writes verdicts as they come, every one waiting at that moment in one write.
-fn write_verdicts(mut w: UnixStream, rx: &Receiver<(u64, Verdict)>) {
+/// Writes verdicts (messages' and logins') as they come, every one waiting at that moment
+/// in one write, until both channels are closed.
+fn write_verdicts(mut w: UnixStream, rx: &Receiver<(u64, Verdict)>, logins: &Receiver<(u64, AuthVerdict)>) {
     let mut buf = Vec::new();
-    while let Ok((seq, v)) = rx.recv() {
+    let (never_m, never_a) = (crossbeam_channel::never(), crossbeam_channel::never());
+    let (mut messages_open, mut logins_open) = (true, true);
+    while messages_open || logins_open {
         buf.clear();
-        frame::encode_verdict(seq, &v, &mut buf);
+        let (m, a) = (if messages_open { rx } else { &never_m }, if logins_open { logins } else { &never_a });
+        crossbeam_channel::select! {
+            recv(m) -> got => match got {
+                Ok((seq, v)) => frame::encode_verdict(seq, &v, &mut buf),
+                Err(_) => messages_open = false,
+            },
+            recv(a) -> got => match got {
+                Ok((seq, v)) => frame::encode_auth_verdict(seq, v, &mut buf),
+                Err(_) => logins_open = false,
+            },
+        }
         while let Ok((seq, v)) = rx.try_recv() {
             frame::encode_verdict(seq, &v, &mut buf);
+        }
+        while let Ok((seq, v)) = logins.try_recv() {
+            frame::encode_auth_verdict(seq, v, &mut buf);
+        }
+        if buf.is_empty() {
+            continue;
         }
         if let Err(e) = w.write_all(&buf) {
             log::warn!("delivery: verdicts not sent, the smtp process is gone: {e}");

@@ -13,11 +13,19 @@
 //! ```
 //! delivery → smtp, verdicts, several per write: `u32 len`, `u64 seq | u8 kind | UTF-8 text`.
 //! parent ↔ child requests and answers: `u32 len` + UTF-8 text.
+//!
+//! Logins (`listen … auth`) cross the same link: smtp → delivery, a frame whose length
+//! word carries kind 1 in its top byte (heads are kind 0: never 2^24 bytes long), then
+//! `u64 seq | origin | str table | str user | str password`; delivery → smtp, a verdict
+//! frame of kind 16 + [`AuthVerdict`] and no text. The password is zeroed on both sides.
 
 use std::fmt;
 use std::io::{self, Read};
 use std::net::IpAddr;
 
+use zeroize::Zeroize;
+
+use crate::auth::Secret;
 use crate::envelope::Origin;
 
 /// Largest head accepted: 1000 recipients of 256 octets, a Received header, slack.
@@ -251,6 +259,151 @@ pub fn read_frame(r: &mut impl Read, max: usize) -> io::Result<Option<Vec<u8>>> 
     Ok(Some(buf))
 }
 
+/// The kinds of smtp → delivery frames, in the top byte of the length word.
+pub const KIND_HEAD: u8 = 0;
+pub const KIND_AUTH: u8 = 1;
+/// Longest user name or password a login frame carries (the session's line limit is 512).
+const MAX_CREDENTIAL: usize = 1024;
+/// Verdict kinds from here on are login verdicts.
+const AUTH_VERDICT_BASE: u8 = 16;
+
+/// A login to check, smtp → delivery. `table` is the listener's `auth <t>`; `None` asks
+/// for the system's users. `origin` is the client, for the flood limit.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AuthAsk {
+    pub seq: u64,
+    pub origin: Origin,
+    pub table: Option<String>,
+    pub user: String,
+    pub password: Secret,
+}
+
+/// Delivery's answer to an [`AuthAsk`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AuthVerdict {
+    Ok,
+    Failed,
+    /// The check could not be made (shadow unreadable, the checkers saturated).
+    TempFail,
+    /// Too many failures from this client's address lately: not checked.
+    Blocked,
+}
+
+/// What delivery sends back: a message's verdict or a login's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Delivery(u64, Verdict),
+    Auth(u64, AuthVerdict),
+}
+
+fn put_origin(out: &mut Vec<u8>, origin: &Origin) {
+    match origin {
+        Origin::Socket => out.push(0),
+        Origin::Tcp(IpAddr::V4(a)) => {
+            out.push(4);
+            out.extend_from_slice(&a.octets());
+        }
+        Origin::Tcp(IpAddr::V6(a)) => {
+            out.push(6);
+            out.extend_from_slice(&a.octets());
+        }
+    }
+}
+
+/// Appends a login frame, with its kind and length word, to `out` (which the caller wipes).
+pub fn encode_auth_ask(ask: &AuthAsk, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&ask.seq.to_be_bytes());
+    put_origin(out, &ask.origin);
+    put_str(out, ask.table.as_deref());
+    put_str(out, Some(&ask.user[..ask.user.len().min(MAX_CREDENTIAL)]));
+    let password = &ask.password.expose()[..ask.password.len().min(MAX_CREDENTIAL)];
+    out.extend_from_slice(&(password.len() as u16).to_be_bytes());
+    out.extend_from_slice(password);
+    let len = (out.len() - start - 4) as u32 | u32::from(KIND_AUTH) << 24;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Decodes a login frame (without its length word).
+pub fn decode_auth_ask(bytes: &[u8]) -> Result<AuthAsk, FrameError> {
+    let mut c = Cursor(bytes);
+    let seq = c.u64()?;
+    let origin = match c.u8()? {
+        0 => Origin::Socket,
+        4 => Origin::Tcp(IpAddr::from(c.array::<4>()?)),
+        6 => Origin::Tcp(IpAddr::from(c.array::<16>()?)),
+        _ => return Err(FrameError::Bad("origin")),
+    };
+    let table = c.opt_str()?;
+    let user = c.str()?;
+    let n = usize::from(c.u16()?);
+    if user.len() > MAX_CREDENTIAL || n > MAX_CREDENTIAL {
+        return Err(FrameError::Bad("credential length"));
+    }
+    let password = Secret::new(c.take(n)?.to_vec());
+    if !c.0.is_empty() {
+        return Err(FrameError::TooLong(bytes.len()));
+    }
+    Ok(AuthAsk { seq, origin, table, user, password })
+}
+
+/// Appends one login verdict frame to `out`.
+pub fn encode_auth_verdict(seq: u64, verdict: AuthVerdict, out: &mut Vec<u8>) {
+    out.extend_from_slice(&9u32.to_be_bytes());
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.push(AUTH_VERDICT_BASE + verdict as u8);
+}
+
+/// Decodes a delivery → smtp frame: a message verdict or a login verdict.
+pub fn decode_answer(bytes: &[u8]) -> Result<Answer, FrameError> {
+    match bytes.get(8) {
+        Some(&k) if k >= AUTH_VERDICT_BASE => {
+            let mut c = Cursor(bytes);
+            let seq = c.u64()?;
+            let verdict = match c.u8()? - AUTH_VERDICT_BASE {
+                0 => AuthVerdict::Ok,
+                1 => AuthVerdict::Failed,
+                2 => AuthVerdict::TempFail,
+                3 => AuthVerdict::Blocked,
+                _ => return Err(FrameError::Bad("login verdict kind")),
+            };
+            if !c.0.is_empty() {
+                return Err(FrameError::TooLong(bytes.len()));
+            }
+            Ok(Answer::Auth(seq, verdict))
+        }
+        _ => decode_verdict(bytes).map(|(seq, v)| Answer::Delivery(seq, v)),
+    }
+}
+
+/// Reads one smtp → delivery frame: its kind and its bytes (at most `max`). `Ok(None)` is
+/// a clean end of stream between frames.
+pub fn read_kinded(r: &mut impl Read, max: usize) -> io::Result<Option<(u8, Vec<u8>)>> {
+    let mut word = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut word[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let word = u32::from_be_bytes(word);
+    let (kind, len) = ((word >> 24) as u8, (word & 0x00ff_ffff) as usize);
+    if len > max {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, FrameError::TooLong(len)));
+    }
+    let mut buf = vec![0; len];
+    if let Err(e) = r.read_exact(&mut buf) {
+        buf.zeroize();
+        return Err(e);
+    }
+    Ok(Some((kind, buf)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,5 +458,42 @@ mod tests {
         let huge = [0xff, 0xff, 0xff, 0xff];
         assert!(read_frame(&mut &huge[..], MAX_HEAD).is_err());
         assert!(read_frame(&mut &out[..10], MAX_HEAD).is_err());
+    }
+
+    fn ask() -> AuthAsk {
+        AuthAsk {
+            seq: 3,
+            origin: Origin::Tcp("192.0.2.7".parse().unwrap()),
+            table: Some("creds".into()),
+            user: "joseph".into(),
+            password: Secret::new(b"s3cret pass".to_vec()),
+        }
+    }
+
+    #[test]
+    fn logins_share_the_link_with_messages() {
+        let mut out = Vec::new();
+        encode_head(&head(), &mut out);
+        encode_auth_ask(&ask(), &mut out);
+        let mut r = &out[..];
+        let (k, a) = read_kinded(&mut r, MAX_HEAD).unwrap().unwrap();
+        assert_eq!((k, decode_head(&a)), (KIND_HEAD, Ok(head())));
+        let (k, b) = read_kinded(&mut r, MAX_HEAD).unwrap().unwrap();
+        assert_eq!((k, decode_auth_ask(&b)), (KIND_AUTH, Ok(ask())));
+        for n in 0..b.len() {
+            assert!(decode_auth_ask(&b[..n]).is_err(), "prefix of {n} bytes accepted");
+        }
+        let mut v = Vec::new();
+        encode_verdict(9, &Verdict::PermFail("no".into()), &mut v);
+        encode_auth_verdict(3, AuthVerdict::Blocked, &mut v);
+        encode_auth_verdict(4, AuthVerdict::Ok, &mut v);
+        let mut r = &v[..];
+        let mut next = || decode_answer(&read_frame(&mut r, MAX_SMALL).unwrap().unwrap());
+        assert_eq!(next(), Ok(Answer::Delivery(9, Verdict::PermFail("no".into()))));
+        assert_eq!(next(), Ok(Answer::Auth(3, AuthVerdict::Blocked)));
+        assert_eq!(next(), Ok(Answer::Auth(4, AuthVerdict::Ok)));
+        let mut bad = v[..13].to_vec();
+        bad[12] = 16 + 9;
+        assert!(decode_answer(&bad[4..]).is_err());
     }
 }

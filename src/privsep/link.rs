@@ -4,6 +4,9 @@
 //! the batched verdicts and calls each message's `done`. If the delivery process goes away,
 //! every waiting message and every later one gets a temporary failure (451): the client
 //! retries, nothing that got a 250 depends on this process.
+//!
+//! Logins go the same way ([`Link::check_auth`]): delivery checks the password and answers
+//! on the same stream; a lost link answers `TempFail` (454).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -13,18 +16,25 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::frame::{self, Head, Verdict};
+use zeroize::Zeroize;
+
+use super::frame::{self, Answer, AuthAsk, AuthVerdict, Head, Verdict};
 
 type Done = Box<dyn FnOnce(Verdict) + Send>;
+type AuthDone = Box<dyn FnOnce(AuthVerdict) + Send>;
+type AuthPending = Arc<Mutex<HashMap<u64, AuthDone>>>;
 
 struct Outgoing {
     head: Vec<u8>,
     body: Vec<u8>,
+    /// The head holds a password: zero it once sent.
+    wipe: bool,
 }
 
 pub struct Link {
     tx: Sender<Outgoing>,
     pending: Arc<Mutex<HashMap<u64, Done>>>,
+    auth_pending: AuthPending,
     seq: AtomicU64,
     lost: Arc<AtomicBool>,
 }
@@ -34,13 +44,14 @@ impl Link {
     pub fn start(stream: UnixStream) -> std::io::Result<Link> {
         let (tx, rx) = crossbeam_channel::unbounded::<Outgoing>();
         let pending: Arc<Mutex<HashMap<u64, Done>>> = Arc::default();
+        let auth_pending = AuthPending::default();
         let lost = Arc::new(AtomicBool::new(false));
         let reader = stream.try_clone()?;
         let (p, l) = (Arc::clone(&pending), Arc::clone(&lost));
         std::thread::Builder::new().name("link-write".into()).spawn(move || write_loop(stream, &rx, &p, &l))?;
-        let (p, l) = (Arc::clone(&pending), Arc::clone(&lost));
-        std::thread::Builder::new().name("link-read".into()).spawn(move || read_loop(reader, &p, &l))?;
-        Ok(Link { tx, pending, seq: AtomicU64::new(1), lost })
+        let (p, a, l) = (Arc::clone(&pending), Arc::clone(&auth_pending), Arc::clone(&lost));
+        std::thread::Builder::new().name("link-read".into()).spawn(move || read_loop(reader, &p, &a, &l))?;
+        Ok(Link { tx, pending, auth_pending, seq: AtomicU64::new(1), lost })
     }
 
     /// Hands one message to delivery; `done` is called once, on a link thread.
@@ -56,10 +67,35 @@ impl Link {
         if let Ok(mut p) = self.pending.lock() {
             p.insert(head.seq, done);
         }
-        if let Err(e) = self.tx.send(Outgoing { head: bytes, body }) {
+        if let Err(e) = self.tx.send(Outgoing { head: bytes, body, wipe: false }) {
             crate::buffers::give(e.0.body);
             fail(&self.pending, Some(head.seq), "delivery link closed");
         }
+    }
+
+    /// Asks delivery to check a login; `done` is called once, on a link thread.
+    pub fn check_auth(&self, mut ask: AuthAsk, done: AuthDone) {
+        if self.lost.load(Ordering::Relaxed) {
+            return done(AuthVerdict::TempFail);
+        }
+        ask.seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let mut bytes = Vec::with_capacity(128);
+        frame::encode_auth_ask(&ask, &mut bytes);
+        if let Ok(mut p) = self.auth_pending.lock() {
+            p.insert(ask.seq, done);
+        }
+        if let Err(mut e) = self.tx.send(Outgoing { head: bytes, body: Vec::new(), wipe: true }) {
+            e.0.head.zeroize();
+            fail_auth(&self.auth_pending);
+        }
+    }
+}
+
+/// Answers every waiting login `TempFail`: the link is gone.
+fn fail_auth(pending: &Mutex<HashMap<u64, AuthDone>>) {
+    let taken: Vec<AuthDone> = pending.lock().map(|mut p| p.drain().map(|(_, d)| d).collect()).unwrap_or_default();
+    for done in taken {
+        done(AuthVerdict::TempFail);
     }
 }
 
@@ -108,7 +144,11 @@ fn write_loop(mut stream: UnixStream, rx: &Receiver<Outgoing>, pending: &Mutex<H
             }
         }
         let sent = send(&mut stream, &batch);
-        for out in batch.drain(..) {
+        for mut out in batch.drain(..) {
+            // A login's head holds a password: zero it once written.
+            if out.wipe {
+                out.head.zeroize();
+            }
             crate::buffers::give(out.body);
         }
         if let Err(e) = sent {
@@ -117,7 +157,8 @@ fn write_loop(mut stream: UnixStream, rx: &Receiver<Outgoing>, pending: &Mutex<H
             let _ = stream.shutdown(std::net::Shutdown::Both);
             fail(pending, None, "delivery process unavailable");
             // Later messages are failed by `submit` or here as they come.
-            for out in rx.iter() {
+            for mut out in rx.iter() {
+                out.head.zeroize();
                 crate::buffers::give(out.body);
                 fail(pending, None, "delivery process unavailable");
             }
@@ -126,7 +167,12 @@ fn write_loop(mut stream: UnixStream, rx: &Receiver<Outgoing>, pending: &Mutex<H
     }
 }
 
-fn read_loop(stream: UnixStream, pending: &Mutex<HashMap<u64, Done>>, lost: &AtomicBool) {
+fn read_loop(
+    stream: UnixStream,
+    pending: &Mutex<HashMap<u64, Done>>,
+    auth_pending: &Mutex<HashMap<u64, AuthDone>>,
+    lost: &AtomicBool,
+) {
     // Verdicts come several per write: read them in one go.
     let mut reader = std::io::BufReader::new(stream);
     loop {
@@ -138,8 +184,15 @@ fn read_loop(stream: UnixStream, pending: &Mutex<HashMap<u64, Done>>, lost: &Ato
                 break;
             }
         };
-        let (seq, verdict) = match frame::decode_verdict(&frame) {
-            Ok(v) => v,
+        let (seq, verdict) = match frame::decode_answer(&frame) {
+            Ok(Answer::Delivery(seq, v)) => (seq, v),
+            Ok(Answer::Auth(seq, v)) => {
+                match auth_pending.lock().ok().and_then(|mut p| p.remove(&seq)) {
+                    Some(done) => done(v),
+                    None => log::warn!("delivery link: login verdict for unknown request {seq}"),
+                }
+                continue;
+            }
             Err(e) => {
                 log::error!("delivery link: refused verdict: {e}");
                 break;
@@ -155,4 +208,5 @@ fn read_loop(stream: UnixStream, pending: &Mutex<HashMap<u64, Done>>, lost: &Ato
     lost.store(true, Ordering::Relaxed);
     let _ = reader.get_ref().shutdown(std::net::Shutdown::Both);
     fail(pending, None, "delivery process unavailable");
+    fail_auth(auth_pending);
 }

@@ -8,6 +8,7 @@
 //!   and derives every target itself ([`delivery`]).
 //! - `relay`: the relay runner, as the unprivileged user, in SPOOL.
 
+pub mod auth;
 mod children;
 pub mod delivery;
 pub mod fds;

@@ -76,6 +76,8 @@ impl Conn {
         if let Some(user) = user {
             session.set_auth(user);
         }
+        session.set_auth_config(listener.auth.session);
+        session.policy_mut().set_senders(listener.auth.senders.clone());
         let mut conn = Conn {
             id,
             stream,
@@ -152,6 +154,10 @@ impl Conn {
             }
             while let Some(event) = self.session.poll_event() {
                 self.on_event(event, ctx, now);
+            }
+            if let Some(req) = self.session.poll_auth() {
+                let origin = self.origin().clone();
+                ctx.check_auth(self.id, &origin, self.listener.auth.table.as_deref(), req);
             }
             if let Err(e) = self.flush() {
                 return self.fail("io-error", &e);
@@ -424,6 +430,7 @@ fn close_reason(reason: &CloseReason) -> &'static str {
         CloseReason::Timeout => "timeout",
         CloseReason::TooManyErrors => "too-many-errors",
         CloseReason::Eof => "eof",
+        CloseReason::TooManyAuthFailures => "auth-failures",
         #[allow(unreachable_patterns)]
         _ => "closed",
     }

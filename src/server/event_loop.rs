@@ -1,6 +1,7 @@
 //! One event loop: a mio `Poll` on one thread, owning its listeners and connections.
 //! Connections live in a slab indexed by token. Delivery verdicts come back on a channel
 //! with a `Waker`; the loop hands each to its session, which alone may then send the 250.
+//! Login verdicts come back the same way, on a channel of their own.
 //!
 //! Invariant: nothing here blocks except `Poll::poll`; file writes happen on delivery threads.
 
@@ -12,12 +13,12 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::envelope::{MsgId, Origin, SessionId, Target};
-use crate::privsep::frame::{Head, Verdict as Delivered};
+use crate::privsep::frame::{AuthAsk, AuthVerdict, Head, Verdict as Delivered};
 use crate::privsep::link::Link;
 use crate::server::conn::{Conn, Status, Tick};
 use crate::server::stream::Stream;
 use crate::server::ListenerRt;
-use crate::smtp::{Message, Outcome};
+use crate::smtp::{AuthId, AuthRequest, AuthResult, Message, Outcome};
 
 const WAKER: Token = Token(0);
 const LISTENER_BASE: usize = 1;
@@ -58,10 +59,20 @@ pub(crate) struct Verdict {
     outcome: Delivered,
 }
 
+/// The delivery process's answer to a login, addressed to the session that waits for it.
+pub(crate) struct AuthAnswer {
+    slot: usize,
+    sid: SessionId,
+    id: AuthId,
+    user: String,
+    verdict: AuthVerdict,
+}
+
 /// What a connection may use of its loop while it pumps.
 pub(crate) struct LoopCtx<'a> {
     link: &'a Link,
     verdicts: &'a Sender<Verdict>,
+    auth_answers: &'a Sender<AuthAnswer>,
     waker: &'a Arc<Waker>,
     slot: usize,
     inflight: bool,
@@ -101,6 +112,21 @@ impl LoopCtx<'_> {
         self.link.submit(head, message.body, done);
         self.inflight = true;
     }
+
+    /// Sends a login to the delivery process, which checks it; the verdict comes back
+    /// through `drain_auth`.
+    pub(crate) fn check_auth(&mut self, sid: SessionId, origin: &Origin, table: Option<&str>, req: AuthRequest) {
+        let AuthRequest { id, user, password } = req;
+        let ask =
+            AuthAsk { seq: 0, origin: origin.clone(), table: table.map(str::to_owned), user: user.clone(), password };
+        let (tx, waker, slot) = (self.auth_answers.clone(), Arc::clone(self.waker), self.slot);
+        let done = Box::new(move |verdict: AuthVerdict| {
+            if tx.send(AuthAnswer { slot, sid, id, user, verdict }).is_ok() {
+                let _ = waker.wake();
+            }
+        });
+        self.link.check_auth(ask, done);
+    }
 }
 
 pub(crate) struct EventLoop {
@@ -114,6 +140,8 @@ pub(crate) struct EventLoop {
     link: Arc<Link>,
     verdict_tx: Sender<Verdict>,
     verdict_rx: Receiver<Verdict>,
+    auth_tx: Sender<AuthAnswer>,
+    auth_rx: Receiver<AuthAnswer>,
     commands: Receiver<Command>,
     again: Vec<usize>,
     stopping: Option<Instant>,
@@ -135,6 +163,7 @@ impl EventLoop {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (verdict_tx, verdict_rx) = crossbeam_channel::unbounded();
+        let (auth_tx, auth_rx) = crossbeam_channel::unbounded();
         let ev = EventLoop {
             poll,
             waker: Arc::clone(&waker),
@@ -146,6 +175,8 @@ impl EventLoop {
             link,
             verdict_tx,
             verdict_rx,
+            auth_tx,
+            auth_rx,
             commands,
             again: Vec::new(),
             stopping: None,
@@ -185,6 +216,7 @@ impl EventLoop {
                 }
             }
             self.drain_verdicts(&mut scratch, now);
+            self.drain_auth(&mut scratch, now);
             if self.drain_commands(now) {
                 return;
             }
@@ -272,8 +304,14 @@ impl EventLoop {
         let Some(Some(s)) = self.conns.get_mut(slot) else {
             return;
         };
-        let mut ctx =
-            LoopCtx { link: &self.link, verdicts: &self.verdict_tx, waker: &self.waker, slot, inflight: false };
+        let mut ctx = LoopCtx {
+            link: &self.link,
+            verdicts: &self.verdict_tx,
+            auth_answers: &self.auth_tx,
+            waker: &self.waker,
+            slot,
+            inflight: false,
+        };
         let status = s.conn.pump(scratch, &mut ctx, now);
         s.inflight |= ctx.inflight;
         match status {
@@ -321,6 +359,29 @@ impl EventLoop {
             s.conn.readable = true;
             s.conn.session_mut().handle_commit(v.msgid, outcome);
             self.pump(v.slot, scratch, now);
+        }
+    }
+
+    /// Login verdicts: logged (user and address, never the password), then given to the
+    /// session, which replies 235, 535, 454 or 421.
+    fn drain_auth(&mut self, scratch: &mut [u8], now: Instant) {
+        while let Ok(a) = self.auth_rx.try_recv() {
+            let Some(Some(s)) = self.conns.get_mut(a.slot) else {
+                continue;
+            };
+            if s.conn.id != a.sid {
+                continue;
+            }
+            let (result, name) = match a.verdict {
+                AuthVerdict::Ok => (AuthResult::Ok, "ok"),
+                AuthVerdict::Failed => (AuthResult::Failed, "permfail"),
+                AuthVerdict::TempFail => (AuthResult::TempFail, "tempfail"),
+                AuthVerdict::Blocked => (AuthResult::Blocked, "blocked"),
+            };
+            log::info!("{} smtp authentication user={} address={} result={name}", a.sid, a.user, s.conn.peer());
+            s.conn.readable = true;
+            s.conn.session_mut().handle_auth(a.id, result);
+            self.pump(a.slot, scratch, now);
         }
     }
 

@@ -19,15 +19,19 @@ pub(crate) fn received_header(conn: &Conn, message: &Message<Vec<Target>>, proto
         [(only, _)] => Some(only.as_str()),
         _ => None,
     };
-    headers::received(&ReceivedInfo {
-        helo: &message.helo,
-        rdns: None,
-        peer,
-        by: conn.listener.hostname(),
-        proto,
-        id: message.id,
-        tls,
-        rcpt,
-        date: SystemTime::now(),
-    })
+    let auth = conn.listener.auth.received_auth.then_some(message.auth.as_deref());
+    headers::received_with_auth(
+        &ReceivedInfo {
+            helo: &message.helo,
+            rdns: None,
+            peer,
+            by: conn.listener.hostname(),
+            proto,
+            id: message.id,
+            tls,
+            rcpt,
+            date: SystemTime::now(),
+        },
+        auth,
+    )
 }

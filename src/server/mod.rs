@@ -2,6 +2,7 @@
 //! per core, feeds the delivery pool, and handles signals on the main thread (SIGTERM and
 //! SIGINT stop, SIGHUP reloads). Everything that touches a socket lives under this module.
 
+mod auth;
 mod conn;
 mod event_loop;
 mod ids;
@@ -55,6 +56,7 @@ pub(crate) struct ListenerRt {
     pub(crate) smtps: bool,
     pub(crate) tag: Option<String>,
     pub(crate) config: Arc<Config>,
+    pub(crate) auth: auth::ListenerAuth,
 }
 
 impl ListenerRt {
@@ -307,6 +309,7 @@ fn plan(config: &Arc<Config>) -> Result<Vec<Planned>, StartError> {
             smtps: false,
             tag: None,
             config: Arc::clone(config),
+            auth: auth::ListenerAuth::OFF,
         });
         out.push(Planned { key: format!("unix:{}", path.display()), target: Target::Unix(path), rt });
     }
@@ -358,6 +361,7 @@ fn runtime(config: &Arc<Config>, l: &Listener, pkis: &Pkis) -> Result<ListenerRt
         smtps,
         tag: l.tag.clone(),
         config: Arc::clone(config),
+        auth: auth::ListenerAuth::of(l),
     })
 }
 

@@ -15,11 +15,17 @@ pub(crate) struct ConnPolicy {
     config: Arc<Config>,
     origin: Origin,
     tag: Option<String>,
+    /// The listener's `senders <t>`, checked at MAIL for authenticated sessions.
+    senders: Option<super::auth::Senders>,
 }
 
 impl ConnPolicy {
     pub(crate) fn new(config: Arc<Config>, origin: Origin, tag: Option<String>) -> ConnPolicy {
-        ConnPolicy { config, origin, tag }
+        ConnPolicy { config, origin, tag, senders: None }
+    }
+
+    pub(crate) fn set_senders(&mut self, senders: Option<super::auth::Senders>) {
+        self.senders = senders;
     }
 
     pub(crate) fn origin(&self) -> &Origin {
@@ -38,8 +44,8 @@ impl Policy for ConnPolicy {
         super::ids::msg_id()
     }
 
-    fn check_mail(&mut self, _ctx: &TxContext<'_>) -> Result<(), Reply> {
-        Ok(())
+    fn check_mail(&mut self, ctx: &TxContext<'_>) -> Result<(), Reply> {
+        super::auth::check_sender(&self.config, self.senders.as_ref(), ctx)
     }
 
     fn check_rcpt(&mut self, ctx: &TxContext<'_>, rcpt: &str) -> Result<Vec<Target>, Reply> {

@@ -93,6 +93,9 @@ pub const AUTH_TWICE: Reply = Reply::fixed(503, "5.5.1", "Invalid command: Alrea
 pub const AUTH_REQUIRED: Reply = Reply::fixed(530, "5.7.0", "Must issue an AUTH command first");
 pub const TOO_MANY_AUTH_FAILURES: Reply =
     Reply::fixed(421, "4.7.0", "Too many authentication failures, closing connection");
+/// The server's flood limit: this client's address failed too often lately.
+pub const AUTH_BLOCKED: Reply =
+    Reply::fixed(421, "4.7.0", "Too many authentication failures from your address, try again later");
 /// `senders <t>`: MAIL FROM is not one of the authenticated user's addresses
 /// (`auth::senders::sender_allowed` said no).
 pub const SENDER_NOT_ALLOWED: Reply =

@@ -98,6 +98,7 @@ pub fn smtp_session(data: &[u8]) {
             let verdict = match req.password.expose() {
                 b"good" => AuthResult::Ok,
                 b"temp" => AuthResult::TempFail,
+                b"blocked" => AuthResult::Blocked,
                 _ => AuthResult::Failed,
             };
             if verdict == AuthResult::Ok {
@@ -289,6 +290,21 @@ pub fn privsep_frame(data: &[u8]) {
     let _ = frame::decode_verdict(data);
     let mut r = data;
     while let Ok(Some(f)) = frame::read_frame(&mut r, 4096) {
+        assert!(f.len() <= 4096);
+    }
+    // Logins (issue 15) share the link: same promise.
+    if let Ok(ask) = frame::decode_auth_ask(data) {
+        let mut again = Vec::new();
+        frame::encode_auth_ask(&ask, &mut again);
+        assert_eq!(&again[4..], data, "a decoded login encodes differently");
+    }
+    if let Ok(frame::Answer::Auth(seq, v)) = frame::decode_answer(data) {
+        let mut again = Vec::new();
+        frame::encode_auth_verdict(seq, v, &mut again);
+        assert_eq!(&again[4..], data, "a decoded login verdict encodes differently");
+    }
+    let mut r = data;
+    while let Ok(Some((_, f))) = frame::read_kinded(&mut r, 4096) {
         assert!(f.len() <= 4096);
     }
 }

@@ -57,6 +57,9 @@ pub enum AuthResult {
     Failed,
     /// `454 4.7.0`: the check could not be made (a table or shadow file unreadable).
     TempFail,
+    /// `421 4.7.0` and close: too many failures from this client's address lately, so
+    /// the server did not check (a flood limit, kept by the server).
+    Blocked,
 }
 
 /// Credentials to check. `password` is zeroed when dropped and never printed by `Debug`.
@@ -100,6 +103,10 @@ impl<P: Policy> Session<P> {
                 self.auth = Some(user);
             }
             AuthResult::TempFail => self.refuse(TxStep::Auth, Some(user), reply::AUTH_TEMPFAIL),
+            AuthResult::Blocked => {
+                self.refuse(TxStep::Auth, Some(user), reply::AUTH_BLOCKED);
+                self.close(CloseReason::TooManyAuthFailures);
+            }
             AuthResult::Failed => {
                 self.auth_failures += 1;
                 self.refuse(TxStep::Auth, Some(user.clone()), reply::AUTH_FAILED);

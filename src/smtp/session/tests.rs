@@ -570,3 +570,15 @@ fn auth_exchange_idle_timeout_and_eof_while_waiting() {
     d.s.handle_auth(req.id, AuthResult::Ok);
     d.expect_nothing();
 }
+
+#[test]
+fn auth_blocked_by_the_servers_flood_limit_is_421_at_once() {
+    let mut d = Dialog::tls_with_auth(AuthPolicy::Required);
+    d.send(&format!("AUTH PLAIN {PLAIN_JOSEPH}\r\n"));
+    let req = d.auth_request();
+    d.s.handle_auth(req.id, AuthResult::Blocked);
+    d.expect("421 4.7.0 Too many authentication failures from your address");
+    let log = format!("{:?}", d.events());
+    assert!(log.contains("Close(TooManyAuthFailures)") && log.contains("joseph"), "{log}");
+    assert!(d.s.is_closing());
+}
