@@ -112,6 +112,12 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
             }
         }
     }
+    for (at, problem) in crate::filter::config::problems(&p.knobs, &tables) {
+        match problem {
+            crate::filter::config::Problem::Error(text) => c.at(&at, ErrorKind::Filter(text)),
+            crate::filter::config::Problem::NotRun(text) => notices.push(super::Notice { at, text, blocking: true }),
+        }
+    }
     if !c.errors.is_empty() {
         return Err(Errors(c.errors));
     }

@@ -19,6 +19,9 @@ use crate::server::stream::Stream;
 use crate::server::ListenerRt;
 use crate::smtp::{reply, CloseReason, Event, Message, Session, TlsInfo};
 
+#[path = "conn_filter.rs"]
+pub(crate) mod filtering;
+
 /// How long a client may take to complete a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reads per readiness event before other connections get their turn (sōzu's bound).
@@ -60,6 +63,8 @@ pub(crate) struct Conn {
     pub(crate) readable: bool,
     registered: Option<Interest>,
     close_reason: Option<&'static str>,
+    /// The listener's filter chain, when it has one.
+    filter: Option<Box<filtering::ConnFilter>>,
 }
 
 impl Conn {
@@ -88,6 +93,7 @@ impl Conn {
             readable: true,
             registered: None,
             close_reason: None,
+            filter: None,
         };
         if conn.listener.smtps {
             conn.start_tls(now);
@@ -153,6 +159,7 @@ impl Conn {
             while let Some(event) = self.session.poll_event() {
                 self.on_event(event, ctx, now);
             }
+            self.filter_flush(ctx);
             if let Err(e) = self.flush() {
                 return self.fail("io-error", &e);
             }
@@ -186,12 +193,15 @@ impl Conn {
             return false;
         }
         let handshaking = self.tls.as_ref().is_some_and(|t| t.is_handshaking());
-        self.readable && (handshaking || self.session.wants_read())
+        self.readable && (handshaking || self.session.wants_read()) && !self.filter_blocks_read()
     }
 
     /// Offers input kept from an earlier turn (a partial line, or commands pipelined behind
     /// a message that was being committed).
     fn feed_inbuf(&mut self, now: Instant) -> bool {
+        if self.filter.is_some() {
+            return self.feed_filtered(now);
+        }
         if self.inbuf.is_empty() || !self.session.wants_read() || self.starttls_pending {
             return false;
         }
@@ -205,6 +215,11 @@ impl Conn {
     }
 
     fn feed(&mut self, data: &[u8], now: Instant) {
+        if self.filter.is_some() {
+            self.inbuf.extend_from_slice(data);
+            self.feed_filtered(now);
+            return;
+        }
         if self.inbuf.is_empty() {
             let n = self.session.handle_input(data, now);
             if n < data.len() {
@@ -266,7 +281,7 @@ impl Conn {
 
     fn flush(&mut self) -> io::Result<()> {
         loop {
-            let out = self.session.output();
+            let out = if self.holds_greeting() { &[][..] } else { self.session.output() };
             let Some(tls) = self.tls.as_mut() else {
                 if out.is_empty() {
                     return Ok(());
@@ -302,6 +317,7 @@ impl Conn {
                 self.inbuf = Vec::new();
                 let _ = now;
             }
+            Event::Message(message) if self.filter.is_some() => self.filter_message(message),
             Event::Message(message) => self.submit(message, ctx),
             Event::Close(reason) => {
                 self.close_reason.get_or_insert(close_reason(&reason));
@@ -356,6 +372,9 @@ impl Conn {
         }
         if self.session.poll_timeout().is_some_and(|d| now >= d) {
             self.session.handle_timeout(now);
+            return Tick::Pump;
+        }
+        if self.filter_tick() {
             return Tick::Pump;
         }
         Tick::Idle
