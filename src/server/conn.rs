@@ -136,7 +136,8 @@ impl Conn {
         ctx: &mut super::event_loop::LoopCtx<'_>,
         now: Instant,
     ) -> Status {
-        if let Some(reason) = self.close_reason {
+        // A filter's disconnect closes once its reply is out (below).
+        if let Some(reason) = self.close_reason.filter(|r| *r != "filter") {
             return Status::Closed(reason);
         }
         for _ in 0..MAX_TURNS {

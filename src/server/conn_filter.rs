@@ -131,6 +131,9 @@ impl Conn {
         if f.chain.filters_phase(Phase::Connect) {
             f.engine.begin(Now::read(), Phase::Connect, "");
             f.park = Park::Connect;
+        } else {
+            let hostname = self.listener.hostname().to_string();
+            f.engine.report(Now::read(), &Report::LinkGreeting { hostname: &hostname });
         }
         self.filter = Some(Box::new(f));
         self.filter_events();
@@ -257,7 +260,7 @@ impl Conn {
             f.engine.begin(now, Phase::Commit, "");
             f.park = Park::Commit(message);
         } else {
-            f.ready = Some(message);
+            self.message_ready(message);
         }
         self.filter_events();
     }
