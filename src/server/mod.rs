@@ -220,6 +220,8 @@ pub fn run_smtp(
             .map_err(StartError::Thread)?;
         handles.push(LoopHandle { commands: tx, waker, thread });
     }
+    // Stopping a misbehaving filter is a kill(2) of another process: pledge's "proc".
+    let promises = if filters.is_some() { "stdio inet unix proc" } else { "stdio inet unix" };
     if let Some(f) = filters {
         f.run(handles.iter().map(|h| Arc::clone(&h.waker)).collect())?;
     }
@@ -229,7 +231,7 @@ pub fn run_smtp(
         None => privsep::sandbox::drop_to_nothing(),
     }
     .map_err(StartError::Privileges)?;
-    privsep::sandbox::pledge("stdio inet unix", true).map_err(StartError::Privileges)?;
+    privsep::sandbox::pledge(promises, true).map_err(StartError::Privileges)?;
     for (key, fds) in sockets {
         let Some(p) = planned.iter().find(|p| p.key == key) else {
             log::error!("listener {key}: not in this configuration, not served");
