@@ -346,3 +346,25 @@ fn reload_changes_the_chain() {
     let _ = c.stream.flush();
     assert_eq!(m.stop().code(), Some(0));
 }
+
+#[test]
+fn mxd_n_checks_that_filter_programs_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("smtpd.conf");
+    let text = "filter \"x\" proc-exec \"/nonexistent/filter-x -v\"\nlisten on 127.0.0.1 port 2599 filter \"x\"\n";
+    std::fs::write(&conf, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mxd")).arg("-n").arg("-f").arg(&conf).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("smtpd.conf:1: filter 'x': /nonexistent/filter-x: not found"), "{err}");
+    let exe = dir.path().join("filter-x");
+    std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+    std::fs::write(&conf, text.replace("/nonexistent/filter-x", &exe.display().to_string())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mxd")).arg("-n").arg("-f").arg(&conf).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not an executable file"), "{err}");
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mxd")).arg("-n").arg("-f").arg(&conf).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -66,6 +66,10 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
                 need_table(&mut c, &a.at, &tables, t, Some(Kind::Mapping));
             }
             relay_notices(&mut c, &a.at, r, &tables, &mut notices);
+            if r.filter.is_some() {
+                let text = "relay filter: filters on outgoing sessions are not run yet".into();
+                notices.push(super::Notice { at: a.at.clone(), text, blocking: true });
+            }
             if let Some(pki) = &r.pki {
                 if !pkis.contains_key(pki) {
                     c.at(&a.at, ErrorKind::Undefined { what: "pki", name: pki.clone() });
