@@ -307,7 +307,7 @@ fn crashing_hanging_and_garbage_filters_fail_their_sessions_closed() {
     if !can_run("crashing_hanging_and_garbage_filters_fail_their_sessions_closed", &[Need::File(PY, "python3")]) {
         return;
     }
-    for mode in ["crash", "garbage", "hang"] {
+    for mode in ["crash", "garbage", "flood", "hang"] {
         let dir = shared_tempdir();
         let (m, other) = misbehaving(mode, dir.path(), &[("MXD_FILTER_TIMEOUT", "2")]);
         let started = Instant::now();
@@ -367,4 +367,36 @@ fn mxd_n_checks_that_filter_programs_exist() {
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_mxd")).arg("-n").arg("-f").arg(&conf).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn answers_for_unknown_sessions_are_ignored_and_a_filter_that_cannot_register_stops_the_start() {
+    let dir = shared_tempdir();
+    let (m, _) = misbehaving("unknown", dir.path(), &[]);
+    assert!(first_line(m.port).starts_with("220 "), "{}", m.log());
+    drop(m);
+
+    let s = script(dir.path(), "misbehave.sh");
+    let conf = dir.path().join("smtpd.conf");
+    let text = basic_conf(dir.path(), free_port());
+    let listen = text.lines().find(|l| l.starts_with("listen on")).unwrap().to_string();
+    let text =
+        text.replace(&listen, &format!("filter \"bad\" proc-exec \"{} badreg\"\n{listen} filter \"bad\"", s.display()));
+    std::fs::write(&conf, text).unwrap();
+    let mut child = Command::new(common::MXD).arg("-d").arg("-f").arg(&conf).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("mxd started with a filter that could not register");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("filter bad: handshake"), "{err}");
 }
