@@ -116,6 +116,13 @@ fn own_filter_sees_every_phase_through_the_daemon() {
     let stored = String::from_utf8(m.messages("joseph").pop().unwrap()).unwrap();
     assert!(stored.contains("X-Filtered: all_phases\nSubject: phases\n\n.a dotted line\nbody\n"), "{stored}");
     assert!(stored.contains("Return-Path: <new@example.org>"), "rewritten sender: {stored}");
+    // Latin-1 text cannot pass through the protocol unaltered: refused, not mangled.
+    assert!(c.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<joseph@test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: caf\xe9\r\n\r\nd\xe9j\xe0 vu\r\n");
+    assert!(c.cmd(".").starts_with("554 5.6.0"));
+    assert_eq!(m.messages("joseph").len(), 1);
     // A reply that is not a reply: OpenSMTPD's 421, and the session ends.
     assert!(c.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
     let r = c.cmd("RCPT TO:<bad-reply@test>");
