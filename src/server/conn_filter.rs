@@ -53,13 +53,15 @@ pub(crate) struct ConnFilter {
     ready: Option<Message<Vec<Target>>>,
     /// The transaction number in tx-* reports.
     tx: u32,
+    /// The size of the message last handed to delivery, for tx-commit.
+    size: usize,
 }
 
 impl ConnFilter {
     pub(crate) fn new(chain: Arc<Chain>, shared: &Shared, id: Id, link: &Link) -> ConnFilter {
         // Tokens differ between sessions: the session id, shifted past any chain's length.
         let engine = SessionFilter::new(Arc::clone(&chain), id, id.0 << 8, shared.limits, link, Now::read());
-        ConnFilter { engine, chain, park: Park::None, junk: false, approved: None, ready: None, tx: 0 }
+        ConnFilter { engine, chain, park: Park::None, junk: false, approved: None, ready: None, tx: 0, size: 0 }
     }
 
     pub(crate) fn id(&self) -> Id {
@@ -309,9 +311,10 @@ impl Conn {
     }
 
     /// The delivery verdict, for tx-commit or tx-rollback.
-    pub(crate) fn filter_committed(&mut self, ok: bool, size: usize) {
+    pub(crate) fn filter_committed(&mut self, ok: bool) {
         if let Some(f) = self.filter.as_mut() {
-            let r = if ok { Report::TxCommit { msgid: f.tx, size } } else { Report::TxRollback { msgid: f.tx } };
+            let r =
+                if ok { Report::TxCommit { msgid: f.tx, size: f.size } } else { Report::TxRollback { msgid: f.tx } };
             f.engine.report(Now::read(), &r);
         }
     }
@@ -419,6 +422,7 @@ impl Conn {
             crate::buffers::give(std::mem::replace(&mut m.body, body));
             m.size = m.body.len() as u64;
         }
+        f.size = m.body.len();
         f.ready = Some(m);
     }
 
@@ -434,7 +438,7 @@ impl Conn {
         log::info!("{} smtp refused step=data msgid={} reply=\"{}\"", self.id, m.id, reply_text(reply).escape_debug());
         self.session.refuse_commit(m.id, &reply_text(reply));
         crate::buffers::give(m.body);
-        self.filter_committed(false, 0);
+        self.filter_committed(false);
         if close {
             self.close_reason.get_or_insert("filter");
         }

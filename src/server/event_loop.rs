@@ -354,7 +354,7 @@ impl EventLoop {
             log::info!("{} delivery msgid={} result={}", v.sid, v.msgid, result_name(&v.outcome));
             super::STATS.count(&v.outcome);
             s.conn.readable = true;
-            s.conn.filter_committed(matches!(outcome, Outcome::Ok), 0);
+            s.conn.filter_committed(matches!(outcome, Outcome::Ok));
             s.conn.session_mut().handle_commit(v.msgid, outcome);
             self.pump(v.slot, scratch, now);
         }
