@@ -66,6 +66,10 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
                 need_table(&mut c, &a.at, &tables, t, Some(Kind::Mapping));
             }
             relay_notices(&mut c, &a.at, r, &tables, &mut notices);
+            if r.filter.is_some() {
+                let text = "relay filter: filters on outgoing sessions are not run yet".into();
+                notices.push(super::Notice { at: a.at.clone(), text, blocking: true });
+            }
             if let Some(pki) = &r.pki {
                 if !pkis.contains_key(pki) {
                     c.at(&a.at, ErrorKind::Undefined { what: "pki", name: pki.clone() });
@@ -110,6 +114,12 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
                     blocking: false,
                 });
             }
+        }
+    }
+    for (at, problem) in crate::filter::config::problems(&p.knobs, &tables) {
+        match problem {
+            crate::filter::config::Problem::Error(text) => c.at(&at, ErrorKind::Filter(text)),
+            crate::filter::config::Problem::NotRun(text) => notices.push(super::Notice { at, text, blocking: true }),
         }
     }
     if !c.errors.is_empty() {

@@ -1,8 +1,7 @@
 //! The top-level statements beyond listeners, actions and rules: `queue`, `srs`, `bounce`,
 //! `mta`/`mda`/`scheduler` limits, `admd`, `proc` and `filter` (parse.y's grammar). Each
-//! parses into [`Knobs`](super::Knobs); what mxd does not act on yet gets a notice, and a
-//! filter (which mxd does not run yet) a blocking one: the daemon refuses to start rather
-//! than pass mail a filter should have seen.
+//! parses into [`Knobs`](super::Knobs); what mxd does not act on yet gets a notice. Filters
+//! are checked against what the daemon can run in `crate::filter::config`.
 
 use super::lexer::Tok;
 use super::parser::{duration, Parsed, Parser, R};
@@ -209,7 +208,6 @@ pub(super) fn proc(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
     if out.knobs.procs.insert(name.clone(), proc).is_some() {
         return Err(ErrorKind::Duplicate { what: "proc", name });
     }
-    out.notice(&at, format!("proc '{name}': parsed; mxd does not start filter processes yet"));
     Ok(())
 }
 
@@ -246,7 +244,6 @@ fn add_filter(out: &mut Parsed, name: String, at: super::Origin, kind: FilterKin
     if out.knobs.filters.contains_key(&name) {
         return Err(ErrorKind::Duplicate { what: "filter", name });
     }
-    out.blocking(&at, format!("filter '{name}' is parsed but mxd does not run filters yet"));
     out.knobs.filters.insert(name.clone(), super::Filter { name, at, kind });
     Ok(())
 }

@@ -498,6 +498,8 @@ pub enum ErrorKind {
     NotRun(String),
     /// A `match` option given twice in one rule.
     AlreadySpecified(String),
+    /// A filter statement the daemon cannot run (its program missing, a table unknown).
+    Filter(String),
     BadRegex {
         pattern: String,
         error: String,
@@ -542,6 +544,7 @@ impl fmt::Display for ErrorKind {
                 write!(f, "'{what}' already specified for this rule (expected each option once)")
             }
             ErrorKind::NotRun(what) => write!(f, "{what}: mxd refuses to start rather than ignore it"),
+            ErrorKind::Filter(what) => f.write_str(what),
             ErrorKind::IncludeDepth => write!(f, "includes nested too deeply (expected at most 8 levels)"),
         }
     }

@@ -263,11 +263,11 @@ fn opensmtpd_7_forms() {
 }
 
 #[test]
-fn filters_load_for_mxd_n_and_stop_the_daemon() {
+fn filters_load_their_programs_are_checked_and_what_cannot_run_stops_the_daemon() {
     let d = Dir::new();
-    let text = "proc rspamd \"/usr/local/bin/filter-rspamd\" user _rspamd\n\
+    let text = "proc rspamd \"/bin/sh -c true\" user _rspamd\n\
                 filter rspamd proc rspamd\n\
-                filter dkim proc-exec \"filter-dkimsign -d x\" user _dkim\n\
+                filter dkim proc-exec \"/bin/sh -x\" user _dkim chroot \"/var/empty\"\n\
                 filter \"rdns\" phase connect match !rdns disconnect \"550 no rDNS\"\n\
                 filter \"all\" chain { \"rdns\", rspamd }\n\
                 listen on lo filter \"all\"\n\
@@ -275,9 +275,10 @@ fn filters_load_for_mxd_n_and_stop_the_daemon() {
     let path = d.write("smtpd.conf", text);
     let c = check(&path, &[]).expect("mxd -n loads it");
     assert_eq!(c.knobs.filters.len(), 5, "{:?}", c.knobs.filters.keys());
-    assert!(c.notices.iter().any(|n| n.blocking && n.at.line == 2 && n.text.contains("filter 'rspamd'")));
-    let errs = load(&path, &[]).expect_err("the daemon refuses it").0;
-    assert!(errs
-        .iter()
-        .any(|e| e.line == 4 && e.to_string().contains("filter 'rdns' is parsed but mxd does not run filters yet")));
+    assert!(c.notices.iter().any(|n| n.blocking && n.at.line == 3 && n.text.contains("chroot")));
+    let errs = load(&path, &[]).expect_err("the daemon refuses a chroot").0;
+    assert!(errs.iter().all(|e| e.line == 3), "{errs:?}");
+    let missing = d.write("missing.conf", "filter x proc-exec \"/nonexistent/filter-x -v\"\n");
+    let errs = check(&missing, &[]).expect_err("a missing program").0;
+    assert!(errs.iter().any(|e| e.line == 1 && e.to_string().contains("/nonexistent/filter-x: not found")), "{errs:?}");
 }

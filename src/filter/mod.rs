@@ -15,6 +15,7 @@
 
 pub mod builtin;
 pub mod chain;
+pub mod config;
 pub mod driver;
 pub mod engine;
 pub mod process;

@@ -19,6 +19,9 @@ use crate::server::stream::Stream;
 use crate::server::ListenerRt;
 use crate::smtp::{reply, CloseReason, Event, Message, Session, TlsInfo};
 
+#[path = "conn_filter.rs"]
+pub(crate) mod filtering;
+
 /// How long a client may take to complete a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reads per readiness event before other connections get their turn (sōzu's bound).
@@ -60,6 +63,8 @@ pub(crate) struct Conn {
     pub(crate) readable: bool,
     registered: Option<Interest>,
     close_reason: Option<&'static str>,
+    /// The listener's filter chain, when it has one.
+    filter: Option<Box<filtering::ConnFilter>>,
 }
 
 impl Conn {
@@ -90,6 +95,7 @@ impl Conn {
             readable: true,
             registered: None,
             close_reason: None,
+            filter: None,
         };
         if conn.listener.smtps {
             conn.start_tls(now);
@@ -132,7 +138,8 @@ impl Conn {
         ctx: &mut super::event_loop::LoopCtx<'_>,
         now: Instant,
     ) -> Status {
-        if let Some(reason) = self.close_reason {
+        // A filter's disconnect closes once its reply is out (below).
+        if let Some(reason) = self.close_reason.filter(|r| *r != "filter") {
             return Status::Closed(reason);
         }
         for _ in 0..MAX_TURNS {
@@ -159,6 +166,7 @@ impl Conn {
                 let origin = self.origin().clone();
                 ctx.check_auth(self.id, &origin, self.listener.auth.table.as_deref(), req);
             }
+            self.filter_flush(ctx);
             if let Err(e) = self.flush() {
                 return self.fail("io-error", &e);
             }
@@ -192,12 +200,15 @@ impl Conn {
             return false;
         }
         let handshaking = self.tls.as_ref().is_some_and(|t| t.is_handshaking());
-        self.readable && (handshaking || self.session.wants_read())
+        self.readable && (handshaking || self.session.wants_read()) && !self.filter_blocks_read()
     }
 
     /// Offers input kept from an earlier turn (a partial line, or commands pipelined behind
     /// a message that was being committed).
     fn feed_inbuf(&mut self, now: Instant) -> bool {
+        if self.filter.is_some() {
+            return self.feed_filtered(now);
+        }
         if self.inbuf.is_empty() || !self.session.wants_read() || self.starttls_pending {
             return false;
         }
@@ -211,6 +222,11 @@ impl Conn {
     }
 
     fn feed(&mut self, data: &[u8], now: Instant) {
+        if self.filter.is_some() {
+            self.inbuf.extend_from_slice(data);
+            self.feed_filtered(now);
+            return;
+        }
         if self.inbuf.is_empty() {
             let n = self.session.handle_input(data, now);
             if n < data.len() {
@@ -272,7 +288,7 @@ impl Conn {
 
     fn flush(&mut self) -> io::Result<()> {
         loop {
-            let out = self.session.output();
+            let out = if self.holds_greeting() { &[][..] } else { self.session.output() };
             let Some(tls) = self.tls.as_mut() else {
                 if out.is_empty() {
                     return Ok(());
@@ -308,6 +324,7 @@ impl Conn {
                 self.inbuf = Vec::new();
                 let _ = now;
             }
+            Event::Message(message) if self.filter.is_some() => self.filter_message(message),
             Event::Message(message) => self.submit(message, ctx),
             Event::Close(reason) => {
                 self.close_reason.get_or_insert(close_reason(&reason));
@@ -362,6 +379,9 @@ impl Conn {
         }
         if self.session.poll_timeout().is_some_and(|d| now >= d) {
             self.session.handle_timeout(now);
+            return Tick::Pump;
+        }
+        if self.filter_tick() {
             return Tick::Pump;
         }
         Tick::Idle

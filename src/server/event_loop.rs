@@ -16,6 +16,7 @@ use crate::envelope::{MsgId, Origin, SessionId, Target};
 use crate::privsep::frame::{AuthAsk, AuthVerdict, Head, Verdict as Delivered};
 use crate::privsep::link::Link;
 use crate::server::conn::{Conn, Status, Tick};
+use crate::server::filters::{FromHub, LoopFilters, Shared, ToHub};
 use crate::server::stream::Stream;
 use crate::server::ListenerRt;
 use crate::smtp::{AuthId, AuthRequest, AuthResult, Message, Outcome};
@@ -76,6 +77,8 @@ pub(crate) struct LoopCtx<'a> {
     waker: &'a Arc<Waker>,
     slot: usize,
     inflight: bool,
+    /// The way to the filter processes, when a listener has filters.
+    pub(crate) filters: Option<&'a Shared>,
 }
 
 impl LoopCtx<'_> {
@@ -146,6 +149,7 @@ pub(crate) struct EventLoop {
     again: Vec<usize>,
     stopping: Option<Instant>,
     retiring: bool,
+    filters: Option<LoopFilters>,
 }
 
 struct Slot {
@@ -181,8 +185,14 @@ impl EventLoop {
             again: Vec::new(),
             stopping: None,
             retiring: false,
+            filters: None,
         };
         Ok((ev, waker))
+    }
+
+    /// Connects this loop to the filter thread (before it runs).
+    pub(crate) fn set_filters(&mut self, filters: LoopFilters) {
+        self.filters = Some(filters);
     }
 
     pub(crate) fn run(mut self) {
@@ -217,6 +227,7 @@ impl EventLoop {
             }
             self.drain_verdicts(&mut scratch, now);
             self.drain_auth(&mut scratch, now);
+            self.drain_filters(&mut scratch, now);
             if self.drain_commands(now) {
                 return;
             }
@@ -287,7 +298,14 @@ impl EventLoop {
             None => log::info!("{id} smtp connected address={addr}"),
         }
         super::STATS.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let conn = Conn::new(id, stream, origin, rt, user, now);
+        let filter = self.filters.as_ref().and_then(|f| {
+            let chain = rt.filter.as_ref().and_then(|n| f.shared.chains.get(n))?;
+            let socket = rt.config.spool.join(crate::spool::SUBMIT_SOCKET);
+            let link = crate::server::conn::filtering::link(&stream, &socket.display().to_string());
+            let fid = crate::filter::Id(id.0);
+            Some(crate::server::conn::filtering::ConnFilter::new(Arc::clone(chain), &f.shared, fid, &link))
+        });
+        let mut conn = Conn::new(id, stream, origin, rt, user, now);
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -295,6 +313,11 @@ impl EventLoop {
                 self.conns.len() - 1
             }
         };
+        if let (Some(cf), Some(f)) = (filter, self.filters.as_mut()) {
+            f.slots.insert(cf.id(), slot);
+            f.shared.send(ToHub::Open { session: cf.id(), from: f.index });
+            conn.attach_filter(cf);
+        }
         self.conns[slot] = Some(Slot { conn, inflight: false });
         self.live += 1;
         self.again.push(slot);
@@ -311,6 +334,7 @@ impl EventLoop {
             waker: &self.waker,
             slot,
             inflight: false,
+            filters: self.filters.as_ref().map(|f| &*f.shared),
         };
         let status = s.conn.pump(scratch, &mut ctx, now);
         s.inflight |= ctx.inflight;
@@ -335,6 +359,12 @@ impl EventLoop {
         };
         s.conn.shutdown();
         s.conn.deregister(self.poll.registry());
+        if let Some(f) = self.filters.as_mut() {
+            if let Some(id) = s.conn.filter_id() {
+                f.slots.remove(&id);
+                s.conn.filter_close(&f.shared);
+            }
+        }
         log::info!("{} smtp disconnected reason={reason}", s.conn.id);
         self.live -= 1;
         self.free.push(slot);
@@ -357,6 +387,7 @@ impl EventLoop {
             log::info!("{} delivery msgid={} result={}", v.sid, v.msgid, result_name(&v.outcome));
             super::STATS.count(&v.outcome);
             s.conn.readable = true;
+            s.conn.filter_committed(matches!(outcome, Outcome::Ok));
             s.conn.session_mut().handle_commit(v.msgid, outcome);
             self.pump(v.slot, scratch, now);
         }
@@ -382,6 +413,39 @@ impl EventLoop {
             s.conn.readable = true;
             s.conn.session_mut().handle_auth(a.id, result);
             self.pump(a.slot, scratch, now);
+        }
+    }
+
+    /// Hands the filter processes' lines to their sessions, and a process's death to all.
+    fn drain_filters(&mut self, scratch: &mut [u8], now: Instant) {
+        let Some(f) = self.filters.as_mut() else { return };
+        let mut touched = Vec::new();
+        while let Ok(msg) = f.rx.try_recv() {
+            match msg {
+                FromHub::Line { session, proc, line } => {
+                    let Some(&slot) = f.slots.get(&session) else { continue };
+                    if let Some(Some(s)) = self.conns.get_mut(slot) {
+                        s.conn.filter_answer(&proc, &line);
+                        touched.push(slot);
+                    }
+                }
+                FromHub::Failed(proc) => {
+                    for &slot in f.slots.values() {
+                        if let Some(Some(s)) = self.conns.get_mut(slot) {
+                            s.conn.filter_proc_failed(&proc);
+                            touched.push(slot);
+                        }
+                    }
+                }
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for slot in touched {
+            if let Some(Some(s)) = self.conns.get_mut(slot) {
+                s.conn.readable = true;
+            }
+            self.pump(slot, scratch, now);
         }
     }
 

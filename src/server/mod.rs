@@ -5,6 +5,7 @@
 mod auth;
 mod conn;
 mod event_loop;
+mod filters;
 mod ids;
 mod listener;
 mod message;
@@ -57,6 +58,8 @@ pub(crate) struct ListenerRt {
     pub(crate) tag: Option<String>,
     pub(crate) config: Arc<Config>,
     pub(crate) auth: auth::ListenerAuth,
+    /// `listen … filter NAME`: the chain its sessions go through.
+    pub(crate) filter: Option<String>,
 }
 
 impl ListenerRt {
@@ -81,6 +84,8 @@ pub enum StartError {
     Privileges(io::Error),
     /// Children kept crashing; the daemon stopped.
     Crashed,
+    /// A filter process could not start or register.
+    Filter(String),
 }
 
 impl fmt::Display for StartError {
@@ -93,6 +98,7 @@ impl fmt::Display for StartError {
             StartError::User(e) => write!(f, "{e}"),
             StartError::Privileges(e) => write!(f, "cannot drop privileges: {e}"),
             StartError::Crashed => f.write_str("a child process kept failing: stopped"),
+            StartError::Filter(e) => f.write_str(e),
         }
     }
 }
@@ -201,15 +207,25 @@ pub fn run_smtp(
     let loops = sockets.iter().map(|(_, fds)| fds.len()).max().unwrap_or_else(|| loop_count(&config)).max(1);
     let max_sessions = (max_fds.saturating_sub(64) as usize / loops).max(1);
     let link = Arc::new(privsep::link::Link::start(link).map_err(StartError::Thread)?);
+    // Filter processes start now, while we may still become their users.
+    let mut filters = filters::start(&config, loops)?;
     let mut handles = Vec::with_capacity(loops);
     for i in 0..loops {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let (ev, waker) = EventLoop::new(rx, Arc::clone(&link), max_sessions).map_err(StartError::Thread)?;
+        let (mut ev, waker) = EventLoop::new(rx, Arc::clone(&link), max_sessions).map_err(StartError::Thread)?;
+        if let Some(end) = filters.as_mut().and_then(|f| f.loop_end(i)) {
+            ev.set_filters(end);
+        }
         let thread = std::thread::Builder::new()
             .name(format!("loop-{i}"))
             .spawn(move || ev.run())
             .map_err(StartError::Thread)?;
         handles.push(LoopHandle { commands: tx, waker, thread });
+    }
+    // Stopping a misbehaving filter is a kill(2) of another process: pledge's "proc".
+    let promises = if filters.is_some() { "stdio inet unix proc" } else { "stdio inet unix" };
+    if let Some(f) = filters {
+        f.run(handles.iter().map(|h| Arc::clone(&h.waker)).collect())?;
     }
     let empty = spool::empty_dir(&config.spool);
     match who {
@@ -217,7 +233,7 @@ pub fn run_smtp(
         None => privsep::sandbox::drop_to_nothing(),
     }
     .map_err(StartError::Privileges)?;
-    privsep::sandbox::pledge("stdio inet unix", true).map_err(StartError::Privileges)?;
+    privsep::sandbox::pledge(promises, true).map_err(StartError::Privileges)?;
     for (key, fds) in sockets {
         let Some(p) = planned.iter().find(|p| p.key == key) else {
             log::error!("listener {key}: not in this configuration, not served");
@@ -310,6 +326,7 @@ fn plan(config: &Arc<Config>) -> Result<Vec<Planned>, StartError> {
             tag: None,
             config: Arc::clone(config),
             auth: auth::ListenerAuth::OFF,
+            filter: None,
         });
         out.push(Planned { key: format!("unix:{}", path.display()), target: Target::Unix(path), rt });
     }
@@ -362,6 +379,7 @@ fn runtime(config: &Arc<Config>, l: &Listener, pkis: &Pkis) -> Result<ListenerRt
         tag: l.tag.clone(),
         config: Arc::clone(config),
         auth: auth::ListenerAuth::of(l),
+        filter: l.options.filter.clone(),
     })
 }
 

@@ -323,6 +323,22 @@ impl<P: Policy> Session<P> {
         }
     }
 
+    /// A reply decided outside the session (a filter's reject or disconnect), written as
+    /// given; CRLF is added.
+    pub fn push_reply(&mut self, text: &str) {
+        self.out.extend_from_slice(text.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    /// The message this session waits for will not be committed: a filter refused it with
+    /// `reply`. The transaction is over, as after a delivery failure.
+    pub fn refuse_commit(&mut self, id: MsgId, reply: &str) {
+        if matches!(self.state, State::AwaitCommit(waiting) if waiting == id) {
+            self.state = State::Ready;
+            self.push_reply(reply);
+        }
+    }
+
     /// TLS is up: forget everything learnt in plaintext (RFC 3207 §4.2).
     pub fn handle_tls(&mut self, info: TlsInfo) {
         self.tls = Some(info);

@@ -1,0 +1,167 @@
+//! From smtpd.conf's filter statements (`Config::knobs`) to what the daemon runs: the
+//! processes to start (`proc`, `proc-exec`) and, for every filter a listener names, its
+//! chain in order (`filter NAME chain { … }` flattened). Also the checks `mxd -n` and a
+//! start make: the program of each process exists and is executable, and nothing is
+//! configured that the daemon would have to ignore.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::builtin::{Action, Condition, Rule, TableRef, Test};
+use super::chain::{Filter, FilterChain, FilterKind};
+use super::process::{find_program, ProcSpec};
+use super::protocol::Phase;
+use crate::config::{self, Config, FilterAction, FilterCond, Knobs, Origin};
+use crate::table::Table;
+
+/// What is wrong with a filter statement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// The configuration cannot load (a program missing).
+    Error(String),
+    /// It loads for `mxd -n` but the daemon will not start with it.
+    NotRun(String),
+}
+
+/// The filter statements' problems, each with the statement's origin.
+pub fn problems(knobs: &Knobs, tables: &BTreeMap<String, Arc<Table>>) -> Vec<(Origin, Problem)> {
+    let mut out = Vec::new();
+    fn proc_check(out: &mut Vec<(Origin, Problem)>, at: &Origin, what: &str, p: &config::Proc) {
+        if let Err(e) = find_program(&p.command) {
+            out.push((at.clone(), Problem::Error(format!("{what} '{}': {e}", p.name))));
+        }
+        if p.chroot.is_some() {
+            out.push((at.clone(), Problem::NotRun(format!("{what} '{}': chroot is not supported yet", p.name))));
+        }
+    }
+    for p in knobs.procs.values() {
+        proc_check(&mut out, &p.at, "proc", p);
+    }
+    for f in knobs.filters.values() {
+        match &f.kind {
+            config::FilterKind::ProcExec(p) => proc_check(&mut out, &f.at, "filter", p),
+            config::FilterKind::Builtin { conds, .. } => {
+                for c in conds {
+                    let Some(t) = &c.table else { continue };
+                    if c.regex {
+                        let text =
+                            format!("filter '{}': regex tables in filter conditions are not supported yet", f.name);
+                        out.push((f.at.clone(), Problem::NotRun(text)));
+                    } else if !tables.contains_key(t) {
+                        out.push((f.at.clone(), Problem::Error(format!("filter '{}': no table {t}", f.name))));
+                    }
+                }
+            }
+            config::FilterKind::Chain(names) => {
+                let nested = names.iter().find(|n| knobs.filters.get(*n).is_some_and(|g| is_chain(&g.kind)));
+                if let Some(n) = nested {
+                    out.push((
+                        f.at.clone(),
+                        Problem::Error(format!("filter '{}': chain '{n}' inside a chain", f.name)),
+                    ));
+                }
+            }
+            config::FilterKind::Proc(_) => {}
+        }
+    }
+    out
+}
+
+fn is_chain(k: &config::FilterKind) -> bool {
+    matches!(k, config::FilterKind::Chain(_))
+}
+
+/// The filter processes and listener chains of a configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// Every process a listener's chain uses, once.
+    pub procs: Vec<ProcSpec>,
+    /// By the name a listener gives (`listen … filter NAME`).
+    pub chains: BTreeMap<String, FilterChain>,
+}
+
+/// Builds the plan for the filters the configuration's listeners name. A loaded
+/// `Config` has passed [`problems`], so names resolve; anything that does not is skipped.
+pub fn plan(config: &Config) -> Plan {
+    let mut plan = Plan::default();
+    let knobs = &config.knobs;
+    for name in config.listeners.iter().filter_map(|l| l.options.filter.as_ref()) {
+        if plan.chains.contains_key(name) {
+            continue;
+        }
+        let members: Vec<&String> = match knobs.filters.get(name).map(|f| &f.kind) {
+            Some(config::FilterKind::Chain(names)) => names.iter().collect(),
+            Some(_) => vec![name],
+            None => continue,
+        };
+        let mut chain = FilterChain::default();
+        for m in members {
+            let Some(f) = knobs.filters.get(m) else { continue };
+            let kind = match &f.kind {
+                config::FilterKind::Proc(p) => {
+                    if let Some(p) = knobs.procs.get(p) {
+                        add_proc(&mut plan.procs, p, &p.name);
+                    }
+                    FilterKind::Proc(p.clone())
+                }
+                config::FilterKind::ProcExec(p) => {
+                    add_proc(&mut plan.procs, p, &f.name);
+                    FilterKind::Proc(f.name.clone())
+                }
+                config::FilterKind::Builtin { phase, conds, action } => match rule(phase, conds, action) {
+                    Some(r) => FilterKind::Builtin(r),
+                    None => continue,
+                },
+                config::FilterKind::Chain(_) => continue,
+            };
+            chain.filters.push(Filter { name: f.name.clone(), kind });
+        }
+        plan.chains.insert(name.clone(), chain);
+    }
+    plan
+}
+
+fn add_proc(procs: &mut Vec<ProcSpec>, p: &config::Proc, name: &str) {
+    if procs.iter().any(|s| s.name == name) {
+        return;
+    }
+    procs.push(ProcSpec {
+        name: name.to_string(),
+        command: p.command.clone(),
+        user: p.user.clone(),
+        group: p.group.clone(),
+        chroot: p.chroot.as_ref().map(Into::into),
+    });
+}
+
+fn rule(phase: &str, conds: &[FilterCond], action: &FilterAction) -> Option<Rule> {
+    let phase = Phase::from_name(phase)?;
+    let conditions = conds
+        .iter()
+        .map(|c| {
+            let table = c.table.clone().map(|name| TableRef { name, regex: c.regex });
+            let test = match (c.what.as_str(), table) {
+                ("fcrdns", _) => Test::Fcrdns,
+                ("rdns", None) => Test::Rdns,
+                ("rdns", Some(t)) => Test::RdnsTable(t),
+                ("auth", None) => Test::Auth,
+                ("auth", Some(t)) => Test::AuthTable(t),
+                ("src", Some(t)) => Test::Src(t),
+                ("helo", Some(t)) => Test::Helo(t),
+                ("mail-from", Some(t)) => Test::MailFrom(t),
+                ("rcpt-to", Some(t)) => Test::RcptTo(t),
+                _ => return None,
+            };
+            Some(Condition { negate: c.negate, test })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let action = match action {
+        FilterAction::Bypass => Action::Bypass,
+        FilterAction::Junk => Action::Junk,
+        FilterAction::Reject(r) => Action::Reject(r.clone()),
+        FilterAction::Disconnect(r) => Action::Disconnect(r.clone()),
+        FilterAction::Rewrite(v) => Action::Rewrite(v.clone()),
+        FilterAction::Report(m) => Action::Report(m.clone()),
+    };
+    Some(Rule { phase, conditions, action })
+}

@@ -1,0 +1,446 @@
+//! A connection's filtering: its `filter::SessionFilter` and what the connection holds
+//! while a phase waits for the chain (`Park`). Commands are offered to the session one
+//! line at a time; a line whose phase the chain filters is held until the chain decides
+//! (proceed: the session gets it, perhaps rewritten; reject or disconnect: the client gets
+//! the filter's reply and the session never sees the line). The greeting is held until the
+//! connect phase is decided. A finished message streams through the data-line filters
+//! and then the commit phase before it goes to delivery; what the last filter wrote is
+//! what is stored. Filter replies are written as OpenSMTPD writes them, checked by the
+//! engine (a 4xx/5xx code, else `421`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::Conn;
+use crate::envelope::Target;
+use crate::filter::protocol::{self, Endpoint, Output, Report, TxResult};
+use crate::filter::{Answer, Chain, Decision, Event, Id, Link, Now, Phase, SessionFilter};
+use crate::server::event_loop::LoopCtx;
+use crate::server::filters::{Shared, ToHub};
+use crate::smtp::command::{self, Command};
+use crate::smtp::session::MAX_COMMAND_LINE;
+use crate::smtp::Message;
+
+/// A message data-line filters cannot be given unaltered.
+const NOT_UTF8_REPLY: &str = "554 5.6.0 Message is not UTF-8: this listener's filters cannot take it";
+/// Input held while the chain decides, beyond which the connection stops reading.
+const MAX_HELD_INPUT: usize = 64 * 1024;
+
+/// What the connection holds while the chain decides.
+enum Park {
+    None,
+    /// The greeting waits for the connect phase.
+    Connect,
+    /// A command line waits for its phase.
+    Command {
+        line: Vec<u8>,
+    },
+    /// The message streams through the data-line filters.
+    Data(Message<Vec<Target>>),
+    /// The message waits for the commit phase.
+    Commit(Message<Vec<Target>>),
+}
+
+pub(crate) struct ConnFilter {
+    engine: SessionFilter,
+    chain: Arc<Chain>,
+    park: Park,
+    /// A filter said junk: the message gets `X-Spam: Yes`.
+    junk: bool,
+    /// A command line the chain let through, for the session next.
+    approved: Option<Vec<u8>>,
+    /// A message the chain let through, for delivery next.
+    ready: Option<Message<Vec<Target>>>,
+    /// The transaction number in tx-* reports.
+    tx: u32,
+    /// The size of the message last handed to delivery, for tx-commit.
+    size: usize,
+}
+
+impl ConnFilter {
+    pub(crate) fn new(chain: Arc<Chain>, shared: &Shared, id: Id, link: &Link) -> ConnFilter {
+        // Tokens differ between sessions: the session id, shifted past any chain's length.
+        let engine = SessionFilter::new(Arc::clone(&chain), id, id.0 << 8, shared.limits, link, Now::read());
+        ConnFilter { engine, chain, park: Park::None, junk: false, approved: None, ready: None, tx: 0, size: 0 }
+    }
+
+    pub(crate) fn id(&self) -> Id {
+        self.engine.id()
+    }
+}
+
+/// The link as filters see it.
+pub(crate) fn link(stream: &super::Stream, unix_path: &str) -> Link {
+    let (src, dest) = match stream {
+        super::Stream::Tcp(s) => {
+            let unspecified = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+            (
+                Endpoint::Inet(s.peer_addr().unwrap_or(unspecified)),
+                Endpoint::Inet(s.local_addr().unwrap_or(unspecified)),
+            )
+        }
+        super::Stream::Unix(_) => (Endpoint::Unix(unix_path.into()), Endpoint::Unix(unix_path.into())),
+    };
+    Link { rdns: None, fcrdns: false, src, dest }
+}
+
+/// The filter phase of a command line (without its line ending), and its parameter as
+/// OpenSMTPD passes it.
+fn classify(line: &[u8]) -> Option<(Phase, String)> {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match command::parse(line).ok()? {
+        Command::Helo(n) => Some((Phase::Helo, n.to_string())),
+        Command::Ehlo(n) => Some((Phase::Ehlo, n.to_string())),
+        Command::Mail { path, .. } => Some((Phase::MailFrom, text(path))),
+        Command::Rcpt { path, .. } => Some((Phase::RcptTo, text(path))),
+        Command::Data => Some((Phase::Data, String::new())),
+        _ => None,
+    }
+}
+
+fn trim_eol(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// The command with its parameter replaced by a filter's `rewrite`.
+fn rewrite(line: &[u8], value: &str) -> Vec<u8> {
+    let value: String = value.chars().filter(|c| !c.is_control()).collect();
+    let with = |verb: &str, params: &[u8]| {
+        let params = String::from_utf8_lossy(params);
+        let sep = if params.is_empty() { "" } else { " " };
+        format!("{verb}<{value}>{sep}{params}\r\n").into_bytes()
+    };
+    match command::parse(trim_eol(line)) {
+        Ok(Command::Helo(_)) => format!("HELO {value}\r\n").into_bytes(),
+        Ok(Command::Ehlo(_)) => format!("EHLO {value}\r\n").into_bytes(),
+        Ok(Command::Mail { params, .. }) => with("MAIL FROM:", params),
+        Ok(Command::Rcpt { params, .. }) => with("RCPT TO:", params),
+        _ => line.to_vec(),
+    }
+}
+
+/// A filter's reply as one line (the protocol cannot carry more).
+fn reply_text(r: &str) -> String {
+    r.chars().filter(|c| *c != '\r' && *c != '\n').collect()
+}
+
+impl Conn {
+    pub(crate) fn filter_id(&self) -> Option<Id> {
+        self.filter.as_ref().map(|f| f.id())
+    }
+
+    /// Gives the connection its filtering; the greeting waits if the chain filters connect.
+    pub(crate) fn attach_filter(&mut self, mut f: ConnFilter) {
+        if f.chain.filters_phase(Phase::Connect) {
+            f.engine.begin(Now::read(), Phase::Connect, "");
+            f.park = Park::Connect;
+        } else {
+            let hostname = self.listener.hostname().to_string();
+            f.engine.report(Now::read(), &Report::LinkGreeting { hostname: &hostname });
+        }
+        self.filter = Some(Box::new(f));
+        self.filter_events();
+    }
+
+    /// The greeting is held back while the connect phase waits.
+    pub(crate) fn holds_greeting(&self) -> bool {
+        self.filter.as_ref().is_some_and(|f| matches!(f.park, Park::Connect))
+    }
+
+    /// Enough input is held while the chain decides: stop reading.
+    pub(crate) fn filter_blocks_read(&self) -> bool {
+        self.filter.as_ref().is_some_and(|f| !matches!(f.park, Park::None)) && self.inbuf.len() >= MAX_HELD_INPUT
+    }
+
+    /// Offers held input to the session a command at a time, parking on filtered phases.
+    pub(crate) fn feed_filtered(&mut self, now: Instant) -> bool {
+        let mut progressed = false;
+        loop {
+            if self.starttls_pending || self.close_reason.is_some() || !self.session.wants_read() {
+                break;
+            }
+            let Some(f) = self.filter.as_mut() else { break };
+            if let Some(line) = f.approved.take() {
+                self.pass_line(&line, now);
+                progressed = true;
+                continue;
+            }
+            if !matches!(f.park, Park::None) {
+                break;
+            }
+            if self.session.in_data() {
+                let n = self.session.handle_input(&self.inbuf, now);
+                self.inbuf.drain(..n);
+                if n == 0 {
+                    break;
+                }
+                progressed = true;
+                continue;
+            }
+            let Some(lf) = memchr::memchr(b'\n', &self.inbuf) else {
+                if self.inbuf.len() >= MAX_COMMAND_LINE {
+                    // Too long for a command: the session answers and discards it.
+                    let n = self.session.handle_input(&self.inbuf, now);
+                    self.inbuf.drain(..n);
+                    progressed |= n > 0;
+                }
+                break;
+            };
+            let line: Vec<u8> = self.inbuf.drain(..=lf).collect();
+            progressed = true;
+            match classify(trim_eol(&line)) {
+                Some((phase, param)) if f.chain.filters_phase(phase) => {
+                    f.engine.begin(Now::read(), phase, &param);
+                    f.park = Park::Command { line };
+                    self.filter_events();
+                }
+                _ => self.pass_line(&line, now),
+            }
+        }
+        if self.inbuf.is_empty() {
+            self.inbuf = Vec::new();
+        }
+        progressed
+    }
+
+    /// Gives one command line to the session, then reports what it answered.
+    fn pass_line(&mut self, line: &[u8], now: Instant) {
+        let before = self.session.output().len();
+        let n = self.session.handle_input(line, now);
+        if n < line.len() {
+            // The session stopped reading mid-line (STARTTLS, a full output): keep the rest.
+            let rest = line[n..].to_vec();
+            self.inbuf.splice(0..0, rest);
+        }
+        let code = self.session.output().get(before).copied();
+        let Some(f) = self.filter.as_mut() else { return };
+        let result = match code {
+            Some(b'2' | b'3') => TxResult::Ok,
+            Some(b'4') => TxResult::TempFail,
+            _ => TxResult::PermFail,
+        };
+        let now = Now::read();
+        match command::parse(trim_eol(line)) {
+            Ok(Command::Helo(n)) | Ok(Command::Ehlo(n)) if result == TxResult::Ok => {
+                let ehlo = matches!(command::parse(trim_eol(line)), Ok(Command::Ehlo(_)));
+                f.engine.report(now, &Report::LinkIdentify { ehlo, identity: n });
+            }
+            Ok(Command::Mail { path, .. }) if result == TxResult::Ok => {
+                f.tx = f.tx.wrapping_add(1);
+                let address = String::from_utf8_lossy(path);
+                f.engine.report(now, &Report::TxBegin { msgid: f.tx });
+                f.engine.report(now, &Report::TxMail { msgid: f.tx, result, address: &address });
+            }
+            Ok(Command::Rcpt { path, .. }) => {
+                let address = String::from_utf8_lossy(path);
+                f.engine.report(now, &Report::TxRcpt { msgid: f.tx, result, address: &address });
+            }
+            Ok(Command::Data) if result == TxResult::Ok => {
+                f.engine.report(now, &Report::TxData { msgid: f.tx, result });
+            }
+            Ok(Command::Rset) => f.engine.report(now, &Report::TxReset { msgid: f.tx }),
+            _ => {}
+        }
+    }
+
+    /// A finished message: through the data-line filters and the commit phase, or
+    /// straight to delivery when the chain has neither.
+    pub(crate) fn filter_message(&mut self, message: Message<Vec<Target>>) {
+        let Some(f) = self.filter.as_mut() else { return };
+        let now = Now::read();
+        if f.chain.filters_phase(Phase::DataLine) {
+            // The protocol core carries UTF-8 lines: refused rather than altered.
+            let Ok(text) = std::str::from_utf8(&message.body) else {
+                return self.refuse_message(message, NOT_UTF8_REPLY, false);
+            };
+            f.engine.data_begin(now);
+            let body = text.strip_suffix('\n').unwrap_or(text);
+            if !body.is_empty() {
+                for line in body.split('\n') {
+                    f.engine.data_line(now, line);
+                }
+            }
+            f.engine.data_end(now);
+            f.park = Park::Data(message);
+        } else if f.chain.filters_phase(Phase::Commit) {
+            f.engine.begin(now, Phase::Commit, "");
+            f.park = Park::Commit(message);
+        } else {
+            self.message_ready(message);
+        }
+        self.filter_events();
+    }
+
+    /// A line a filter process wrote for this session.
+    pub(crate) fn filter_answer(&mut self, proc: &str, line: &[u8]) {
+        let Some(f) = self.filter.as_mut() else { return };
+        let now = Now::read();
+        let answer = match protocol::parse_output(line) {
+            Ok(Output::Result { token, response, .. }) => Some((token, Answer::Result(response))),
+            Ok(Output::DataLine { token, line, .. }) => Some((token, Answer::DataLine(line))),
+            Ok(Output::Report { message, .. }) => Some((Id(0), Answer::Report(message))),
+            _ => None,
+        };
+        if let Some((token, answer)) = answer {
+            if let Err(e) = f.engine.handle_output(now, proc, token, answer) {
+                log::warn!("{} filter {proc}: {e}", self.id);
+            }
+        }
+        self.filter_events();
+    }
+
+    /// A filter process of the chain died or was stopped.
+    pub(crate) fn filter_proc_failed(&mut self, proc: &str) {
+        if let Some(f) = self.filter.as_mut() {
+            f.engine.handle_proc_failure(Now::read(), proc);
+        }
+        self.filter_events();
+    }
+
+    /// The filter deadline, checked by the loop's tick.
+    pub(crate) fn filter_tick(&mut self) -> bool {
+        let Some(f) = self.filter.as_mut() else { return false };
+        let now = Now::read();
+        if f.engine.poll_timeout().is_some_and(|d| now.mono >= d) {
+            f.engine.handle_timeout(now);
+            self.filter_events();
+            return true;
+        }
+        false
+    }
+
+    /// The delivery verdict, for tx-commit or tx-rollback.
+    pub(crate) fn filter_committed(&mut self, ok: bool) {
+        if let Some(f) = self.filter.as_mut() {
+            let r =
+                if ok { Report::TxCommit { msgid: f.tx, size: f.size } } else { Report::TxRollback { msgid: f.tx } };
+            f.engine.report(Now::read(), &r);
+        }
+    }
+
+    /// The connection ends: link-disconnect, and the filter thread forgets the session.
+    pub(crate) fn filter_close(&mut self, shared: &Shared) {
+        if let Some(f) = self.filter.as_mut() {
+            f.engine.report(Now::read(), &Report::LinkDisconnect);
+            let id = f.id();
+            while let Some(o) = f.engine.poll_send() {
+                shared.send(ToHub::Line { session: id, proc: o.proc, line: o.line });
+            }
+            shared.send(ToHub::Close(id));
+        }
+    }
+
+    /// Sends the engine's lines, and hands a message the chain let through to delivery.
+    pub(crate) fn filter_flush(&mut self, ctx: &mut LoopCtx<'_>) {
+        let Some(f) = self.filter.as_mut() else { return };
+        if let Some(shared) = ctx.filters {
+            let id = f.id();
+            while let Some(o) = f.engine.poll_send() {
+                shared.send(ToHub::Line { session: id, proc: o.proc, line: o.line });
+            }
+        }
+        if let Some(m) = f.ready.take() {
+            self.submit(m, ctx);
+        }
+    }
+
+    /// Applies what the engine decided.
+    fn filter_events(&mut self) {
+        loop {
+            let Some(f) = self.filter.as_mut() else { return };
+            let Some(event) = f.engine.poll_event() else { return };
+            match event {
+                Event::Reported { filter, message } => {
+                    log::info!("{} filter-report filter={filter} message=\"{}\"", self.id, message.escape_debug())
+                }
+                Event::Decided(phase, d) => self.decided(phase, d),
+                Event::Message(lines) => self.filtered(lines),
+            }
+        }
+    }
+
+    fn decided(&mut self, phase: Phase, d: Decision) {
+        let Some(f) = self.filter.as_mut() else { return };
+        let park = std::mem::replace(&mut f.park, Park::None);
+        if !matches!(d, Decision::Proceed) {
+            log::info!("{} filter phase={} decision={d:?}", self.id, phase.name());
+        }
+        match (park, d) {
+            (Park::Connect, Decision::Reject(r) | Decision::Disconnect(r)) => {
+                let held = self.session.output().len();
+                self.session.consume_output(held);
+                self.refuse(&r, true);
+            }
+            (Park::Connect, d) => {
+                f.junk |= d == Decision::Junk;
+                let hostname = self.listener.hostname().to_string();
+                f.engine.report(Now::read(), &Report::LinkGreeting { hostname: &hostname });
+            }
+            (Park::Command { line, .. }, Decision::Proceed) => f.approved = Some(line),
+            (Park::Command { line, .. }, Decision::Junk) => {
+                f.junk = true;
+                f.approved = Some(line);
+            }
+            (Park::Command { line, .. }, Decision::Rewrite(v)) => f.approved = Some(rewrite(&line, &v)),
+            (Park::Command { .. }, Decision::Reject(r)) => self.refuse(&r, false),
+            (Park::Command { .. }, Decision::Disconnect(r)) => self.refuse(&r, true),
+            (Park::Data(m) | Park::Commit(m), Decision::Reject(r)) => self.refuse_message(m, &r, false),
+            (Park::Data(m) | Park::Commit(m), Decision::Disconnect(r)) => self.refuse_message(m, &r, true),
+            (Park::Commit(m), _) => self.message_ready(m),
+            (Park::Data(m), _) => f.park = Park::Data(m),
+            (Park::None, Decision::Disconnect(r)) => self.refuse(&r, true),
+            (Park::None, _) => {}
+        }
+    }
+
+    /// Data-line filtering is done: the message is what the last filter wrote.
+    fn filtered(&mut self, lines: Vec<String>) {
+        let Some(f) = self.filter.as_mut() else { return };
+        let Park::Data(mut m) = std::mem::replace(&mut f.park, Park::None) else { return };
+        let mut body = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+        for l in &lines {
+            body.extend_from_slice(l.as_bytes());
+            body.push(b'\n');
+        }
+        crate::buffers::give(std::mem::replace(&mut m.body, body));
+        m.size = m.body.len() as u64;
+        if f.chain.filters_phase(Phase::Commit) {
+            f.engine.begin(Now::read(), Phase::Commit, "");
+            f.park = Park::Commit(m);
+        } else {
+            self.message_ready(m);
+        }
+    }
+
+    fn message_ready(&mut self, mut m: Message<Vec<Target>>) {
+        let Some(f) = self.filter.as_mut() else { return };
+        if f.junk {
+            let mut body = Vec::with_capacity(m.body.len() + 13);
+            body.extend_from_slice(b"X-Spam: Yes\n");
+            body.extend_from_slice(&m.body);
+            crate::buffers::give(std::mem::replace(&mut m.body, body));
+            m.size = m.body.len() as u64;
+        }
+        f.size = m.body.len();
+        f.ready = Some(m);
+    }
+
+    /// A filter's refusal of a command (or of the session).
+    fn refuse(&mut self, reply: &str, close: bool) {
+        self.session.push_reply(&reply_text(reply));
+        if close {
+            self.close_reason.get_or_insert("filter");
+        }
+    }
+
+    fn refuse_message(&mut self, m: Message<Vec<Target>>, reply: &str, close: bool) {
+        log::info!("{} smtp refused step=data msgid={} reply=\"{}\"", self.id, m.id, reply_text(reply).escape_debug());
+        self.session.refuse_commit(m.id, &reply_text(reply));
+        crate::buffers::give(m.body);
+        self.filter_committed(false);
+        if close {
+            self.close_reason.get_or_insert("filter");
+        }
+    }
+}

@@ -1,0 +1,419 @@
+//! Issue 16: filters through the real daemon: builtin rules on every command phase, the
+//! project's all-phases filter, OpenSMTPD's filter-dkimsign (the stored message verified by
+//! dkimpy, and signed still after a relay hop to a second mxd), filter-rspamd against a
+//! real rspamd (GTUBE refused), filters that crash, hang or write garbage, and a reload
+//! with a changed chain.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{basic_conf, can_run, free_port, node_conf, wait_for, Client, Mxd, Need};
+
+const PY: &str = "/usr/bin/python3";
+const DKIMSIGN: &str = "/usr/libexec/opensmtpd/filter-dkimsign";
+const RSPAMD: &str = "/usr/bin/rspamd";
+const RSPAMD_FILTER: &str = "/usr/libexec/opensmtpd/filter-rspamd";
+const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
+
+/// `basic_conf` with `top` (filter statements) first and its listener filtered by `filter`.
+fn filtered_conf(top: String, filter: &'static str) -> impl FnOnce(&Path, u16) -> String {
+    move |d: &Path, p: u16| {
+        let listen = format!("listen on 127.0.0.1 port {p}\n");
+        let conf = basic_conf(d, p).replace(&listen, &format!("listen on 127.0.0.1 port {p} filter \"{filter}\"\n"));
+        format!("{top}{conf}")
+    }
+}
+
+/// A copy of tests/filters/NAME in a directory every user can read.
+fn script(dir: &Path, name: &str) -> PathBuf {
+    let to = dir.join(name);
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/filters").join(name), &to).unwrap();
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+    to
+}
+
+fn shared_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}
+
+/// Sends one message in a session of its own; returns the reply to the final dot.
+fn send(port: u16, from: &str, to: &str, message: &str) -> String {
+    let mut c = Client::connect(port);
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    assert!(c.cmd(&format!("MAIL FROM:<{from}>")).starts_with("250"));
+    assert!(c.cmd(&format!("RCPT TO:<{to}>")).starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(message.replace('\n', "\r\n").as_bytes());
+    let reply = c.cmd(".");
+    c.cmd("QUIT");
+    reply
+}
+
+/// The first line a fresh connection gets (the greeting, or a filter's refusal).
+fn first_line(port: u16) -> String {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut line = String::new();
+    let _ = BufReader::new(s).read_line(&mut line);
+    line
+}
+
+#[test]
+fn builtin_rules_reject_disconnect_and_junk() {
+    let top = "table badhelo { \"bad.test\" }\ntable evil { \"evil.test\" }\n\
+               table blocked { \"alice@test\" }\ntable spammers { \"@spam.test\" }\n\
+               filter \"helo\" phase helo match helo <badhelo> reject \"550 5.7.1 go away\"\n\
+               filter \"evil\" phase ehlo match helo <evil> disconnect \"421 4.7.0 bye\"\n\
+               filter \"rcpt\" phase rcpt-to match rcpt-to <blocked> reject \"550 5.1.1 blocked here\"\n\
+               filter \"junk\" phase mail-from match mail-from <spammers> junk\n\
+               filter \"all\" chain { \"helo\", \"evil\", \"rcpt\", \"junk\" }\n"
+        .to_string();
+    let m = Mxd::start_with(filtered_conf(top, "all"), &[]);
+    let mut c = m.connect();
+    assert!(c.cmd("HELO bad.test").starts_with("550 5.7.1 go away"));
+    assert!(c.cmd("EHLO good.test").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<x@spam.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@test>").starts_with("550 5.1.1 blocked here"));
+    assert!(c.cmd("RCPT TO:<joseph@test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: junk\r\n\r\nhello\r\n");
+    assert!(c.cmd(".").starts_with("250"));
+    let stored = String::from_utf8(m.messages("joseph").pop().unwrap()).unwrap();
+    assert!(stored.contains("X-Spam: Yes\n"), "{stored}");
+    assert!(m.messages("alice").is_empty());
+
+    let mut c = m.connect();
+    assert!(c.cmd("EHLO evil.test").starts_with("421 4.7.0 bye"));
+    assert!(c.closed());
+}
+
+#[test]
+fn own_filter_sees_every_phase_through_the_daemon() {
+    if !can_run("own_filter_sees_every_phase_through_the_daemon", &[Need::File(PY, "python3")]) {
+        return;
+    }
+    let dir = shared_tempdir();
+    let s = script(dir.path(), "all_phases.py");
+    let log = dir.path().join("phases.log");
+    let top = format!("filter \"all\" proc-exec \"{PY} {} {}\"\n", s.display(), log.display());
+    let m = Mxd::start_with(filtered_conf(top, "all"), &[]);
+    let mut c = m.connect();
+    assert!(c.cmd("EHLO reject.test").starts_with("550 5.7.1 helo refused"));
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<rewrite@client.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<joseph@test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: phases\r\n\r\n..a dotted line\r\nbody\r\n");
+    assert!(c.cmd(".").starts_with("250"), "{}", m.log());
+    let stored = String::from_utf8(m.messages("joseph").pop().unwrap()).unwrap();
+    assert!(stored.contains("X-Filtered: all_phases\nSubject: phases\n\n.a dotted line\nbody\n"), "{stored}");
+    assert!(stored.contains("Return-Path: <new@example.org>"), "rewritten sender: {stored}");
+    // Latin-1 text cannot pass through the protocol unaltered: refused, not mangled.
+    assert!(c.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<joseph@test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: caf\xe9\r\n\r\nd\xe9j\xe0 vu\r\n");
+    assert!(c.cmd(".").starts_with("554 5.6.0"));
+    assert_eq!(m.messages("joseph").len(), 1);
+    // A reply that is not a reply: OpenSMTPD's 421, and the session ends.
+    assert!(c.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    let r = c.cmd("RCPT TO:<bad-reply@test>");
+    assert!(r.starts_with("421"), "{r}: {}", m.log());
+    assert!(c.closed());
+    wait_for("link-disconnect", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("link-disconnect")
+    });
+    let seen = std::fs::read_to_string(&log).unwrap();
+    for what in ["link-connect", "connect", "ehlo", "mail-from", "rcpt-to", "data", "data-line", "commit", "tx-commit"]
+    {
+        assert!(seen.lines().any(|l| l.split_whitespace().any(|w| w == what)), "{what} not seen: {seen}");
+    }
+    if nix::unistd::geteuid().is_root() {
+        assert!(!seen.contains("uid=0\n"), "the filter ran as root: {seen}");
+    }
+}
+
+/// A DKIM key for example.org in `dir`, readable by the filter's user.
+fn dkim_key(dir: &Path) -> (PathBuf, &'static str) {
+    let key = dir.join("dkim.key");
+    let ok = Command::new("openssl").args(["genrsa", "-out"]).arg(&key).arg("2048").stderr(Stdio::null()).status();
+    assert!(ok.unwrap().success());
+    if nix::unistd::geteuid().is_root() {
+        let u = nix::unistd::User::from_name("_dkimsign").unwrap().expect("the package's user");
+        nix::unistd::chown(&key, Some(u.uid), Some(u.gid)).unwrap();
+        (key, " user _dkimsign")
+    } else {
+        (key, "")
+    }
+}
+
+/// dkimpy's verdict on `message` (LF endings) with the public half of `key`.
+fn dkim_verify(dir: &Path, message: &[u8], key: &Path) -> String {
+    let path = dir.join("verify.eml");
+    let crlf = String::from_utf8_lossy(message).replace('\n', "\r\n");
+    std::fs::write(&path, crlf).unwrap();
+    let verify = r#"
+import base64, subprocess, sys, dkim
+der = subprocess.run(["openssl", "rsa", "-in", sys.argv[2], "-pubout", "-outform", "DER"],
+                     capture_output=True, check=True).stdout
+txt = b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+def dns(name, timeout=5):
+    assert name == b"sel._domainkey.example.org.", name
+    return txt
+msg = open(sys.argv[1], "rb").read()
+print("verified" if dkim.verify(msg, dnsfunc=dns) else "FAILED")
+"#;
+    let out = Command::new(PY).arg("-c").arg(verify).arg(&path).arg(key).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn dkimsign_signs_every_message_and_the_signature_survives_a_relay_hop() {
+    let needs = [
+        Need::File(DKIMSIGN, "opensmtpd-filter-dkimsign"),
+        Need::File("/usr/lib/python3/dist-packages/dkim/__init__.py", "python3-dkim"),
+        Need::File(PY, "python3"),
+        Need::Program("openssl", "openssl"),
+    ];
+    if !can_run("dkimsign_signs_every_message_and_the_signature_survives_a_relay_hop", &needs) {
+        return;
+    }
+    let dir = shared_tempdir();
+    let (key, user) = dkim_key(dir.path());
+    let filter =
+        format!("filter \"dkim\" proc-exec \"filter-dkimsign -d example.org -s sel -k {}\"{user}\n", key.display());
+    let message = "From: Joseph <joseph@example.org>\nTo: joseph@test\nSubject: signed\n\
+                   Message-ID: <1@example.org>\n\nHello.\n.A line with a leading dot.\n";
+
+    // Stored locally: signed, and dkimpy agrees.
+    let b = Mxd::start_with(filtered_conf(filter.clone(), "dkim"), &[]);
+    assert!(send(b.port, "joseph@example.org", "joseph@test", message).starts_with("250"));
+    let stored = b.messages("joseph").pop().unwrap();
+    assert!(String::from_utf8_lossy(&stored).contains("DKIM-Signature: v=1; a=rsa-sha256;"));
+    assert_eq!(dkim_verify(dir.path(), &stored, &key), "verified");
+
+    // Signed by a node, relayed to a second mxd (without filters): still verifies there.
+    let plain = Mxd::start();
+    let relay = format!("host smtp://127.0.0.1:{}", plain.port);
+    let node = node_conf(filter, relay);
+    let a = Mxd::start_with(
+        move |d: &Path, p: u16| {
+            let listen = format!("listen on 127.0.0.1 port {p}\n");
+            node(d, p).replace(&listen, &format!("listen on 127.0.0.1 port {p} filter \"dkim\"\n"))
+        },
+        &[],
+    );
+    assert!(send(a.port, "joseph@example.org", "joseph@test", message).starts_with("250"));
+    wait_for("the relayed message", Duration::from_secs(30), || !plain.messages("joseph").is_empty());
+    let arrived = plain.messages("joseph").pop().unwrap();
+    assert!(String::from_utf8_lossy(&arrived).contains("DKIM-Signature:"));
+    assert_eq!(dkim_verify(dir.path(), &arrived, &key), "verified");
+}
+
+/// rspamd with one worker on 127.0.0.1:PORT, state in `dir`, no DNS (as tests/filter_rspamd.rs).
+struct Rspamd(Child);
+
+impl Rspamd {
+    fn start(dir: &Path, port: u16) -> Rspamd {
+        for d in ["local/local.d", "db", "run"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let d = dir.display();
+        let conf = format!(
+            ".include \"$CONFDIR/common.conf\"\noptions {{\n .include \"$CONFDIR/options.inc\"\n \
+             pidfile = \"{d}/run/rspamd.pid\";\n dns {{ nameserver = [\"127.0.0.1:1\"]; timeout = 0.1s; retransmits = 0; }}\n}}\n\
+             logging {{ type = \"console\"; level = \"error\"; }}\n\
+             worker \"normal\" {{\n .include \"$CONFDIR/worker-normal.inc\"\n bind_socket = \"127.0.0.1:{port}\";\n count = 1;\n}}\n"
+        );
+        std::fs::write(dir.join("rspamd.conf"), conf).unwrap();
+        std::fs::write(dir.join("local/local.d/actions.conf"), "greylist = null;\n").unwrap();
+        let log = std::fs::File::create(dir.join("rspamd.log")).unwrap();
+        let child = Command::new(RSPAMD)
+            .args(["-f", "-i", "-c"])
+            .arg(dir.join("rspamd.conf"))
+            .arg(format!("--var=DBDIR={d}/db"))
+            .arg(format!("--var=RUNDIR={d}/run"))
+            .arg(format!("--var=LOCAL_CONFDIR={d}/local"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let r = Rspamd(child);
+        let limit = Instant::now() + Duration::from_secs(120);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < limit, "rspamd did not listen");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        r
+    }
+}
+
+impl Drop for Rspamd {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::SIGTERM);
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn rspamd_rejects_gtube_through_the_daemon() {
+    let needs = [Need::File(RSPAMD, "rspamd"), Need::File(RSPAMD_FILTER, "opensmtpd-filter-rspamd")];
+    if !can_run("rspamd_rejects_gtube_through_the_daemon", &needs) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _rspamd = Rspamd::start(dir.path(), port);
+    let top = format!("filter \"rspamd\" proc-exec \"filter-rspamd -url http://127.0.0.1:{port}\"\n");
+    let m = Mxd::start_with(filtered_conf(top, "rspamd"), &[]);
+    let head = "From: Joseph <joseph@example.org>\nTo: joseph@test\nDate: Tue, 01 Dec 2026 10:00:00 +0000\n";
+    // filter-rspamd joins the lines without a final newline: rspamd finds the pattern on a
+    // line of its own only, so a line follows it.
+    let gtube = format!("{head}Message-ID: <gtube@example.org>\nSubject: test\n\n{GTUBE}\nBye.\n");
+    let reply = send(m.port, "joseph@example.org", "joseph@test", &gtube);
+    assert!(reply.starts_with('5') && reply.contains("Gtube"), "{reply}: {}", m.log());
+    assert!(m.messages("joseph").is_empty());
+    let clean = format!(
+        "{head}Message-ID: <clean@example.org>\nSubject: lunch\nMIME-Version: 1.0\n\
+         Content-Type: text/plain; charset=us-ascii\n\nShall we have lunch on Thursday?\n"
+    );
+    assert!(send(m.port, "joseph@example.org", "joseph@test", &clean).starts_with("250"));
+    assert_eq!(m.messages("joseph").len(), 1);
+}
+
+/// A daemon whose filtered listener runs misbehave.sh MODE, and a second, unfiltered one.
+fn misbehaving(mode: &str, dir: &Path, env: &[(&str, &str)]) -> (Mxd, u16) {
+    let s = script(dir, "misbehave.sh");
+    let other = free_port();
+    let top = format!("filter \"bad\" proc-exec \"{} {mode}\"\n", s.display());
+    let conf = filtered_conf(top, "bad");
+    let m = Mxd::start_with(
+        move |d: &Path, p: u16| {
+            // One event loop: a session waiting for a filter must not hold up the others.
+            let c = format!("threads 1\n{}", conf(d, p));
+            c.replace(
+                "action \"local\" maildir",
+                &format!("listen on 127.0.0.1 port {other}\naction \"local\" maildir"),
+            )
+        },
+        env,
+    );
+    (m, other)
+}
+
+#[test]
+fn crashing_hanging_and_garbage_filters_fail_their_sessions_closed() {
+    if !can_run("crashing_hanging_and_garbage_filters_fail_their_sessions_closed", &[Need::File(PY, "python3")]) {
+        return;
+    }
+    for mode in ["crash", "garbage", "flood", "hang"] {
+        let dir = shared_tempdir();
+        let (m, other) = misbehaving(mode, dir.path(), &[("MXD_FILTER_TIMEOUT", "2")]);
+        let started = Instant::now();
+        let port = m.port;
+        let waiting = std::thread::spawn(move || first_line(port));
+        if mode == "hang" {
+            // While a session waits for the hung filter, the loops serve everyone else.
+            std::thread::sleep(Duration::from_millis(300));
+            let mut c = Client::connect(other);
+            assert!(c.cmd("EHLO client.test").starts_with("250"));
+            assert!(started.elapsed() < Duration::from_secs(2), "served while the filter hangs");
+        }
+        assert!(waiting.join().unwrap().starts_with("421 4.3.0"), "{mode}: {}", m.log());
+        if mode == "hang" {
+            assert!(started.elapsed() >= Duration::from_secs(1), "a hang costs the timeout");
+        } else {
+            assert!(m.logged("filter bad stopped"), "{mode}");
+            // Dead: later sessions fail closed too.
+            assert!(first_line(m.port).starts_with("421"), "{mode}");
+        }
+        // Sessions of the other listener are not concerned.
+        let mut c = Client::connect(other);
+        assert!(c.cmd("EHLO client.test").starts_with("250"), "{mode}");
+    }
+}
+
+#[test]
+fn reload_changes_the_chain() {
+    let rule = |helo: &str| {
+        format!(
+            "table bad {{ \"{helo}\" }}\nfilter \"helo\" phase helo match helo <bad> reject \"550 5.7.1 not you\"\n"
+        )
+    };
+    let mut m = Mxd::start_with(filtered_conf(rule("first.test"), "helo"), &[]);
+    assert!(m.connect().cmd("HELO first.test").starts_with("550"));
+    assert!(m.connect().cmd("HELO second.test").starts_with("250"));
+    let conf = filtered_conf(rule("second.test"), "helo")(m.path(), m.port);
+    std::fs::write(&m.conf, conf).unwrap();
+    m.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(m.logged("configuration reloaded"));
+    wait_for("the new chain", Duration::from_secs(10), || m.connect().cmd("HELO second.test").starts_with("550"));
+    assert!(m.connect().cmd("HELO first.test").starts_with("250"));
+    let mut c = m.connect();
+    c.send(b"QUIT\r\n");
+    let _ = c.stream.flush();
+    assert_eq!(m.stop().code(), Some(0));
+}
+
+#[test]
+fn mxd_n_checks_that_filter_programs_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("smtpd.conf");
+    let text = "filter \"x\" proc-exec \"/nonexistent/filter-x -v\"\nlisten on 127.0.0.1 port 2599 filter \"x\"\n";
+    std::fs::write(&conf, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mxd")).arg("-n").arg("-f").arg(&conf).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("smtpd.conf:1: filter 'x': /nonexistent/filter-x: not found"), "{err}");
+    let exe = dir.path().join("filter-x");
+    std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+    std::fs::write(&conf, text.replace("/nonexistent/filter-x", &exe.display().to_string())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mxd")).arg("-n").arg("-f").arg(&conf).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not an executable file"), "{err}");
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mxd")).arg("-n").arg("-f").arg(&conf).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn answers_for_unknown_sessions_are_ignored_and_a_filter_that_cannot_register_stops_the_start() {
+    let dir = shared_tempdir();
+    let (m, _) = misbehaving("unknown", dir.path(), &[]);
+    assert!(first_line(m.port).starts_with("220 "), "{}", m.log());
+    drop(m);
+
+    let s = script(dir.path(), "misbehave.sh");
+    let conf = dir.path().join("smtpd.conf");
+    let text = basic_conf(dir.path(), free_port());
+    let listen = text.lines().find(|l| l.starts_with("listen on")).unwrap().to_string();
+    let text =
+        text.replace(&listen, &format!("filter \"bad\" proc-exec \"{} badreg\"\n{listen} filter \"bad\"", s.display()));
+    std::fs::write(&conf, text).unwrap();
+    let mut child = Command::new(common::MXD).arg("-d").arg("-f").arg(&conf).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("mxd started with a filter that could not register");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("filter bad: handshake"), "{err}");
+}
