@@ -176,7 +176,7 @@ fn notices_from_mxd_n_and_a_filter_stops_the_daemon() {
 }
 
 /// Several `pki` on one listener: the first is the default when the client names none (as
-/// OpenSMTPD); SNI naming the second selects it.
+/// OpenSMTPD); SNI naming the second selects it, and SNI chooses only among the listener's pkis.
 #[test]
 fn first_pki_of_a_listener_is_the_default() {
     if !can_run("first_pki_of_a_listener_is_the_default", &[Need::Program("openssl", "openssl")]) {
@@ -186,7 +186,7 @@ fn first_pki_of_a_listener_is_the_default() {
     let mxd = Mxd::start_with(
         move |d, p| {
             let mut pkis = String::new();
-            for cn in ["first.test", "second.test"] {
+            for cn in ["first.test", "second.test", "other.test"] {
                 let mut params = rcgen::CertificateParams::new(vec![cn.to_owned()]).unwrap();
                 params.distinguished_name.push(rcgen::DnType::CommonName, cn);
                 let pair = rcgen::KeyPair::generate().unwrap();
@@ -218,4 +218,7 @@ fn first_pki_of_a_listener_is_the_default() {
     assert!(default.contains("first.test"), "{default}\n{}", mxd.log());
     let second = subject(Some("second.test"));
     assert!(second.contains("second.test"), "{second}");
+    // A pki the configuration defines but this listener does not name is never served here.
+    let other = subject(Some("other.test"));
+    assert!(other.contains("first.test") && !other.contains("other.test"), "{other}");
 }

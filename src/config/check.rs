@@ -329,22 +329,10 @@ fn listener(
     if o.no_dsn {
         notice("listen no-dsn: accepted, no effect (mxd does not offer DSN)");
     }
-    for (on, what) in [
-        (o.mask_src, "mask-src"),
-        (o.received_auth, "received-auth"),
-        (o.hostnames.is_some(), "hostnames"),
-        (o.senders.is_some(), "senders"),
-    ] {
+    for (on, what) in [(o.received_auth, "received-auth"), (o.senders.is_some(), "senders")] {
         if on {
             notice(&format!("listen {what}: parsed, not applied yet"));
         }
-    }
-    if o.proxy_v2 {
-        notices.push(super::Notice {
-            at: l.at.clone(),
-            text: "listen proxy-v2 is parsed but mxd does not read PROXY headers yet".into(),
-            blocking: true,
-        });
     }
     Some(Listener {
         at: l.at,

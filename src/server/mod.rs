@@ -5,9 +5,11 @@
 mod conn;
 mod event_loop;
 mod ids;
+mod knobs;
 mod listener;
 mod message;
 mod policy;
+mod proxy;
 mod stream;
 mod supervise;
 
@@ -55,12 +57,8 @@ pub(crate) struct ListenerRt {
     pub(crate) smtps: bool,
     pub(crate) tag: Option<String>,
     pub(crate) config: Arc<Config>,
-}
-
-impl ListenerRt {
-    pub(crate) fn hostname(&self) -> &str {
-        &self.session.hostname
-    }
+    /// mask-src, hostnames, proxy-v2.
+    pub(crate) knobs: knobs::ListenKnobs,
 }
 
 /// Why the daemon could not start.
@@ -307,6 +305,7 @@ fn plan(config: &Arc<Config>) -> Result<Vec<Planned>, StartError> {
             smtps: false,
             tag: None,
             config: Arc::clone(config),
+            knobs: knobs::ListenKnobs::default(),
         });
         out.push(Planned { key: format!("unix:{}", path.display()), target: Target::Unix(path), rt });
     }
@@ -348,7 +347,8 @@ fn runtime(config: &Arc<Config>, l: &Listener, pkis: &Pkis) -> Result<ListenerRt
             ),
             _ => None,
         };
-        Some(tls::server_config(pkis, &pki, ca.as_deref()).map_err(StartError::Tls)?)
+        let names = if l.pkis.is_empty() { vec![pki] } else { l.pkis.clone() };
+        Some(tls::listener_server_config(pkis, &names, ca.as_deref()).map_err(StartError::Tls)?)
     } else {
         None
     };
@@ -358,6 +358,7 @@ fn runtime(config: &Arc<Config>, l: &Listener, pkis: &Pkis) -> Result<ListenerRt
         smtps,
         tag: l.tag.clone(),
         config: Arc::clone(config),
+        knobs: knobs::ListenKnobs::new(config, l),
     })
 }
 
