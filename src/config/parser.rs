@@ -966,10 +966,7 @@ fn rule(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
             "auth" => CondKind::FromAuth(p.opt_matcher(out)?),
             "mail-from" => CondKind::FromMailFrom(p.matcher(out)?),
             "rcpt-to" => CondKind::ForRcptTo(p.matcher(out)?),
-            "helo" => {
-                out.blocking(&at, "match option 'helo' is parsed but mxd does not evaluate it yet");
-                CondKind::Helo(p.matcher(out)?)
-            }
+            "helo" => CondKind::Helo(p.matcher(out)?),
             "tag" => CondKind::Tag(p.matcher(out)?),
             _ => return p.err("a condition after '!' ('action' and 'reject' cannot be negated)"),
         };

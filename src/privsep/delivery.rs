@@ -98,6 +98,7 @@ pub fn targets(config: &Config, head: &Head) -> Result<Vec<Target>, String> {
             auth: head.auth.as_deref(),
             mail_from: &head.mail_from,
             rcpt,
+            helo: &head.helo,
         };
         let action = match rules::decide(config, &env) {
             Decision::Deliver(action) => action,

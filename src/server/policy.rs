@@ -51,6 +51,7 @@ impl Policy for ConnPolicy {
             auth: ctx.auth,
             mail_from: ctx.mail_from,
             rcpt,
+            helo: ctx.helo,
         };
         match rules::decide(&self.config, &env) {
             Decision::Deliver(action) => {
