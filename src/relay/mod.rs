@@ -167,7 +167,7 @@ fn queued(spool: &Path, id: Option<&str>) -> Vec<String> {
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|name| match id {
             None => true,
-            Some(id) => std::fs::read(new.join(name))
+            Some(id) => queue::seal::read(&new.join(name))
                 .ok()
                 .and_then(|b| queue::decode(&b).map(|(env, _)| queue::message_id(&env, name)))
                 .is_some_and(|m| m.starts_with(id)),
@@ -279,7 +279,10 @@ impl Runner {
             if self.entries.contains_key(&name) {
                 continue;
             }
-            let Ok(bytes) = std::fs::read(dir.join(&name)) else { continue };
+            let Ok(bytes) = queue::seal::read(&dir.join(&name)) else {
+                log::error!("queue file {name} cannot be read or opened; left for the administrator");
+                continue;
+            };
             let Some((env, _)) = queue::decode(&bytes) else {
                 log::error!("queue file {name} is malformed; left for the administrator");
                 continue;
@@ -445,7 +448,7 @@ impl Runner {
             })
             .collect();
         if !failed.is_empty() {
-            let bytes = std::fs::read(self.queue.join("new").join(name)).unwrap_or_default();
+            let bytes = queue::seal::read(&self.queue.join("new").join(name)).unwrap_or_default();
             let original = queue::decode(&bytes).map_or(&b""[..], |(_, m)| m);
             let failures: Vec<bounce::Failure<'_>> =
                 failed.iter().map(|(rcpt, status, why)| bounce::Failure { rcpt, status, diagnostic: why }).collect();
@@ -525,7 +528,7 @@ pub fn list(spool: &Path, status: &Status) -> String {
     let mut names: Vec<String> = rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
     names.sort();
     for name in names {
-        let Ok(bytes) = std::fs::read(q.join("new").join(&name)) else { continue };
+        let Ok(bytes) = queue::seal::read(&q.join("new").join(&name)) else { continue };
         let Some((env, message)) = queue::decode(&bytes) else { continue };
         let done = queue::read_done(&q, &name);
         let age = now_secs().saturating_sub(env.created);

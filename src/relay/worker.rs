@@ -68,7 +68,7 @@ fn run(work: &Work, reports: &Sender<Report>) {
         let host = format!("{} address={} tls={tls}", spec.host, session.peer());
         for (i, item) in batch.iter().enumerate() {
             // Gone since it was dispatched (`mxctl remove`): nothing to send.
-            let Ok(bytes) = std::fs::read(work.queue.join("new").join(&item.name)) else { continue };
+            let Ok(bytes) = queue::seal::read(&work.queue.join("new").join(&item.name)) else { continue };
             let Some((env, message)) = queue::decode(&bytes) else { continue };
             let rcpts: Vec<&str> = item.rcpts.iter().map(String::as_str).collect();
             let sender = sender_override.as_deref().unwrap_or(&env.sender);
