@@ -178,9 +178,6 @@ fn relay_notices(
     if r.domain.is_some() {
         notice("relay domain <table>: parsed; mxd does not pick relay hosts by domain yet");
     }
-    if r.srs {
-        notice("relay srs: parsed; mxd does not rewrite senders with SRS yet");
-    }
     if r.ciphers.is_some() || r.protocols.is_some() {
         notice("relay ciphers/protocols: accepted, no effect (rustls: TLS 1.2 and 1.3, its own safe suites)");
     }

@@ -42,7 +42,6 @@ pub(super) fn queue(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
 
 /// `srs key [backup] SECRET`, `srs ttl DURATION`.
 pub(super) fn srs(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
-    let at = p.origin();
     let Some(w) = p.keyword(&["key", "ttl"]) else {
         return p.err("key or ttl after 'srs'");
     };
@@ -64,7 +63,6 @@ pub(super) fn srs(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
     } else {
         out.knobs.srs_keys.insert(0, secret);
     }
-    out.notice(&at, "srs key: parsed; relay actions with 'srs' do not rewrite senders yet");
     Ok(())
 }
 

@@ -90,6 +90,8 @@ pub fn targets(config: &Config, head: &Head) -> Result<Vec<Target>, String> {
     }
     let mut out: Vec<Target> = Vec::new();
     for rcpt in &head.rcpts {
+        let decoded = crate::srs::reverse(config, rcpt).map_err(|()| format!("<{rcpt}>: invalid SRS address"))?;
+        let rcpt = decoded.as_deref().unwrap_or(rcpt);
         let env = Envelope {
             origin: &head.origin,
             rdns: None,
