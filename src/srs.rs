@@ -74,16 +74,26 @@ pub fn decode(keys: &[String], addr: &str, day: u64, ttl_days: u64) -> Option<St
     (age <= ttl_days).then(|| format!("{local}@{domain}"))
 }
 
+/// An SRS address that no key of ours signed, or that is older than `srs ttl`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct InvalidSrs;
+
+impl std::fmt::Display for InvalidSrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("invalid SRS address")
+    }
+}
+
 /// A recipient as the rules must see it: an SRS address of ours, decoded (a bounce finding
-/// its way back); any other address as it is. `Err` for an SRS address that does not
-/// verify, when this host signs SRS addresses.
-pub fn reverse(config: &Config, rcpt: &str) -> Result<Option<String>, ()> {
+/// its way back); any other address as it is (`None`). `Err` for an SRS address that does
+/// not verify, when this host signs SRS addresses.
+pub fn reverse(config: &Config, rcpt: &str) -> Result<Option<String>, InvalidSrs> {
     let keys = &config.knobs.srs_keys;
     if keys.is_empty() || !is_srs(rcpt) {
         return Ok(None);
     }
     let ttl = config.knobs.srs_ttl.map_or(DEFAULT_TTL_DAYS, |d| d.as_secs() / 86_400);
-    decode(keys, rcpt, today(), ttl).map(Some).ok_or(())
+    decode(keys, rcpt, today(), ttl).map(Some).ok_or(InvalidSrs)
 }
 
 /// The sender a relay action with `srs` gives forwarded mail: a foreign sender rewritten at

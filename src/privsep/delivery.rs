@@ -90,7 +90,7 @@ pub fn targets(config: &Config, head: &Head) -> Result<Vec<Target>, String> {
     }
     let mut out: Vec<Target> = Vec::new();
     for rcpt in &head.rcpts {
-        let decoded = crate::srs::reverse(config, rcpt).map_err(|()| format!("<{rcpt}>: invalid SRS address"))?;
+        let decoded = crate::srs::reverse(config, rcpt).map_err(|e| format!("<{rcpt}>: {e}"))?;
         let rcpt = decoded.as_deref().unwrap_or(rcpt);
         let env = Envelope {
             origin: &head.origin,

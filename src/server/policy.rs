@@ -45,7 +45,7 @@ impl Policy for ConnPolicy {
     fn check_rcpt(&mut self, ctx: &TxContext<'_>, rcpt: &str) -> Result<Vec<Target>, Reply> {
         // A bounce to an SRS address of ours goes on to the sender inside it.
         let decoded = crate::srs::reverse(&self.config, rcpt)
-            .map_err(|()| Reply::fixed(550, "5.7.1", "Invalid SRS address, message refused"))?;
+            .map_err(|_| Reply::fixed(550, "5.7.1", "Invalid SRS address, message refused"))?;
         let rcpt = decoded.as_deref().unwrap_or(rcpt);
         let env = Envelope {
             origin: &self.origin,
