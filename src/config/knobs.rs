@@ -68,7 +68,6 @@ pub(super) fn srs(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
 
 /// `bounce warn-interval DELAY[, DELAY…]` (at most 4, as OpenSMTPD).
 pub(super) fn bounce(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
-    let at = p.origin();
     p.expect_word("warn-interval")?;
     out.knobs.bounce_warn.clear();
     loop {
@@ -80,7 +79,6 @@ pub(super) fn bounce(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
             break;
         }
     }
-    out.notice(&at, "bounce warn-interval: parsed; mxd sends no delay warnings yet");
     Ok(())
 }
 

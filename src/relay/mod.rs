@@ -99,6 +99,8 @@ struct Entry {
     rcpts: Vec<Rcpt>,
     /// How many Done recipients are already in the state file.
     persisted: usize,
+    /// How many `bounce warn-interval` delays this message has been warned about.
+    warned: usize,
 }
 
 impl Entry {
@@ -301,7 +303,7 @@ impl Runner {
                 .collect();
             let persisted = done.len();
             let id = queue::message_id(&env, &name);
-            self.entries.insert(name, Entry { env, id, rcpts, persisted });
+            self.entries.insert(name, Entry { env, id, rcpts, persisted, warned: 0 });
         }
     }
 
@@ -438,6 +440,9 @@ impl Runner {
                 }
             }
         }
+        if !warn_of_delay(config, entry, &self.queue, &self.spool, name, age, &self.in_flight) {
+            return;
+        }
         let failed: Vec<(String, String, String)> = entry
             .rcpts
             .iter()
@@ -475,6 +480,60 @@ impl Runner {
         }
         self.persist(name);
     }
+}
+
+/// `bounce warn-interval`: once the message is older than another of the intervals and
+/// recipients are still deferred, one warning to the sender names them (the message stays
+/// queued). `false` when the warning could not be submitted (tried again at the next round).
+fn warn_of_delay(
+    config: &Config,
+    entry: &mut Entry,
+    queue_dir: &Path,
+    spool: &Path,
+    name: &str,
+    age: Duration,
+    in_flight: &BTreeSet<Dest>,
+) -> bool {
+    let passed = config.knobs.bounce_warn.iter().filter(|d| age >= **d).count();
+    if passed <= entry.warned {
+        return true;
+    }
+    let delayed: Vec<(String, String)> = entry
+        .rcpts
+        .iter()
+        .filter(|r| r.attempts > 0 && !in_flight.contains(&Dest::of(config, r)))
+        .filter_map(|r| match &r.state {
+            State::Deferred(why) => Some((r.addr.clone(), why.clone())),
+            _ => None,
+        })
+        .collect();
+    if delayed.is_empty() {
+        return true;
+    }
+    let bytes = queue::seal::read(&queue_dir.join("new").join(name)).unwrap_or_default();
+    let original = queue::decode(&bytes).map_or(&b""[..], |(_, m)| m);
+    let list: Vec<bounce::Failure<'_>> =
+        delayed.iter().map(|(rcpt, why)| bounce::Failure { rcpt, status: "4.4.1", diagnostic: why }).collect();
+    if let Some(dsn) = bounce::delay_warning(&config.hostname, &entry.env.sender, &list, original, &entry.id, passed) {
+        let prepared = crate::submit::headers::Prepared {
+            sender: String::new(),
+            recipients: vec![entry.env.sender.clone()],
+            message: dsn,
+        };
+        if let Err(e) = crate::submit::client::submit(&spool.join(crate::server::SUBMIT_SOCKET), &prepared, None) {
+            log::warn!("delay warning for msgid={} not submitted, retrying later: {e}", entry.id);
+            return false;
+        }
+        log::info!(
+            "delay warning msgid={} to=<{}> nrcpt={} age={}s",
+            entry.id,
+            entry.env.sender,
+            list.len(),
+            age.as_secs()
+        );
+    }
+    entry.warned = passed;
+    true
 }
 
 fn entry_id(entries: &BTreeMap<String, Entry>, name: &str) -> String {
