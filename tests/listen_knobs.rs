@@ -187,3 +187,26 @@ fn proxy_listener_refuses_a_client_without_a_header() {
     assert!(mxd.logged("reason=proxy-error address=127.0.0.1"), "{}", mxd.log());
     assert!(mxd.messages("joseph").is_empty());
 }
+
+/// `smtp limit max-mails N`: the N+1th transaction of a session is refused with
+/// OpenSMTPD's 452; a new session may send again.
+#[test]
+fn max_mails_bounds_the_messages_of_one_session() {
+    let mxd = Mxd::start_with(|d, p| format!("{}smtp limit max-mails 2\n", basic_conf(d, p)), &[]);
+    let mut c = Raw::connect("127.0.0.1", mxd.port, b"");
+    c.reply();
+    assert!(c.cmd("EHLO client.example").starts_with("250"));
+    for i in 0..2 {
+        assert!(c.cmd("MAIL FROM:<sender@example.org>").starts_with("250"));
+        assert!(c.cmd("RCPT TO:<joseph@test>").starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        assert!(c.cmd(&format!("Subject: m{i}\r\n\r\nbody\r\n.")).starts_with("250"));
+    }
+    let third = c.cmd("MAIL FROM:<sender@example.org>");
+    assert!(third.starts_with("452 4.5.3 "), "{third}");
+    c.cmd("QUIT");
+    let mut again = Raw::connect("127.0.0.1", mxd.port, b"");
+    again.reply();
+    assert!(again.send_message("next-session").starts_with("250"));
+    message_with(&mxd, "next-session");
+}

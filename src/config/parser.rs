@@ -1040,7 +1040,6 @@ fn smtp(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
                 let Some(limit) = p.keyword(&["max-rcpt", "max-mails"]) else {
                     return p.err("max-rcpt or max-mails");
                 };
-                let at = p.origin();
                 let v = p.value("a number")?;
                 let n = v.parse::<usize>().ok().filter(|n| *n > 0).ok_or(ErrorKind::BadValue {
                     what: "limit",
@@ -1051,10 +1050,6 @@ fn smtp(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
                     out.max_rcpt = Some(n);
                 } else {
                     out.knobs.max_mails = Some(n as u64);
-                    out.notice(
-                        &at,
-                        "smtp limit max-mails: parsed, not enforced yet (sessions may send any number of messages)",
-                    );
                 }
             }
         }

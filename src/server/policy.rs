@@ -15,11 +15,13 @@ pub(crate) struct ConnPolicy {
     config: Arc<Config>,
     origin: Origin,
     tag: Option<String>,
+    /// Transactions begun in this session (`smtp limit max-mails`).
+    mails: u64,
 }
 
 impl ConnPolicy {
     pub(crate) fn new(config: Arc<Config>, origin: Origin, tag: Option<String>) -> ConnPolicy {
-        ConnPolicy { config, origin, tag }
+        ConnPolicy { config, origin, tag, mails: 0 }
     }
 
     pub(crate) fn origin(&self) -> &Origin {
@@ -39,6 +41,11 @@ impl Policy for ConnPolicy {
     }
 
     fn check_mail(&mut self, _ctx: &TxContext<'_>) -> Result<(), Reply> {
+        // `smtp limit max-mails`: OpenSMTPD's reply, which pretends too many recipients.
+        if self.config.knobs.max_mails.is_some_and(|max| self.mails >= max) {
+            return Err(Reply::fixed(452, "4.5.3", "Too many recipients: Too many messages sent"));
+        }
+        self.mails += 1;
         Ok(())
     }
 
