@@ -66,6 +66,13 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
                 need_table(&mut c, &a.at, &tables, t, Some(Kind::Mapping));
             }
             relay_notices(&mut c, &a.at, r, &tables, &mut notices);
+            if r.srs && p.knobs.srs_keys.is_empty() {
+                notices.push(super::Notice {
+                    at: a.at.clone(),
+                    text: "relay srs without 'srs key': senders are not rewritten".into(),
+                    blocking: false,
+                });
+            }
             if let Some(pki) = &r.pki {
                 if !pkis.contains_key(pki) {
                     c.at(&a.at, ErrorKind::Undefined { what: "pki", name: pki.clone() });

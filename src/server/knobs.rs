@@ -71,7 +71,8 @@ impl ProxyWait {
             Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before the PROXY header")),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
+            // A signal: the data is still there, and no new edge would announce it.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return self.read(stream, scratch),
             Err(e) => return Err(e),
         };
         match proxy::parse(&scratch[..n]) {
