@@ -62,6 +62,8 @@ pub struct Envelope<'a> {
     pub mail_from: &'a str,
     /// The recipient being decided, without angle brackets.
     pub rcpt: &'a str,
+    /// The name the client gave in HELO/EHLO (`match helo <t>`).
+    pub helo: &'a str,
 }
 
 /// Owner of a delivered file: mxd runs as root in production and must leave each file owned

@@ -17,6 +17,8 @@ pub enum Peer {
     Ip(IpAddr),
     /// The local submission socket (OpenSMTPD writes `[local]`).
     Local,
+    /// `mask-src`: OpenSMTPD leaves the whole `from …` clause out.
+    Masked,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -73,15 +75,13 @@ pub fn received_with_auth(r: &ReceivedInfo<'_>, received_auth: Option<Option<&st
     let from = match r.peer {
         Peer::Local => format!("{} [local]", token(r.by)),
         Peer::Ip(ip) => format!("{} [{ip}]", r.rdns.map_or_else(|| "unknown".to_owned(), token)),
+        Peer::Masked => String::new(),
     };
-    let _ = write!(
-        h,
-        "Received: from {} ({from})\n\tby {} (mxd) with {} id {}",
-        token(r.helo),
-        token(r.by),
-        token(r.proto),
-        r.id
-    );
+    h.push_str("Received: ");
+    if !matches!(r.peer, Peer::Masked) {
+        let _ = write!(h, "from {} ({from})", token(r.helo));
+    }
+    let _ = write!(h, "\n\tby {} (mxd) with {} id {}", token(r.by), token(r.proto), r.id);
     if let Some((version, cipher, bits)) = r.tls {
         let _ = write!(h, " ({}:{}:{bits}:NO)", token(version), token(cipher));
         match received_auth {
@@ -174,6 +174,25 @@ mod tests {
         assert_eq!(
             String::from_utf8(h).unwrap(),
             "Received: from devbox-ntp.home.lan (unknown [192.0.2.7])\n\tby devbox-mx0.home.lan (mxd) with ESMTPS id 64f3eab9 (TLSv1.3:TLS13_AES_256_GCM_SHA384:256:NO)\n\tfor <joseph@devbox-ntp.home.lan>;\n\tThu, 23 Dec 2021 21:23:47 +0000\n"
+        );
+    }
+
+    #[test]
+    fn masked_source_like_opensmtpd() {
+        let h = received(&ReceivedInfo {
+            helo: "secret-laptop",
+            rdns: None,
+            peer: Peer::Masked,
+            by: "mx.example.org",
+            proto: "ESMTP",
+            id: MsgId(0x1234),
+            tls: None,
+            rcpt: None,
+            date: at(0),
+        });
+        assert_eq!(
+            String::from_utf8(h).unwrap(),
+            "Received: \n\tby mx.example.org (mxd) with ESMTP id 00001234;\n\tThu, 1 Jan 1970 00:00:00 +0000\n"
         );
     }
 

@@ -32,6 +32,7 @@ pub mod rules;
 pub mod server;
 pub mod smtp;
 pub mod spool;
+pub mod srs;
 pub mod submit;
 pub mod table;
 pub mod tls;

@@ -218,6 +218,7 @@ mod tests {
             auth: None,
             mail_from: "s@example.org",
             rcpt,
+            helo: "client.example.org",
         };
         match rules::decide(c, &env) {
             Decision::Deliver(a) => resolve(c, a, &env, &SystemUsers),

@@ -85,8 +85,11 @@ fn holds(config: &Config, cond: &CondKind, env: &Envelope<'_>) -> bool {
         CondKind::ForRcptTo(m) => address_matches(config, m, &rcpt),
         CondKind::Tls => env.tls,
         CondKind::Tag(m) => env.tag.is_some_and(|tag| matches_with(config, m, tag, |e| e == tag.to_lowercase())),
-        // Refused at start (a blocking notice) until the session passes HELO to the rules.
-        CondKind::Helo(_) => false,
+        // OpenSMTPD looks the HELO name up as a domain.
+        CondKind::Helo(m) => {
+            let helo = env.helo.to_lowercase();
+            matches_with(config, m, env.helo, |e| domain_matches(e, &helo))
+        }
     }
 }
 
@@ -110,7 +113,8 @@ mod tests {
 
     fn verdict(c: &Config, ip: &str, tag: Option<&str>, from: &str, rcpt: &str) -> String {
         let origin = Origin::Tcp(ip.parse().unwrap());
-        let env = Envelope { origin: &origin, rdns: None, tag, tls: false, auth: None, mail_from: from, rcpt };
+        let env =
+            Envelope { origin: &origin, rdns: None, tag, tls: false, auth: None, mail_from: from, rcpt, helo: "" };
         match decide(c, &env) {
             Decision::Deliver(a) => a.name.clone(),
             Decision::Reject => "reject".into(),

@@ -173,7 +173,28 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// makes a client certificate mandatory (`tls-require verify`).
 pub fn server_config(pkis: &Pkis, pki: &str, client_ca: Option<&Path>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let default = pkis.get(pki).cloned().ok_or_else(|| TlsError::Undefined { kind: "pki", name: pki.to_owned() })?;
-    let resolver = SniResolver { default, by_name: pkis.keys.clone() };
+    build_server_config(SniResolver { default, by_name: pkis.keys.clone() }, client_ca)
+}
+
+/// A listener's configuration: SNI chooses only among the listener's own `pki`s, the first
+/// being the default (OpenSMTPD's rule; a pki of another listener is never served here).
+pub fn listener_server_config(
+    pkis: &Pkis,
+    names: &[String],
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let undefined = |name: &str| TlsError::Undefined { kind: "pki", name: name.to_owned() };
+    let first = names.first().ok_or_else(|| undefined(""))?;
+    let default = pkis.get(first).cloned().ok_or_else(|| undefined(first))?;
+    let mut by_name = BTreeMap::new();
+    for name in names {
+        let key = pkis.get(name).ok_or_else(|| undefined(name))?;
+        by_name.insert(name.to_ascii_lowercase(), Arc::clone(key));
+    }
+    build_server_config(SniResolver { default, by_name }, client_ca)
+}
+
+fn build_server_config(resolver: SniResolver, client_ca: Option<&Path>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config { reason: e.to_string() })?;

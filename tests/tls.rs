@@ -348,7 +348,7 @@ fn ecdsa_and_ed25519_keys_and_sni_choice() {
             let (c2, k2) = ec_cert(d, "ed.test", &["-algorithm", "ED25519"]);
             let (c3, k3) = ec_cert(d, "p384.test", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"]);
             format!(
-                "pki ec.test cert \"{}\"\npki ec.test key \"{}\"\npki ed.test cert \"{}\"\npki ed.test key \"{}\"\npki p384.test cert \"{}\"\npki p384.test key \"{}\"\n{}listen on 127.0.0.1 port {port} smtps pki ec.test\n",
+                "pki ec.test cert \"{}\"\npki ec.test key \"{}\"\npki ed.test cert \"{}\"\npki ed.test key \"{}\"\npki p384.test cert \"{}\"\npki p384.test key \"{}\"\n{}listen on 127.0.0.1 port {port} smtps pki ec.test pki ed.test pki p384.test\n",
                 c1.display(), k1.display(), c2.display(), k2.display(), c3.display(), k3.display(),
                 common::basic_conf(d, p)
             )

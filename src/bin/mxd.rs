@@ -125,6 +125,12 @@ fn main() -> ExitCode {
         println!("configuration OK");
         return ExitCode::SUCCESS;
     }
+    if matches!(config.knobs.queue_encryption, Some(config::QueueKey::Stdin | config::QueueKey::Ask)) {
+        if let Err(e) = privsep::stdin_key::read_from_stdin() {
+            eprintln!("mxd: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let sink = if args.foreground { logging::Sink::Stderr } else { logging::Sink::Syslog };
     if !args.foreground {
         // Before any thread exists: fork(2) keeps only the calling thread.

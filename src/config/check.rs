@@ -70,6 +70,13 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
                 let text = "relay filter: filters on outgoing sessions are not run yet".into();
                 notices.push(super::Notice { at: a.at.clone(), text, blocking: true });
             }
+            if r.srs && p.knobs.srs_keys.is_empty() {
+                notices.push(super::Notice {
+                    at: a.at.clone(),
+                    text: "relay srs without 'srs key': senders are not rewritten".into(),
+                    blocking: false,
+                });
+            }
             if let Some(pki) = &r.pki {
                 if !pkis.contains_key(pki) {
                     c.at(&a.at, ErrorKind::Undefined { what: "pki", name: pki.clone() });
@@ -187,9 +194,6 @@ fn relay_notices(
     }
     if r.domain.is_some() {
         notice("relay domain <table>: parsed; mxd does not pick relay hosts by domain yet");
-    }
-    if r.srs {
-        notice("relay srs: parsed; mxd does not rewrite senders with SRS yet");
     }
     if r.ciphers.is_some() || r.protocols.is_some() {
         notice("relay ciphers/protocols: accepted, no effect (rustls: TLS 1.2 and 1.3, its own safe suites)");
@@ -338,18 +342,6 @@ fn listener(
     }
     if o.no_dsn {
         notice("listen no-dsn: accepted, no effect (mxd does not offer DSN)");
-    }
-    for (on, what) in [(o.mask_src, "mask-src"), (o.hostnames.is_some(), "hostnames")] {
-        if on {
-            notice(&format!("listen {what}: parsed, not applied yet"));
-        }
-    }
-    if o.proxy_v2 {
-        notices.push(super::Notice {
-            at: l.at.clone(),
-            text: "listen proxy-v2 is parsed but mxd does not read PROXY headers yet".into(),
-            blocking: true,
-        });
     }
     Some(Listener {
         at: l.at,

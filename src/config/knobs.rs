@@ -9,7 +9,6 @@ use super::{ErrorKind, FilterAction, FilterCond, FilterKind, Limit, Proc, QueueK
 
 /// `queue compression | encryption [KEY|stdin] | ttl DURATION`.
 pub(super) fn queue(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
-    let at = p.origin();
     let Some(w) = p.keyword(&["compression", "encryption", "ttl"]) else {
         return p.err("compression, encryption or ttl after 'queue'");
     };
@@ -17,7 +16,6 @@ pub(super) fn queue(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
         "ttl" => out.queue_ttl = Some(duration(&p.value("a duration")?)?),
         "compression" => {
             out.knobs.queue_compression = true;
-            out.notice(&at, "queue compression: parsed, not applied yet (queue files are stored uncompressed)");
         }
         _ => {
             let key = if p.at_end() {
@@ -25,12 +23,17 @@ pub(super) fn queue(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
             } else {
                 match p.value("a key or 'stdin'")? {
                     k if k.eq_ignore_ascii_case("stdin") || k == "-" => QueueKey::Stdin,
-                    k if !k.is_empty() => QueueKey::Key(k),
-                    _ => return p.err("a key or 'stdin'"),
+                    k if crate::queue::seal::parse_key(&k).is_ok() => QueueKey::Key(k),
+                    k => {
+                        return Err(ErrorKind::BadValue {
+                            what: "queue encryption key",
+                            value: k,
+                            expected: "32 characters or 64 hexadecimal digits, or 'stdin'",
+                        })
+                    }
                 }
             };
             out.knobs.queue_encryption = Some(key);
-            out.blocking(&at, "queue encryption is parsed but mxd does not encrypt its queue yet");
         }
     }
     Ok(())
@@ -38,7 +41,6 @@ pub(super) fn queue(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
 
 /// `srs key [backup] SECRET`, `srs ttl DURATION`.
 pub(super) fn srs(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
-    let at = p.origin();
     let Some(w) = p.keyword(&["key", "ttl"]) else {
         return p.err("key or ttl after 'srs'");
     };
@@ -60,13 +62,11 @@ pub(super) fn srs(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
     } else {
         out.knobs.srs_keys.insert(0, secret);
     }
-    out.notice(&at, "srs key: parsed; relay actions with 'srs' do not rewrite senders yet");
     Ok(())
 }
 
 /// `bounce warn-interval DELAY[, DELAY…]` (at most 4, as OpenSMTPD).
 pub(super) fn bounce(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
-    let at = p.origin();
     p.expect_word("warn-interval")?;
     out.knobs.bounce_warn.clear();
     loop {
@@ -78,7 +78,6 @@ pub(super) fn bounce(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
             break;
         }
     }
-    out.notice(&at, "bounce warn-interval: parsed; mxd sends no delay warnings yet");
     Ok(())
 }
 

@@ -966,10 +966,7 @@ fn rule(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
             "auth" => CondKind::FromAuth(p.opt_matcher(out)?),
             "mail-from" => CondKind::FromMailFrom(p.matcher(out)?),
             "rcpt-to" => CondKind::ForRcptTo(p.matcher(out)?),
-            "helo" => {
-                out.blocking(&at, "match option 'helo' is parsed but mxd does not evaluate it yet");
-                CondKind::Helo(p.matcher(out)?)
-            }
+            "helo" => CondKind::Helo(p.matcher(out)?),
             "tag" => CondKind::Tag(p.matcher(out)?),
             _ => return p.err("a condition after '!' ('action' and 'reject' cannot be negated)"),
         };
@@ -1043,7 +1040,6 @@ fn smtp(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
                 let Some(limit) = p.keyword(&["max-rcpt", "max-mails"]) else {
                     return p.err("max-rcpt or max-mails");
                 };
-                let at = p.origin();
                 let v = p.value("a number")?;
                 let n = v.parse::<usize>().ok().filter(|n| *n > 0).ok_or(ErrorKind::BadValue {
                     what: "limit",
@@ -1054,10 +1050,6 @@ fn smtp(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
                     out.max_rcpt = Some(n);
                 } else {
                     out.knobs.max_mails = Some(n as u64);
-                    out.notice(
-                        &at,
-                        "smtp limit max-mails: parsed, not enforced yet (sessions may send any number of messages)",
-                    );
                 }
             }
         }

@@ -174,7 +174,20 @@ fn stage_job(job: Job, ctx: &Ctx, opened: &mut maildir::Opened) -> Pending {
             created,
             rcpts: relay,
         });
-        match opened.stage(&queue.dir, queue.owner, &[&env, &mail.received, &mail.body], &ctx.host) {
+        let parts: [&[u8]; 3] = [&env, &mail.received, &mail.body];
+        let sealed = match queue::seal::current().seal(&parts) {
+            None => None,
+            Some(Ok(bytes)) => Some(bytes),
+            Some(Err(e)) => {
+                p.fail(Cause::new("seal", "", e));
+                return p;
+            }
+        };
+        let parts: Vec<&[u8]> = match &sealed {
+            Some(bytes) => vec![bytes],
+            None => parts.to_vec(),
+        };
+        match opened.stage(&queue.dir, queue.owner, &parts, &ctx.host) {
             Ok(s) => {
                 p.staged.push(s);
                 p.queued = true;

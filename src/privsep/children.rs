@@ -61,7 +61,16 @@ impl Spawner {
         for fd in pass {
             fds::inherit(*fd, true)?;
         }
+        // `queue encryption stdin`: the processes that touch queue files get the key.
+        let key = match role {
+            Role::Delivery | Role::Relay => super::stdin_key::pipe_for_child()?,
+            Role::Smtp => None,
+        };
         let mut cmd = Command::new(&self.exe);
+        if let Some((fd, (name, value))) = &key {
+            fds::inherit(fd.as_fd(), true)?;
+            cmd.env(name, value);
+        }
         cmd.arg0(format!("mxd: {}", role.name()))
             .arg("-x")
             .arg(role.name())

@@ -110,6 +110,8 @@ pub fn targets(config: &Config, head: &Head) -> Result<Vec<Target>, String> {
     }
     let mut out: Vec<Target> = Vec::new();
     for rcpt in &head.rcpts {
+        let decoded = crate::srs::reverse(config, rcpt).map_err(|e| format!("<{rcpt}>: {e}"))?;
+        let rcpt = decoded.as_deref().unwrap_or(rcpt);
         let env = Envelope {
             origin: &head.origin,
             rdns: None,
@@ -118,6 +120,7 @@ pub fn targets(config: &Config, head: &Head) -> Result<Vec<Target>, String> {
             auth: head.auth.as_deref(),
             mail_from: &head.mail_from,
             rcpt,
+            helo: &head.helo,
         };
         let action = match rules::decide(config, &env) {
             Decision::Deliver(action) => action,

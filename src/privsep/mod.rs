@@ -15,6 +15,7 @@ pub mod fds;
 pub mod frame;
 pub mod link;
 pub mod sandbox;
+pub mod stdin_key;
 
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -77,6 +78,7 @@ fn wait_signal(wanted: &[i32]) -> i32 {
 pub fn run_delivery(config: Config, link: UnixStream, relay_user: Option<&sandbox::Account>) -> Result<(), String> {
     let config = Arc::new(config);
     sandbox::set_name("mxd: delivery");
+    crate::queue::seal::install(queue_seal(&config)?);
     let (notify, queued) = crossbeam_channel::bounded(1);
     wake_relay_on(queued, crate::spool::queue_dir(&config.spool).join(crate::spool::QUEUE_WAKE));
     let hook = QueueHook {
@@ -138,8 +140,16 @@ fn listen_for_wake(wake: crossbeam_channel::Sender<()>) {
 }
 
 /// The relay process: the relay runner, unprivileged, in the spool.
+/// How queue files are sealed (`queue compression`, `queue encryption`); the key given on
+/// the parent's standard input reaches a child only through a pipe (`stdin_key`).
+fn queue_seal(config: &Config) -> Result<crate::queue::seal::Seal, String> {
+    let stdin_key = stdin_key::take();
+    crate::queue::seal::Seal::of(config, stdin_key.as_ref()).map_err(|e| e.to_string())
+}
+
 pub fn run_relay(config: Config, who: Option<&sandbox::Account>) -> Result<(), String> {
     sandbox::set_name("mxd: relay");
+    crate::queue::seal::install(queue_seal(&config)?);
     let spool = config.spool.clone();
     // Client certificates and CAs of relay actions: read now, while we may.
     let mut files: Vec<&Path> = Vec::new();

@@ -15,17 +15,56 @@ pub struct Failure<'a> {
 
 /// The DSN message (LF endings), or `None` when the original sender was `<>`.
 pub fn dsn(hostname: &str, sender: &str, failures: &[Failure<'_>], original: &[u8], id: &str) -> Option<Vec<u8>> {
+    report(hostname, sender, failures, original, id, &Kind::Failed)
+}
+
+/// A delay warning (`bounce warn-interval`): the same report with `Action: delayed`, sent
+/// while the message stays queued; `n` tells the warnings of one message apart.
+pub fn delay_warning(
+    hostname: &str,
+    sender: &str,
+    delayed: &[Failure<'_>],
+    original: &[u8],
+    id: &str,
+    n: usize,
+) -> Option<Vec<u8>> {
+    report(hostname, sender, delayed, original, id, &Kind::Delayed(n))
+}
+
+enum Kind {
+    Failed,
+    Delayed(usize),
+}
+
+fn report(
+    hostname: &str,
+    sender: &str,
+    failures: &[Failure<'_>],
+    original: &[u8],
+    id: &str,
+    kind: &Kind,
+) -> Option<Vec<u8>> {
     if sender.is_empty() || failures.is_empty() {
         return None;
     }
+    let (subject, msgid, intro, action) = match kind {
+        Kind::Failed => ("error", format!("{id}.bounce"), "Your message could not be delivered to:", "failed"),
+        Kind::Delayed(n) => (
+            "delay",
+            format!("{id}.delay{n}"),
+            "Your message has not been delivered yet to the recipients below.\n\
+             This is only a warning: delivery will be retried, you need not send it again.",
+            "delayed",
+        ),
+    };
     let boundary = format!("{id}/{hostname}");
     let headers_end = original.windows(2).position(|w| w == b"\n\n").map_or(original.len(), |i| i + 1);
     let mut m = format!(
-        "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\nTo: <{sender}>\nSubject: Delivery status notification: error\n\
-         Date: {}\nMessage-ID: <{id}.bounce@{hostname}>\nMIME-Version: 1.0\n\
+        "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\nTo: <{sender}>\nSubject: Delivery status notification: {subject}\n\
+         Date: {}\nMessage-ID: <{msgid}@{hostname}>\nMIME-Version: 1.0\n\
          Content-Type: multipart/report; report-type=delivery-status; boundary=\"{boundary}\"\n\n\
          This is a MIME-encapsulated message.\n\n--{boundary}\nContent-Type: text/plain; charset=us-ascii\n\n\
-         This is the mail system at {hostname}.\nYour message could not be delivered to:\n\n",
+         This is the mail system at {hostname}.\n{intro}\n\n",
         rfc5322_date(SystemTime::now())
     );
     for f in failures {
@@ -34,7 +73,7 @@ pub fn dsn(hostname: &str, sender: &str, failures: &[Failure<'_>], original: &[u
     m.push_str(&format!("\n--{boundary}\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; {hostname}\n"));
     for f in failures {
         m.push_str(&format!(
-            "\nFinal-Recipient: rfc822; {}\nAction: failed\nStatus: {}\nDiagnostic-Code: smtp; {}\n",
+            "\nFinal-Recipient: rfc822; {}\nAction: {action}\nStatus: {}\nDiagnostic-Code: smtp; {}\n",
             f.rcpt, f.status, f.diagnostic
         ));
     }

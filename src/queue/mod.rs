@@ -16,6 +16,7 @@
 //! restart never sends them twice; a file is removed once every recipient is done.
 
 pub mod bounce;
+pub mod seal;
 
 use std::collections::BTreeSet;
 use std::io::Write;

@@ -99,6 +99,8 @@ struct Entry {
     rcpts: Vec<Rcpt>,
     /// How many Done recipients are already in the state file.
     persisted: usize,
+    /// How many `bounce warn-interval` delays this message has been warned about.
+    warned: usize,
 }
 
 impl Entry {
@@ -167,7 +169,7 @@ fn queued(spool: &Path, id: Option<&str>) -> Vec<String> {
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|name| match id {
             None => true,
-            Some(id) => std::fs::read(new.join(name))
+            Some(id) => queue::seal::read(&new.join(name))
                 .ok()
                 .and_then(|b| queue::decode(&b).map(|(env, _)| queue::message_id(&env, name)))
                 .is_some_and(|m| m.starts_with(id)),
@@ -279,7 +281,10 @@ impl Runner {
             if self.entries.contains_key(&name) {
                 continue;
             }
-            let Ok(bytes) = std::fs::read(dir.join(&name)) else { continue };
+            let Ok(bytes) = queue::seal::read(&dir.join(&name)) else {
+                log::error!("queue file {name} cannot be read or opened; left for the administrator");
+                continue;
+            };
             let Some((env, _)) = queue::decode(&bytes) else {
                 log::error!("queue file {name} is malformed; left for the administrator");
                 continue;
@@ -298,7 +303,7 @@ impl Runner {
                 .collect();
             let persisted = done.len();
             let id = queue::message_id(&env, &name);
-            self.entries.insert(name, Entry { env, id, rcpts, persisted });
+            self.entries.insert(name, Entry { env, id, rcpts, persisted, warned: 0 });
         }
     }
 
@@ -435,6 +440,9 @@ impl Runner {
                 }
             }
         }
+        if !warn_of_delay(config, entry, &self.queue, &self.spool, name, age, &self.in_flight) {
+            return;
+        }
         let failed: Vec<(String, String, String)> = entry
             .rcpts
             .iter()
@@ -445,7 +453,7 @@ impl Runner {
             })
             .collect();
         if !failed.is_empty() {
-            let bytes = std::fs::read(self.queue.join("new").join(name)).unwrap_or_default();
+            let bytes = queue::seal::read(&self.queue.join("new").join(name)).unwrap_or_default();
             let original = queue::decode(&bytes).map_or(&b""[..], |(_, m)| m);
             let failures: Vec<bounce::Failure<'_>> =
                 failed.iter().map(|(rcpt, status, why)| bounce::Failure { rcpt, status, diagnostic: why }).collect();
@@ -472,6 +480,60 @@ impl Runner {
         }
         self.persist(name);
     }
+}
+
+/// `bounce warn-interval`: once the message is older than another of the intervals and
+/// recipients are still deferred, one warning to the sender names them (the message stays
+/// queued). `false` when the warning could not be submitted (tried again at the next round).
+fn warn_of_delay(
+    config: &Config,
+    entry: &mut Entry,
+    queue_dir: &Path,
+    spool: &Path,
+    name: &str,
+    age: Duration,
+    in_flight: &BTreeSet<Dest>,
+) -> bool {
+    let passed = config.knobs.bounce_warn.iter().filter(|d| age >= **d).count();
+    if passed <= entry.warned {
+        return true;
+    }
+    let delayed: Vec<(String, String)> = entry
+        .rcpts
+        .iter()
+        .filter(|r| r.attempts > 0 && !in_flight.contains(&Dest::of(config, r)))
+        .filter_map(|r| match &r.state {
+            State::Deferred(why) => Some((r.addr.clone(), why.clone())),
+            _ => None,
+        })
+        .collect();
+    if delayed.is_empty() {
+        return true;
+    }
+    let bytes = queue::seal::read(&queue_dir.join("new").join(name)).unwrap_or_default();
+    let original = queue::decode(&bytes).map_or(&b""[..], |(_, m)| m);
+    let list: Vec<bounce::Failure<'_>> =
+        delayed.iter().map(|(rcpt, why)| bounce::Failure { rcpt, status: "4.4.1", diagnostic: why }).collect();
+    if let Some(dsn) = bounce::delay_warning(&config.hostname, &entry.env.sender, &list, original, &entry.id, passed) {
+        let prepared = crate::submit::headers::Prepared {
+            sender: String::new(),
+            recipients: vec![entry.env.sender.clone()],
+            message: dsn,
+        };
+        if let Err(e) = crate::submit::client::submit(&spool.join(crate::server::SUBMIT_SOCKET), &prepared, None) {
+            log::warn!("delay warning for msgid={} not submitted, retrying later: {e}", entry.id);
+            return false;
+        }
+        log::info!(
+            "delay warning msgid={} to=<{}> nrcpt={} age={}s",
+            entry.id,
+            entry.env.sender,
+            list.len(),
+            age.as_secs()
+        );
+    }
+    entry.warned = passed;
+    true
 }
 
 fn entry_id(entries: &BTreeMap<String, Entry>, name: &str) -> String {
@@ -525,7 +587,7 @@ pub fn list(spool: &Path, status: &Status) -> String {
     let mut names: Vec<String> = rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
     names.sort();
     for name in names {
-        let Ok(bytes) = std::fs::read(q.join("new").join(&name)) else { continue };
+        let Ok(bytes) = queue::seal::read(&q.join("new").join(&name)) else { continue };
         let Some((env, message)) = queue::decode(&bytes) else { continue };
         let done = queue::read_done(&q, &name);
         let age = now_secs().saturating_sub(env.created);

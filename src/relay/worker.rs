@@ -59,6 +59,7 @@ fn run(work: &Work, reports: &Sender<Report>) {
         Err(verdict) => return fail(work, &work.items, verdict, None, reports),
     };
     let sender_override = spec::relay_of(&work.config, action).and_then(|r| r.mail_from.clone());
+    let srs = spec::relay_of(&work.config, action).is_some_and(|r| r.srs);
     for (b, batch) in work.items.chunks(MAX_MAILS_PER_SESSION).enumerate() {
         let (mut session, spec) = match open(&specs) {
             Ok(s) => s,
@@ -68,10 +69,12 @@ fn run(work: &Work, reports: &Sender<Report>) {
         let host = format!("{} address={} tls={tls}", spec.host, session.peer());
         for (i, item) in batch.iter().enumerate() {
             // Gone since it was dispatched (`mxctl remove`): nothing to send.
-            let Ok(bytes) = std::fs::read(work.queue.join("new").join(&item.name)) else { continue };
+            let Ok(bytes) = queue::seal::read(&work.queue.join("new").join(&item.name)) else { continue };
             let Some((env, message)) = queue::decode(&bytes) else { continue };
             let rcpts: Vec<&str> = item.rcpts.iter().map(String::as_str).collect();
             let sender = sender_override.as_deref().unwrap_or(&env.sender);
+            let rewritten = if srs { crate::srs::forward_sender(&work.config, sender) } else { None };
+            let sender = rewritten.as_deref().unwrap_or(sender);
             match session.send(sender, &rcpts, message) {
                 Ok(results) => {
                     for (addr, result) in item.rcpts.iter().zip(&results) {

@@ -65,6 +65,8 @@ pub(crate) struct Conn {
     close_reason: Option<&'static str>,
     /// The listener's filter chain, when it has one.
     filter: Option<Box<filtering::ConnFilter>>,
+    /// `proxy-v2`: the PROXY header is still awaited; nothing else is read or written.
+    proxy: Option<super::knobs::ProxyWait>,
 }
 
 impl Conn {
@@ -77,7 +79,9 @@ impl Conn {
         now: Instant,
     ) -> Conn {
         let policy = ConnPolicy::new(Arc::clone(&listener.config), origin, listener.tag.clone());
-        let mut session = Session::new(Arc::clone(&listener.session), policy, now);
+        let cfg = listener.knobs.session_config(&listener.session, stream.local_ip());
+        let proxy = super::knobs::ProxyWait::new(&listener.knobs, &stream, cfg.idle_timeout, now);
+        let mut session = Session::new(cfg, policy, now);
         if let Some(user) = user {
             session.set_auth(user);
         }
@@ -96,11 +100,17 @@ impl Conn {
             registered: None,
             close_reason: None,
             filter: None,
+            proxy,
         };
-        if conn.listener.smtps {
+        if conn.listener.smtps && conn.proxy.is_none() {
             conn.start_tls(now);
         }
         conn
+    }
+
+    /// This host's name for this client (`hostnames <t>` may choose it by local address).
+    pub(crate) fn hostname(&self) -> &str {
+        self.session.hostname()
     }
 
     pub(crate) fn origin(&self) -> &Origin {
@@ -141,6 +151,13 @@ impl Conn {
         // A filter's disconnect closes once its reply is out (below).
         if let Some(reason) = self.close_reason.filter(|r| *r != "filter") {
             return Status::Closed(reason);
+        }
+        if self.proxy.is_some() {
+            match self.read_proxy(scratch, now) {
+                Ok(true) => {}
+                Ok(false) => return Status::Open,
+                Err(reason) => return Status::Closed(reason),
+            }
         }
         for _ in 0..MAX_TURNS {
             let mut progressed = self.feed_inbuf(now);
@@ -188,6 +205,37 @@ impl Conn {
             }
         }
         Status::Open
+    }
+
+    /// Reads the PROXY header; once it is whole, the session starts over for the client it
+    /// names (greeting, rules and Received see that address) and TLS may begin. `Ok(false)`:
+    /// not yet.
+    fn read_proxy(&mut self, scratch: &mut [u8], now: Instant) -> Result<bool, &'static str> {
+        let Some(wait) = self.proxy.as_mut() else {
+            return Ok(true);
+        };
+        let got = match wait.read(&mut self.stream, scratch) {
+            Ok(got) => got,
+            Err(e) => {
+                log::info!("{} smtp disconnected reason=proxy-error address={} error=\"{e}\"", self.id, self.peer());
+                return Err("proxy-error");
+            }
+        };
+        let Some(client) = got else {
+            self.readable = false;
+            return Ok(false);
+        };
+        self.proxy = None;
+        if let Some(ip) = client {
+            log::info!("{} smtp proxy address={ip} via={}", self.id, self.peer());
+            let policy = ConnPolicy::new(Arc::clone(&self.listener.config), Origin::Tcp(ip), self.listener.tag.clone());
+            let cfg = self.listener.knobs.session_config(&self.listener.session, self.stream.local_ip());
+            self.session = Session::new(cfg, policy, now);
+        }
+        if self.listener.smtps {
+            self.start_tls(now);
+        }
+        Ok(true)
     }
 
     fn fail(&mut self, reason: &'static str, e: &dyn std::fmt::Display) -> Status {
@@ -283,10 +331,13 @@ impl Conn {
     }
 
     fn has_output(&self) -> bool {
-        !self.session.output().is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+        self.proxy.is_none() && !self.session.output().is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        if self.proxy.is_some() {
+            return Ok(());
+        }
         loop {
             let out = if self.holds_greeting() { &[][..] } else { self.session.output() };
             let Some(tls) = self.tls.as_mut() else {
@@ -373,6 +424,10 @@ impl Conn {
 
     /// Handles idle and handshake deadlines.
     pub(crate) fn on_tick(&mut self, now: Instant) -> Tick {
+        if self.proxy.as_ref().is_some_and(|w| now >= w.deadline) {
+            log::info!("{} smtp disconnected reason=proxy-timeout address={}", self.id, self.peer());
+            return Tick::Close;
+        }
         if self.handshake_deadline.is_some_and(|d| now >= d) {
             log::info!("{} smtp tls handshake timed out address={}", self.id, self.peer());
             return Tick::Close;

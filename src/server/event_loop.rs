@@ -104,6 +104,7 @@ impl LoopCtx<'_> {
             rcpts: message.rcpts.into_iter().map(|(r, _)| r).collect(),
             received,
             body_len: 0,
+            helo: message.helo,
         };
         let (tx, waker, slot) = (self.verdicts.clone(), Arc::clone(self.waker), self.slot);
         let done = Box::new(move |outcome: Delivered| {

@@ -11,6 +11,7 @@ use crate::smtp::Message;
 /// The Received header in OpenSMTPD's form; `for <rcpt>` only when there is one recipient.
 pub(crate) fn received_header(conn: &Conn, message: &Message<Vec<Target>>, proto: &str) -> Vec<u8> {
     let peer = match conn.origin() {
+        _ if conn.listener.knobs.mask_src => Peer::Masked,
         Origin::Socket => Peer::Local,
         Origin::Tcp(ip) => Peer::Ip(*ip),
     };
@@ -25,7 +26,7 @@ pub(crate) fn received_header(conn: &Conn, message: &Message<Vec<Target>>, proto
             helo: &message.helo,
             rdns: None,
             peer,
-            by: conn.listener.hostname(),
+            by: conn.hostname(),
             proto,
             id: message.id,
             tls,

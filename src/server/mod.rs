@@ -7,9 +7,11 @@ mod conn;
 mod event_loop;
 mod filters;
 mod ids;
+mod knobs;
 mod listener;
 mod message;
 mod policy;
+mod proxy;
 mod stream;
 mod supervise;
 
@@ -60,6 +62,8 @@ pub(crate) struct ListenerRt {
     pub(crate) auth: auth::ListenerAuth,
     /// `listen … filter NAME`: the chain its sessions go through.
     pub(crate) filter: Option<String>,
+    /// mask-src, hostnames, proxy-v2.
+    pub(crate) knobs: knobs::ListenKnobs,
 }
 
 impl ListenerRt {
@@ -327,6 +331,7 @@ fn plan(config: &Arc<Config>) -> Result<Vec<Planned>, StartError> {
             config: Arc::clone(config),
             auth: auth::ListenerAuth::OFF,
             filter: None,
+            knobs: knobs::ListenKnobs::default(),
         });
         out.push(Planned { key: format!("unix:{}", path.display()), target: Target::Unix(path), rt });
     }
@@ -368,7 +373,8 @@ fn runtime(config: &Arc<Config>, l: &Listener, pkis: &Pkis) -> Result<ListenerRt
             ),
             _ => None,
         };
-        Some(tls::server_config(pkis, &pki, ca.as_deref()).map_err(StartError::Tls)?)
+        let names = if l.pkis.is_empty() { vec![pki] } else { l.pkis.clone() };
+        Some(tls::listener_server_config(pkis, &names, ca.as_deref()).map_err(StartError::Tls)?)
     } else {
         None
     };
@@ -380,6 +386,7 @@ fn runtime(config: &Arc<Config>, l: &Listener, pkis: &Pkis) -> Result<ListenerRt
         config: Arc::clone(config),
         auth: auth::ListenerAuth::of(l),
         filter: l.options.filter.clone(),
+        knobs: knobs::ListenKnobs::new(config, l),
     })
 }
 

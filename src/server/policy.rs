@@ -17,11 +17,13 @@ pub(crate) struct ConnPolicy {
     tag: Option<String>,
     /// The listener's `senders <t>`, checked at MAIL for authenticated sessions.
     senders: Option<super::auth::Senders>,
+    /// Transactions begun in this session (`smtp limit max-mails`).
+    mails: u64,
 }
 
 impl ConnPolicy {
     pub(crate) fn new(config: Arc<Config>, origin: Origin, tag: Option<String>) -> ConnPolicy {
-        ConnPolicy { config, origin, tag, senders: None }
+        ConnPolicy { config, origin, tag, senders: None, mails: 0 }
     }
 
     pub(crate) fn set_senders(&mut self, senders: Option<super::auth::Senders>) {
@@ -45,10 +47,20 @@ impl Policy for ConnPolicy {
     }
 
     fn check_mail(&mut self, ctx: &TxContext<'_>) -> Result<(), Reply> {
-        super::auth::check_sender(&self.config, self.senders.as_ref(), ctx)
+        // `smtp limit max-mails`: OpenSMTPD's reply, which pretends too many recipients.
+        if self.config.knobs.max_mails.is_some_and(|max| self.mails >= max) {
+            return Err(Reply::fixed(452, "4.5.3", "Too many recipients: Too many messages sent"));
+        }
+        super::auth::check_sender(&self.config, self.senders.as_ref(), ctx)?;
+        self.mails += 1;
+        Ok(())
     }
 
     fn check_rcpt(&mut self, ctx: &TxContext<'_>, rcpt: &str) -> Result<Vec<Target>, Reply> {
+        // A bounce to an SRS address of ours goes on to the sender inside it.
+        let decoded = crate::srs::reverse(&self.config, rcpt)
+            .map_err(|_| Reply::fixed(550, "5.7.1", "Invalid SRS address, message refused"))?;
+        let rcpt = decoded.as_deref().unwrap_or(rcpt);
         let env = Envelope {
             origin: &self.origin,
             rdns: None,
@@ -57,6 +69,7 @@ impl Policy for ConnPolicy {
             auth: ctx.auth,
             mail_from: ctx.mail_from,
             rcpt,
+            helo: ctx.helo,
         };
         match rules::decide(&self.config, &env) {
             Decision::Deliver(action) => {

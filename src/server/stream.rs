@@ -11,6 +11,25 @@ pub(crate) enum Stream {
     Unix(mio::net::UnixStream),
 }
 
+impl Stream {
+    /// The local address a TCP client reached (`hostnames <t>` is keyed by it).
+    pub(crate) fn local_ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            Stream::Tcp(s) => s.local_addr().ok().map(|a| a.ip()),
+            Stream::Unix(_) => None,
+        }
+    }
+
+    /// Looks at what the client sent without consuming it (the PROXY header is read to
+    /// its exact length, so what follows stays in the socket for rustls or the session).
+    pub(crate) fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.peek(buf),
+            Stream::Unix(_) => Err(io::Error::new(io::ErrorKind::Unsupported, "no PROXY header on a unix socket")),
+        }
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {

@@ -226,6 +226,11 @@ impl<P: Policy> Session<P> {
         s
     }
 
+    /// This host's name as the session gives it (greeting, Received).
+    pub fn hostname(&self) -> &str {
+        &self.cfg.hostname
+    }
+
     pub fn policy(&self) -> &P {
         &self.policy
     }

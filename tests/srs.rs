@@ -1,0 +1,72 @@
+//! SRS (issue 14): a node forwards joseph@test's message (an alias of its own pointing back
+//! at mx0) through a relay action with `srs`; mx0 sees the SRS0 sender; a bounce to that
+//! address, sent back to the node as mx0 would send it, finds its way to joseph@test; a
+//! forged SRS address is refused.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{python, wait_for, Mxd, SEND};
+
+fn node(mx0: u16) -> impl FnOnce(&Path, u16) -> String {
+    move |d: &Path, p: u16| {
+        let (uid, gid) = common::uid_gid();
+        format!(
+            "spool \"{d}/spool\"\nhostname \"node.test\"\nsrs key \"first-secret\"\nsrs key backup \"old-secret\"\n\
+             table users {{ ops = \"{uid}:{gid}:{d}/home/ops\" }}\n\
+             table aliases {{ fwd = \"alice@test\" }}\n\
+             listen on 127.0.0.1 port {p}\n\
+             action \"local\" maildir alias <aliases> userbase <users>\n\
+             action \"out\" relay host smtp://127.0.0.1:{mx0} srs\n\
+             match from any for domain \"node.test\" action \"local\"\n\
+             match from any for any action \"out\"\n",
+            d = d.display()
+        )
+    }
+}
+
+fn return_path(message: &[u8]) -> String {
+    let text = String::from_utf8_lossy(message);
+    let line = text.lines().next().unwrap_or("").to_owned();
+    line.strip_prefix("Return-Path: <").and_then(|l| l.strip_suffix('>')).unwrap_or(&line).to_owned()
+}
+
+const BOUNCE: &str = r#"
+import smtplib, sys
+port, rcpt = int(sys.argv[1]), sys.argv[2]
+with smtplib.SMTP("127.0.0.1", port) as s:
+    try:
+        s.sendmail("", [rcpt], b"Subject: Undelivered Mail Returned to Sender\r\n\r\nbounce-of-forwarded\r\n")
+        print("250")
+    except smtplib.SMTPRecipientsRefused as e:
+        print(list(e.recipients.values())[0][0])
+"#;
+
+#[test]
+fn forwarded_mail_gets_an_srs_sender_and_its_bounce_finds_the_way_back() {
+    let mx0 = Mxd::start();
+    let node = Mxd::start_with(node(mx0.port), &[]);
+    // joseph@test writes to fwd@node.test, which forwards to alice@test (on mx0).
+    python(SEND, &[&node.port.to_string(), "joseph@test", "fwd@node.test", "forwarded-1"]);
+    wait_for("the forwarded message on mx0", Duration::from_secs(20), || mx0.messages("alice").len() == 1);
+    let srs = return_path(&mx0.messages("alice")[0]);
+    assert!(srs.starts_with("SRS0=") && srs.ends_with("=test=joseph@node.test"), "{srs}");
+
+    // mx0 bounces it: to the SRS address, at the node, which sends it on to joseph@test.
+    assert_eq!(python(BOUNCE, &[&node.port.to_string(), &srs]).trim(), "250");
+    wait_for("the bounce at joseph's", Duration::from_secs(20), || mx0.messages("joseph").len() == 1);
+    let bounce = String::from_utf8_lossy(&mx0.messages("joseph")[0]).into_owned();
+    assert!(bounce.contains("bounce-of-forwarded"), "{bounce}");
+    assert!(bounce.starts_with("Return-Path: <>\nDelivered-To: joseph@test\n"), "{bounce}");
+
+    // A forged one (the hash does not match) is refused at RCPT.
+    let forged = srs.replacen("=joseph@", "=alice@", 1);
+    assert_eq!(python(BOUNCE, &[&node.port.to_string(), &forged]).trim(), "550");
+    // The node's own users' mail is not rewritten.
+    python(SEND, &[&node.port.to_string(), "ops@node.test", "alice@test", "own-sender"]);
+    wait_for("the second message", Duration::from_secs(20), || mx0.messages("alice").len() == 2);
+    let own = mx0.messages("alice").into_iter().find(|m| String::from_utf8_lossy(m).contains("own-sender")).unwrap();
+    assert_eq!(return_path(&own), "ops@node.test");
+}
