@@ -30,6 +30,9 @@ pub enum ResolveError {
     Unsupported(String),
     /// An expanded address matched no rule, or a `reject` rule: 550 5.7.1.
     Refused(String),
+    /// The recipient expands to no mailbox at all (an empty alias): 550 5.1.1, never a
+    /// 250 for a message stored nowhere.
+    Empty(String),
 }
 
 impl fmt::Display for ResolveError {
@@ -40,6 +43,7 @@ impl fmt::Display for ResolveError {
             ResolveError::BadPath(e) => write!(f, "{e}"),
             ResolveError::Unsupported(w) => write!(f, "{w} is not supported"),
             ResolveError::Refused(a) => write!(f, "expanded address {a} is refused by the rules"),
+            ResolveError::Empty(a) => write!(f, "{a} expands to no mailbox"),
         }
     }
 }
@@ -59,6 +63,9 @@ pub fn resolve(
 ) -> Result<Vec<Target>, ResolveError> {
     let mut r = Resolver { config, env, system: users, out: Vec::new() };
     r.address(action, env.rcpt, 0, &mut Vec::new())?;
+    if r.out.is_empty() {
+        return Err(ResolveError::Empty(env.rcpt.to_owned()));
+    }
     Ok(r.out)
 }
 
@@ -176,7 +183,12 @@ impl Resolver<'_> {
                 Target::Maildir { dir, owner, delivered_to }
             }
             Method::Mbox => Target::Mbox { path: PathBuf::from("/var/mail").join(&user.name), owner, delivered_to },
-            Method::Lmtp { .. } => return Err(ResolveError::Unsupported("lmtp delivery".into())),
+            // Queued, and handed to the LMTP server by the relay process, with retries:
+            // the user's name, or with `rcpt-to` the original recipient.
+            Method::Lmtp { rcpt_to, .. } => Target::Relay {
+                action: action.name.clone(),
+                rcpt: if *rcpt_to { self.env.rcpt.to_owned() } else { user.name.clone() },
+            },
             Method::Mda(_) => return Err(ResolveError::Unsupported("mda delivery".into())),
             Method::ForwardOnly | Method::ExpandOnly => {
                 return Err(ResolveError::Unsupported("local delivery for a forward-only action".into()))
@@ -317,5 +329,12 @@ mod tests {
         let (_d, c) = config(&format!("table aliases {{ prog = \"|/bin/sh\", file = \"/tmp/x\" }}\n{LOCAL}"));
         assert!(matches!(run(&c, "prog@test"), Err(ResolveError::Unsupported(_))));
         assert!(matches!(run(&c, "file@test"), Err(ResolveError::Unsupported(_))));
+    }
+
+    #[test]
+    fn empty_aliases_are_refused() {
+        let (_d, c) = config(&format!("table aliases {{ void = \"\", nested = \"void\" }}\n{LOCAL}"));
+        assert_eq!(run(&c, "void@test"), Err(ResolveError::Empty("void@test".into())));
+        assert_eq!(run(&c, "nested@test"), Err(ResolveError::Empty("nested@test".into())));
     }
 }

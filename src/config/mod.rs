@@ -290,7 +290,8 @@ pub enum Method {
     },
     /// `mbox`: /var/mail/USER.
     Mbox,
-    /// `lmtp DEST [rcpt-to]`: parsed, not delivered by mxd yet.
+    /// `lmtp DEST [rcpt-to]`: DEST a unix socket path or host:port; queued, then sent by
+    /// the relay process.
     Lmtp {
         dest: String,
         rcpt_to: bool,

@@ -1,0 +1,145 @@
+//! Delivery methods (issue 15): a recipient that expands to nothing refused at RCPT, and
+//! `lmtp` actions into a real Dovecot over TCP and a unix socket, queued and delivered by
+//! the relay process.
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{basic_conf, python, queue_files, uid_gid, wait_for, Client, Mxd, SEND};
+
+fn sh(script: &str) {
+    let out = Command::new("sh").arg("-c").arg(script).output().expect("sh");
+    assert!(out.status.success(), "{script}\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn an_empty_alias_is_refused_at_rcpt() {
+    let m = Mxd::start_with(|d, p| basic_conf(d, p).replace("team = ", "void = \"\", nested = \"void\", team = "), &[]);
+    let mut c = Client::connect(m.port);
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<s@example.org>").starts_with("250"));
+    for rcpt in ["void@test", "nested@test"] {
+        let reply = c.cmd(&format!("RCPT TO:<{rcpt}>"));
+        assert!(reply.starts_with("550 5.1.1 ") && reply.contains("no mailbox"), "{rcpt}: {reply}");
+    }
+    assert!(c.cmd("RCPT TO:<team@test>").starts_with("250"));
+}
+
+/// Dovecot's LMTP server on 127.0.0.1:`port` and on the unix socket `dir`/run/lmtp-test,
+/// delivering to Maildirs under `dir`/home for `joseph` (by user name) and `alice@lr.test`
+/// (by address) only. Stopped on drop.
+struct Dovecot {
+    conf: PathBuf,
+    socket: PathBuf,
+}
+
+impl Dovecot {
+    fn start(dir: &Path, port: u16) -> Dovecot {
+        let d = dir.display();
+        // Dovecot delivers as nobody (it refuses uid 0): the tree must be reachable.
+        sh(&format!("chmod 755 {d} && mkdir -p {d}/home && chown 65534:65534 {d}/home"));
+        std::fs::write(
+            dir.join("users"),
+            format!("joseph::65534:65534::{d}/home/joseph::\nalice@lr.test::65534:65534::{d}/home/alice::\n"),
+        )
+        .unwrap();
+        let conf = dir.join("dovecot.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "base_dir = {d}/run\nstate_dir = {d}/state\nprotocols = lmtp\nlisten = 127.0.0.1\nlog_path = {d}/dovecot.log\nssl = no\n\
+                 default_internal_user = root\ndefault_internal_group = root\ndefault_login_user = root\n\
+                 passdb {{\n driver = static\n args = nopassword=y\n}}\n\
+                 userdb {{\n driver = passwd-file\n args = {d}/users\n}}\n\
+                 mail_location = maildir:~/Maildir\n\
+                 service lmtp {{\n inet_listener lmtp {{\n address = 127.0.0.1\n port = {port}\n }}\n\
+                 unix_listener lmtp-test {{\n mode = 0666\n }}\n}}\n"
+            ),
+        )
+        .unwrap();
+        let errors = std::fs::File::create(dir.join("dovecot.err")).unwrap();
+        let status =
+            Command::new("dovecot").arg("-c").arg(&conf).stdout(errors.try_clone().unwrap()).stderr(errors).status();
+        let status = status.expect("dovecot (apt-get install dovecot-lmtpd)");
+        assert!(status.success(), "dovecot: {}", std::fs::read_to_string(dir.join("dovecot.err")).unwrap_or_default());
+        let socket = dir.join("run/lmtp-test");
+        wait_for("dovecot's LMTP listeners", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok() && socket.exists()
+        });
+        Dovecot { conf, socket }
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        let _ = Command::new("doveadm").arg("-c").arg(&self.conf).arg("stop").output();
+    }
+}
+
+#[test]
+fn lmtp_actions_deliver_into_dovecot_over_tcp_and_a_unix_socket() {
+    if !common::can_run(
+        "lmtp_actions_deliver_into_dovecot_over_tcp_and_a_unix_socket",
+        &[
+            common::Need::Program("dovecot", "dovecot-lmtpd"),
+            common::Need::File("/usr/lib/dovecot/lmtp", "dovecot-lmtpd"),
+        ],
+    ) {
+        return;
+    }
+    let dv = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let dovecot = Dovecot::start(dv.path(), port);
+    let socket = dovecot.socket.display().to_string();
+    let sock = socket.clone();
+    let m = Mxd::start_with(
+        move |d, p| {
+            let (uid, gid) = uid_gid();
+            format!(
+                "spool \"{d}/spool\"\nhostname \"mx.test\"\n\
+                 table users {{ joseph = \"{uid}:{gid}:{d}/home/joseph\", alice = \"{uid}:{gid}:{d}/home/alice\", \
+                 ghost = \"{uid}:{gid}:{d}/home/ghost\" }}\n\
+                 table aliases {{ team = \"joseph, ghost\" }}\n\
+                 listen on 127.0.0.1 port {p}\n\
+                 action \"local\" maildir userbase <users>\n\
+                 action \"tcp\" lmtp \"127.0.0.1:{port}\" alias <aliases> userbase <users>\n\
+                 action \"unix\" lmtp \"{sock}\" rcpt-to userbase <users>\n\
+                 match from any for domain \"mx.test\" action \"local\"\n\
+                 match from any for domain \"lm.test\" action \"tcp\"\n\
+                 match from any for domain \"lr.test\" action \"unix\"\n",
+                d = d.display()
+            )
+        },
+        &[],
+    );
+    // Unknown to mxd: refused at RCPT, as for a Maildir.
+    let mut c = Client::connect(m.port);
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<s@example.org>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<nobody@lm.test>").starts_with("550 5.1.1"));
+    drop(c);
+    // `team` expands to joseph (Dovecot knows him by name) and ghost (Dovecot does not);
+    // alice@lr.test goes by address over the unix socket.
+    python(SEND, &[&m.port.to_string(), "joseph@mx.test", "team@lm.test,alice@lr.test", "over-lmtp"]);
+    let inbox = |u: &str| common::read_dir_files(&dv.path().join("home").join(u).join("Maildir/new"));
+    wait_for("joseph's and alice's copies", Duration::from_secs(20), || {
+        inbox("joseph").len() == 1 && inbox("alice").len() == 1
+    });
+    for u in ["joseph", "alice"] {
+        let text = String::from_utf8_lossy(&inbox(u)[0]).into_owned();
+        assert!(text.contains("by mx.test (mxd) with ESMTP id "), "{text}");
+        assert!(text.contains("Return-Path: <joseph@mx.test>"), "{text}");
+        assert!(text.ends_with("over-lmtp\n"), "{text}");
+    }
+    assert!(m.logged("to=<joseph> host=127.0.0.1 address=127.0.0.1:"), "{}", m.log());
+    assert!(m.logged(&format!("to=<alice@lr.test> host={socket} address={socket}")), "{}", m.log());
+    // Dovecot refuses ghost: the bounce comes back to the sender, joseph's local Maildir.
+    wait_for("the bounce", Duration::from_secs(20), || m.messages("joseph").len() == 1);
+    let bounce = String::from_utf8_lossy(&m.messages("joseph")[0]).into_owned();
+    assert!(bounce.contains("Final-Recipient: rfc822; ghost"), "{bounce}");
+    wait_for("an empty queue", Duration::from_secs(10), || queue_files(&m) == 0);
+}
