@@ -143,3 +143,42 @@ fn lmtp_actions_deliver_into_dovecot_over_tcp_and_a_unix_socket() {
     assert!(bounce.contains("Final-Recipient: rfc822; ghost"), "{bounce}");
     wait_for("an empty queue", Duration::from_secs(10), || queue_files(&m) == 0);
 }
+
+#[test]
+fn an_lmtp_server_that_is_down_defers_and_the_message_stays_queued() {
+    if !common::can_run(
+        "an_lmtp_server_that_is_down_defers_and_the_message_stays_queued",
+        &[
+            common::Need::Program("dovecot", "dovecot-lmtpd"),
+            common::Need::File("/usr/lib/dovecot/lmtp", "dovecot-lmtpd"),
+        ],
+    ) {
+        return;
+    }
+    let dv = tempfile::tempdir().unwrap();
+    let socket = dv.path().join("run/lmtp-test").display().to_string();
+    let sock = socket.clone();
+    let m = Mxd::start_with(
+        move |d, p| {
+            let (uid, gid) = uid_gid();
+            format!(
+                "spool \"{d}/spool\"\nhostname \"mx.test\"\n\
+                 table users {{ alice = \"{uid}:{gid}:{d}/home/alice\" }}\n\
+                 listen on 127.0.0.1 port {p}\n\
+                 action \"unix\" lmtp \"{sock}\" rcpt-to userbase <users>\n\
+                 match from any for domain \"lr.test\" action \"unix\"\n",
+                d = d.display()
+            )
+        },
+        &[("MXD_RETRY_BASE", "1")],
+    );
+    python(SEND, &[&m.port.to_string(), "s@example.org", "alice@lr.test", "later"]);
+    // Accepted (250) while the server is down: queued, tried, deferred, kept.
+    assert!(m.logged(&format!("to=<alice@lr.test> result=TempFail error=\"{socket}")), "{}", m.log());
+    assert_eq!(queue_files(&m), 1);
+    let _dovecot = Dovecot::start(dv.path(), common::free_port());
+    let inbox = || common::read_dir_files(&dv.path().join("home/alice/Maildir/new"));
+    wait_for("alice's copy once Dovecot is up", Duration::from_secs(30), || inbox().len() == 1);
+    assert!(String::from_utf8_lossy(&inbox()[0]).ends_with("later\n"));
+    wait_for("an empty queue", Duration::from_secs(10), || queue_files(&m) == 0);
+}
