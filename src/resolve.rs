@@ -189,7 +189,11 @@ impl Resolver<'_> {
                 action: action.name.clone(),
                 rcpt: if *rcpt_to { self.env.rcpt.to_owned() } else { user.name.clone() },
             },
-            Method::Mda(_) => return Err(ResolveError::Unsupported("mda delivery".into())),
+            // Never as root: OpenSMTPD refuses it too, unless `user` names who runs it.
+            Method::Mda(_) if user.uid == 0 && action.user.is_none() => {
+                return Err(ResolveError::Unsupported("mda delivery as root".into()))
+            }
+            Method::Mda(_) => Target::Mda { action: action.name.clone(), rcpt: dest_addr.clone() },
             Method::ForwardOnly | Method::ExpandOnly => {
                 return Err(ResolveError::Unsupported("local delivery for a forward-only action".into()))
             }

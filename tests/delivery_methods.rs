@@ -182,3 +182,86 @@ fn an_lmtp_server_that_is_down_defers_and_the_message_stays_queued() {
     assert!(String::from_utf8_lossy(&inbox()[0]).ends_with("later\n"));
     wait_for("an empty queue", Duration::from_secs(10), || queue_files(&m) == 0);
 }
+
+/// mda actions for `mduser` (uid 65534, home `d`/home/mduser with a .procmailrc): procmail,
+/// a script that records what it got, one that defers, one that fails, one too slow.
+fn mda_conf(d: &Path, p: u16) -> String {
+    let (uid, gid) = uid_gid();
+    let d = d.display();
+    sh(&format!(
+        "set -e; chmod 755 {d}; mkdir -p {d}/home/mduser; \
+         printf 'DEFAULT={d}/home/mduser/Maildir/\\n' > {d}/home/mduser/.procmailrc; \
+         chmod 644 {d}/home/mduser/.procmailrc; chown -R 65534:65534 {d}/home/mduser"
+    ));
+    format!(
+        "spool \"{d}/spool\"\nhostname \"mx.test\"\n\
+         table users {{ joseph = \"{uid}:{gid}:{d}/home/joseph\", mduser = \"65534:65534:{d}/home/mduser\", root = \"0:0:/root\" }}\n\
+         listen on 127.0.0.1 port {p}\n\
+         action \"local\" maildir userbase <users>\n\
+         action \"proc\" mda \"/usr/bin/procmail %{{user.directory}}/.procmailrc\" userbase <users>\n\
+         action \"record\" mda \"cat > $HOME/got-%{{rcpt.domain}}; env > $HOME/env; id -u > $HOME/uid\" userbase <users>\n\
+         action \"defer\" mda \"echo 'quota exceeded, later' >&2; exit 75\" userbase <users>\n\
+         action \"fail\" mda \"echo first >&2; echo 'no such folder' >&2; exit 67\" userbase <users>\n\
+         action \"slow\" mda \"sleep 30\" userbase <users>\n\
+         match from any for domain \"mx.test\" action \"local\"\n\
+         match from any for domain \"proc.test\" action \"proc\"\n\
+         match from any for domain \"record.test\" action \"record\"\n\
+         match from any for domain \"defer.test\" action \"defer\"\n\
+         match from any for domain \"fail.test\" action \"fail\"\n\
+         match from any for domain \"slow.test\" action \"slow\"\n"
+    )
+}
+
+#[test]
+fn mda_commands_run_as_the_user_from_the_queue() {
+    if !common::can_run(
+        "mda_commands_run_as_the_user_from_the_queue",
+        &[common::Need::Program("procmail", "procmail"), common::Need::Root],
+    ) {
+        return;
+    }
+    let m = Mxd::start_with(mda_conf, &[("MXD_MDA_TIMEOUT", "2"), ("MXD_RETRY_BASE", "60")]);
+    let home = m.path().join("home/mduser");
+    // Never as root: refused at RCPT.
+    let mut c = Client::connect(m.port);
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<joseph@mx.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<root@record.test>").starts_with("550 5.3.3"));
+    drop(c);
+    let rcpts = "mduser@proc.test,mduser@record.test,mduser@defer.test,mduser@fail.test,mduser@slow.test";
+    python(SEND, &[&m.port.to_string(), "joseph@mx.test", rcpts, "through-mda"]);
+    // procmail, as the user, into the Maildir its .procmailrc names.
+    wait_for("procmail's delivery", Duration::from_secs(20), || {
+        common::read_dir_files(&home.join("Maildir/new")).len() == 1
+    });
+    let got = String::from_utf8_lossy(&common::read_dir_files(&home.join("Maildir/new"))[0]).into_owned();
+    assert!(got.contains("Delivered-To: mduser@proc.test") && got.ends_with("through-mda\n"), "{got}");
+    // The recording script: stdin, environment, uid.
+    wait_for("the recording command", Duration::from_secs(20), || home.join("uid").exists());
+    let got = std::fs::read_to_string(home.join("got-record.test")).unwrap();
+    assert!(got.starts_with("Return-Path: <joseph@mx.test>\nDelivered-To: mduser@record.test\nReceived: "), "{got}");
+    assert!(got.ends_with("through-mda\n"), "{got}");
+    let env = std::fs::read_to_string(home.join("env")).unwrap();
+    for var in
+        ["SENDER=joseph@mx.test", "RECIPIENT=mduser@record.test", "USER=mduser", "LOCAL=mduser", "DOMAIN=record.test"]
+    {
+        assert!(env.lines().any(|l| l == var), "{var} in {env}");
+    }
+    assert!(env.contains(&format!("HOME={}", home.display())), "{env}");
+    assert_eq!(std::fs::read_to_string(home.join("uid")).unwrap().trim(), "65534");
+    // Exit 75 and the time limit defer; another code bounces with the last stderr line.
+    assert!(m.logged("to=<mduser@defer.test> method=mda result=TempFail error=\"mda exited with 75 (EX_TEMPFAIL): quota exceeded, later\""), "{}", m.log());
+    assert!(m.logged("to=<mduser@slow.test> method=mda result=TempFail error=\"mda timed out after 2s"), "{}", m.log());
+    assert!(
+        m.logged("to=<mduser@fail.test> method=mda result=PermFail error=\"5.3.0 mda exited with 67: no such folder\""),
+        "{}",
+        m.log()
+    );
+    wait_for("the bounce", Duration::from_secs(20), || m.messages("joseph").len() == 1);
+    let bounce = String::from_utf8_lossy(&m.messages("joseph")[0]).into_owned();
+    assert!(bounce.contains("Final-Recipient: rfc822; mduser@fail.test"), "{bounce}");
+    assert!(bounce.contains("no such folder"), "{bounce}");
+    assert!(!bounce.contains("mduser@defer.test"), "{bounce}");
+    // The deferred recipients keep the message in the mda queue.
+    assert_eq!(common::count_files(&m.path().join("spool/mda/new")), 1);
+}

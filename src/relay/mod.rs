@@ -7,6 +7,7 @@
 //! the queue's state, so workers share nothing but their reports.
 
 pub mod client;
+pub mod mda;
 pub mod mx;
 mod spec;
 mod worker;
@@ -207,10 +208,23 @@ pub fn spawn(
     wake: Receiver<()>,
     handle: Handle,
 ) -> std::io::Result<JoinHandle<()>> {
+    spawn_at(spool, queue::queue_dir(spool), "relay", config, wake, handle)
+}
+
+/// The same runner over `queue`, on a thread named `name`: the parent runs one over the mda
+/// queue (`mda::spawn`).
+fn spawn_at(
+    spool: &Path,
+    queue: PathBuf,
+    name: &str,
+    config: SharedConfig,
+    wake: Receiver<()>,
+    handle: Handle,
+) -> std::io::Result<JoinHandle<()>> {
     let env_u64 = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<u64>().ok());
     let (reports_tx, reports) = crossbeam_channel::unbounded();
     let mut runner = Runner {
-        queue: queue::queue_dir(spool),
+        queue,
         spool: spool.to_owned(),
         config,
         entries: BTreeMap::new(),
@@ -220,7 +234,7 @@ pub fn spawn(
         reports_tx,
         reports,
     };
-    std::thread::Builder::new().name("relay".into()).spawn(move || {
+    std::thread::Builder::new().name(name.into()).spawn(move || {
         while !handle.stop.load(Ordering::Relaxed) {
             let reports = runner.reports.clone();
             crossbeam_channel::select! {
