@@ -1,4 +1,5 @@
-//! Delivery methods (issue 15): a recipient that expands to nothing refused at RCPT, and
+//! Delivery methods (issue 15): a recipient that expands to nothing refused at RCPT; `mda`
+//! actions (procmail, scripts that defer, fail or hang, a wrapper) run as the user; and
 //! `lmtp` actions into a real Dovecot over TCP and a unix socket, queued and delivered by
 //! the relay process.
 
@@ -197,7 +198,9 @@ fn mda_conf(d: &Path, p: u16) -> String {
         "spool \"{d}/spool\"\nhostname \"mx.test\"\n\
          table users {{ joseph = \"{uid}:{gid}:{d}/home/joseph\", mduser = \"65534:65534:{d}/home/mduser\", root = \"0:0:/root\" }}\n\
          listen on 127.0.0.1 port {p}\n\
+         mda wrapper \"marker\" \"echo wrapped > $HOME/wrapped; %{{mda}}\"\n\
          action \"local\" maildir userbase <users>\n\
+         action \"wrapped\" mda \"cat > $HOME/got-wrapped\" wrapper \"marker\" userbase <users>\n\
          action \"proc\" mda \"/usr/bin/procmail %{{user.directory}}/.procmailrc\" userbase <users>\n\
          action \"record\" mda \"cat > $HOME/got-%{{rcpt.domain}}; env > $HOME/env; id -u > $HOME/uid\" userbase <users>\n\
          action \"defer\" mda \"echo 'quota exceeded, later' >&2; exit 75\" userbase <users>\n\
@@ -205,6 +208,7 @@ fn mda_conf(d: &Path, p: u16) -> String {
          action \"slow\" mda \"sleep 30\" userbase <users>\n\
          match from any for domain \"mx.test\" action \"local\"\n\
          match from any for domain \"proc.test\" action \"proc\"\n\
+         match from any for domain \"wrapped.test\" action \"wrapped\"\n\
          match from any for domain \"record.test\" action \"record\"\n\
          match from any for domain \"defer.test\" action \"defer\"\n\
          match from any for domain \"fail.test\" action \"fail\"\n\
@@ -228,7 +232,8 @@ fn mda_commands_run_as_the_user_from_the_queue() {
     assert!(c.cmd("MAIL FROM:<joseph@mx.test>").starts_with("250"));
     assert!(c.cmd("RCPT TO:<root@record.test>").starts_with("550 5.3.3"));
     drop(c);
-    let rcpts = "mduser@proc.test,mduser@record.test,mduser@defer.test,mduser@fail.test,mduser@slow.test";
+    let rcpts =
+        "mduser@wrapped.test,mduser@proc.test,mduser@record.test,mduser@defer.test,mduser@fail.test,mduser@slow.test";
     python(SEND, &[&m.port.to_string(), "joseph@mx.test", rcpts, "through-mda"]);
     // procmail, as the user, into the Maildir its .procmailrc names.
     wait_for("procmail's delivery", Duration::from_secs(20), || {
@@ -249,6 +254,9 @@ fn mda_commands_run_as_the_user_from_the_queue() {
     }
     assert!(env.contains(&format!("HOME={}", home.display())), "{env}");
     assert_eq!(std::fs::read_to_string(home.join("uid")).unwrap().trim(), "65534");
+    // `wrapper NAME`: the wrapper runs, and `%{mda}` in it is the action's command.
+    wait_for("the wrapped command", Duration::from_secs(20), || home.join("got-wrapped").exists());
+    assert_eq!(std::fs::read_to_string(home.join("wrapped")).unwrap(), "wrapped\n");
     // Exit 75 and the time limit defer; another code bounces with the last stderr line.
     assert!(m.logged("to=<mduser@defer.test> method=mda result=TempFail error=\"mda exited with 75 (EX_TEMPFAIL): quota exceeded, later\""), "{}", m.log());
     assert!(m.logged("to=<mduser@slow.test> method=mda result=TempFail error=\"mda timed out after 2s"), "{}", m.log());
@@ -264,4 +272,25 @@ fn mda_commands_run_as_the_user_from_the_queue() {
     assert!(!bounce.contains("mduser@defer.test"), "{bounce}");
     // The deferred recipients keep the message in the mda queue.
     assert_eq!(common::count_files(&m.path().join("spool/mda/new")), 1);
+}
+
+#[test]
+fn a_wrapper_must_be_declared_and_wrap_an_mda() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |body: &str| {
+        let path = dir.path().join("smtpd.conf");
+        std::fs::write(&path, format!("{body}\nmatch from any for any action \"a\"\n")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_mxd")).arg("-n").arg("-f").arg(&path).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = check("mda wrapper \"w\" \"nice %{mda}\"\naction \"a\" mda \"procmail\" wrapper \"w\"");
+    assert!(ok && !text.contains("wrapper"), "{text}");
+    // `mxd -n` names what would stop the daemon's start.
+    let (_, text) = check("action \"a\" mda \"procmail\" wrapper \"w\"");
+    assert!(text.contains("no 'mda wrapper w \"COMMAND\"' before it (not run: the daemon refuses to start"), "{text}");
+    let (_, text) = check("mda wrapper \"w\" \"nice %{mda}\"\naction \"a\" maildir wrapper \"w\"");
+    assert!(text.contains("wrappers around mda commands only (not run: the daemon refuses to start"), "{text}");
 }

@@ -116,6 +116,15 @@ fn deliver(config: &Config, action: &Action, command: &str, sender: &str, rcpt: 
         Ok(l) => l,
         Err(e) => return RcptResult::Perm(format!("5.3.5 mda command: {e}")),
     };
+    let line = match action.wrapper.as_ref().map(|w| (w, config.knobs.mda_wrappers.get(w))) {
+        None => line,
+        Some((w, None)) => return RcptResult::Temp(format!("mda wrapper {w} is not defined")),
+        // `%{mda}` in the wrapper is the command, expanded on its own.
+        Some((_, Some(wrapper))) => match expand(&wrapper.replace("%{mda}", "\u{1}"), &ctx) {
+            Ok(w) => w.replace('\u{1}', &line),
+            Err(e) => return RcptResult::Perm(format!("5.3.5 mda wrapper: {e}")),
+        },
+    };
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(&line)
