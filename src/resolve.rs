@@ -26,7 +26,8 @@ pub enum ResolveError {
     Loop(String),
     /// The path template refused this recipient (a hostile address): 550 5.1.3.
     BadPath(ExpandError),
-    /// A method or alias form mxd does not deliver (mda, lmtp, |command, /file): 550 5.3.3.
+    /// A method or alias form mxd does not deliver (forward-only, expand-only to a user,
+    /// |command, /file, an mda as root): 550 5.3.3.
     Unsupported(String),
     /// An expanded address matched no rule, or a `reject` rule: 550 5.7.1.
     Refused(String),

@@ -296,7 +296,7 @@ pub enum Method {
         dest: String,
         rcpt_to: bool,
     },
-    /// `mda "COMMAND"`: parsed, not delivered by mxd yet.
+    /// `mda "COMMAND"`: queued in the mda queue, run by the parent as the user.
     Mda(String),
     ForwardOnly,
     ExpandOnly,
