@@ -337,6 +337,28 @@ mod tests {
     }
 
     #[test]
+    fn lmtp_and_mda_targets() {
+        let (_d, c) = config(
+            "table aliases { team = \"joseph, alice\" }\ntable u2 { root = \"0:0:/root\", joseph = \"1000:1000:/home/joseph\" }\n\
+             action l lmtp \"/run/lmtp\" alias <aliases> userbase <users>\naction r lmtp \"h:24\" rcpt-to userbase <users>\n\
+             action m mda \"procmail\" userbase <u2>\naction mu mda \"procmail\" user joseph userbase <u2>\n\
+             match from any for domain \"l.test\" action l\nmatch from any for domain \"r.test\" action r\n\
+             match from any for domain \"m.test\" action m\nmatch from any for domain \"mu.test\" action mu\n",
+        );
+        let relay = |a: &str, r: &str| Target::Relay { action: a.into(), rcpt: r.into() };
+        // By user name after aliases; with `rcpt-to`, the recipient as it came.
+        assert_eq!(run(&c, "team@l.test"), Ok(vec![relay("l", "joseph"), relay("l", "alice")]));
+        assert_eq!(run(&c, "Joseph+x@r.test"), Ok(vec![relay("r", "Joseph+x@r.test")]));
+        assert_eq!(
+            run(&c, "joseph+x@m.test"),
+            Ok(vec![Target::Mda { action: "m".into(), rcpt: "joseph@m.test".into() }])
+        );
+        // Never as root, unless `user` names who runs it.
+        assert!(matches!(run(&c, "root@m.test"), Err(ResolveError::Unsupported(_))));
+        assert_eq!(run(&c, "root@mu.test"), Ok(vec![Target::Mda { action: "mu".into(), rcpt: "root@mu.test".into() }]));
+    }
+
+    #[test]
     fn empty_aliases_are_refused() {
         let (_d, c) = config(&format!("table aliases {{ void = \"\", nested = \"void\" }}\n{LOCAL}"));
         assert_eq!(run(&c, "void@test"), Err(ResolveError::Empty("void@test".into())));
