@@ -51,8 +51,19 @@ pub fn reconfigure(config: &Arc<Config>) {
     }
 }
 
-/// The worker of one mda action: every due recipient's command, one after the other.
-pub(super) fn run(work: &Work, action: &Action, reports: &Sender<Report>) {
+/// Starts the worker of one mda action (the relay worker's counterpart).
+pub(super) fn spawn_worker(work: Work, reports: Sender<Report>) -> std::io::Result<()> {
+    std::thread::Builder::new().name("mda-action".into()).spawn(move || {
+        if let Some(action) = work.config.actions.get(&work.dest.action) {
+            run(&work, action, &reports);
+        }
+        let _ = reports.send(Report::Finished(work.dest.clone()));
+    })?;
+    Ok(())
+}
+
+/// Every due recipient's command, one after the other.
+fn run(work: &Work, action: &Action, reports: &Sender<Report>) {
     let Method::Mda(command) = &action.method else { return };
     for item in &work.items {
         // Gone since it was dispatched (`mxctl remove`): nothing to run.

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::config::Config;
+use crate::config::{Config, Method};
 use crate::dns::Resolver;
 use crate::queue::{self, bounce, Envelope};
 use client::RcptResult;
@@ -354,7 +354,13 @@ impl Runner {
                 mx_port: self.mx_port,
                 queue: self.queue.clone(),
             };
-            match worker::spawn(w, self.reports_tx.clone()) {
+            let is_mda = matches!(config.actions.get(&dest.action).map(|a| &a.method), Some(Method::Mda(_)));
+            let started = if is_mda {
+                mda::spawn_worker(w, self.reports_tx.clone())
+            } else {
+                worker::spawn(w, self.reports_tx.clone())
+            };
+            match started {
                 Ok(()) => {
                     self.in_flight.insert(dest);
                 }

@@ -54,9 +54,6 @@ pub(super) fn spawn(work: Work, reports: Sender<Report>) -> std::io::Result<()> 
 
 fn run(work: &Work, reports: &Sender<Report>) {
     let (action, domain) = (&work.dest.action, work.dest.domain.as_deref());
-    if let Some(a) = work.config.actions.get(action).filter(|a| matches!(a.method, crate::config::Method::Mda(_))) {
-        return super::mda::run(work, a, reports);
-    }
     let specs = match spec::candidates(&work.config, action, domain, &work.resolver, work.mx_port) {
         Ok(s) => s,
         Err(verdict) => return fail(work, &work.items, verdict, None, reports),
