@@ -162,7 +162,12 @@ fn deliver(config: &Config, action: &Action, command: &str, sender: &str, rcpt: 
         // std drops root's supplementary groups when it changes the uid.
         cmd.uid(user.uid).gid(user.gid);
     }
-    let mut child = match cmd.spawn() {
+    // Never while the parent hands descriptors to a child process (they are inheritable then).
+    let spawned = {
+        let _exclusive = crate::privsep::fds::EXEC_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cmd.spawn()
+    };
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => return RcptResult::Temp(format!("mda: {e}")),
     };
