@@ -206,13 +206,15 @@ fn mda_conf(d: &Path, p: u16) -> String {
          action \"defer\" mda \"echo 'quota exceeded, later' >&2; exit 75\" userbase <users>\n\
          action \"fail\" mda \"echo first >&2; echo 'no such folder' >&2; exit 67\" userbase <users>\n\
          action \"slow\" mda \"sleep 30\" userbase <users>\n\
+         action \"lingering\" mda \"(setsid sleep 30 &); echo left >&2; exit 67\" userbase <users>\n\
          match from any for domain \"mx.test\" action \"local\"\n\
          match from any for domain \"proc.test\" action \"proc\"\n\
          match from any for domain \"wrapped.test\" action \"wrapped\"\n\
          match from any for domain \"record.test\" action \"record\"\n\
          match from any for domain \"defer.test\" action \"defer\"\n\
          match from any for domain \"fail.test\" action \"fail\"\n\
-         match from any for domain \"slow.test\" action \"slow\"\n"
+         match from any for domain \"slow.test\" action \"slow\"\n\
+         match from any for domain \"lingering.test\" action \"lingering\"\n"
     )
 }
 
@@ -233,7 +235,8 @@ fn mda_commands_run_as_the_user_from_the_queue() {
     assert!(c.cmd("RCPT TO:<root@record.test>").starts_with("550 5.3.3"));
     drop(c);
     let rcpts =
-        "mduser@wrapped.test,mduser@proc.test,mduser@record.test,mduser@defer.test,mduser@fail.test,mduser@slow.test";
+        "mduser@wrapped.test,mduser@proc.test,mduser@record.test,mduser@defer.test,mduser@fail.test,mduser@slow.test,\
+         mduser@lingering.test";
     python(SEND, &[&m.port.to_string(), "joseph@mx.test", rcpts, "through-mda"]);
     // procmail, as the user, into the Maildir its .procmailrc names.
     wait_for("procmail's delivery", Duration::from_secs(20), || {
@@ -265,8 +268,17 @@ fn mda_commands_run_as_the_user_from_the_queue() {
         "{}",
         m.log()
     );
-    wait_for("the bounce", Duration::from_secs(20), || m.messages("joseph").len() == 1);
-    let bounce = String::from_utf8_lossy(&m.messages("joseph")[0]).into_owned();
+    // What a command leaves behind holding its stderr does not hold the queue.
+    assert!(
+        m.logged("to=<mduser@lingering.test> method=mda result=PermFail error=\"5.3.0 mda exited with 67: left\""),
+        "{}",
+        m.log()
+    );
+    let bounces = || m.messages("joseph").iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect::<String>();
+    wait_for("the bounces", Duration::from_secs(20), || {
+        bounces().contains("mduser@lingering.test") && bounces().contains("mduser@fail.test")
+    });
+    let bounce = bounces();
     assert!(bounce.contains("Final-Recipient: rfc822; mduser@fail.test"), "{bounce}");
     assert!(bounce.contains("no such folder"), "{bounce}");
     assert!(!bounce.contains("mduser@defer.test"), "{bounce}");

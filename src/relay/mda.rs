@@ -172,18 +172,26 @@ fn deliver(config: &Config, action: &Action, command: &str, sender: &str, rcpt: 
         Err(e) => return RcptResult::Temp(format!("mda: {e}")),
     };
     let (stdin, stderr) = (child.stdin.take(), child.stderr.take());
-    let head = [crate::headers::return_path(sender), crate::headers::delivered_to(rcpt)].concat();
-    let (status, errors) = std::thread::scope(|s| {
-        s.spawn(move || {
-            // A command that does not read its input gets EPIPE here, which is its business.
-            if let Some(mut w) = stdin {
-                let _ = w.write_all(&head).and_then(|()| w.write_all(message));
-            }
-        });
-        let errors = s.spawn(move || tail_of(stderr));
-        let status = wait(&mut child);
-        (status, errors.join().unwrap_or_default())
+    let input = [crate::headers::return_path(sender), crate::headers::delivered_to(rcpt), message.to_vec()].concat();
+    // Detached, with their own copies: something the command left running may keep its
+    // stdin or stderr open, and must not hold this worker once the command is done.
+    let _ = std::thread::Builder::new().name("mda-stdin".into()).spawn(move || {
+        // A command that does not read its input gets EPIPE here, which is its business.
+        if let Some(mut w) = stdin {
+            let _ = w.write_all(&input);
+        }
     });
+    let kept: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let (done, finished) = crossbeam_channel::bounded::<()>(1);
+    let tail = Arc::clone(&kept);
+    let _ = std::thread::Builder::new().name("mda-stderr".into()).spawn(move || {
+        tail_of(stderr, &tail);
+        drop(done);
+    });
+    let status = wait(&mut child);
+    // Up to a second for the rest of stderr; then what came so far.
+    let _ = finished.recv_timeout(Duration::from_secs(1));
+    let errors = kept.lock().map(|k| k.clone()).unwrap_or_default();
     let last = String::from_utf8_lossy(&errors).lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
     match status {
         None => RcptResult::Temp(format!("mda timed out after {}s: {last}", time_limit().as_secs())),
@@ -222,19 +230,19 @@ fn wait(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
     }
 }
 
-/// The end of what `r` yields, at most `STDERR_KEEP` bytes of it.
-fn tail_of(r: Option<std::process::ChildStderr>) -> Vec<u8> {
-    let Some(mut r) = r else { return Vec::new() };
-    let mut kept = Vec::new();
+/// Keeps the end of what `r` yields in `kept`, at most `STDERR_KEEP` bytes of it.
+fn tail_of(r: Option<std::process::ChildStderr>, kept: &Mutex<Vec<u8>>) {
+    let Some(mut r) = r else { return };
     let mut chunk = [0u8; 4096];
     while let Ok(n) = r.read(&mut chunk) {
+        let Ok(mut kept) = kept.lock() else { return };
         if n == 0 {
-            break;
+            return;
         }
         kept.extend_from_slice(&chunk[..n]);
         if kept.len() > STDERR_KEEP {
-            kept.drain(..kept.len() - STDERR_KEEP);
+            let excess = kept.len() - STDERR_KEEP;
+            kept.drain(..excess);
         }
     }
-    kept
 }
