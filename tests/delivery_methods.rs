@@ -206,7 +206,7 @@ fn mda_conf(d: &Path, p: u16) -> String {
          action \"defer\" mda \"echo 'quota exceeded, later' >&2; exit 75\" userbase <users>\n\
          action \"fail\" mda \"echo first >&2; echo 'no such folder' >&2; exit 67\" userbase <users>\n\
          action \"slow\" mda \"sleep 30\" userbase <users>\n\
-         action \"lingering\" mda \"(setsid sleep 30 &); echo left >&2; exit 67\" userbase <users>\n\
+         action \"lingering\" mda \"(setsid sleep 5 &); echo left >&2; exit 67\" userbase <users>\n\
          match from any for domain \"mx.test\" action \"local\"\n\
          match from any for domain \"proc.test\" action \"proc\"\n\
          match from any for domain \"wrapped.test\" action \"wrapped\"\n\
