@@ -84,4 +84,7 @@ pub enum Target {
     Mbox { path: PathBuf, owner: Option<Owner>, delivered_to: String },
     /// A message for another host: goes to the persistent queue for relay by `action`.
     Relay { action: String, rcpt: String },
+    /// A message for an `mda` action's command: goes to the mda queue (`SPOOL/mda`), run
+    /// from there by the parent as the user; `rcpt` is the final address (user@domain).
+    Mda { action: String, rcpt: String },
 }

@@ -26,10 +26,14 @@ pub enum ResolveError {
     Loop(String),
     /// The path template refused this recipient (a hostile address): 550 5.1.3.
     BadPath(ExpandError),
-    /// A method or alias form mxd does not deliver (mda, lmtp, |command, /file): 550 5.3.3.
+    /// A method or alias form mxd does not deliver (forward-only, expand-only to a user,
+    /// |command, /file, an mda as root): 550 5.3.3.
     Unsupported(String),
     /// An expanded address matched no rule, or a `reject` rule: 550 5.7.1.
     Refused(String),
+    /// The recipient expands to no mailbox at all (an empty alias): 550 5.1.1, never a
+    /// 250 for a message stored nowhere.
+    Empty(String),
 }
 
 impl fmt::Display for ResolveError {
@@ -40,6 +44,7 @@ impl fmt::Display for ResolveError {
             ResolveError::BadPath(e) => write!(f, "{e}"),
             ResolveError::Unsupported(w) => write!(f, "{w} is not supported"),
             ResolveError::Refused(a) => write!(f, "expanded address {a} is refused by the rules"),
+            ResolveError::Empty(a) => write!(f, "{a} expands to no mailbox"),
         }
     }
 }
@@ -59,6 +64,9 @@ pub fn resolve(
 ) -> Result<Vec<Target>, ResolveError> {
     let mut r = Resolver { config, env, system: users, out: Vec::new() };
     r.address(action, env.rcpt, 0, &mut Vec::new())?;
+    if r.out.is_empty() {
+        return Err(ResolveError::Empty(env.rcpt.to_owned()));
+    }
     Ok(r.out)
 }
 
@@ -176,8 +184,17 @@ impl Resolver<'_> {
                 Target::Maildir { dir, owner, delivered_to }
             }
             Method::Mbox => Target::Mbox { path: PathBuf::from("/var/mail").join(&user.name), owner, delivered_to },
-            Method::Lmtp { .. } => return Err(ResolveError::Unsupported("lmtp delivery".into())),
-            Method::Mda(_) => return Err(ResolveError::Unsupported("mda delivery".into())),
+            // Queued, and handed to the LMTP server by the relay process, with retries:
+            // the user's name, or with `rcpt-to` the original recipient.
+            Method::Lmtp { rcpt_to, .. } => Target::Relay {
+                action: action.name.clone(),
+                rcpt: if *rcpt_to { self.env.rcpt.to_owned() } else { user.name.clone() },
+            },
+            // Never as root: OpenSMTPD refuses it too, unless `user` names who runs it.
+            Method::Mda(_) if user.uid == 0 && action.user.is_none() => {
+                return Err(ResolveError::Unsupported("mda delivery as root".into()))
+            }
+            Method::Mda(_) => Target::Mda { action: action.name.clone(), rcpt: dest_addr.clone() },
             Method::ForwardOnly | Method::ExpandOnly => {
                 return Err(ResolveError::Unsupported("local delivery for a forward-only action".into()))
             }
@@ -318,5 +335,34 @@ mod tests {
         let (_d, c) = config(&format!("table aliases {{ prog = \"|/bin/sh\", file = \"/tmp/x\" }}\n{LOCAL}"));
         assert!(matches!(run(&c, "prog@test"), Err(ResolveError::Unsupported(_))));
         assert!(matches!(run(&c, "file@test"), Err(ResolveError::Unsupported(_))));
+    }
+
+    #[test]
+    fn lmtp_and_mda_targets() {
+        let (_d, c) = config(
+            "table aliases { team = \"joseph, alice\" }\ntable u2 { root = \"0:0:/root\", joseph = \"1000:1000:/home/joseph\" }\n\
+             action l lmtp \"/run/lmtp\" alias <aliases> userbase <users>\naction r lmtp \"h:24\" rcpt-to userbase <users>\n\
+             action m mda \"procmail\" userbase <u2>\naction mu mda \"procmail\" user joseph userbase <u2>\n\
+             match from any for domain \"l.test\" action l\nmatch from any for domain \"r.test\" action r\n\
+             match from any for domain \"m.test\" action m\nmatch from any for domain \"mu.test\" action mu\n",
+        );
+        let relay = |a: &str, r: &str| Target::Relay { action: a.into(), rcpt: r.into() };
+        // By user name after aliases; with `rcpt-to`, the recipient as it came.
+        assert_eq!(run(&c, "team@l.test"), Ok(vec![relay("l", "joseph"), relay("l", "alice")]));
+        assert_eq!(run(&c, "Joseph+x@r.test"), Ok(vec![relay("r", "Joseph+x@r.test")]));
+        assert_eq!(
+            run(&c, "joseph+x@m.test"),
+            Ok(vec![Target::Mda { action: "m".into(), rcpt: "joseph@m.test".into() }])
+        );
+        // Never as root, unless `user` names who runs it.
+        assert!(matches!(run(&c, "root@m.test"), Err(ResolveError::Unsupported(_))));
+        assert_eq!(run(&c, "root@mu.test"), Ok(vec![Target::Mda { action: "mu".into(), rcpt: "root@mu.test".into() }]));
+    }
+
+    #[test]
+    fn empty_aliases_are_refused() {
+        let (_d, c) = config(&format!("table aliases {{ void = \"\", nested = \"void\" }}\n{LOCAL}"));
+        assert_eq!(run(&c, "void@test"), Err(ResolveError::Empty("void@test".into())));
+        assert_eq!(run(&c, "nested@test"), Err(ResolveError::Empty("nested@test".into())));
     }
 }

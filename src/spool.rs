@@ -10,6 +10,7 @@
 //!   control.sock    0666 root      mxctl; privileged verbs are checked per peer uid
 //!   offline/        1777 root      sendmail's drop while the daemon is down; files 0600 each
 //!   queue/          0700 mxd       relay queue: written by delivery, read by the relay process
+//!   mda/            0700 root      mda queue: written by delivery, run by the parent
 //!     wake                         datagram socket: delivery wakes the relay process
 //!   empty/          0755 root      the smtp process's chroot: an empty directory
 //! ```
@@ -36,6 +37,8 @@ pub const OFFLINE_DIR: &str = "offline";
 pub const REJECTED_DIR: &str = "offline.rejected";
 /// The relay queue.
 pub const QUEUE_DIR: &str = "queue";
+/// The queue of `mda` recipients, which only root reads.
+pub const MDA_DIR: &str = "mda";
 /// The smtp process's root directory.
 pub const EMPTY_DIR: &str = "empty";
 /// The instance lock.
@@ -68,6 +71,10 @@ pub fn rejected_dir(spool: &Path) -> PathBuf {
 
 pub fn queue_dir(spool: &Path) -> PathBuf {
     spool.join(QUEUE_DIR)
+}
+
+pub fn mda_dir(spool: &Path) -> PathBuf {
+    spool.join(MDA_DIR)
 }
 
 pub fn empty_dir(spool: &Path) -> PathBuf {
@@ -176,6 +183,11 @@ pub fn prepare(spool: &Path, queue_owner: Option<(u32, u32)>) -> Result<(), Spoo
         if let Some(owner) = queue_owner {
             hand_over_files(&queue.join(sub), euid, owner)?;
         }
+    }
+    let mda = mda_dir(spool);
+    ensure_dir(&mda, QUEUE_MODE, euid, None)?;
+    for sub in ["tmp", "new", "cur", QUEUE_STATE] {
+        ensure_dir(&mda.join(sub), QUEUE_MODE, euid, None)?;
     }
     for socket in [submit_socket(spool), control_socket(spool)] {
         match fs::symlink_metadata(&socket) {

@@ -290,12 +290,13 @@ pub enum Method {
     },
     /// `mbox`: /var/mail/USER.
     Mbox,
-    /// `lmtp DEST [rcpt-to]`: parsed, not delivered by mxd yet.
+    /// `lmtp DEST [rcpt-to]`: DEST a unix socket path or host:port; queued, then sent by
+    /// the relay process.
     Lmtp {
         dest: String,
         rcpt_to: bool,
     },
-    /// `mda "COMMAND"`: parsed, not delivered by mxd yet.
+    /// `mda "COMMAND"`: queued in the mda queue, run by the parent as the user.
     Mda(String),
     ForwardOnly,
     ExpandOnly,

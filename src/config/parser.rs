@@ -819,10 +819,17 @@ fn action(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
             "junk" => out.notice(&a.at, "maildir junk: accepted, no effect (mxd files no mail into Junk)"),
             _ => {
                 let w = p.value("an mda wrapper name")?;
-                out.blocking(
-                    &a.at,
-                    format!("action option 'wrapper {w}' is parsed but mxd does not run mda wrappers yet"),
-                );
+                if !matches!(a.method, Method::Mda(_)) {
+                    out.blocking(
+                        &a.at,
+                        format!("action option 'wrapper {w}': mxd runs wrappers around mda commands only"),
+                    );
+                } else if !out.knobs.mda_wrappers.contains_key(&w) {
+                    out.blocking(
+                        &a.at,
+                        format!("action option 'wrapper {w}': no 'mda wrapper {w} \"COMMAND\"' before it"),
+                    );
+                }
                 a.wrapper = Some(w);
             }
         }

@@ -138,6 +138,7 @@ fn stage_job(job: Job, ctx: &Ctx, opened: &mut maildir::Opened) -> Pending {
     let mail: &Mail = &p.job.mail;
     let return_path = headers::return_path(&mail.return_path);
     let mut relay = Vec::new();
+    let mut mda = Vec::new();
     for target in &p.job.targets {
         let result = match target {
             Target::Maildir { dir, owner, delivered_to } => {
@@ -153,6 +154,10 @@ fn stage_job(job: Job, ctx: &Ctx, opened: &mut maildir::Opened) -> Pending {
             }
             Target::Relay { action, rcpt } => {
                 relay.push((action.clone(), rcpt.clone()));
+                Ok(())
+            }
+            Target::Mda { action, rcpt } => {
+                mda.push((action.clone(), rcpt.clone()));
                 Ok(())
             }
         };
@@ -192,6 +197,25 @@ fn stage_job(job: Job, ctx: &Ctx, opened: &mut maildir::Opened) -> Pending {
                 p.staged.push(s);
                 p.queued = true;
             }
+            Err(cause) => p.fail(cause),
+        }
+    }
+    if !mda.is_empty() && p.failed.is_none() {
+        // Beside the relay queue, owned by root: the parent runs these commands.
+        let mail = Arc::clone(&p.job.mail);
+        let Some(spool) = ctx.queue.as_ref().and_then(|q| q.dir.parent()) else {
+            p.fail(Cause::new("mda", "", std::io::Error::other("no mda queue")));
+            return p;
+        };
+        let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let env = queue::encode(&queue::Envelope {
+            id: mail.id.to_string(),
+            sender: mail.return_path.clone(),
+            created,
+            rcpts: mda,
+        });
+        match opened.stage(&crate::spool::mda_dir(spool), None, &[&env, &mail.received, &mail.body], &ctx.host) {
+            Ok(s) => p.staged.push(s),
             Err(cause) => p.fail(cause),
         }
     }

@@ -58,6 +58,7 @@ impl Spawner {
     /// the thread that started it.
     pub fn spawn(&self, role: Role, extra: Vec<OsString>, pass: &[BorrowedFd<'_>]) -> io::Result<Child> {
         let (ours, theirs) = UnixStream::pair()?;
+        let _exclusive = fds::EXEC_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for fd in pass {
             fds::inherit(*fd, true)?;
         }

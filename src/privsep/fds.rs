@@ -17,6 +17,10 @@ pub fn inherit(fd: BorrowedFd<'_>, yes: bool) -> io::Result<()> {
 
 static TAKEN: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
 
+/// Held while descriptors are inheritable for a child, and by any other exec in the same
+/// process (the parent's mda commands), which must never inherit them.
+pub static EXEC_LOCK: Mutex<()> = Mutex::new(());
+
 /// Takes ownership of descriptor `fd`, inherited from the parent: it must be open, above
 /// stderr, and not taken before (so no two owners ever close it).
 #[allow(unsafe_code)] // the one place a number becomes an OwnedFd; checked as said above.

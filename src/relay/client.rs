@@ -6,6 +6,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -46,6 +47,7 @@ pub enum TlsMode {
 /// Everything needed to open a session to one relay host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Spec {
+    /// A host name or address; a path (starting with `/`) is a unix socket (`lmtp /path`).
     pub host: String,
     /// Where to connect, in order; empty: the addresses of `host`, from the system.
     pub addrs: Vec<IpAddr>,
@@ -91,10 +93,54 @@ pub struct Session {
     lmtp: bool,
     /// `TLSv1.3:TLS13_AES_256_GCM_SHA384:256` once TLS is on, for the log.
     tls: Option<String>,
-    /// The address connected to.
-    peer: SocketAddr,
+    /// The address (or socket path) connected to.
+    peer: String,
     /// The socket under `stream`, for its timeouts.
-    tcp: TcpStream,
+    tcp: Socket,
+}
+
+/// A TCP connection, or a unix socket (an `lmtp` action's local server).
+enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Socket {
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Socket::Tcp(s) => s.set_read_timeout(t),
+            Socket::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    fn try_clone(&self) -> io::Result<Socket> {
+        Ok(match self {
+            Socket::Tcp(s) => Socket::Tcp(s.try_clone()?),
+            Socket::Unix(s) => Socket::Unix(s.try_clone()?),
+        })
+    }
+
+    fn boxed(self) -> Box<dyn Stream> {
+        match self {
+            Socket::Tcp(s) => Box::new(s),
+            Socket::Unix(s) => Box::new(s),
+        }
+    }
+
+    /// The TCP connection TLS runs over; a unix socket never carries TLS.
+    fn tcp(self) -> io::Result<TcpStream> {
+        match self {
+            Socket::Tcp(s) => Ok(s),
+            Socket::Unix(_) => Err(err("no TLS over a unix socket")),
+        }
+    }
+}
+
+fn connect_unix(path: &str) -> io::Result<Socket> {
+    let s = UnixStream::connect(path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
+    s.set_read_timeout(Some(limit(GREETING)))?;
+    s.set_write_timeout(Some(limit(DATA_BLOCK)))?;
+    Ok(Socket::Unix(s))
 }
 
 fn err(msg: impl Into<String>) -> io::Error {
@@ -133,12 +179,17 @@ impl Session {
     /// Connects, reads the greeting, says EHLO, upgrades to TLS as the spec says, and
     /// authenticates if asked.
     pub fn open(spec: &Spec) -> io::Result<Session> {
-        let tcp = connect(spec)?;
-        let peer = tcp.peer_addr()?;
+        let (tcp, peer) = if spec.host.starts_with('/') {
+            (connect_unix(&spec.host)?, spec.host.clone())
+        } else {
+            let tcp = connect(spec)?;
+            let peer = tcp.peer_addr()?.to_string();
+            (Socket::Tcp(tcp), peer)
+        };
         let mut described = None;
         let stream: Box<dyn Stream> = match spec.tls {
-            TlsMode::Implicit => Box::new(tls(tcp.try_clone()?, spec, &mut described)?),
-            _ => Box::new(tcp.try_clone()?),
+            TlsMode::Implicit => Box::new(tls(tcp.try_clone()?.tcp()?, spec, &mut described)?),
+            _ => tcp.try_clone()?.boxed(),
         };
         let mut s = Session {
             stream,
@@ -163,7 +214,7 @@ impl Session {
         if upgrade {
             s.command(b"STARTTLS\r\n")?;
             s.expect(220, "STARTTLS")?;
-            s.stream = Box::new(tls(tcp, spec, &mut s.tls)?);
+            s.stream = Box::new(tls(tcp.tcp()?, spec, &mut s.tls)?);
             s.buf.clear();
             exts = s.ehlo(&spec.helo)?;
         }
@@ -187,8 +238,8 @@ impl Session {
         self.tls.as_deref()
     }
 
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
+    pub fn peer(&self) -> &str {
+        &self.peer
     }
 
     /// AUTH PLAIN, or LOGIN when the server offers LOGIN and not PLAIN.

@@ -7,6 +7,7 @@
 //! the queue's state, so workers share nothing but their reports.
 
 pub mod client;
+pub mod mda;
 pub mod mx;
 mod spec;
 mod worker;
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::config::Config;
+use crate::config::{Config, Method};
 use crate::dns::Resolver;
 use crate::queue::{self, bounce, Envelope};
 use client::RcptResult;
@@ -209,10 +210,23 @@ pub fn spawn(
     wake: Receiver<()>,
     handle: Handle,
 ) -> std::io::Result<JoinHandle<()>> {
+    spawn_at(spool, queue::queue_dir(spool), "relay", config, wake, handle)
+}
+
+/// The same runner over `queue`, on a thread named `name`: the parent runs one over the mda
+/// queue (`mda::spawn`).
+fn spawn_at(
+    spool: &Path,
+    queue: PathBuf,
+    name: &str,
+    config: SharedConfig,
+    wake: Receiver<()>,
+    handle: Handle,
+) -> std::io::Result<JoinHandle<()>> {
     let env_u64 = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<u64>().ok());
     let (reports_tx, reports) = crossbeam_channel::unbounded();
     let mut runner = Runner {
-        queue: queue::queue_dir(spool),
+        queue,
         spool: spool.to_owned(),
         config,
         entries: BTreeMap::new(),
@@ -222,7 +236,7 @@ pub fn spawn(
         reports_tx,
         reports,
     };
-    std::thread::Builder::new().name("relay".into()).spawn(move || {
+    std::thread::Builder::new().name(name.into()).spawn(move || {
         while !handle.stop.load(Ordering::Relaxed) {
             let reports = runner.reports.clone();
             crossbeam_channel::select! {
@@ -345,7 +359,13 @@ impl Runner {
                 mx_port: self.mx_port,
                 queue: self.queue.clone(),
             };
-            match worker::spawn(w, self.reports_tx.clone()) {
+            let is_mda = matches!(config.actions.get(&dest.action).map(|a| &a.method), Some(Method::Mda(_)));
+            let started = if is_mda {
+                mda::spawn_worker(w, self.reports_tx.clone())
+            } else {
+                worker::spawn(w, self.reports_tx.clone())
+            };
+            match started {
                 Ok(()) => {
                     self.in_flight.insert(dest);
                 }

@@ -19,6 +19,9 @@ pub(super) fn candidates(
     resolver: &Resolver,
     mx_port: u16,
 ) -> Result<Vec<Spec>, RcptResult> {
+    if let Some(Method::Lmtp { dest, .. }) = config.actions.get(action).map(|a| &a.method) {
+        return lmtp_spec(&config.hostname, dest).map(|s| vec![s]).map_err(RcptResult::Temp);
+    }
     let relay = relay_of(config, action)
         .ok_or_else(|| RcptResult::Temp(format!("action {action} is not a relay action (any more)")))?;
     let Some(domain) = domain else {
@@ -125,4 +128,50 @@ fn spec_for(config: &Config, r: &Relay) -> Result<Spec, String> {
         helo: r.helo.clone().unwrap_or_else(|| config.hostname.clone()),
         auth,
     })
+}
+
+/// An `lmtp DEST` action's server: DEST is a unix socket path or host:port (port 24 when
+/// left out); never TLS, as OpenSMTPD's mail.lmtp.
+fn lmtp_spec(helo: &str, dest: &str) -> Result<Spec, String> {
+    let (host, port) = if dest.starts_with('/') {
+        (dest.to_owned(), 0)
+    } else {
+        match dest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(':') => {
+                (h.to_owned(), p.parse().map_err(|_| format!("lmtp {dest}: expected host:port or a socket path"))?)
+            }
+            _ => (dest.to_owned(), 24),
+        }
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    Ok(Spec {
+        addrs: host.parse::<IpAddr>().map(|a| vec![a]).unwrap_or_default(),
+        host,
+        port,
+        lmtp: true,
+        tls: TlsMode::Never,
+        verify: Verify::Nothing,
+        identity: None,
+        src: None,
+        helo: helo.to_owned(),
+        auth: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lmtp_destinations() {
+        let c = "mx.test";
+        let s = lmtp_spec(c, "/run/dovecot/lmtp").unwrap();
+        assert_eq!((s.host.as_str(), s.port, s.lmtp, s.tls), ("/run/dovecot/lmtp", 0, true, TlsMode::Never));
+        let s = lmtp_spec(c, "127.0.0.1:2424").unwrap();
+        assert_eq!((s.host.as_str(), s.port, s.addrs.clone()), ("127.0.0.1", 2424, vec!["127.0.0.1".parse().unwrap()]));
+        let s = lmtp_spec(c, "[::1]:24").unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("::1", 24));
+        assert_eq!(lmtp_spec(c, "lmtp.example").unwrap().port, 24);
+        assert!(lmtp_spec(c, "h:port").is_err());
+    }
 }

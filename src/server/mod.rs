@@ -166,6 +166,8 @@ pub fn run(config: Config, reloader: Reloader, procs: Processes) -> Result<(), S
     // listens, every process has loaded the configuration.
     kids.start_relay().map_err(StartError::Thread)?;
     kids.start_generation(&bound).map_err(StartError::Thread)?;
+    // `mda` commands run from here: root, and never facing the network.
+    crate::relay::mda::spawn(&config).map_err(StartError::Thread)?;
     log::info!("mxd started: {} event loops, {} listeners, hostname {}", loops, bound.keys.len(), config.hostname);
 
     let (tx, rx) = crossbeam_channel::unbounded();

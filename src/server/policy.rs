@@ -90,5 +90,6 @@ fn refusal(err: &ResolveError) -> Reply {
         ResolveError::BadPath(_) => Reply::fixed(550, "5.1.3", "Invalid recipient: unsafe mailbox name"),
         ResolveError::Unsupported(_) => Reply::fixed(550, "5.3.3", "Delivery method not supported"),
         ResolveError::Refused(_) => Reply::fixed(550, "5.7.1", "Delivery not authorized, message refused"),
+        ResolveError::Empty(_) => Reply::fixed(550, "5.1.1", "Invalid recipient: expands to no mailbox"),
     }
 }

@@ -330,6 +330,7 @@ pub(crate) fn supervise(
         });
         let answer = match applied {
             Ok(c) => {
+                crate::relay::mda::reconfigure(&c);
                 config = c;
                 log::info!("configuration reloaded from {}", config.file.display());
                 Ok("configuration reloaded".to_owned())
