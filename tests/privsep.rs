@@ -446,6 +446,7 @@ fn delivery_refuses_what_no_session_could_have_accepted() {
             rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
             received: b"Received: forged\n".to_vec(),
             body_len: body.len() as u64,
+            rdns: None,
         };
         let mut out = Vec::new();
         frame::encode_head(&head, &mut out);
@@ -486,6 +487,7 @@ fn delivery_refuses_what_no_session_could_have_accepted() {
             rcpts: vec!["joseph@test".into()],
             received: Vec::new(),
             body_len: 0,
+            rdns: None,
         },
         &mut head,
     );

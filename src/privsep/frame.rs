@@ -9,6 +9,7 @@
 //! ```text
 //! head: u64 seq | u32 msgid | u8 origin (0 socket, 4 + 4 bytes v4, 6 + 16 bytes v6) | u8 tls
 //!       | str tag | str auth | str mail_from | u16 n, n × str rcpt | bytes received | u64 body_len
+//!       | str rdns (the client's forward-confirmed name, for `match from rdns`)
 //! str: u16 len (0xffff = none) + UTF-8;  bytes: u32 len + bytes
 //! ```
 //! delivery → smtp, verdicts, several per write: `u32 len`, `u64 seq | u8 kind | UTF-8 text`.
@@ -39,6 +40,8 @@ pub struct Head {
     pub rcpts: Vec<String>,
     pub received: Vec<u8>,
     pub body_len: u64,
+    /// The client's forward-confirmed reverse DNS name, when it has one.
+    pub rdns: Option<String>,
 }
 
 /// A delivery verdict on the wire.
@@ -112,6 +115,7 @@ pub fn encode_head(head: &Head, out: &mut Vec<u8>) {
     out.extend_from_slice(&(head.received.len() as u32).to_be_bytes());
     out.extend_from_slice(&head.received);
     out.extend_from_slice(&head.body_len.to_be_bytes());
+    put_str(out, head.rdns.as_deref());
     let len = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
@@ -185,10 +189,11 @@ pub fn decode_head(bytes: &[u8]) -> Result<Head, FrameError> {
     let rlen = c.u32()? as usize;
     let received = c.take(rlen)?.to_vec();
     let body_len = c.u64()?;
+    let rdns = c.opt_str()?;
     if !c.0.is_empty() {
         return Err(FrameError::TooLong(bytes.len()));
     }
-    Ok(Head { seq, msgid, origin, tls, tag, auth, mail_from, rcpts, received, body_len })
+    Ok(Head { seq, msgid, origin, tls, tag, auth, mail_from, rcpts, received, body_len, rdns })
 }
 
 /// Appends one verdict frame to `out` (several are written at once).
@@ -267,6 +272,7 @@ mod tests {
             rcpts: vec!["joseph@test".into(), "alice@test".into()],
             received: b"Received: from x\n".to_vec(),
             body_len: 12,
+            rdns: Some("client.test".into()),
         }
     }
 

@@ -60,6 +60,8 @@ pub(crate) struct Conn {
     pub(crate) readable: bool,
     registered: Option<Interest>,
     close_reason: Option<&'static str>,
+    /// When the greeting stops waiting for the client's reverse DNS.
+    rdns_deadline: Option<Instant>,
 }
 
 impl Conn {
@@ -88,6 +90,7 @@ impl Conn {
             readable: true,
             registered: None,
             close_reason: None,
+            rdns_deadline: None,
         };
         if conn.listener.smtps {
             conn.start_tls(now);
@@ -97,6 +100,27 @@ impl Conn {
 
     pub(crate) fn origin(&self) -> &Origin {
         self.session.policy().origin()
+    }
+
+    /// The client's forward-confirmed name, if it has one.
+    pub(crate) fn rdns(&self) -> Option<&str> {
+        self.session.policy().rdns()
+    }
+
+    /// The greeting waits for the client's name (a lookup was started), `rdns::WAIT` at most.
+    pub(crate) fn await_rdns(&mut self, now: Instant) {
+        self.session.await_rdns();
+        self.rdns_deadline = Some(now + super::rdns::WAIT);
+    }
+
+    /// The lookup ended (`None`: no confirmed name, or it failed): greet.
+    pub(crate) fn handle_rdns(&mut self, name: Option<String>) {
+        if self.rdns_deadline.take().is_none() {
+            return; // given up on already: the session went on without it
+        }
+        log::info!("{} smtp rdns address={} host={}", self.id, self.peer(), name.as_deref().unwrap_or("unknown"));
+        self.session.policy_mut().set_rdns(name);
+        self.session.handle_rdns();
     }
 
     /// The peer as the logs name it: its address, or "local" for the unix socket.
@@ -329,7 +353,8 @@ impl Conn {
         let received = super::message::received_header(self, &message, proto);
         let policy = self.session.policy();
         let (origin, tag) = (policy.origin().clone(), policy.tag().map(str::to_owned));
-        ctx.submit(self.id, message, received, &origin, tag.as_deref());
+        let rdns = policy.rdns().map(str::to_owned);
+        ctx.submit(self.id, message, received, &origin, tag.as_deref(), rdns);
     }
 
     fn proto(&self, message: &Message<Vec<Target>>) -> &'static str {
@@ -350,6 +375,12 @@ impl Conn {
 
     /// Handles idle and handshake deadlines.
     pub(crate) fn on_tick(&mut self, now: Instant) -> Tick {
+        if self.rdns_deadline.is_some_and(|d| now >= d) {
+            log::info!("{} smtp rdns address={} timed out", self.id, self.peer());
+            self.rdns_deadline = None;
+            self.session.handle_rdns();
+            return Tick::Pump;
+        }
         if self.handshake_deadline.is_some_and(|d| now >= d) {
             log::info!("{} smtp tls handshake timed out address={}", self.id, self.peer());
             return Tick::Close;

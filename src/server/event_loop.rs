@@ -77,6 +77,7 @@ impl LoopCtx<'_> {
         received: Vec<u8>,
         origin: &Origin,
         tag: Option<&str>,
+        rdns: Option<String>,
     ) {
         let msgid = message.id;
         let head = Head {
@@ -90,6 +91,7 @@ impl LoopCtx<'_> {
             rcpts: message.rcpts.into_iter().map(|(r, _)| r).collect(),
             received,
             body_len: 0,
+            rdns,
         };
         let (tx, waker, slot) = (self.verdicts.clone(), Arc::clone(self.waker), self.slot);
         let done = Box::new(move |outcome: Delivered| {
@@ -118,6 +120,8 @@ pub(crate) struct EventLoop {
     again: Vec<usize>,
     stopping: Option<Instant>,
     retiring: bool,
+    /// Where this loop's reverse DNS answers arrive.
+    rdns: super::rdns::Rdns,
 }
 
 struct Slot {
@@ -150,6 +154,7 @@ impl EventLoop {
             again: Vec::new(),
             stopping: None,
             retiring: false,
+            rdns: super::rdns::Rdns::new(),
         };
         Ok((ev, waker))
     }
@@ -185,6 +190,7 @@ impl EventLoop {
                 }
             }
             self.drain_verdicts(&mut scratch, now);
+            self.drain_rdns(&mut scratch, now);
             if self.drain_commands(now) {
                 return;
             }
@@ -255,7 +261,11 @@ impl EventLoop {
             None => log::info!("{id} smtp connected address={addr}"),
         }
         super::STATS.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let conn = Conn::new(id, stream, origin, rt, user, now);
+        let ip = match &origin {
+            Origin::Tcp(ip) => Some(*ip),
+            Origin::Socket => None,
+        };
+        let mut conn = Conn::new(id, stream, origin, rt, user, now);
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -263,6 +273,9 @@ impl EventLoop {
                 self.conns.len() - 1
             }
         };
+        if ip.is_some_and(|ip| self.rdns.start(slot, id, ip, &self.waker)) {
+            conn.await_rdns(now);
+        }
         self.conns[slot] = Some(Slot { conn, inflight: false });
         self.live += 1;
         self.again.push(slot);
@@ -321,6 +334,19 @@ impl EventLoop {
             s.conn.readable = true;
             s.conn.session_mut().handle_commit(v.msgid, outcome);
             self.pump(v.slot, scratch, now);
+        }
+    }
+
+    fn drain_rdns(&mut self, scratch: &mut [u8], now: Instant) {
+        while let Some(a) = self.rdns.try_recv() {
+            let Some(Some(s)) = self.conns.get_mut(a.slot) else {
+                continue;
+            };
+            if s.conn.id != a.sid {
+                continue; // the client left; its slot was reused
+            }
+            s.conn.handle_rdns(a.name);
+            self.pump(a.slot, scratch, now);
         }
     }
 

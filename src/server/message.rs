@@ -21,7 +21,7 @@ pub(crate) fn received_header(conn: &Conn, message: &Message<Vec<Target>>, proto
     };
     headers::received(&ReceivedInfo {
         helo: &message.helo,
-        rdns: None,
+        rdns: conn.rdns(),
         peer,
         by: conn.listener.hostname(),
         proto,

@@ -15,11 +15,13 @@ pub(crate) struct ConnPolicy {
     config: Arc<Config>,
     origin: Origin,
     tag: Option<String>,
+    /// The client's forward-confirmed name, once the lookup before the greeting found one.
+    rdns: Option<String>,
 }
 
 impl ConnPolicy {
     pub(crate) fn new(config: Arc<Config>, origin: Origin, tag: Option<String>) -> ConnPolicy {
-        ConnPolicy { config, origin, tag }
+        ConnPolicy { config, origin, tag, rdns: None }
     }
 
     pub(crate) fn origin(&self) -> &Origin {
@@ -28,6 +30,14 @@ impl ConnPolicy {
 
     pub(crate) fn tag(&self) -> Option<&str> {
         self.tag.as_deref()
+    }
+
+    pub(crate) fn rdns(&self) -> Option<&str> {
+        self.rdns.as_deref()
+    }
+
+    pub(crate) fn set_rdns(&mut self, name: Option<String>) {
+        self.rdns = name;
     }
 }
 
@@ -45,7 +55,7 @@ impl Policy for ConnPolicy {
     fn check_rcpt(&mut self, ctx: &TxContext<'_>, rcpt: &str) -> Result<Vec<Target>, Reply> {
         let env = Envelope {
             origin: &self.origin,
-            rdns: None,
+            rdns: self.rdns.as_deref(),
             tag: self.tag.as_deref(),
             tls: ctx.tls,
             auth: ctx.auth,
