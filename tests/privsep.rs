@@ -531,7 +531,12 @@ fn children_die_with_the_parent_and_a_restart_takes_over() {
     let kids: Vec<u32> = children(parent).into_iter().map(|(p, _)| p).collect();
     mxd.kill9();
     wait_for("the children to exit", Duration::from_secs(10), || {
-        kids.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists() || status(*p, "State").starts_with('Z'))
+        // A zombie leader may still have threads exiting, holding the old listeners open
+        // (a connection could land there): wait until it is the last one.
+        kids.iter().all(|p| {
+            !Path::new(&format!("/proc/{p}")).exists()
+                || (status(*p, "State").starts_with('Z') && status(*p, "Threads") == "1")
+        })
     });
     mxd.restart(&[]);
     let mut c = mxd.connect();
