@@ -7,11 +7,11 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 
-use crate::smtp::client::{Client, ClientEvent};
+use crate::smtp::client::{Client, ClientEvent, Step};
 
 type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
@@ -78,12 +78,35 @@ pub struct Blocking {
     buf: Box<[u8]>,
     /// When the current message's final dot was written.
     data_sent_at: Option<Instant>,
+    /// Read timeouts chosen by the step awaited (`set_step_timeouts`).
+    step_timeouts: Option<StepTimeouts>,
+}
+
+/// A handle of the socket under the stream (TLS included), the timeout of each step, and
+/// the step the handle's timeout was last set for.
+struct StepTimeouts {
+    tcp: TcpStream,
+    per_step: fn(Step) -> Duration,
+    set_for: Option<Step>,
 }
 
 impl Blocking {
     /// `tls` is needed for STARTTLS; with implicit TLS, `stream` is already `Tls`.
     pub fn new(client: Client, stream: ClientStream, tls: Option<TlsClient>) -> Blocking {
-        Blocking { client, stream: Some(stream), tls, buf: vec![0; 16 * 1024].into_boxed_slice(), data_sent_at: None }
+        Blocking {
+            client,
+            stream: Some(stream),
+            tls,
+            buf: vec![0; 16 * 1024].into_boxed_slice(),
+            data_sent_at: None,
+            step_timeouts: None,
+        }
+    }
+
+    /// From now on each read waits as long as `per_step` says for the reply awaited; `tcp`
+    /// is a handle (`try_clone`) of the socket under the stream.
+    pub fn set_step_timeouts(&mut self, tcp: TcpStream, per_step: fn(Step) -> Duration) {
+        self.step_timeouts = Some(StepTimeouts { tcp, per_step, set_for: None });
     }
 
     /// Starts a transaction (see `Client::send_mail`).
@@ -132,6 +155,12 @@ impl Blocking {
     }
 
     fn read(&mut self) -> io::Result<()> {
+        if let (Some(t), Some(step)) = (self.step_timeouts.as_mut(), self.client.awaiting()) {
+            if t.set_for != Some(step) {
+                t.tcp.set_read_timeout(Some((t.per_step)(step)))?;
+                t.set_for = Some(step);
+            }
+        }
         let stream = self.stream.as_mut().ok_or_else(|| io::Error::other("stream gone"))?;
         match stream.read(&mut self.buf) {
             Ok(0) => {

@@ -56,10 +56,10 @@ fn smtplib_message_lands_in_maildir_with_headers() {
         assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o700);
     }
     assert_eq!(count_files(&md.join("tmp")), 0);
-    let log = mxd.log();
     assert!(
-        log.contains("smtp connected") && log.contains("smtp message msgid=") && log.contains("result=Ok"),
-        "{log}"
+        mxd.logged("smtp connected") && mxd.logged("smtp message msgid=") && mxd.logged("result=Ok"),
+        "{}",
+        mxd.log()
     );
 }
 

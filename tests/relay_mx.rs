@@ -141,9 +141,8 @@ fn mx_preference_order_then_the_secondary_when_the_primary_is_down() {
     }
     wait_for("three messages at mx1", Duration::from_secs(30), || mx1.messages("joseph").len() == 3);
     assert_eq!(mx2.messages("joseph").len(), 0, "the secondary got mail while the primary was up");
-    let log = n.mxd.log();
-    assert!(log.contains("host=mx1.pref.test address=127.0.55.11:"), "{log}");
-    assert!(log.contains("tls=none result=Ok"), "{log}");
+    assert!(n.mxd.logged("host=mx1.pref.test address=127.0.55.11:"), "{}", n.mxd.log());
+    assert!(n.mxd.logged("tls=none result=Ok"), "{}", n.mxd.log());
 
     mx1.kill9();
     send(&n.mxd, "joseph@pref.test", "to-secondary");
@@ -177,8 +176,7 @@ fn implicit_mx_and_an_mx_that_is_an_alias() {
     send(&n.mxd, "joseph@alias.test", "aliased");
     wait_for("the implicit MX's message", Duration::from_secs(30), || count_with(&implicit, "implicit") == 1);
     wait_for("the aliased MX's message", Duration::from_secs(30), || count_with(&aliased, "aliased") == 1);
-    let log = n.mxd.log();
-    assert!(log.contains("MX mx.alias.test is an alias (CNAME) of real.alias.test"), "{log}");
+    assert!(n.mxd.logged("MX mx.alias.test is an alias (CNAME) of real.alias.test"), "{}", n.mxd.log());
 
     // An MX naming an address is refused by name, then the domain has no usable host.
     send(&n.mxd, "joseph@literal.test", "literal");
@@ -271,8 +269,11 @@ fn opportunistic_starttls_to_an_mx_with_a_self_signed_certificate() {
     assert!(text.contains("with ESMTPS id "), "{text}");
     // The certificate names rx.test, not mx.tls.test, and nobody signed it: as OpenSMTPD
     // does for MX relays without `tls`, it is used unverified.
-    let log = n.mxd.log();
-    assert!(log.contains("host=mx.tls.test address=127.0.59.11:") && log.contains(" tls=TLSv1.3:TLS13_"), "{log}");
+    assert!(
+        n.mxd.logged("host=mx.tls.test address=127.0.59.11:") && n.mxd.logged(" tls=TLSv1.3:TLS13_"),
+        "{}",
+        n.mxd.log()
+    );
 }
 
 fn mxctl(m: &Mxd, args: &[&str]) -> String {

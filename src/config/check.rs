@@ -114,13 +114,6 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
             if let Some(Matcher::Table(t) | Matcher::Regex(t)) = m {
                 need_table(&mut c, &r.at, &tables, t, None);
             }
-            if matches!(cond.kind, CondKind::FromRdns(_)) {
-                notices.push(super::Notice {
-                    at: r.at.clone(),
-                    text: "match from rdns: parsed; mxd does no reverse DNS yet, so it never holds".into(),
-                    blocking: false,
-                });
-            }
         }
     }
     for (at, problem) in crate::filter::config::problems(&p.knobs, &tables) {

@@ -114,7 +114,7 @@ pub fn targets(config: &Config, head: &Head) -> Result<Vec<Target>, String> {
         let rcpt = decoded.as_deref().unwrap_or(rcpt);
         let env = Envelope {
             origin: &head.origin,
-            rdns: None,
+            rdns: head.rdns.as_deref(),
             tag: head.tag.as_deref(),
             tls: head.tls,
             auth: head.auth.as_deref(),

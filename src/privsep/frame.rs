@@ -10,6 +10,7 @@
 //! head: u64 seq | u32 msgid | u8 origin (0 socket, 4 + 4 bytes v4, 6 + 16 bytes v6) | u8 tls
 //!       | str tag | str auth | str mail_from | u16 n, n × str rcpt | bytes received | u64 body_len
 //!       | str helo
+//!       | str rdns (the client's forward-confirmed name, for `match from rdns`)
 //! str: u16 len (0xffff = none) + UTF-8;  bytes: u32 len + bytes
 //! ```
 //! delivery → smtp, verdicts, several per write: `u32 len`, `u64 seq | u8 kind | UTF-8 text`.
@@ -50,6 +51,8 @@ pub struct Head {
     pub body_len: u64,
     /// The client's HELO/EHLO name: delivery re-runs `match helo` on it.
     pub helo: String,
+    /// The client's forward-confirmed reverse DNS name, when it has one.
+    pub rdns: Option<String>,
 }
 
 /// A delivery verdict on the wire.
@@ -124,6 +127,7 @@ pub fn encode_head(head: &Head, out: &mut Vec<u8>) {
     out.extend_from_slice(&head.received);
     out.extend_from_slice(&head.body_len.to_be_bytes());
     put_str(out, Some(&head.helo));
+    put_str(out, head.rdns.as_deref());
     let len = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
@@ -198,10 +202,11 @@ pub fn decode_head(bytes: &[u8]) -> Result<Head, FrameError> {
     let received = c.take(rlen)?.to_vec();
     let body_len = c.u64()?;
     let helo = c.str()?;
+    let rdns = c.opt_str()?;
     if !c.0.is_empty() {
         return Err(FrameError::TooLong(bytes.len()));
     }
-    Ok(Head { seq, msgid, origin, tls, tag, auth, mail_from, rcpts, received, body_len, helo })
+    Ok(Head { seq, msgid, origin, tls, tag, auth, mail_from, rcpts, received, body_len, helo, rdns })
 }
 
 /// Appends one verdict frame to `out` (several are written at once).
@@ -426,6 +431,7 @@ mod tests {
             received: b"Received: from x\n".to_vec(),
             body_len: 12,
             helo: "client.example".into(),
+            rdns: Some("client.test".into()),
         }
     }
 

@@ -1,15 +1,20 @@
-//! The outbound SMTP and LMTP client for relaying: blocking sockets with timeouts (it runs on
-//! the relay thread, never on an event loop), STARTTLS or implicit TLS with rustls,
-//! certificate verification against the system's CA bundle or a `ca` unless `tls no-verify`,
-//! a client certificate from a `pki`, AUTH PLAIN or LOGIN over TLS only.
-//! Server input is untrusted: replies are length-capped and parsed without panicking.
+//! The outbound SMTP and LMTP session of a relay worker: the project's one client state
+//! machine (`smtp::client`: replies, EHLO extensions, STARTTLS, AUTH PLAIN or LOGIN over TLS
+//! only, pipelining, dot-stuffing, LMTP's reply per recipient) driven over blocking sockets
+//! (`client_io`) with RFC 5321's timeouts per step; it runs on a worker thread, never on an
+//! event loop. Here: connecting (source address, each address in turn), TLS with rustls
+//! (verification against the system's CA bundle or a `ca` unless `tls no-verify`, a client
+//! certificate from a `pki`), and the relay's view of each recipient's result.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::client_io::{Blocking, ClientStream, TlsClient};
+use crate::smtp::client::{self as smtp, Client, ClientConfig, ClientEvent, Pipelining, Step, TlsWant};
 use crate::tls::Verify;
 
 /// Connecting, per address.
@@ -29,8 +34,6 @@ fn limit(t: Duration) -> Duration {
         .get_or_init(|| std::env::var("MXD_RELAY_TIMEOUT").ok().and_then(|s| s.parse().ok()).map(Duration::from_secs));
     cap.map_or(t, |c| t.min(c.max(Duration::from_secs(1))))
 }
-/// A reply line longer than this is a broken server.
-const MAX_REPLY: usize = 64 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TlsMode {
@@ -73,74 +76,30 @@ pub enum RcptResult {
 }
 
 impl RcptResult {
-    fn from_reply(code: u16, text: &str) -> RcptResult {
-        let t = format!("{code} {text}");
-        match code {
-            200..=399 => RcptResult::Ok,
-            500..=599 => RcptResult::Perm(t),
-            _ => RcptResult::Temp(t),
+    /// The client's verdict, as `CODE TEXT` of the reply that decided it.
+    fn from_client(r: smtp::RcptResult) -> RcptResult {
+        match r {
+            smtp::RcptResult::Ok => RcptResult::Ok,
+            smtp::RcptResult::Temp(e) => RcptResult::Temp(e.reply.to_string()),
+            smtp::RcptResult::Perm(e) => RcptResult::Perm(e.reply.to_string()),
         }
     }
 }
 
-trait Stream: Read + Write + Send {}
-impl<T: Read + Write + Send> Stream for T {}
-
 pub struct Session {
-    stream: Box<dyn Stream>,
-    buf: Vec<u8>,
-    pipelining: bool,
-    lmtp: bool,
+    io: Blocking,
     /// `TLSv1.3:TLS13_AES_256_GCM_SHA384:256` once TLS is on, for the log.
     tls: Option<String>,
     /// The address (or socket path) connected to.
     peer: String,
-    /// The socket under `stream`, for its timeouts.
-    tcp: Socket,
 }
 
-/// A TCP connection, or a unix socket (an `lmtp` action's local server).
-enum Socket {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Socket {
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        match self {
-            Socket::Tcp(s) => s.set_read_timeout(t),
-            Socket::Unix(s) => s.set_read_timeout(t),
-        }
-    }
-
-    fn try_clone(&self) -> io::Result<Socket> {
-        Ok(match self {
-            Socket::Tcp(s) => Socket::Tcp(s.try_clone()?),
-            Socket::Unix(s) => Socket::Unix(s.try_clone()?),
-        })
-    }
-
-    fn boxed(self) -> Box<dyn Stream> {
-        match self {
-            Socket::Tcp(s) => Box::new(s),
-            Socket::Unix(s) => Box::new(s),
-        }
-    }
-
-    /// The TCP connection TLS runs over; a unix socket never carries TLS.
-    fn tcp(self) -> io::Result<TcpStream> {
-        match self {
-            Socket::Tcp(s) => Ok(s),
-            Socket::Unix(_) => Err(err("no TLS over a unix socket")),
-        }
-    }
-}
-
-fn connect_unix(path: &str) -> io::Result<Socket> {
+/// A local LMTP server's socket (an `lmtp` action's DEST): no TLS, one timeout for every step.
+fn connect_unix(path: &str) -> io::Result<UnixStream> {
     let s = UnixStream::connect(path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
-    s.set_read_timeout(Some(limit(GREETING)))?;
+    s.set_read_timeout(Some(limit(DATA_END)))?;
     s.set_write_timeout(Some(limit(DATA_BLOCK)))?;
-    Ok(Socket::Unix(s))
+    Ok(s)
 }
 
 fn err(msg: impl Into<String>) -> io::Error {
@@ -175,62 +134,67 @@ fn connect(spec: &Spec) -> io::Result<TcpStream> {
     Err(last)
 }
 
+/// RFC 5321 §4.5.3.2: how long each reply may take.
+fn step_timeout(step: Step) -> Duration {
+    limit(match step {
+        Step::Data | Step::Rset | Step::Quit => DATA_INIT,
+        Step::EndOfData => DATA_END,
+        _ => GREETING,
+    })
+}
+
 impl Session {
-    /// Connects, reads the greeting, says EHLO, upgrades to TLS as the spec says, and
+    /// Connects, reads the greeting, says EHLO (LHLO), upgrades to TLS as the spec says, and
     /// authenticates if asked.
     pub fn open(spec: &Spec) -> io::Result<Session> {
-        let (tcp, peer) = if spec.host.starts_with('/') {
-            (connect_unix(&spec.host)?, spec.host.clone())
+        let unix = spec.host.starts_with('/');
+        let tls = match spec.tls {
+            _ if unix => None,
+            TlsMode::Never => None,
+            _ => Some(tls_client(spec)?),
+        };
+        let (stream, peer, handle) = if unix {
+            (ClientStream::Unix(connect_unix(&spec.host)?), spec.host.clone(), None)
         } else {
             let tcp = connect(spec)?;
             let peer = tcp.peer_addr()?.to_string();
-            (Socket::Tcp(tcp), peer)
+            let handle = tcp.try_clone()?;
+            let stream = match (&tls, spec.tls) {
+                (Some(t), TlsMode::Implicit) => t.connect(tcp)?,
+                _ => ClientStream::Tcp(tcp),
+            };
+            (stream, peer, Some(handle))
         };
-        let mut described = None;
-        let stream: Box<dyn Stream> = match spec.tls {
-            TlsMode::Implicit => Box::new(tls(tcp.try_clone()?.tcp()?, spec, &mut described)?),
-            _ => tcp.try_clone()?.boxed(),
-        };
-        let mut s = Session {
-            stream,
-            buf: Vec::new(),
-            pipelining: false,
+        let client = Client::new(ClientConfig {
+            helo: spec.helo.clone(),
             lmtp: spec.lmtp,
-            tls: described,
-            peer,
-            tcp: tcp.try_clone()?,
-        };
-        s.expect(220, "greeting")?;
-        let mut exts = s.ehlo(&spec.helo)?;
-        let offered = exts.iter().any(|e| e.eq_ignore_ascii_case("STARTTLS"));
-        let upgrade = match spec.tls {
-            TlsMode::Required if !offered => {
-                return Err(err(format!("{}: STARTTLS required but not offered", spec.host)))
-            }
-            TlsMode::Required => true,
-            TlsMode::Opportunistic => offered,
-            TlsMode::Never | TlsMode::Implicit => false,
-        };
-        if upgrade {
-            s.command(b"STARTTLS\r\n")?;
-            s.expect(220, "STARTTLS")?;
-            s.stream = Box::new(tls(tcp.tcp()?, spec, &mut s.tls)?);
-            s.buf.clear();
-            exts = s.ehlo(&spec.helo)?;
+            tls: match spec.tls {
+                _ if unix => TlsWant::Never,
+                TlsMode::Never => TlsWant::Never,
+                TlsMode::Opportunistic => TlsWant::Opportunistic,
+                TlsMode::Required => TlsWant::Required,
+                TlsMode::Implicit => TlsWant::Implicit,
+            },
+            auth: spec.auth.clone(),
+            // RFC 2920: MAIL and every RCPT in one write; DATA waits for their replies.
+            pipelining: Pipelining::Envelope,
+            all_or_nothing: false,
+            transcript: false,
+        });
+        let mut io = Blocking::new(client, stream, tls);
+        if let Some(handle) = handle {
+            io.set_step_timeouts(handle, step_timeout);
         }
-        s.pipelining = exts.iter().any(|e| e.eq_ignore_ascii_case("PIPELINING"));
-        if let Some((user, pass)) = &spec.auth {
-            if !(upgrade || spec.tls == TlsMode::Implicit) {
-                return Err(err("AUTH refused without TLS"));
-            }
-            s.auth(&exts, user, pass)?;
+        match io.next_event()? {
+            ClientEvent::Ready => {}
+            ClientEvent::Failed(e) => return Err(err(format!("{}: {e}", spec.host))),
+            other => return Err(err(format!("{}: unexpected {other:?}", spec.host))),
         }
-        Ok(s)
-    }
-
-    /// How long the next replies may take (RFC 5321 §4.5.3.2).
-    fn wait(&self, t: Duration) -> io::Result<()> {
-        self.tcp.set_read_timeout(Some(limit(t)))
+        let tls = match io.stream() {
+            Some(ClientStream::Tls(s)) => crate::tls::describe(&s.conn).map(|(v, c, b)| format!("{v}:{c}:{b}")),
+            _ => None,
+        };
+        Ok(Session { io, tls, peer })
     }
 
     /// The TLS version, cipher and bits, once TLS is on.
@@ -242,231 +206,79 @@ impl Session {
         &self.peer
     }
 
-    /// AUTH PLAIN, or LOGIN when the server offers LOGIN and not PLAIN.
-    fn auth(&mut self, exts: &[String], user: &str, pass: &str) -> io::Result<()> {
-        let mechanisms: Vec<String> = exts
-            .iter()
-            .filter_map(|e| {
-                e.get(..5)
-                    .filter(|k| k.eq_ignore_ascii_case("AUTH ") || k.eq_ignore_ascii_case("AUTH="))
-                    .map(|_| &e[5..])
-            })
-            .flat_map(|m| m.split_ascii_whitespace().map(str::to_ascii_uppercase))
-            .collect();
-        if mechanisms.iter().any(|m| m == "LOGIN") && !mechanisms.iter().any(|m| m == "PLAIN") {
-            self.command(b"AUTH LOGIN\r\n")?;
-            self.expect(334, "AUTH LOGIN")?;
-            self.command(format!("{}\r\n", base64(user.as_bytes())).as_bytes())?;
-            self.expect(334, "AUTH LOGIN user")?;
-            self.command(format!("{}\r\n", base64(pass.as_bytes())).as_bytes())?;
-        } else {
-            let token = base64(format!("\0{user}\0{pass}").as_bytes());
-            self.command(format!("AUTH PLAIN {token}\r\n").as_bytes())?;
-        }
-        self.expect(235, "AUTH")
-    }
-
-    fn ehlo(&mut self, helo: &str) -> io::Result<Vec<String>> {
-        let verb = if self.lmtp { "LHLO" } else { "EHLO" };
-        self.command(format!("{verb} {helo}\r\n").as_bytes())?;
-        let (code, lines) = self.reply()?;
-        if code != 250 && self.lmtp {
-            return Err(err(format!("LHLO: {code} {}", lines.last().map_or("", String::as_str))));
-        }
-        if code != 250 {
-            // RFC 5321 §3.2: fall back to HELO.
-            self.command(format!("HELO {helo}\r\n").as_bytes())?;
-            self.expect(250, "HELO")?;
-            return Ok(Vec::new());
-        }
-        Ok(lines.into_iter().skip(1).collect())
-    }
-
-    fn command(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes)?;
-        self.stream.flush()
-    }
-
-    fn expect(&mut self, code: u16, what: &str) -> io::Result<()> {
-        let (got, lines) = self.reply()?;
-        if got == code {
-            Ok(())
-        } else {
-            Err(err(format!("{what}: {got} {}", lines.last().map_or("", String::as_str))))
-        }
-    }
-
-    /// One reply: its code and the text of each line.
-    fn reply(&mut self) -> io::Result<(u16, Vec<String>)> {
-        let mut lines = Vec::new();
-        loop {
-            let line = self.line()?;
-            let code =
-                line.get(..3).and_then(|c| c.parse::<u16>().ok()).ok_or_else(|| err(format!("bad reply {line:?}")))?;
-            lines.push(line.get(4..).unwrap_or("").to_owned());
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Ok((code, lines));
-            }
-            if lines.len() > 100 {
-                return Err(err("reply too long"));
-            }
-        }
-    }
-
-    fn line(&mut self) -> io::Result<String> {
-        loop {
-            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=i).collect();
-                return Ok(String::from_utf8_lossy(&line).trim_end().to_owned());
-            }
-            if self.buf.len() > MAX_REPLY {
-                return Err(err("reply line too long"));
-            }
-            let mut chunk = [0u8; 4096];
-            let n = self.stream.read(&mut chunk)?;
-            if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed by the server"));
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
     /// Sends one message to `rcpts`; the message is stored with LF endings and goes out
     /// with CRLF and dot-stuffing. An `Err` means the session is unusable: every
     /// recipient of this message is a temporary failure.
     pub fn send(&mut self, sender: &str, rcpts: &[&str], message: &[u8]) -> io::Result<Vec<RcptResult>> {
-        self.wait(GREETING)?;
-        let mut cmds = format!("MAIL FROM:<{sender}>\r\n");
-        for r in rcpts {
-            cmds.push_str(&format!("RCPT TO:<{r}>\r\n"));
+        self.io.send_mail(sender, rcpts, message);
+        match self.io.next_event()? {
+            ClientEvent::Sent(results) => Ok(results.into_iter().map(RcptResult::from_client).collect()),
+            ClientEvent::Failed(e) => Err(err(e.to_string())),
+            other => Err(err(format!("unexpected {other:?}"))),
         }
-        let (mail_code, mail_text, mut results) = if self.pipelining {
-            // RFC 2920: MAIL and every RCPT in one write; DATA waits for their replies.
-            self.command(cmds.as_bytes())?;
-            let (code, lines) = self.reply()?;
-            let mut results = Vec::new();
-            for _ in rcpts {
-                let (c, l) = self.reply()?;
-                results.push(RcptResult::from_reply(c, l.last().map_or("", String::as_str)));
-            }
-            (code, lines.last().cloned().unwrap_or_default(), results)
-        } else {
-            let mut lines = cmds.split_inclusive("\r\n");
-            self.command(lines.next().unwrap_or_default().as_bytes())?;
-            let (code, l) = self.reply()?;
-            let mut results = Vec::new();
-            if (200..300).contains(&code) {
-                for line in lines {
-                    self.command(line.as_bytes())?;
-                    let (c, l) = self.reply()?;
-                    results.push(RcptResult::from_reply(c, l.last().map_or("", String::as_str)));
-                }
-            }
-            (code, l.last().cloned().unwrap_or_default(), results)
-        };
-        if !(200..300).contains(&mail_code) {
-            let all = RcptResult::from_reply(mail_code, &mail_text);
-            self.rset()?;
-            return Ok(rcpts.iter().map(|_| all.clone()).collect());
-        }
-        if !results.contains(&RcptResult::Ok) {
-            self.rset()?;
-            return Ok(results);
-        }
-        self.command(b"DATA\r\n")?;
-        self.wait(DATA_INIT)?;
-        let (code, l) = self.reply()?;
-        if code != 354 {
-            let all = RcptResult::from_reply(code, l.last().map_or("", String::as_str));
-            self.rset()?;
-            return Ok(results.iter().map(|r| if *r == RcptResult::Ok { all.clone() } else { r.clone() }).collect());
-        }
-        self.command(&wire_form(message))?;
-        self.wait(DATA_END)?;
-        // SMTP gives one verdict for the message; LMTP one per accepted recipient, in order.
-        let mut verdict = None;
-        for r in results.iter_mut().filter(|r| **r == RcptResult::Ok) {
-            if verdict.is_none() || self.lmtp {
-                let (code, l) = self.reply()?;
-                verdict = Some(RcptResult::from_reply(code, l.last().map_or("", String::as_str)));
-            }
-            *r = verdict.clone().unwrap_or(RcptResult::Ok);
-        }
-        Ok(results)
-    }
-
-    fn rset(&mut self) -> io::Result<()> {
-        self.wait(DATA_INIT)?;
-        self.command(b"RSET\r\n")?;
-        self.reply().map(drop)
     }
 
     pub fn quit(mut self) {
-        if self.wait(DATA_INIT).is_ok() && self.command(b"QUIT\r\n").is_ok() {
-            let _ = self.reply();
-        }
+        self.io.client.quit();
+        let _ = self.io.next_event();
     }
 }
 
-/// LF → CRLF, a dot doubled at the start of a line, and the final ".".
-pub fn wire_form(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len() + message.len() / 40 + 8);
-    for line in message.split_inclusive(|b| *b == b'\n') {
-        let text = line.strip_suffix(b"\n").unwrap_or(line);
-        if text.first() == Some(&b'.') {
-            out.push(b'.');
-        }
-        out.extend_from_slice(text);
-        out.extend_from_slice(b"\r\n");
+/// Client configurations by (verification, client certificate), built once per relay
+/// process (a reload starts a new one): the CA bundle is parsed once, and rustls's session
+/// cache in each configuration lets later sessions to a host resume TLS.
+type ConfigKey = (Verify, Option<(PathBuf, PathBuf)>);
+static CONFIGS: Mutex<Vec<(ConfigKey, Arc<rustls::ClientConfig>)>> = Mutex::new(Vec::new());
+
+fn client_config(spec: &Spec) -> io::Result<Arc<rustls::ClientConfig>> {
+    let key = (spec.verify.clone(), spec.identity.clone());
+    let mut configs = CONFIGS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, c)) = configs.iter().find(|(k, _)| *k == key) {
+        return Ok(Arc::clone(c));
     }
-    out.extend_from_slice(b".\r\n");
-    out
-}
-
-/// AUTH PLAIN and LOGIN carry their tokens in base64 (RFC 4954).
-fn base64(data: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(data)
-}
-
-fn tls(
-    tcp: TcpStream,
-    spec: &Spec,
-    described: &mut Option<String>,
-) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
     let identity = spec.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
     let config = crate::tls::client_config(&spec.verify, identity).map_err(|e| err(e.to_string()))?;
-    // An address literal ([192.0.2.1], [IPv6:…]) is presented as an address, not a name.
+    configs.push((key, Arc::clone(&config)));
+    Ok(config)
+}
+
+/// The rustls client of this spec, and the name its certificate must carry: an address
+/// literal (`[192.0.2.1]`, `[IPv6:…]`) is presented as an address, not a name.
+fn tls_client(spec: &Spec) -> io::Result<TlsClient> {
+    let config = client_config(spec)?;
     let host = spec.host.trim_start_matches('[').trim_end_matches(']');
     let host = host.strip_prefix("IPv6:").unwrap_or(host).to_owned();
     let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| err(e.to_string()))?;
-    let mut conn = rustls::ClientConnection::new(config, name).map_err(|e| err(e.to_string()))?;
-    let mut tcp = tcp;
-    // Finish the handshake here, so a bad certificate fails the session, not a later write.
-    while conn.is_handshaking() {
-        conn.complete_io(&mut tcp)?;
-    }
-    *described = crate::tls::describe(&conn).map(|(v, c, b)| format!("{v}:{c}:{b}"));
-    Ok(rustls::StreamOwned::new(conn, tcp))
+    Ok(TlsClient { config, name })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::smtp::client::{ServerRefusal, ServerReply};
 
     #[test]
-    fn wire_form_and_base64() {
-        assert_eq!(wire_form(b"a\n.b\n..c\nend"), b"a\r\n..b\r\n...c\r\nend\r\n.\r\n");
-        assert_eq!(base64(b"\0user\0pass"), "AHVzZXIAcGFzcw==");
-        assert_eq!(base64(b"ab"), "YWI=");
-        assert_eq!(base64(b"abc"), "YWJj");
+    fn results_carry_the_deciding_reply() {
+        let reply = |code, text: &str| ServerReply { code, lines: vec![text.into()] };
+        let refusal = |code, text| ServerRefusal { step: Step::Rcpt, reply: reply(code, text) };
+        assert_eq!(RcptResult::from_client(smtp::RcptResult::Ok), RcptResult::Ok);
+        assert_eq!(
+            RcptResult::from_client(smtp::RcptResult::Temp(refusal(451, "4.3.0 later"))),
+            RcptResult::Temp("451 4.3.0 later".into())
+        );
+        assert_eq!(
+            RcptResult::from_client(smtp::RcptResult::Perm(refusal(550, "5.1.1 no"))),
+            RcptResult::Perm("550 5.1.1 no".into())
+        );
     }
 
     #[test]
-    fn reply_classes() {
-        assert_eq!(RcptResult::from_reply(250, "ok"), RcptResult::Ok);
-        assert!(matches!(RcptResult::from_reply(451, "later"), RcptResult::Temp(_)));
-        assert!(matches!(RcptResult::from_reply(550, "no"), RcptResult::Perm(_)));
-        assert!(matches!(RcptResult::from_reply(999, "odd"), RcptResult::Temp(_)));
+    fn each_step_has_its_rfc_5321_timeout() {
+        // Without MXD_RELAY_TIMEOUT set (the unit tests never set it).
+        if std::env::var_os("MXD_RELAY_TIMEOUT").is_none() {
+            assert_eq!(step_timeout(Step::Mail), GREETING);
+            assert_eq!(step_timeout(Step::Data), DATA_INIT);
+            assert_eq!(step_timeout(Step::EndOfData), DATA_END);
+        }
     }
 }

@@ -67,6 +67,8 @@ pub(crate) struct Conn {
     filter: Option<Box<filtering::ConnFilter>>,
     /// `proxy-v2`: the PROXY header is still awaited; nothing else is read or written.
     proxy: Option<super::knobs::ProxyWait>,
+    /// When the greeting stops waiting for the client's reverse DNS.
+    rdns_deadline: Option<Instant>,
 }
 
 impl Conn {
@@ -101,6 +103,7 @@ impl Conn {
             close_reason: None,
             filter: None,
             proxy,
+            rdns_deadline: None,
         };
         if conn.listener.smtps && conn.proxy.is_none() {
             conn.start_tls(now);
@@ -115,6 +118,27 @@ impl Conn {
 
     pub(crate) fn origin(&self) -> &Origin {
         self.session.policy().origin()
+    }
+
+    /// The client's forward-confirmed name, if it has one.
+    pub(crate) fn rdns(&self) -> Option<&str> {
+        self.session.policy().rdns()
+    }
+
+    /// The greeting waits for the client's name (a lookup was started), `rdns::WAIT` at most.
+    pub(crate) fn await_rdns(&mut self, now: Instant) {
+        self.session.await_rdns();
+        self.rdns_deadline = Some(now + super::rdns::WAIT);
+    }
+
+    /// The lookup ended (`None`: no confirmed name, or it failed): greet.
+    pub(crate) fn handle_rdns(&mut self, name: Option<String>) {
+        if self.rdns_deadline.take().is_none() {
+            return; // given up on already: the session went on without it
+        }
+        log::info!("{} smtp rdns address={} host={}", self.id, self.peer(), name.as_deref().unwrap_or("unknown"));
+        self.session.policy_mut().set_rdns(name);
+        self.session.handle_rdns();
     }
 
     /// The peer as the logs name it: its address, or "local" for the unix socket.
@@ -403,7 +427,8 @@ impl Conn {
         let received = super::message::received_header(self, &message, proto);
         let policy = self.session.policy();
         let (origin, tag) = (policy.origin().clone(), policy.tag().map(str::to_owned));
-        ctx.submit(self.id, message, received, &origin, tag.as_deref());
+        let rdns = policy.rdns().map(str::to_owned);
+        ctx.submit(self.id, message, received, &origin, tag.as_deref(), rdns);
     }
 
     fn proto(&self, message: &Message<Vec<Target>>) -> &'static str {
@@ -427,6 +452,12 @@ impl Conn {
         if self.proxy.as_ref().is_some_and(|w| now >= w.deadline) {
             log::info!("{} smtp disconnected reason=proxy-timeout address={}", self.id, self.peer());
             return Tick::Close;
+        }
+        if self.rdns_deadline.is_some_and(|d| now >= d) {
+            log::info!("{} smtp rdns address={} timed out", self.id, self.peer());
+            self.rdns_deadline = None;
+            self.session.handle_rdns();
+            return Tick::Pump;
         }
         if self.handshake_deadline.is_some_and(|d| now >= d) {
             log::info!("{} smtp tls handshake timed out address={}", self.id, self.peer());

@@ -91,6 +91,7 @@ impl LoopCtx<'_> {
         received: Vec<u8>,
         origin: &Origin,
         tag: Option<&str>,
+        rdns: Option<String>,
     ) {
         let msgid = message.id;
         let head = Head {
@@ -105,6 +106,7 @@ impl LoopCtx<'_> {
             received,
             body_len: 0,
             helo: message.helo,
+            rdns,
         };
         let (tx, waker, slot) = (self.verdicts.clone(), Arc::clone(self.waker), self.slot);
         let done = Box::new(move |outcome: Delivered| {
@@ -151,6 +153,8 @@ pub(crate) struct EventLoop {
     stopping: Option<Instant>,
     retiring: bool,
     filters: Option<LoopFilters>,
+    /// Where this loop's reverse DNS answers arrive.
+    rdns: super::rdns::Rdns,
 }
 
 struct Slot {
@@ -187,6 +191,7 @@ impl EventLoop {
             stopping: None,
             retiring: false,
             filters: None,
+            rdns: super::rdns::Rdns::new(),
         };
         Ok((ev, waker))
     }
@@ -229,6 +234,7 @@ impl EventLoop {
             self.drain_verdicts(&mut scratch, now);
             self.drain_auth(&mut scratch, now);
             self.drain_filters(&mut scratch, now);
+            self.drain_rdns(&mut scratch, now);
             if self.drain_commands(now) {
                 return;
             }
@@ -306,6 +312,10 @@ impl EventLoop {
             let fid = crate::filter::Id(id.0);
             Some(crate::server::conn::filtering::ConnFilter::new(Arc::clone(chain), &f.shared, fid, &link))
         });
+        let ip = match &origin {
+            Origin::Tcp(ip) => Some(*ip),
+            Origin::Socket => None,
+        };
         let mut conn = Conn::new(id, stream, origin, rt, user, now);
         let slot = match self.free.pop() {
             Some(slot) => slot,
@@ -318,6 +328,9 @@ impl EventLoop {
             f.slots.insert(cf.id(), slot);
             f.shared.send(ToHub::Open { session: cf.id(), from: f.index });
             conn.attach_filter(cf);
+        }
+        if ip.is_some_and(|ip| self.rdns.start(slot, id, ip, &self.waker)) {
+            conn.await_rdns(now);
         }
         self.conns[slot] = Some(Slot { conn, inflight: false });
         self.live += 1;
@@ -447,6 +460,20 @@ impl EventLoop {
                 s.conn.readable = true;
             }
             self.pump(slot, scratch, now);
+        }
+    }
+
+    /// Reverse DNS answers: the session waiting before its greeting goes on.
+    fn drain_rdns(&mut self, scratch: &mut [u8], now: Instant) {
+        while let Some(a) = self.rdns.try_recv() {
+            let Some(Some(s)) = self.conns.get_mut(a.slot) else {
+                continue;
+            };
+            if s.conn.id != a.sid {
+                continue; // the client left; its slot was reused
+            }
+            s.conn.handle_rdns(a.name);
+            self.pump(a.slot, scratch, now);
         }
     }
 

@@ -24,7 +24,7 @@ pub(crate) fn received_header(conn: &Conn, message: &Message<Vec<Target>>, proto
     headers::received_with_auth(
         &ReceivedInfo {
             helo: &message.helo,
-            rdns: None,
+            rdns: conn.rdns(),
             peer,
             by: conn.hostname(),
             proto,

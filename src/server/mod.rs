@@ -12,6 +12,7 @@ mod listener;
 mod message;
 mod policy;
 mod proxy;
+mod rdns;
 mod stream;
 mod supervise;
 
@@ -208,6 +209,10 @@ pub fn run_smtp(
         log::warn!("cannot read /etc/passwd: {e}; local recipients resolve through userbase tables only");
     }
     let max_fds = raise_fd_limit();
+    // Reads resolv.conf and hosts: before the chroot, which hides them.
+    if let Err(e) = rdns::install() {
+        log::warn!("cannot start the resolver threads: {e}; clients are greeted without reverse DNS");
+    }
     // One loop per socket of a listener (the parent bound as many as `threads` said; a
     // reload that changed it leaves older listeners with another count: loops share those).
     let loops = sockets.iter().map(|(_, fds)| fds.len()).max().unwrap_or_else(|| loop_count(&config)).max(1);

@@ -19,11 +19,13 @@ pub(crate) struct ConnPolicy {
     senders: Option<super::auth::Senders>,
     /// Transactions begun in this session (`smtp limit max-mails`).
     mails: u64,
+    /// The client's forward-confirmed name, once the lookup before the greeting found one.
+    rdns: Option<String>,
 }
 
 impl ConnPolicy {
     pub(crate) fn new(config: Arc<Config>, origin: Origin, tag: Option<String>) -> ConnPolicy {
-        ConnPolicy { config, origin, tag, senders: None, mails: 0 }
+        ConnPolicy { config, origin, tag, senders: None, mails: 0, rdns: None }
     }
 
     pub(crate) fn set_senders(&mut self, senders: Option<super::auth::Senders>) {
@@ -36,6 +38,14 @@ impl ConnPolicy {
 
     pub(crate) fn tag(&self) -> Option<&str> {
         self.tag.as_deref()
+    }
+
+    pub(crate) fn rdns(&self) -> Option<&str> {
+        self.rdns.as_deref()
+    }
+
+    pub(crate) fn set_rdns(&mut self, name: Option<String>) {
+        self.rdns = name;
     }
 }
 
@@ -63,7 +73,7 @@ impl Policy for ConnPolicy {
         let rcpt = decoded.as_deref().unwrap_or(rcpt);
         let env = Envelope {
             origin: &self.origin,
-            rdns: None,
+            rdns: self.rdns.as_deref(),
             tag: self.tag.as_deref(),
             tls: ctx.tls,
             auth: ctx.auth,

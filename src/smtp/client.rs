@@ -439,6 +439,12 @@ impl Client {
     }
 
     /// Whether the session waits for the server (a reply is due).
+    /// The step whose reply the session waits for next: a driver picks its read timeout by
+    /// it (RFC 5321 §4.5.3.2 gives each step its own).
+    pub fn awaiting(&self) -> Option<Step> {
+        self.expect.front().copied().map(step_of)
+    }
+
     pub fn wants_read(&self) -> bool {
         !self.done && !self.expect.is_empty() && !self.awaiting_tls
     }

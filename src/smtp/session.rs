@@ -18,6 +18,7 @@ use super::reply::{self, Reply};
 use crate::envelope::MsgId;
 
 mod auth;
+mod rdns;
 use auth::AuthStep;
 pub use auth::{AuthConfig, AuthId, AuthPolicy, AuthRequest, AuthResult};
 
@@ -163,6 +164,8 @@ struct Tx<R> {
 }
 
 enum State<R> {
+    /// The client's reverse DNS is being looked up; the greeting waits for `handle_rdns`.
+    AwaitRdns,
     /// Greeting sent; waiting for HELO/EHLO.
     Greeting,
     Ready,
@@ -265,8 +268,10 @@ impl<P: Policy> Session<P> {
     }
 
     pub fn wants_read(&self) -> bool {
-        !matches!(self.state, State::AwaitCommit(_) | State::AwaitAuth(..) | State::StartTls | State::Closing)
-            && self.out.len() < MAX_OUTPUT
+        !matches!(
+            self.state,
+            State::AwaitCommit(_) | State::AwaitAuth(..) | State::StartTls | State::Closing | State::AwaitRdns
+        ) && self.out.len() < MAX_OUTPUT
     }
 
     pub fn is_closing(&self) -> bool {
