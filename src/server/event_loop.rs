@@ -312,9 +312,10 @@ impl EventLoop {
             let fid = crate::filter::Id(id.0);
             Some(crate::server::conn::filtering::ConnFilter::new(Arc::clone(chain), &f.shared, fid, &link))
         });
+        // Behind a PROXY header the peer is the proxy, not the client: no lookup for it.
         let ip = match &origin {
-            Origin::Tcp(ip) => Some(*ip),
-            Origin::Socket => None,
+            Origin::Tcp(ip) if !rt.knobs.proxy => Some(*ip),
+            _ => None,
         };
         let mut conn = Conn::new(id, stream, origin, rt, user, now);
         let slot = match self.free.pop() {
