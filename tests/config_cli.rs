@@ -155,7 +155,7 @@ fn quickstart_runs_and_delivers() {
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
     let mut child =
         Command::new(MXD).args(["-d", "-f", "quickstart.conf"]).current_dir(dir.path()).stderr(log).spawn().unwrap();
-    let ready = (0..200).any(|_| {
+    let ready = (0..1200).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(25));
         std::net::TcpStream::connect("127.0.0.1:2525").is_ok()
     });
