@@ -49,7 +49,7 @@ impl fmt::Display for ResolveError {
     }
 }
 
-struct Resolver<'a> {
+struct Expander<'a> {
     config: &'a Config,
     env: &'a Envelope<'a>,
     system: &'a dyn UserDb,
@@ -62,7 +62,7 @@ pub fn resolve(
     env: &Envelope<'_>,
     users: &dyn UserDb,
 ) -> Result<Vec<Target>, ResolveError> {
-    let mut r = Resolver { config, env, system: users, out: Vec::new() };
+    let mut r = Expander { config, env, system: users, out: Vec::new() };
     r.address(action, env.rcpt, 0, &mut Vec::new())?;
     if r.out.is_empty() {
         return Err(ResolveError::Empty(env.rcpt.to_owned()));
@@ -74,7 +74,7 @@ fn split(addr: &str) -> (&str, &str) {
     addr.rsplit_once('@').unwrap_or((addr, ""))
 }
 
-impl Resolver<'_> {
+impl Expander<'_> {
     fn address(
         &mut self,
         action: &Action,

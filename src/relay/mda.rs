@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use super::client::RcptResult;
+use super::client::RcptStatus;
 use super::worker::{Report, Work};
 use super::{result_name, Handle, SharedConfig};
 use crate::config::expand::{expand, ExpandCtx};
@@ -103,16 +103,16 @@ fn shell_safe(s: &str) -> bool {
 }
 
 /// Runs the command for one recipient (`user@domain`, as resolution made it).
-fn deliver(config: &Config, action: &Action, command: &str, sender: &str, rcpt: &str, message: &[u8]) -> RcptResult {
+fn deliver(config: &Config, action: &Action, command: &str, sender: &str, rcpt: &str, message: &[u8]) -> RcptStatus {
     let (local, domain) = rcpt.rsplit_once('@').unwrap_or((rcpt, ""));
     let Some(user) = user_of(config, action, local) else {
-        return RcptResult::Perm(format!("5.1.1 unknown user {local}"));
+        return RcptStatus::Perm(format!("5.1.1 unknown user {local}"));
     };
     if user.uid == 0 && action.user.is_none() {
-        return RcptResult::Perm("5.3.0 an mda command never runs as root".into());
+        return RcptStatus::Perm("5.3.0 an mda command never runs as root".into());
     }
     if command.contains('%') && !(shell_safe(sender) && shell_safe(rcpt)) {
-        return RcptResult::Perm("5.1.3 address not safe in an mda command line".into());
+        return RcptStatus::Perm("5.1.3 address not safe in an mda command line".into());
     }
     let home = user.home.to_string_lossy().into_owned();
     let ctx = ExpandCtx {
@@ -125,15 +125,15 @@ fn deliver(config: &Config, action: &Action, command: &str, sender: &str, rcpt: 
     };
     let line = match expand(command, &ctx) {
         Ok(l) => l,
-        Err(e) => return RcptResult::Perm(format!("5.3.5 mda command: {e}")),
+        Err(e) => return RcptStatus::Perm(format!("5.3.5 mda command: {e}")),
     };
     let line = match action.wrapper.as_ref().map(|w| (w, config.knobs.mda_wrappers.get(w))) {
         None => line,
-        Some((w, None)) => return RcptResult::Temp(format!("mda wrapper {w} is not defined")),
+        Some((w, None)) => return RcptStatus::Temp(format!("mda wrapper {w} is not defined")),
         // `%{mda}` in the wrapper is the command, expanded on its own.
         Some((_, Some(wrapper))) => match expand(&wrapper.replace("%{mda}", "\u{1}"), &ctx) {
             Ok(w) => w.replace('\u{1}', &line),
-            Err(e) => return RcptResult::Perm(format!("5.3.5 mda wrapper: {e}")),
+            Err(e) => return RcptStatus::Perm(format!("5.3.5 mda wrapper: {e}")),
         },
     };
     let mut cmd = Command::new("/bin/sh");
@@ -169,7 +169,7 @@ fn deliver(config: &Config, action: &Action, command: &str, sender: &str, rcpt: 
     };
     let mut child = match spawned {
         Ok(c) => c,
-        Err(e) => return RcptResult::Temp(format!("mda: {e}")),
+        Err(e) => return RcptStatus::Temp(format!("mda: {e}")),
     };
     let (stdin, stderr) = (child.stdin.take(), child.stderr.take());
     let input = [crate::headers::return_path(sender), crate::headers::delivered_to(rcpt), message.to_vec()].concat();
@@ -194,12 +194,12 @@ fn deliver(config: &Config, action: &Action, command: &str, sender: &str, rcpt: 
     let errors = kept.lock().map(|k| k.clone()).unwrap_or_default();
     let last = String::from_utf8_lossy(&errors).lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
     match status {
-        None => RcptResult::Temp(format!("mda timed out after {}s: {last}", time_limit().as_secs())),
+        None => RcptStatus::Temp(format!("mda timed out after {}s: {last}", time_limit().as_secs())),
         Some(st) => match (st.code(), st.signal()) {
-            (Some(0), _) => RcptResult::Ok,
-            (Some(EX_TEMPFAIL), _) => RcptResult::Temp(format!("mda exited with 75 (EX_TEMPFAIL): {last}")),
-            (Some(code), _) => RcptResult::Perm(format!("5.3.0 mda exited with {code}: {last}")),
-            (None, sig) => RcptResult::Temp(format!("mda killed by signal {}: {last}", sig.unwrap_or(0))),
+            (Some(0), _) => RcptStatus::Ok,
+            (Some(EX_TEMPFAIL), _) => RcptStatus::Temp(format!("mda exited with 75 (EX_TEMPFAIL): {last}")),
+            (Some(code), _) => RcptStatus::Perm(format!("5.3.0 mda exited with {code}: {last}")),
+            (None, sig) => RcptStatus::Temp(format!("mda killed by signal {}: {last}", sig.unwrap_or(0))),
         },
     }
 }

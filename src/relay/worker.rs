@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
-use super::client::{RcptResult, Session, Spec};
+use super::client::{RcptStatus, RelaySession, Spec};
 use super::{result_name, spec, Dest};
 use crate::config::Config;
 use crate::dns::Resolver;
@@ -37,9 +37,9 @@ pub(super) struct Work {
 pub(super) enum Report {
     /// The verdicts for one message's recipients. The worker waits for `ack`, sent once
     /// they are on disk, before the next message: a crash resends at most this one.
-    Sent { dest: Dest, name: String, results: Vec<(String, RcptResult)>, ack: Sender<()> },
+    Sent { dest: Dest, name: String, results: Vec<(String, RcptStatus)>, ack: Sender<()> },
     /// One verdict for each of these recipients, by queue file name.
-    Failed { dest: Dest, rcpts: Vec<(String, Vec<String>)>, result: RcptResult },
+    Failed { dest: Dest, rcpts: Vec<(String, Vec<String>)>, result: RcptStatus },
     /// The worker is done with `dest`.
     Finished(Dest),
 }
@@ -63,7 +63,7 @@ fn run(work: &Work, reports: &Sender<Report>) {
     for (b, batch) in work.items.chunks(MAX_MAILS_PER_SESSION).enumerate() {
         let (mut session, spec) = match open(&specs) {
             Ok(s) => s,
-            Err(e) => return fail(work, &work.items[b * MAX_MAILS_PER_SESSION..], RcptResult::Temp(e), None, reports),
+            Err(e) => return fail(work, &work.items[b * MAX_MAILS_PER_SESSION..], RcptStatus::Temp(e), None, reports),
         };
         let tls = session.tls().unwrap_or("none");
         let host = format!("{} address={} tls={tls}", spec.host, session.peer());
@@ -90,7 +90,7 @@ fn run(work: &Work, reports: &Sender<Report>) {
                 }
                 Err(e) => {
                     let rest = &work.items[b * MAX_MAILS_PER_SESSION + i..];
-                    return fail(work, rest, RcptResult::Temp(format!("{}: {e}", spec.host)), Some(&host), reports);
+                    return fail(work, rest, RcptStatus::Temp(format!("{}: {e}", spec.host)), Some(&host), reports);
                 }
             }
         }
@@ -99,10 +99,10 @@ fn run(work: &Work, reports: &Sender<Report>) {
 }
 
 /// The first host of `specs` that takes a session (connection, greeting, EHLO, TLS, AUTH).
-fn open(specs: &[Spec]) -> Result<(Session, &Spec), String> {
+fn open(specs: &[Spec]) -> Result<(RelaySession, &Spec), String> {
     let mut last = String::from("no host to try");
     for spec in specs {
-        match Session::open(spec) {
+        match RelaySession::open(spec) {
             Ok(s) => return Ok((s, spec)),
             Err(e) => {
                 last = format!("{}: {e}", spec.host);
@@ -115,7 +115,7 @@ fn open(specs: &[Spec]) -> Result<(Session, &Spec), String> {
     Err(last)
 }
 
-fn fail(work: &Work, items: &[Item], result: RcptResult, host: Option<&str>, reports: &Sender<Report>) {
+fn fail(work: &Work, items: &[Item], result: RcptStatus, host: Option<&str>, reports: &Sender<Report>) {
     let host = host.map_or(String::new(), |h| format!(" host={h}"));
     for item in items {
         for addr in &item.rcpts {

@@ -121,7 +121,7 @@ pub fn help(out: &mut Vec<u8>) {
 }
 
 /// The answer to HELO (`ehlo: None`) or EHLO, with the extensions it offers.
-pub fn hello(out: &mut Vec<u8>, host: &str, name: &str, ehlo: Option<Extensions>) {
+pub fn hello(out: &mut Vec<u8>, host: &str, name: &str, ehlo: Option<EhloOffer>) {
     let Some(ext) = ehlo else {
         let _ = write!(out, "250 {host} Hello {name}, pleased to meet you\r\n");
         return;
@@ -142,7 +142,7 @@ pub fn hello(out: &mut Vec<u8>, host: &str, name: &str, ehlo: Option<Extensions>
 
 /// What EHLO offers beyond the fixed extensions.
 #[derive(Clone, Copy, Debug)]
-pub struct Extensions {
+pub struct EhloOffer {
     pub starttls: bool,
     /// `AUTH PLAIN LOGIN`: only on an auth listener, under TLS, before a login succeeded.
     pub auth: bool,
