@@ -23,7 +23,7 @@ use super::protocol::{
 
 /// The reply to a session whose filter failed, misbehaved or timed out: fail closed
 /// (smtpd.conf(5)), the client retries later.
-pub const FAIL_REPLY: &str = "421 4.3.0 ChainFilter failure, try again later";
+pub const FAIL_REPLY: &str = "421 4.3.0 Filter failure, try again later";
 /// What OpenSMTPD substitutes for a reject or disconnect message that is not a 4xx/5xx reply.
 pub const INVALID_REPLY: &str = "421 Internal server error";
 /// The refusal when data-line filters make the message larger than the limit.
