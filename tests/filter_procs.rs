@@ -276,7 +276,7 @@ fn misbehaving(mode: &str, dir: &Path) -> Driver {
     ])
 }
 
-const FAIL: &str = mxd::filter::engine::FAIL_REPLY;
+const FAIL: &str = mxd::smtp::reply::FILTER_FAIL;
 
 #[test]
 fn crashing_garbage_and_flooding_filters_fail_their_sessions_closed() {

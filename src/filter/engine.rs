@@ -20,14 +20,7 @@ use super::protocol::{
     valid_refusal, write_report, write_request, Endpoint, Fcrdns, Id, Phase, Report, ReporterKind, Response,
     ResponseKind, Timestamp,
 };
-
-/// The reply to a session whose filter failed, misbehaved or timed out: fail closed
-/// (smtpd.conf(5)), the client retries later.
-pub const FAIL_REPLY: &str = "421 4.3.0 Filter failure, try again later";
-/// What OpenSMTPD substitutes for a reject or disconnect message that is not a 4xx/5xx reply.
-pub const INVALID_REPLY: &str = "421 Internal server error";
-/// The refusal when data-line filters make the message larger than the limit.
-pub const TOO_BIG_REPLY: &str = "552 5.3.4 Message too big after filtering";
+use crate::smtp::reply;
 
 /// The time, both ways the engine needs it: monotonic for deadlines, wall-clock for lines.
 #[derive(Clone, Copy, Debug)]
@@ -297,7 +290,7 @@ impl SessionFilter {
     fn decide(&mut self, now: Now, phase: Phase, decision: FilterDecision) {
         let decision = match decision {
             FilterDecision::Reject(r) | FilterDecision::Disconnect(r) if !valid_refusal(&r) => {
-                FilterDecision::Disconnect(INVALID_REPLY.into())
+                FilterDecision::Disconnect(reply::FILTER_INVALID.into())
             }
             FilterDecision::Reject(r) if r.starts_with("421") => FilterDecision::Disconnect(r),
             d => d,
@@ -329,7 +322,7 @@ impl SessionFilter {
         self.state = FilterState::Failed;
         self.broken = true;
         let _ = now;
-        self.events.push_back(FilterEvent::Decided(phase, FilterDecision::Disconnect(FAIL_REPLY.into())));
+        self.events.push_back(FilterEvent::Decided(phase, FilterDecision::Disconnect(reply::FILTER_FAIL.into())));
     }
 
     /// The phase being waited on, if any (for the failure decision).
@@ -393,7 +386,8 @@ impl SessionFilter {
         *size += line.len() + 1;
         if *size > self.limits.max_message {
             self.state = FilterState::Failed;
-            self.events.push_back(FilterEvent::Decided(Phase::DataLine, FilterDecision::Reject(TOO_BIG_REPLY.into())));
+            self.events
+                .push_back(FilterEvent::Decided(Phase::DataLine, FilterDecision::Reject(reply::FILTER_TOO_BIG.into())));
             return;
         }
         out.push(unstuff(line).to_string());

@@ -197,7 +197,7 @@ fn data_lines_stream_through_every_stage_dot_stuffed() {
 #[test]
 fn misbehaviour_fails_the_session_closed() {
     let p = reg(&[Phase::Helo, Phase::Commit, Phase::DataLine], &[]);
-    let fail = |phase| FilterEvent::Decided(phase, FilterDecision::Disconnect(FAIL_REPLY.into()));
+    let fail = |phase| FilterEvent::Decided(phase, FilterDecision::Disconnect(reply::FILTER_FAIL.into()));
 
     let (mut s, now) = session(vec![proc("p")], &[("p", p)], 1000);
     s.begin(now, Phase::Helo, "h");
@@ -250,6 +250,6 @@ fn filtered_message_is_bounded() {
     }
     assert_eq!(
         events(&mut s),
-        vec![FilterEvent::Decided(Phase::DataLine, FilterDecision::Reject(TOO_BIG_REPLY.into()))]
+        vec![FilterEvent::Decided(Phase::DataLine, FilterDecision::Reject(reply::FILTER_TOO_BIG.into()))]
     );
 }

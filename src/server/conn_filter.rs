@@ -21,8 +21,6 @@ use crate::smtp::command::{self, Command};
 use crate::smtp::session::MAX_COMMAND_LINE;
 use crate::smtp::Message;
 
-/// A message data-line filters cannot be given unaltered.
-const NOT_UTF8_REPLY: &str = "554 5.6.0 Message is not UTF-8: this listener's filters cannot take it";
 /// Input held while the chain decides, beyond which the connection stops reading.
 const MAX_HELD_INPUT: usize = 64 * 1024;
 
@@ -252,7 +250,7 @@ impl Conn {
         if f.chain.filters_phase(Phase::DataLine) {
             // The protocol core carries UTF-8 lines: refused rather than altered.
             let Ok(text) = std::str::from_utf8(&message.body) else {
-                return self.refuse_message(message, NOT_UTF8_REPLY, false);
+                return self.refuse_message(message, crate::smtp::reply::FILTER_NOT_UTF8, false);
             };
             f.engine.data_begin(now);
             let body = text.strip_suffix('\n').unwrap_or(text);

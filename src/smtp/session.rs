@@ -623,7 +623,7 @@ impl Policy for AcceptAll {
 
     fn check_rcpt(&mut self, _ctx: &TxContext<'_>, rcpt: &str) -> Result<(), Reply> {
         if rcpt.starts_with("refuse") {
-            Err(Reply::fixed(550, "5.1.1", "Invalid recipient"))
+            Err(reply::UNKNOWN_RCPT)
         } else {
             Ok(())
         }

@@ -314,12 +314,12 @@ pub fn privsep_frame(data: &[u8]) {
 /// never panics, only decides what OpenSMTPD allows (refusals are 4xx/5xx replies, a 421
 /// always disconnects), and its filtered message stays within the limit.
 pub fn filter_line(data: &[u8]) {
-    use mxd::filter::engine::{FAIL_REPLY, INVALID_REPLY, TOO_BIG_REPLY};
     use mxd::filter::protocol::{self, valid_refusal, Endpoint, EventKind, Output, Register, Response, Timestamp};
     use mxd::filter::{
         Chain, ChainFilter, ChainFilterKind, FilterChain, FilterDecision, FilterEvent, FilterLink, Id, Limits, Now,
         Phase,
     };
+    use mxd::smtp::reply::{FILTER_FAIL, FILTER_INVALID, FILTER_TOO_BIG};
 
     for line in data.split(|b| *b == b'\n') {
         let inside = |s: &str| assert!(!s.contains(['\n', '\r', '\0']), "{s:?}");
@@ -377,10 +377,10 @@ pub fn filter_line(data: &[u8]) {
         while let Some(ev) = s.poll_event() {
             match ev {
                 FilterEvent::Decided(_, FilterDecision::Reject(r)) => {
-                    assert!(valid_refusal(&r) && !r.starts_with("421") || r == TOO_BIG_REPLY, "{r:?}")
+                    assert!(valid_refusal(&r) && !r.starts_with("421") || r == FILTER_TOO_BIG, "{r:?}")
                 }
                 FilterEvent::Decided(_, FilterDecision::Disconnect(r)) => {
-                    assert!(valid_refusal(&r) || r == INVALID_REPLY || r == FAIL_REPLY, "{r:?}")
+                    assert!(valid_refusal(&r) || r == FILTER_INVALID || r == FILTER_FAIL, "{r:?}")
                 }
                 FilterEvent::Message(lines) => {
                     assert!(lines.iter().map(|l| l.len() + 1).sum::<usize>() <= 256);
