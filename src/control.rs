@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::smtp::address::Mailbox;
+
 pub use crate::spool::CONTROL_SOCKET;
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 1024;
@@ -216,7 +218,7 @@ pub trait ControlHandler: Send + Sync {
 pub fn own_lines(listing: &str, user: &str, domain: Option<&str>) -> String {
     let mine = |line: &&str| {
         let sender = line.split(' ').nth(1).unwrap_or("").trim_start_matches('<').trim_end_matches('>');
-        let (local, dom) = sender.rsplit_once('@').unwrap_or((sender, ""));
+        let Mailbox { local, domain: dom } = Mailbox::split(sender);
         local == user && domain.is_none_or(|d| dom.eq_ignore_ascii_case(d))
     };
     listing.lines().filter(mine).collect::<Vec<_>>().join("\n")

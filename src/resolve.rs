@@ -10,6 +10,7 @@ use crate::config::expand::{expand, ExpandCtx, ExpandError};
 use crate::config::{Action, Config, Method};
 use crate::envelope::{Envelope, Owner, Target};
 use crate::rules::{self, Decision};
+use crate::smtp::address::Mailbox;
 use crate::users::{User, UserDb, Userbase};
 
 /// Alias chains longer than this are refused as loops (OpenSMTPD uses 5 for expansion depth
@@ -70,10 +71,6 @@ pub fn resolve(
     Ok(r.out)
 }
 
-fn split(addr: &str) -> (&str, &str) {
-    addr.rsplit_once('@').unwrap_or((addr, ""))
-}
-
 impl Expander<'_> {
     fn address(
         &mut self,
@@ -89,7 +86,7 @@ impl Expander<'_> {
             self.out.push(Target::Relay { action: action.name.clone(), rcpt: addr.to_owned() });
             return Ok(());
         }
-        let (user, domain) = split(addr);
+        let Mailbox { local: user, domain } = Mailbox::split(addr);
         let base = user.split(self.config.sub_addr_delim).next().unwrap_or(user).to_lowercase();
         let key = format!("{base}@{}", domain.to_lowercase());
         if seen.contains(&key) {
@@ -160,7 +157,7 @@ impl Expander<'_> {
             None => rcpt_user,
         };
         let home = user.home.to_string_lossy().into_owned();
-        let (_, domain) = split(dest);
+        let domain = Mailbox::domain_of(dest);
         let dest_addr =
             if domain.is_empty() { format!("{name}@{}", self.config.hostname) } else { format!("{name}@{domain}") };
         let ctx = ExpandCtx {

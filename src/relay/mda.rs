@@ -23,6 +23,7 @@ use super::{result_name, Handle, SharedConfig};
 use crate::config::expand::{expand, ExpandCtx};
 use crate::config::{Action, Config, Method};
 use crate::queue;
+use crate::smtp::address::Mailbox;
 use crate::users::{SystemUsers, User, UserDb, Userbase};
 
 /// How long a command may run (`MXD_MDA_TIMEOUT=SECONDS` replaces it, for tests).
@@ -104,7 +105,7 @@ fn shell_safe(s: &str) -> bool {
 
 /// Runs the command for one recipient (`user@domain`, as resolution made it).
 fn deliver(config: &Config, action: &Action, command: &str, sender: &str, rcpt: &str, message: &[u8]) -> RcptStatus {
-    let (local, domain) = rcpt.rsplit_once('@').unwrap_or((rcpt, ""));
+    let Mailbox { local, domain } = Mailbox::split(rcpt);
     let Some(user) = user_of(config, action, local) else {
         return RcptStatus::Perm(format!("5.1.1 unknown user {local}"));
     };

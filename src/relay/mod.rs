@@ -24,6 +24,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::config::{Config, Method};
 use crate::dns::Resolver;
 use crate::queue::{self, bounce, QueuedEnvelope};
+use crate::smtp::address::Mailbox;
 use client::RcptStatus;
 use worker::{Item, Report, Work};
 
@@ -90,7 +91,7 @@ impl Dest {
 }
 
 fn domain_of(addr: &str) -> String {
-    addr.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase()
+    Mailbox::domain_of(addr).to_ascii_lowercase()
 }
 
 struct QueuedMessage {
