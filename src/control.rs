@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::smtp::address::Mailbox;
+use crate::envelope::Mailbox;
 
 pub use crate::spool::CONTROL_SOCKET;
 /// Longest request line accepted.

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 
 use crate::config::expand::{expand, ExpandCtx, ExpandError};
 use crate::config::{Action, Config, Method};
+use crate::envelope::Mailbox;
 use crate::envelope::{Envelope, Owner, Target};
 use crate::rules::{self, Decision};
-use crate::smtp::address::Mailbox;
 use crate::users::{User, UserDb, Userbase};
 
 /// Alias chains longer than this are refused as loops (OpenSMTPD uses 5 for expansion depth

@@ -2,8 +2,8 @@
 //! tried in order; the first whose every condition holds decides.
 
 use crate::config::{Action, CondKind, Config, Matcher, Verdict};
+use crate::envelope::Mailbox;
 use crate::envelope::{Envelope, Origin};
-use crate::smtp::address::Mailbox;
 use crate::table::{domain_matches, ip_matches};
 
 #[derive(Debug)]

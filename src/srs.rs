@@ -13,7 +13,7 @@ use base64::Engine;
 use ring::hmac;
 
 use crate::config::Config;
-use crate::smtp::address::Mailbox;
+use crate::envelope::Mailbox;
 
 const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 /// OpenSMTPD's default `srs ttl`: four days.

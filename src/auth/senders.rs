@@ -11,7 +11,7 @@
 //! A user the table does not list may send as nobody. A refusal is `550 5.7.1`
 //! (`smtp::reply::SENDER_NOT_ALLOWED`).
 
-use crate::smtp::address::Mailbox;
+use crate::envelope::Mailbox;
 use crate::table::domain_matches;
 
 /// May `user` send with `mail_from` (as parsed by the session: empty for `<>`)?

@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use crate::smtp::address::Mailbox;
+use crate::envelope::Mailbox;
 
 /// The values a template may use. `user_*` come from the password database or a userbase
 /// table (trusted); the others come from the envelope (untrusted).

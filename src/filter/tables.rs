@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::builtin::{LookupKind, TableRef, Tables};
-use crate::smtp::address::Mailbox;
+use crate::envelope::Mailbox;
 use crate::table::{domain_matches, Table};
 
 /// The tables of a loaded configuration, by name.

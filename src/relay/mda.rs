@@ -22,8 +22,8 @@ use super::worker::{Report, Work};
 use super::{result_name, Handle, SharedConfig};
 use crate::config::expand::{expand, ExpandCtx};
 use crate::config::{Action, Config, Method};
+use crate::envelope::Mailbox;
 use crate::queue;
-use crate::smtp::address::Mailbox;
 use crate::users::{SystemUsers, User, UserDb, Userbase};
 
 /// How long a command may run (`MXD_MDA_TIMEOUT=SECONDS` replaces it, for tests).

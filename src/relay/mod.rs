@@ -23,8 +23,8 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::{Config, Method};
 use crate::dns::Resolver;
+use crate::envelope::Mailbox;
 use crate::queue::{self, bounce, QueuedEnvelope};
-use crate::smtp::address::Mailbox;
 use client::RcptStatus;
 use worker::{Item, Report, Work};
 
