@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use super::client::RcptStatus;
-use super::worker::{Report, Work};
+use super::worker::{Work, WorkerReport};
 use super::{result_name, Handle, SharedConfig};
 use crate::config::expand::{expand, ExpandCtx};
 use crate::config::{Action, Config, Method};
@@ -53,18 +53,18 @@ pub fn reconfigure(config: &Arc<Config>) {
 }
 
 /// Starts the worker of one mda action (the relay worker's counterpart).
-pub(super) fn spawn_worker(work: Work, reports: Sender<Report>) -> std::io::Result<()> {
+pub(super) fn spawn_worker(work: Work, reports: Sender<WorkerReport>) -> std::io::Result<()> {
     std::thread::Builder::new().name("mda-action".into()).spawn(move || {
         if let Some(action) = work.config.actions.get(&work.dest.action) {
             run(&work, action, &reports);
         }
-        let _ = reports.send(Report::Finished(work.dest.clone()));
+        let _ = reports.send(WorkerReport::Finished(work.dest.clone()));
     })?;
     Ok(())
 }
 
 /// Every due recipient's command, one after the other.
-fn run(work: &Work, action: &Action, reports: &Sender<Report>) {
+fn run(work: &Work, action: &Action, reports: &Sender<WorkerReport>) {
     let Method::Mda(command) = &action.method else { return };
     for item in &work.items {
         // Gone since it was dispatched (`mxctl remove`): nothing to run.
@@ -80,7 +80,7 @@ fn run(work: &Work, action: &Action, reports: &Sender<Report>) {
             })
             .collect();
         let (ack, acked) = crossbeam_channel::bounded(1);
-        let report = Report::Sent { dest: work.dest.clone(), name: item.name.clone(), results, ack };
+        let report = WorkerReport::Sent { dest: work.dest.clone(), name: item.name.clone(), results, ack };
         if reports.send(report).is_err() || acked.recv().is_err() {
             return;
         }

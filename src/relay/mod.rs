@@ -26,7 +26,7 @@ use crate::dns::Resolver;
 use crate::envelope::Mailbox;
 use crate::queue::{self, bounce, QueuedEnvelope};
 use client::RcptStatus;
-use worker::{Item, Report, Work};
+use worker::{Item, Work, WorkerReport};
 
 /// First retry after this (MXD_RETRY_BASE seconds overrides it, for tests); doubling up to
 /// `MAX_DELAY`.
@@ -56,7 +56,7 @@ pub enum RcptState {
     Done,
 }
 
-struct Rcpt {
+struct QueuedRcpt {
     action: String,
     addr: String,
     attempts: u32,
@@ -64,7 +64,7 @@ struct Rcpt {
     state: RcptState,
 }
 
-impl Rcpt {
+impl QueuedRcpt {
     /// Due for an attempt: its time has come and it is waiting for a delivery.
     fn due(&self, now: Instant) -> bool {
         self.next <= now && matches!(self.state, RcptState::Pending | RcptState::Deferred(_))
@@ -80,12 +80,12 @@ struct Dest {
 }
 
 impl Dest {
-    fn of(config: &Config, r: &Rcpt) -> Dest {
+    fn of(config: &Config, r: &QueuedRcpt) -> Dest {
         let by_mx = spec::relay_of(config, &r.action).is_some_and(|rel| rel.host.is_none());
         Dest { action: r.action.clone(), domain: by_mx.then(|| domain_of(&r.addr)) }
     }
 
-    fn holds(&self, r: &Rcpt) -> bool {
+    fn holds(&self, r: &QueuedRcpt) -> bool {
         r.action == self.action && self.domain.as_ref().is_none_or(|d| *d == domain_of(&r.addr))
     }
 }
@@ -98,7 +98,7 @@ struct QueuedMessage {
     env: QueuedEnvelope,
     /// The message id (see `queue::message_id`).
     id: String,
-    rcpts: Vec<Rcpt>,
+    rcpts: Vec<QueuedRcpt>,
     /// How many Done recipients are already in the state file.
     persisted: usize,
     /// How many `bounce warn-interval` delays this message has been warned about.
@@ -120,8 +120,8 @@ pub struct Runner {
     mx_port: u16,
     /// Destinations a worker is serving now.
     in_flight: BTreeSet<Dest>,
-    reports_tx: Sender<Report>,
-    reports: Receiver<Report>,
+    reports_tx: Sender<WorkerReport>,
+    reports: Receiver<WorkerReport>,
 }
 
 /// Control over a running runner: wake it, ask for everything or one message to be retried
@@ -308,7 +308,7 @@ impl Runner {
             let rcpts = env
                 .rcpts
                 .iter()
-                .map(|(action, addr)| Rcpt {
+                .map(|(action, addr)| QueuedRcpt {
                     action: action.clone(),
                     addr: addr.clone(),
                     attempts: 0,
@@ -376,9 +376,9 @@ impl Runner {
     }
 
     /// Records what a worker reports; a message's verdicts reach the disk before its ack.
-    fn handle(&mut self, report: Report) {
+    fn handle(&mut self, report: WorkerReport) {
         match report {
-            Report::Sent { dest, name, results, ack } => {
+            WorkerReport::Sent { dest, name, results, ack } => {
                 if let Some(entry) = self.entries.get_mut(&name) {
                     for (addr, result) in &results {
                         record(entry, &dest, addr, result, self.retry_base);
@@ -387,7 +387,7 @@ impl Runner {
                 self.persist(&name);
                 let _ = ack.send(());
             }
-            Report::Failed { dest, rcpts, result } => {
+            WorkerReport::Failed { dest, rcpts, result } => {
                 for (name, addrs) in rcpts {
                     if let Some(entry) = self.entries.get_mut(&name) {
                         for addr in &addrs {
@@ -396,7 +396,7 @@ impl Runner {
                     }
                 }
             }
-            Report::Finished(dest) => {
+            WorkerReport::Finished(dest) => {
                 self.in_flight.remove(&dest);
             }
         }

@@ -34,7 +34,7 @@ pub(super) struct Work {
     pub(super) queue: PathBuf,
 }
 
-pub(super) enum Report {
+pub(super) enum WorkerReport {
     /// The verdicts for one message's recipients. The worker waits for `ack`, sent once
     /// they are on disk, before the next message: a crash resends at most this one.
     Sent { dest: Dest, name: String, results: Vec<(String, RcptStatus)>, ack: Sender<()> },
@@ -44,15 +44,15 @@ pub(super) enum Report {
     Finished(Dest),
 }
 
-pub(super) fn spawn(work: Work, reports: Sender<Report>) -> std::io::Result<()> {
+pub(super) fn spawn(work: Work, reports: Sender<WorkerReport>) -> std::io::Result<()> {
     std::thread::Builder::new().name("relay-dest".into()).spawn(move || {
         run(&work, &reports);
-        let _ = reports.send(Report::Finished(work.dest.clone()));
+        let _ = reports.send(WorkerReport::Finished(work.dest.clone()));
     })?;
     Ok(())
 }
 
-fn run(work: &Work, reports: &Sender<Report>) {
+fn run(work: &Work, reports: &Sender<WorkerReport>) {
     let (action, domain) = (&work.dest.action, work.dest.domain.as_deref());
     let specs = match spec::candidates(&work.config, action, domain, &work.resolver, work.mx_port) {
         Ok(s) => s,
@@ -82,7 +82,7 @@ fn run(work: &Work, reports: &Sender<Report>) {
                     }
                     let (ack, acked) = crossbeam_channel::bounded(1);
                     let results = item.rcpts.iter().cloned().zip(results).collect();
-                    let report = Report::Sent { dest: work.dest.clone(), name: item.name.clone(), results, ack };
+                    let report = WorkerReport::Sent { dest: work.dest.clone(), name: item.name.clone(), results, ack };
                     // The runner stopped: what is not recorded is sent again after a restart.
                     if reports.send(report).is_err() || acked.recv().is_err() {
                         return;
@@ -115,7 +115,7 @@ fn open(specs: &[Spec]) -> Result<(RelaySession, &Spec), String> {
     Err(last)
 }
 
-fn fail(work: &Work, items: &[Item], result: RcptStatus, host: Option<&str>, reports: &Sender<Report>) {
+fn fail(work: &Work, items: &[Item], result: RcptStatus, host: Option<&str>, reports: &Sender<WorkerReport>) {
     let host = host.map_or(String::new(), |h| format!(" host={h}"));
     for item in items {
         for addr in &item.rcpts {
@@ -123,5 +123,5 @@ fn fail(work: &Work, items: &[Item], result: RcptStatus, host: Option<&str>, rep
         }
     }
     let rcpts = items.iter().map(|i| (i.name.clone(), i.rcpts.clone())).collect();
-    let _ = reports.send(Report::Failed { dest: work.dest.clone(), rcpts, result });
+    let _ = reports.send(WorkerReport::Failed { dest: work.dest.clone(), rcpts, result });
 }
