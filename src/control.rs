@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::envelope::Mailbox;
+
 pub use crate::spool::CONTROL_SOCKET;
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 1024;
@@ -34,7 +36,7 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What `schedule` and `remove` act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
+pub enum QueueSelection {
     All,
     /// A message id (8 hex digits) or an envelope id (16), lowercased.
     Id(String),
@@ -45,8 +47,8 @@ pub enum Target {
 pub enum Verb {
     ShowQueue,
     ShowStats,
-    Schedule(Target),
-    Remove(Target),
+    Schedule(QueueSelection),
+    Remove(QueueSelection),
     Reload,
     UpdateTable(String),
     /// newaliases: re-read the tables used by `alias` options.
@@ -105,12 +107,12 @@ impl Verb {
     }
 }
 
-fn parse_target(word: &str) -> Result<Target, VerbError> {
+fn parse_target(word: &str) -> Result<QueueSelection, VerbError> {
     if word == "all" {
-        return Ok(Target::All);
+        return Ok(QueueSelection::All);
     }
     if (1..=16).contains(&word.len()) && word.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Ok(Target::Id(word.to_ascii_lowercase()));
+        return Ok(QueueSelection::Id(word.to_ascii_lowercase()));
     }
     Err(VerbError::BadId(word.to_string()))
 }
@@ -118,9 +120,9 @@ fn parse_target(word: &str) -> Result<Target, VerbError> {
 impl std::fmt::Display for Verb {
     /// The request line, as [`Verb::parse`] reads it back.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let target = |t: &Target| match t {
-            Target::All => "all".to_string(),
-            Target::Id(id) => id.clone(),
+        let target = |t: &QueueSelection| match t {
+            QueueSelection::All => "all".to_string(),
+            QueueSelection::Id(id) => id.clone(),
         };
         match self {
             Verb::ShowQueue => f.write_str("show queue"),
@@ -144,7 +146,7 @@ pub fn allowed(peer_uid: u32, daemon_uid: u32, verb: &Verb) -> bool {
 
 /// The category of a refusal, sent on the wire so that clients can branch on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorKind {
+pub enum RefusalKind {
     /// The peer's uid may not make this request ([`allowed`]).
     Denied,
     /// No such message, envelope or table.
@@ -155,18 +157,18 @@ pub enum ErrorKind {
     Usage,
 }
 
-impl ErrorKind {
+impl RefusalKind {
     fn word(self) -> &'static str {
         match self {
-            ErrorKind::Denied => "denied",
-            ErrorKind::NotFound => "notfound",
-            ErrorKind::Failed => "failed",
-            ErrorKind::Usage => "usage",
+            RefusalKind::Denied => "denied",
+            RefusalKind::NotFound => "notfound",
+            RefusalKind::Failed => "failed",
+            RefusalKind::Usage => "usage",
         }
     }
 
-    fn from_word(word: &str) -> Option<ErrorKind> {
-        [ErrorKind::Denied, ErrorKind::NotFound, ErrorKind::Failed, ErrorKind::Usage]
+    fn from_word(word: &str) -> Option<RefusalKind> {
+        [RefusalKind::Denied, RefusalKind::NotFound, RefusalKind::Failed, RefusalKind::Usage]
             .into_iter()
             .find(|k| k.word() == word)
     }
@@ -175,16 +177,16 @@ impl ErrorKind {
 /// A handler's refusal: its kind and a message for the user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandlerError {
-    pub kind: ErrorKind,
+    pub kind: RefusalKind,
     pub message: String,
 }
 
 impl HandlerError {
     pub fn not_found(message: impl Into<String>) -> Self {
-        HandlerError { kind: ErrorKind::NotFound, message: message.into() }
+        HandlerError { kind: RefusalKind::NotFound, message: message.into() }
     }
     pub fn failed(message: impl Into<String>) -> Self {
-        HandlerError { kind: ErrorKind::Failed, message: message.into() }
+        HandlerError { kind: RefusalKind::Failed, message: message.into() }
     }
 }
 
@@ -200,9 +202,9 @@ pub trait ControlHandler: Send + Sync {
     /// Counters, one `name=value` per line.
     fn show_stats(&self) -> String;
     /// Retry now the given message/envelope, or everything.
-    fn schedule(&self, target: &Target) -> Result<String, HandlerError>;
+    fn schedule(&self, target: &QueueSelection) -> Result<String, HandlerError>;
     /// Remove from the queue without a bounce.
-    fn remove(&self, target: &Target) -> Result<String, HandlerError>;
+    fn remove(&self, target: &QueueSelection) -> Result<String, HandlerError>;
     /// Re-read the configuration (as SIGHUP): a bad new one is refused, the old one stays.
     fn reload(&self) -> Result<String, HandlerError>;
     /// Re-read one table.
@@ -216,7 +218,7 @@ pub trait ControlHandler: Send + Sync {
 pub fn own_lines(listing: &str, user: &str, domain: Option<&str>) -> String {
     let mine = |line: &&str| {
         let sender = line.split(' ').nth(1).unwrap_or("").trim_start_matches('<').trim_end_matches('>');
-        let (local, dom) = sender.rsplit_once('@').unwrap_or((sender, ""));
+        let Mailbox { local, domain: dom } = Mailbox::split(sender);
         local == user && domain.is_none_or(|d| dom.eq_ignore_ascii_case(d))
     };
     listing.lines().filter(mine).collect::<Vec<_>>().join("\n")
@@ -327,7 +329,7 @@ pub fn handle_connection(stream: UnixStream, handler: &dyn ControlHandler, daemo
     BufReader::new(&stream).take(MAX_REQUEST).read_until(b'\n', &mut line)?;
     let text = String::from_utf8_lossy(&line);
     let result = match Verb::parse(text.trim_end_matches(['\r', '\n'])) {
-        Err(e) => Err(HandlerError { kind: ErrorKind::Usage, message: e.to_string() }),
+        Err(e) => Err(HandlerError { kind: RefusalKind::Usage, message: e.to_string() }),
         Ok(verb) => match uid {
             Ok(uid) if allowed(uid, daemon_uid, &verb) => {
                 let privileged = uid == 0 || uid == daemon_uid;
@@ -339,11 +341,11 @@ pub fn handle_connection(stream: UnixStream, handler: &dyn ControlHandler, daemo
             }
             Ok(uid) => {
                 log::warn!("control: denied uid={uid} {verb}");
-                Err(HandlerError { kind: ErrorKind::Denied, message: format!("{verb}: need root privileges") })
+                Err(HandlerError { kind: RefusalKind::Denied, message: format!("{verb}: need root privileges") })
             }
             Err(e) => {
                 log::warn!("control: denied {verb}: no peer credentials: {e}");
-                Err(HandlerError { kind: ErrorKind::Denied, message: format!("{verb}: need root privileges") })
+                Err(HandlerError { kind: RefusalKind::Denied, message: format!("{verb}: need root privileges") })
             }
         },
     };
@@ -387,7 +389,7 @@ pub enum ControlError {
     /// The daemon's answer did not follow the protocol.
     Protocol(String),
     /// The daemon refused.
-    Refused { kind: ErrorKind, message: String },
+    Refused { kind: RefusalKind, message: String },
 }
 
 impl std::fmt::Display for ControlError {
@@ -431,7 +433,7 @@ fn read_response(reader: &mut impl BufRead) -> Result<Vec<String>, ControlError>
             return Ok(output);
         } else if let Some(rest) = line.strip_prefix("error ") {
             let (word, message) = rest.split_once(' ').unwrap_or((rest, ""));
-            let kind = ErrorKind::from_word(word).ok_or_else(|| ControlError::Protocol(line.to_string()))?;
+            let kind = RefusalKind::from_word(word).ok_or_else(|| ControlError::Protocol(line.to_string()))?;
             return Err(ControlError::Refused { kind, message: message.to_string() });
         } else {
             return Err(ControlError::Protocol(line.to_string()));
@@ -448,9 +450,9 @@ mod tests {
         let cases = [
             ("show queue", Verb::ShowQueue),
             ("show  stats", Verb::ShowStats),
-            ("schedule all", Verb::Schedule(Target::All)),
-            ("schedule 64F3EAB9", Verb::Schedule(Target::Id("64f3eab9".into()))),
-            ("remove 64f3eab9deadbeef", Verb::Remove(Target::Id("64f3eab9deadbeef".into()))),
+            ("schedule all", Verb::Schedule(QueueSelection::All)),
+            ("schedule 64F3EAB9", Verb::Schedule(QueueSelection::Id("64f3eab9".into()))),
+            ("remove 64f3eab9deadbeef", Verb::Remove(QueueSelection::Id("64f3eab9deadbeef".into()))),
             ("reload", Verb::Reload),
             ("update table aliases", Verb::UpdateTable("aliases".into())),
             ("update aliases", Verb::UpdateAliases),
@@ -481,8 +483,8 @@ mod tests {
         let all = [
             Verb::ShowQueue,
             Verb::ShowStats,
-            Verb::Schedule(Target::All),
-            Verb::Remove(Target::All),
+            Verb::Schedule(QueueSelection::All),
+            Verb::Remove(QueueSelection::All),
             Verb::Reload,
             Verb::UpdateTable("t".into()),
             Verb::UpdateAliases,
@@ -513,22 +515,22 @@ mod tests {
 
     #[test]
     fn responses_round_trip() {
-        type Case = (Result<String, HandlerError>, Result<Vec<String>, (ErrorKind, &'static str)>);
+        type Case = (Result<String, HandlerError>, Result<Vec<String>, (RefusalKind, &'static str)>);
         let cases: [Case; 4] = [
             (Ok("a\nb c\n\nok".into()), Ok(vec!["a".into(), "b c".into(), String::new(), "ok".into()])),
             (Ok(String::new()), Ok(vec![])),
             (
                 Err(HandlerError::not_found("no such message\n64f3eab9")),
-                Err((ErrorKind::NotFound, "no such message 64f3eab9")),
+                Err((RefusalKind::NotFound, "no such message 64f3eab9")),
             ),
-            (Err(HandlerError::failed("aliases:3: bad line")), Err((ErrorKind::Failed, "aliases:3: bad line"))),
+            (Err(HandlerError::failed("aliases:3: bad line")), Err((RefusalKind::Failed, "aliases:3: bad line"))),
         ];
         for (sent, want) in cases {
             let mut wire = Vec::new();
             write_response(&mut wire, sent).unwrap();
             let got = read_response(&mut wire.as_slice()).map_err(|e| match e {
                 ControlError::Refused { kind, message } => (kind, message),
-                other => (ErrorKind::Usage, other.to_string()),
+                other => (RefusalKind::Usage, other.to_string()),
             });
             let want = want.map_err(|(k, m)| (k, m.to_string()));
             assert_eq!(got, want);

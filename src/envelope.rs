@@ -88,3 +88,44 @@ pub enum Target {
     /// from there by the parent as the user; `rcpt` is the final address (user@domain).
     Mda { action: String, rcpt: String },
 }
+
+/// A valid address as later layers read it: local part and domain, split at the last `@`
+/// (a quoted local part may hold `@`, a domain never does). Borrowed: splitting allocates nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mailbox<'a> {
+    pub local: &'a str,
+    /// Empty for an address without `@` (a bare user name, as aliases and sendmail allow).
+    pub domain: &'a str,
+}
+
+impl<'a> Mailbox<'a> {
+    /// `local@domain` at the last `@`; no `@` is a local part alone.
+    pub fn split(addr: &'a str) -> Mailbox<'a> {
+        let (local, domain) = addr.rsplit_once('@').unwrap_or((addr, ""));
+        Mailbox { local, domain }
+    }
+
+    /// Only an address with an `@`; `None` for a bare user name.
+    pub fn parse(addr: &'a str) -> Option<Mailbox<'a>> {
+        addr.rsplit_once('@').map(|(local, domain)| Mailbox { local, domain })
+    }
+
+    /// The domain of `addr`, empty without `@`.
+    pub fn domain_of(addr: &'a str) -> &'a str {
+        Mailbox::split(addr).domain
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mailbox_splits_at_the_last_at() {
+        assert_eq!(Mailbox::split("\"a@b\"@example.org"), Mailbox { local: "\"a@b\"", domain: "example.org" });
+        assert_eq!(Mailbox::split("root"), Mailbox { local: "root", domain: "" });
+        assert_eq!(Mailbox::parse("root"), None);
+        assert_eq!(Mailbox::parse("u@"), Some(Mailbox { local: "u", domain: "" }));
+        assert_eq!(Mailbox::domain_of("u@Example.ORG"), "Example.ORG");
+    }
+}

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use crate::config::expand::{expand, ExpandCtx, ExpandError};
 use crate::config::{Action, Config, Method};
+use crate::envelope::Mailbox;
 use crate::envelope::{Envelope, Owner, Target};
 use crate::rules::{self, Decision};
 use crate::users::{User, UserDb, Userbase};
@@ -49,7 +50,7 @@ impl fmt::Display for ResolveError {
     }
 }
 
-struct Resolver<'a> {
+struct Expander<'a> {
     config: &'a Config,
     env: &'a Envelope<'a>,
     system: &'a dyn UserDb,
@@ -62,7 +63,7 @@ pub fn resolve(
     env: &Envelope<'_>,
     users: &dyn UserDb,
 ) -> Result<Vec<Target>, ResolveError> {
-    let mut r = Resolver { config, env, system: users, out: Vec::new() };
+    let mut r = Expander { config, env, system: users, out: Vec::new() };
     r.address(action, env.rcpt, 0, &mut Vec::new())?;
     if r.out.is_empty() {
         return Err(ResolveError::Empty(env.rcpt.to_owned()));
@@ -70,11 +71,7 @@ pub fn resolve(
     Ok(r.out)
 }
 
-fn split(addr: &str) -> (&str, &str) {
-    addr.rsplit_once('@').unwrap_or((addr, ""))
-}
-
-impl Resolver<'_> {
+impl Expander<'_> {
     fn address(
         &mut self,
         action: &Action,
@@ -89,7 +86,7 @@ impl Resolver<'_> {
             self.out.push(Target::Relay { action: action.name.clone(), rcpt: addr.to_owned() });
             return Ok(());
         }
-        let (user, domain) = split(addr);
+        let Mailbox { local: user, domain } = Mailbox::split(addr);
         let base = user.split(self.config.sub_addr_delim).next().unwrap_or(user).to_lowercase();
         let key = format!("{base}@{}", domain.to_lowercase());
         if seen.contains(&key) {
@@ -160,7 +157,7 @@ impl Resolver<'_> {
             None => rcpt_user,
         };
         let home = user.home.to_string_lossy().into_owned();
-        let (_, domain) = split(dest);
+        let domain = Mailbox::domain_of(dest);
         let dest_addr =
             if domain.is_empty() { format!("{name}@{}", self.config.hostname) } else { format!("{name}@{domain}") };
         let ctx = ExpandCtx {

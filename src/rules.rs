@@ -2,6 +2,7 @@
 //! tried in order; the first whose every condition holds decides.
 
 use crate::config::{Action, CondKind, Config, Matcher, Verdict};
+use crate::envelope::Mailbox;
 use crate::envelope::{Envelope, Origin};
 use crate::table::{domain_matches, ip_matches};
 
@@ -23,10 +24,6 @@ pub fn decide<'c>(config: &'c Config, env: &Envelope<'_>) -> Decision<'c> {
         }
     }
     Decision::NoMatch
-}
-
-fn domain_of(addr: &str) -> &str {
-    addr.rsplit_once('@').map_or("", |(_, d)| d)
 }
 
 /// `for local`: no domain, localhost, this host's names, or one of its address literals.
@@ -80,8 +77,10 @@ fn holds(config: &Config, cond: &CondKind, env: &Envelope<'_>) -> bool {
             (Some(name), Some(m)) => matches_with(config, m, name, |e| domain_matches(e, &name.to_lowercase())),
         },
         CondKind::FromMailFrom(m) => address_matches(config, m, &env.mail_from.to_lowercase()),
-        CondKind::ForLocal => is_local_domain(config, domain_of(env.rcpt)),
-        CondKind::ForDomain(m) => matches_with(config, m, domain_of(&rcpt), |e| domain_matches(e, domain_of(&rcpt))),
+        CondKind::ForLocal => is_local_domain(config, Mailbox::domain_of(env.rcpt)),
+        CondKind::ForDomain(m) => {
+            matches_with(config, m, Mailbox::domain_of(&rcpt), |e| domain_matches(e, Mailbox::domain_of(&rcpt)))
+        }
         CondKind::ForRcptTo(m) => address_matches(config, m, &rcpt),
         CondKind::Tls => env.tls,
         CondKind::Tag(m) => env.tag.is_some_and(|tag| matches_with(config, m, tag, |e| e == tag.to_lowercase())),
@@ -95,7 +94,7 @@ fn holds(config: &Config, cond: &CondKind, env: &Envelope<'_>) -> bool {
 
 /// Mailbox matching as OpenSMTPD's: a full address, or `@domain` for any user there.
 fn address_matches(config: &Config, m: &Matcher, addr: &str) -> bool {
-    let domain = domain_of(addr);
+    let domain = Mailbox::domain_of(addr);
     matches_with(config, m, addr, |e| e == addr || e.strip_prefix('@').is_some_and(|d| d == domain))
 }
 

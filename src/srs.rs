@@ -13,6 +13,7 @@ use base64::Engine;
 use ring::hmac;
 
 use crate::config::Config;
+use crate::envelope::Mailbox;
 
 const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 /// OpenSMTPD's default `srs ttl`: four days.
@@ -41,7 +42,7 @@ fn hash(key: &str, tt: &str, domain: &str, local: &str) -> String {
 /// `sender`'s SRS0 form at `srs_domain`, signed with the first key; `None` for the null
 /// sender, an address without a domain, or one already rewritten.
 pub fn encode(key: &str, sender: &str, srs_domain: &str, day: u64) -> Option<String> {
-    let (local, domain) = sender.rsplit_once('@')?;
+    let Mailbox { local, domain } = Mailbox::parse(sender)?;
     if local.is_empty() || domain.is_empty() || is_srs(sender) {
         return None;
     }
@@ -101,7 +102,7 @@ pub fn reverse(config: &Config, rcpt: &str) -> Result<Option<String>, InvalidSrs
 /// sender); `None` to keep `sender`.
 pub fn forward_sender(config: &Config, sender: &str) -> Option<String> {
     let key = config.knobs.srs_keys.first()?;
-    let domain = sender.rsplit_once('@').map(|(_, d)| d)?;
+    let domain = Mailbox::parse(sender)?.domain;
     if crate::rules::is_local_domain(config, domain) {
         return None;
     }

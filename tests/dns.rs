@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{can_run, Need};
 use dns_util::{Dnsmasq, DNSMASQ};
-use mxd::dns::service::{Reply, Request, Service};
+use mxd::dns::service::{DnsAnswer, DnsQuery, Service};
 use mxd::dns::{Hosts, Lookup, Mx, ResolvConf, Resolver};
 
 fn needs_dnsmasq(test: &str) -> bool {
@@ -175,12 +175,12 @@ fn the_resolver_thread_answers_through_a_callback() {
     let d = Dnsmasq::start("127.0.53.4", &records());
     let service = Service::spawn(Arc::new(resolver(d.addr, 2)), 2).unwrap();
     let (tx, rx) = crossbeam_channel::unbounded();
-    for (i, req) in [Request::Fcrdns(ip("127.0.0.12")), Request::Mx("nowhere.test".into())].into_iter().enumerate() {
+    for (i, req) in [DnsQuery::Fcrdns(ip("127.0.0.12")), DnsQuery::Mx("nowhere.test".into())].into_iter().enumerate() {
         let tx = tx.clone();
         assert!(service.submit(req, move |reply| tx.send((i, reply)).unwrap()));
     }
-    let mut got: Vec<(usize, Reply)> = (0..2).map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
+    let mut got: Vec<(usize, DnsAnswer)> = (0..2).map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
     got.sort_by_key(|g| g.0);
-    assert_eq!(got[0].1, Reply::Names(Lookup::Ok(vec!["mx20.multi.test".into()])));
-    assert_eq!(got[1].1, Reply::Mx(Lookup::NxDomain));
+    assert_eq!(got[0].1, DnsAnswer::Names(Lookup::Ok(vec!["mx20.multi.test".into()])));
+    assert_eq!(got[1].1, DnsAnswer::Mx(Lookup::NxDomain));
 }

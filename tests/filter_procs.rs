@@ -16,7 +16,8 @@ use mxd::filter::driver::Driver;
 use mxd::filter::process::ProcSpec;
 use mxd::filter::protocol::{self, Endpoint, EventKind, Report};
 use mxd::filter::{
-    Chain, Decision, Event, Filter, FilterChain, FilterKind, Id, Limits, Link, Now, Phase, SessionFilter, TableRef,
+    Chain, ChainFilter, ChainFilterKind, FilterChain, FilterDecision, FilterEvent, FilterLink, Id, Limits, Now, Phase,
+    SessionFilter, TableRef,
 };
 
 const PY: &str = "/usr/bin/python3";
@@ -48,15 +49,16 @@ fn start(specs: &[ProcSpec]) -> Driver {
 
 /// Adds a session filtered by `procs` (in order) to the driver.
 fn open_session(d: &mut Driver, id: u64, procs: &[&str], timeout: Duration) -> Id {
-    let filters = procs.iter().map(|p| Filter { name: p.to_string(), kind: FilterKind::Proc(p.to_string()) }).collect();
+    let filters =
+        procs.iter().map(|p| ChainFilter { name: p.to_string(), kind: ChainFilterKind::Proc(p.to_string()) }).collect();
     open_chain(d, id, filters, timeout)
 }
 
 /// Adds a session filtered by `filters`; tables hold addresses of bad.test and 127.0.0.1.
-fn open_chain(d: &mut Driver, id: u64, filters: Vec<Filter>, timeout: Duration) -> Id {
+fn open_chain(d: &mut Driver, id: u64, filters: Vec<ChainFilter>, timeout: Duration) -> Id {
     let tables = |_: &TableRef, _: mxd::filter::LookupKind, key: &str| key.ends_with("@bad.test") || key == "127.0.0.1";
     let chain = Chain::new(&FilterChain { filters }, d.registrations(), Arc::new(tables)).unwrap();
-    let link = Link {
+    let link = FilterLink {
         rdns: Some("client.test".into()),
         fcrdns: true,
         src: Endpoint::Inet("127.0.0.1:40000".parse().unwrap()),
@@ -69,7 +71,7 @@ fn open_chain(d: &mut Driver, id: u64, filters: Vec<Filter>, timeout: Duration) 
 }
 
 /// Runs until the session has an event, and returns it.
-fn next_event(d: &mut Driver, id: Id) -> Event {
+fn next_event(d: &mut Driver, id: Id) -> FilterEvent {
     let mut got = None;
     let done = d.run_until(Instant::now() + Duration::from_secs(20), |s| {
         got = s.get_mut(id).and_then(|s| s.poll_event());
@@ -79,10 +81,10 @@ fn next_event(d: &mut Driver, id: Id) -> Event {
     got.unwrap()
 }
 
-fn phase(d: &mut Driver, id: Id, phase: Phase, param: &str) -> Decision {
+fn phase(d: &mut Driver, id: Id, phase: Phase, param: &str) -> FilterDecision {
     d.sessions.get_mut(id).unwrap().begin(Now::read(), phase, param);
     match next_event(d, id) {
-        Event::Decided(p, decision) if p == phase => decision,
+        FilterEvent::Decided(p, decision) if p == phase => decision,
         other => panic!("{}: {other:?}", phase.name()),
     }
 }
@@ -114,7 +116,7 @@ fn filter_message(d: &mut Driver, id: Id, message: &str) -> Vec<String> {
     }
     s.data_end(now);
     match next_event(d, id) {
-        Event::Message(lines) => lines,
+        FilterEvent::Message(lines) => lines,
         other => panic!("data-line: {other:?}"),
     }
 }
@@ -132,44 +134,47 @@ fn own_filter_sees_every_phase_and_each_response_works() {
     assert!(Phase::ALL.iter().all(|p| reg.filters(*p)) && EventKind::ALL.iter().all(|e| reg.reports(*e)));
 
     let id = open_session(&mut d, 1, &["all"], Duration::from_secs(10));
-    assert_eq!(phase(&mut d, id, Phase::Connect, ""), Decision::Proceed);
+    assert_eq!(phase(&mut d, id, Phase::Connect, ""), FilterDecision::Proceed);
     report(&mut d, id, &Report::LinkGreeting { hostname: "mx.test" });
     report(&mut d, id, &Report::LinkIdentify { ehlo: true, identity: "client.test" });
-    assert_eq!(phase(&mut d, id, Phase::Ehlo, "client.test"), Decision::Proceed);
+    assert_eq!(phase(&mut d, id, Phase::Ehlo, "client.test"), FilterDecision::Proceed);
     report(&mut d, id, &Report::ProtocolClient { command: "MAIL FROM:<junk@example.org>" });
-    assert_eq!(phase(&mut d, id, Phase::MailFrom, "junk@example.org"), Decision::Junk);
-    assert_eq!(phase(&mut d, id, Phase::MailFrom, "rewrite@example.org"), Decision::Rewrite("new@example.org".into()));
+    assert_eq!(phase(&mut d, id, Phase::MailFrom, "junk@example.org"), FilterDecision::Junk);
+    assert_eq!(
+        phase(&mut d, id, Phase::MailFrom, "rewrite@example.org"),
+        FilterDecision::Rewrite("new@example.org".into())
+    );
     d.sessions.get_mut(id).unwrap().begin(Now::read(), Phase::MailFrom, "report@example.org");
-    assert_eq!(next_event(&mut d, id), Event::Reported { filter: "all".into(), message: "noted sender".into() });
-    assert_eq!(next_event(&mut d, id), Event::Decided(Phase::MailFrom, Decision::Proceed));
+    assert_eq!(next_event(&mut d, id), FilterEvent::Reported { filter: "all".into(), message: "noted sender".into() });
+    assert_eq!(next_event(&mut d, id), FilterEvent::Decided(Phase::MailFrom, FilterDecision::Proceed));
     report(&mut d, id, &Report::TxBegin { msgid: 0x1234abcd });
     assert_eq!(
         phase(&mut d, id, Phase::RcptTo, "reject@example.org"),
-        Decision::Reject("550 5.1.1 no such user".into())
+        FilterDecision::Reject("550 5.1.1 no such user".into())
     );
-    assert_eq!(phase(&mut d, id, Phase::RcptTo, "joseph@example.org"), Decision::Proceed);
+    assert_eq!(phase(&mut d, id, Phase::RcptTo, "joseph@example.org"), FilterDecision::Proceed);
     report(
         &mut d,
         id,
         &Report::TxRcpt { msgid: 0x1234abcd, result: protocol::TxResult::Ok, address: "joseph@example.org" },
     );
-    assert_eq!(phase(&mut d, id, Phase::Data, ""), Decision::Proceed);
+    assert_eq!(phase(&mut d, id, Phase::Data, ""), FilterDecision::Proceed);
     let out = filter_message(&mut d, id, "Subject: hi\n\n.leading dot\nbody\n");
     assert_eq!(out, ["X-Filtered: all_phases", "Subject: hi", "", ".leading dot", "body"]);
-    assert_eq!(phase(&mut d, id, Phase::Commit, ""), Decision::Proceed);
+    assert_eq!(phase(&mut d, id, Phase::Commit, ""), FilterDecision::Proceed);
     report(&mut d, id, &Report::TxCommit { msgid: 0x1234abcd, size: 42 });
     // A reply that is not a 4xx/5xx reply becomes OpenSMTPD's 421.
     assert_eq!(
         phase(&mut d, id, Phase::RcptTo, "bad-reply@example.org"),
-        Decision::Disconnect("421 Internal server error".into())
+        FilterDecision::Disconnect("421 Internal server error".into())
     );
     report(&mut d, id, &Report::LinkDisconnect);
 
     // Two more sessions at once on the same process: refusals at HELO and EHLO.
     let a = open_session(&mut d, 2, &["all"], Duration::from_secs(10));
     let b = open_session(&mut d, 3, &["all"], Duration::from_secs(10));
-    assert_eq!(phase(&mut d, a, Phase::Helo, "reject.test"), Decision::Reject("550 5.7.1 helo refused".into()));
-    assert_eq!(phase(&mut d, b, Phase::Ehlo, "disconnect.test"), Decision::Disconnect("421 4.7.0 bye".into()));
+    assert_eq!(phase(&mut d, a, Phase::Helo, "reject.test"), FilterDecision::Reject("550 5.7.1 helo refused".into()));
+    assert_eq!(phase(&mut d, b, Phase::Ehlo, "disconnect.test"), FilterDecision::Disconnect("421 4.7.0 bye".into()));
 
     // The filter checks every line; it would have exited on a bad one.
     let ok = wait_log(&mut d, &log, |l| l.matches("link-disconnect").count() == 1);
@@ -236,7 +241,7 @@ fn dkimsign_signs_and_dkimpy_verifies() {
     let out = filter_message(&mut d, id, message);
     assert!(out[0].starts_with("DKIM-Signature: v=1; a=rsa-sha256;"), "{out:?}");
     assert!(out.join("\n").contains("d=example.org"));
-    assert_eq!(phase(&mut d, id, Phase::Commit, ""), Decision::Proceed);
+    assert_eq!(phase(&mut d, id, Phase::Commit, ""), FilterDecision::Proceed);
     report(&mut d, id, &Report::TxCommit { msgid: 1, size: 10 });
     report(&mut d, id, &Report::LinkDisconnect);
 
@@ -271,7 +276,7 @@ fn misbehaving(mode: &str, dir: &Path) -> Driver {
     ])
 }
 
-const FAIL: &str = mxd::filter::engine::FAIL_REPLY;
+const FAIL: &str = mxd::smtp::reply::FILTER_FAIL;
 
 #[test]
 fn crashing_garbage_and_flooding_filters_fail_their_sessions_closed() {
@@ -283,15 +288,15 @@ fn crashing_garbage_and_flooding_filters_fail_their_sessions_closed() {
         let mut d = misbehaving(mode, dir.path());
         let victim = open_session(&mut d, 1, &["bad"], Duration::from_secs(10));
         let bystander = open_session(&mut d, 2, &["good"], Duration::from_secs(10));
-        assert_eq!(phase(&mut d, victim, Phase::Connect, ""), Decision::Disconnect(FAIL.into()), "{mode}");
+        assert_eq!(phase(&mut d, victim, Phase::Connect, ""), FilterDecision::Disconnect(FAIL.into()), "{mode}");
         assert_eq!(d.failures().len(), 1, "{mode}: {:?}", d.failures());
         assert_eq!(d.failures()[0].0, "bad");
         // Later phases fail at once; sessions on other filters carry on.
-        assert_eq!(phase(&mut d, victim, Phase::Connect, ""), Decision::Disconnect(FAIL.into()));
-        assert_eq!(phase(&mut d, bystander, Phase::Connect, ""), Decision::Proceed, "{mode}");
+        assert_eq!(phase(&mut d, victim, Phase::Connect, ""), FilterDecision::Disconnect(FAIL.into()));
+        assert_eq!(phase(&mut d, bystander, Phase::Connect, ""), FilterDecision::Proceed, "{mode}");
         // A session opened later on the dead filter fails too.
         let late = open_session(&mut d, 3, &["bad", "good"], Duration::from_secs(10));
-        assert_eq!(phase(&mut d, late, Phase::Connect, ""), Decision::Disconnect(FAIL.into()));
+        assert_eq!(phase(&mut d, late, Phase::Connect, ""), FilterDecision::Disconnect(FAIL.into()));
     }
 }
 
@@ -306,16 +311,19 @@ fn hanging_filter_costs_a_timeout_for_its_sessions_only() {
     let bystander = open_session(&mut d, 2, &["good"], Duration::from_millis(500));
     let started = Instant::now();
     d.sessions.get_mut(victim).unwrap().begin(Now::read(), Phase::Connect, "");
-    assert_eq!(phase(&mut d, bystander, Phase::Connect, ""), Decision::Proceed);
+    assert_eq!(phase(&mut d, bystander, Phase::Connect, ""), FilterDecision::Proceed);
     assert!(started.elapsed() < Duration::from_millis(500), "the bystander waited for the hung filter");
-    assert_eq!(next_event(&mut d, victim), Event::Decided(Phase::Connect, Decision::Disconnect(FAIL.into())));
+    assert_eq!(
+        next_event(&mut d, victim),
+        FilterEvent::Decided(Phase::Connect, FilterDecision::Disconnect(FAIL.into()))
+    );
     assert!(started.elapsed() >= Duration::from_millis(500));
     // While the message streams, too.
     let v2 = open_session(&mut d, 3, &["bad"], Duration::from_millis(300));
     let s = d.sessions.get_mut(v2).unwrap();
     s.data_begin(Now::read());
     s.data_line(Now::read(), "Subject: x");
-    assert_eq!(next_event(&mut d, v2), Event::Decided(Phase::DataLine, Decision::Disconnect(FAIL.into())));
+    assert_eq!(next_event(&mut d, v2), FilterEvent::Decided(Phase::DataLine, FilterDecision::Disconnect(FAIL.into())));
 }
 
 #[test]
@@ -326,7 +334,7 @@ fn answers_for_unknown_sessions_are_ignored() {
     let dir = shared_tempdir();
     let mut d = misbehaving("unknown", dir.path());
     let id = open_session(&mut d, 1, &["bad"], Duration::from_secs(10));
-    assert_eq!(phase(&mut d, id, Phase::Connect, ""), Decision::Proceed);
+    assert_eq!(phase(&mut d, id, Phase::Connect, ""), FilterDecision::Proceed);
     assert!(d.failures().is_empty(), "{:?}", d.failures());
 }
 
@@ -335,31 +343,34 @@ fn builtin_and_proc_filters_run_in_chain_order() {
     if !can_run("builtin_and_proc_filters_run_in_chain_order", &[Need::File(PY, "python3")]) {
         return;
     }
-    use mxd::filter::{Action, Condition, Rule, Test};
+    use mxd::filter::{BuiltinAction, BuiltinRule, Condition, Test};
     let dir = shared_tempdir();
     let log = dir.path().join("filter.log");
     let script = script(dir.path(), "all_phases.py");
     let mut d = start(&[spec("all", format!("{PY} {} {}", script.display(), log.display()))]);
     let table = || TableRef { name: "t".into(), regex: false };
-    let rule = |name: &str, phase, negate, test, action| Filter {
+    let rule = |name: &str, phase, negate, test, action| ChainFilter {
         name: name.into(),
-        kind: FilterKind::Builtin(Rule { phase, conditions: vec![Condition { negate, test }], action }),
+        kind: ChainFilterKind::Builtin(BuiltinRule { phase, conditions: vec![Condition { negate, test }], action }),
     };
     let filters = vec![
-        rule("note", Phase::Connect, false, Test::Src(table()), Action::Report("from loopback".into())),
-        rule("fast", Phase::MailFrom, true, Test::Auth, Action::Bypass),
-        Filter { name: "all".into(), kind: FilterKind::Proc("all".into()) },
-        rule("deny", Phase::RcptTo, false, Test::RcptTo(table()), Action::Reject("550 5.7.1 denied".into())),
+        rule("note", Phase::Connect, false, Test::Src(table()), BuiltinAction::Report("from loopback".into())),
+        rule("fast", Phase::MailFrom, true, Test::Auth, BuiltinAction::Bypass),
+        ChainFilter { name: "all".into(), kind: ChainFilterKind::Proc("all".into()) },
+        rule("deny", Phase::RcptTo, false, Test::RcptTo(table()), BuiltinAction::Reject("550 5.7.1 denied".into())),
     ];
     let id = open_chain(&mut d, 1, filters, Duration::from_secs(10));
     d.sessions.get_mut(id).unwrap().begin(Now::read(), Phase::Connect, "");
-    assert_eq!(next_event(&mut d, id), Event::Reported { filter: "note".into(), message: "from loopback".into() });
-    assert_eq!(next_event(&mut d, id), Event::Decided(Phase::Connect, Decision::Proceed));
+    assert_eq!(
+        next_event(&mut d, id),
+        FilterEvent::Reported { filter: "note".into(), message: "from loopback".into() }
+    );
+    assert_eq!(next_event(&mut d, id), FilterEvent::Decided(Phase::Connect, FilterDecision::Proceed));
     // The bypass comes before the process: it never sees MAIL FROM.
-    assert_eq!(phase(&mut d, id, Phase::MailFrom, "junk@example.org"), Decision::Proceed);
+    assert_eq!(phase(&mut d, id, Phase::MailFrom, "junk@example.org"), FilterDecision::Proceed);
     // The process proceeds, then the builtin after it refuses.
-    assert_eq!(phase(&mut d, id, Phase::RcptTo, "x@bad.test"), Decision::Reject("550 5.7.1 denied".into()));
-    assert_eq!(phase(&mut d, id, Phase::RcptTo, "x@good.test"), Decision::Proceed);
+    assert_eq!(phase(&mut d, id, Phase::RcptTo, "x@bad.test"), FilterDecision::Reject("550 5.7.1 denied".into()));
+    assert_eq!(phase(&mut d, id, Phase::RcptTo, "x@good.test"), FilterDecision::Proceed);
     report(&mut d, id, &Report::LinkDisconnect);
     let ok = wait_log(&mut d, &log, |l| l.contains("link-disconnect"));
     assert!(ok && d.failures().is_empty(), "{:?}", d.failures());

@@ -15,7 +15,9 @@ use common::{can_run, free_port, Need};
 use mxd::filter::driver::Driver;
 use mxd::filter::process::ProcSpec;
 use mxd::filter::protocol::{self, Endpoint, Report, TxResult};
-use mxd::filter::{Chain, Decision, Event, Filter, FilterChain, FilterKind, Id, Limits, Link, Now, Phase};
+use mxd::filter::{
+    Chain, ChainFilter, ChainFilterKind, FilterChain, FilterDecision, FilterEvent, FilterLink, Id, Limits, Now, Phase,
+};
 use mxd::filter::{SessionFilter, TableRef};
 
 const RSPAMD: &str = "/usr/bin/rspamd";
@@ -86,7 +88,7 @@ impl Drop for Rspamd {
     }
 }
 
-fn next_event(d: &mut Driver, id: Id) -> Event {
+fn next_event(d: &mut Driver, id: Id) -> FilterEvent {
     let mut got = None;
     let done = d.run_until(Instant::now() + Duration::from_secs(30), |s| {
         got = s.get_mut(id).and_then(|s| s.poll_event());
@@ -98,11 +100,11 @@ fn next_event(d: &mut Driver, id: Id) -> Event {
 
 /// One transaction through filter-rspamd: the message after data-line filtering and the
 /// commit decision.
-fn transaction(d: &mut Driver, n: u64, message: &str) -> (Vec<String>, Decision) {
+fn transaction(d: &mut Driver, n: u64, message: &str) -> (Vec<String>, FilterDecision) {
     let no_tables = |_: &TableRef, _: mxd::filter::LookupKind, _: &str| false;
-    let filters = vec![Filter { name: "rspamd".into(), kind: FilterKind::Proc("rspamd".into()) }];
+    let filters = vec![ChainFilter { name: "rspamd".into(), kind: ChainFilterKind::Proc("rspamd".into()) }];
     let chain = Chain::new(&FilterChain { filters }, d.registrations(), Arc::new(no_tables)).unwrap();
-    let link = Link {
+    let link = FilterLink {
         rdns: Some("client.test".into()),
         fcrdns: true,
         src: Endpoint::Inet("127.0.0.1:40000".parse().unwrap()),
@@ -124,12 +126,12 @@ fn transaction(d: &mut Driver, n: u64, message: &str) -> (Vec<String>, Decision)
     }
     s.data_end(now);
     let lines = match next_event(d, id) {
-        Event::Message(lines) => lines,
+        FilterEvent::Message(lines) => lines,
         other => panic!("{other:?}"),
     };
     d.sessions.get_mut(id).unwrap().begin(Now::read(), Phase::Commit, "");
     let decision = match next_event(d, id) {
-        Event::Decided(Phase::Commit, decision) => decision,
+        FilterEvent::Decided(Phase::Commit, decision) => decision,
         other => panic!("{other:?}"),
     };
     d.sessions.get_mut(id).unwrap().report(Now::read(), &Report::LinkDisconnect);
@@ -158,7 +160,9 @@ fn rspamd_rejects_gtube_marks_spammy_and_passes_clean() {
     let gtube = format!("{head}Message-ID: <gtube@example.org>\nSubject: test\n\n{GTUBE}\nBye.\n");
     let (_, decision) = transaction(&mut d, 1, &gtube);
     match decision {
-        Decision::Reject(r) | Decision::Disconnect(r) => assert!(r.starts_with('5') && r.contains("Gtube"), "{r}"),
+        FilterDecision::Reject(r) | FilterDecision::Disconnect(r) => {
+            assert!(r.starts_with('5') && r.contains("Gtube"), "{r}")
+        }
         other => panic!("GTUBE passed: {other:?}"),
     }
 
@@ -167,13 +171,13 @@ fn rspamd_rejects_gtube_marks_spammy_and_passes_clean() {
          Content-Type: text/plain; charset=us-ascii\n\nShall we have lunch on Thursday?\n"
     );
     let (lines, decision) = transaction(&mut d, 2, &clean);
-    assert_eq!(decision, Decision::Proceed, "{lines:?}");
+    assert_eq!(decision, FilterDecision::Proceed, "{lines:?}");
     assert_eq!(lines, clean.lines().collect::<Vec<_>>(), "a clean message passes unchanged");
 
     // Above the add-header threshold: the message passes with filter-rspamd's X-Spam headers.
     let sloppy = "From: a@example.org\nTo: b@example.org\nSubject: hi\n\nbuy now\n";
     let (lines, decision) = transaction(&mut d, 3, sloppy);
-    assert_eq!(decision, Decision::Proceed, "{lines:?}");
+    assert_eq!(decision, FilterDecision::Proceed, "{lines:?}");
     assert_eq!(lines[0], "X-Spam: yes", "{lines:?}");
     assert!(lines.iter().any(|l| l.starts_with("X-Spam-Score: ")), "{lines:?}");
     assert!(lines.ends_with(&["".to_string(), "buy now".to_string()]), "{lines:?}");

@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::sync::{Arc, Mutex};
 
 use mxctl_util::{run, Env};
-use mxd::control::{self, ControlHandler, HandlerError, Target};
+use mxd::control::{self, ControlHandler, HandlerError, QueueSelection};
 
 const QUEUE: &str = "64f3eab9a1b2c3d4|local|mta|joseph@node.lan|joseph@mx0.lan|1640294612|1640294612|0|1|pending|0|\n\
                      64f3eaba00000001|local|mta|root@node.lan|ops@mx0.lan|1640294613|1640294613|0|2|pending|120|connection refused";
@@ -40,14 +40,14 @@ impl ControlHandler for Recorder {
         self.note("show_stats".into());
         "queue.envelopes=2\nsmtp.session=7".to_string()
     }
-    fn schedule(&self, target: &Target) -> Result<String, HandlerError> {
+    fn schedule(&self, target: &QueueSelection) -> Result<String, HandlerError> {
         self.note(format!("schedule {target:?}"));
         match target {
-            Target::Id(id) if id == "deadbeef" => Err(HandlerError::not_found("no such message: deadbeef")),
+            QueueSelection::Id(id) if id == "deadbeef" => Err(HandlerError::not_found("no such message: deadbeef")),
             _ => Ok("1 envelope scheduled".into()),
         }
     }
-    fn remove(&self, target: &Target) -> Result<String, HandlerError> {
+    fn remove(&self, target: &QueueSelection) -> Result<String, HandlerError> {
         self.note(format!("remove {target:?}"));
         Ok(String::new())
     }

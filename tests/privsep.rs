@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{can_run, wait_for, Mxd, Need, MXD};
 use mxd::envelope::Origin;
-use mxd::privsep::frame::{self, Head, Verdict};
+use mxd::privsep::frame::{self, DeliveryVerdict, Head};
 
 const MXCTL: &str = env!("CARGO_BIN_EXE_mxctl");
 const NOBODY: u32 = 65534;
@@ -432,7 +432,7 @@ fn delivery_refuses_what_no_session_could_have_accepted() {
     let log = || std::fs::read_to_string(d.join("delivery.log")).unwrap_or_default();
 
     let mut seq = 0;
-    let mut deliver = |s: &mut UnixStream, origin: Origin, rcpts: &[&str], body: &[u8]| -> Verdict {
+    let mut deliver = |s: &mut UnixStream, origin: Origin, rcpts: &[&str], body: &[u8]| -> DeliveryVerdict {
         seq += 1;
         let head = Head {
             seq,
@@ -459,7 +459,7 @@ fn delivery_refuses_what_no_session_could_have_accepted() {
     };
     let remote: Origin = Origin::Tcp("192.0.2.7".parse().unwrap());
     // What a session would accept is delivered.
-    assert_eq!(deliver(&mut ours, remote.clone(), &["joseph@test"], b"Subject: ok\n\nfine\n"), Verdict::Ok);
+    assert_eq!(deliver(&mut ours, remote.clone(), &["joseph@test"], b"Subject: ok\n\nfine\n"), DeliveryVerdict::Ok);
     // Recipients no session would have accepted: path escapes, unknown users, relaying for a
     // remote client, and one bad recipient among good ones.
     for rcpts in [
@@ -470,7 +470,7 @@ fn delivery_refuses_what_no_session_could_have_accepted() {
         &["joseph@test", "root@far.example"][..],
     ] {
         let v = deliver(&mut ours, remote.clone(), rcpts, b"Subject: forged\n\nforged body\n");
-        assert!(matches!(v, Verdict::TempFail(_)), "{rcpts:?}: {v:?}");
+        assert!(matches!(v, DeliveryVerdict::TempFail(_)), "{rcpts:?}: {v:?}");
     }
     // The log is written by a thread of its own: wait for the line, never read it once.
     wait_for("the refusal in the log", Duration::from_secs(10), || log().contains("refused from the smtp process"));

@@ -11,6 +11,7 @@
 //! A user the table does not list may send as nobody. A refusal is `550 5.7.1`
 //! (`smtp::reply::SENDER_NOT_ALLOWED`).
 
+use crate::envelope::Mailbox;
 use crate::table::domain_matches;
 
 /// May `user` send with `mail_from` (as parsed by the session: empty for `<>`)?
@@ -27,10 +28,10 @@ where
     S: AsRef<str>,
 {
     let Some(entries) = lookup(user) else { return false };
-    let (local, domain) = split(mail_from);
+    let Mailbox { local, domain } = Mailbox::split(mail_from);
     let domain = domain.to_lowercase();
     entries.into_iter().any(|entry| {
-        let (e_local, e_domain) = split(entry.as_ref());
+        let Mailbox { local: e_local, domain: e_domain } = Mailbox::split(entry.as_ref());
         let e_domain = e_domain.to_lowercase();
         if masquerade && !e_domain.is_empty() && !domain.is_empty() && domain_matches(&e_domain, &domain) {
             return true;
@@ -51,14 +52,6 @@ fn entry_matches(local: &str, domain: &str, e_local: &str, e_domain: &str, delim
     }
     let local = if e_local.contains(delim) { local } else { local.split(delim).next().unwrap_or(local) };
     !local.is_empty() && local.eq_ignore_ascii_case(e_local)
-}
-
-/// `local@domain` at the last `@`; no `@` is a local part alone.
-fn split(addr: &str) -> (&str, &str) {
-    match addr.rfind('@') {
-        Some(i) => (&addr[..i], &addr[i + 1..]),
-        None => (addr, ""),
-    }
 }
 
 #[cfg(test)]

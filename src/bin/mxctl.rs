@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 use mxd::auth::Secret;
 use mxd::control::{self, ControlError, Verb};
-use mxd::submit::{self, args, conf, exit, Outcome, Submitter};
+use mxd::submit::{self, args, conf, exit, Submission, Submitter};
 
 const USAGE: &str = "usage: mxctl [-f file] show queue | show stats | schedule all|ID | remove all|ID\n\
                      \x20      | reload | update table NAME\n\
@@ -95,7 +95,7 @@ fn run_verb(conf_path: &Path, verb: &Verb) -> u8 {
             eprintln!("mxctl: {e}");
             match e {
                 ControlError::Unreachable { .. } => exit::UNAVAILABLE,
-                ControlError::Refused { kind: control::ErrorKind::Denied, .. } => exit::NOPERM,
+                ControlError::Refused { kind: control::RefusalKind::Denied, .. } => exit::NOPERM,
                 _ => 1,
             }
         }
@@ -121,8 +121,8 @@ fn sendmail(rest: Vec<OsString>, conf_flag: Option<PathBuf>) -> u8 {
     let mut stdout = std::io::stdout();
     let trace: Option<&mut dyn Write> = if a.verbose { Some(&mut stdout) } else { None };
     match submit::sendmail(&a, &Submitter::current(), &mut std::io::stdin().lock(), trace) {
-        Ok(Outcome::Submitted) => exit::OK,
-        Ok(Outcome::Offline(path)) => {
+        Ok(Submission::Submitted) => exit::OK,
+        Ok(Submission::Offline(path)) => {
             if a.verbose {
                 println!(
                     "mail daemon not running or deferring the message; saved in {}, it takes it in within a minute of running",

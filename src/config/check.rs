@@ -10,24 +10,24 @@ use std::sync::Arc;
 
 use super::parser::{ListenSpec, Parsed, TableDef};
 use super::{
-    Ca, CondKind, Config, Error, ErrorKind, Errors, ListenKind, Listener, Matcher, Method, Origin, Pki, TlsMode,
+    Ca, CondKind, Config, ConfigLine, Error, ErrorKind, Errors, ListenKind, Listener, Matcher, Method, Pki, TlsMode,
     Verdict, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_RCPT, DEFAULT_QUEUE_TTL, DEFAULT_SPOOL,
 };
 use crate::table::{Kind, Table};
 
-struct Checker {
+struct ConfigChecker {
     errors: Vec<Error>,
 }
 
-impl Checker {
-    fn at(&mut self, at: &Origin, kind: ErrorKind) {
+impl ConfigChecker {
+    fn at(&mut self, at: &ConfigLine, kind: ErrorKind) {
         self.errors.push(Error { file: at.file.clone(), line: at.line, kind });
     }
 }
 
 pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
     let missing_filters = super::knobs::undefined_filters(&p);
-    let mut c = Checker { errors: std::mem::take(&mut p.errors) };
+    let mut c = ConfigChecker { errors: std::mem::take(&mut p.errors) };
     for (at, name) in missing_filters {
         c.at(&at, ErrorKind::Undefined { what: "filter", name });
     }
@@ -145,7 +145,7 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
     })
 }
 
-fn compile_regexes(c: &mut Checker, at: &Origin, tables: &mut BTreeMap<String, Arc<Table>>, name: &str) {
+fn compile_regexes(c: &mut ConfigChecker, at: &ConfigLine, tables: &mut BTreeMap<String, Arc<Table>>, name: &str) {
     let Some(t) = tables.get_mut(name) else {
         return c.at(at, ErrorKind::Undefined { what: "table", name: name.to_owned() });
     };
@@ -158,8 +158,8 @@ fn compile_regexes(c: &mut Checker, at: &Origin, tables: &mut BTreeMap<String, A
 /// Relay options parsed but not acted on: each gets its notice. `host <table>` takes the
 /// table's first entry.
 fn relay_notices(
-    c: &mut Checker,
-    at: &Origin,
+    c: &mut ConfigChecker,
+    at: &ConfigLine,
     r: &mut super::Relay,
     tables: &BTreeMap<String, Arc<Table>>,
     notices: &mut Vec<super::Notice>,
@@ -196,7 +196,7 @@ fn relay_notices(
     }
 }
 
-fn tables(c: &mut Checker, defs: Vec<(Origin, String, TableDef)>) -> BTreeMap<String, Arc<Table>> {
+fn tables(c: &mut ConfigChecker, defs: Vec<(ConfigLine, String, TableDef)>) -> BTreeMap<String, Arc<Table>> {
     let mut out = BTreeMap::new();
     for (at, name, def) in defs {
         let passwd = matches!(def, TableDef::Passwd(_));
@@ -235,7 +235,13 @@ fn tables(c: &mut Checker, defs: Vec<(Origin, String, TableDef)>) -> BTreeMap<St
     out
 }
 
-fn need_table(c: &mut Checker, at: &Origin, tables: &BTreeMap<String, Arc<Table>>, name: &str, kind: Option<Kind>) {
+fn need_table(
+    c: &mut ConfigChecker,
+    at: &ConfigLine,
+    tables: &BTreeMap<String, Arc<Table>>,
+    name: &str,
+    kind: Option<Kind>,
+) {
     match (tables.get(name), kind) {
         (None, _) => c.at(at, ErrorKind::Undefined { what: "table", name: name.to_owned() }),
         (Some(t), Some(Kind::Mapping)) if t.kind() == Kind::List && !t.is_empty() => c.at(
@@ -246,7 +252,10 @@ fn need_table(c: &mut Checker, at: &Origin, tables: &BTreeMap<String, Arc<Table>
     }
 }
 
-fn pkis(c: &mut Checker, parts: BTreeMap<String, (Origin, super::parser::PkiParts)>) -> BTreeMap<String, Pki> {
+fn pkis(
+    c: &mut ConfigChecker,
+    parts: BTreeMap<String, (ConfigLine, super::parser::PkiParts)>,
+) -> BTreeMap<String, Pki> {
     let mut out = BTreeMap::new();
     for (name, (at, parts)) in parts {
         let (Some(cert), Some((key, key_at))) = (parts.cert.clone(), parts.key.clone()) else {
@@ -270,7 +279,7 @@ fn pkis(c: &mut Checker, parts: BTreeMap<String, (Origin, super::parser::PkiPart
 }
 
 fn listener(
-    c: &mut Checker,
+    c: &mut ConfigChecker,
     l: ListenSpec,
     pkis: &BTreeMap<String, Pki>,
     cas: &BTreeMap<String, Ca>,

@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+use crate::envelope::Mailbox;
+
 /// The values a template may use. `user_*` come from the password database or a userbase
 /// table (trusted); the others come from the envelope (untrusted).
 #[derive(Clone, Copy, Debug, Default)]
@@ -42,25 +44,18 @@ impl fmt::Display for ExpandError {
     }
 }
 
-fn split_addr(addr: &str) -> (&str, &str) {
-    match addr.rsplit_once('@') {
-        Some((u, d)) => (u, d),
-        None => (addr, ""),
-    }
-}
-
 /// The raw value of a token and whether it comes from an address.
 fn token_value<'a>(ctx: &ExpandCtx<'a>, name: &str) -> Result<(&'a str, bool), ExpandError> {
     Ok(match name {
         "sender" | "mbox.from" => (ctx.sender, true),
-        "sender.user" => (split_addr(ctx.sender).0, true),
-        "sender.domain" => (split_addr(ctx.sender).1, true),
+        "sender.user" => (Mailbox::split(ctx.sender).local, true),
+        "sender.domain" => (Mailbox::split(ctx.sender).domain, true),
         "rcpt" => (ctx.rcpt, true),
-        "rcpt.user" => (split_addr(ctx.rcpt).0, true),
-        "rcpt.domain" => (split_addr(ctx.rcpt).1, true),
+        "rcpt.user" => (Mailbox::split(ctx.rcpt).local, true),
+        "rcpt.domain" => (Mailbox::split(ctx.rcpt).domain, true),
         "dest" => (ctx.dest, true),
-        "dest.user" => (split_addr(ctx.dest).0, true),
-        "dest.domain" => (split_addr(ctx.dest).1, true),
+        "dest.user" => (Mailbox::split(ctx.dest).local, true),
+        "dest.domain" => (Mailbox::split(ctx.dest).domain, true),
         "user.username" => (ctx.user_name, false),
         "user.directory" => (ctx.user_dir, false),
         other => return Err(ExpandError::UnknownToken(other.to_owned())),
@@ -97,7 +92,7 @@ fn modify(mut value: String, modifier: &str, delim: char) -> Result<String, Expa
         "lowercase" => value = value.to_lowercase(),
         "uppercase" => value = value.to_uppercase(),
         "strip" => {
-            let (user, domain) = split_addr(&value);
+            let Mailbox { local: user, domain } = Mailbox::split(&value);
             let user = user.split(delim).next().unwrap_or(user);
             value =
                 if domain.is_empty() && !value.contains('@') { user.to_owned() } else { format!("{user}@{domain}") };

@@ -239,7 +239,7 @@ pub(super) fn filter(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
     add_filter(out, name, at, kind)
 }
 
-fn add_filter(out: &mut Parsed, name: String, at: super::Origin, kind: FilterKind) -> R<()> {
+fn add_filter(out: &mut Parsed, name: String, at: super::ConfigLine, kind: FilterKind) -> R<()> {
     if out.knobs.filters.contains_key(&name) {
         return Err(ErrorKind::Duplicate { what: "filter", name });
     }
@@ -296,7 +296,7 @@ pub(super) fn filter_ref(p: &mut Parser<'_>, out: &mut Parsed) -> R<String> {
 
 /// Filters named by chains, listeners and relays must exist (checked after parsing, since
 /// parse.y requires definition before use but includes may reorder).
-pub(super) fn undefined_filters(out: &Parsed) -> Vec<(super::Origin, String)> {
+pub(super) fn undefined_filters(out: &Parsed) -> Vec<(super::ConfigLine, String)> {
     let known = |n: &String| out.knobs.filters.contains_key(n);
     let mut missing = Vec::new();
     for f in out.knobs.filters.values() {

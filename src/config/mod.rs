@@ -59,7 +59,7 @@ pub struct Config {
 /// A statement that loads but has no effect, or no effect yet, in mxd.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notice {
-    pub at: Origin,
+    pub at: ConfigLine,
     pub text: String,
     /// The daemon refuses to start with this statement (a filter it would not run, a match
     /// condition it cannot evaluate): never silently ignored.
@@ -117,7 +117,7 @@ pub enum QueueKey {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limit {
-    pub at: Origin,
+    pub at: ConfigLine,
     /// "mta", "mda" or "scheduler".
     pub scope: &'static str,
     /// `mta limit for domain D`.
@@ -130,7 +130,7 @@ pub struct Limit {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Proc {
     pub name: String,
-    pub at: Origin,
+    pub at: ConfigLine,
     pub command: String,
     pub user: Option<String>,
     pub group: Option<String>,
@@ -140,7 +140,7 @@ pub struct Proc {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Filter {
     pub name: String,
-    pub at: Origin,
+    pub at: ConfigLine,
     pub kind: FilterKind,
 }
 
@@ -178,7 +178,7 @@ pub enum FilterAction {
 
 /// Where a statement came from, for errors found after parsing.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Origin {
+pub struct ConfigLine {
     pub file: PathBuf,
     pub line: u32,
 }
@@ -188,19 +188,19 @@ pub struct Pki {
     pub name: String,
     pub cert: PathBuf,
     pub key: PathBuf,
-    pub at: Origin,
+    pub at: ConfigLine,
 }
 
 #[derive(Clone, Debug)]
 pub struct Ca {
     pub name: String,
     pub cert: PathBuf,
-    pub at: Origin,
+    pub at: ConfigLine,
 }
 
 #[derive(Clone, Debug)]
 pub struct Listener {
-    pub at: Origin,
+    pub at: ConfigLine,
     pub kind: ListenKind,
     pub tls: TlsMode,
     pub pki: Option<String>,
@@ -268,7 +268,7 @@ pub struct ListenAuth {
 #[derive(Clone, Debug)]
 pub struct Action {
     pub name: String,
-    pub at: Origin,
+    pub at: ConfigLine,
     pub method: Method,
     pub alias: Option<String>,
     pub virtual_: Option<String>,
@@ -372,7 +372,7 @@ impl RelayUrl {
 /// A `match` line: all conditions must hold; the first matching rule decides.
 #[derive(Clone, Debug)]
 pub struct Rule {
-    pub at: Origin,
+    pub at: ConfigLine,
     pub conds: Vec<Cond>,
     pub verdict: Verdict,
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use super::lexer::{lex, Tok, Token};
 use super::{
-    Action, Cond, CondKind, Error, ErrorKind, Errors, Knobs, ListenAuth, ListenOptions, Matcher, Method, Notice,
-    Origin, Relay, RelayUrl, Rule, Scheme, TlsMode, Verdict,
+    Action, Cond, CondKind, ConfigLine, Error, ErrorKind, Errors, Knobs, ListenAuth, ListenOptions, Matcher, Method,
+    Notice, Relay, RelayUrl, Rule, Scheme, TlsMode, Verdict,
 };
 
 const MAX_INCLUDE_DEPTH: usize = 8;
@@ -31,7 +31,7 @@ pub(crate) enum TableDef {
 
 #[derive(Debug)]
 pub(crate) struct ListenSpec {
-    pub(crate) at: Origin,
+    pub(crate) at: ConfigLine,
     /// "socket", an interface name or an address.
     pub(crate) on: String,
     pub(crate) port: Option<u16>,
@@ -50,7 +50,7 @@ pub(crate) struct ListenSpec {
 #[derive(Debug, Default)]
 pub(crate) struct PkiParts {
     pub(crate) cert: Option<PathBuf>,
-    pub(crate) key: Option<(PathBuf, Origin)>,
+    pub(crate) key: Option<(PathBuf, ConfigLine)>,
 }
 
 /// Everything the statements said, in order, with where they said it.
@@ -64,33 +64,33 @@ pub(crate) struct Parsed {
     pub(crate) max_rcpt: Option<usize>,
     pub(crate) sub_addr_delim: Option<char>,
     pub(crate) queue_ttl: Option<Duration>,
-    pub(crate) tables: Vec<(Origin, String, TableDef)>,
-    pub(crate) pkis: BTreeMap<String, (Origin, PkiParts)>,
-    pub(crate) cas: Vec<(Origin, String, PathBuf)>,
+    pub(crate) tables: Vec<(ConfigLine, String, TableDef)>,
+    pub(crate) pkis: BTreeMap<String, (ConfigLine, PkiParts)>,
+    pub(crate) cas: Vec<(ConfigLine, String, PathBuf)>,
     pub(crate) listeners: Vec<ListenSpec>,
     pub(crate) actions: Vec<Action>,
     pub(crate) rules: Vec<Rule>,
     pub(crate) knobs: Knobs,
     pub(crate) notices: Vec<Notice>,
     /// Tables used with `regex`: their entries must compile (checked with the tables).
-    pub(crate) regex_tables: Vec<(Origin, String)>,
+    pub(crate) regex_tables: Vec<(ConfigLine, String)>,
     pub(crate) errors: Vec<Error>,
     /// Inline tables made so far, for their generated names.
     pub(crate) anon: usize,
 }
 
 impl Parsed {
-    pub(crate) fn notice(&mut self, at: &Origin, text: impl Into<String>) {
+    pub(crate) fn notice(&mut self, at: &ConfigLine, text: impl Into<String>) {
         self.notices.push(Notice { at: at.clone(), text: text.into(), blocking: false });
     }
 
-    pub(crate) fn blocking(&mut self, at: &Origin, text: impl Into<String>) {
+    pub(crate) fn blocking(&mut self, at: &ConfigLine, text: impl Into<String>) {
         self.notices.push(Notice { at: at.clone(), text: text.into(), blocking: true });
     }
 
     /// Registers an inline table and returns its generated name (`{inline FILE:LINE #N}`,
     /// which no `table` statement can spell).
-    pub(crate) fn anon_table(&mut self, at: &Origin, def: TableDef) -> String {
+    pub(crate) fn anon_table(&mut self, at: &ConfigLine, def: TableDef) -> String {
         self.anon += 1;
         let name = format!("{{inline {}:{} #{}}}", at.file.display(), at.line, self.anon);
         self.tables.push((at.clone(), name.clone(), def));
@@ -112,7 +112,7 @@ fn include(
     fixed: &BTreeSet<String>,
     out: &mut Parsed,
     depth: usize,
-    from: Option<&Origin>,
+    from: Option<&ConfigLine>,
 ) {
     let fail = |out: &mut Parsed, kind| {
         let (file, line) = from.map_or((path.to_owned(), 0), |o| (o.file.clone(), o.line));
@@ -142,7 +142,7 @@ fn include(
         }
         match result {
             Ok(Some(inc)) => {
-                let at = Origin { file: path.to_owned(), line };
+                let at = ConfigLine { file: path.to_owned(), line };
                 include(&inc, macros, fixed, out, depth + 1, Some(&at));
             }
             Ok(None) => {}
@@ -267,7 +267,7 @@ pub(crate) struct Parser<'a> {
     pub(crate) pos: usize,
     file: &'a Path,
     /// Notices for words mxd takes where OpenSMTPD wants them quoted.
-    lenient: Vec<(Origin, String)>,
+    lenient: Vec<(ConfigLine, String)>,
 }
 
 pub(crate) type R<T> = Result<T, ErrorKind>;
@@ -290,8 +290,8 @@ impl Parser<'_> {
         self.toks.get(self.pos).or(self.toks.last()).map_or(1, |t| t.line)
     }
 
-    pub(crate) fn origin(&self) -> Origin {
-        Origin { file: self.file.to_owned(), line: self.line() }
+    pub(crate) fn origin(&self) -> ConfigLine {
+        ConfigLine { file: self.file.to_owned(), line: self.line() }
     }
 
     fn bump(&mut self) -> Tok {

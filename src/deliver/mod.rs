@@ -2,7 +2,7 @@
 //! and report the verdict through the job's `done` callback. The only code that writes into
 //! users' homes lives here (`fs.rs`).
 //!
-//! Guarantees: `done(Outcome::Ok)` is called only once every copy of the message is in its
+//! Guarantees: `done(DeliveryResult::Ok)` is called only once every copy of the message is in its
 //! `new/` (file fsynced, renamed, directory fsynced) or appended and fsynced to its mbox. A
 //! failure while writing or syncing the copies (disk full, permission, a symlink) leaves no copy
 //! in any `new/` and reports `TempFail`. A rename or `new/` fsync that fails after the data is
@@ -47,12 +47,12 @@ impl Drop for Mail {
 pub struct Job {
     pub mail: Arc<Mail>,
     pub targets: Vec<Target>,
-    pub done: Box<dyn FnOnce(Outcome) + Send>,
+    pub done: Box<dyn FnOnce(DeliveryResult) + Send>,
 }
 
 /// A delivery verdict; mirrors the log's `result=Ok|TempFail|PermFail`.
 #[derive(Debug)]
-pub enum Outcome {
+pub enum DeliveryResult {
     Ok,
     TempFail(Cause),
     PermFail(Cause),

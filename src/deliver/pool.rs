@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::maildir::{self, Staged};
 use super::mbox::{self, Appended};
-use super::{Cause, Job, Mail, Outcome};
+use super::{Cause, DeliveryResult, Job, Mail};
 use crate::envelope::Target;
 use crate::headers;
 use crate::queue;
@@ -61,10 +61,14 @@ impl Pool {
     /// flight, so what waits here is bounded by the number of sessions.
     pub fn submit(&self, job: Job) {
         let Some(tx) = &self.tx else {
-            return (job.done)(Outcome::TempFail(Cause::new("submit", "", std::io::Error::other("delivery stopped"))));
+            return (job.done)(DeliveryResult::TempFail(Cause::new(
+                "submit",
+                "",
+                std::io::Error::other("delivery stopped"),
+            )));
         };
         if let Err(e) = tx.send(job) {
-            (e.0.done)(Outcome::TempFail(Cause::new("submit", "", std::io::Error::other("delivery stopped"))));
+            (e.0.done)(DeliveryResult::TempFail(Cause::new("submit", "", std::io::Error::other("delivery stopped"))));
         }
     }
 
@@ -123,10 +127,10 @@ fn deliver_batch(batch: Vec<Job>, ctx: &Ctx) {
     }
     for p in pending {
         let outcome = match p.failed {
-            None => Outcome::Ok,
+            None => DeliveryResult::Ok,
             Some(cause) => {
                 log::warn!("delivery msgid={} failed: {cause}", p.job.mail.id);
-                Outcome::TempFail(cause)
+                DeliveryResult::TempFail(cause)
             }
         };
         (p.job.done)(outcome);
@@ -173,7 +177,7 @@ fn stage_job(job: Job, ctx: &Ctx, opened: &mut maildir::Opened) -> Pending {
         };
         // One queue file per message holds every relayed recipient (one envelope each).
         let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let env = queue::encode(&queue::Envelope {
+        let env = queue::encode(&queue::QueuedEnvelope {
             id: mail.id.to_string(),
             sender: mail.return_path.clone(),
             created,
@@ -208,7 +212,7 @@ fn stage_job(job: Job, ctx: &Ctx, opened: &mut maildir::Opened) -> Pending {
             return p;
         };
         let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let env = queue::encode(&queue::Envelope {
+        let env = queue::encode(&queue::QueuedEnvelope {
             id: mail.id.to_string(),
             sender: mail.return_path.clone(),
             created,
@@ -296,7 +300,7 @@ mod tests {
         Target::Maildir { dir: dir.to_owned(), owner: None, delivered_to: "j@example.org".into() }
     }
 
-    fn deliver(pool: &Pool, mail: Arc<Mail>, targets: Vec<Target>) -> Outcome {
+    fn deliver(pool: &Pool, mail: Arc<Mail>, targets: Vec<Target>) -> DeliveryResult {
         let (tx, rx) = crossbeam_channel::bounded(1);
         pool.submit(Job { mail, targets, done: Box::new(move |o| drop(tx.send(o))) });
         rx.recv_timeout(Duration::from_secs(20)).expect("verdict")
@@ -311,7 +315,10 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let pool = Pool::start(2, "host/x:y", None);
         let (a, b) = (t.path().join("a/Maildir"), t.path().join("b/Maildir"));
-        assert!(matches!(deliver(&pool, mail("Subject: s\n\nbody\n"), vec![maildir(&a), maildir(&b)]), Outcome::Ok));
+        assert!(matches!(
+            deliver(&pool, mail("Subject: s\n\nbody\n"), vec![maildir(&a), maildir(&b)]),
+            DeliveryResult::Ok
+        ));
         for dir in [&a, &b] {
             let new = files(&dir.join("new"));
             assert_eq!(new.len(), 1);
@@ -339,13 +346,13 @@ mod tests {
         std::fs::create_dir_all(&elsewhere).unwrap();
         std::os::unix::fs::symlink(&elsewhere, md.join("new")).unwrap();
         let pool = Pool::start(1, "h", None);
-        assert!(matches!(deliver(&pool, mail("x\n"), vec![maildir(&md)]), Outcome::TempFail(_)));
+        assert!(matches!(deliver(&pool, mail("x\n"), vec![maildir(&md)]), DeliveryResult::TempFail(_)));
         assert!(files(&elsewhere).is_empty());
         assert!(files(&md.join("tmp")).is_empty());
         // A symlinked Maildir itself is refused too.
         let md2 = t.path().join("Maildir2");
         std::os::unix::fs::symlink(&elsewhere, &md2).unwrap();
-        assert!(matches!(deliver(&pool, mail("x\n"), vec![maildir(&md2)]), Outcome::TempFail(_)));
+        assert!(matches!(deliver(&pool, mail("x\n"), vec![maildir(&md2)]), DeliveryResult::TempFail(_)));
         assert!(files(&elsewhere).is_empty());
     }
 
@@ -359,7 +366,7 @@ mod tests {
         let pool = Pool::start(1, "h", None);
         let outcome = deliver(&pool, mail("x\n"), vec![maildir(&good), maildir(&bad)]);
         assert!(
-            matches!(&outcome, Outcome::TempFail(c) if c.path.starts_with(t.path().join("blocked"))),
+            matches!(&outcome, DeliveryResult::TempFail(c) if c.path.starts_with(t.path().join("blocked"))),
             "{outcome:?}"
         );
         assert!(files(&good.join("new")).is_empty());
@@ -378,7 +385,7 @@ mod tests {
                     for j in 0..25 {
                         assert!(matches!(
                             deliver(&pool, mail(&format!("n {i} {j}\n")), vec![maildir(&md)]),
-                            Outcome::Ok
+                            DeliveryResult::Ok
                         ));
                     }
                 })
@@ -400,12 +407,12 @@ mod tests {
         let mbox = t.path().join("joseph");
         let target = Target::Mbox { path: mbox.clone(), owner: None, delivered_to: "joseph@h".into() };
         let pool = Pool::start(1, "h", None);
-        assert!(matches!(deliver(&pool, mail("From me\nbody\n"), vec![target.clone()]), Outcome::Ok));
+        assert!(matches!(deliver(&pool, mail("From me\nbody\n"), vec![target.clone()]), DeliveryResult::Ok));
         let first = std::fs::read_to_string(&mbox).unwrap();
         assert!(first.starts_with("From a@example.org ") && first.contains("\n>From me\nbody\n\n"), "{first}");
         std::fs::write(t.path().join("blocked"), "").unwrap();
         let outcome = deliver(&pool, mail("second\n"), vec![target, maildir(&t.path().join("blocked/M"))]);
-        assert!(matches!(outcome, Outcome::TempFail(_)));
+        assert!(matches!(outcome, DeliveryResult::TempFail(_)));
         assert_eq!(std::fs::read_to_string(&mbox).unwrap(), first, "failed message rolled back");
     }
 }

@@ -15,7 +15,7 @@ use super::{Lookup, Mx, Resolver};
 const MAX_WAITING: usize = 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Request {
+pub enum DnsQuery {
     Mx(String),
     Addrs(String),
     Ptr(IpAddr),
@@ -24,26 +24,26 @@ pub enum Request {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reply {
+pub enum DnsAnswer {
     Mx(Lookup<Mx>),
     Addrs(Lookup<IpAddr>),
     /// The answer to `Ptr` and to `Fcrdns`.
     Names(Lookup<String>),
 }
 
-type Job = (Request, Box<dyn FnOnce(Reply) + Send>);
+type PendingLookup = (DnsQuery, Box<dyn FnOnce(DnsAnswer) + Send>);
 
 /// The submitting side; cloning it is cheap. The threads stop when every clone is dropped.
 #[derive(Clone)]
 pub struct Service {
-    jobs: Sender<Job>,
+    jobs: Sender<PendingLookup>,
 }
 
 impl Service {
     pub fn spawn(resolver: Arc<Resolver>, threads: usize) -> std::io::Result<Service> {
-        let (jobs, rx) = crossbeam_channel::bounded::<Job>(MAX_WAITING);
+        let (jobs, rx) = crossbeam_channel::bounded::<PendingLookup>(MAX_WAITING);
         for i in 0..threads.max(1) {
-            let (rx, resolver): (Receiver<Job>, _) = (rx.clone(), Arc::clone(&resolver));
+            let (rx, resolver): (Receiver<PendingLookup>, _) = (rx.clone(), Arc::clone(&resolver));
             std::thread::Builder::new().name(format!("resolver-{i}")).spawn(move || {
                 for (request, reply) in rx {
                     reply(answer(&resolver, request));
@@ -54,16 +54,16 @@ impl Service {
     }
 
     /// Queues a lookup; `reply` runs on a resolver thread. False when too many wait.
-    pub fn submit(&self, request: Request, reply: impl FnOnce(Reply) + Send + 'static) -> bool {
+    pub fn submit(&self, request: DnsQuery, reply: impl FnOnce(DnsAnswer) + Send + 'static) -> bool {
         self.jobs.try_send((request, Box::new(reply))).is_ok()
     }
 }
 
-fn answer(resolver: &Resolver, request: Request) -> Reply {
+fn answer(resolver: &Resolver, request: DnsQuery) -> DnsAnswer {
     match request {
-        Request::Mx(d) => Reply::Mx(resolver.mx(&d)),
-        Request::Addrs(n) => Reply::Addrs(resolver.addrs(&n)),
-        Request::Ptr(a) => Reply::Names(resolver.ptr(a)),
-        Request::Fcrdns(a) => Reply::Names(resolver.fcrdns(a)),
+        DnsQuery::Mx(d) => DnsAnswer::Mx(resolver.mx(&d)),
+        DnsQuery::Addrs(n) => DnsAnswer::Addrs(resolver.addrs(&n)),
+        DnsQuery::Ptr(a) => DnsAnswer::Names(resolver.ptr(a)),
+        DnsQuery::Fcrdns(a) => DnsAnswer::Names(resolver.fcrdns(a)),
     }
 }

@@ -18,27 +18,27 @@ const PORT_RANGE: std::ops::Range<u16> = 1024..u16::MAX;
 
 /// Why an exchange gave no answer; the caller moves on to the next server.
 #[derive(Debug)]
-pub enum Failure {
+pub enum ExchangeError {
     Timeout,
     Io(io::Error),
     Wire(WireError),
 }
 
-impl std::fmt::Display for Failure {
+impl std::fmt::Display for ExchangeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Timeout => f.write_str("timed out"),
-            Failure::Io(e) => write!(f, "{e}"),
-            Failure::Wire(e) => write!(f, "{e}"),
+            ExchangeError::Timeout => f.write_str("timed out"),
+            ExchangeError::Io(e) => write!(f, "{e}"),
+            ExchangeError::Wire(e) => write!(f, "{e}"),
         }
     }
 }
 
-impl From<io::Error> for Failure {
-    fn from(e: io::Error) -> Failure {
+impl From<io::Error> for ExchangeError {
+    fn from(e: io::Error) -> ExchangeError {
         match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Failure::Timeout,
-            _ => Failure::Io(e),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ExchangeError::Timeout,
+            _ => ExchangeError::Io(e),
         }
     }
 }
@@ -53,8 +53,8 @@ pub fn random_u16() -> u16 {
 }
 
 /// Asks `server` over UDP, and over TCP when the answer is truncated.
-pub fn exchange(server: SocketAddr, q: &Question, timeout: Duration) -> Result<Answer, Failure> {
-    let query = wire::encode(q).map_err(Failure::Wire)?;
+pub fn exchange(server: SocketAddr, q: &Question, timeout: Duration) -> Result<Answer, ExchangeError> {
+    let query = wire::encode(q).map_err(ExchangeError::Wire)?;
     match udp(server, q, &query, timeout)? {
         Answer::Truncated => {
             log::debug!("dns {} {}: truncated over UDP, asking {server} over TCP", q.name, q.rtype);
@@ -79,7 +79,7 @@ fn bind_random(server: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::bind(SocketAddr::new(any, 0))
 }
 
-fn udp(server: SocketAddr, q: &Question, query: &[u8], timeout: Duration) -> Result<Answer, Failure> {
+fn udp(server: SocketAddr, q: &Question, query: &[u8], timeout: Duration) -> Result<Answer, ExchangeError> {
     let socket = bind_random(server)?;
     // Connected: the kernel drops datagrams from any other address.
     socket.connect(server)?;
@@ -89,7 +89,7 @@ fn udp(server: SocketAddr, q: &Question, query: &[u8], timeout: Duration) -> Res
     for _ in 0..MAX_STRAY {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(Failure::Timeout);
+            return Err(ExchangeError::Timeout);
         }
         socket.set_read_timeout(Some(left))?;
         let n = socket.recv(&mut buf)?;
@@ -97,27 +97,28 @@ fn udp(server: SocketAddr, q: &Question, query: &[u8], timeout: Duration) -> Res
             Err(WireError::Mismatch(why)) => {
                 log::debug!("dns {} {}: ignored a datagram from {server}: {why}", q.name, q.rtype)
             }
-            other => return other.map_err(Failure::Wire),
+            other => return other.map_err(ExchangeError::Wire),
         }
     }
-    Err(Failure::Wire(WireError::Malformed(format!("more than {MAX_STRAY} stray datagrams"))))
+    Err(ExchangeError::Wire(WireError::Malformed(format!("more than {MAX_STRAY} stray datagrams"))))
 }
 
-fn tcp(server: SocketAddr, q: &Question, query: &[u8], timeout: Duration) -> Result<Answer, Failure> {
+fn tcp(server: SocketAddr, q: &Question, query: &[u8], timeout: Duration) -> Result<Answer, ExchangeError> {
     let deadline = Instant::now() + timeout;
     let mut s = TcpStream::connect_timeout(&server, timeout)?;
-    let len = u16::try_from(query.len()).map_err(|_| Failure::Wire(WireError::Malformed("query too long".into())))?;
+    let len =
+        u16::try_from(query.len()).map_err(|_| ExchangeError::Wire(WireError::Malformed("query too long".into())))?;
     let mut framed = len.to_be_bytes().to_vec();
     framed.extend_from_slice(query);
     s.set_write_timeout(Some(timeout))?;
     s.write_all(&framed)?;
-    let mut read = |buf: &mut [u8]| -> Result<(), Failure> {
+    let mut read = |buf: &mut [u8]| -> Result<(), ExchangeError> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(Failure::Timeout);
+            return Err(ExchangeError::Timeout);
         }
         s.set_read_timeout(Some(left))?;
-        s.read_exact(buf).map_err(Failure::from)
+        s.read_exact(buf).map_err(ExchangeError::from)
     };
     let mut len = [0u8; 2];
     read(&mut len)?;
@@ -125,8 +126,8 @@ fn tcp(server: SocketAddr, q: &Question, query: &[u8], timeout: Duration) -> Res
     let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
     read(&mut buf)?;
     match wire::decode(q, &buf) {
-        Ok(Answer::Truncated) => Err(Failure::Wire(WireError::Malformed("truncated over TCP".into()))),
-        Err(WireError::Mismatch(why)) => Err(Failure::Wire(WireError::Malformed(format!("over TCP: {why}")))),
-        other => other.map_err(Failure::Wire),
+        Ok(Answer::Truncated) => Err(ExchangeError::Wire(WireError::Malformed("truncated over TCP".into()))),
+        Err(WireError::Mismatch(why)) => Err(ExchangeError::Wire(WireError::Malformed(format!("over TCP: {why}")))),
+        other => other.map_err(ExchangeError::Wire),
     }
 }

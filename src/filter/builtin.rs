@@ -65,7 +65,7 @@ pub struct Condition {
 
 /// What a builtin filter does when it fires.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
+pub enum BuiltinAction {
     /// Proceed at once: the rest of the chain is skipped for this phase.
     Bypass,
     /// `reject "CODE TEXT"`
@@ -81,10 +81,10 @@ pub enum Action {
 
 /// A builtin filter.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rule {
+pub struct BuiltinRule {
     pub phase: Phase,
     pub conditions: Vec<Condition>,
-    pub action: Action,
+    pub action: BuiltinAction,
 }
 
 /// What a builtin condition may look at: the session so far.
@@ -101,7 +101,7 @@ pub struct Facts {
     pub mail_from: Option<String>,
 }
 
-impl Rule {
+impl BuiltinRule {
     /// Whether the rule fires at its phase; `rcpt` is the recipient at the rcpt-to phase.
     pub fn fires(&self, facts: &Facts, rcpt: Option<&str>, tables: &dyn Tables) -> bool {
         self.conditions.iter().any(|c| c.test.holds(facts, rcpt, tables) != c.negate)
@@ -148,8 +148,8 @@ mod tests {
         }
     }
 
-    fn rule(negate: bool, test: Test) -> Rule {
-        Rule { phase: Phase::Connect, conditions: vec![Condition { negate, test }], action: Action::Junk }
+    fn rule(negate: bool, test: Test) -> BuiltinRule {
+        BuiltinRule { phase: Phase::Connect, conditions: vec![Condition { negate, test }], action: BuiltinAction::Junk }
     }
 
     #[test]
@@ -193,13 +193,13 @@ mod tests {
     #[test]
     fn any_condition_fires_the_rule() {
         let facts = Facts { src: "192.0.2.1".into(), ..Facts::default() };
-        let r = Rule {
+        let r = BuiltinRule {
             phase: Phase::Connect,
             conditions: vec![
                 Condition { negate: false, test: Test::Auth },
                 Condition { negate: false, test: Test::Src(table("bad")) },
             ],
-            action: Action::Bypass,
+            action: BuiltinAction::Bypass,
         };
         assert!(r.fires(&facts, None, &tables));
     }

@@ -6,30 +6,30 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use super::builtin::{Rule, Tables};
+use super::builtin::{BuiltinRule, Tables};
 use super::protocol::{EventKind, Phase, Register};
 
 /// One filter of a chain, as configured.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FilterKind {
+pub enum ChainFilterKind {
     /// `filter NAME phase … match … DECISION`
-    Builtin(Rule),
+    Builtin(BuiltinRule),
     /// `filter NAME proc PROC` or `filter NAME proc-exec …`: the process's name.
     Proc(String),
 }
 
 /// A filter with its name, for `filter-report` lines and logs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Filter {
+pub struct ChainFilter {
     pub name: String,
-    pub kind: FilterKind,
+    pub kind: ChainFilterKind,
 }
 
 /// A listener's filters in order: `filter NAME` on `listen on`, or a `filter NAME chain
 /// { … }` flattened by the caller.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FilterChain {
-    pub filters: Vec<Filter>,
+    pub filters: Vec<ChainFilter>,
 }
 
 /// What one filter process registered during its handshake.
@@ -78,7 +78,7 @@ impl std::error::Error for UnknownProc {}
 
 /// A chain ready for sessions.
 pub struct Chain {
-    pub(crate) filters: Vec<Filter>,
+    pub(crate) filters: Vec<ChainFilter>,
     /// For each phase (indexed by `Phase as usize`), the filters taking part, in order.
     pub(crate) by_phase: Vec<Vec<usize>>,
     /// The distinct processes of the chain, each with its registration.
@@ -99,14 +99,14 @@ impl Chain {
         let mut by_phase = vec![Vec::new(); Phase::ALL.len()];
         for (i, f) in chain.filters.iter().enumerate() {
             match &f.kind {
-                FilterKind::Builtin(rule) => {
+                ChainFilterKind::Builtin(rule) => {
                     proc_of.push(None);
                     // Builtins act at command phases only (filter_builtins_notimpl otherwise).
                     if rule.phase != Phase::DataLine {
                         by_phase[rule.phase as usize].push(i);
                     }
                 }
-                FilterKind::Proc(name) => {
+                ChainFilterKind::Proc(name) => {
                     let reg = *registrations.get(name).ok_or_else(|| UnknownProc(name.clone()))?;
                     let idx = match procs.iter().position(|(n, _)| &**n == name) {
                         Some(idx) => idx,

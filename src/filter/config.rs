@@ -7,11 +7,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::builtin::{Action, Condition, Rule, TableRef, Test};
-use super::chain::{Filter, FilterChain, FilterKind};
+use super::builtin::{BuiltinAction, BuiltinRule, Condition, TableRef, Test};
+use super::chain::{ChainFilter, ChainFilterKind, FilterChain};
 use super::process::{find_program, ProcSpec};
 use super::protocol::Phase;
-use crate::config::{self, Config, FilterAction, FilterCond, Knobs, Origin};
+use crate::config::{self, Config, ConfigLine, FilterAction, FilterCond, Knobs};
 use crate::table::Table;
 
 /// What is wrong with a filter statement.
@@ -24,9 +24,9 @@ pub enum Problem {
 }
 
 /// The filter statements' problems, each with the statement's origin.
-pub fn problems(knobs: &Knobs, tables: &BTreeMap<String, Arc<Table>>) -> Vec<(Origin, Problem)> {
+pub fn problems(knobs: &Knobs, tables: &BTreeMap<String, Arc<Table>>) -> Vec<(ConfigLine, Problem)> {
     let mut out = Vec::new();
-    fn proc_check(out: &mut Vec<(Origin, Problem)>, at: &Origin, what: &str, p: &config::Proc) {
+    fn proc_check(out: &mut Vec<(ConfigLine, Problem)>, at: &ConfigLine, what: &str, p: &config::Proc) {
         if let Err(e) = find_program(&p.command) {
             out.push((at.clone(), Problem::Error(format!("{what} '{}': {e}", p.name))));
         }
@@ -102,19 +102,19 @@ pub fn plan(config: &Config) -> Plan {
                     if let Some(p) = knobs.procs.get(p) {
                         add_proc(&mut plan.procs, p, &p.name);
                     }
-                    FilterKind::Proc(p.clone())
+                    ChainFilterKind::Proc(p.clone())
                 }
                 config::FilterKind::ProcExec(p) => {
                     add_proc(&mut plan.procs, p, &f.name);
-                    FilterKind::Proc(f.name.clone())
+                    ChainFilterKind::Proc(f.name.clone())
                 }
                 config::FilterKind::Builtin { phase, conds, action } => match rule(phase, conds, action) {
-                    Some(r) => FilterKind::Builtin(r),
+                    Some(r) => ChainFilterKind::Builtin(r),
                     None => continue,
                 },
                 config::FilterKind::Chain(_) => continue,
             };
-            chain.filters.push(Filter { name: f.name.clone(), kind });
+            chain.filters.push(ChainFilter { name: f.name.clone(), kind });
         }
         plan.chains.insert(name.clone(), chain);
     }
@@ -134,7 +134,7 @@ fn add_proc(procs: &mut Vec<ProcSpec>, p: &config::Proc, name: &str) {
     });
 }
 
-fn rule(phase: &str, conds: &[FilterCond], action: &FilterAction) -> Option<Rule> {
+fn rule(phase: &str, conds: &[FilterCond], action: &FilterAction) -> Option<BuiltinRule> {
     let phase = Phase::from_name(phase)?;
     let conditions = conds
         .iter()
@@ -156,12 +156,12 @@ fn rule(phase: &str, conds: &[FilterCond], action: &FilterAction) -> Option<Rule
         })
         .collect::<Option<Vec<_>>>()?;
     let action = match action {
-        FilterAction::Bypass => Action::Bypass,
-        FilterAction::Junk => Action::Junk,
-        FilterAction::Reject(r) => Action::Reject(r.clone()),
-        FilterAction::Disconnect(r) => Action::Disconnect(r.clone()),
-        FilterAction::Rewrite(v) => Action::Rewrite(v.clone()),
-        FilterAction::Report(m) => Action::Report(m.clone()),
+        FilterAction::Bypass => BuiltinAction::Bypass,
+        FilterAction::Junk => BuiltinAction::Junk,
+        FilterAction::Reject(r) => BuiltinAction::Reject(r.clone()),
+        FilterAction::Disconnect(r) => BuiltinAction::Disconnect(r.clone()),
+        FilterAction::Rewrite(v) => BuiltinAction::Rewrite(v.clone()),
+        FilterAction::Report(m) => BuiltinAction::Report(m.clone()),
     };
-    Some(Rule { phase, conditions, action })
+    Some(BuiltinRule { phase, conditions, action })
 }

@@ -2,7 +2,7 @@
 //! (`report`) and what it is about to do (`begin` a phase, stream the message with
 //! `data_line`/`data_end`); the engine runs the chain in order (builtins at once, proc
 //! filters by queuing a request in `poll_send`), takes the processes' answers
-//! (`handle_output`, routed here by [`super::Sessions`]) and yields one [`Decision`] per
+//! (`handle_output`, routed here by [`super::Sessions`]) and yields one [`FilterDecision`] per
 //! phase, and the filtered message after data-line filtering, through `poll_event`.
 //!
 //! Never touches a pipe or the clock (time comes in as [`Now`]); never panics on what a
@@ -14,20 +14,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::builtin::{Action, Facts};
-use super::chain::{Chain, FilterKind};
+use super::builtin::{BuiltinAction, Facts};
+use super::chain::{Chain, ChainFilterKind};
 use super::protocol::{
     valid_refusal, write_report, write_request, Endpoint, Fcrdns, Id, Phase, Report, ReporterKind, Response,
     ResponseKind, Timestamp,
 };
-
-/// The reply to a session whose filter failed, misbehaved or timed out: fail closed
-/// (smtpd.conf(5)), the client retries later.
-pub const FAIL_REPLY: &str = "421 4.3.0 Filter failure, try again later";
-/// What OpenSMTPD substitutes for a reject or disconnect message that is not a 4xx/5xx reply.
-pub const INVALID_REPLY: &str = "421 Internal server error";
-/// The refusal when data-line filters make the message larger than the limit.
-pub const TOO_BIG_REPLY: &str = "552 5.3.4 Message too big after filtering";
+use crate::smtp::reply;
 
 /// The time, both ways the engine needs it: monotonic for deadlines, wall-clock for lines.
 #[derive(Clone, Copy, Debug)]
@@ -55,7 +48,7 @@ pub struct Limits {
 
 /// The connection a session starts with.
 #[derive(Clone, Debug)]
-pub struct Link {
+pub struct FilterLink {
     pub rdns: Option<String>,
     pub fcrdns: bool,
     pub src: Endpoint,
@@ -64,7 +57,7 @@ pub struct Link {
 
 /// The outcome of a phase.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub enum FilterDecision {
     Proceed,
     /// Proceed, and the session or transaction is junk: the message gets `X-Spam: Yes`.
     Junk,
@@ -78,8 +71,8 @@ pub enum Decision {
 
 /// What the engine has for the session.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
-    Decided(Phase, Decision),
+pub enum FilterEvent {
+    Decided(Phase, FilterDecision),
     /// Data-line filtering is done: the message as the last filter wrote it, one line per
     /// entry, dot-unstuffed, without line endings.
     Message(Vec<String>),
@@ -92,14 +85,14 @@ pub enum Event {
 
 /// A line for a filter process.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outgoing {
+pub struct ProcLine {
     pub proc: Arc<str>,
     pub line: String,
 }
 
 /// Why a filter's answer was refused. The session has failed (421) when this is returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SessionError {
+pub enum FilterSessionError {
     /// The answer names a token the session is not waiting on.
     UnexpectedToken(Id),
     /// A filter-result while the message streams, or a filter-dataline outside of it.
@@ -110,20 +103,20 @@ pub enum SessionError {
     TooBig,
 }
 
-impl fmt::Display for SessionError {
+impl fmt::Display for FilterSessionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SessionError::UnexpectedToken(t) => write!(f, "unexpected token {t}"),
-            SessionError::WrongPhase => f.write_str("answer out of phase"),
-            SessionError::JunkAfterData => f.write_str("junk after DATA"),
-            SessionError::TooBig => f.write_str("filtered message too big"),
+            FilterSessionError::UnexpectedToken(t) => write!(f, "unexpected token {t}"),
+            FilterSessionError::WrongPhase => f.write_str("answer out of phase"),
+            FilterSessionError::JunkAfterData => f.write_str("junk after DATA"),
+            FilterSessionError::TooBig => f.write_str("filtered message too big"),
         }
     }
 }
 
-impl std::error::Error for SessionError {}
+impl std::error::Error for FilterSessionError {}
 
-enum State {
+enum FilterState {
     Idle,
     /// Waiting for the answer of filter `by_phase[phase][pos]`.
     Phase {
@@ -150,19 +143,26 @@ pub struct SessionFilter {
     token_base: u64,
     limits: Limits,
     facts: Facts,
-    state: State,
+    state: FilterState,
     /// A process of the chain has died: every later phase fails at once.
     broken: bool,
     /// The client's input has ended (`data_end`); stages close as their input does.
     input_closed: bool,
-    sends: VecDeque<Outgoing>,
-    events: VecDeque<Event>,
+    sends: VecDeque<ProcLine>,
+    events: VecDeque<FilterEvent>,
     now: Now,
 }
 
 impl SessionFilter {
     /// Starts filtering a session: sends `link-connect` to the processes that want it.
-    pub fn new(chain: Arc<Chain>, id: Id, token_base: u64, limits: Limits, link: &Link, now: Now) -> SessionFilter {
+    pub fn new(
+        chain: Arc<Chain>,
+        id: Id,
+        token_base: u64,
+        limits: Limits,
+        link: &FilterLink,
+        now: Now,
+    ) -> SessionFilter {
         let facts =
             Facts { rdns: link.rdns.clone(), fcrdns: link.fcrdns, src: link.src.addr_text(), ..Facts::default() };
         let mut s = SessionFilter {
@@ -171,7 +171,7 @@ impl SessionFilter {
             token_base,
             limits,
             facts,
-            state: State::Idle,
+            state: FilterState::Idle,
             broken: false,
             input_closed: false,
             sends: VecDeque::new(),
@@ -193,7 +193,7 @@ impl SessionFilter {
     pub fn report(&mut self, now: Now, report: &Report<'_>) {
         match report {
             Report::LinkIdentify { identity, .. } => self.facts.helo = Some((*identity).to_string()),
-            Report::LinkAuth { result: super::protocol::AuthResult::Pass, username } => {
+            Report::LinkAuth { result: super::protocol::LinkAuthResult::Pass, username } => {
                 self.facts.username = Some((*username).to_string())
             }
             _ => {}
@@ -205,7 +205,7 @@ impl SessionFilter {
                 if line.is_empty() {
                     write_report(&mut line, now.wall, self.id, report);
                 }
-                self.sends.push_back(Outgoing { proc: name.clone(), line: line.clone() });
+                self.sends.push_back(ProcLine { proc: name.clone(), line: line.clone() });
             }
         }
     }
@@ -213,10 +213,10 @@ impl SessionFilter {
     /// Runs the chain for a command phase. `param` is what OpenSMTPD passes: the HELO/EHLO
     /// name, the address of MAIL FROM or RCPT TO without angle brackets, empty otherwise
     /// (for connect the engine builds `RDNS|SRC` itself). The decision comes as
-    /// `Event::Decided`, at once when no process takes part.
+    /// `FilterEvent::Decided`, at once when no process takes part.
     pub fn begin(&mut self, now: Now, phase: Phase, param: &str) {
         self.now = now;
-        if phase == Phase::DataLine || !matches!(self.state, State::Idle) {
+        if phase == Phase::DataLine || !matches!(self.state, FilterState::Idle) {
             return self.fail(now, phase);
         }
         if self.broken {
@@ -241,26 +241,26 @@ impl SessionFilter {
         while let Some(&i) = entries.get(pos) {
             let filter = &chain.filters[i];
             match &filter.kind {
-                FilterKind::Proc(_) => {
+                ChainFilterKind::Proc(_) => {
                     let proc = chain.proc_of[i].map(|p| chain.procs[p].0.clone());
                     let Some(proc) = proc else { return self.fail(now, phase) };
                     let mut line = String::new();
                     write_request(&mut line, now.wall, phase, self.id, self.token(i), &param);
-                    self.sends.push_back(Outgoing { proc, line });
+                    self.sends.push_back(ProcLine { proc, line });
                     let deadline = now.mono + self.limits.timeout;
-                    self.state = State::Phase { phase, param, pos, deadline };
+                    self.state = FilterState::Phase { phase, param, pos, deadline };
                     return;
                 }
-                FilterKind::Builtin(rule) => {
+                ChainFilterKind::Builtin(rule) => {
                     let rcpt = (phase == Phase::RcptTo).then_some(param.as_str());
                     if rule.fires(&self.facts, rcpt, &*chain.tables) {
                         let decision = match &rule.action {
-                            Action::Bypass => Decision::Proceed,
-                            Action::Junk => Decision::Junk,
-                            Action::Reject(r) => Decision::Reject(r.clone()),
-                            Action::Disconnect(r) => Decision::Disconnect(r.clone()),
-                            Action::Rewrite(v) => Decision::Rewrite(v.clone()),
-                            Action::Report(m) => {
+                            BuiltinAction::Bypass => FilterDecision::Proceed,
+                            BuiltinAction::Junk => FilterDecision::Junk,
+                            BuiltinAction::Reject(r) => FilterDecision::Reject(r.clone()),
+                            BuiltinAction::Disconnect(r) => FilterDecision::Disconnect(r.clone()),
+                            BuiltinAction::Rewrite(v) => FilterDecision::Rewrite(v.clone()),
+                            BuiltinAction::Report(m) => {
                                 self.filter_report(now, ReporterKind::Builtin, &filter.name, m);
                                 pos += 1;
                                 continue;
@@ -272,7 +272,7 @@ impl SessionFilter {
             }
             pos += 1;
         }
-        self.decide(now, phase, Decision::Proceed);
+        self.decide(now, phase, FilterDecision::Proceed);
     }
 
     fn token(&self, filter: usize) -> Id {
@@ -281,26 +281,26 @@ impl SessionFilter {
 
     fn filter_report(&mut self, now: Now, kind: ReporterKind, name: &str, message: &str) {
         self.report(now, &Report::FilterReport { kind, name, message });
-        self.events.push_back(Event::Reported { filter: name.to_string(), message: message.to_string() });
+        self.events.push_back(FilterEvent::Reported { filter: name.to_string(), message: message.to_string() });
     }
 
     /// Ends a phase: refusals are checked as OpenSMTPD checks them (not a 4xx/5xx reply:
     /// `421 Internal server error`; a 421: the session is disconnected), reported as
     /// `filter-response`, and queued for the session.
-    fn decide(&mut self, now: Now, phase: Phase, decision: Decision) {
+    fn decide(&mut self, now: Now, phase: Phase, decision: FilterDecision) {
         let decision = match decision {
-            Decision::Reject(r) | Decision::Disconnect(r) if !valid_refusal(&r) => {
-                Decision::Disconnect(INVALID_REPLY.into())
+            FilterDecision::Reject(r) | FilterDecision::Disconnect(r) if !valid_refusal(&r) => {
+                FilterDecision::Disconnect(reply::FILTER_INVALID.into())
             }
-            Decision::Reject(r) if r.starts_with("421") => Decision::Disconnect(r),
+            FilterDecision::Reject(r) if r.starts_with("421") => FilterDecision::Disconnect(r),
             d => d,
         };
         let (response, param) = match &decision {
-            Decision::Proceed => (ResponseKind::Proceed, None),
-            Decision::Junk => (ResponseKind::Junk, None),
-            Decision::Rewrite(v) => (ResponseKind::Rewrite, Some(v.as_str())),
-            Decision::Reject(r) => (ResponseKind::Reject, Some(r.as_str())),
-            Decision::Disconnect(r) => (ResponseKind::Disconnect, Some(r.as_str())),
+            FilterDecision::Proceed => (ResponseKind::Proceed, None),
+            FilterDecision::Junk => (ResponseKind::Junk, None),
+            FilterDecision::Rewrite(v) => (ResponseKind::Rewrite, Some(v.as_str())),
+            FilterDecision::Reject(r) => (ResponseKind::Reject, Some(r.as_str())),
+            FilterDecision::Disconnect(r) => (ResponseKind::Disconnect, Some(r.as_str())),
         };
         // Borrow juggling: the report is written before the decision moves into the queue.
         let mut line = String::new();
@@ -310,44 +310,44 @@ impl SessionFilter {
                 if line.is_empty() {
                     write_report(&mut line, now.wall, self.id, &report);
                 }
-                self.sends.push_back(Outgoing { proc: name.clone(), line: line.clone() });
+                self.sends.push_back(ProcLine { proc: name.clone(), line: line.clone() });
             }
         }
-        self.state = State::Idle;
-        self.events.push_back(Event::Decided(phase, decision));
+        self.state = FilterState::Idle;
+        self.events.push_back(FilterEvent::Decided(phase, decision));
     }
 
     /// Fails the session closed: the phase under way (or the next one) gets 421.
     fn fail(&mut self, now: Now, phase: Phase) {
-        self.state = State::Failed;
+        self.state = FilterState::Failed;
         self.broken = true;
         let _ = now;
-        self.events.push_back(Event::Decided(phase, Decision::Disconnect(FAIL_REPLY.into())));
+        self.events.push_back(FilterEvent::Decided(phase, FilterDecision::Disconnect(reply::FILTER_FAIL.into())));
     }
 
     /// The phase being waited on, if any (for the failure decision).
     fn current_phase(&self) -> Option<Phase> {
         match &self.state {
-            State::Phase { phase, .. } => Some(*phase),
-            State::Data { .. } => Some(Phase::DataLine),
-            State::Idle | State::Failed => None,
+            FilterState::Phase { phase, .. } => Some(*phase),
+            FilterState::Data { .. } => Some(Phase::DataLine),
+            FilterState::Idle | FilterState::Failed => None,
         }
     }
 
     /// Starts streaming the message (after the data phase proceeded). The caller then
     /// gives every line with `data_line` and ends with `data_end`.
     pub fn data_begin(&mut self, now: Now) {
-        if !matches!(self.state, State::Idle) || self.broken {
+        if !matches!(self.state, FilterState::Idle) || self.broken {
             return self.fail(now, Phase::DataLine);
         }
         let stages = self.chain.by_phase[Phase::DataLine as usize].len();
         self.input_closed = false;
-        self.state = State::Data { closed: vec![false; stages], out: Vec::new(), size: 0, deadline: None };
+        self.state = FilterState::Data { closed: vec![false; stages], out: Vec::new(), size: 0, deadline: None };
     }
 
     /// One line of the message, without its line ending and not dot-stuffed.
     pub fn data_line(&mut self, now: Now, line: &str) {
-        if !matches!(self.state, State::Data { .. }) || self.input_closed {
+        if !matches!(self.state, FilterState::Data { .. }) || self.input_closed {
             return;
         }
         self.stage_input(now, 0, &stuff(line));
@@ -355,7 +355,7 @@ impl SessionFilter {
 
     /// The end of the message (the client's final dot).
     pub fn data_end(&mut self, now: Now) {
-        if !matches!(self.state, State::Data { .. }) || self.input_closed {
+        if !matches!(self.state, FilterState::Data { .. }) || self.input_closed {
             return;
         }
         self.input_closed = true;
@@ -368,35 +368,42 @@ impl SessionFilter {
         let chain = self.chain.clone();
         let entries = &chain.by_phase[Phase::DataLine as usize];
         let token = entries.get(stage).map(|&i| self.token(i));
-        let State::Data { out, size, deadline, .. } = &mut self.state else { return };
+        let FilterState::Data { out, size, deadline, .. } = &mut self.state else { return };
         if let Some(&i) = entries.get(stage) {
             let Some(proc) = chain.proc_of[i].map(|p| chain.procs[p].0.clone()) else { return };
             let mut buf = String::new();
             write_request(&mut buf, now.wall, Phase::DataLine, self.id, token.unwrap_or(Id(0)), line);
-            self.sends.push_back(Outgoing { proc, line: buf });
+            self.sends.push_back(ProcLine { proc, line: buf });
             *deadline = Some(now.mono + self.limits.timeout);
             return;
         }
         if line == "." {
             let message = std::mem::take(out);
-            self.state = State::Idle;
-            self.events.push_back(Event::Message(message));
+            self.state = FilterState::Idle;
+            self.events.push_back(FilterEvent::Message(message));
             return;
         }
         *size += line.len() + 1;
         if *size > self.limits.max_message {
-            self.state = State::Failed;
-            self.events.push_back(Event::Decided(Phase::DataLine, Decision::Reject(TOO_BIG_REPLY.into())));
+            self.state = FilterState::Failed;
+            self.events
+                .push_back(FilterEvent::Decided(Phase::DataLine, FilterDecision::Reject(reply::FILTER_TOO_BIG.into())));
             return;
         }
         out.push(unstuff(line).to_string());
     }
 
     /// An answer from `proc` for this session (routed by session id).
-    pub fn handle_output(&mut self, now: Now, proc: &str, token: Id, answer: Answer<'_>) -> Result<(), SessionError> {
+    pub fn handle_output(
+        &mut self,
+        now: Now,
+        proc: &str,
+        token: Id,
+        answer: FilterAnswer<'_>,
+    ) -> Result<(), FilterSessionError> {
         let result = self.handle_answer(now, proc, token, answer);
         if let Err(e) = &result {
-            if !matches!(self.state, State::Failed) {
+            if !matches!(self.state, FilterState::Failed) {
                 let phase = self.current_phase().unwrap_or(Phase::DataLine);
                 self.fail(now, phase);
             }
@@ -405,15 +412,21 @@ impl SessionFilter {
         result
     }
 
-    fn handle_answer(&mut self, now: Now, proc: &str, token: Id, answer: Answer<'_>) -> Result<(), SessionError> {
+    fn handle_answer(
+        &mut self,
+        now: Now,
+        proc: &str,
+        token: Id,
+        answer: FilterAnswer<'_>,
+    ) -> Result<(), FilterSessionError> {
         match (answer, &self.state) {
-            (Answer::Result(response), State::Phase { phase, pos, .. }) => {
+            (FilterAnswer::Result(response), FilterState::Phase { phase, pos, .. }) => {
                 let (phase, pos) = (*phase, *pos);
                 let i = self.chain.by_phase[phase as usize][pos];
                 if token != self.token(i) || !self.is_proc(i, proc) {
-                    return Err(SessionError::UnexpectedToken(token));
+                    return Err(FilterSessionError::UnexpectedToken(token));
                 }
-                let State::Phase { param, .. } = std::mem::replace(&mut self.state, State::Idle) else {
+                let FilterState::Phase { param, .. } = std::mem::replace(&mut self.state, FilterState::Idle) else {
                     return Ok(());
                 };
                 match response {
@@ -425,23 +438,23 @@ impl SessionFilter {
                     }
                     Response::Junk if phase == Phase::Commit => {
                         self.fail(now, phase);
-                        return Err(SessionError::JunkAfterData);
+                        return Err(FilterSessionError::JunkAfterData);
                     }
-                    Response::Junk => self.decide(now, phase, Decision::Junk),
-                    Response::Reject(r) => self.decide(now, phase, Decision::Reject(r.to_string())),
-                    Response::Disconnect(r) => self.decide(now, phase, Decision::Disconnect(r.to_string())),
-                    Response::Rewrite(v) => self.decide(now, phase, Decision::Rewrite(v.to_string())),
+                    Response::Junk => self.decide(now, phase, FilterDecision::Junk),
+                    Response::Reject(r) => self.decide(now, phase, FilterDecision::Reject(r.to_string())),
+                    Response::Disconnect(r) => self.decide(now, phase, FilterDecision::Disconnect(r.to_string())),
+                    Response::Rewrite(v) => self.decide(now, phase, FilterDecision::Rewrite(v.to_string())),
                 }
                 Ok(())
             }
-            (Answer::DataLine(line), State::Data { closed, .. }) => {
+            (FilterAnswer::DataLine(line), FilterState::Data { closed, .. }) => {
                 let entries = &self.chain.by_phase[Phase::DataLine as usize];
                 let stage = entries.iter().position(|&i| self.token(i) == token && self.is_proc(i, proc));
-                let Some(stage) = stage else { return Err(SessionError::UnexpectedToken(token)) };
+                let Some(stage) = stage else { return Err(FilterSessionError::UnexpectedToken(token)) };
                 if closed[stage] {
-                    return Err(SessionError::WrongPhase);
+                    return Err(FilterSessionError::WrongPhase);
                 }
-                if let State::Data { closed, deadline, .. } = &mut self.state {
+                if let FilterState::Data { closed, deadline, .. } = &mut self.state {
                     if line == "." {
                         closed[stage] = true;
                     }
@@ -449,18 +462,18 @@ impl SessionFilter {
                     *deadline = Some(now.mono + self.limits.timeout);
                 }
                 self.stage_input(now, stage + 1, line);
-                if matches!(self.state, State::Failed) {
-                    return Err(SessionError::TooBig);
+                if matches!(self.state, FilterState::Failed) {
+                    return Err(FilterSessionError::TooBig);
                 }
                 Ok(())
             }
-            (Answer::Report(m), _) => {
+            (FilterAnswer::Report(m), _) => {
                 let name = proc.to_string();
                 self.filter_report(now, ReporterKind::Proc, &name, m);
                 Ok(())
             }
-            (_, State::Failed) => Ok(()),
-            _ => Err(SessionError::WrongPhase),
+            (_, FilterState::Failed) => Ok(()),
+            _ => Err(FilterSessionError::WrongPhase),
         }
     }
 
@@ -483,9 +496,9 @@ impl SessionFilter {
     /// When the filter being waited on is late.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.state {
-            State::Phase { deadline, .. } => Some(*deadline),
-            State::Data { deadline, .. } => *deadline,
-            State::Idle | State::Failed => None,
+            FilterState::Phase { deadline, .. } => Some(*deadline),
+            FilterState::Data { deadline, .. } => *deadline,
+            FilterState::Idle | FilterState::Failed => None,
         }
     }
 
@@ -500,21 +513,21 @@ impl SessionFilter {
 
     /// Whether the session waits for a filter.
     pub fn is_waiting(&self) -> bool {
-        matches!(self.state, State::Phase { .. } | State::Data { .. })
+        matches!(self.state, FilterState::Phase { .. } | FilterState::Data { .. })
     }
 
-    pub fn poll_send(&mut self) -> Option<Outgoing> {
+    pub fn poll_send(&mut self) -> Option<ProcLine> {
         self.sends.pop_front()
     }
 
-    pub fn poll_event(&mut self) -> Option<Event> {
+    pub fn poll_event(&mut self) -> Option<FilterEvent> {
         self.events.pop_front()
     }
 }
 
 /// A filter's answer for one session, as routed to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Answer<'a> {
+pub enum FilterAnswer<'a> {
     Result(Response<'a>),
     DataLine(&'a str),
     Report(&'a str),

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::filter::builtin::{Condition, LookupKind, Rule, TableRef, Test};
-use crate::filter::chain::{Filter, FilterChain, Registration};
+use crate::filter::builtin::{BuiltinRule, Condition, LookupKind, TableRef, Test};
+use crate::filter::chain::{ChainFilter, FilterChain, Registration};
 use crate::filter::protocol::{EventKind, Register};
 
 const SID: Id = Id(0xabc);
@@ -23,14 +23,18 @@ fn reg(phases: &[Phase], events: &[EventKind]) -> Registration {
     r
 }
 
-fn proc(name: &str) -> Filter {
-    Filter { name: name.into(), kind: FilterKind::Proc(name.into()) }
+fn proc(name: &str) -> ChainFilter {
+    ChainFilter { name: name.into(), kind: ChainFilterKind::Proc(name.into()) }
 }
 
-fn builtin(name: &str, phase: Phase, test: Test, action: Action) -> Filter {
-    Filter {
+fn builtin(name: &str, phase: Phase, test: Test, action: BuiltinAction) -> ChainFilter {
+    ChainFilter {
         name: name.into(),
-        kind: FilterKind::Builtin(Rule { phase, conditions: vec![Condition { negate: false, test }], action }),
+        kind: ChainFilterKind::Builtin(BuiltinRule {
+            phase,
+            conditions: vec![Condition { negate: false, test }],
+            action,
+        }),
     }
 }
 
@@ -38,12 +42,12 @@ fn bad() -> TableRef {
     TableRef { name: "bad".into(), regex: false }
 }
 
-fn session(filters: Vec<Filter>, regs: &[(&str, Registration)], max: usize) -> (SessionFilter, Now) {
+fn session(filters: Vec<ChainFilter>, regs: &[(&str, Registration)], max: usize) -> (SessionFilter, Now) {
     let regs: HashMap<String, Registration> = regs.iter().map(|(n, r)| (n.to_string(), *r)).collect();
     let tables = |_: &TableRef, _: LookupKind, key: &str| key.ends_with("@bad.test") || key == "192.0.2.1";
     let chain = Arc::new(Chain::new(&FilterChain { filters }, &regs, Arc::new(tables)).unwrap());
     let now = Now { mono: Instant::now(), wall: Timestamp(Duration::from_micros(1_700_000_000_000_001)) };
-    let link = Link {
+    let link = FilterLink {
         rdns: Some("client.test".into()),
         fcrdns: true,
         src: Endpoint::Inet("192.0.2.1:4444".parse().unwrap()),
@@ -57,26 +61,26 @@ fn sends(s: &mut SessionFilter) -> Vec<(String, String)> {
     std::iter::from_fn(|| s.poll_send()).map(|o| (o.proc.to_string(), o.line)).collect()
 }
 
-fn events(s: &mut SessionFilter) -> Vec<Event> {
+fn events(s: &mut SessionFilter) -> Vec<FilterEvent> {
     std::iter::from_fn(|| s.poll_event()).collect()
 }
 
 #[test]
 fn builtins_decide_at_once_in_chain_order() {
     let filters = vec![
-        builtin("rep", Phase::RcptTo, Test::RcptTo(bad()), Action::Report("saw bad".into())),
-        builtin("rej", Phase::RcptTo, Test::RcptTo(bad()), Action::Reject("550 5.7.1 go away".into())),
-        builtin("never", Phase::RcptTo, Test::RcptTo(bad()), Action::Junk),
+        builtin("rep", Phase::RcptTo, Test::RcptTo(bad()), BuiltinAction::Report("saw bad".into())),
+        builtin("rej", Phase::RcptTo, Test::RcptTo(bad()), BuiltinAction::Reject("550 5.7.1 go away".into())),
+        builtin("never", Phase::RcptTo, Test::RcptTo(bad()), BuiltinAction::Junk),
     ];
     let (mut s, now) = session(filters, &[], 1000);
     s.begin(now, Phase::RcptTo, "x@good.test");
-    assert_eq!(events(&mut s), vec![Event::Decided(Phase::RcptTo, Decision::Proceed)]);
+    assert_eq!(events(&mut s), vec![FilterEvent::Decided(Phase::RcptTo, FilterDecision::Proceed)]);
     s.begin(now, Phase::RcptTo, "x@bad.test");
     assert_eq!(
         events(&mut s),
         vec![
-            Event::Reported { filter: "rep".into(), message: "saw bad".into() },
-            Event::Decided(Phase::RcptTo, Decision::Reject("550 5.7.1 go away".into())),
+            FilterEvent::Reported { filter: "rep".into(), message: "saw bad".into() },
+            FilterEvent::Decided(Phase::RcptTo, FilterDecision::Reject("550 5.7.1 go away".into())),
         ]
     );
     assert!(sends(&mut s).is_empty(), "no process in the chain");
@@ -85,10 +89,10 @@ fn builtins_decide_at_once_in_chain_order() {
 #[test]
 fn bypass_skips_the_rest_and_refusals_are_checked() {
     let filters = vec![
-        builtin("by", Phase::Connect, Test::Fcrdns, Action::Bypass),
-        builtin("no", Phase::Connect, Test::Fcrdns, Action::Reject("550 no".into())),
-        builtin("bad", Phase::Helo, Test::Rdns, Action::Reject("250 not a refusal".into())),
-        builtin("bye", Phase::Ehlo, Test::Rdns, Action::Reject("421 4.7.0 bye".into())),
+        builtin("by", Phase::Connect, Test::Fcrdns, BuiltinAction::Bypass),
+        builtin("no", Phase::Connect, Test::Fcrdns, BuiltinAction::Reject("550 no".into())),
+        builtin("bad", Phase::Helo, Test::Rdns, BuiltinAction::Reject("250 not a refusal".into())),
+        builtin("bye", Phase::Ehlo, Test::Rdns, BuiltinAction::Reject("421 4.7.0 bye".into())),
     ];
     let (mut s, now) = session(filters, &[], 1000);
     s.begin(now, Phase::Connect, "");
@@ -97,9 +101,9 @@ fn bypass_skips_the_rest_and_refusals_are_checked() {
     assert_eq!(
         events(&mut s),
         vec![
-            Event::Decided(Phase::Connect, Decision::Proceed),
-            Event::Decided(Phase::Helo, Decision::Disconnect("421 Internal server error".into())),
-            Event::Decided(Phase::Ehlo, Decision::Disconnect("421 4.7.0 bye".into())),
+            FilterEvent::Decided(Phase::Connect, FilterDecision::Proceed),
+            FilterEvent::Decided(Phase::Helo, FilterDecision::Disconnect("421 Internal server error".into())),
+            FilterEvent::Decided(Phase::Ehlo, FilterDecision::Disconnect("421 4.7.0 bye".into())),
         ]
     );
 }
@@ -107,7 +111,7 @@ fn bypass_skips_the_rest_and_refusals_are_checked() {
 #[test]
 fn proc_filters_get_requests_and_reports_in_opensmtpds_format() {
     let p = reg(&[Phase::Connect, Phase::MailFrom], &[EventKind::LinkConnect, EventKind::FilterResponse]);
-    let filters = vec![proc("p"), builtin("j", Phase::MailFrom, Test::MailFrom(bad()), Action::Junk)];
+    let filters = vec![proc("p"), builtin("j", Phase::MailFrom, Test::MailFrom(bad()), BuiltinAction::Junk)];
     let (mut s, now) = session(filters, &[("p", p)], 1000);
     let ts = "1700000000.000001";
     assert_eq!(
@@ -128,8 +132,8 @@ fn proc_filters_get_requests_and_reports_in_opensmtpds_format() {
         )]
     );
     assert!(s.is_waiting() && events(&mut s).is_empty());
-    s.handle_output(now, "p", Id(0x101), Answer::Result(Response::Proceed)).unwrap();
-    assert_eq!(events(&mut s), vec![Event::Decided(Phase::Connect, Decision::Proceed)]);
+    s.handle_output(now, "p", Id(0x101), FilterAnswer::Result(Response::Proceed)).unwrap();
+    assert_eq!(events(&mut s), vec![FilterEvent::Decided(Phase::Connect, FilterDecision::Proceed)]);
     assert_eq!(
         sends(&mut s)[0].1,
         format!("report|0.7|{ts}|smtp-in|filter-response|0000000000000abc|connected|proceed\n")
@@ -138,13 +142,16 @@ fn proc_filters_get_requests_and_reports_in_opensmtpds_format() {
     // The proc proceeds, then the builtin after it junks.
     s.begin(now, Phase::MailFrom, "a@bad.test");
     assert!(sends(&mut s)[0].1.ends_with("|mail-from|0000000000000abc|0000000000000101|a@bad.test\n"));
-    s.handle_output(now, "p", Id(0x101), Answer::Result(Response::Proceed)).unwrap();
-    assert_eq!(events(&mut s), vec![Event::Decided(Phase::MailFrom, Decision::Junk)]);
+    s.handle_output(now, "p", Id(0x101), FilterAnswer::Result(Response::Proceed)).unwrap();
+    assert_eq!(events(&mut s), vec![FilterEvent::Decided(Phase::MailFrom, FilterDecision::Junk)]);
 
     // A rewrite ends the chain.
     s.begin(now, Phase::MailFrom, "a@good.test");
-    s.handle_output(now, "p", Id(0x101), Answer::Result(Response::Rewrite("b@good.test"))).unwrap();
-    assert_eq!(events(&mut s), vec![Event::Decided(Phase::MailFrom, Decision::Rewrite("b@good.test".into()))]);
+    s.handle_output(now, "p", Id(0x101), FilterAnswer::Result(Response::Rewrite("b@good.test"))).unwrap();
+    assert_eq!(
+        events(&mut s),
+        vec![FilterEvent::Decided(Phase::MailFrom, FilterDecision::Rewrite("b@good.test".into()))]
+    );
     assert!(sends(&mut s)
         .iter()
         .any(|(_, l)| l.ends_with("|filter-response|0000000000000abc|mail-from|rewrite|b@good.test\n")));
@@ -165,35 +172,38 @@ fn data_lines_stream_through_every_stage_dot_stuffed() {
     assert!(to_a[2].1.ends_with("|0000000000000101|.\n"));
     // a adds a header and echoes; its output goes to b with b's token.
     for l in ["X-A: 1", "Subject: x", "..hidden", "."] {
-        s.handle_output(now, "a", Id(0x101), Answer::DataLine(l)).unwrap();
+        s.handle_output(now, "a", Id(0x101), FilterAnswer::DataLine(l)).unwrap();
     }
     let to_b = sends(&mut s);
     assert_eq!(to_b.len(), 4);
     assert!(to_b[0].1.ends_with("|data-line|0000000000000abc|0000000000000102|X-A: 1\n"));
     assert!(events(&mut s).is_empty());
     for l in ["X-B: 2", "X-A: 1", "Subject: x", "..hidden", "."] {
-        s.handle_output(now, "b", Id(0x102), Answer::DataLine(l)).unwrap();
+        s.handle_output(now, "b", Id(0x102), FilterAnswer::DataLine(l)).unwrap();
     }
     let want = ["X-B: 2", "X-A: 1", "Subject: x", ".hidden"].map(String::from).to_vec();
-    assert_eq!(events(&mut s), vec![Event::Message(want)]);
+    assert_eq!(events(&mut s), vec![FilterEvent::Message(want)]);
     assert!(!s.is_waiting());
     // After its final dot, a stage may not write more.
     s.data_begin(now);
     s.data_end(now);
-    s.handle_output(now, "a", Id(0x101), Answer::DataLine(".")).unwrap();
-    assert_eq!(s.handle_output(now, "a", Id(0x101), Answer::DataLine("late")), Err(SessionError::WrongPhase));
+    s.handle_output(now, "a", Id(0x101), FilterAnswer::DataLine(".")).unwrap();
+    assert_eq!(
+        s.handle_output(now, "a", Id(0x101), FilterAnswer::DataLine("late")),
+        Err(FilterSessionError::WrongPhase)
+    );
 }
 
 #[test]
 fn misbehaviour_fails_the_session_closed() {
     let p = reg(&[Phase::Helo, Phase::Commit, Phase::DataLine], &[]);
-    let fail = |phase| Event::Decided(phase, Decision::Disconnect(FAIL_REPLY.into()));
+    let fail = |phase| FilterEvent::Decided(phase, FilterDecision::Disconnect(reply::FILTER_FAIL.into()));
 
     let (mut s, now) = session(vec![proc("p")], &[("p", p)], 1000);
     s.begin(now, Phase::Helo, "h");
     assert_eq!(
-        s.handle_output(now, "p", Id(0x999), Answer::Result(Response::Proceed)),
-        Err(SessionError::UnexpectedToken(Id(0x999)))
+        s.handle_output(now, "p", Id(0x999), FilterAnswer::Result(Response::Proceed)),
+        Err(FilterSessionError::UnexpectedToken(Id(0x999)))
     );
     assert_eq!(events(&mut s), vec![fail(Phase::Helo)]);
     s.begin(now, Phase::Helo, "h");
@@ -201,11 +211,14 @@ fn misbehaviour_fails_the_session_closed() {
 
     let (mut s, now) = session(vec![proc("p")], &[("p", p)], 1000);
     s.begin(now, Phase::Helo, "h");
-    assert_eq!(s.handle_output(now, "p", Id(0x101), Answer::DataLine("x")), Err(SessionError::WrongPhase));
+    assert_eq!(s.handle_output(now, "p", Id(0x101), FilterAnswer::DataLine("x")), Err(FilterSessionError::WrongPhase));
 
     let (mut s, now) = session(vec![proc("p")], &[("p", p)], 1000);
     s.begin(now, Phase::Commit, "");
-    assert_eq!(s.handle_output(now, "p", Id(0x101), Answer::Result(Response::Junk)), Err(SessionError::JunkAfterData));
+    assert_eq!(
+        s.handle_output(now, "p", Id(0x101), FilterAnswer::Result(Response::Junk)),
+        Err(FilterSessionError::JunkAfterData)
+    );
     assert_eq!(events(&mut s), vec![fail(Phase::Commit)]);
 
     // Timeout: nothing before the deadline, 421 at it.
@@ -233,7 +246,10 @@ fn filtered_message_is_bounded() {
     let (mut s, now) = session(vec![proc("a")], &[("a", d)], 10);
     s.data_begin(now);
     for _ in 0..3 {
-        let _ = s.handle_output(now, "a", Id(0x101), Answer::DataLine("0123"));
+        let _ = s.handle_output(now, "a", Id(0x101), FilterAnswer::DataLine("0123"));
     }
-    assert_eq!(events(&mut s), vec![Event::Decided(Phase::DataLine, Decision::Reject(TOO_BIG_REPLY.into()))]);
+    assert_eq!(
+        events(&mut s),
+        vec![FilterEvent::Decided(Phase::DataLine, FilterDecision::Reject(reply::FILTER_TOO_BIG.into()))]
+    );
 }

@@ -25,9 +25,11 @@ pub mod tables;
 use std::collections::HashMap;
 use std::fmt;
 
-pub use builtin::{Action, Condition, LookupKind, Rule, TableRef, Tables, Test};
-pub use chain::{Chain, Filter, FilterChain, FilterKind, Registration};
-pub use engine::{Answer, Decision, Event, Limits, Link, Now, Outgoing, SessionError, SessionFilter};
+pub use builtin::{BuiltinAction, BuiltinRule, Condition, LookupKind, TableRef, Tables, Test};
+pub use chain::{Chain, ChainFilter, ChainFilterKind, FilterChain, Registration};
+pub use engine::{
+    FilterAnswer, FilterDecision, FilterEvent, FilterLink, FilterSessionError, Limits, Now, ProcLine, SessionFilter,
+};
 pub use protocol::{Id, LineError, Output, Phase};
 
 /// Why a process's line went nowhere.
@@ -42,7 +44,7 @@ pub enum DispatchError {
     /// ignores these too).
     UnknownSession(Id),
     /// The session refused the answer and has failed (421).
-    Session(Id, SessionError),
+    Session(Id, FilterSessionError),
 }
 
 impl fmt::Display for DispatchError {
@@ -85,9 +87,9 @@ impl Sessions {
     pub fn handle_line(&mut self, now: Now, proc: &str, line: &[u8]) -> Result<(), DispatchError> {
         let (session, token, answer) = match protocol::parse_output(line).map_err(DispatchError::Line)? {
             Output::Register(_) => return Err(DispatchError::LateRegister),
-            Output::Result { session, token, response } => (session, token, Answer::Result(response)),
-            Output::DataLine { session, token, line } => (session, token, Answer::DataLine(line)),
-            Output::Report { session, message } => (session, Id(0), Answer::Report(message)),
+            Output::Result { session, token, response } => (session, token, FilterAnswer::Result(response)),
+            Output::DataLine { session, token, line } => (session, token, FilterAnswer::DataLine(line)),
+            Output::Report { session, message } => (session, Id(0), FilterAnswer::Report(message)),
         };
         let s = self.map.get_mut(&session).ok_or(DispatchError::UnknownSession(session))?;
         s.handle_output(now, proc, token, answer).map_err(|e| DispatchError::Session(session, e))

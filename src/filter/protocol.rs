@@ -227,7 +227,7 @@ pub enum TxResult {
 
 /// `pass`, `fail` or `error` in `link-auth`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuthResult {
+pub enum LinkAuthResult {
     Pass,
     Fail,
     Error,
@@ -274,7 +274,7 @@ pub enum Report<'a> {
     LinkGreeting { hostname: &'a str },
     LinkIdentify { ehlo: bool, identity: &'a str },
     LinkTls { tls: &'a str },
-    LinkAuth { result: AuthResult, username: &'a str },
+    LinkAuth { result: LinkAuthResult, username: &'a str },
     TxReset { msgid: u32 },
     TxBegin { msgid: u32 },
     TxMail { msgid: u32, result: TxResult, address: &'a str },
@@ -340,9 +340,9 @@ impl Report<'_> {
             Report::LinkTls { tls } => write!(out, "|{tls}"),
             Report::LinkAuth { result, username } => {
                 let r = match result {
-                    AuthResult::Pass => "pass",
-                    AuthResult::Fail => "fail",
-                    AuthResult::Error => "error",
+                    LinkAuthResult::Pass => "pass",
+                    LinkAuthResult::Fail => "fail",
+                    LinkAuthResult::Error => "error",
                 };
                 write!(out, "|{r}|{username}")
             }

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::builtin::{LookupKind, TableRef, Tables};
+use crate::envelope::Mailbox;
 use crate::table::{domain_matches, Table};
 
 /// The tables of a loaded configuration, by name.
@@ -37,7 +38,7 @@ impl Tables for ConfigTables {
             }
             LookupKind::String => t.keys().any(|e| e == key),
             LookupKind::MailAddr => {
-                let domain = key.rsplit_once('@').map_or("", |(_, d)| d);
+                let domain = Mailbox::domain_of(&key);
                 t.keys().any(|e| e == key || e.strip_prefix('@').is_some_and(|d| domain_matches(d, domain)))
             }
         }

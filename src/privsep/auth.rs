@@ -185,10 +185,10 @@ fn what(table: Option<&str>) -> String {
 /// Recent failures per client address, bounded.
 #[derive(Default)]
 pub struct Flood {
-    by_addr: HashMap<IpAddr, Entry>,
+    by_addr: HashMap<IpAddr, FloodEntry>,
 }
 
-struct Entry {
+struct FloodEntry {
     since: Instant,
     failures: u32,
     blocked_until: Option<Instant>,
@@ -219,9 +219,9 @@ impl Flood {
         if !self.by_addr.contains_key(&k) && self.by_addr.len() >= FLOOD_ENTRIES {
             self.make_room(now);
         }
-        let e = self.by_addr.entry(k).or_insert(Entry { since: now, failures: 0, blocked_until: None });
+        let e = self.by_addr.entry(k).or_insert(FloodEntry { since: now, failures: 0, blocked_until: None });
         if now.duration_since(e.since) > FLOOD_WINDOW {
-            *e = Entry { since: now, failures: 0, blocked_until: e.blocked_until.filter(|u| now < *u) };
+            *e = FloodEntry { since: now, failures: 0, blocked_until: e.blocked_until.filter(|u| now < *u) };
         }
         e.failures += 1;
         if e.failures >= FLOOD_FAILURES && !matches!(e.blocked_until, Some(u) if now < u) {

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 
-use super::frame::{self, AuthVerdict, Head, Verdict};
+use super::frame::{self, AuthVerdict, DeliveryVerdict, Head};
 use crate::config::Config;
-use crate::deliver::{Job, Mail, Outcome, Pool};
+use crate::deliver::{DeliveryResult, Job, Mail, Pool};
 use crate::envelope::{Envelope, MsgId, Target};
 use crate::resolve;
 use crate::rules::{self, Decision};
@@ -24,7 +24,7 @@ const BODY_SLACK: u64 = 64 * 1024;
 
 /// Serves one smtp process until it closes its end, then waits for the pool to finish.
 pub fn serve(stream: UnixStream, config: &Arc<Config>, pool: Pool) {
-    let (vtx, vrx) = crossbeam_channel::unbounded::<(u64, Verdict)>();
+    let (vtx, vrx) = crossbeam_channel::unbounded::<(u64, DeliveryVerdict)>();
     let (atx, arx) = crossbeam_channel::unbounded::<(u64, AuthVerdict)>();
     let writer = match stream.try_clone() {
         Ok(w) => w,
@@ -36,20 +36,20 @@ pub fn serve(stream: UnixStream, config: &Arc<Config>, pool: Pool) {
     let mut reader = std::io::BufReader::with_capacity(64 * 1024, stream);
     loop {
         match next_message(&mut reader, config) {
-            Ok(Some(Input::Auth(ask))) => checker.ask(ask),
-            Ok(Some(Input::Message(head, body))) => {
+            Ok(Some(SmtpFrame::Auth(ask))) => checker.ask(ask),
+            Ok(Some(SmtpFrame::Message(head, body))) => {
                 let seq = head.seq;
                 match targets(config, &head) {
                     Ok(targets) => {
                         let mail =
                             Mail { id: MsgId(head.msgid), return_path: head.mail_from, received: head.received, body };
                         let tx = vtx.clone();
-                        let done = Box::new(move |o: Outcome| drop(tx.send((seq, verdict(&o)))));
+                        let done = Box::new(move |o: DeliveryResult| drop(tx.send((seq, verdict(&o)))));
                         pool.submit(Job { mail: Arc::new(mail), targets, done });
                     }
                     Err(why) => {
                         log::warn!("delivery msgid={:08x} refused from the smtp process: {why}", head.msgid);
-                        let _ = vtx.send((seq, Verdict::TempFail("recipient not accepted by delivery".into())));
+                        let _ = vtx.send((seq, DeliveryVerdict::TempFail("recipient not accepted by delivery".into())));
                     }
                 }
             }
@@ -69,12 +69,12 @@ pub fn serve(stream: UnixStream, config: &Arc<Config>, pool: Pool) {
 }
 
 /// What the smtp process sends: a message, or a login to check.
-enum Input {
+enum SmtpFrame {
     Message(Head, Vec<u8>),
     Auth(frame::AuthAsk),
 }
 
-fn next_message(r: &mut impl Read, config: &Config) -> std::io::Result<Option<Input>> {
+fn next_message(r: &mut impl Read, config: &Config) -> std::io::Result<Option<SmtpFrame>> {
     let Some((kind, mut bytes)) = frame::read_kinded(r, frame::MAX_HEAD)? else {
         return Ok(None);
     };
@@ -82,7 +82,7 @@ fn next_message(r: &mut impl Read, config: &Config) -> std::io::Result<Option<In
         let ask = frame::decode_auth_ask(&bytes);
         zeroize::Zeroize::zeroize(&mut bytes);
         let ask = ask.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        return Ok(Some(Input::Auth(ask)));
+        return Ok(Some(SmtpFrame::Auth(ask)));
     }
     if kind != frame::KIND_HEAD {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, frame::FrameError::Bad("frame kind")));
@@ -99,7 +99,7 @@ fn next_message(r: &mut impl Read, config: &Config) -> std::io::Result<Option<In
     if body.len() as u64 != head.body_len {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
-    Ok(Some(Input::Message(head, body)))
+    Ok(Some(SmtpFrame::Message(head, body)))
 }
 
 /// Decides every recipient again, as a session of this envelope would have, and returns
@@ -136,17 +136,17 @@ pub fn targets(config: &Config, head: &Head) -> Result<Vec<Target>, String> {
     Ok(out)
 }
 
-fn verdict(o: &Outcome) -> Verdict {
+fn verdict(o: &DeliveryResult) -> DeliveryVerdict {
     match o {
-        Outcome::Ok => Verdict::Ok,
-        Outcome::TempFail(c) => Verdict::TempFail(c.to_string()),
-        Outcome::PermFail(c) => Verdict::PermFail(c.to_string()),
+        DeliveryResult::Ok => DeliveryVerdict::Ok,
+        DeliveryResult::TempFail(c) => DeliveryVerdict::TempFail(c.to_string()),
+        DeliveryResult::PermFail(c) => DeliveryVerdict::PermFail(c.to_string()),
     }
 }
 
 /// Writes verdicts (messages' and logins') as they come, every one waiting at that moment
 /// in one write, until both channels are closed.
-fn write_verdicts(mut w: UnixStream, rx: &Receiver<(u64, Verdict)>, logins: &Receiver<(u64, AuthVerdict)>) {
+fn write_verdicts(mut w: UnixStream, rx: &Receiver<(u64, DeliveryVerdict)>, logins: &Receiver<(u64, AuthVerdict)>) {
     let mut buf = Vec::new();
     let (never_m, never_a) = (crossbeam_channel::never(), crossbeam_channel::never());
     let (mut messages_open, mut logins_open) = (true, true);

@@ -57,7 +57,7 @@ pub struct Head {
 
 /// A delivery verdict on the wire.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub enum DeliveryVerdict {
     Ok,
     TempFail(String),
     PermFail(String),
@@ -210,11 +210,11 @@ pub fn decode_head(bytes: &[u8]) -> Result<Head, FrameError> {
 }
 
 /// Appends one verdict frame to `out` (several are written at once).
-pub fn encode_verdict(seq: u64, verdict: &Verdict, out: &mut Vec<u8>) {
+pub fn encode_verdict(seq: u64, verdict: &DeliveryVerdict, out: &mut Vec<u8>) {
     let (kind, text) = match verdict {
-        Verdict::Ok => (0u8, ""),
-        Verdict::TempFail(t) => (1, t.as_str()),
-        Verdict::PermFail(t) => (2, t.as_str()),
+        DeliveryVerdict::Ok => (0u8, ""),
+        DeliveryVerdict::TempFail(t) => (1, t.as_str()),
+        DeliveryVerdict::PermFail(t) => (2, t.as_str()),
     };
     let text = &text.as_bytes()[..text.len().min(4096)];
     out.extend_from_slice(&((9 + text.len()) as u32).to_be_bytes());
@@ -224,15 +224,15 @@ pub fn encode_verdict(seq: u64, verdict: &Verdict, out: &mut Vec<u8>) {
 }
 
 /// Decodes a verdict frame (without its length prefix).
-pub fn decode_verdict(bytes: &[u8]) -> Result<(u64, Verdict), FrameError> {
+pub fn decode_verdict(bytes: &[u8]) -> Result<(u64, DeliveryVerdict), FrameError> {
     let mut c = Cursor(bytes);
     let seq = c.u64()?;
     let kind = c.u8()?;
     let text = String::from_utf8_lossy(c.0).into_owned();
     let v = match kind {
-        0 => Verdict::Ok,
-        1 => Verdict::TempFail(text),
-        2 => Verdict::PermFail(text),
+        0 => DeliveryVerdict::Ok,
+        1 => DeliveryVerdict::TempFail(text),
+        2 => DeliveryVerdict::PermFail(text),
         _ => return Err(FrameError::Bad("verdict kind")),
     };
     Ok((seq, v))
@@ -301,8 +301,8 @@ pub enum AuthVerdict {
 
 /// What delivery sends back: a message's verdict or a login's.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Answer {
-    Delivery(u64, Verdict),
+pub enum DeliveryAnswer {
+    Delivery(u64, DeliveryVerdict),
     Auth(u64, AuthVerdict),
 }
 
@@ -366,7 +366,7 @@ pub fn encode_auth_verdict(seq: u64, verdict: AuthVerdict, out: &mut Vec<u8>) {
 }
 
 /// Decodes a delivery → smtp frame: a message verdict or a login verdict.
-pub fn decode_answer(bytes: &[u8]) -> Result<Answer, FrameError> {
+pub fn decode_answer(bytes: &[u8]) -> Result<DeliveryAnswer, FrameError> {
     match bytes.get(8) {
         Some(&k) if k >= AUTH_VERDICT_BASE => {
             let mut c = Cursor(bytes);
@@ -381,9 +381,9 @@ pub fn decode_answer(bytes: &[u8]) -> Result<Answer, FrameError> {
             if !c.0.is_empty() {
                 return Err(FrameError::TooLong(bytes.len()));
             }
-            Ok(Answer::Auth(seq, verdict))
+            Ok(DeliveryAnswer::Auth(seq, verdict))
         }
-        _ => decode_verdict(bytes).map(|(seq, v)| Answer::Delivery(seq, v)),
+        _ => decode_verdict(bytes).map(|(seq, v)| DeliveryAnswer::Delivery(seq, v)),
     }
 }
 
@@ -442,13 +442,13 @@ mod tests {
         let frame = read_frame(&mut &out[..], MAX_HEAD).unwrap().unwrap();
         assert_eq!(decode_head(&frame), Ok(head()));
         let mut v = Vec::new();
-        encode_verdict(9, &Verdict::TempFail("disk full".into()), &mut v);
-        encode_verdict(10, &Verdict::Ok, &mut v);
+        encode_verdict(9, &DeliveryVerdict::TempFail("disk full".into()), &mut v);
+        encode_verdict(10, &DeliveryVerdict::Ok, &mut v);
         let mut r = &v[..];
         let a = read_frame(&mut r, MAX_SMALL).unwrap().unwrap();
         let b = read_frame(&mut r, MAX_SMALL).unwrap().unwrap();
-        assert_eq!(decode_verdict(&a), Ok((9, Verdict::TempFail("disk full".into()))));
-        assert_eq!(decode_verdict(&b), Ok((10, Verdict::Ok)));
+        assert_eq!(decode_verdict(&a), Ok((9, DeliveryVerdict::TempFail("disk full".into()))));
+        assert_eq!(decode_verdict(&b), Ok((10, DeliveryVerdict::Ok)));
         assert!(read_frame(&mut r, MAX_SMALL).unwrap().is_none());
     }
 
@@ -496,14 +496,14 @@ mod tests {
             assert!(decode_auth_ask(&b[..n]).is_err(), "prefix of {n} bytes accepted");
         }
         let mut v = Vec::new();
-        encode_verdict(9, &Verdict::PermFail("no".into()), &mut v);
+        encode_verdict(9, &DeliveryVerdict::PermFail("no".into()), &mut v);
         encode_auth_verdict(3, AuthVerdict::Blocked, &mut v);
         encode_auth_verdict(4, AuthVerdict::Ok, &mut v);
         let mut r = &v[..];
         let mut next = || decode_answer(&read_frame(&mut r, MAX_SMALL).unwrap().unwrap());
-        assert_eq!(next(), Ok(Answer::Delivery(9, Verdict::PermFail("no".into()))));
-        assert_eq!(next(), Ok(Answer::Auth(3, AuthVerdict::Blocked)));
-        assert_eq!(next(), Ok(Answer::Auth(4, AuthVerdict::Ok)));
+        assert_eq!(next(), Ok(DeliveryAnswer::Delivery(9, DeliveryVerdict::PermFail("no".into()))));
+        assert_eq!(next(), Ok(DeliveryAnswer::Auth(3, AuthVerdict::Blocked)));
+        assert_eq!(next(), Ok(DeliveryAnswer::Auth(4, AuthVerdict::Ok)));
         let mut bad = v[..13].to_vec();
         bad[12] = 16 + 9;
         assert!(decode_answer(&bad[4..]).is_err());

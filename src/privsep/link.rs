@@ -18,9 +18,9 @@ use crossbeam_channel::{Receiver, Sender};
 
 use zeroize::Zeroize;
 
-use super::frame::{self, Answer, AuthAsk, AuthVerdict, Head, Verdict};
+use super::frame::{self, AuthAsk, AuthVerdict, DeliveryAnswer, DeliveryVerdict, Head};
 
-type Done = Box<dyn FnOnce(Verdict) + Send>;
+type Done = Box<dyn FnOnce(DeliveryVerdict) + Send>;
 type AuthDone = Box<dyn FnOnce(AuthVerdict) + Send>;
 type AuthPending = Arc<Mutex<HashMap<u64, AuthDone>>>;
 
@@ -58,7 +58,7 @@ impl Link {
     pub fn submit(&self, mut head: Head, body: Vec<u8>, done: Done) {
         if self.lost.load(Ordering::Relaxed) {
             crate::buffers::give(body);
-            return done(Verdict::TempFail("delivery process unavailable".into()));
+            return done(DeliveryVerdict::TempFail("delivery process unavailable".into()));
         }
         head.seq = self.seq.fetch_add(1, Ordering::Relaxed);
         head.body_len = body.len() as u64;
@@ -109,7 +109,7 @@ fn fail(pending: &Mutex<HashMap<u64, Done>>, seq: Option<u64>, why: &str) {
         Err(_) => Vec::new(),
     };
     for done in taken {
-        done(Verdict::TempFail(why.to_owned()));
+        done(DeliveryVerdict::TempFail(why.to_owned()));
     }
 }
 
@@ -185,8 +185,8 @@ fn read_loop(
             }
         };
         let (seq, verdict) = match frame::decode_answer(&frame) {
-            Ok(Answer::Delivery(seq, v)) => (seq, v),
-            Ok(Answer::Auth(seq, v)) => {
+            Ok(DeliveryAnswer::Delivery(seq, v)) => (seq, v),
+            Ok(DeliveryAnswer::Auth(seq, v)) => {
                 match auth_pending.lock().ok().and_then(|mut p| p.remove(&seq)) {
                     Some(done) => done(v),
                     None => log::warn!("delivery link: login verdict for unknown request {seq}"),

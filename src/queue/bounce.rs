@@ -15,7 +15,7 @@ pub struct Failure<'a> {
 
 /// The DSN message (LF endings), or `None` when the original sender was `<>`.
 pub fn dsn(hostname: &str, sender: &str, failures: &[Failure<'_>], original: &[u8], id: &str) -> Option<Vec<u8>> {
-    report(hostname, sender, failures, original, id, &Kind::Failed)
+    report(hostname, sender, failures, original, id, &BounceKind::Failed)
 }
 
 /// A delay warning (`bounce warn-interval`): the same report with `Action: delayed`, sent
@@ -28,10 +28,10 @@ pub fn delay_warning(
     id: &str,
     n: usize,
 ) -> Option<Vec<u8>> {
-    report(hostname, sender, delayed, original, id, &Kind::Delayed(n))
+    report(hostname, sender, delayed, original, id, &BounceKind::Delayed(n))
 }
 
-enum Kind {
+enum BounceKind {
     Failed,
     Delayed(usize),
 }
@@ -42,14 +42,14 @@ fn report(
     failures: &[Failure<'_>],
     original: &[u8],
     id: &str,
-    kind: &Kind,
+    kind: &BounceKind,
 ) -> Option<Vec<u8>> {
     if sender.is_empty() || failures.is_empty() {
         return None;
     }
     let (subject, msgid, intro, action) = match kind {
-        Kind::Failed => ("error", format!("{id}.bounce"), "Your message could not be delivered to:", "failed"),
-        Kind::Delayed(n) => (
+        BounceKind::Failed => ("error", format!("{id}.bounce"), "Your message could not be delivered to:", "failed"),
+        BounceKind::Delayed(n) => (
             "delay",
             format!("{id}.delay{n}"),
             "Your message has not been delivered yet to the recipients below.\n\

@@ -26,7 +26,7 @@ pub use crate::spool::QUEUE_DIR;
 
 /// Who sent a queued message, when, and to whom (by relay action).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Envelope {
+pub struct QueuedEnvelope {
     /// The message id of the receive log (`smtp message msgid=…`): what the relay's log
     /// lines, `mailq`, `mxctl schedule ID` and `remove ID` name the message by. Empty in
     /// files written before it was recorded (see [`message_id`]).
@@ -43,7 +43,7 @@ pub fn queue_dir(spool: &Path) -> PathBuf {
 
 /// The id of the message in queue file `name`: its recorded message id, or for a file
 /// from before ids were recorded, [`id_of`] its name.
-pub fn message_id(env: &Envelope, name: &str) -> String {
+pub fn message_id(env: &QueuedEnvelope, name: &str) -> String {
     if env.id.is_empty() {
         id_of(name)
     } else {
@@ -60,7 +60,7 @@ pub fn id_of(name: &str) -> String {
 
 /// The header written before the message. Values come from validated addresses and action
 /// names, which contain no spaces or line breaks; anything else is replaced.
-pub fn encode(env: &Envelope) -> Vec<u8> {
+pub fn encode(env: &QueuedEnvelope) -> Vec<u8> {
     let clean =
         |s: &str| -> String { s.chars().map(|c| if c.is_whitespace() || c.is_control() { '_' } else { c }).collect() };
     let mut out = String::from("mxd-queue 1\n");
@@ -77,14 +77,14 @@ pub fn encode(env: &Envelope) -> Vec<u8> {
 
 /// Splits a queue file into its envelope and message; `None` for anything malformed (a
 /// file is only ever in new/ whole, so this means corruption, logged by the caller).
-pub fn decode(file: &[u8]) -> Option<(Envelope, &[u8])> {
+pub fn decode(file: &[u8]) -> Option<(QueuedEnvelope, &[u8])> {
     let end = file.windows(3).position(|w| w == b"\n.\n")?;
     let head = std::str::from_utf8(&file[..end]).ok()?;
     let mut lines = head.lines();
     if lines.next()? != "mxd-queue 1" {
         return None;
     }
-    let mut env = Envelope { id: String::new(), sender: String::new(), created: 0, rcpts: Vec::new() };
+    let mut env = QueuedEnvelope { id: String::new(), sender: String::new(), created: 0, rcpts: Vec::new() };
     for line in lines {
         match line.split_once(' ')? {
             ("id", s) => env.id = s.to_owned(),
@@ -142,7 +142,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_refusals() {
-        let env = Envelope {
+        let env = QueuedEnvelope {
             id: "6c1f0a33".into(),
             sender: "a@b".into(),
             created: 42,
@@ -158,7 +158,7 @@ mod tests {
         assert_eq!(message_id(&old, "name"), id_of("name"), "a file without an id");
         assert!(decode(b"mxd-queue 2\nrcpt a b\n.\nx").is_none());
         assert!(decode(b"mxd-queue 1\nsender a\n.\nx").is_none(), "no recipient");
-        let odd = encode(&Envelope {
+        let odd = encode(&QueuedEnvelope {
             id: String::new(),
             sender: "a b\nrcpt x y".into(),
             created: 1,

@@ -36,7 +36,7 @@ fn limit(t: Duration) -> Duration {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TlsMode {
+pub enum RelayTls {
     /// `smtp+notls://`
     Never,
     /// `smtp://`: STARTTLS when offered.
@@ -57,7 +57,7 @@ pub struct Spec {
     pub port: u16,
     /// `lmtp://`: LHLO, and one reply per recipient after the data (RFC 2033).
     pub lmtp: bool,
-    pub tls: TlsMode,
+    pub tls: RelayTls,
     pub verify: Verify,
     /// The client certificate and key of `relay … pki NAME`.
     pub identity: Option<(PathBuf, PathBuf)>,
@@ -69,24 +69,24 @@ pub struct Spec {
 
 /// What the server said about one recipient.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RcptResult {
+pub enum RcptStatus {
     Ok,
     Temp(String),
     Perm(String),
 }
 
-impl RcptResult {
+impl RcptStatus {
     /// The client's verdict, as `CODE TEXT` of the reply that decided it.
-    fn from_client(r: smtp::RcptResult) -> RcptResult {
+    fn from_client(r: smtp::RcptResult) -> RcptStatus {
         match r {
-            smtp::RcptResult::Ok => RcptResult::Ok,
-            smtp::RcptResult::Temp(e) => RcptResult::Temp(e.reply.to_string()),
-            smtp::RcptResult::Perm(e) => RcptResult::Perm(e.reply.to_string()),
+            smtp::RcptResult::Ok => RcptStatus::Ok,
+            smtp::RcptResult::Temp(e) => RcptStatus::Temp(e.reply.to_string()),
+            smtp::RcptResult::Perm(e) => RcptStatus::Perm(e.reply.to_string()),
         }
     }
 }
 
-pub struct Session {
+pub struct RelaySession {
     io: Blocking,
     /// `TLSv1.3:TLS13_AES_256_GCM_SHA384:256` once TLS is on, for the log.
     tls: Option<String>,
@@ -143,14 +143,14 @@ fn step_timeout(step: Step) -> Duration {
     })
 }
 
-impl Session {
+impl RelaySession {
     /// Connects, reads the greeting, says EHLO (LHLO), upgrades to TLS as the spec says, and
     /// authenticates if asked.
-    pub fn open(spec: &Spec) -> io::Result<Session> {
+    pub fn open(spec: &Spec) -> io::Result<RelaySession> {
         let unix = spec.host.starts_with('/');
         let tls = match spec.tls {
             _ if unix => None,
-            TlsMode::Never => None,
+            RelayTls::Never => None,
             _ => Some(tls_client(spec)?),
         };
         let (stream, peer, handle) = if unix {
@@ -160,7 +160,7 @@ impl Session {
             let peer = tcp.peer_addr()?.to_string();
             let handle = tcp.try_clone()?;
             let stream = match (&tls, spec.tls) {
-                (Some(t), TlsMode::Implicit) => t.connect(tcp)?,
+                (Some(t), RelayTls::Implicit) => t.connect(tcp)?,
                 _ => ClientStream::Tcp(tcp),
             };
             (stream, peer, Some(handle))
@@ -170,10 +170,10 @@ impl Session {
             lmtp: spec.lmtp,
             tls: match spec.tls {
                 _ if unix => TlsWant::Never,
-                TlsMode::Never => TlsWant::Never,
-                TlsMode::Opportunistic => TlsWant::Opportunistic,
-                TlsMode::Required => TlsWant::Required,
-                TlsMode::Implicit => TlsWant::Implicit,
+                RelayTls::Never => TlsWant::Never,
+                RelayTls::Opportunistic => TlsWant::Opportunistic,
+                RelayTls::Required => TlsWant::Required,
+                RelayTls::Implicit => TlsWant::Implicit,
             },
             auth: spec.auth.clone(),
             // RFC 2920: MAIL and every RCPT in one write; DATA waits for their replies.
@@ -194,7 +194,7 @@ impl Session {
             Some(ClientStream::Tls(s)) => crate::tls::describe(&s.conn).map(|(v, c, b)| format!("{v}:{c}:{b}")),
             _ => None,
         };
-        Ok(Session { io, tls, peer })
+        Ok(RelaySession { io, tls, peer })
     }
 
     /// The TLS version, cipher and bits, once TLS is on.
@@ -209,10 +209,10 @@ impl Session {
     /// Sends one message to `rcpts`; the message is stored with LF endings and goes out
     /// with CRLF and dot-stuffing. An `Err` means the session is unusable: every
     /// recipient of this message is a temporary failure.
-    pub fn send(&mut self, sender: &str, rcpts: &[&str], message: &[u8]) -> io::Result<Vec<RcptResult>> {
+    pub fn send(&mut self, sender: &str, rcpts: &[&str], message: &[u8]) -> io::Result<Vec<RcptStatus>> {
         self.io.send_mail(sender, rcpts, message);
         match self.io.next_event()? {
-            ClientEvent::Sent(results) => Ok(results.into_iter().map(RcptResult::from_client).collect()),
+            ClientEvent::Sent(results) => Ok(results.into_iter().map(RcptStatus::from_client).collect()),
             ClientEvent::Failed(e) => Err(err(e.to_string())),
             other => Err(err(format!("unexpected {other:?}"))),
         }
@@ -261,14 +261,14 @@ mod tests {
     fn results_carry_the_deciding_reply() {
         let reply = |code, text: &str| ServerReply { code, lines: vec![text.into()] };
         let refusal = |code, text| ServerRefusal { step: Step::Rcpt, reply: reply(code, text) };
-        assert_eq!(RcptResult::from_client(smtp::RcptResult::Ok), RcptResult::Ok);
+        assert_eq!(RcptStatus::from_client(smtp::RcptResult::Ok), RcptStatus::Ok);
         assert_eq!(
-            RcptResult::from_client(smtp::RcptResult::Temp(refusal(451, "4.3.0 later"))),
-            RcptResult::Temp("451 4.3.0 later".into())
+            RcptStatus::from_client(smtp::RcptResult::Temp(refusal(451, "4.3.0 later"))),
+            RcptStatus::Temp("451 4.3.0 later".into())
         );
         assert_eq!(
-            RcptResult::from_client(smtp::RcptResult::Perm(refusal(550, "5.1.1 no"))),
-            RcptResult::Perm("550 5.1.1 no".into())
+            RcptStatus::from_client(smtp::RcptResult::Perm(refusal(550, "5.1.1 no"))),
+            RcptStatus::Perm("550 5.1.1 no".into())
         );
     }
 

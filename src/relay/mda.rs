@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use super::client::RcptResult;
-use super::worker::{Report, Work};
+use super::client::RcptStatus;
+use super::worker::{Work, WorkerReport};
 use super::{result_name, Handle, SharedConfig};
 use crate::config::expand::{expand, ExpandCtx};
 use crate::config::{Action, Config, Method};
+use crate::envelope::Mailbox;
 use crate::queue;
 use crate::users::{SystemUsers, User, UserDb, Userbase};
 
@@ -52,18 +53,18 @@ pub fn reconfigure(config: &Arc<Config>) {
 }
 
 /// Starts the worker of one mda action (the relay worker's counterpart).
-pub(super) fn spawn_worker(work: Work, reports: Sender<Report>) -> std::io::Result<()> {
+pub(super) fn spawn_worker(work: Work, reports: Sender<WorkerReport>) -> std::io::Result<()> {
     std::thread::Builder::new().name("mda-action".into()).spawn(move || {
         if let Some(action) = work.config.actions.get(&work.dest.action) {
             run(&work, action, &reports);
         }
-        let _ = reports.send(Report::Finished(work.dest.clone()));
+        let _ = reports.send(WorkerReport::Finished(work.dest.clone()));
     })?;
     Ok(())
 }
 
 /// Every due recipient's command, one after the other.
-fn run(work: &Work, action: &Action, reports: &Sender<Report>) {
+fn run(work: &Work, action: &Action, reports: &Sender<WorkerReport>) {
     let Method::Mda(command) = &action.method else { return };
     for item in &work.items {
         // Gone since it was dispatched (`mxctl remove`): nothing to run.
@@ -79,7 +80,7 @@ fn run(work: &Work, action: &Action, reports: &Sender<Report>) {
             })
             .collect();
         let (ack, acked) = crossbeam_channel::bounded(1);
-        let report = Report::Sent { dest: work.dest.clone(), name: item.name.clone(), results, ack };
+        let report = WorkerReport::Sent { dest: work.dest.clone(), name: item.name.clone(), results, ack };
         if reports.send(report).is_err() || acked.recv().is_err() {
             return;
         }
@@ -103,16 +104,16 @@ fn shell_safe(s: &str) -> bool {
 }
 
 /// Runs the command for one recipient (`user@domain`, as resolution made it).
-fn deliver(config: &Config, action: &Action, command: &str, sender: &str, rcpt: &str, message: &[u8]) -> RcptResult {
-    let (local, domain) = rcpt.rsplit_once('@').unwrap_or((rcpt, ""));
+fn deliver(config: &Config, action: &Action, command: &str, sender: &str, rcpt: &str, message: &[u8]) -> RcptStatus {
+    let Mailbox { local, domain } = Mailbox::split(rcpt);
     let Some(user) = user_of(config, action, local) else {
-        return RcptResult::Perm(format!("5.1.1 unknown user {local}"));
+        return RcptStatus::Perm(format!("5.1.1 unknown user {local}"));
     };
     if user.uid == 0 && action.user.is_none() {
-        return RcptResult::Perm("5.3.0 an mda command never runs as root".into());
+        return RcptStatus::Perm("5.3.0 an mda command never runs as root".into());
     }
     if command.contains('%') && !(shell_safe(sender) && shell_safe(rcpt)) {
-        return RcptResult::Perm("5.1.3 address not safe in an mda command line".into());
+        return RcptStatus::Perm("5.1.3 address not safe in an mda command line".into());
     }
     let home = user.home.to_string_lossy().into_owned();
     let ctx = ExpandCtx {
@@ -125,15 +126,15 @@ fn deliver(config: &Config, action: &Action, command: &str, sender: &str, rcpt: 
     };
     let line = match expand(command, &ctx) {
         Ok(l) => l,
-        Err(e) => return RcptResult::Perm(format!("5.3.5 mda command: {e}")),
+        Err(e) => return RcptStatus::Perm(format!("5.3.5 mda command: {e}")),
     };
     let line = match action.wrapper.as_ref().map(|w| (w, config.knobs.mda_wrappers.get(w))) {
         None => line,
-        Some((w, None)) => return RcptResult::Temp(format!("mda wrapper {w} is not defined")),
+        Some((w, None)) => return RcptStatus::Temp(format!("mda wrapper {w} is not defined")),
         // `%{mda}` in the wrapper is the command, expanded on its own.
         Some((_, Some(wrapper))) => match expand(&wrapper.replace("%{mda}", "\u{1}"), &ctx) {
             Ok(w) => w.replace('\u{1}', &line),
-            Err(e) => return RcptResult::Perm(format!("5.3.5 mda wrapper: {e}")),
+            Err(e) => return RcptStatus::Perm(format!("5.3.5 mda wrapper: {e}")),
         },
     };
     let mut cmd = Command::new("/bin/sh");
@@ -169,7 +170,7 @@ fn deliver(config: &Config, action: &Action, command: &str, sender: &str, rcpt: 
     };
     let mut child = match spawned {
         Ok(c) => c,
-        Err(e) => return RcptResult::Temp(format!("mda: {e}")),
+        Err(e) => return RcptStatus::Temp(format!("mda: {e}")),
     };
     let (stdin, stderr) = (child.stdin.take(), child.stderr.take());
     let input = [crate::headers::return_path(sender), crate::headers::delivered_to(rcpt), message.to_vec()].concat();
@@ -194,12 +195,12 @@ fn deliver(config: &Config, action: &Action, command: &str, sender: &str, rcpt: 
     let errors = kept.lock().map(|k| k.clone()).unwrap_or_default();
     let last = String::from_utf8_lossy(&errors).lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
     match status {
-        None => RcptResult::Temp(format!("mda timed out after {}s: {last}", time_limit().as_secs())),
+        None => RcptStatus::Temp(format!("mda timed out after {}s: {last}", time_limit().as_secs())),
         Some(st) => match (st.code(), st.signal()) {
-            (Some(0), _) => RcptResult::Ok,
-            (Some(EX_TEMPFAIL), _) => RcptResult::Temp(format!("mda exited with 75 (EX_TEMPFAIL): {last}")),
-            (Some(code), _) => RcptResult::Perm(format!("5.3.0 mda exited with {code}: {last}")),
-            (None, sig) => RcptResult::Temp(format!("mda killed by signal {}: {last}", sig.unwrap_or(0))),
+            (Some(0), _) => RcptStatus::Ok,
+            (Some(EX_TEMPFAIL), _) => RcptStatus::Temp(format!("mda exited with 75 (EX_TEMPFAIL): {last}")),
+            (Some(code), _) => RcptStatus::Perm(format!("5.3.0 mda exited with {code}: {last}")),
+            (None, sig) => RcptStatus::Temp(format!("mda killed by signal {}: {last}", sig.unwrap_or(0))),
         },
     }
 }

@@ -23,9 +23,10 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::{Config, Method};
 use crate::dns::Resolver;
-use crate::queue::{self, bounce, Envelope};
-use client::RcptResult;
-use worker::{Item, Report, Work};
+use crate::envelope::Mailbox;
+use crate::queue::{self, bounce, QueuedEnvelope};
+use client::RcptStatus;
+use worker::{Item, Work, WorkerReport};
 
 /// First retry after this (MXD_RETRY_BASE seconds overrides it, for tests); doubling up to
 /// `MAX_DELAY`.
@@ -44,7 +45,7 @@ pub type SharedConfig = Arc<Mutex<Arc<Config>>>;
 
 /// Where one recipient stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum State {
+pub enum RcptState {
     /// Not tried yet (since the start).
     Pending,
     /// Failed for now; tried again at its `next`.
@@ -55,18 +56,18 @@ pub enum State {
     Done,
 }
 
-struct Rcpt {
+struct QueuedRcpt {
     action: String,
     addr: String,
     attempts: u32,
     next: Instant,
-    state: State,
+    state: RcptState,
 }
 
-impl Rcpt {
+impl QueuedRcpt {
     /// Due for an attempt: its time has come and it is waiting for a delivery.
     fn due(&self, now: Instant) -> bool {
-        self.next <= now && matches!(self.state, State::Pending | State::Deferred(_))
+        self.next <= now && matches!(self.state, RcptState::Pending | RcptState::Deferred(_))
     }
 }
 
@@ -79,34 +80,34 @@ struct Dest {
 }
 
 impl Dest {
-    fn of(config: &Config, r: &Rcpt) -> Dest {
+    fn of(config: &Config, r: &QueuedRcpt) -> Dest {
         let by_mx = spec::relay_of(config, &r.action).is_some_and(|rel| rel.host.is_none());
         Dest { action: r.action.clone(), domain: by_mx.then(|| domain_of(&r.addr)) }
     }
 
-    fn holds(&self, r: &Rcpt) -> bool {
+    fn holds(&self, r: &QueuedRcpt) -> bool {
         r.action == self.action && self.domain.as_ref().is_none_or(|d| *d == domain_of(&r.addr))
     }
 }
 
 fn domain_of(addr: &str) -> String {
-    addr.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase()
+    Mailbox::domain_of(addr).to_ascii_lowercase()
 }
 
-struct Entry {
-    env: Envelope,
+struct QueuedMessage {
+    env: QueuedEnvelope,
     /// The message id (see `queue::message_id`).
     id: String,
-    rcpts: Vec<Rcpt>,
+    rcpts: Vec<QueuedRcpt>,
     /// How many Done recipients are already in the state file.
     persisted: usize,
     /// How many `bounce warn-interval` delays this message has been warned about.
     warned: usize,
 }
 
-impl Entry {
+impl QueuedMessage {
     fn done(&self) -> BTreeSet<String> {
-        self.rcpts.iter().filter(|r| r.state == State::Done).map(|r| r.addr.clone()).collect()
+        self.rcpts.iter().filter(|r| r.state == RcptState::Done).map(|r| r.addr.clone()).collect()
     }
 }
 
@@ -114,13 +115,13 @@ pub struct Runner {
     queue: PathBuf,
     spool: PathBuf,
     config: SharedConfig,
-    entries: BTreeMap<String, Entry>,
+    entries: BTreeMap<String, QueuedMessage>,
     retry_base: Duration,
     mx_port: u16,
     /// Destinations a worker is serving now.
     in_flight: BTreeSet<Dest>,
-    reports_tx: Sender<Report>,
-    reports: Receiver<Report>,
+    reports_tx: Sender<WorkerReport>,
+    reports: Receiver<WorkerReport>,
 }
 
 /// Control over a running runner: wake it, ask for everything or one message to be retried
@@ -132,7 +133,7 @@ pub struct Handle {
     /// Message ids (or prefixes) to retry now.
     pub scheduled: Arc<Mutex<Vec<String>>>,
     pub stop: Arc<AtomicBool>,
-    pub status: Status,
+    pub status: RetryTable,
 }
 
 impl Handle {
@@ -193,13 +194,13 @@ pub fn remove(spool: &Path, id: Option<&str>) -> Result<usize, String> {
 
 /// The runner's view of each waiting recipient, by (queue file, address), published after
 /// every round so that `show queue` can say how often it was tried and why it waits.
-pub type Status = Arc<Mutex<BTreeMap<(String, String), Retry>>>;
+pub type RetryTable = Arc<Mutex<BTreeMap<(String, String), Retry>>>;
 
 #[derive(Clone, Debug)]
 pub struct Retry {
     pub attempts: u32,
     pub next: Instant,
-    pub state: State,
+    pub state: RcptState,
 }
 
 /// Starts the relay runner on a thread of its own; it reads the queue under `spool`, the
@@ -266,12 +267,12 @@ fn now_secs() -> u64 {
 }
 
 impl Runner {
-    fn publish(&self, status: &Status) {
+    fn publish(&self, status: &RetryTable) {
         let view = self
             .entries
             .iter()
             .flat_map(|(name, e)| {
-                e.rcpts.iter().filter(|r| r.state != State::Done).map(move |r| {
+                e.rcpts.iter().filter(|r| r.state != RcptState::Done).map(move |r| {
                     (
                         (name.clone(), r.addr.clone()),
                         Retry { attempts: r.attempts, next: r.next, state: r.state.clone() },
@@ -307,17 +308,17 @@ impl Runner {
             let rcpts = env
                 .rcpts
                 .iter()
-                .map(|(action, addr)| Rcpt {
+                .map(|(action, addr)| QueuedRcpt {
                     action: action.clone(),
                     addr: addr.clone(),
                     attempts: 0,
                     next: Instant::now(),
-                    state: if done.contains(addr) { State::Done } else { State::Pending },
+                    state: if done.contains(addr) { RcptState::Done } else { RcptState::Pending },
                 })
                 .collect();
             let persisted = done.len();
             let id = queue::message_id(&env, &name);
-            self.entries.insert(name, Entry { env, id, rcpts, persisted, warned: 0 });
+            self.entries.insert(name, QueuedMessage { env, id, rcpts, persisted, warned: 0 });
         }
     }
 
@@ -375,9 +376,9 @@ impl Runner {
     }
 
     /// Records what a worker reports; a message's verdicts reach the disk before its ack.
-    fn handle(&mut self, report: Report) {
+    fn handle(&mut self, report: WorkerReport) {
         match report {
-            Report::Sent { dest, name, results, ack } => {
+            WorkerReport::Sent { dest, name, results, ack } => {
                 if let Some(entry) = self.entries.get_mut(&name) {
                     for (addr, result) in &results {
                         record(entry, &dest, addr, result, self.retry_base);
@@ -386,7 +387,7 @@ impl Runner {
                 self.persist(&name);
                 let _ = ack.send(());
             }
-            Report::Failed { dest, rcpts, result } => {
+            WorkerReport::Failed { dest, rcpts, result } => {
                 for (name, addrs) in rcpts {
                     if let Some(entry) = self.entries.get_mut(&name) {
                         for addr in &addrs {
@@ -395,7 +396,7 @@ impl Runner {
                     }
                 }
             }
-            Report::Finished(dest) => {
+            WorkerReport::Finished(dest) => {
                 self.in_flight.remove(&dest);
             }
         }
@@ -453,10 +454,10 @@ impl Runner {
             if self.in_flight.contains(&Dest::of(config, r)) {
                 continue;
             }
-            if let State::Deferred(why) = &r.state {
+            if let RcptState::Deferred(why) = &r.state {
                 if age > ttl && r.attempts > 0 {
                     let reason = format!("message expired after {}s in the queue: {why}", age.as_secs());
-                    r.state = State::Bounced { status: "4.4.7".into(), reason };
+                    r.state = RcptState::Bounced { status: "4.4.7".into(), reason };
                 }
             }
         }
@@ -468,7 +469,7 @@ impl Runner {
             .iter()
             .filter(|r| r.next <= now)
             .filter_map(|r| match &r.state {
-                State::Bounced { status, reason } => Some((r.addr.clone(), status.clone(), reason.clone())),
+                RcptState::Bounced { status, reason } => Some((r.addr.clone(), status.clone(), reason.clone())),
                 _ => None,
             })
             .collect();
@@ -487,7 +488,7 @@ impl Runner {
                 if let Err(e) = crate::submit::client::submit(&socket, &prepared, None) {
                     // The recipients stay Bounced: the bounce is tried again later.
                     log::warn!("bounce for msgid={} not submitted, retrying later: {e}", entry.id);
-                    for r in entry.rcpts.iter_mut().filter(|r| matches!(r.state, State::Bounced { .. })) {
+                    for r in entry.rcpts.iter_mut().filter(|r| matches!(r.state, RcptState::Bounced { .. })) {
                         r.next = now + self.retry_base;
                     }
                     return;
@@ -495,7 +496,7 @@ impl Runner {
                 log::info!("bounce msgid={} to=<{}> nrcpt={}", entry.id, entry.env.sender, failed.len());
             }
             for r in entry.rcpts.iter_mut().filter(|r| failed.iter().any(|f| f.0 == r.addr)) {
-                r.state = State::Done;
+                r.state = RcptState::Done;
             }
         }
         self.persist(name);
@@ -507,7 +508,7 @@ impl Runner {
 /// queued). `false` when the warning could not be submitted (tried again at the next round).
 fn warn_of_delay(
     config: &Config,
-    entry: &mut Entry,
+    entry: &mut QueuedMessage,
     queue_dir: &Path,
     spool: &Path,
     name: &str,
@@ -523,7 +524,7 @@ fn warn_of_delay(
         .iter()
         .filter(|r| r.attempts > 0 && !in_flight.contains(&Dest::of(config, r)))
         .filter_map(|r| match &r.state {
-            State::Deferred(why) => Some((r.addr.clone(), why.clone())),
+            RcptState::Deferred(why) => Some((r.addr.clone(), why.clone())),
             _ => None,
         })
         .collect();
@@ -556,15 +557,15 @@ fn warn_of_delay(
     true
 }
 
-fn entry_id(entries: &BTreeMap<String, Entry>, name: &str) -> String {
+fn entry_id(entries: &BTreeMap<String, QueuedMessage>, name: &str) -> String {
     entries.get(name).map_or_else(|| queue::id_of(name), |e| e.id.clone())
 }
 
-pub(crate) fn result_name(r: &RcptResult) -> String {
+pub(crate) fn result_name(r: &RcptStatus) -> String {
     match r {
-        RcptResult::Ok => "Ok".into(),
-        RcptResult::Temp(e) => format!("TempFail error=\"{e}\""),
-        RcptResult::Perm(e) => format!("PermFail error=\"{e}\""),
+        RcptStatus::Ok => "Ok".into(),
+        RcptStatus::Temp(e) => format!("TempFail error=\"{e}\""),
+        RcptStatus::Perm(e) => format!("PermFail error=\"{e}\""),
     }
 }
 
@@ -578,16 +579,16 @@ fn enhanced_status(text: &str) -> String {
     code.map_or_else(|| "5.0.0".to_owned(), str::to_owned)
 }
 
-fn record(entry: &mut Entry, dest: &Dest, addr: &str, result: &RcptResult, base: Duration) {
-    let Some(r) = entry.rcpts.iter_mut().find(|r| r.addr == addr && dest.holds(r) && r.state != State::Done) else {
+fn record(entry: &mut QueuedMessage, dest: &Dest, addr: &str, result: &RcptStatus, base: Duration) {
+    let Some(r) = entry.rcpts.iter_mut().find(|r| r.addr == addr && dest.holds(r) && r.state != RcptState::Done) else {
         return;
     };
     r.attempts += 1;
     match result {
-        RcptResult::Ok => r.state = State::Done,
-        RcptResult::Perm(e) => r.state = State::Bounced { status: enhanced_status(e), reason: e.clone() },
-        RcptResult::Temp(e) => {
-            r.state = State::Deferred(e.clone());
+        RcptStatus::Ok => r.state = RcptState::Done,
+        RcptStatus::Perm(e) => r.state = RcptState::Bounced { status: enhanced_status(e), reason: e.clone() },
+        RcptStatus::Temp(e) => {
+            r.state = RcptState::Deferred(e.clone());
             r.next = Instant::now() + backoff(base, r.attempts);
         }
     }
@@ -599,7 +600,7 @@ pub fn backoff(base: Duration, attempts: u32) -> Duration {
 }
 
 /// `mailq`: one line per waiting recipient, with its retry state when the runner has one.
-pub fn list(spool: &Path, status: &Status) -> String {
+pub fn list(spool: &Path, status: &RetryTable) -> String {
     let q = queue::queue_dir(spool);
     let status = status.lock().map(|s| s.clone()).unwrap_or_default();
     let mut out = String::new();
@@ -621,9 +622,9 @@ pub fn list(spool: &Path, status: &Status) -> String {
             if let Some(r) = status.get(&(name.clone(), rcpt.clone())).filter(|r| r.attempts > 0) {
                 let next = r.next.saturating_duration_since(Instant::now()).as_secs();
                 let (state, error) = match &r.state {
-                    State::Deferred(e) => ("deferred", e.as_str()),
-                    State::Bounced { reason, .. } => ("bounced", reason.as_str()),
-                    State::Pending | State::Done => ("pending", ""),
+                    RcptState::Deferred(e) => ("deferred", e.as_str()),
+                    RcptState::Bounced { reason, .. } => ("bounced", reason.as_str()),
+                    RcptState::Pending | RcptState::Done => ("pending", ""),
                 };
                 let error = error.replace('"', "'");
                 out.push_str(&format!(" state={state} attempts={} next={next}s error=\"{error}\"", r.attempts));

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use super::client::{RcptResult, Spec, TlsMode};
+use super::client::{RcptStatus, RelayTls, Spec};
 use super::mx;
 use crate::config::{Config, Method, Relay, Scheme};
 use crate::dns::Resolver;
@@ -18,21 +18,21 @@ pub(super) fn candidates(
     domain: Option<&str>,
     resolver: &Resolver,
     mx_port: u16,
-) -> Result<Vec<Spec>, RcptResult> {
+) -> Result<Vec<Spec>, RcptStatus> {
     if let Some(Method::Lmtp { dest, .. }) = config.actions.get(action).map(|a| &a.method) {
-        return lmtp_spec(&config.hostname, dest).map(|s| vec![s]).map_err(RcptResult::Temp);
+        return lmtp_spec(&config.hostname, dest).map(|s| vec![s]).map_err(RcptStatus::Temp);
     }
     let relay = relay_of(config, action)
-        .ok_or_else(|| RcptResult::Temp(format!("action {action} is not a relay action (any more)")))?;
+        .ok_or_else(|| RcptStatus::Temp(format!("action {action} is not a relay action (any more)")))?;
     let Some(domain) = domain else {
-        return spec_for(config, relay).map(|s| vec![s]).map_err(RcptResult::Temp);
+        return spec_for(config, relay).map(|s| vec![s]).map_err(RcptStatus::Temp);
     };
     match mx::route(resolver, domain) {
         mx::Route::Hosts(hosts) => {
-            hosts.iter().map(|h| mx_spec(config, relay, h, mx_port)).collect::<Result<_, _>>().map_err(RcptResult::Temp)
+            hosts.iter().map(|h| mx_spec(config, relay, h, mx_port)).collect::<Result<_, _>>().map_err(RcptStatus::Temp)
         }
-        mx::Route::Bounce(status, why) => Err(RcptResult::Perm(format!("{status} {why}"))),
-        mx::Route::Defer(why) => Err(RcptResult::Temp(why)),
+        mx::Route::Bounce(status, why) => Err(RcptStatus::Perm(format!("{status} {why}"))),
+        mx::Route::Defer(why) => Err(RcptStatus::Temp(why)),
     }
 }
 
@@ -85,7 +85,7 @@ fn mx_spec(config: &Config, r: &Relay, host: &mx::Host, port: u16) -> Result<Spe
         addrs: host.addrs.clone(),
         port,
         lmtp: false,
-        tls: if r.tls { TlsMode::Required } else { TlsMode::Opportunistic },
+        tls: if r.tls { RelayTls::Required } else { RelayTls::Opportunistic },
         verify,
         identity,
         src,
@@ -98,11 +98,11 @@ fn mx_spec(config: &Config, r: &Relay, host: &mx::Host, port: u16) -> Result<Spe
 fn spec_for(config: &Config, r: &Relay) -> Result<Spec, String> {
     let Some(url) = r.host.as_ref() else { return Err("relay without a host".into()) };
     let tls = match url.scheme {
-        Scheme::Smtp | Scheme::Lmtp if r.tls => TlsMode::Required,
-        Scheme::Smtp => TlsMode::Opportunistic,
-        Scheme::SmtpTls => TlsMode::Required,
-        Scheme::SmtpNoTls | Scheme::Lmtp => TlsMode::Never,
-        Scheme::Smtps => TlsMode::Implicit,
+        Scheme::Smtp | Scheme::Lmtp if r.tls => RelayTls::Required,
+        Scheme::Smtp => RelayTls::Opportunistic,
+        Scheme::SmtpTls => RelayTls::Required,
+        Scheme::SmtpNoTls | Scheme::Lmtp => RelayTls::Never,
+        Scheme::Smtps => RelayTls::Implicit,
     };
     let (verify, identity, src) = common(config, r, Verify::System)?;
     let auth = match (&r.auth, &url.label) {
@@ -149,7 +149,7 @@ fn lmtp_spec(helo: &str, dest: &str) -> Result<Spec, String> {
         host,
         port,
         lmtp: true,
-        tls: TlsMode::Never,
+        tls: RelayTls::Never,
         verify: Verify::Nothing,
         identity: None,
         src: None,
@@ -166,7 +166,7 @@ mod tests {
     fn lmtp_destinations() {
         let c = "mx.test";
         let s = lmtp_spec(c, "/run/dovecot/lmtp").unwrap();
-        assert_eq!((s.host.as_str(), s.port, s.lmtp, s.tls), ("/run/dovecot/lmtp", 0, true, TlsMode::Never));
+        assert_eq!((s.host.as_str(), s.port, s.lmtp, s.tls), ("/run/dovecot/lmtp", 0, true, RelayTls::Never));
         let s = lmtp_spec(c, "127.0.0.1:2424").unwrap();
         assert_eq!((s.host.as_str(), s.port, s.addrs.clone()), ("127.0.0.1", 2424, vec!["127.0.0.1".parse().unwrap()]));
         let s = lmtp_spec(c, "[::1]:24").unwrap();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
-use super::client::{RcptResult, Session, Spec};
+use super::client::{RcptStatus, RelaySession, Spec};
 use super::{result_name, spec, Dest};
 use crate::config::Config;
 use crate::dns::Resolver;
@@ -34,25 +34,25 @@ pub(super) struct Work {
     pub(super) queue: PathBuf,
 }
 
-pub(super) enum Report {
+pub(super) enum WorkerReport {
     /// The verdicts for one message's recipients. The worker waits for `ack`, sent once
     /// they are on disk, before the next message: a crash resends at most this one.
-    Sent { dest: Dest, name: String, results: Vec<(String, RcptResult)>, ack: Sender<()> },
+    Sent { dest: Dest, name: String, results: Vec<(String, RcptStatus)>, ack: Sender<()> },
     /// One verdict for each of these recipients, by queue file name.
-    Failed { dest: Dest, rcpts: Vec<(String, Vec<String>)>, result: RcptResult },
+    Failed { dest: Dest, rcpts: Vec<(String, Vec<String>)>, result: RcptStatus },
     /// The worker is done with `dest`.
     Finished(Dest),
 }
 
-pub(super) fn spawn(work: Work, reports: Sender<Report>) -> std::io::Result<()> {
+pub(super) fn spawn(work: Work, reports: Sender<WorkerReport>) -> std::io::Result<()> {
     std::thread::Builder::new().name("relay-dest".into()).spawn(move || {
         run(&work, &reports);
-        let _ = reports.send(Report::Finished(work.dest.clone()));
+        let _ = reports.send(WorkerReport::Finished(work.dest.clone()));
     })?;
     Ok(())
 }
 
-fn run(work: &Work, reports: &Sender<Report>) {
+fn run(work: &Work, reports: &Sender<WorkerReport>) {
     let (action, domain) = (&work.dest.action, work.dest.domain.as_deref());
     let specs = match spec::candidates(&work.config, action, domain, &work.resolver, work.mx_port) {
         Ok(s) => s,
@@ -63,7 +63,7 @@ fn run(work: &Work, reports: &Sender<Report>) {
     for (b, batch) in work.items.chunks(MAX_MAILS_PER_SESSION).enumerate() {
         let (mut session, spec) = match open(&specs) {
             Ok(s) => s,
-            Err(e) => return fail(work, &work.items[b * MAX_MAILS_PER_SESSION..], RcptResult::Temp(e), None, reports),
+            Err(e) => return fail(work, &work.items[b * MAX_MAILS_PER_SESSION..], RcptStatus::Temp(e), None, reports),
         };
         let tls = session.tls().unwrap_or("none");
         let host = format!("{} address={} tls={tls}", spec.host, session.peer());
@@ -82,7 +82,7 @@ fn run(work: &Work, reports: &Sender<Report>) {
                     }
                     let (ack, acked) = crossbeam_channel::bounded(1);
                     let results = item.rcpts.iter().cloned().zip(results).collect();
-                    let report = Report::Sent { dest: work.dest.clone(), name: item.name.clone(), results, ack };
+                    let report = WorkerReport::Sent { dest: work.dest.clone(), name: item.name.clone(), results, ack };
                     // The runner stopped: what is not recorded is sent again after a restart.
                     if reports.send(report).is_err() || acked.recv().is_err() {
                         return;
@@ -90,7 +90,7 @@ fn run(work: &Work, reports: &Sender<Report>) {
                 }
                 Err(e) => {
                     let rest = &work.items[b * MAX_MAILS_PER_SESSION + i..];
-                    return fail(work, rest, RcptResult::Temp(format!("{}: {e}", spec.host)), Some(&host), reports);
+                    return fail(work, rest, RcptStatus::Temp(format!("{}: {e}", spec.host)), Some(&host), reports);
                 }
             }
         }
@@ -99,10 +99,10 @@ fn run(work: &Work, reports: &Sender<Report>) {
 }
 
 /// The first host of `specs` that takes a session (connection, greeting, EHLO, TLS, AUTH).
-fn open(specs: &[Spec]) -> Result<(Session, &Spec), String> {
+fn open(specs: &[Spec]) -> Result<(RelaySession, &Spec), String> {
     let mut last = String::from("no host to try");
     for spec in specs {
-        match Session::open(spec) {
+        match RelaySession::open(spec) {
             Ok(s) => return Ok((s, spec)),
             Err(e) => {
                 last = format!("{}: {e}", spec.host);
@@ -115,7 +115,7 @@ fn open(specs: &[Spec]) -> Result<(Session, &Spec), String> {
     Err(last)
 }
 
-fn fail(work: &Work, items: &[Item], result: RcptResult, host: Option<&str>, reports: &Sender<Report>) {
+fn fail(work: &Work, items: &[Item], result: RcptStatus, host: Option<&str>, reports: &Sender<WorkerReport>) {
     let host = host.map_or(String::new(), |h| format!(" host={h}"));
     for item in items {
         for addr in &item.rcpts {
@@ -123,5 +123,5 @@ fn fail(work: &Work, items: &[Item], result: RcptResult, host: Option<&str>, rep
         }
     }
     let rcpts = items.iter().map(|i| (i.name.clone(), i.rcpts.clone())).collect();
-    let _ = reports.send(Report::Failed { dest: work.dest.clone(), rcpts, result });
+    let _ = reports.send(WorkerReport::Failed { dest: work.dest.clone(), rcpts, result });
 }

@@ -14,15 +14,13 @@ use std::time::Instant;
 use super::Conn;
 use crate::envelope::Target;
 use crate::filter::protocol::{self, Endpoint, Output, Report, TxResult};
-use crate::filter::{Answer, Chain, Decision, Event, Id, Link, Now, Phase, SessionFilter};
+use crate::filter::{Chain, FilterAnswer, FilterDecision, FilterEvent, FilterLink, Id, Now, Phase, SessionFilter};
 use crate::server::event_loop::LoopCtx;
 use crate::server::filters::{Shared, ToHub};
 use crate::smtp::command::{self, Command};
 use crate::smtp::session::MAX_COMMAND_LINE;
 use crate::smtp::Message;
 
-/// A message data-line filters cannot be given unaltered.
-const NOT_UTF8_REPLY: &str = "554 5.6.0 Message is not UTF-8: this listener's filters cannot take it";
 /// Input held while the chain decides, beyond which the connection stops reading.
 const MAX_HELD_INPUT: usize = 64 * 1024;
 
@@ -58,7 +56,7 @@ pub(crate) struct ConnFilter {
 }
 
 impl ConnFilter {
-    pub(crate) fn new(chain: Arc<Chain>, shared: &Shared, id: Id, link: &Link) -> ConnFilter {
+    pub(crate) fn new(chain: Arc<Chain>, shared: &Shared, id: Id, link: &FilterLink) -> ConnFilter {
         // Tokens differ between sessions: the session id, shifted past any chain's length.
         let engine = SessionFilter::new(Arc::clone(&chain), id, id.0 << 8, shared.limits, link, Now::read());
         ConnFilter { engine, chain, park: Park::None, junk: false, approved: None, ready: None, tx: 0, size: 0 }
@@ -70,7 +68,7 @@ impl ConnFilter {
 }
 
 /// The link as filters see it.
-pub(crate) fn link(stream: &super::Stream, unix_path: &str) -> Link {
+pub(crate) fn link(stream: &super::Stream, unix_path: &str) -> FilterLink {
     let (src, dest) = match stream {
         super::Stream::Tcp(s) => {
             let unspecified = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
@@ -81,7 +79,7 @@ pub(crate) fn link(stream: &super::Stream, unix_path: &str) -> Link {
         }
         super::Stream::Unix(_) => (Endpoint::Unix(unix_path.into()), Endpoint::Unix(unix_path.into())),
     };
-    Link { rdns: None, fcrdns: false, src, dest }
+    FilterLink { rdns: None, fcrdns: false, src, dest }
 }
 
 /// The filter phase of a command line (without its line ending), and its parameter as
@@ -252,7 +250,7 @@ impl Conn {
         if f.chain.filters_phase(Phase::DataLine) {
             // The protocol core carries UTF-8 lines: refused rather than altered.
             let Ok(text) = std::str::from_utf8(&message.body) else {
-                return self.refuse_message(message, NOT_UTF8_REPLY, false);
+                return self.refuse_message(message, crate::smtp::reply::FILTER_NOT_UTF8, false);
             };
             f.engine.data_begin(now);
             let body = text.strip_suffix('\n').unwrap_or(text);
@@ -277,9 +275,9 @@ impl Conn {
         let Some(f) = self.filter.as_mut() else { return };
         let now = Now::read();
         let answer = match protocol::parse_output(line) {
-            Ok(Output::Result { token, response, .. }) => Some((token, Answer::Result(response))),
-            Ok(Output::DataLine { token, line, .. }) => Some((token, Answer::DataLine(line))),
-            Ok(Output::Report { message, .. }) => Some((Id(0), Answer::Report(message))),
+            Ok(Output::Result { token, response, .. }) => Some((token, FilterAnswer::Result(response))),
+            Ok(Output::DataLine { token, line, .. }) => Some((token, FilterAnswer::DataLine(line))),
+            Ok(Output::Report { message, .. }) => Some((Id(0), FilterAnswer::Report(message))),
             _ => None,
         };
         if let Some((token, answer)) = answer {
@@ -351,45 +349,45 @@ impl Conn {
             let Some(f) = self.filter.as_mut() else { return };
             let Some(event) = f.engine.poll_event() else { return };
             match event {
-                Event::Reported { filter, message } => {
+                FilterEvent::Reported { filter, message } => {
                     log::info!("{} filter-report filter={filter} message=\"{}\"", self.id, message.escape_debug())
                 }
-                Event::Decided(phase, d) => self.decided(phase, d),
-                Event::Message(lines) => self.filtered(lines),
+                FilterEvent::Decided(phase, d) => self.decided(phase, d),
+                FilterEvent::Message(lines) => self.filtered(lines),
             }
         }
     }
 
-    fn decided(&mut self, phase: Phase, d: Decision) {
+    fn decided(&mut self, phase: Phase, d: FilterDecision) {
         let Some(f) = self.filter.as_mut() else { return };
         let park = std::mem::replace(&mut f.park, Park::None);
-        if !matches!(d, Decision::Proceed) {
+        if !matches!(d, FilterDecision::Proceed) {
             log::info!("{} filter phase={} decision={d:?}", self.id, phase.name());
         }
         match (park, d) {
-            (Park::Connect, Decision::Reject(r) | Decision::Disconnect(r)) => {
+            (Park::Connect, FilterDecision::Reject(r) | FilterDecision::Disconnect(r)) => {
                 let held = self.session.output().len();
                 self.session.consume_output(held);
                 self.refuse(&r, true);
             }
             (Park::Connect, d) => {
-                f.junk |= d == Decision::Junk;
+                f.junk |= d == FilterDecision::Junk;
                 let hostname = self.listener.hostname().to_string();
                 f.engine.report(Now::read(), &Report::LinkGreeting { hostname: &hostname });
             }
-            (Park::Command { line, .. }, Decision::Proceed) => f.approved = Some(line),
-            (Park::Command { line, .. }, Decision::Junk) => {
+            (Park::Command { line, .. }, FilterDecision::Proceed) => f.approved = Some(line),
+            (Park::Command { line, .. }, FilterDecision::Junk) => {
                 f.junk = true;
                 f.approved = Some(line);
             }
-            (Park::Command { line, .. }, Decision::Rewrite(v)) => f.approved = Some(rewrite(&line, &v)),
-            (Park::Command { .. }, Decision::Reject(r)) => self.refuse(&r, false),
-            (Park::Command { .. }, Decision::Disconnect(r)) => self.refuse(&r, true),
-            (Park::Data(m) | Park::Commit(m), Decision::Reject(r)) => self.refuse_message(m, &r, false),
-            (Park::Data(m) | Park::Commit(m), Decision::Disconnect(r)) => self.refuse_message(m, &r, true),
+            (Park::Command { line, .. }, FilterDecision::Rewrite(v)) => f.approved = Some(rewrite(&line, &v)),
+            (Park::Command { .. }, FilterDecision::Reject(r)) => self.refuse(&r, false),
+            (Park::Command { .. }, FilterDecision::Disconnect(r)) => self.refuse(&r, true),
+            (Park::Data(m) | Park::Commit(m), FilterDecision::Reject(r)) => self.refuse_message(m, &r, false),
+            (Park::Data(m) | Park::Commit(m), FilterDecision::Disconnect(r)) => self.refuse_message(m, &r, true),
             (Park::Commit(m), _) => self.message_ready(m),
             (Park::Data(m), _) => f.park = Park::Data(m),
-            (Park::None, Decision::Disconnect(r)) => self.refuse(&r, true),
+            (Park::None, FilterDecision::Disconnect(r)) => self.refuse(&r, true),
             (Park::None, _) => {}
         }
     }

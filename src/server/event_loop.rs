@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::envelope::{MsgId, Origin, SessionId, Target};
-use crate::privsep::frame::{AuthAsk, AuthVerdict, Head, Verdict as Delivered};
+use crate::privsep::frame::{AuthAsk, AuthVerdict, DeliveryVerdict, Head};
 use crate::privsep::link::Link;
 use crate::server::conn::{Conn, Status, Tick};
 use crate::server::filters::{FromHub, LoopFilters, Shared, ToHub};
@@ -44,7 +44,7 @@ pub(crate) struct LoopListener {
     pub(crate) rt: Arc<ListenerRt>,
 }
 
-pub(crate) enum Command {
+pub(crate) enum LoopCommand {
     Listen(LoopListener),
     /// Stop accepting; serve the sessions there are until they end (a newer smtp process
     /// has taken over the listeners).
@@ -53,11 +53,11 @@ pub(crate) enum Command {
 }
 
 /// A delivery's result, addressed to the connection that waits for it.
-pub(crate) struct Verdict {
+pub(crate) struct DeliveryReport {
     slot: usize,
     sid: SessionId,
     msgid: MsgId,
-    outcome: Delivered,
+    outcome: DeliveryVerdict,
 }
 
 /// The delivery process's answer to a login, addressed to the session that waits for it.
@@ -72,7 +72,7 @@ pub(crate) struct AuthAnswer {
 /// What a connection may use of its loop while it pumps.
 pub(crate) struct LoopCtx<'a> {
     link: &'a Link,
-    verdicts: &'a Sender<Verdict>,
+    verdicts: &'a Sender<DeliveryReport>,
     auth_answers: &'a Sender<AuthAnswer>,
     waker: &'a Arc<Waker>,
     slot: usize,
@@ -109,9 +109,9 @@ impl LoopCtx<'_> {
             rdns,
         };
         let (tx, waker, slot) = (self.verdicts.clone(), Arc::clone(self.waker), self.slot);
-        let done = Box::new(move |outcome: Delivered| {
+        let done = Box::new(move |outcome: DeliveryVerdict| {
             // The loop may be gone at shutdown; then the client simply never sees a 250.
-            if tx.send(Verdict { slot, sid, msgid, outcome }).is_ok() {
+            if tx.send(DeliveryReport { slot, sid, msgid, outcome }).is_ok() {
                 let _ = waker.wake();
             }
         });
@@ -144,11 +144,11 @@ pub(crate) struct EventLoop {
     live: usize,
     max_sessions: usize,
     link: Arc<Link>,
-    verdict_tx: Sender<Verdict>,
-    verdict_rx: Receiver<Verdict>,
+    verdict_tx: Sender<DeliveryReport>,
+    verdict_rx: Receiver<DeliveryReport>,
     auth_tx: Sender<AuthAnswer>,
     auth_rx: Receiver<AuthAnswer>,
-    commands: Receiver<Command>,
+    commands: Receiver<LoopCommand>,
     again: Vec<usize>,
     stopping: Option<Instant>,
     retiring: bool,
@@ -165,7 +165,7 @@ struct Slot {
 
 impl EventLoop {
     pub(crate) fn new(
-        commands: Receiver<Command>,
+        commands: Receiver<LoopCommand>,
         link: Arc<Link>,
         max_sessions: usize,
     ) -> io::Result<(EventLoop, Arc<Waker>)> {
@@ -395,9 +395,9 @@ impl EventLoop {
             }
             s.inflight = false;
             let outcome = match &v.outcome {
-                Delivered::Ok => Outcome::Ok,
-                Delivered::TempFail(cause) => Outcome::TempFail(cause.clone()),
-                Delivered::PermFail(cause) => Outcome::PermFail(cause.clone()),
+                DeliveryVerdict::Ok => Outcome::Ok,
+                DeliveryVerdict::TempFail(cause) => Outcome::TempFail(cause.clone()),
+                DeliveryVerdict::PermFail(cause) => Outcome::PermFail(cause.clone()),
             };
             log::info!("{} delivery msgid={} result={}", v.sid, v.msgid, result_name(&v.outcome));
             super::STATS.count(&v.outcome);
@@ -482,7 +482,7 @@ impl EventLoop {
     fn drain_commands(&mut self, now: Instant) -> bool {
         while let Ok(cmd) = self.commands.try_recv() {
             match cmd {
-                Command::Listen(mut l) => {
+                LoopCommand::Listen(mut l) => {
                     let index = self.listeners.len();
                     let token = Token(LISTENER_BASE + index);
                     let registered = match &mut l.socket {
@@ -494,11 +494,11 @@ impl EventLoop {
                         Err(e) => log::error!("listener {}: {e}", l.key),
                     }
                 }
-                Command::Retire => {
+                LoopCommand::Retire => {
                     self.unlisten(|_| true);
                     self.retiring = true;
                 }
-                Command::Stop => {
+                LoopCommand::Stop => {
                     self.unlisten(|_| true);
                     self.stopping.get_or_insert(now);
                     self.refuse_idle();
@@ -557,10 +557,10 @@ impl EventLoop {
     }
 }
 
-fn result_name(outcome: &Delivered) -> &'static str {
+fn result_name(outcome: &DeliveryVerdict) -> &'static str {
     match outcome {
-        Delivered::Ok => "Ok",
-        Delivered::TempFail(_) => "TempFail",
-        Delivered::PermFail(_) => "PermFail",
+        DeliveryVerdict::Ok => "Ok",
+        DeliveryVerdict::TempFail(_) => "TempFail",
+        DeliveryVerdict::PermFail(_) => "PermFail",
     }
 }

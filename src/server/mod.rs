@@ -33,7 +33,7 @@ use crate::privsep;
 use crate::smtp::{SessionConfig, TlsPolicy};
 use crate::spool;
 use crate::tls::{self, Pkis, TlsError};
-use event_loop::{Command, EventLoop, ListenSocket, LoopListener};
+use event_loop::{EventLoop, ListenSocket, LoopCommand, LoopListener};
 
 /// Counters for `mxctl show stats`.
 pub(crate) static STATS: supervise::Stats = supervise::Stats {
@@ -124,13 +124,13 @@ pub struct Processes {
 }
 
 struct LoopHandle {
-    commands: Sender<Command>,
+    commands: Sender<LoopCommand>,
     waker: Arc<Waker>,
     thread: JoinHandle<()>,
 }
 
 impl LoopHandle {
-    fn send(&self, cmd: Command) {
+    fn send(&self, cmd: LoopCommand) {
         if self.commands.send(cmd).is_ok() {
             let _ = self.waker.wake();
         }
@@ -260,14 +260,14 @@ pub fn run_smtp(
                 let l = std::net::TcpListener::from(fd);
                 ListenSocket::Tcp(mio::net::TcpListener::from_std(l))
             };
-            h.send(Command::Listen(LoopListener { key: key.clone(), socket, rt: Arc::clone(&p.rt) }));
+            h.send(LoopCommand::Listen(LoopListener { key: key.clone(), socket, rt: Arc::clone(&p.rt) }));
         }
     }
     // Tells the parent we are up, then answers its questions.
     privsep::serve_parent(|req| if req == "stats" { supervise::stats_text(&STATS) } else { String::new() })
         .map_err(StartError::Thread)?;
     log::info!("smtp process ready: {loops} event loops");
-    let loops_of: Vec<(Sender<Command>, Arc<Waker>)> =
+    let loops_of: Vec<(Sender<LoopCommand>, Arc<Waker>)> =
         handles.iter().map(|h| (h.commands.clone(), Arc::clone(&h.waker))).collect();
     supervise::forward_smtp_signals(signals, loops_of).map_err(StartError::Thread)?;
     for h in handles {
@@ -298,11 +298,11 @@ fn idle_timeout() -> Duration {
 /// One socket address to listen on, and the runtime its sessions get.
 struct Planned {
     key: String,
-    target: Target,
+    target: ListenAddr,
     rt: Arc<ListenerRt>,
 }
 
-enum Target {
+enum ListenAddr {
     Tcp(std::net::SocketAddr),
     Unix(PathBuf),
 }
@@ -319,11 +319,11 @@ fn plan(config: &Arc<Config>) -> Result<Vec<Planned>, StartError> {
             ListenKind::Socket => {
                 has_socket = true;
                 let path = config.spool.join(SUBMIT_SOCKET);
-                out.push(Planned { key: format!("unix:{}", path.display()), target: Target::Unix(path), rt });
+                out.push(Planned { key: format!("unix:{}", path.display()), target: ListenAddr::Unix(path), rt });
             }
             ListenKind::Inet { addrs } => {
                 for addr in addrs {
-                    out.push(Planned { key: addr.to_string(), target: Target::Tcp(*addr), rt: Arc::clone(&rt) });
+                    out.push(Planned { key: addr.to_string(), target: ListenAddr::Tcp(*addr), rt: Arc::clone(&rt) });
                 }
             }
         }
@@ -340,7 +340,7 @@ fn plan(config: &Arc<Config>) -> Result<Vec<Planned>, StartError> {
             filter: None,
             knobs: knobs::ListenKnobs::default(),
         });
-        out.push(Planned { key: format!("unix:{}", path.display()), target: Target::Unix(path), rt });
+        out.push(Planned { key: format!("unix:{}", path.display()), target: ListenAddr::Unix(path), rt });
     }
     Ok(out)
 }
@@ -440,12 +440,12 @@ impl Bound {
     }
 }
 
-fn bind(target: &Target, loops: usize) -> Result<Vec<std::os::fd::OwnedFd>, StartError> {
+fn bind(target: &ListenAddr, loops: usize) -> Result<Vec<std::os::fd::OwnedFd>, StartError> {
     match target {
-        Target::Tcp(addr) => listener::bind_tcp(*addr, loops)
+        ListenAddr::Tcp(addr) => listener::bind_tcp(*addr, loops)
             .map(|v| v.into_iter().map(std::os::fd::OwnedFd::from).collect())
             .map_err(|source| StartError::Bind { what: addr.to_string(), source }),
-        Target::Unix(path) => listener::bind_unix(path, loops)
+        ListenAddr::Unix(path) => listener::bind_unix(path, loops)
             .map(|v| v.into_iter().map(std::os::fd::OwnedFd::from).collect())
             .map_err(|source| StartError::Bind { what: path.display().to_string(), source }),
     }

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::envelope::{Envelope, MsgId, Origin, Target};
 use crate::resolve::{self, ResolveError};
 use crate::rules::{self, Decision};
-use crate::smtp::{Policy, Reply, TxContext};
+use crate::smtp::{reply, Policy, Reply, TxContext};
 use crate::users::SystemUsers;
 
 pub(crate) struct ConnPolicy {
@@ -59,7 +59,7 @@ impl Policy for ConnPolicy {
     fn check_mail(&mut self, ctx: &TxContext<'_>) -> Result<(), Reply> {
         // `smtp limit max-mails`: OpenSMTPD's reply, which pretends too many recipients.
         if self.config.knobs.max_mails.is_some_and(|max| self.mails >= max) {
-            return Err(Reply::fixed(452, "4.5.3", "Too many recipients: Too many messages sent"));
+            return Err(reply::TOO_MANY_MAILS);
         }
         super::auth::check_sender(&self.config, self.senders.as_ref(), ctx)?;
         self.mails += 1;
@@ -68,8 +68,7 @@ impl Policy for ConnPolicy {
 
     fn check_rcpt(&mut self, ctx: &TxContext<'_>, rcpt: &str) -> Result<Vec<Target>, Reply> {
         // A bounce to an SRS address of ours goes on to the sender inside it.
-        let decoded = crate::srs::reverse(&self.config, rcpt)
-            .map_err(|_| Reply::fixed(550, "5.7.1", "Invalid SRS address, message refused"))?;
+        let decoded = crate::srs::reverse(&self.config, rcpt).map_err(|_| reply::BAD_SRS)?;
         let rcpt = decoded.as_deref().unwrap_or(rcpt);
         let env = Envelope {
             origin: &self.origin,
@@ -85,9 +84,7 @@ impl Policy for ConnPolicy {
             Decision::Deliver(action) => {
                 resolve::resolve(&self.config, action, &env, &SystemUsers).map_err(|e| refusal(&e))
             }
-            Decision::Reject | Decision::NoMatch => {
-                Err(Reply::fixed(550, "5.7.1", "Delivery not authorized, message refused"))
-            }
+            Decision::Reject | Decision::NoMatch => Err(reply::NOT_AUTHORIZED),
         }
     }
 }
@@ -95,11 +92,11 @@ impl Policy for ConnPolicy {
 fn refusal(err: &ResolveError) -> Reply {
     log::debug!("recipient refused: {err}");
     match err {
-        ResolveError::UnknownUser(_) => Reply::fixed(550, "5.1.1", "Invalid recipient"),
-        ResolveError::Loop(_) => Reply::fixed(550, "5.4.6", "Alias loop or expansion too deep"),
-        ResolveError::BadPath(_) => Reply::fixed(550, "5.1.3", "Invalid recipient: unsafe mailbox name"),
-        ResolveError::Unsupported(_) => Reply::fixed(550, "5.3.3", "Delivery method not supported"),
-        ResolveError::Refused(_) => Reply::fixed(550, "5.7.1", "Delivery not authorized, message refused"),
-        ResolveError::Empty(_) => Reply::fixed(550, "5.1.1", "Invalid recipient: expands to no mailbox"),
+        ResolveError::UnknownUser(_) => reply::UNKNOWN_RCPT,
+        ResolveError::Loop(_) => reply::ALIAS_LOOP,
+        ResolveError::BadPath(_) => reply::UNSAFE_MAILBOX,
+        ResolveError::Unsupported(_) => reply::METHOD_UNSUPPORTED,
+        ResolveError::Refused(_) => reply::NOT_AUTHORIZED,
+        ResolveError::Empty(_) => reply::EMPTY_EXPANSION,
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
 
-use crate::dns::service::{Reply, Request, Service};
+use crate::dns::service::{DnsAnswer, DnsQuery, Service};
 use crate::dns::{Lookup, Resolver};
 use crate::envelope::SessionId;
 
@@ -32,7 +32,7 @@ pub(crate) fn install() -> std::io::Result<()> {
 }
 
 /// A finished lookup, addressed to the connection that waits for it.
-pub(crate) struct Answer {
+pub(crate) struct RdnsAnswer {
     pub(crate) slot: usize,
     pub(crate) sid: SessionId,
     /// The confirmed name; `None` when there is none or the lookup failed.
@@ -41,8 +41,8 @@ pub(crate) struct Answer {
 
 /// One loop's side: where its answers arrive.
 pub(crate) struct Rdns {
-    tx: Sender<Answer>,
-    rx: Receiver<Answer>,
+    tx: Sender<RdnsAnswer>,
+    rx: Receiver<RdnsAnswer>,
 }
 
 impl Rdns {
@@ -58,24 +58,24 @@ impl Rdns {
             return false;
         };
         let (tx, waker) = (self.tx.clone(), Arc::clone(waker));
-        service.submit(Request::Fcrdns(ip), move |reply| {
+        service.submit(DnsQuery::Fcrdns(ip), move |reply| {
             let name = confirmed(sid, ip, reply);
             // The loop may be gone (shutdown); the answer is then moot.
-            if tx.send(Answer { slot, sid, name }).is_ok() {
+            if tx.send(RdnsAnswer { slot, sid, name }).is_ok() {
                 let _ = waker.wake();
             }
         })
     }
 
-    pub(crate) fn try_recv(&self) -> Option<Answer> {
+    pub(crate) fn try_recv(&self) -> Option<RdnsAnswer> {
         self.rx.try_recv().ok()
     }
 }
 
-fn confirmed(sid: SessionId, ip: IpAddr, reply: Reply) -> Option<String> {
+fn confirmed(sid: SessionId, ip: IpAddr, reply: DnsAnswer) -> Option<String> {
     match reply {
-        Reply::Names(Lookup::Ok(names)) => names.into_iter().next(),
-        Reply::Names(Lookup::TempFail(e)) => {
+        DnsAnswer::Names(Lookup::Ok(names)) => names.into_iter().next(),
+        DnsAnswer::Names(Lookup::TempFail(e)) => {
             log::info!("{sid} smtp rdns address={ip} temporary failure: {e}");
             None
         }

@@ -19,8 +19,8 @@ use nix::sys::signal::Signal;
 
 use super::{plan, Bound, Reloader, SUBMIT_SOCKET};
 use crate::config::{self, Config};
-use crate::control::{self, ControlHandler, HandlerError, Target};
-use crate::privsep::frame::Verdict as Outcome;
+use crate::control::{self, ControlHandler, HandlerError, QueueSelection};
+use crate::privsep::frame::DeliveryVerdict;
 use crate::privsep::{Chan, Child, Role, Spawner};
 use crate::submit;
 
@@ -40,11 +40,11 @@ pub(crate) struct Stats {
 }
 
 impl Stats {
-    pub(crate) fn count(&self, outcome: &Outcome) {
+    pub(crate) fn count(&self, outcome: &DeliveryVerdict) {
         let c = match outcome {
-            Outcome::Ok => &self.delivered,
-            Outcome::TempFail(_) => &self.tempfail,
-            Outcome::PermFail(_) => &self.permfail,
+            DeliveryVerdict::Ok => &self.delivered,
+            DeliveryVerdict::TempFail(_) => &self.tempfail,
+            DeliveryVerdict::PermFail(_) => &self.permfail,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -71,7 +71,7 @@ pub(crate) fn smtp_signals() -> std::io::Result<signal_hook::iterator::Signals> 
 /// still stops on SIGTERM.
 pub(crate) fn forward_smtp_signals(
     mut signals: signal_hook::iterator::Signals,
-    loops: Vec<(Sender<super::Command>, Arc<mio::Waker>)>,
+    loops: Vec<(Sender<super::LoopCommand>, Arc<mio::Waker>)>,
 ) -> std::io::Result<()> {
     use signal_hook::consts::{SIGTERM, SIGUSR2};
     std::thread::Builder::new().name("signals".into()).spawn(move || {
@@ -82,7 +82,7 @@ pub(crate) fn forward_smtp_signals(
                 _ => continue,
             };
             for (tx, waker) in &loops {
-                let cmd = if stop { super::Command::Stop } else { super::Command::Retire };
+                let cmd = if stop { super::LoopCommand::Stop } else { super::LoopCommand::Retire };
                 if tx.send(cmd).is_ok() {
                     let _ = waker.wake();
                 }
@@ -268,7 +268,7 @@ impl Kids {
 }
 
 /// What the main thread is asked to do.
-pub(crate) enum Request {
+pub(crate) enum SupervisorRequest {
     Signal(i32),
     Reload(Sender<Result<String, String>>),
     UpdateTable(String, Sender<Result<String, String>>),
@@ -276,12 +276,12 @@ pub(crate) enum Request {
 }
 
 /// Forwards signals into the supervisor's channel, from a thread of its own.
-pub(crate) fn forward_signals(tx: Sender<Request>) -> std::io::Result<()> {
+pub(crate) fn forward_signals(tx: Sender<SupervisorRequest>) -> std::io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     std::thread::Builder::new().name("signals".into()).spawn(move || {
         for sig in signals.forever() {
-            if tx.send(Request::Signal(sig)).is_err() || sig != SIGHUP {
+            if tx.send(SupervisorRequest::Signal(sig)).is_err() || sig != SIGHUP {
                 return;
             }
         }
@@ -296,7 +296,7 @@ pub(crate) fn supervise(
     reloader: &Reloader,
     bound: &mut Bound,
     kids: &mut Kids,
-    rx: &Receiver<Request>,
+    rx: &Receiver<SupervisorRequest>,
 ) -> bool {
     loop {
         let req = match rx.recv_timeout(Duration::from_millis(200)) {
@@ -310,14 +310,16 @@ pub(crate) fn supervise(
             Err(RecvTimeoutError::Disconnected) => return true,
         };
         let (result, reply) = match req {
-            Request::Signal(sig) if sig == signal_hook::consts::SIGHUP => (full_reload(reloader), None),
-            Request::Signal(sig) => {
+            SupervisorRequest::Signal(sig) if sig == signal_hook::consts::SIGHUP => (full_reload(reloader), None),
+            SupervisorRequest::Signal(sig) => {
                 log::info!("received signal {sig}, stopping");
                 return true;
             }
-            Request::Reload(reply) => (full_reload(reloader), Some(reply)),
-            Request::UpdateTable(name, reply) => (config.reload_table(&name).map_err(|e| e.to_string()), Some(reply)),
-            Request::UpdateAliases(reply) => (reload_aliases(&config), Some(reply)),
+            SupervisorRequest::Reload(reply) => (full_reload(reloader), Some(reply)),
+            SupervisorRequest::UpdateTable(name, reply) => {
+                (config.reload_table(&name).map_err(|e| e.to_string()), Some(reply))
+            }
+            SupervisorRequest::UpdateAliases(reply) => (reload_aliases(&config), Some(reply)),
         };
         let applied = result.and_then(|c| {
             let c = Arc::new(c);
@@ -364,14 +366,17 @@ fn full_reload(reloader: &Reloader) -> Result<Config, String> {
 
 /// The control socket's handler: asks the supervisor and waits for its answer.
 pub(crate) struct Control {
-    pub(crate) tx: Sender<Request>,
+    pub(crate) tx: Sender<SupervisorRequest>,
     pub(crate) spool: std::path::PathBuf,
     pub(crate) hostname: String,
     pub(crate) current: Arc<Current>,
 }
 
 impl Control {
-    fn ask(&self, make: impl FnOnce(Sender<Result<String, String>>) -> Request) -> Result<String, HandlerError> {
+    fn ask(
+        &self,
+        make: impl FnOnce(Sender<Result<String, String>>) -> SupervisorRequest,
+    ) -> Result<String, HandlerError> {
         let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
         self.tx.send(make(reply_tx)).map_err(|_| HandlerError::failed("daemon is stopping"))?;
         reply_rx.recv().map_err(|_| HandlerError::failed("daemon is stopping"))?.map_err(HandlerError::failed)
@@ -384,7 +389,7 @@ impl ControlHandler for Control {
         let relay = self.current.relay.lock().ok().and_then(|c| c.clone());
         match relay.map(|c| c.ask("queue")) {
             Some(Ok(text)) => text,
-            _ => crate::relay::list(&self.spool, &crate::relay::Status::default()),
+            _ => crate::relay::list(&self.spool, &crate::relay::RetryTable::default()),
         }
     }
 
@@ -410,7 +415,7 @@ impl ControlHandler for Control {
 
     /// Every waiting recipient, or those of one message, is retried now: the relay process
     /// does it, and says how many messages that is.
-    fn schedule(&self, target: &Target) -> Result<String, HandlerError> {
+    fn schedule(&self, target: &QueueSelection) -> Result<String, HandlerError> {
         let relay = self.current.relay.lock().ok().and_then(|c| c.clone());
         let request = match target_id(target) {
             None => "schedule".to_string(),
@@ -426,28 +431,28 @@ impl ControlHandler for Control {
         }
     }
 
-    fn remove(&self, target: &Target) -> Result<String, HandlerError> {
+    fn remove(&self, target: &QueueSelection) -> Result<String, HandlerError> {
         let n = crate::relay::remove(&self.spool, target_id(target)).map_err(HandlerError::not_found)?;
         Ok(format!("{n} removed"))
     }
 
     fn reload(&self) -> Result<String, HandlerError> {
-        self.ask(Request::Reload)
+        self.ask(SupervisorRequest::Reload)
     }
 
     fn update_table(&self, name: &str) -> Result<String, HandlerError> {
-        self.ask(|r| Request::UpdateTable(name.to_owned(), r))
+        self.ask(|r| SupervisorRequest::UpdateTable(name.to_owned(), r))
     }
 
     fn update_aliases(&self) -> Result<String, HandlerError> {
-        self.ask(Request::UpdateAliases)
+        self.ask(SupervisorRequest::UpdateAliases)
     }
 }
 
-fn target_id(target: &Target) -> Option<&str> {
+fn target_id(target: &QueueSelection) -> Option<&str> {
     match target {
-        Target::All => None,
-        Target::Id(id) => Some(id),
+        QueueSelection::All => None,
+        QueueSelection::Id(id) => Some(id),
     }
 }
 

@@ -101,6 +101,30 @@ pub const AUTH_BLOCKED: Reply =
 pub const SENDER_NOT_ALLOWED: Reply =
     Reply::fixed(550, "5.7.1", "Sender rejected: not an address of the authenticated user");
 
+// Recipient and sender policy (server/policy.rs): OpenSMTPD's texts.
+/// `smtp limit max-mails`: OpenSMTPD's reply, which pretends too many recipients.
+pub const TOO_MANY_MAILS: Reply = Reply::fixed(452, "4.5.3", "Too many recipients: Too many messages sent");
+/// A bounce to an SRS address of ours whose signature or age does not hold.
+pub const BAD_SRS: Reply = Reply::fixed(550, "5.7.1", "Invalid SRS address, message refused");
+/// No `match` rule accepts the recipient, or one rejects it.
+pub const NOT_AUTHORIZED: Reply = Reply::fixed(550, "5.7.1", "Delivery not authorized, message refused");
+pub const UNKNOWN_RCPT: Reply = Reply::fixed(550, "5.1.1", "Invalid recipient");
+pub const ALIAS_LOOP: Reply = Reply::fixed(550, "5.4.6", "Alias loop or expansion too deep");
+pub const UNSAFE_MAILBOX: Reply = Reply::fixed(550, "5.1.3", "Invalid recipient: unsafe mailbox name");
+pub const METHOD_UNSUPPORTED: Reply = Reply::fixed(550, "5.3.3", "Delivery method not supported");
+pub const EMPTY_EXPANSION: Reply = Reply::fixed(550, "5.1.1", "Invalid recipient: expands to no mailbox");
+
+// Filter refusals as whole lines: a filter's decision carries its reply as text
+// (smtpd-filters(7)), so the server's own ones are text too.
+/// A filter failed, misbehaved or timed out: fail closed (smtpd.conf(5)), the client retries later.
+pub const FILTER_FAIL: &str = "421 4.3.0 Filter failure, try again later";
+/// What OpenSMTPD substitutes for a reject or disconnect message that is not a 4xx/5xx reply.
+pub const FILTER_INVALID: &str = "421 Internal server error";
+/// Data-line filters made the message larger than the limit.
+pub const FILTER_TOO_BIG: &str = "552 5.3.4 Message too big after filtering";
+/// A message data-line filters cannot be given unaltered.
+pub const FILTER_NOT_UTF8: &str = "554 5.6.0 Message is not UTF-8: this listener's filters cannot take it";
+
 pub const SHUTTING_DOWN: Reply = Reply::fixed(421, "4.3.0", "Server shutting down");
 pub const TOO_MANY_CONNECTIONS: Reply = Reply::fixed(421, "4.3.2", "Too many connections, try again later");
 
@@ -121,7 +145,7 @@ pub fn help(out: &mut Vec<u8>) {
 }
 
 /// The answer to HELO (`ehlo: None`) or EHLO, with the extensions it offers.
-pub fn hello(out: &mut Vec<u8>, host: &str, name: &str, ehlo: Option<Extensions>) {
+pub fn hello(out: &mut Vec<u8>, host: &str, name: &str, ehlo: Option<EhloOffer>) {
     let Some(ext) = ehlo else {
         let _ = write!(out, "250 {host} Hello {name}, pleased to meet you\r\n");
         return;
@@ -142,7 +166,7 @@ pub fn hello(out: &mut Vec<u8>, host: &str, name: &str, ehlo: Option<Extensions>
 
 /// What EHLO offers beyond the fixed extensions.
 #[derive(Clone, Copy, Debug)]
-pub struct Extensions {
+pub struct EhloOffer {
     pub starttls: bool,
     /// `AUTH PLAIN LOGIN`: only on an auth listener, under TLS, before a login succeeded.
     pub auth: bool,

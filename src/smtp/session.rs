@@ -442,7 +442,7 @@ impl<P: Policy> Session<P> {
         self.helo = Some(name.to_owned());
         self.esmtp = esmtp;
         let offer_tls = self.cfg.tls != TlsPolicy::Unavailable && self.tls.is_none() && !self.cfg.tls_active;
-        let ext = esmtp.then_some(reply::Extensions {
+        let ext = esmtp.then_some(reply::EhloOffer {
             starttls: offer_tls,
             auth: self.offers_auth(),
             size: self.cfg.max_message_size,
@@ -623,7 +623,7 @@ impl Policy for AcceptAll {
 
     fn check_rcpt(&mut self, _ctx: &TxContext<'_>, rcpt: &str) -> Result<(), Reply> {
         if rcpt.starts_with("refuse") {
-            Err(Reply::fixed(550, "5.1.1", "Invalid recipient"))
+            Err(reply::UNKNOWN_RCPT)
         } else {
             Ok(())
         }

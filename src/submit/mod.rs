@@ -43,7 +43,7 @@ pub const MAX_INPUT: u64 = 40 * 1024 * 1024;
 
 /// Where the message went.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Submission {
     /// The daemon accepted it (final 250).
     Submitted,
     /// The daemon was unreachable; the message waits in this offline file.
@@ -122,7 +122,7 @@ pub fn sendmail(
     who: &Submitter,
     input: &mut dyn Read,
     trace: Option<&mut dyn Write>,
-) -> Result<Outcome, SendmailError> {
+) -> Result<Submission, SendmailError> {
     let local = conf::load_local_conf(&conf::conf_path(a.conf.clone()));
     let mut raw = Vec::new();
     input.take(MAX_INPUT + 1).read_to_end(&mut raw).map_err(SendmailError::Read)?;
@@ -143,7 +143,7 @@ pub fn sendmail(
     let prepared = prepare(&raw, &opts).map_err(SendmailError::Prepare)?;
     drop(raw);
     match client::submit(&local.spool.join(SUBMIT_SOCKET), &prepared, trace) {
-        Ok(()) => Ok(Outcome::Submitted),
+        Ok(()) => Ok(Submission::Submitted),
         Err(e) if e.goes_offline() => {
             let msg = OfflineMessage {
                 uid: who.uid,
@@ -153,7 +153,7 @@ pub fn sendmail(
                 message: prepared.message,
             };
             match write_offline(&local.spool, &msg) {
-                Ok(path) => Ok(Outcome::Offline(path)),
+                Ok(path) => Ok(Submission::Offline(path)),
                 Err(offline) => Err(SendmailError::Offline { submit: e, offline }),
             }
         }

@@ -298,7 +298,7 @@ pub fn privsep_frame(data: &[u8]) {
         frame::encode_auth_ask(&ask, &mut again);
         assert_eq!(&again[4..], data, "a decoded login encodes differently");
     }
-    if let Ok(frame::Answer::Auth(seq, v)) = frame::decode_answer(data) {
+    if let Ok(frame::DeliveryAnswer::Auth(seq, v)) = frame::decode_answer(data) {
         let mut again = Vec::new();
         frame::encode_auth_verdict(seq, v, &mut again);
         assert_eq!(&again[4..], data, "a decoded login verdict encodes differently");
@@ -314,9 +314,12 @@ pub fn privsep_frame(data: &[u8]) {
 /// never panics, only decides what OpenSMTPD allows (refusals are 4xx/5xx replies, a 421
 /// always disconnects), and its filtered message stays within the limit.
 pub fn filter_line(data: &[u8]) {
-    use mxd::filter::engine::{FAIL_REPLY, INVALID_REPLY, TOO_BIG_REPLY};
     use mxd::filter::protocol::{self, valid_refusal, Endpoint, EventKind, Output, Register, Response, Timestamp};
-    use mxd::filter::{Chain, Decision, Event, Filter, FilterChain, FilterKind, Id, Limits, Link, Now, Phase};
+    use mxd::filter::{
+        Chain, ChainFilter, ChainFilterKind, FilterChain, FilterDecision, FilterEvent, FilterLink, Id, Limits, Now,
+        Phase,
+    };
+    use mxd::smtp::reply::{FILTER_FAIL, FILTER_INVALID, FILTER_TOO_BIG};
 
     for line in data.split(|b| *b == b'\n') {
         let inside = |s: &str| assert!(!s.contains(['\n', '\r', '\0']), "{s:?}");
@@ -339,11 +342,12 @@ pub fn filter_line(data: &[u8]) {
     }
     reg.handle(Register::Ready);
     let regs = [("p".to_string(), reg)].into_iter().collect();
-    let filters = vec![Filter { name: "p".into(), kind: FilterKind::Proc("p".into()) }];
+    let filters = vec![ChainFilter { name: "p".into(), kind: ChainFilterKind::Proc("p".into()) }];
     let tables = |_: &mxd::filter::TableRef, _: mxd::filter::LookupKind, _: &str| true;
     let chain = Arc::new(Chain::new(&FilterChain { filters }, &regs, Arc::new(tables)).expect("chain"));
     let now = Now { mono: Instant::now(), wall: Timestamp(Duration::from_secs(1_700_000_000)) };
-    let link = Link { rdns: None, fcrdns: false, src: Endpoint::Unix("/s".into()), dest: Endpoint::Unix("/s".into()) };
+    let link =
+        FilterLink { rdns: None, fcrdns: false, src: Endpoint::Unix("/s".into()), dest: Endpoint::Unix("/s".into()) };
     let limits = Limits { timeout: Duration::from_secs(5), max_message: 256 };
     // Session 1, token base 0: the filter's token is 1, so "filter-result|1|1|…" is an answer.
     let mut sessions = mxd::filter::Sessions::default();
@@ -372,17 +376,17 @@ pub fn filter_line(data: &[u8]) {
         assert!(sends <= 8, "{sends} lines to send after one answer");
         while let Some(ev) = s.poll_event() {
             match ev {
-                Event::Decided(_, Decision::Reject(r)) => {
-                    assert!(valid_refusal(&r) && !r.starts_with("421") || r == TOO_BIG_REPLY, "{r:?}")
+                FilterEvent::Decided(_, FilterDecision::Reject(r)) => {
+                    assert!(valid_refusal(&r) && !r.starts_with("421") || r == FILTER_TOO_BIG, "{r:?}")
                 }
-                Event::Decided(_, Decision::Disconnect(r)) => {
-                    assert!(valid_refusal(&r) || r == INVALID_REPLY || r == FAIL_REPLY, "{r:?}")
+                FilterEvent::Decided(_, FilterDecision::Disconnect(r)) => {
+                    assert!(valid_refusal(&r) || r == FILTER_INVALID || r == FILTER_FAIL, "{r:?}")
                 }
-                Event::Message(lines) => {
+                FilterEvent::Message(lines) => {
                     assert!(lines.iter().map(|l| l.len() + 1).sum::<usize>() <= 256);
                     assert!(lines.iter().all(|l| !l.contains('\n')));
                 }
-                Event::Decided(..) | Event::Reported { .. } => {}
+                FilterEvent::Decided(..) | FilterEvent::Reported { .. } => {}
             }
         }
     }
