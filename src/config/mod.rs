@@ -7,11 +7,13 @@
 
 mod check;
 mod iface;
-mod knobs;
+
 pub use check::default_hostname;
 pub mod expand;
+pub mod filter_check;
 mod lexer;
 mod parser;
+pub mod queue_key;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -166,12 +166,7 @@ impl Conn {
     }
 
     /// Runs the connection as far as it can go without blocking.
-    pub(crate) fn pump(
-        &mut self,
-        scratch: &mut [u8],
-        ctx: &mut super::event_loop::LoopCtx<'_>,
-        now: Instant,
-    ) -> Status {
+    pub(crate) fn pump(&mut self, scratch: &mut [u8], ctx: &mut super::loop_ctx::LoopCtx<'_>, now: Instant) -> Status {
         // A filter's disconnect closes once its reply is out (below).
         if let Some(reason) = self.close_reason.filter(|r| *r != "filter") {
             return Status::Closed(reason);
@@ -392,7 +387,7 @@ impl Conn {
         }
     }
 
-    fn on_event(&mut self, event: Event<Vec<Target>>, ctx: &mut super::event_loop::LoopCtx<'_>, now: Instant) {
+    fn on_event(&mut self, event: Event<Vec<Target>>, ctx: &mut super::loop_ctx::LoopCtx<'_>, now: Instant) {
         match event {
             Event::StartTls => {
                 self.starttls_pending = true;
@@ -414,7 +409,7 @@ impl Conn {
         }
     }
 
-    fn submit(&mut self, message: Message<Vec<Target>>, ctx: &mut super::event_loop::LoopCtx<'_>) {
+    fn submit(&mut self, message: Message<Vec<Target>>, ctx: &mut super::loop_ctx::LoopCtx<'_>) {
         let proto = self.proto(&message);
         log::info!(
             "{} smtp message msgid={} size={} nrcpt={} proto={}",
@@ -424,7 +419,14 @@ impl Conn {
             message.rcpts.len(),
             proto
         );
-        let received = super::message::received_header(self, &message, proto);
+        let hop = super::message::Hop {
+            origin: self.origin(),
+            mask_src: self.listener.knobs.mask_src,
+            show_auth: self.listener.auth.received_auth,
+            rdns: self.rdns(),
+            hostname: self.hostname(),
+        };
+        let received = super::message::received_header(&hop, &message, proto);
         let policy = self.session.policy();
         let (origin, tag) = (policy.origin().clone(), policy.tag().map(str::to_owned));
         let rdns = policy.rdns().map(str::to_owned);
