@@ -403,7 +403,7 @@ impl Conn {
             body.extend_from_slice(l.as_bytes());
             body.push(b'\n');
         }
-        crate::buffers::give(std::mem::replace(&mut m.body, body));
+        self.session.buffers().give(std::mem::replace(&mut m.body, body));
         m.size = m.body.len() as u64;
         if f.chain.filters_phase(Phase::Commit) {
             f.engine.begin(Now::read(), Phase::Commit, "");
@@ -419,7 +419,7 @@ impl Conn {
             let mut body = Vec::with_capacity(m.body.len() + 13);
             body.extend_from_slice(b"X-Spam: Yes\n");
             body.extend_from_slice(&m.body);
-            crate::buffers::give(std::mem::replace(&mut m.body, body));
+            self.session.buffers().give(std::mem::replace(&mut m.body, body));
             m.size = m.body.len() as u64;
         }
         f.size = m.body.len();
@@ -437,7 +437,7 @@ impl Conn {
     fn refuse_message(&mut self, m: Message<Vec<Target>>, reply: &str, close: bool) {
         log::info!("{} smtp refused step=data msgid={} reply=\"{}\"", self.id, m.id, reply_text(reply).escape_debug());
         self.session.refuse_commit(m.id, &reply_text(reply));
-        crate::buffers::give(m.body);
+        self.session.buffers().give(m.body);
         self.filter_committed(false);
         if close {
             self.close_reason.get_or_insert("filter");

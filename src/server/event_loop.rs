@@ -235,6 +235,8 @@ impl EventLoop {
             Origin::Socket => None,
         };
         let mut conn = Conn::new(id, stream, origin, rt, user, now);
+        // Bodies come from, and go back to, the list the link gives written ones back to.
+        conn.session_mut().set_buffers(self.link.buffers().clone());
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
