@@ -157,7 +157,7 @@ impl Conn {
     pub(crate) fn feed_filtered(&mut self, now: Instant) -> bool {
         let mut progressed = false;
         loop {
-            if self.starttls_pending || self.close_reason.is_some() || !self.session.wants_read() {
+            if self.input_paused() || !self.session.wants_read() {
                 break;
             }
             let Some(f) = self.filter.as_mut() else { break };
@@ -430,7 +430,7 @@ impl Conn {
     fn refuse(&mut self, reply: &str, close: bool) {
         self.session.push_reply(&reply_text(reply));
         if close {
-            self.close_reason.get_or_insert("filter");
+            self.close("filter");
         }
     }
 
@@ -440,7 +440,7 @@ impl Conn {
         self.session.buffers().give(m.body);
         self.filter_committed(false);
         if close {
-            self.close_reason.get_or_insert("filter");
+            self.close("filter");
         }
     }
 }
