@@ -111,7 +111,6 @@ fn sccs(edges: &BTreeMap<Module, BTreeSet<Module>>) -> Vec<Vec<Module>> {
 }
 
 #[test]
-#[ignore = "server ↔ relay and conn ↔ event_loop ↔ message remain until the process split lands"]
 fn no_import_cycles_between_modules() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = BTreeMap::new();

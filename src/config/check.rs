@@ -26,7 +26,7 @@ impl ConfigChecker {
 }
 
 pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
-    let missing_filters = super::knobs::undefined_filters(&p);
+    let missing_filters = super::parser::knobs::undefined_filters(&p);
     let mut c = ConfigChecker { errors: std::mem::take(&mut p.errors) };
     for (at, name) in missing_filters {
         c.at(&at, ErrorKind::Undefined { what: "filter", name });
@@ -116,10 +116,10 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
             }
         }
     }
-    for (at, problem) in crate::filter::config::problems(&p.knobs, &tables) {
+    for (at, problem) in super::filter_check::problems(&p.knobs, &tables) {
         match problem {
-            crate::filter::config::Problem::Error(text) => c.at(&at, ErrorKind::Filter(text)),
-            crate::filter::config::Problem::NotRun(text) => notices.push(super::Notice { at, text, blocking: true }),
+            super::filter_check::Problem::Error(text) => c.at(&at, ErrorKind::Filter(text)),
+            super::filter_check::Problem::NotRun(text) => notices.push(super::Notice { at, text, blocking: true }),
         }
     }
     if !c.errors.is_empty() {

@@ -7,11 +7,13 @@
 
 mod check;
 mod iface;
-mod knobs;
+
 pub use check::default_hostname;
 pub mod expand;
+pub mod filter_check;
 mod lexer;
 mod parser;
+pub mod queue_key;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -592,6 +594,18 @@ pub fn load(path: &Path, defines: &[(String, String)]) -> Result<Config, Errors>
 pub fn check(path: &Path, defines: &[(String, String)]) -> Result<Config, Errors> {
     let parsed = parser::parse_file(path, defines)?;
     check::finish(parsed)
+}
+
+/// The top-level `spool` and `hostname` of the configuration at `path`, read by the same
+/// lexer and parser as the daemon's (macros, includes) but with nothing loaded: no tables,
+/// no keys or certificates, so a user who cannot read those still gets the values. A
+/// statement with an error is skipped and the rest still read; an unreadable file gives
+/// `None` for both. What sendmail and mxctl use to find the spool.
+pub fn spool_and_hostname(path: &Path) -> (Option<PathBuf>, Option<String>) {
+    match parser::parse_file(path, &[]) {
+        Ok(p) => (p.spool, p.hostname),
+        Err(_) => (None, None),
+    }
 }
 
 impl Config {

@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub(super) mod knobs;
+
 use super::lexer::{lex, Tok, Token};
 use super::{
     Action, Cond, CondKind, ConfigLine, Error, ErrorKind, Errors, Knobs, ListenAuth, ListenOptions, Matcher, Method,
@@ -530,13 +532,13 @@ fn statement(p: &mut Parser<'_>, out: &mut Parsed) -> R<Option<PathBuf>> {
         "action" => action(p, out)?,
         "match" => rule(p, out)?,
         "smtp" => smtp(p, out)?,
-        "queue" => super::knobs::queue(p, out)?,
-        "srs" => super::knobs::srs(p, out)?,
-        "bounce" => super::knobs::bounce(p, out)?,
-        "mta" | "mda" | "scheduler" => super::knobs::limits(p, out, &word)?,
-        "admd" => super::knobs::admd(p, out)?,
-        "proc" => super::knobs::proc(p, out)?,
-        "filter" => super::knobs::filter(p, out)?,
+        "queue" => knobs::queue(p, out)?,
+        "srs" => knobs::srs(p, out)?,
+        "bounce" => knobs::bounce(p, out)?,
+        "mta" | "mda" | "scheduler" => knobs::limits(p, out, &word)?,
+        "admd" => knobs::admd(p, out)?,
+        "proc" => knobs::proc(p, out)?,
+        "filter" => knobs::filter(p, out)?,
         "spool" => out.spool = Some(PathBuf::from(p.value("a directory")?)),
         "hostname" => out.hostname = Some(p.value("a host name")?),
         "threads" => {
@@ -766,7 +768,7 @@ fn listen(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
                 l.options.senders = Some(p.tables(out)?);
                 l.options.masquerade = p.keyword(&["masquerade"]).is_some();
             }
-            "filter" => l.options.filter = Some(super::knobs::filter_ref(p, out)?),
+            "filter" => l.options.filter = Some(knobs::filter_ref(p, out)?),
             _ => {
                 l.family = match p.keyword(&["inet4", "inet6"]).as_deref() {
                     Some("inet4") => Some(4),
@@ -892,7 +894,7 @@ fn relay(p: &mut Parser<'_>, out: &mut Parsed) -> R<Relay> {
             "domain" => r.domain = Some(p.tables(out)?),
             "ciphers" => r.ciphers = Some(p.value("a cipher list")?),
             "protocols" => r.protocols = Some(p.value("a protocol list")?),
-            _ => r.filter = Some(super::knobs::filter_ref(p, out)?),
+            _ => r.filter = Some(knobs::filter_ref(p, out)?),
         }
         if (r.host.is_some() || r.host_table.is_some() || r.domain.is_some()) && r.backup {
             return Err(ErrorKind::BadValue {

@@ -34,12 +34,16 @@ pub struct Mail {
     pub received: Vec<u8>,
     /// Headers and body as received, LF line endings.
     pub body: Vec<u8>,
+    /// The free list `body` goes back to once every job holding it is done, if any.
+    pub recycle: Option<crate::buffers::Buffers>,
 }
 
 impl Drop for Mail {
     /// Every job holding this message is done: its buffer serves the next DATA.
     fn drop(&mut self) {
-        crate::buffers::give(std::mem::take(&mut self.body));
+        if let Some(list) = &self.recycle {
+            list.give(std::mem::take(&mut self.body));
+        }
     }
 }
 

@@ -293,6 +293,7 @@ mod tests {
             return_path: "a@example.org".into(),
             received: b"Received: x\n".to_vec(),
             body: body.as_bytes().to_vec(),
+            recycle: None,
         })
     }
 

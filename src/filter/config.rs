@@ -5,71 +5,14 @@
 //! configured that the daemon would have to ignore.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use super::builtin::{BuiltinAction, BuiltinRule, Condition, TableRef, Test};
 use super::chain::{ChainFilter, ChainFilterKind, FilterChain};
-use super::process::{find_program, ProcSpec};
+use super::process::ProcSpec;
 use super::protocol::Phase;
-use crate::config::{self, Config, ConfigLine, FilterAction, FilterCond, Knobs};
-use crate::table::Table;
+use crate::config::{self, Config, FilterAction, FilterCond};
 
-/// What is wrong with a filter statement.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Problem {
-    /// The configuration cannot load (a program missing).
-    Error(String),
-    /// It loads for `mxd -n` but the daemon will not start with it.
-    NotRun(String),
-}
-
-/// The filter statements' problems, each with the statement's origin.
-pub fn problems(knobs: &Knobs, tables: &BTreeMap<String, Arc<Table>>) -> Vec<(ConfigLine, Problem)> {
-    let mut out = Vec::new();
-    fn proc_check(out: &mut Vec<(ConfigLine, Problem)>, at: &ConfigLine, what: &str, p: &config::Proc) {
-        if let Err(e) = find_program(&p.command) {
-            out.push((at.clone(), Problem::Error(format!("{what} '{}': {e}", p.name))));
-        }
-        if p.chroot.is_some() {
-            out.push((at.clone(), Problem::NotRun(format!("{what} '{}': chroot is not supported yet", p.name))));
-        }
-    }
-    for p in knobs.procs.values() {
-        proc_check(&mut out, &p.at, "proc", p);
-    }
-    for f in knobs.filters.values() {
-        match &f.kind {
-            config::FilterKind::ProcExec(p) => proc_check(&mut out, &f.at, "filter", p),
-            config::FilterKind::Builtin { conds, .. } => {
-                for c in conds {
-                    let Some(t) = &c.table else { continue };
-                    if c.regex {
-                        let text =
-                            format!("filter '{}': regex tables in filter conditions are not supported yet", f.name);
-                        out.push((f.at.clone(), Problem::NotRun(text)));
-                    } else if !tables.contains_key(t) {
-                        out.push((f.at.clone(), Problem::Error(format!("filter '{}': no table {t}", f.name))));
-                    }
-                }
-            }
-            config::FilterKind::Chain(names) => {
-                let nested = names.iter().find(|n| knobs.filters.get(*n).is_some_and(|g| is_chain(&g.kind)));
-                if let Some(n) = nested {
-                    out.push((
-                        f.at.clone(),
-                        Problem::Error(format!("filter '{}': chain '{n}' inside a chain", f.name)),
-                    ));
-                }
-            }
-            config::FilterKind::Proc(_) => {}
-        }
-    }
-    out
-}
-
-fn is_chain(k: &config::FilterKind) -> bool {
-    matches!(k, config::FilterKind::Chain(_))
-}
+pub use crate::config::filter_check::{problems, Problem};
 
 /// The filter processes and listener chains of a configuration.
 #[derive(Clone, Debug, Default)]

@@ -8,7 +8,6 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,10 +16,7 @@ use mio::unix::pipe;
 
 use super::protocol::MAX_LINE;
 
-/// Where OpenSMTPD looks for a `proc-exec` command that does not start with `/`: its
-/// libexec directory, which filter packages install into. Debian's first, then OpenBSD
-/// packages', then OpenSMTPD-portable's default prefix.
-pub const LIBEXEC_DIRS: [&str; 3] = ["/usr/libexec/opensmtpd", "/usr/local/libexec/smtpd", "/usr/libexec/smtpd"];
+pub use crate::program::LIBEXEC_DIRS;
 
 /// Unwritten lines for one process beyond this mean it has stopped reading: it is hung.
 pub const MAX_BACKLOG: usize = 8 * 1024 * 1024;
@@ -78,28 +74,24 @@ impl fmt::Display for SpawnError {
 
 impl std::error::Error for SpawnError {}
 
-/// Finds the program of `command` (its first word): a path as is, a bare name in
-/// [`LIBEXEC_DIRS`]; it must be an executable file. What `mxd -n` checks.
+/// Finds the program of `command` (its first word): see [`crate::program::find_program`].
 pub fn find_program(command: &str) -> Result<PathBuf, SpawnError> {
-    find_program_in(command, &LIBEXEC_DIRS.map(Path::new))
+    Ok(crate::program::find_program(command)?)
 }
 
 pub fn find_program_in(command: &str, dirs: &[&Path]) -> Result<PathBuf, SpawnError> {
-    let program = command.split_whitespace().next().ok_or(SpawnError::EmptyCommand)?;
-    let candidates: Vec<PathBuf> = if program.contains('/') {
-        vec![PathBuf::from(program)]
-    } else {
-        dirs.iter().map(|d| d.join(program)).collect()
-    };
-    for c in &candidates {
-        if let Ok(meta) = std::fs::metadata(c) {
-            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
-                return Ok(c.clone());
-            }
-            return Err(SpawnError::NotExecutable(c.clone()));
+    Ok(crate::program::find_program_in(command, dirs)?)
+}
+
+impl From<crate::program::ProgramError> for SpawnError {
+    fn from(e: crate::program::ProgramError) -> SpawnError {
+        use crate::program::ProgramError;
+        match e {
+            ProgramError::NotFound { program, looked } => SpawnError::NotFound { program, looked },
+            ProgramError::NotExecutable(p) => SpawnError::NotExecutable(p),
+            ProgramError::EmptyCommand => SpawnError::EmptyCommand,
         }
     }
-    Err(SpawnError::NotFound { program: program.to_string(), looked: candidates })
 }
 
 /// The command line with its program replaced by the path found for it.
@@ -364,6 +356,7 @@ impl Drop for FilterProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn bare_names_are_looked_up_in_libexec_dirs() {

@@ -34,15 +34,22 @@ pub fn serve(stream: UnixStream, config: &Arc<Config>, pool: Pool) {
     let checker = super::auth::Checker::start(Arc::clone(config), atx);
     // Buffered: a small message's length, head and body usually come in one read.
     let mut reader = std::io::BufReader::with_capacity(64 * 1024, stream);
+    // Bodies go back here when their messages are done, for the next ones to fill.
+    let buffers = crate::buffers::Buffers::new();
     loop {
-        match next_message(&mut reader, config) {
+        match next_message(&mut reader, config, &buffers) {
             Ok(Some(SmtpFrame::Auth(ask))) => checker.ask(ask),
             Ok(Some(SmtpFrame::Message(head, body))) => {
                 let seq = head.seq;
                 match targets(config, &head) {
                     Ok(targets) => {
-                        let mail =
-                            Mail { id: MsgId(head.msgid), return_path: head.mail_from, received: head.received, body };
+                        let mail = Mail {
+                            id: MsgId(head.msgid),
+                            return_path: head.mail_from,
+                            received: head.received,
+                            body,
+                            recycle: Some(buffers.clone()),
+                        };
                         let tx = vtx.clone();
                         let done = Box::new(move |o: DeliveryResult| drop(tx.send((seq, verdict(&o)))));
                         pool.submit(Job { mail: Arc::new(mail), targets, done });
@@ -74,7 +81,11 @@ enum SmtpFrame {
     Auth(frame::AuthAsk),
 }
 
-fn next_message(r: &mut impl Read, config: &Config) -> std::io::Result<Option<SmtpFrame>> {
+fn next_message(
+    r: &mut impl Read,
+    config: &Config,
+    buffers: &crate::buffers::Buffers,
+) -> std::io::Result<Option<SmtpFrame>> {
     let Some((kind, mut bytes)) = frame::read_kinded(r, frame::MAX_HEAD)? else {
         return Ok(None);
     };
@@ -92,7 +103,7 @@ fn next_message(r: &mut impl Read, config: &Config) -> std::io::Result<Option<Sm
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("body of {} bytes", head.body_len)));
     }
     // A buffer a finished message gave back (`Mail`'s drop), so steady traffic reuses them.
-    let mut body = crate::buffers::take();
+    let mut body = buffers.take();
     // Bounded by the check above.
     body.reserve(usize::try_from(head.body_len).unwrap_or(0));
     r.take(head.body_len).read_to_end(&mut body)?;

@@ -19,6 +19,7 @@ use crossbeam_channel::{Receiver, Sender};
 use zeroize::Zeroize;
 
 use super::frame::{self, AuthAsk, AuthVerdict, DeliveryAnswer, DeliveryVerdict, Head};
+use crate::buffers::Buffers;
 
 type Done = Box<dyn FnOnce(DeliveryVerdict) + Send>;
 type AuthDone = Box<dyn FnOnce(AuthVerdict) + Send>;
@@ -37,6 +38,8 @@ pub struct Link {
     auth_pending: AuthPending,
     seq: AtomicU64,
     lost: Arc<AtomicBool>,
+    /// Bodies go back here once written, for the sessions' next DATA.
+    buffers: Buffers,
 }
 
 impl Link {
@@ -46,18 +49,25 @@ impl Link {
         let pending: Arc<Mutex<HashMap<u64, Done>>> = Arc::default();
         let auth_pending = AuthPending::default();
         let lost = Arc::new(AtomicBool::new(false));
+        let buffers = Buffers::new();
         let reader = stream.try_clone()?;
-        let (p, l) = (Arc::clone(&pending), Arc::clone(&lost));
-        std::thread::Builder::new().name("link-write".into()).spawn(move || write_loop(stream, &rx, &p, &l))?;
+        let (p, l, b) = (Arc::clone(&pending), Arc::clone(&lost), buffers.clone());
+        std::thread::Builder::new().name("link-write".into()).spawn(move || write_loop(stream, &rx, &p, &l, &b))?;
         let (p, a, l) = (Arc::clone(&pending), Arc::clone(&auth_pending), Arc::clone(&lost));
         std::thread::Builder::new().name("link-read".into()).spawn(move || read_loop(reader, &p, &a, &l))?;
-        Ok(Link { tx, pending, auth_pending, seq: AtomicU64::new(1), lost })
+        Ok(Link { tx, pending, auth_pending, seq: AtomicU64::new(1), lost, buffers })
+    }
+
+    /// The free list the sessions take body buffers from: the link gives each back once
+    /// written to delivery.
+    pub fn buffers(&self) -> &Buffers {
+        &self.buffers
     }
 
     /// Hands one message to delivery; `done` is called once, on a link thread.
     pub fn submit(&self, mut head: Head, body: Vec<u8>, done: Done) {
         if self.lost.load(Ordering::Relaxed) {
-            crate::buffers::give(body);
+            self.buffers.give(body);
             return done(DeliveryVerdict::TempFail("delivery process unavailable".into()));
         }
         head.seq = self.seq.fetch_add(1, Ordering::Relaxed);
@@ -68,7 +78,7 @@ impl Link {
             p.insert(head.seq, done);
         }
         if let Err(e) = self.tx.send(Outgoing { head: bytes, body, wipe: false }) {
-            crate::buffers::give(e.0.body);
+            self.buffers.give(e.0.body);
             fail(&self.pending, Some(head.seq), "delivery link closed");
         }
     }
@@ -133,7 +143,13 @@ fn send(stream: &mut UnixStream, batch: &[Outgoing]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn write_loop(mut stream: UnixStream, rx: &Receiver<Outgoing>, pending: &Mutex<HashMap<u64, Done>>, lost: &AtomicBool) {
+fn write_loop(
+    mut stream: UnixStream,
+    rx: &Receiver<Outgoing>,
+    pending: &Mutex<HashMap<u64, Done>>,
+    lost: &AtomicBool,
+    buffers: &Buffers,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -149,7 +165,7 @@ fn write_loop(mut stream: UnixStream, rx: &Receiver<Outgoing>, pending: &Mutex<H
             if out.wipe {
                 out.head.zeroize();
             }
-            crate::buffers::give(out.body);
+            buffers.give(out.body);
         }
         if let Err(e) = sent {
             log::error!("delivery link: write failed: {e}");
@@ -159,7 +175,7 @@ fn write_loop(mut stream: UnixStream, rx: &Receiver<Outgoing>, pending: &Mutex<H
             // Later messages are failed by `submit` or here as they come.
             for mut out in rx.iter() {
                 out.head.zeroize();
-                crate::buffers::give(out.body);
+                buffers.give(out.body);
                 fail(pending, None, "delivery process unavailable");
             }
             return;

@@ -11,7 +11,7 @@
 pub mod auth;
 mod children;
 pub mod delivery;
-pub mod fds;
+pub use crate::fds;
 pub mod frame;
 pub mod link;
 pub mod sandbox;

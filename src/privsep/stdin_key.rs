@@ -42,7 +42,7 @@ pub(crate) fn pipe_for_child() -> io::Result<Option<(OwnedFd, (&'static str, Str
 /// A child, at start: the key its parent passed, if any.
 pub fn take() -> Option<[u8; 32]> {
     let fd: i32 = std::env::var(ENV).ok()?.parse().ok()?;
-    let mut f = std::fs::File::from(super::fds::adopt(fd).ok()?);
+    let mut f = std::fs::File::from(crate::fds::adopt(fd).ok()?);
     let mut key = [0u8; 32];
     f.read_exact(&mut key).ok()?;
     Some(key)

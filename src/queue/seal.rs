@@ -43,19 +43,7 @@ impl std::fmt::Display for KeyError {
 
 /// A key as written: 32 bytes of text (OpenSMTPD's form), or 64 hexadecimal digits.
 pub fn parse_key(text: &str) -> Result<[u8; 32], KeyError> {
-    let text = text.trim_end_matches(['\r', '\n']);
-    let mut key = [0u8; 32];
-    if text.len() == 32 {
-        key.copy_from_slice(text.as_bytes());
-        return Ok(key);
-    }
-    if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        for (i, k) in key.iter_mut().enumerate() {
-            *k = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|e| KeyError(e.to_string()))?;
-        }
-        return Ok(key);
-    }
-    Err(KeyError("the key must be 32 characters or 64 hexadecimal digits".into()))
+    crate::config::queue_key::parse_key(text).map_err(KeyError)
 }
 
 impl Seal {

@@ -165,7 +165,7 @@ fn deliver(config: &Config, action: &Action, command: &str, sender: &str, rcpt: 
     }
     // Never while the parent hands descriptors to a child process (they are inheritable then).
     let spawned = {
-        let _exclusive = crate::privsep::fds::EXEC_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _exclusive = crate::fds::EXEC_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         cmd.spawn()
     };
     let mut child = match spawned {

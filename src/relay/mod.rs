@@ -479,7 +479,7 @@ impl Runner {
             let failures: Vec<bounce::Failure<'_>> =
                 failed.iter().map(|(rcpt, status, why)| bounce::Failure { rcpt, status, diagnostic: why }).collect();
             if let Some(dsn) = bounce::dsn(&config.hostname, &entry.env.sender, &failures, original, &entry.id) {
-                let socket = self.spool.join(crate::server::SUBMIT_SOCKET);
+                let socket = self.spool.join(crate::spool::SUBMIT_SOCKET);
                 let prepared = crate::submit::headers::Prepared {
                     sender: String::new(),
                     recipients: vec![entry.env.sender.clone()],
@@ -541,7 +541,7 @@ fn warn_of_delay(
             recipients: vec![entry.env.sender.clone()],
             message: dsn,
         };
-        if let Err(e) = crate::submit::client::submit(&spool.join(crate::server::SUBMIT_SOCKET), &prepared, None) {
+        if let Err(e) = crate::submit::client::submit(&spool.join(crate::spool::SUBMIT_SOCKET), &prepared, None) {
             log::warn!("delay warning for msgid={} not submitted, retrying later: {e}", entry.id);
             return false;
         }

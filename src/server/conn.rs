@@ -42,6 +42,25 @@ pub(crate) enum Status {
     Closed(&'static str),
 }
 
+/// Where a connection is, apart from its session's SMTP state: one at a time, so no two
+/// flags can disagree. (The wait for the client's reverse DNS is not a phase: it holds the
+/// greeting while the PROXY header or a TLS handshake may still run, so it has its own
+/// deadline.)
+enum ConnPhase {
+    /// `proxy-v2`: the PROXY header is still awaited; nothing else is read or written.
+    Proxy(super::knobs::ProxyWait),
+    /// A TLS handshake (smtps, or after STARTTLS) must end by `deadline`.
+    Handshake {
+        deadline: Instant,
+    },
+    /// STARTTLS was answered with 220; TLS begins once that reply is on the wire.
+    StartTls,
+    Open,
+    /// Ending for this reason: at once, or once the last reply is out (`"filter"`, and any
+    /// reason but `"eof"` while output is pending).
+    Closing(&'static str),
+}
+
 enum ReadResult {
     Data(usize),
     WouldBlock,
@@ -56,17 +75,12 @@ pub(crate) struct Conn {
     session: Session<ConnPolicy>,
     inbuf: Vec<u8>,
     pub(crate) listener: Arc<ListenerRt>,
-    /// STARTTLS was answered with 220; TLS begins once that reply is on the wire.
-    starttls_pending: bool,
-    handshake_deadline: Option<Instant>,
+    phase: ConnPhase,
     /// Edge-triggered readiness that this connection has not yet drained.
     pub(crate) readable: bool,
     registered: Option<Interest>,
-    close_reason: Option<&'static str>,
     /// The listener's filter chain, when it has one.
     filter: Option<Box<filtering::ConnFilter>>,
-    /// `proxy-v2`: the PROXY header is still awaited; nothing else is read or written.
-    proxy: Option<super::knobs::ProxyWait>,
     /// When the greeting stops waiting for the client's reverse DNS.
     rdns_deadline: Option<Instant>,
 }
@@ -96,16 +110,13 @@ impl Conn {
             session,
             inbuf: Vec::new(),
             listener,
-            starttls_pending: false,
-            handshake_deadline: None,
+            phase: proxy.map_or(ConnPhase::Open, ConnPhase::Proxy),
             readable: true,
             registered: None,
-            close_reason: None,
             filter: None,
-            proxy,
             rdns_deadline: None,
         };
-        if conn.listener.smtps && conn.proxy.is_none() {
+        if conn.listener.smtps && matches!(conn.phase, ConnPhase::Open) {
             conn.start_tls(now);
         }
         conn
@@ -141,6 +152,26 @@ impl Conn {
         self.session.handle_rdns();
     }
 
+    /// Why the connection is ending, once it is.
+    fn close_reason(&self) -> Option<&'static str> {
+        match self.phase {
+            ConnPhase::Closing(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// Ends the connection for `reason`, unless it is ending already (the first reason holds).
+    fn close(&mut self, reason: &'static str) {
+        if !matches!(self.phase, ConnPhase::Closing(_)) {
+            self.phase = ConnPhase::Closing(reason);
+        }
+    }
+
+    /// No input goes to the session: STARTTLS waits for its 220 to leave, or it is closing.
+    fn input_paused(&self) -> bool {
+        matches!(self.phase, ConnPhase::StartTls | ConnPhase::Closing(_))
+    }
+
     /// The peer as the logs name it: its address, or "local" for the unix socket.
     pub(crate) fn peer(&self) -> String {
         match self.origin() {
@@ -156,27 +187,23 @@ impl Conn {
         match rustls::ServerConnection::new(Arc::clone(config)) {
             Ok(tls) => {
                 self.tls = Some(Box::new(tls));
-                self.handshake_deadline = Some(now + HANDSHAKE_TIMEOUT.min(self.listener.session.idle_timeout));
+                self.phase =
+                    ConnPhase::Handshake { deadline: now + HANDSHAKE_TIMEOUT.min(self.listener.session.idle_timeout) };
             }
             Err(e) => {
                 log::warn!("{} smtp tls setup failed: {e}", self.id);
-                self.close_reason = Some("tls-setup");
+                self.phase = ConnPhase::Closing("tls-setup");
             }
         }
     }
 
     /// Runs the connection as far as it can go without blocking.
-    pub(crate) fn pump(
-        &mut self,
-        scratch: &mut [u8],
-        ctx: &mut super::event_loop::LoopCtx<'_>,
-        now: Instant,
-    ) -> Status {
+    pub(crate) fn pump(&mut self, scratch: &mut [u8], ctx: &mut super::loop_ctx::LoopCtx<'_>, now: Instant) -> Status {
         // A filter's disconnect closes once its reply is out (below).
-        if let Some(reason) = self.close_reason.filter(|r| *r != "filter") {
+        if let Some(reason) = self.close_reason().filter(|r| *r != "filter") {
             return Status::Closed(reason);
         }
-        if self.proxy.is_some() {
+        if matches!(self.phase, ConnPhase::Proxy(_)) {
             match self.read_proxy(scratch, now) {
                 Ok(true) => {}
                 Ok(false) => return Status::Open,
@@ -195,7 +222,7 @@ impl Conn {
                     Ok(ReadResult::Eof) => {
                         self.session.handle_eof();
                         self.readable = false;
-                        self.close_reason.get_or_insert("eof");
+                        self.close("eof");
                     }
                     Err(e) => return self.fail("io-error", &e),
                 }
@@ -211,18 +238,18 @@ impl Conn {
             if let Err(e) = self.flush() {
                 return self.fail("io-error", &e);
             }
-            if self.starttls_pending && !self.has_output() {
-                self.starttls_pending = false;
+            if matches!(self.phase, ConnPhase::StartTls) && !self.has_output() {
+                self.phase = ConnPhase::Open;
                 self.start_tls(now);
                 progressed = true;
             }
-            if let Some(reason) = self.close_reason {
+            if let Some(reason) = self.close_reason() {
                 if !self.has_output() || reason == "eof" {
                     return Status::Closed(reason);
                 }
             }
             if self.session.is_closing() && !self.has_output() {
-                return Status::Closed(self.close_reason.unwrap_or("quit"));
+                return Status::Closed(self.close_reason().unwrap_or("quit"));
             }
             if !progressed {
                 break;
@@ -235,7 +262,7 @@ impl Conn {
     /// names (greeting, rules and Received see that address) and TLS may begin. `Ok(false)`:
     /// not yet.
     fn read_proxy(&mut self, scratch: &mut [u8], now: Instant) -> Result<bool, &'static str> {
-        let Some(wait) = self.proxy.as_mut() else {
+        let ConnPhase::Proxy(wait) = &mut self.phase else {
             return Ok(true);
         };
         let got = match wait.read(&mut self.stream, scratch) {
@@ -249,7 +276,7 @@ impl Conn {
             self.readable = false;
             return Ok(false);
         };
-        self.proxy = None;
+        self.phase = ConnPhase::Open;
         if let Some(ip) = client {
             log::info!("{} smtp proxy address={ip} via={}", self.id, self.peer());
             let policy = ConnPolicy::new(Arc::clone(&self.listener.config), Origin::Tcp(ip), self.listener.tag.clone());
@@ -268,7 +295,7 @@ impl Conn {
     }
 
     fn can_read(&self) -> bool {
-        if self.starttls_pending || self.close_reason.is_some() {
+        if self.input_paused() {
             return false;
         }
         let handshaking = self.tls.as_ref().is_some_and(|t| t.is_handshaking());
@@ -281,7 +308,7 @@ impl Conn {
         if self.filter.is_some() {
             return self.feed_filtered(now);
         }
-        if self.inbuf.is_empty() || !self.session.wants_read() || self.starttls_pending {
+        if self.inbuf.is_empty() || !self.session.wants_read() || matches!(self.phase, ConnPhase::StartTls) {
             return false;
         }
         let n = self.session.handle_input(&self.inbuf, now);
@@ -342,7 +369,9 @@ impl Conn {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, e));
             }
             if was_handshaking && !tls.is_handshaking() {
-                self.handshake_deadline = None;
+                if matches!(self.phase, ConnPhase::Handshake { .. }) {
+                    self.phase = ConnPhase::Open;
+                }
                 let info = crate::tls::describe(tls);
                 if let Some((version, cipher, bits)) = info {
                     log::info!("{} smtp tls ciphers={version}:{cipher}:{bits}", self.id);
@@ -355,11 +384,12 @@ impl Conn {
     }
 
     fn has_output(&self) -> bool {
-        self.proxy.is_none() && !self.session.output().is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+        !matches!(self.phase, ConnPhase::Proxy(_)) && !self.session.output().is_empty()
+            || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if self.proxy.is_some() {
+        if matches!(self.phase, ConnPhase::Proxy(_)) {
             return Ok(());
         }
         loop {
@@ -392,17 +422,19 @@ impl Conn {
         }
     }
 
-    fn on_event(&mut self, event: Event<Vec<Target>>, ctx: &mut super::event_loop::LoopCtx<'_>, now: Instant) {
+    fn on_event(&mut self, event: Event<Vec<Target>>, ctx: &mut super::loop_ctx::LoopCtx<'_>, now: Instant) {
         match event {
             Event::StartTls => {
-                self.starttls_pending = true;
+                if !matches!(self.phase, ConnPhase::Closing(_)) {
+                    self.phase = ConnPhase::StartTls;
+                }
                 self.inbuf = Vec::new();
                 let _ = now;
             }
             Event::Message(message) if self.filter.is_some() => self.filter_message(message),
             Event::Message(message) => self.submit(message, ctx),
             Event::Close(reason) => {
-                self.close_reason.get_or_insert(close_reason(&reason));
+                self.close(close_reason(&reason));
             }
             Event::Refused(r) => {
                 let mut reply = Vec::with_capacity(64);
@@ -414,7 +446,7 @@ impl Conn {
         }
     }
 
-    fn submit(&mut self, message: Message<Vec<Target>>, ctx: &mut super::event_loop::LoopCtx<'_>) {
+    fn submit(&mut self, message: Message<Vec<Target>>, ctx: &mut super::loop_ctx::LoopCtx<'_>) {
         let proto = self.proto(&message);
         log::info!(
             "{} smtp message msgid={} size={} nrcpt={} proto={}",
@@ -424,7 +456,14 @@ impl Conn {
             message.rcpts.len(),
             proto
         );
-        let received = super::message::received_header(self, &message, proto);
+        let hop = super::message::Hop {
+            origin: self.origin(),
+            mask_src: self.listener.knobs.mask_src,
+            show_auth: self.listener.auth.received_auth,
+            rdns: self.rdns(),
+            hostname: self.hostname(),
+        };
+        let received = super::message::received_header(&hop, &message, proto);
         let policy = self.session.policy();
         let (origin, tag) = (policy.origin().clone(), policy.tag().map(str::to_owned));
         let rdns = policy.rdns().map(str::to_owned);
@@ -449,7 +488,7 @@ impl Conn {
 
     /// Handles idle and handshake deadlines.
     pub(crate) fn on_tick(&mut self, now: Instant) -> Tick {
-        if self.proxy.as_ref().is_some_and(|w| now >= w.deadline) {
+        if matches!(&self.phase, ConnPhase::Proxy(w) if now >= w.deadline) {
             log::info!("{} smtp disconnected reason=proxy-timeout address={}", self.id, self.peer());
             return Tick::Close;
         }
@@ -459,7 +498,7 @@ impl Conn {
             self.session.handle_rdns();
             return Tick::Pump;
         }
-        if self.handshake_deadline.is_some_and(|d| now >= d) {
+        if matches!(self.phase, ConnPhase::Handshake { deadline } if now >= deadline) {
             log::info!("{} smtp tls handshake timed out address={}", self.id, self.peer());
             return Tick::Close;
         }

@@ -15,8 +15,8 @@ use super::Conn;
 use crate::envelope::Target;
 use crate::filter::protocol::{self, Endpoint, Output, Report, TxResult};
 use crate::filter::{Chain, FilterAnswer, FilterDecision, FilterEvent, FilterLink, Id, Now, Phase, SessionFilter};
-use crate::server::event_loop::LoopCtx;
 use crate::server::filters::{Shared, ToHub};
+use crate::server::loop_ctx::LoopCtx;
 use crate::smtp::command::{self, Command};
 use crate::smtp::session::MAX_COMMAND_LINE;
 use crate::smtp::Message;
@@ -155,7 +155,7 @@ impl Conn {
     pub(crate) fn feed_filtered(&mut self, now: Instant) -> bool {
         let mut progressed = false;
         loop {
-            if self.starttls_pending || self.close_reason.is_some() || !self.session.wants_read() {
+            if self.input_paused() || !self.session.wants_read() {
                 break;
             }
             let Some(f) = self.filter.as_mut() else { break };
@@ -401,7 +401,7 @@ impl Conn {
             body.extend_from_slice(l.as_bytes());
             body.push(b'\n');
         }
-        crate::buffers::give(std::mem::replace(&mut m.body, body));
+        self.session.buffers().give(std::mem::replace(&mut m.body, body));
         m.size = m.body.len() as u64;
         if f.chain.filters_phase(Phase::Commit) {
             f.engine.begin(Now::read(), Phase::Commit, "");
@@ -417,7 +417,7 @@ impl Conn {
             let mut body = Vec::with_capacity(m.body.len() + 13);
             body.extend_from_slice(b"X-Spam: Yes\n");
             body.extend_from_slice(&m.body);
-            crate::buffers::give(std::mem::replace(&mut m.body, body));
+            self.session.buffers().give(std::mem::replace(&mut m.body, body));
             m.size = m.body.len() as u64;
         }
         f.size = m.body.len();
@@ -428,17 +428,17 @@ impl Conn {
     fn refuse(&mut self, reply: &str, close: bool) {
         self.session.push_reply(&reply_text(reply));
         if close {
-            self.close_reason.get_or_insert("filter");
+            self.close("filter");
         }
     }
 
     fn refuse_message(&mut self, m: Message<Vec<Target>>, reply: &str, close: bool) {
         log::info!("{} smtp refused step=data msgid={} reply=\"{}\"", self.id, m.id, reply_text(reply).escape_debug());
         self.session.refuse_commit(m.id, &reply_text(reply));
-        crate::buffers::give(m.body);
+        self.session.buffers().give(m.body);
         self.filter_committed(false);
         if close {
-            self.close_reason.get_or_insert("filter");
+            self.close("filter");
         }
     }
 }

@@ -12,14 +12,15 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::envelope::{MsgId, Origin, SessionId, Target};
-use crate::privsep::frame::{AuthAsk, AuthVerdict, DeliveryVerdict, Head};
+use crate::envelope::Origin;
+use crate::privsep::frame::{AuthVerdict, DeliveryVerdict};
 use crate::privsep::link::Link;
 use crate::server::conn::{Conn, Status, Tick};
-use crate::server::filters::{FromHub, LoopFilters, Shared, ToHub};
+use crate::server::filters::{FromHub, LoopFilters, ToHub};
+use crate::server::loop_ctx::{AuthAnswer, DeliveryReport, LoopCtx};
 use crate::server::stream::Stream;
 use crate::server::ListenerRt;
-use crate::smtp::{AuthId, AuthRequest, AuthResult, Message, Outcome};
+use crate::smtp::{AuthResult, Outcome};
 
 const WAKER: Token = Token(0);
 const LISTENER_BASE: usize = 1;
@@ -50,89 +51,6 @@ pub(crate) enum LoopCommand {
     /// has taken over the listeners).
     Retire,
     Stop,
-}
-
-/// A delivery's result, addressed to the connection that waits for it.
-pub(crate) struct DeliveryReport {
-    slot: usize,
-    sid: SessionId,
-    msgid: MsgId,
-    outcome: DeliveryVerdict,
-}
-
-/// The delivery process's answer to a login, addressed to the session that waits for it.
-pub(crate) struct AuthAnswer {
-    slot: usize,
-    sid: SessionId,
-    id: AuthId,
-    user: String,
-    verdict: AuthVerdict,
-}
-
-/// What a connection may use of its loop while it pumps.
-pub(crate) struct LoopCtx<'a> {
-    link: &'a Link,
-    verdicts: &'a Sender<DeliveryReport>,
-    auth_answers: &'a Sender<AuthAnswer>,
-    waker: &'a Arc<Waker>,
-    slot: usize,
-    inflight: bool,
-    /// The way to the filter processes, when a listener has filters.
-    pub(crate) filters: Option<&'a Shared>,
-}
-
-impl LoopCtx<'_> {
-    /// Hands the message to the delivery process: the envelope as the client gave it (the
-    /// targets this process resolved stay here; delivery resolves them again itself).
-    pub(crate) fn submit(
-        &mut self,
-        sid: SessionId,
-        message: Message<Vec<Target>>,
-        received: Vec<u8>,
-        origin: &Origin,
-        tag: Option<&str>,
-        rdns: Option<String>,
-    ) {
-        let msgid = message.id;
-        let head = Head {
-            seq: 0,
-            msgid: msgid.0,
-            origin: origin.clone(),
-            tls: message.tls.is_some(),
-            tag: tag.map(str::to_owned),
-            auth: message.auth,
-            mail_from: message.mail_from,
-            rcpts: message.rcpts.into_iter().map(|(r, _)| r).collect(),
-            received,
-            body_len: 0,
-            helo: message.helo,
-            rdns,
-        };
-        let (tx, waker, slot) = (self.verdicts.clone(), Arc::clone(self.waker), self.slot);
-        let done = Box::new(move |outcome: DeliveryVerdict| {
-            // The loop may be gone at shutdown; then the client simply never sees a 250.
-            if tx.send(DeliveryReport { slot, sid, msgid, outcome }).is_ok() {
-                let _ = waker.wake();
-            }
-        });
-        self.link.submit(head, message.body, done);
-        self.inflight = true;
-    }
-
-    /// Sends a login to the delivery process, which checks it; the verdict comes back
-    /// through `drain_auth`.
-    pub(crate) fn check_auth(&mut self, sid: SessionId, origin: &Origin, table: Option<&str>, req: AuthRequest) {
-        let AuthRequest { id, user, password } = req;
-        let ask =
-            AuthAsk { seq: 0, origin: origin.clone(), table: table.map(str::to_owned), user: user.clone(), password };
-        let (tx, waker, slot) = (self.auth_answers.clone(), Arc::clone(self.waker), self.slot);
-        let done = Box::new(move |verdict: AuthVerdict| {
-            if tx.send(AuthAnswer { slot, sid, id, user, verdict }).is_ok() {
-                let _ = waker.wake();
-            }
-        });
-        self.link.check_auth(ask, done);
-    }
 }
 
 pub(crate) struct EventLoop {
@@ -318,6 +236,8 @@ impl EventLoop {
             _ => None,
         };
         let mut conn = Conn::new(id, stream, origin, rt, user, now);
+        // Bodies come from, and go back to, the list the link gives written ones back to.
+        conn.session_mut().set_buffers(self.link.buffers().clone());
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {

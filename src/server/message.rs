@@ -5,13 +5,23 @@ use std::time::SystemTime;
 
 use crate::envelope::{Origin, Target};
 use crate::headers::{self, Peer, ReceivedInfo};
-use crate::server::conn::Conn;
 use crate::smtp::Message;
 
+/// What the Received header says of the connection a message came on.
+pub(crate) struct Hop<'a> {
+    pub(crate) origin: &'a Origin,
+    /// The listener's `mask-src`.
+    pub(crate) mask_src: bool,
+    /// The listener's `received-auth`.
+    pub(crate) show_auth: bool,
+    pub(crate) rdns: Option<&'a str>,
+    pub(crate) hostname: &'a str,
+}
+
 /// The Received header in OpenSMTPD's form; `for <rcpt>` only when there is one recipient.
-pub(crate) fn received_header(conn: &Conn, message: &Message<Vec<Target>>, proto: &str) -> Vec<u8> {
-    let peer = match conn.origin() {
-        _ if conn.listener.knobs.mask_src => Peer::Masked,
+pub(crate) fn received_header(conn: &Hop<'_>, message: &Message<Vec<Target>>, proto: &str) -> Vec<u8> {
+    let peer = match conn.origin {
+        _ if conn.mask_src => Peer::Masked,
         Origin::Socket => Peer::Local,
         Origin::Tcp(ip) => Peer::Ip(*ip),
     };
@@ -20,13 +30,13 @@ pub(crate) fn received_header(conn: &Conn, message: &Message<Vec<Target>>, proto
         [(only, _)] => Some(only.as_str()),
         _ => None,
     };
-    let auth = conn.listener.auth.received_auth.then_some(message.auth.as_deref());
+    let auth = conn.show_auth.then_some(message.auth.as_deref());
     headers::received_with_auth(
         &ReceivedInfo {
             helo: &message.helo,
-            rdns: conn.rdns(),
+            rdns: conn.rdns,
             peer,
-            by: conn.hostname(),
+            by: conn.hostname,
             proto,
             id: message.id,
             tls,

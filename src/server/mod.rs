@@ -9,6 +9,7 @@ mod filters;
 mod ids;
 mod knobs;
 mod listener;
+mod loop_ctx;
 mod message;
 mod policy;
 mod proxy;

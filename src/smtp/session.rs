@@ -15,6 +15,7 @@ use super::address;
 use super::command::{self, Command, CommandError};
 use super::data::{DataDecoder, DataError, DataStatus};
 use super::reply::{self, Reply};
+use crate::buffers::Buffers;
 use crate::envelope::MsgId;
 
 mod auth;
@@ -202,6 +203,8 @@ pub struct Session<P: Policy> {
     /// Inside a command line longer than the limit: drop until its LF, then answer.
     discarding: bool,
     body: Vec<u8>,
+    /// Where DATA takes its body buffer and a dropped body goes back (`set_buffers`).
+    buffers: Buffers,
 }
 
 impl<P: Policy> Session<P> {
@@ -224,9 +227,21 @@ impl<P: Policy> Session<P> {
             errors: 0,
             discarding: false,
             body: Vec::new(),
+            buffers: Buffers::new(),
         };
         reply::greeting(&mut s.out, &s.cfg.hostname);
         s
+    }
+
+    /// The free list of body buffers this session shares with its loop and the link that
+    /// gives bodies back once written (by default, one of its own).
+    pub fn set_buffers(&mut self, buffers: Buffers) {
+        self.buffers = buffers;
+    }
+
+    /// The session's free list of body buffers.
+    pub fn buffers(&self) -> &Buffers {
+        &self.buffers
     }
 
     /// This host's name as the session gives it (greeting, Received).
@@ -369,7 +384,7 @@ impl<P: Policy> Session<P> {
     /// The client went away: any open transaction is dropped, nothing is delivered.
     pub fn handle_eof(&mut self) {
         if !matches!(self.state, State::AwaitCommit(_)) {
-            crate::buffers::give(std::mem::take(&mut self.body));
+            self.buffers.give(std::mem::take(&mut self.body));
             self.close(CloseReason::Eof);
         }
     }
@@ -542,7 +557,7 @@ impl<P: Policy> Session<P> {
         match std::mem::replace(&mut self.state, State::Closing) {
             State::Mail(tx) if !tx.rcpts.is_empty() => {
                 self.state = State::Data(tx, DataDecoder::new(self.cfg.max_message_size));
-                self.body = crate::buffers::take();
+                self.body = self.buffers.take();
                 self.reply(&reply::DATA_GO);
             }
             State::Mail(tx) => {

@@ -1,11 +1,11 @@
 //! The top-level statements beyond listeners, actions and rules: `queue`, `srs`, `bounce`,
 //! `mta`/`mda`/`scheduler` limits, `admd`, `proc` and `filter` (parse.y's grammar). Each
-//! parses into [`Knobs`](super::Knobs); what mxd does not act on yet gets a notice. Filters
+//! parses into [`Knobs`](crate::config::Knobs); what mxd does not act on yet gets a notice. Filters
 //! are checked against what the daemon can run in `crate::filter::config`.
 
-use super::lexer::Tok;
-use super::parser::{duration, Parsed, Parser, R};
-use super::{ErrorKind, FilterAction, FilterCond, FilterKind, Limit, Proc, QueueKey};
+use super::{duration, Parsed, Parser, R};
+use crate::config::lexer::Tok;
+use crate::config::{ErrorKind, FilterAction, FilterCond, FilterKind, Limit, Proc, QueueKey};
 
 /// `queue compression | encryption [KEY|stdin] | ttl DURATION`.
 pub(super) fn queue(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
@@ -23,7 +23,7 @@ pub(super) fn queue(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
             } else {
                 match p.value("a key or 'stdin'")? {
                     k if k.eq_ignore_ascii_case("stdin") || k == "-" => QueueKey::Stdin,
-                    k if crate::queue::seal::parse_key(&k).is_ok() => QueueKey::Key(k),
+                    k if super::super::queue_key::parse_key(&k).is_ok() => QueueKey::Key(k),
                     k => {
                         return Err(ErrorKind::BadValue {
                             what: "queue encryption key",
@@ -239,11 +239,11 @@ pub(super) fn filter(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
     add_filter(out, name, at, kind)
 }
 
-fn add_filter(out: &mut Parsed, name: String, at: super::ConfigLine, kind: FilterKind) -> R<()> {
+fn add_filter(out: &mut Parsed, name: String, at: crate::config::ConfigLine, kind: FilterKind) -> R<()> {
     if out.knobs.filters.contains_key(&name) {
         return Err(ErrorKind::Duplicate { what: "filter", name });
     }
-    out.knobs.filters.insert(name.clone(), super::Filter { name, at, kind });
+    out.knobs.filters.insert(name.clone(), crate::config::Filter { name, at, kind });
     Ok(())
 }
 
@@ -296,7 +296,7 @@ pub(super) fn filter_ref(p: &mut Parser<'_>, out: &mut Parsed) -> R<String> {
 
 /// Filters named by chains, listeners and relays must exist (checked after parsing, since
 /// parse.y requires definition before use but includes may reorder).
-pub(super) fn undefined_filters(out: &Parsed) -> Vec<(super::ConfigLine, String)> {
+pub(in crate::config) fn undefined_filters(out: &Parsed) -> Vec<(crate::config::ConfigLine, String)> {
     let known = |n: &String| out.knobs.filters.contains_key(n);
     let mut missing = Vec::new();
     for f in out.knobs.filters.values() {
@@ -316,7 +316,7 @@ pub(super) fn undefined_filters(out: &Parsed) -> Vec<(super::ConfigLine, String)
         }
     }
     for a in &out.actions {
-        if let super::Method::Relay(r) = &a.method {
+        if let crate::config::Method::Relay(r) = &a.method {
             if let Some(n) = r.filter.as_ref().filter(|n| !known(n)) {
                 missing.push((a.at.clone(), n.clone()));
             }

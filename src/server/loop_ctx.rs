@@ -1,0 +1,97 @@
+//! What a connection may use of its loop while it pumps (`LoopCtx`), and the answers that
+//! come back to the loop for it: delivery verdicts and login verdicts. Apart from the loop
+//! so that connections depend on this, not on the loop that owns them.
+
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use mio::Waker;
+
+use crate::envelope::{MsgId, Origin, SessionId, Target};
+use crate::privsep::frame::{AuthAsk, AuthVerdict, DeliveryVerdict, Head};
+use crate::privsep::link::Link;
+use crate::server::filters::Shared;
+use crate::smtp::{AuthId, AuthRequest, Message};
+
+/// A delivery's result, addressed to the connection that waits for it.
+pub(crate) struct DeliveryReport {
+    pub(super) slot: usize,
+    pub(super) sid: SessionId,
+    pub(super) msgid: MsgId,
+    pub(super) outcome: DeliveryVerdict,
+}
+
+/// The delivery process's answer to a login, addressed to the session that waits for it.
+pub(crate) struct AuthAnswer {
+    pub(super) slot: usize,
+    pub(super) sid: SessionId,
+    pub(super) id: AuthId,
+    pub(super) user: String,
+    pub(super) verdict: AuthVerdict,
+}
+
+/// What a connection may use of its loop while it pumps.
+pub(crate) struct LoopCtx<'a> {
+    pub(super) link: &'a Link,
+    pub(super) verdicts: &'a Sender<DeliveryReport>,
+    pub(super) auth_answers: &'a Sender<AuthAnswer>,
+    pub(super) waker: &'a Arc<Waker>,
+    pub(super) slot: usize,
+    pub(super) inflight: bool,
+    /// The way to the filter processes, when a listener has filters.
+    pub(crate) filters: Option<&'a Shared>,
+}
+
+impl LoopCtx<'_> {
+    /// Hands the message to the delivery process: the envelope as the client gave it (the
+    /// targets this process resolved stay here; delivery resolves them again itself).
+    pub(crate) fn submit(
+        &mut self,
+        sid: SessionId,
+        message: Message<Vec<Target>>,
+        received: Vec<u8>,
+        origin: &Origin,
+        tag: Option<&str>,
+        rdns: Option<String>,
+    ) {
+        let msgid = message.id;
+        let head = Head {
+            seq: 0,
+            msgid: msgid.0,
+            origin: origin.clone(),
+            tls: message.tls.is_some(),
+            tag: tag.map(str::to_owned),
+            auth: message.auth,
+            mail_from: message.mail_from,
+            rcpts: message.rcpts.into_iter().map(|(r, _)| r).collect(),
+            received,
+            body_len: 0,
+            helo: message.helo,
+            rdns,
+        };
+        let (tx, waker, slot) = (self.verdicts.clone(), Arc::clone(self.waker), self.slot);
+        let done = Box::new(move |outcome: DeliveryVerdict| {
+            // The loop may be gone at shutdown; then the client simply never sees a 250.
+            if tx.send(DeliveryReport { slot, sid, msgid, outcome }).is_ok() {
+                let _ = waker.wake();
+            }
+        });
+        self.link.submit(head, message.body, done);
+        self.inflight = true;
+    }
+
+    /// Sends a login to the delivery process, which checks it; the verdict comes back
+    /// through `drain_auth`.
+    pub(crate) fn check_auth(&mut self, sid: SessionId, origin: &Origin, table: Option<&str>, req: AuthRequest) {
+        let AuthRequest { id, user, password } = req;
+        let ask =
+            AuthAsk { seq: 0, origin: origin.clone(), table: table.map(str::to_owned), user: user.clone(), password };
+        let (tx, waker, slot) = (self.auth_answers.clone(), Arc::clone(self.waker), self.slot);
+        let done = Box::new(move |verdict: AuthVerdict| {
+            if tx.send(AuthAnswer { slot, sid, id, user, verdict }).is_ok() {
+                let _ = waker.wake();
+            }
+        });
+        self.link.check_auth(ask, done);
+    }
+}
