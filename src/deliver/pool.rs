@@ -176,13 +176,7 @@ fn stage_job(job: Job, ctx: &Ctx, opened: &mut maildir::Opened) -> Pending {
             return p;
         };
         // One queue file per message holds every relayed recipient (one envelope each).
-        let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let env = queue::encode(&queue::QueuedEnvelope {
-            id: mail.id.to_string(),
-            sender: mail.return_path.clone(),
-            created,
-            rcpts: relay,
-        });
+        let env = queue_head(mail, relay);
         let parts: [&[u8]; 3] = [&env, &mail.received, &mail.body];
         let sealed = match queue::seal::current().seal(&parts) {
             None => None,
@@ -211,19 +205,19 @@ fn stage_job(job: Job, ctx: &Ctx, opened: &mut maildir::Opened) -> Pending {
             p.fail(Cause::new("mda", "", std::io::Error::other("no mda queue")));
             return p;
         };
-        let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let env = queue::encode(&queue::QueuedEnvelope {
-            id: mail.id.to_string(),
-            sender: mail.return_path.clone(),
-            created,
-            rcpts: mda,
-        });
+        let env = queue_head(&mail, mda);
         match opened.stage(&crate::spool::mda_dir(spool), None, &[&env, &mail.received, &mail.body], &ctx.host) {
             Ok(s) => p.staged.push(s),
             Err(cause) => p.fail(cause),
         }
     }
     p
+}
+
+/// A queue file's envelope: the message's id and sender, now, and `(action, recipient)` pairs.
+fn queue_head(mail: &Mail, rcpts: Vec<(String, String)>) -> Vec<u8> {
+    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    queue::encode(&queue::QueuedEnvelope { id: mail.id.to_string(), sender: mail.return_path.clone(), created, rcpts })
 }
 
 /// Step 2: the data of every staged copy reaches the disk.

@@ -246,13 +246,12 @@ pub fn encode_text(text: &str) -> Vec<u8> {
     out
 }
 
-/// Reads one length-prefixed frame of at most `max` bytes. `Ok(None)` is a clean end of
-/// stream between frames; a stream cut inside a frame is `UnexpectedEof`.
-pub fn read_frame(r: &mut impl Read, max: usize) -> io::Result<Option<Vec<u8>>> {
-    let mut len = [0u8; 4];
+/// The 4-byte word that starts a frame; `Ok(None)` at a clean end of stream before it.
+fn read_word(r: &mut impl Read) -> io::Result<Option<[u8; 4]>> {
+    let mut word = [0u8; 4];
     let mut got = 0;
     while got < 4 {
-        match r.read(&mut len[got..]) {
+        match r.read(&mut word[got..]) {
             Ok(0) if got == 0 => return Ok(None),
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => got += n,
@@ -260,6 +259,13 @@ pub fn read_frame(r: &mut impl Read, max: usize) -> io::Result<Option<Vec<u8>>> 
             Err(e) => return Err(e),
         }
     }
+    Ok(Some(word))
+}
+
+/// Reads one length-prefixed frame of at most `max` bytes. `Ok(None)` is a clean end of
+/// stream between frames; a stream cut inside a frame is `UnexpectedEof`.
+pub fn read_frame(r: &mut impl Read, max: usize) -> io::Result<Option<Vec<u8>>> {
+    let Some(len) = read_word(r)? else { return Ok(None) };
     let len = u32::from_be_bytes(len) as usize;
     if len > max {
         return Err(io::Error::new(io::ErrorKind::InvalidData, FrameError::TooLong(len)));
@@ -390,17 +396,7 @@ pub fn decode_answer(bytes: &[u8]) -> Result<DeliveryAnswer, FrameError> {
 /// Reads one smtp → delivery frame: its kind and its bytes (at most `max`). `Ok(None)` is
 /// a clean end of stream between frames.
 pub fn read_kinded(r: &mut impl Read, max: usize) -> io::Result<Option<(u8, Vec<u8>)>> {
-    let mut word = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        match r.read(&mut word[got..]) {
-            Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let Some(word) = read_word(r)? else { return Ok(None) };
     let word = u32::from_be_bytes(word);
     let (kind, len) = ((word >> 24) as u8, (word & 0x00ff_ffff) as usize);
     if len > max {
