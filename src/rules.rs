@@ -36,7 +36,14 @@ pub fn is_local_domain(config: &Config, domain: &str) -> bool {
         let ip = ip.trim_start_matches("ipv6:");
         return ip.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || local_addr(config, ip));
     }
-    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).is_some_and(|h| h.eq_ignore_ascii_case(&d))
+    system_hostname().eq_ignore_ascii_case(&d)
+}
+
+/// The system's host name, asked once per process (a reload starts new ones): `for local`
+/// is decided on the event loops, which ask the system nothing while serving.
+fn system_hostname() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default())
 }
 
 fn local_addr(config: &Config, ip: std::net::IpAddr) -> bool {
