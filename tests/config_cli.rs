@@ -53,7 +53,7 @@ fn seed_node_needs_its_macro() {
 fn seed_mx0_checks_ok_on_a_host_with_vio0() {
     if !common::can_run(
         "seed_mx0_checks_ok_on_a_host_with_vio0",
-        &[common::Need::Root, common::Need::Program("ip", "iproute2")],
+        &[common::Need::Root, common::Need::Program("ip", "iproute2"), common::Need::Program("openssl", "openssl")],
     ) {
         return;
     }
