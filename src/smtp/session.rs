@@ -369,7 +369,9 @@ impl<P: Policy> Session<P> {
         self.tls = Some(info);
         self.helo = None;
         self.esmtp = false;
-        if !matches!(self.state, State::Closing) {
+        // An smtps handshake can end while the greeting still waits for the client's name:
+        // that wait goes on, and `handle_rdns` greets.
+        if !matches!(self.state, State::Closing | State::AwaitRdns) {
             self.state = State::Greeting;
         }
     }

@@ -82,6 +82,21 @@ mod tests {
     }
 
     #[test]
+    fn an_smtps_handshake_ending_during_the_wait_still_gets_the_greeting() {
+        let now = Instant::now();
+        let mut s = session(now);
+        s.await_rdns();
+        s.handle_tls(crate::smtp::TlsInfo {
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_256_GCM_SHA384".into(),
+            bits: 256,
+        });
+        assert!(s.awaiting_rdns() && s.output().is_empty());
+        s.handle_rdns();
+        assert!(s.output().starts_with(b"220 mx.test ESMTP"), "{:?}", String::from_utf8_lossy(s.output()));
+    }
+
+    #[test]
     fn a_client_leaving_during_the_wait_closes_the_session() {
         let now = Instant::now();
         let mut s = session(now);
