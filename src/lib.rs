@@ -8,8 +8,8 @@
 //! - [`config`], [`table`], [`rules`] and [`resolve`] turn smtpd.conf and an envelope into
 //!   delivery targets; they are pure functions of an immutable [`config::Config`].
 //! - [`deliver`] writes the targets to disk with fsync-safe renames, in batches.
-// deny, not forbid: privsep::fds adopts inherited descriptors and privsep::sandbox calls
-// pledge(2), each in one commented `allow`.
+// deny, not forbid: privsep::fds adopts inherited descriptors, privsep::sandbox calls
+// pledge(2) and server::stats maps a shared page, each in one commented `allow`.
 #![deny(unsafe_code)]
 #![warn(unreachable_pub, rust_2018_idioms)]
 

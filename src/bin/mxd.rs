@@ -3,7 +3,7 @@
 //! mxd [-dnv] [-f file] [-D name=value] [-u user]
 //!
 //! The same binary runs every process of the daemon: the parent re-executes it with a
-//! hidden `-x ROLE` (and `--parent PID`, `--link FD`, `--listener KEY FDS`) for each child.
+//! hidden `-x ROLE` (and `--parent PID`, `--link FD`, `--stats FD`, `--listener KEY FDS`) for each child.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +24,7 @@ struct Args {
     role: Option<Role>,
     parent: u32,
     link: Option<i32>,
+    stats: Option<i32>,
     listeners: Vec<(String, Vec<i32>)>,
 }
 
@@ -43,6 +44,7 @@ fn parse_args() -> Result<Args, String> {
         role: None,
         parent: 0,
         link: None,
+        stats: None,
         listeners: Vec::new(),
     };
     let fd = |s: &str| s.parse::<i32>().map_err(|_| format!("bad descriptor {s:?}"));
@@ -71,6 +73,10 @@ fn parse_args() -> Result<Args, String> {
             }
             Long("link") => {
                 args.link =
+                    Some(fd(&parser.value().map_err(|e| e.to_string())?.string().map_err(|e| e.to_string())?)?)
+            }
+            Long("stats") => {
+                args.stats =
                     Some(fd(&parser.value().map_err(|e| e.to_string())?.string().map_err(|e| e.to_string())?)?)
             }
             Long("listener") => {
@@ -200,6 +206,11 @@ fn child(role: Role, args: &Args, config: config::Config) -> ExitCode {
                 match fds.iter().map(|f| privsep::fds::adopt(*f)).collect::<Result<Vec<_>, _>>() {
                     Ok(owned) => sockets.push((key.clone(), owned)),
                     Err(e) => return fail(role, &e),
+                }
+            }
+            if let Some(fd) = args.stats {
+                if let Err(e) = privsep::fds::adopt(fd).and_then(server::attach_stats) {
+                    return fail(role, &e);
                 }
             }
             server::run_smtp(config, link, sockets, who.as_ref()).map_err(|e| e.to_string())

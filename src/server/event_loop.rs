@@ -222,7 +222,7 @@ impl EventLoop {
             Some(u) => log::info!("{id} smtp connected address={addr} user={u}"),
             None => log::info!("{id} smtp connected address={addr}"),
         }
-        super::STATS.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        super::stats::get().connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let filter = self.filters.as_ref().and_then(|f| {
             let chain = rt.filter.as_ref().and_then(|n| f.shared.chains.get(n))?;
             let socket = rt.config.spool.join(crate::spool::SUBMIT_SOCKET);
@@ -320,7 +320,7 @@ impl EventLoop {
                 DeliveryVerdict::PermFail(cause) => Outcome::PermFail(cause.clone()),
             };
             log::info!("{} delivery msgid={} result={}", v.sid, v.msgid, result_name(&v.outcome));
-            super::STATS.count(&v.outcome);
+            super::stats::get().count(&v.outcome);
             s.conn.readable = true;
             s.conn.filter_committed(matches!(outcome, Outcome::Ok));
             s.conn.session_mut().handle_commit(v.msgid, outcome);

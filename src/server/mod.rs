@@ -14,6 +14,7 @@ mod message;
 mod policy;
 mod proxy;
 mod rdns;
+mod stats;
 mod stream;
 mod supervise;
 
@@ -35,14 +36,6 @@ use crate::smtp::{SessionConfig, TlsPolicy};
 use crate::spool;
 use crate::tls::{self, Pkis, TlsError};
 use event_loop::{EventLoop, ListenSocket, LoopCommand, LoopListener};
-
-/// Counters for `mxctl show stats`.
-pub(crate) static STATS: supervise::Stats = supervise::Stats {
-    connections: std::sync::atomic::AtomicU64::new(0),
-    delivered: std::sync::atomic::AtomicU64::new(0),
-    tempfail: std::sync::atomic::AtomicU64::new(0),
-    permfail: std::sync::atomic::AtomicU64::new(0),
-};
 
 /// Bad commands a session may send before it is dropped with a 421.
 const MAX_ERRORS: u32 = 10;
@@ -163,7 +156,8 @@ pub fn run(config: Config, reloader: Reloader, procs: Processes) -> Result<(), S
     let control =
         control::bind(&config.spool).map_err(|source| StartError::Bind { what: "control.sock".into(), source })?;
     let current: Arc<supervise::Current> = Arc::default();
-    let mut kids = supervise::Kids::new(procs.spawner, Arc::clone(&current));
+    let stats = stats::create().map_err(StartError::Thread)?;
+    let mut kids = supervise::Kids::new(procs.spawner, Arc::clone(&current), stats);
     // The relay, then delivery, then smtp, each ready before the next: once the smtp process
     // listens, every process has loaded the configuration.
     kids.start_relay().map_err(StartError::Thread)?;
@@ -194,6 +188,11 @@ pub fn run(config: Config, reloader: Reloader, procs: Processes) -> Result<(), S
 /// The smtp process: the event loops behind the listeners the parent bound, handing
 /// messages to the delivery process over `link`. Loads what it needs as root, then becomes
 /// the unprivileged user in an empty chroot before it accepts anything.
+/// Counts into the parent's shared stats page (`--stats FD`).
+pub fn attach_stats(fd: std::os::fd::OwnedFd) -> std::io::Result<()> {
+    stats::attach(&fd)
+}
+
 pub fn run_smtp(
     config: Config,
     link: std::os::unix::net::UnixStream,
@@ -265,8 +264,7 @@ pub fn run_smtp(
         }
     }
     // Tells the parent we are up, then answers its questions.
-    privsep::serve_parent(|req| if req == "stats" { supervise::stats_text(&STATS) } else { String::new() })
-        .map_err(StartError::Thread)?;
+    privsep::serve_parent(|_| String::new()).map_err(StartError::Thread)?;
     log::info!("smtp process ready: {loops} event loops");
     let loops_of: Vec<(Sender<LoopCommand>, Arc<Waker>)> =
         handles.iter().map(|h| (h.commands.clone(), Arc::clone(&h.waker))).collect();

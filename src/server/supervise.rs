@@ -10,7 +10,6 @@
 //! [`MAX_RESTARTS`] crashes within a minute bring the daemon down instead.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,6 @@ use nix::sys::signal::Signal;
 use super::{plan, Bound, Reloader, SUBMIT_SOCKET};
 use crate::config::{self, Config};
 use crate::control::{self, ControlHandler, HandlerError, QueueSelection};
-use crate::privsep::frame::DeliveryVerdict;
 use crate::privsep::{Chan, Child, Role, Spawner};
 use crate::submit;
 
@@ -29,36 +27,6 @@ const READY_WITHIN: Duration = Duration::from_secs(60);
 /// Crashes tolerated within [`RESTART_WINDOW`].
 const MAX_RESTARTS: usize = 5;
 const RESTART_WINDOW: Duration = Duration::from_secs(60);
-
-/// Counters for `mxctl show stats`, kept by the smtp process.
-#[derive(Default)]
-pub(crate) struct Stats {
-    pub(crate) connections: AtomicU64,
-    pub(crate) delivered: AtomicU64,
-    pub(crate) tempfail: AtomicU64,
-    pub(crate) permfail: AtomicU64,
-}
-
-impl Stats {
-    pub(crate) fn count(&self, outcome: &DeliveryVerdict) {
-        let c = match outcome {
-            DeliveryVerdict::Ok => &self.delivered,
-            DeliveryVerdict::TempFail(_) => &self.tempfail,
-            DeliveryVerdict::PermFail(_) => &self.permfail,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-pub(crate) fn stats_text(s: &Stats) -> String {
-    format!(
-        "smtp.connections={}\ndelivery.ok={}\ndelivery.tempfail={}\ndelivery.permfail={}",
-        s.connections.load(Ordering::Relaxed),
-        s.delivered.load(Ordering::Relaxed),
-        s.tempfail.load(Ordering::Relaxed),
-        s.permfail.load(Ordering::Relaxed)
-    )
-}
 
 /// The smtp process's signals, registered first thing.
 pub(crate) fn smtp_signals() -> std::io::Result<signal_hook::iterator::Signals> {
@@ -97,23 +65,14 @@ pub(crate) fn forward_smtp_signals(
 pub(crate) struct Current {
     smtp: Mutex<Option<Arc<Chan>>>,
     relay: Mutex<Option<Arc<Chan>>>,
-    /// Counters of smtp processes replaced since start, as they were when replaced.
-    earlier: Mutex<std::collections::BTreeMap<String, u64>>,
-}
-
-/// Adds `name=value` lines into `into`.
-fn add_counters(into: &mut std::collections::BTreeMap<String, u64>, text: &str) {
-    for (k, v) in text.lines().filter_map(|l| l.split_once('=')) {
-        if let Ok(v) = v.trim().parse::<u64>() {
-            *into.entry(k.trim().to_owned()).or_default() += v;
-        }
-    }
 }
 
 /// The parent's children: the current generation, retired ones still finishing, the relay.
 pub(crate) struct Kids {
     spawner: Spawner,
     current: Arc<Current>,
+    /// The shared counters' page, mapped by every smtp process (`stats.rs`).
+    stats: std::os::fd::OwnedFd,
     smtp: Option<Child>,
     delivery: Option<Child>,
     relay: Option<Child>,
@@ -122,8 +81,17 @@ pub(crate) struct Kids {
 }
 
 impl Kids {
-    pub(crate) fn new(spawner: Spawner, current: Arc<Current>) -> Kids {
-        Kids { spawner, current, smtp: None, delivery: None, relay: None, retired: Vec::new(), crashes: Vec::new() }
+    pub(crate) fn new(spawner: Spawner, current: Arc<Current>, stats: std::os::fd::OwnedFd) -> Kids {
+        Kids {
+            spawner,
+            current,
+            stats,
+            smtp: None,
+            delivery: None,
+            relay: None,
+            retired: Vec::new(),
+            crashes: Vec::new(),
+        }
     }
 
     /// A delivery process and an smtp process joined by a socketpair; the previous pair
@@ -140,6 +108,8 @@ impl Kids {
         let (mut args, mut pass) = bound.args();
         args.extend(["--link".into(), a.as_raw_fd().to_string().into()]);
         pass.push(a.as_fd());
+        args.extend(["--stats".into(), self.stats.as_raw_fd().to_string().into()]);
+        pass.push(self.stats.as_fd());
         // The old pair keeps serving until the new one is up: a new process that cannot
         // start (a configuration file broken on disk since the parent read it) changes nothing.
         let smtp = self.spawner.spawn(Role::Smtp, args, &pass).and_then(|mut s| s.wait_ready(READY_WITHIN).map(|()| s));
@@ -152,10 +122,6 @@ impl Kids {
             }
         };
         if let Some(old) = self.smtp.take() {
-            // Its counters carry over; what its last sessions do after this is not counted.
-            if let (Ok(text), Ok(mut earlier)) = (old.chan.ask("stats"), self.current.earlier.lock()) {
-                add_counters(&mut earlier, &text);
-            }
             old.signal(Signal::SIGUSR2);
             self.retired.push(old);
         }
@@ -397,20 +363,9 @@ impl ControlHandler for Control {
         control::own_lines(&self.show_queue(), user, Some(&self.hostname))
     }
 
+    /// Every smtp process since start counts into the page the parent shares with them.
     fn show_stats(&self) -> String {
-        let smtp = self.current.smtp.lock().ok().and_then(|c| c.clone());
-        let now = smtp.and_then(|c| c.ask("stats").ok()).unwrap_or_else(|| stats_text(&Stats::default()));
-        let mut total = self.current.earlier.lock().map(|e| e.clone()).unwrap_or_default();
-        add_counters(&mut total, &now);
-        let mut out = String::new();
-        // In the order the smtp process prints them.
-        for line in now.lines() {
-            if let Some((k, _)) = line.split_once('=') {
-                out.push_str(&format!("{k}={}\n", total.get(k).copied().unwrap_or(0)));
-            }
-        }
-        out.pop();
-        out
+        super::stats::get().text()
     }
 
     /// Every waiting recipient, or those of one message, is retried now: the relay process
