@@ -10,16 +10,14 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::rspamd::{Rspamd, FILTER as RSPAMD_FILTER, GTUBE, RSPAMD};
 use common::{basic_conf, can_run, free_port, node_conf, wait_for, Client, Mxd, Need};
 
 const PY: &str = "/usr/bin/python3";
 const DKIMSIGN: &str = "/usr/libexec/opensmtpd/filter-dkimsign";
-const RSPAMD: &str = "/usr/bin/rspamd";
-const RSPAMD_FILTER: &str = "/usr/libexec/opensmtpd/filter-rspamd";
-const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
 
 /// `basic_conf` with `top` (filter statements) first and its listener filtered by `filter`.
 fn filtered_conf(top: String, filter: &'static str) -> impl FnOnce(&Path, u16) -> String {
@@ -218,52 +216,6 @@ fn dkimsign_signs_every_message_and_the_signature_survives_a_relay_hop() {
     assert_eq!(dkim_verify(dir.path(), &arrived, &key), "verified");
 }
 
-/// rspamd with one worker on 127.0.0.1:PORT, state in `dir`, no DNS (as tests/filter_rspamd.rs).
-struct Rspamd(Child);
-
-impl Rspamd {
-    fn start(dir: &Path, port: u16) -> Rspamd {
-        for d in ["local/local.d", "db", "run"] {
-            std::fs::create_dir_all(dir.join(d)).unwrap();
-        }
-        let d = dir.display();
-        let conf = format!(
-            ".include \"$CONFDIR/common.conf\"\noptions {{\n .include \"$CONFDIR/options.inc\"\n \
-             pidfile = \"{d}/run/rspamd.pid\";\n dns {{ nameserver = [\"127.0.0.1:1\"]; timeout = 0.1s; retransmits = 0; }}\n}}\n\
-             logging {{ type = \"console\"; level = \"error\"; }}\n\
-             worker \"normal\" {{\n .include \"$CONFDIR/worker-normal.inc\"\n bind_socket = \"127.0.0.1:{port}\";\n count = 1;\n}}\n"
-        );
-        std::fs::write(dir.join("rspamd.conf"), conf).unwrap();
-        std::fs::write(dir.join("local/local.d/actions.conf"), "greylist = null;\n").unwrap();
-        let log = std::fs::File::create(dir.join("rspamd.log")).unwrap();
-        let child = Command::new(RSPAMD)
-            .args(["-f", "-i", "-c"])
-            .arg(dir.join("rspamd.conf"))
-            .arg(format!("--var=DBDIR={d}/db"))
-            .arg(format!("--var=RUNDIR={d}/run"))
-            .arg(format!("--var=LOCAL_CONFDIR={d}/local"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let r = Rspamd(child);
-        let limit = Instant::now() + Duration::from_secs(120);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < limit, "rspamd did not listen");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        r
-    }
-}
-
-impl Drop for Rspamd {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::SIGTERM);
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn rspamd_rejects_gtube_through_the_daemon() {
     let needs = [Need::File(RSPAMD, "rspamd"), Need::File(RSPAMD_FILTER, "opensmtpd-filter-rspamd")];
@@ -271,8 +223,8 @@ fn rspamd_rejects_gtube_through_the_daemon() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _rspamd = Rspamd::start(dir.path(), port);
+    let rspamd = Rspamd::start(dir.path(), "greylist = null;\n");
+    let port = rspamd.port;
     let top = format!("filter \"rspamd\" proc-exec \"filter-rspamd -url http://127.0.0.1:{port}\"\n");
     let m = Mxd::start_with(filtered_conf(top, "rspamd"), &[]);
     let head = "From: Joseph <joseph@example.org>\nTo: joseph@test\nDate: Tue, 01 Dec 2026 10:00:00 +0000\n";

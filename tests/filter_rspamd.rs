@@ -5,13 +5,11 @@
 
 mod common;
 
-use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{can_run, free_port, Need};
+use common::rspamd::{Rspamd, FILTER, GTUBE, RSPAMD};
+use common::{can_run, Need};
 use mxd::filter::driver::Driver;
 use mxd::filter::process::ProcSpec;
 use mxd::filter::protocol::{self, Endpoint, Report, TxResult};
@@ -19,74 +17,6 @@ use mxd::filter::{
     Chain, ChainFilter, ChainFilterKind, FilterChain, FilterDecision, FilterEvent, FilterLink, Id, Limits, Now, Phase,
 };
 use mxd::filter::{SessionFilter, TableRef};
-
-const RSPAMD: &str = "/usr/bin/rspamd";
-const FILTER: &str = "/usr/libexec/opensmtpd/filter-rspamd";
-const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
-
-/// rspamd with one scanning worker on 127.0.0.1:PORT, state in `dir`, no DNS.
-struct Rspamd(Child);
-
-impl Rspamd {
-    fn start(dir: &Path, port: u16) -> Rspamd {
-        for d in ["local", "db", "run"] {
-            std::fs::create_dir_all(dir.join(d)).unwrap();
-        }
-        let d = dir.display();
-        let conf = format!(
-            r#".include "$CONFDIR/common.conf"
-options {{
-    .include "$CONFDIR/options.inc"
-    pidfile = "{d}/run/rspamd.pid";
-    dns {{ nameserver = ["127.0.0.1:1"]; timeout = 0.1s; retransmits = 0; }}
-}}
-logging {{ type = "console"; level = "error"; }}
-worker "normal" {{
-    .include "$CONFDIR/worker-normal.inc"
-    bind_socket = "127.0.0.1:{port}";
-    count = 1;
-}}
-"#
-        );
-        std::fs::write(dir.join("rspamd.conf"), conf).unwrap();
-        // Thresholds for the test: a sloppy message (no Date, no Message-ID: about 3.4)
-        // gets "add header", a tidy one none; greylisting (which needs redis) is off.
-        std::fs::create_dir_all(dir.join("local/local.d")).unwrap();
-        std::fs::write(dir.join("local/local.d/actions.conf"), "add_header = 2;\ngreylist = null;\n").unwrap();
-        let log = std::fs::File::create(dir.join("rspamd.log")).unwrap();
-        let child = Command::new(RSPAMD)
-            .args(["-f", "-i", "-c"])
-            .arg(dir.join("rspamd.conf"))
-            .arg(format!("--var=DBDIR={d}/db"))
-            .arg(format!("--var=RUNDIR={d}/run"))
-            .arg(format!("--var=LOCAL_CONFDIR={d}/local"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let r = Rspamd(child);
-        // Loading rules takes rspamd a while on a small machine.
-        let limit = Instant::now() + Duration::from_secs(120);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < limit,
-                "rspamd did not listen: {}",
-                std::fs::read_to_string(dir.join("rspamd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        r
-    }
-}
-
-impl Drop for Rspamd {
-    fn drop(&mut self) {
-        // SIGTERM: the main process stops its workers.
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::SIGTERM);
-        let _ = self.0.wait();
-    }
-}
 
 fn next_event(d: &mut Driver, id: Id) -> FilterEvent {
     let mut got = None;
@@ -145,8 +75,10 @@ fn rspamd_rejects_gtube_marks_spammy_and_passes_clean() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _rspamd = Rspamd::start(dir.path(), port);
+    // Thresholds for the test: a sloppy message (no Date, no Message-ID: about 3.4) gets
+    // "add header", a tidy one none; greylisting (which needs redis) is off.
+    let rspamd = Rspamd::start(dir.path(), "add_header = 2;\ngreylist = null;\n");
+    let port = rspamd.port;
     let spec = ProcSpec {
         name: "rspamd".into(),
         command: format!("filter-rspamd -url http://127.0.0.1:{port}"),

@@ -2,6 +2,8 @@
 //! configuration and spool in a temporary directory, and reads what lands in its Maildirs.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod rspamd;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
