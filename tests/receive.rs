@@ -300,6 +300,42 @@ fn sigterm_exits_zero() {
     assert_eq!(mxd.messages("joseph").len(), 1);
 }
 
+/// A service manager may stop mxd the moment its port answers: the parent must already
+/// handle SIGTERM then, not die of it while it finishes starting.
+#[test]
+fn sigterm_as_soon_as_the_port_answers_exits_zero() {
+    use nix::sys::signal::{kill, Signal};
+    for _ in 0..10 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = common::free_port();
+        let conf = dir.path().join("smtpd.conf");
+        std::fs::write(&conf, common::basic_conf(dir.path(), port)).expect("conf");
+        let mut child = std::process::Command::new(common::MXD)
+            .arg("-d")
+            .arg("-f")
+            .arg(&conf)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mxd");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "mxd did not listen");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("kill");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "mxd did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status:?}");
+    }
+}
+
 #[test]
 fn sighup_with_broken_config_keeps_serving_and_good_config_adds_listener() {
     let mut mxd = Mxd::start();

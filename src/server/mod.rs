@@ -155,6 +155,10 @@ pub fn run(config: Config, reloader: Reloader, procs: Processes) -> Result<(), S
     bound.apply(plan(&config)?, loops)?;
     let control =
         control::bind(&config.spool).map_err(|source| StartError::Bind { what: "control.sock".into(), source })?;
+    // Before any child starts: a SIGTERM that comes as soon as the port answers is a clean
+    // stop once the start is over, not the default action's death.
+    let (tx, rx) = crossbeam_channel::unbounded();
+    supervise::forward_signals(tx.clone()).map_err(StartError::Thread)?;
     let current: Arc<supervise::Current> = Arc::default();
     let stats = stats::create().map_err(StartError::Thread)?;
     let mut kids = supervise::Kids::new(procs.spawner, Arc::clone(&current), stats);
@@ -166,8 +170,6 @@ pub fn run(config: Config, reloader: Reloader, procs: Processes) -> Result<(), S
     crate::relay::mda::spawn(&config).map_err(StartError::Thread)?;
     log::info!("mxd started: {} event loops, {} listeners, hostname {}", loops, bound.keys.len(), config.hostname);
 
-    let (tx, rx) = crossbeam_channel::unbounded();
-    supervise::forward_signals(tx.clone()).map_err(StartError::Thread)?;
     supervise::start_control(
         control,
         supervise::Control { tx, spool: config.spool.clone(), hostname: config.hostname.clone(), current },
