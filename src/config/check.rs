@@ -31,7 +31,7 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
     for (at, name) in missing_filters {
         c.at(&at, ErrorKind::Undefined { what: "filter", name });
     }
-    let mut tables = tables(&mut c, p.tables);
+    let mut tables = tables(&mut c, p.tables, &p.knobs.procs);
     for (at, name) in &p.regex_tables {
         compile_regexes(&mut c, at, &mut tables, name);
     }
@@ -59,8 +59,11 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
             }
         }
         if let Method::Relay(r) = &mut a.method {
-            for t in [&r.src, &r.auth, &r.host_table].into_iter().flatten() {
+            for t in [&r.src, &r.host_table].into_iter().flatten() {
                 need_table(&mut c, &a.at, &tables, t, None);
+            }
+            if let Some(t) = &r.auth {
+                need_credentials(&mut c, &a.at, &tables, t);
             }
             for t in [&r.helo_src, &r.domain].into_iter().flatten() {
                 need_table(&mut c, &a.at, &tables, t, Some(Kind::Mapping));
@@ -113,6 +116,16 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
             };
             if let Some(Matcher::Table(t) | Matcher::Regex(t)) = m {
                 need_table(&mut c, &r.at, &tables, t, None);
+            }
+        }
+    }
+    // Filter conditions run on the smtp process's filter thread.
+    for f in p.knobs.filters.values() {
+        if let super::FilterKind::Builtin { conds, .. } = &f.kind {
+            for t in conds.iter().filter_map(|cond| cond.table.as_ref()) {
+                if tables.get(t).is_some_and(|t| t.is_proc()) {
+                    c.at(&f.at, ErrorKind::ProcTableUse(t.clone()));
+                }
             }
         }
     }
@@ -196,7 +209,11 @@ fn relay_notices(
     }
 }
 
-fn tables(c: &mut ConfigChecker, defs: Vec<(ConfigLine, String, TableDef)>) -> BTreeMap<String, Arc<Table>> {
+fn tables(
+    c: &mut ConfigChecker,
+    defs: Vec<(ConfigLine, String, TableDef)>,
+    procs: &BTreeMap<String, super::Proc>,
+) -> BTreeMap<String, Arc<Table>> {
     let mut out = BTreeMap::new();
     for (at, name, def) in defs {
         let passwd = matches!(def, TableDef::Passwd(_));
@@ -225,14 +242,42 @@ fn tables(c: &mut ConfigChecker, defs: Vec<(ConfigLine, String, TableDef)>) -> B
                     Table::inline_list(&name, Vec::new())
                 }
             },
-            TableDef::ProcExec(command) => {
-                c.at(&at, ErrorKind::Unsupported(format!("'proc-exec:' table '{command}'")));
-                Table::inline_list(&name, Vec::new())
-            }
+            TableDef::ProcExec(command) => proc_table(c, &at, &name, &command),
+            TableDef::Proc(proc) => match procs.get(&proc) {
+                Some(p) => proc_table(c, &at, &name, &p.command),
+                None => {
+                    c.at(&at, ErrorKind::Undefined { what: "proc", name: proc });
+                    Table::inline_list(&name, Vec::new())
+                }
+            },
         };
         out.insert(name, Arc::new(table));
     }
     out
+}
+
+/// A proc table: its program, when named by path, must be there (a bare name is looked
+/// for in PATH when it starts).
+fn proc_table(c: &mut ConfigChecker, at: &ConfigLine, name: &str, command: &str) -> Table {
+    let program = command.split_whitespace().next().unwrap_or("");
+    if program.contains('/') {
+        if let Err(e) = crate::program::find_program(program) {
+            let error = match e {
+                crate::program::ProgramError::NotExecutable(_) => "the table program is not executable",
+                _ => "no such table program",
+            };
+            c.at(at, ErrorKind::File { path: PathBuf::from(program), error: error.to_owned() });
+        }
+    }
+    Table::proc_exec(name, command)
+}
+
+/// A table that answers credentials (`listen … auth <t>`, relay `auth <t>`): those are
+/// looked up only where blocking is allowed, so a proc table may serve them.
+fn need_credentials(c: &mut ConfigChecker, at: &ConfigLine, tables: &BTreeMap<String, Arc<Table>>, name: &str) {
+    if !tables.contains_key(name) {
+        c.at(at, ErrorKind::Undefined { what: "table", name: name.to_owned() });
+    }
 }
 
 fn need_table(
@@ -244,6 +289,7 @@ fn need_table(
 ) {
     match (tables.get(name), kind) {
         (None, _) => c.at(at, ErrorKind::Undefined { what: "table", name: name.to_owned() }),
+        (Some(t), _) if t.is_proc() => c.at(at, ErrorKind::ProcTableUse(name.to_owned())),
         (Some(t), Some(Kind::Mapping)) if t.kind() == Kind::List && !t.is_empty() => c.at(
             at,
             ErrorKind::WrongTableKind { name: name.to_owned(), expected: "mapping (key = value, or key: value lines)" },
@@ -328,7 +374,7 @@ fn listener(
         }
     }
     if let Some(t) = l.auth.as_ref().and_then(|a| a.table.as_ref()) {
-        need_table(c, &l.at, tables, t, None);
+        need_credentials(c, &l.at, tables, t);
     }
     for t in [&l.options.hostnames, &l.options.senders].into_iter().flatten() {
         need_table(c, &l.at, tables, t, Some(Kind::Mapping));

@@ -507,6 +507,8 @@ pub enum ErrorKind {
         pattern: String,
         error: String,
     },
+    /// A proc table where the smtp session would consult it.
+    ProcTableUse(String),
 }
 
 impl fmt::Display for ErrorKind {
@@ -540,6 +542,10 @@ impl fmt::Display for ErrorKind {
             ErrorKind::BadValue { what, value, expected } => write!(f, "invalid {what} '{value}': expected {expected}"),
             ErrorKind::File { path, error } => write!(f, "{}: {error}", path.display()),
             ErrorKind::Unsupported(what) => write!(f, "{what} is not supported by mxd"),
+            ErrorKind::ProcTableUse(name) => write!(
+                f,
+                "table '{name}' is a proc table: mxd asks table processes only for credentials (listen … auth <{name}>, relay … auth <{name}>), where a lookup may block; this use is also looked up by the smtp session's event loop, which must not block (expected a file:, db:, passwd: or inline table here)"
+            ),
             ErrorKind::BadRegex { pattern, error } => {
                 write!(f, "invalid regular expression '{pattern}': {error} (expected an extended regular expression)")
             }

@@ -29,6 +29,8 @@ pub(crate) enum TableDef {
     Db(PathBuf),
     /// `proc-exec:COMMAND`: a table process speaking smtpd-tables(7).
     ProcExec(String),
+    /// `proc:NAME`: the table process of the `proc NAME COMMAND` statement.
+    Proc(String),
 }
 
 #[derive(Debug)]
@@ -604,7 +606,8 @@ fn table_source(spec: &str) -> R<TableDef> {
         "file" | "static" => Ok(TableDef::File(path()?)),
         "passwd" => Ok(TableDef::Passwd(path()?)),
         "db" => Ok(TableDef::Db(path()?)),
-        "proc" | "proc-exec" if !config.is_empty() => Ok(TableDef::ProcExec(config.to_owned())),
+        "proc-exec" if !config.is_empty() => Ok(TableDef::ProcExec(config.to_owned())),
+        "proc" if !config.is_empty() => Ok(TableDef::Proc(config.to_owned())),
         other => Err(ErrorKind::Unsupported(format!("table backend '{other}:'"))),
     }
 }

@@ -107,8 +107,12 @@ fn spec_for(config: &Config, r: &Relay) -> Result<Spec, String> {
     let (verify, identity, src) = common(config, r, Verify::System)?;
     let auth = match (&r.auth, &url.label) {
         (Some(t), Some(label)) => {
-            let value =
-                config.table(t).and_then(|t| t.get(label)).ok_or(format!("no credentials for {label} in table {t}"))?;
+            let table = config.table(t).ok_or(format!("table {t} is not defined"))?;
+            // A proc table's lookup may fail (its process down): the relay defers.
+            let value = table
+                .credentials(label)
+                .map_err(|e| format!("credentials for {label} in table {t}: {e}"))?
+                .ok_or(format!("no credentials for {label} in table {t}"))?;
             let (user, pass) =
                 value.split_once(':').ok_or(format!("credentials for {label}: expected user:password"))?;
             Some((user.to_owned(), pass.to_owned()))

@@ -1,0 +1,281 @@
+//! A `proc-exec:` table's process: started on first use (`/bin/sh -c COMMAND`, as the
+//! unprivileged user, never root), one request at a time, each answer awaited for
+//! `TIMEOUT` at most. A table that dies, times out or breaks the protocol is killed and
+//! started again at the next request (no sooner than `RESTART_DELAY` after a failed
+//! start); meanwhile every lookup fails as temporary, so callers answer 4xx.
+//!
+//! Lookups block, so only code that may block calls in here: the delivery process's
+//! login checks and the relay process's credentials (config/check.rs refuses every other
+//! use of a proc table at load).
+
+use std::fmt;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use super::proc::{self, Op, Outcome, Register, Service};
+
+/// How long one answer may take (OpenSMTPD's lookup process waits as long; a mail
+/// transaction's own timeouts are minutes, but a login should not hang for long).
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the handshake may take: a table may connect to its database first.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// Who table processes run as when this process is root (the delivery process).
+static RUN_AS: OnceLock<(u32, u32)> = OnceLock::new();
+
+/// Sets the user table processes started from this root process run as.
+pub fn run_as(uid: u32, gid: u32) {
+    let _ = RUN_AS.set((uid, gid));
+}
+
+/// True when the configuration has a proc table (a process may need to start one).
+pub fn any(config: &crate::config::Config) -> bool {
+    config.tables.values().any(|t| t.is_proc())
+}
+
+/// Why a lookup has no answer: always temporary.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ProcError {
+    Start(String),
+    Protocol(String),
+    Timeout,
+    /// The process closed its output (it died).
+    Gone,
+    /// The table answered `error`.
+    Table(String),
+    /// The table did not register the service asked for.
+    NoService(&'static str),
+    /// A key with a line break, which the protocol cannot carry.
+    BadKey,
+}
+
+impl fmt::Display for ProcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProcError::Start(e) => write!(f, "cannot start the table process: {e}"),
+            ProcError::Protocol(e) => write!(f, "{e}"),
+            ProcError::Timeout => write!(f, "no answer within {} s", TIMEOUT.as_secs()),
+            ProcError::Gone => write!(f, "the table process exited"),
+            ProcError::Table(why) => write!(f, "the table answered error: {why}"),
+            ProcError::NoService(s) => write!(f, "the table does not register the '{s}' service"),
+            ProcError::BadKey => write!(f, "a key with a line break"),
+        }
+    }
+}
+
+pub struct ProcTable {
+    name: String,
+    command: String,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    running: Option<Running>,
+    next_id: u64,
+    /// After a failed start, no new attempt before this.
+    quiet_until: Option<Instant>,
+}
+
+struct Running {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    services: Vec<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl fmt::Debug for ProcTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcTable").field("name", &self.name).field("command", &self.command).finish()
+    }
+}
+
+impl ProcTable {
+    pub fn new(name: &str, command: &str) -> ProcTable {
+        ProcTable { name: name.to_owned(), command: command.to_owned(), state: Mutex::new(State::default()) }
+    }
+
+    pub fn command(&self) -> &str {
+        &self.command
+    }
+
+    /// True when the table registered `service` (starting it if need be).
+    pub fn offers(&self, service: Service) -> Result<bool, ProcError> {
+        let mut st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let running = self.ensure(&mut st)?;
+        Ok(running.services.iter().any(|s| s == service.as_str()))
+    }
+
+    /// `lookup SERVICE KEY`: the value, or None when the table has no such key.
+    pub fn lookup(&self, service: Service, key: &str) -> Result<Option<String>, ProcError> {
+        match self.ask(Op::Lookup, service, key)? {
+            Outcome::Found(v) => Ok(Some(v)),
+            _ => Ok(None),
+        }
+    }
+
+    /// `check SERVICE KEY`.
+    pub fn check(&self, service: Service, key: &str) -> Result<bool, ProcError> {
+        Ok(matches!(self.ask(Op::Check, service, key)?, Outcome::Found(_)))
+    }
+
+    fn ask(&self, op: Op, service: Service, key: &str) -> Result<Outcome, ProcError> {
+        if !proc::key_ok(key) {
+            return Err(ProcError::BadKey);
+        }
+        let mut st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let id = format!("{:x}", st.next_id);
+        st.next_id += 1;
+        let running = self.ensure(&mut st)?;
+        if !running.services.iter().any(|s| s == service.as_str()) {
+            return Err(ProcError::NoService(service.as_str()));
+        }
+        let line = proc::request(&self.name, op, service, &id, Some(key), now());
+        let answer = exchange(running, &line, op, &id);
+        match answer {
+            Ok(Outcome::Error(why)) => Err(ProcError::Table(why)),
+            Ok(o) => Ok(o),
+            Err(e) => {
+                log::warn!("table {}: {e}; the process is stopped and started again at the next lookup", self.name);
+                st.running = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// The running process, started (and its handshake done) if it is not.
+    fn ensure<'s>(&self, st: &'s mut State) -> Result<&'s mut Running, ProcError> {
+        if let Some(r) = st.running.as_mut() {
+            // A process that exited between two lookups is replaced now, not after a timeout.
+            if !matches!(r.child.try_wait(), Ok(Some(_))) {
+                return Ok(st.running.as_mut().expect("checked just above"));
+            }
+            st.running = None;
+        }
+        if st.quiet_until.is_some_and(|t| Instant::now() < t) {
+            return Err(ProcError::Start("it failed less than a second ago".into()));
+        }
+        match self.start() {
+            Ok(r) => {
+                log::info!("table {}: started '{}', services {}", self.name, self.command, r.services.join(","));
+                st.quiet_until = None;
+                Ok(st.running.insert(r))
+            }
+            Err(e) => {
+                log::warn!("table {}: {e}", self.name);
+                st.quiet_until = Some(Instant::now() + RESTART_DELAY);
+                Err(e)
+            }
+        }
+    }
+
+    fn start(&self) -> Result<Running, ProcError> {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(&self.command).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        if nix::unistd::geteuid().is_root() {
+            let Some(&(uid, gid)) = RUN_AS.get().filter(|(uid, _)| *uid != 0) else {
+                return Err(ProcError::Start(
+                    "no unprivileged user to run it as (table processes never run as root)".into(),
+                ));
+            };
+            cmd.uid(uid).gid(gid);
+        }
+        let mut child = cmd.spawn().map_err(|e| ProcError::Start(e.to_string()))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(ProcError::Start("no pipes".into()));
+        };
+        let lines = match read_lines(stdout, &self.name) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
+        // From here on, dropping `running` on an error kills the process.
+        let mut running = Running { child, stdin, lines, services: Vec::new() };
+        running.stdin.write_all(proc::handshake(&self.name).as_bytes()).map_err(|_| ProcError::Gone)?;
+        running.stdin.flush().map_err(|_| ProcError::Gone)?;
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+        loop {
+            let line = next_line(&running.lines, deadline)?;
+            match proc::parse_register(&line).map_err(|e| ProcError::Protocol(e.to_string()))? {
+                Register::Service(s) if running.services.len() < 64 => running.services.push(s),
+                Register::Service(_) => return Err(ProcError::Protocol("more than 64 services registered".into())),
+                Register::Ready => return Ok(running),
+            }
+        }
+    }
+}
+
+fn exchange(running: &mut Running, line: &str, op: Op, id: &str) -> Result<Outcome, ProcError> {
+    // Answers left over from a request that timed out have other ids: dropped.
+    while running.lines.try_recv().is_ok() {}
+    running.stdin.write_all(line.as_bytes()).and_then(|()| running.stdin.flush()).map_err(|_| ProcError::Gone)?;
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let answer = next_line(&running.lines, deadline)?;
+        let (got, outcome) = proc::parse_answer(op, &answer).map_err(|e| ProcError::Protocol(e.to_string()))?;
+        if got == id {
+            return Ok(outcome);
+        }
+    }
+}
+
+fn next_line(lines: &Receiver<String>, deadline: Instant) -> Result<String, ProcError> {
+    match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        Ok(l) => Ok(l),
+        Err(RecvTimeoutError::Timeout) => Err(ProcError::Timeout),
+        Err(RecvTimeoutError::Disconnected) => Err(ProcError::Gone),
+    }
+}
+
+/// A thread that turns the table's output into lines (bounded in length and number
+/// waiting); it ends when the process closes its output or a line is too long.
+fn read_lines(stdout: impl Read + Send + 'static, table: &str) -> Result<Receiver<String>, ProcError> {
+    let (tx, rx) = crossbeam_channel::bounded(64);
+    let table = table.to_owned();
+    std::thread::Builder::new()
+        .name("table-proc".into())
+        .spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match (&mut r).take(proc::MAX_LINE as u64 + 1).read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if !buf.ends_with(b"\n") => {
+                        return log::warn!("table {table}: a line longer than {} bytes", proc::MAX_LINE);
+                    }
+                    Ok(_) => {}
+                }
+                let text = String::from_utf8_lossy(&buf);
+                let line = text.trim_end_matches(['\n', '\r']).to_owned();
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| ProcError::Start(format!("reader thread: {e}")))?;
+    Ok(rx)
+}
+
+fn now() -> (u64, u32) {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    (d.as_secs(), d.subsec_micros())
+}
