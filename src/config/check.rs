@@ -192,14 +192,13 @@ fn relay_notices(
             notice("relay host <table>: mxd relays through the table's first host only");
         }
     }
-    if r.backup {
-        notice("relay backup: parsed; mxd does no MX lookups yet, so a backup relay defers its mail");
-    }
-    if r.helo_src.is_some() {
-        notice("relay helo-src: parsed, not used yet (the HELO name is 'helo' or the host name)");
-    }
-    if r.domain.is_some() {
-        notice("relay domain <table>: parsed; mxd does not pick relay hosts by domain yet");
+    // `domain <t>`: every value must be a relay URL, checked now rather than at relay time.
+    if let Some(t) = r.domain.as_ref().and_then(|t| tables.get(t)) {
+        for value in t.keys().filter_map(|k| t.get(k)) {
+            if let Err(e) = super::relay_url(value) {
+                c.at(at, e);
+            }
+        }
     }
     if r.ciphers.is_some() || r.protocols.is_some() {
         notice("relay ciphers/protocols: accepted, no effect (rustls: TLS 1.2 and 1.3, its own safe suites)");

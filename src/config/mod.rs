@@ -9,6 +9,11 @@ mod check;
 mod iface;
 
 pub use check::default_hostname;
+
+/// A relay URL as `relay host` takes it (for `relay domain <t>` values, read at relay time).
+pub fn relay_url(s: &str) -> Result<RelayUrl, ErrorKind> {
+    parser::relay_url(s)
+}
 pub mod expand;
 pub mod filter_check;
 mod lexer;
