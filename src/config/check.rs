@@ -375,6 +375,17 @@ fn listener(
     if let Some(t) = l.auth.as_ref().and_then(|a| a.table.as_ref()) {
         need_credentials(c, &l.at, tables, t);
     }
+    if l.options.smtps_verify && l.ca.is_none() {
+        // Verifying against nothing would accept every client where a certificate is required.
+        c.at(
+            &l.at,
+            ErrorKind::BadValue {
+                what: "listen smtps verify",
+                value: "no ca".into(),
+                expected: "a 'ca NAME' option on the listener: the CA that signs the client certificates",
+            },
+        );
+    }
     for t in [&l.options.hostnames, &l.options.senders].into_iter().flatten() {
         need_table(c, &l.at, tables, t, Some(Kind::Mapping));
     }

@@ -243,6 +243,8 @@ pub struct ListenOptions {
     pub masquerade: bool,
     /// `filter NAME` or `filter { … }` (an anonymous chain in `Knobs::filters`).
     pub filter: Option<String>,
+    /// `smtps verify`: the TLS handshake wants a client certificate signed by the `ca`.
+    pub smtps_verify: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

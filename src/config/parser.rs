@@ -736,14 +736,7 @@ fn listen(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
             "tls" => l.tls = TlsMode::StartTls,
             "tls-require" => l.tls = TlsMode::Require { verify: p.keyword(&["verify"]).is_some() },
             "smtps" => {
-                if p.keyword(&["verify"]).is_some() {
-                    // Accepting any client where a certificate is required would be worse
-                    // than not starting.
-                    out.blocking(
-                        &l.at,
-                        "listen smtps verify is parsed but mxd does not ask smtps clients for certificates yet",
-                    );
-                }
+                l.options.smtps_verify = p.keyword(&["verify"]).is_some();
                 l.tls = TlsMode::Smtps;
             }
             "pki" => {

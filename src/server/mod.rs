@@ -365,7 +365,7 @@ fn runtime(config: &Arc<Config>, l: &Listener, pkis: &Pkis) -> Result<ListenerRt
         TlsMode::Plain => (TlsPolicy::Unavailable, false, false),
         TlsMode::StartTls => (TlsPolicy::Offer, false, false),
         TlsMode::Require { verify } => (TlsPolicy::Require, false, verify),
-        TlsMode::Smtps => (TlsPolicy::Unavailable, true, false),
+        TlsMode::Smtps => (TlsPolicy::Unavailable, true, l.options.smtps_verify),
     };
     let wants_tls = smtps || policy != TlsPolicy::Unavailable;
     let tls = if wants_tls {
