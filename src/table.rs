@@ -27,7 +27,7 @@ pub mod db;
 pub mod proc;
 pub mod proc_io;
 
-use proc_io::{ProcError, ProcTable};
+use proc_io::{ProcTable, TableProcError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -174,9 +174,9 @@ impl Table {
     /// The credentials value for `key` (a user for `listen … auth`, a label for a relay's
     /// `auth`): the mapping's value, a passwd table's password field, or a proc table's
     /// `credentials` lookup, which blocks (up to `proc_io::TIMEOUT`) and may fail.
-    pub fn credentials(&self, key: &str) -> Result<Option<String>, ProcError> {
+    pub fn credentials(&self, key: &str) -> Result<Option<String>, TableProcError> {
         match (&self.process, &self.source) {
-            (Some(p), _) => p.lookup(proc::Service::Credentials, key),
+            (Some(p), _) => p.lookup(proc::TableService::Credentials, key),
             (None, Source::Passwd(_)) => Ok(self.secret(key).map(str::to_owned)),
             (None, _) => Ok(self.get(key).map(str::to_owned)),
         }
@@ -184,12 +184,12 @@ impl Table {
 
     /// A proc table that registered the `auth` service checks `user:password` itself:
     /// Some(verdict). None for every other table (compare with `credentials`).
-    pub fn check_login(&self, user: &str, password: &str) -> Result<Option<bool>, ProcError> {
+    pub fn check_login(&self, user: &str, password: &str) -> Result<Option<bool>, TableProcError> {
         let Some(p) = &self.process else { return Ok(None) };
-        if !p.offers(proc::Service::Auth)? {
+        if !p.offers(proc::TableService::Auth)? {
             return Ok(None);
         }
-        p.check(proc::Service::Auth, &format!("{user}:{password}")).map(Some)
+        p.check(proc::TableService::Auth, &format!("{user}:{password}")).map(Some)
     }
 
     /// The same table read again from its file; inline tables are returned as they are.

@@ -25,7 +25,7 @@ use super::frame::{AuthAsk, AuthVerdict};
 use crate::auth::{self, system};
 use crate::config::Config;
 use crate::envelope::Origin;
-use crate::table::proc_io::ProcError;
+use crate::table::proc_io::TableProcError;
 use crate::table::Table;
 
 /// How long a failed login waits for its answer (OpenSMTPD pauses a session about as long).
@@ -183,7 +183,7 @@ pub fn check(config: &Config, ask: &AuthAsk) -> AuthVerdict {
 
 /// A login against a table. The outer error is a lookup that could not be made (a proc
 /// table down or silent): a temporary failure, not a wrong password.
-fn against_table(table: &Table, user: &str, password: &[u8]) -> Result<Result<bool, String>, ProcError> {
+fn against_table(table: &Table, user: &str, password: &[u8]) -> Result<Result<bool, String>, TableProcError> {
     if let Ok(text) = std::str::from_utf8(password) {
         if let Some(verdict) = table.check_login(user, text)? {
             return Ok(Ok(verdict));

@@ -17,43 +17,43 @@ pub const SMTPD_VERSION: &str = "7.6.0";
 pub const MAX_LINE: usize = 64 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
+pub enum TableOp {
     Check,
     Lookup,
     Fetch,
 }
 
-impl Op {
+impl TableOp {
     fn as_str(self) -> &'static str {
         match self {
-            Op::Check => "check",
-            Op::Lookup => "lookup",
-            Op::Fetch => "fetch",
+            TableOp::Check => "check",
+            TableOp::Lookup => "lookup",
+            TableOp::Fetch => "fetch",
         }
     }
 }
 
 /// The services mxd asks a table process for (table(5) and smtpd-tables(7) names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Service {
+pub enum TableService {
     /// `check` of `user:password`: the table verifies the login itself.
     Auth,
     /// `user` → `user:hash` (listen auth) or `label` → `user:password` (relay auth).
     Credentials,
 }
 
-impl Service {
+impl TableService {
     pub fn as_str(self) -> &'static str {
         match self {
-            Service::Auth => "auth",
-            Service::Credentials => "credentials",
+            TableService::Auth => "auth",
+            TableService::Credentials => "credentials",
         }
     }
 }
 
 /// What the table said to one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum TableAnswer {
     /// `found`, with the value (empty for a check).
     Found(String),
     NotFound,
@@ -63,9 +63,9 @@ pub enum Outcome {
 
 /// A line from the table that is not the protocol.
 #[derive(Debug, PartialEq, Eq)]
-pub struct ProtocolError(pub String);
+pub struct TableProtocolError(pub String);
 
-impl fmt::Display for ProtocolError {
+impl fmt::Display for TableProtocolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "table protocol error: {}", self.0)
     }
@@ -80,16 +80,18 @@ pub fn handshake(table: &str) -> String {
 
 /// One line of the table's half of the handshake.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Register {
-    Service(String),
+pub enum TableRegister {
+    TableService(String),
     Ready,
 }
 
-pub fn parse_register(line: &str) -> Result<Register, ProtocolError> {
+pub fn parse_register(line: &str) -> Result<TableRegister, TableProtocolError> {
     match line.split_once('|') {
-        Some(("register", "ready")) => Ok(Register::Ready),
-        Some(("register", s)) if !s.is_empty() && !s.contains('|') => Ok(Register::Service(s.to_owned())),
-        _ => Err(ProtocolError(format!("expected 'register|SERVICE' or 'register|ready', got '{}'", excerpt(line)))),
+        Some(("register", "ready")) => Ok(TableRegister::Ready),
+        Some(("register", s)) if !s.is_empty() && !s.contains('|') => Ok(TableRegister::TableService(s.to_owned())),
+        _ => {
+            Err(TableProtocolError(format!("expected 'register|SERVICE' or 'register|ready', got '{}'", excerpt(line))))
+        }
     }
 }
 
@@ -100,7 +102,14 @@ pub fn key_ok(key: &str) -> bool {
 
 /// One request line. `key` is the last field (it may hold `|`); `fetch` has none.
 /// `now` is the time as seconds and microseconds since the epoch.
-pub fn request(table: &str, op: Op, service: Service, id: &str, key: Option<&str>, now: (u64, u32)) -> String {
+pub fn request(
+    table: &str,
+    op: TableOp,
+    service: TableService,
+    id: &str,
+    key: Option<&str>,
+    now: (u64, u32),
+) -> String {
     let mut line = format!("table|{PROTOCOL}|{}.{:06}|{table}|{}|{}|{id}", now.0, now.1, op.as_str(), service.as_str());
     if let Some(k) = key {
         line.push('|');
@@ -112,12 +121,12 @@ pub fn request(table: &str, op: Op, service: Service, id: &str, key: Option<&str
 
 /// An answer line: the request id it answers and what it says. The man page's own fetch
 /// example answers with `lookup-result`, so a fetch accepts both names.
-pub fn parse_answer(op: Op, line: &str) -> Result<(String, Outcome), ProtocolError> {
-    let bad = || ProtocolError(format!("expected '{}-result|ID|…', got '{}'", op.as_str(), excerpt(line)));
+pub fn parse_answer(op: TableOp, line: &str) -> Result<(String, TableAnswer), TableProtocolError> {
+    let bad = || TableProtocolError(format!("expected '{}-result|ID|…', got '{}'", op.as_str(), excerpt(line)));
     let mut fields = line.splitn(4, '|');
     let kind = fields.next().unwrap_or("");
     let expected = match op {
-        Op::Fetch => kind == "fetch-result" || kind == "lookup-result",
+        TableOp::Fetch => kind == "fetch-result" || kind == "lookup-result",
         _ => kind.strip_suffix("-result") == Some(op.as_str()),
     };
     if !expected {
@@ -125,9 +134,11 @@ pub fn parse_answer(op: Op, line: &str) -> Result<(String, Outcome), ProtocolErr
     }
     let id = fields.next().filter(|id| !id.is_empty()).ok_or_else(bad)?;
     let outcome = match (fields.next(), fields.next()) {
-        (Some("found"), value) if op != Op::Check || value.is_none() => Outcome::Found(value.unwrap_or("").to_owned()),
-        (Some("not-found"), None) => Outcome::NotFound,
-        (Some("error"), why) => Outcome::Error(why.unwrap_or("no reason given").to_owned()),
+        (Some("found"), value) if op != TableOp::Check || value.is_none() => {
+            TableAnswer::Found(value.unwrap_or("").to_owned())
+        }
+        (Some("not-found"), None) => TableAnswer::NotFound,
+        (Some("error"), why) => TableAnswer::Error(why.unwrap_or("no reason given").to_owned()),
         _ => return Err(bad()),
     };
     Ok((id.to_owned(), outcome))
@@ -148,11 +159,11 @@ mod tests {
             "config|smtpd-version|7.6.0\nconfig|protocol|0.1\nconfig|tablename|devs\nconfig|ready\n"
         );
         assert_eq!(
-            request("devs", Op::Lookup, Service::Credentials, "1a", Some("op|x"), (1713795082, 354255)),
+            request("devs", TableOp::Lookup, TableService::Credentials, "1a", Some("op|x"), (1713795082, 354255)),
             "table|0.1|1713795082.354255|devs|lookup|credentials|1a|op|x\n"
         );
         assert_eq!(
-            request("devs", Op::Fetch, Service::Credentials, "2", None, (1, 5)),
+            request("devs", TableOp::Fetch, TableService::Credentials, "2", None, (1, 5)),
             "table|0.1|1.000005|devs|fetch|credentials|2\n"
         );
         assert!(!key_ok("a\nb") && key_ok("a|b"));
@@ -160,22 +171,25 @@ mod tests {
 
     #[test]
     fn answers() {
-        assert_eq!(parse_register("register|alias"), Ok(Register::Service("alias".into())));
-        assert_eq!(parse_register("register|ready"), Ok(Register::Ready));
+        assert_eq!(parse_register("register|alias"), Ok(TableRegister::TableService("alias".into())));
+        assert_eq!(parse_register("register|ready"), Ok(TableRegister::Ready));
         assert!(parse_register("config|ready").is_err() && parse_register("register|").is_err());
         assert_eq!(
-            parse_answer(Op::Lookup, "lookup-result|f9|found|1000:1000:/home/op|x"),
-            Ok(("f9".into(), Outcome::Found("1000:1000:/home/op|x".into())))
+            parse_answer(TableOp::Lookup, "lookup-result|f9|found|1000:1000:/home/op|x"),
+            Ok(("f9".into(), TableAnswer::Found("1000:1000:/home/op|x".into())))
         );
-        assert_eq!(parse_answer(Op::Check, "check-result|e5|not-found"), Ok(("e5".into(), Outcome::NotFound)));
-        assert_eq!(parse_answer(Op::Check, "check-result|e5|found"), Ok(("e5".into(), Outcome::Found(String::new()))));
+        assert_eq!(parse_answer(TableOp::Check, "check-result|e5|not-found"), Ok(("e5".into(), TableAnswer::NotFound)));
         assert_eq!(
-            parse_answer(Op::Lookup, "lookup-result|7|error|db down"),
-            Ok(("7".into(), Outcome::Error("db down".into())))
+            parse_answer(TableOp::Check, "check-result|e5|found"),
+            Ok(("e5".into(), TableAnswer::Found(String::new())))
         );
         assert_eq!(
-            parse_answer(Op::Fetch, "lookup-result|3|found|10.0.0.8").map(|a| a.1),
-            Ok(Outcome::Found("10.0.0.8".into()))
+            parse_answer(TableOp::Lookup, "lookup-result|7|error|db down"),
+            Ok(("7".into(), TableAnswer::Error("db down".into())))
+        );
+        assert_eq!(
+            parse_answer(TableOp::Fetch, "lookup-result|3|found|10.0.0.8").map(|a| a.1),
+            Ok(TableAnswer::Found("10.0.0.8".into()))
         );
         for bad in [
             "",
@@ -185,8 +199,8 @@ mod tests {
             "lookup-result|1|maybe",
             "lookup-result|1|not-found|x",
         ] {
-            assert!(parse_answer(Op::Lookup, bad).is_err(), "{bad}");
+            assert!(parse_answer(TableOp::Lookup, bad).is_err(), "{bad}");
         }
-        assert!(parse_answer(Op::Check, "check-result|1|found|extra").is_err());
+        assert!(parse_answer(TableOp::Check, "check-result|1|found|extra").is_err());
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use super::proc::{self, Op, Outcome, Register, Service};
+use super::proc::{self, TableAnswer, TableOp, TableRegister, TableService};
 
 /// How long one answer may take (OpenSMTPD's lookup process waits as long; a mail
 /// transaction's own timeouts are minutes, but a login should not hang for long).
@@ -41,7 +41,7 @@ pub fn any(config: &crate::config::Config) -> bool {
 
 /// Why a lookup has no answer: always temporary.
 #[derive(Debug, PartialEq, Eq)]
-pub enum ProcError {
+pub enum TableProcError {
     Start(String),
     Protocol(String),
     Timeout,
@@ -55,16 +55,16 @@ pub enum ProcError {
     BadKey,
 }
 
-impl fmt::Display for ProcError {
+impl fmt::Display for TableProcError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProcError::Start(e) => write!(f, "cannot start the table process: {e}"),
-            ProcError::Protocol(e) => write!(f, "{e}"),
-            ProcError::Timeout => write!(f, "no answer within {} s", TIMEOUT.as_secs()),
-            ProcError::Gone => write!(f, "the table process exited"),
-            ProcError::Table(why) => write!(f, "the table answered error: {why}"),
-            ProcError::NoService(s) => write!(f, "the table does not register the '{s}' service"),
-            ProcError::BadKey => write!(f, "a key with a line break"),
+            TableProcError::Start(e) => write!(f, "cannot start the table process: {e}"),
+            TableProcError::Protocol(e) => write!(f, "{e}"),
+            TableProcError::Timeout => write!(f, "no answer within {} s", TIMEOUT.as_secs()),
+            TableProcError::Gone => write!(f, "the table process exited"),
+            TableProcError::Table(why) => write!(f, "the table answered error: {why}"),
+            TableProcError::NoService(s) => write!(f, "the table does not register the '{s}' service"),
+            TableProcError::BadKey => write!(f, "a key with a line break"),
         }
     }
 }
@@ -113,40 +113,40 @@ impl ProcTable {
     }
 
     /// True when the table registered `service` (starting it if need be).
-    pub fn offers(&self, service: Service) -> Result<bool, ProcError> {
+    pub fn offers(&self, service: TableService) -> Result<bool, TableProcError> {
         let mut st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let running = self.ensure(&mut st)?;
         Ok(running.services.iter().any(|s| s == service.as_str()))
     }
 
     /// `lookup SERVICE KEY`: the value, or None when the table has no such key.
-    pub fn lookup(&self, service: Service, key: &str) -> Result<Option<String>, ProcError> {
-        match self.ask(Op::Lookup, service, key)? {
-            Outcome::Found(v) => Ok(Some(v)),
+    pub fn lookup(&self, service: TableService, key: &str) -> Result<Option<String>, TableProcError> {
+        match self.ask(TableOp::Lookup, service, key)? {
+            TableAnswer::Found(v) => Ok(Some(v)),
             _ => Ok(None),
         }
     }
 
     /// `check SERVICE KEY`.
-    pub fn check(&self, service: Service, key: &str) -> Result<bool, ProcError> {
-        Ok(matches!(self.ask(Op::Check, service, key)?, Outcome::Found(_)))
+    pub fn check(&self, service: TableService, key: &str) -> Result<bool, TableProcError> {
+        Ok(matches!(self.ask(TableOp::Check, service, key)?, TableAnswer::Found(_)))
     }
 
-    fn ask(&self, op: Op, service: Service, key: &str) -> Result<Outcome, ProcError> {
+    fn ask(&self, op: TableOp, service: TableService, key: &str) -> Result<TableAnswer, TableProcError> {
         if !proc::key_ok(key) {
-            return Err(ProcError::BadKey);
+            return Err(TableProcError::BadKey);
         }
         let mut st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let id = format!("{:x}", st.next_id);
         st.next_id += 1;
         let running = self.ensure(&mut st)?;
         if !running.services.iter().any(|s| s == service.as_str()) {
-            return Err(ProcError::NoService(service.as_str()));
+            return Err(TableProcError::NoService(service.as_str()));
         }
         let line = proc::request(&self.name, op, service, &id, Some(key), now());
         let answer = exchange(running, &line, op, &id);
         match answer {
-            Ok(Outcome::Error(why)) => Err(ProcError::Table(why)),
+            Ok(TableAnswer::Error(why)) => Err(TableProcError::Table(why)),
             Ok(o) => Ok(o),
             Err(e) => {
                 log::warn!("table {}: {e}; the process is stopped and started again at the next lookup", self.name);
@@ -157,7 +157,7 @@ impl ProcTable {
     }
 
     /// The running process, started (and its handshake done) if it is not.
-    fn ensure<'s>(&self, st: &'s mut State) -> Result<&'s mut Running, ProcError> {
+    fn ensure<'s>(&self, st: &'s mut State) -> Result<&'s mut Running, TableProcError> {
         if let Some(r) = st.running.as_mut() {
             // A process that exited between two lookups is replaced now, not after a timeout.
             if !matches!(r.child.try_wait(), Ok(Some(_))) {
@@ -166,7 +166,7 @@ impl ProcTable {
             st.running = None;
         }
         if st.quiet_until.is_some_and(|t| Instant::now() < t) {
-            return Err(ProcError::Start("it failed less than a second ago".into()));
+            return Err(TableProcError::Start("it failed less than a second ago".into()));
         }
         match self.start() {
             Ok(r) => {
@@ -182,22 +182,22 @@ impl ProcTable {
         }
     }
 
-    fn start(&self) -> Result<Running, ProcError> {
+    fn start(&self) -> Result<Running, TableProcError> {
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c").arg(&self.command).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
         if nix::unistd::geteuid().is_root() {
             let Some(&(uid, gid)) = RUN_AS.get().filter(|(uid, _)| *uid != 0) else {
-                return Err(ProcError::Start(
+                return Err(TableProcError::Start(
                     "no unprivileged user to run it as (table processes never run as root)".into(),
                 ));
             };
             cmd.uid(uid).gid(gid);
         }
-        let mut child = cmd.spawn().map_err(|e| ProcError::Start(e.to_string()))?;
+        let mut child = cmd.spawn().map_err(|e| TableProcError::Start(e.to_string()))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(ProcError::Start("no pipes".into()));
+            return Err(TableProcError::Start("no pipes".into()));
         };
         let lines = match read_lines(stdout, &self.name) {
             Ok(l) => l,
@@ -209,45 +209,47 @@ impl ProcTable {
         };
         // From here on, dropping `running` on an error kills the process.
         let mut running = Running { child, stdin, lines, services: Vec::new() };
-        running.stdin.write_all(proc::handshake(&self.name).as_bytes()).map_err(|_| ProcError::Gone)?;
-        running.stdin.flush().map_err(|_| ProcError::Gone)?;
+        running.stdin.write_all(proc::handshake(&self.name).as_bytes()).map_err(|_| TableProcError::Gone)?;
+        running.stdin.flush().map_err(|_| TableProcError::Gone)?;
         let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
         loop {
             let line = next_line(&running.lines, deadline)?;
-            match proc::parse_register(&line).map_err(|e| ProcError::Protocol(e.to_string()))? {
-                Register::Service(s) if running.services.len() < 64 => running.services.push(s),
-                Register::Service(_) => return Err(ProcError::Protocol("more than 64 services registered".into())),
-                Register::Ready => return Ok(running),
+            match proc::parse_register(&line).map_err(|e| TableProcError::Protocol(e.to_string()))? {
+                TableRegister::TableService(s) if running.services.len() < 64 => running.services.push(s),
+                TableRegister::TableService(_) => {
+                    return Err(TableProcError::Protocol("more than 64 services registered".into()))
+                }
+                TableRegister::Ready => return Ok(running),
             }
         }
     }
 }
 
-fn exchange(running: &mut Running, line: &str, op: Op, id: &str) -> Result<Outcome, ProcError> {
+fn exchange(running: &mut Running, line: &str, op: TableOp, id: &str) -> Result<TableAnswer, TableProcError> {
     // Answers left over from a request that timed out have other ids: dropped.
     while running.lines.try_recv().is_ok() {}
-    running.stdin.write_all(line.as_bytes()).and_then(|()| running.stdin.flush()).map_err(|_| ProcError::Gone)?;
+    running.stdin.write_all(line.as_bytes()).and_then(|()| running.stdin.flush()).map_err(|_| TableProcError::Gone)?;
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let answer = next_line(&running.lines, deadline)?;
-        let (got, outcome) = proc::parse_answer(op, &answer).map_err(|e| ProcError::Protocol(e.to_string()))?;
+        let (got, outcome) = proc::parse_answer(op, &answer).map_err(|e| TableProcError::Protocol(e.to_string()))?;
         if got == id {
             return Ok(outcome);
         }
     }
 }
 
-fn next_line(lines: &Receiver<String>, deadline: Instant) -> Result<String, ProcError> {
+fn next_line(lines: &Receiver<String>, deadline: Instant) -> Result<String, TableProcError> {
     match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         Ok(l) => Ok(l),
-        Err(RecvTimeoutError::Timeout) => Err(ProcError::Timeout),
-        Err(RecvTimeoutError::Disconnected) => Err(ProcError::Gone),
+        Err(RecvTimeoutError::Timeout) => Err(TableProcError::Timeout),
+        Err(RecvTimeoutError::Disconnected) => Err(TableProcError::Gone),
     }
 }
 
 /// A thread that turns the table's output into lines (bounded in length and number
 /// waiting); it ends when the process closes its output or a line is too long.
-fn read_lines(stdout: impl Read + Send + 'static, table: &str) -> Result<Receiver<String>, ProcError> {
+fn read_lines(stdout: impl Read + Send + 'static, table: &str) -> Result<Receiver<String>, TableProcError> {
     let (tx, rx) = crossbeam_channel::bounded(64);
     let table = table.to_owned();
     std::thread::Builder::new()
@@ -271,7 +273,7 @@ fn read_lines(stdout: impl Read + Send + 'static, table: &str) -> Result<Receive
                 }
             }
         })
-        .map_err(|e| ProcError::Start(format!("reader thread: {e}")))?;
+        .map_err(|e| TableProcError::Start(format!("reader thread: {e}")))?;
     Ok(rx)
 }
 

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use mxd::smtp::data::{reference_decode, DataDecoder, DataStatus};
 use mxd::smtp::{
-    AcceptAll, AuthConfig, AuthPolicy, AuthResult, Event, Outcome, Session, SessionConfig, TlsInfo, TlsPolicy, TxStep,
+    AcceptAll, AuthConfig, AuthPolicy, AuthResult, Event, Session, SessionConfig, TableAnswer, TlsInfo, TlsPolicy,
+    TxStep,
 };
 
 /// The command parser never panics; every error maps to a 4xx/5xx reply.
@@ -119,7 +120,7 @@ pub fn smtp_session(data: &[u8]) {
                         other => panic!("accepted a message the reference decoder gives {other:?}"),
                     }
                     commits += 1;
-                    let o = if commits % 2 == 0 { Outcome::Ok } else { Outcome::TempFail("fuzz".into()) };
+                    let o = if commits % 2 == 0 { TableAnswer::Ok } else { TableAnswer::TempFail("fuzz".into()) };
                     s.handle_commit(m.id, o);
                 }
                 Event::StartTls => {
@@ -184,10 +185,10 @@ pub fn table(data: &[u8]) {
     // The same bytes as a makemap(8) hash file: refused or read, never a panic.
     let _ = mxd::table::db::parse(data);
     // The same bytes as a table process's lines (smtpd-tables(7)): parsed or refused.
-    use mxd::table::proc::{parse_answer, parse_register, Op};
+    use mxd::table::proc::{parse_answer, parse_register, TableOp};
     for line in String::from_utf8_lossy(data).lines() {
         let _ = parse_register(line);
-        for op in [Op::Check, Op::Lookup, Op::Fetch] {
+        for op in [TableOp::Check, TableOp::Lookup, TableOp::Fetch] {
             let _ = parse_answer(op, line);
         }
     }
@@ -322,7 +323,7 @@ pub fn privsep_frame(data: &[u8]) {
 /// never panics, only decides what OpenSMTPD allows (refusals are 4xx/5xx replies, a 421
 /// always disconnects), and its filtered message stays within the limit.
 pub fn filter_line(data: &[u8]) {
-    use mxd::filter::protocol::{self, valid_refusal, Endpoint, EventKind, Output, Register, Response, Timestamp};
+    use mxd::filter::protocol::{self, valid_refusal, Endpoint, EventKind, Output, Response, TableRegister, Timestamp};
     use mxd::filter::{
         Chain, ChainFilter, ChainFilterKind, FilterChain, FilterDecision, FilterEvent, FilterLink, Id, Limits, Now,
         Phase,
@@ -337,18 +338,18 @@ pub fn filter_line(data: &[u8]) {
                 Response::Reject(r) | Response::Disconnect(r) | Response::Rewrite(r) | Response::Report(r) => inside(r),
                 Response::Proceed | Response::Junk => {}
             },
-            Ok(Output::Register(_)) | Err(_) => {}
+            Ok(Output::TableRegister(_)) | Err(_) => {}
         }
     }
 
     let mut reg = mxd::filter::Registration::default();
     for p in Phase::ALL {
-        reg.handle(Register::Filter(p));
+        reg.handle(TableRegister::Filter(p));
     }
     for e in EventKind::ALL {
-        reg.handle(Register::Report(e));
+        reg.handle(TableRegister::Report(e));
     }
-    reg.handle(Register::Ready);
+    reg.handle(TableRegister::Ready);
     let regs = [("p".to_string(), reg)].into_iter().collect();
     let filters = vec![ChainFilter { name: "p".into(), kind: ChainFilterKind::Proc("p".into()) }];
     let tables = |_: &mxd::filter::TableRef, _: mxd::filter::LookupKind, _: &str| true;
