@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use mxd::smtp::data::{reference_decode, DataDecoder, DataStatus};
 use mxd::smtp::{
-    AcceptAll, AuthConfig, AuthPolicy, AuthResult, Event, Session, SessionConfig, TableAnswer, TlsInfo, TlsPolicy,
-    TxStep,
+    AcceptAll, AuthConfig, AuthPolicy, AuthResult, Event, Outcome, Session, SessionConfig, TlsInfo, TlsPolicy, TxStep,
 };
 
 /// The command parser never panics; every error maps to a 4xx/5xx reply.
@@ -120,7 +119,7 @@ pub fn smtp_session(data: &[u8]) {
                         other => panic!("accepted a message the reference decoder gives {other:?}"),
                     }
                     commits += 1;
-                    let o = if commits % 2 == 0 { TableAnswer::Ok } else { TableAnswer::TempFail("fuzz".into()) };
+                    let o = if commits % 2 == 0 { Outcome::Ok } else { Outcome::TempFail("fuzz".into()) };
                     s.handle_commit(m.id, o);
                 }
                 Event::StartTls => {
@@ -323,7 +322,7 @@ pub fn privsep_frame(data: &[u8]) {
 /// never panics, only decides what OpenSMTPD allows (refusals are 4xx/5xx replies, a 421
 /// always disconnects), and its filtered message stays within the limit.
 pub fn filter_line(data: &[u8]) {
-    use mxd::filter::protocol::{self, valid_refusal, Endpoint, EventKind, Output, Response, TableRegister, Timestamp};
+    use mxd::filter::protocol::{self, valid_refusal, Endpoint, EventKind, Output, Register, Response, Timestamp};
     use mxd::filter::{
         Chain, ChainFilter, ChainFilterKind, FilterChain, FilterDecision, FilterEvent, FilterLink, Id, Limits, Now,
         Phase,
@@ -338,18 +337,18 @@ pub fn filter_line(data: &[u8]) {
                 Response::Reject(r) | Response::Disconnect(r) | Response::Rewrite(r) | Response::Report(r) => inside(r),
                 Response::Proceed | Response::Junk => {}
             },
-            Ok(Output::TableRegister(_)) | Err(_) => {}
+            Ok(Output::Register(_)) | Err(_) => {}
         }
     }
 
     let mut reg = mxd::filter::Registration::default();
     for p in Phase::ALL {
-        reg.handle(TableRegister::Filter(p));
+        reg.handle(Register::Filter(p));
     }
     for e in EventKind::ALL {
-        reg.handle(TableRegister::Report(e));
+        reg.handle(Register::Report(e));
     }
-    reg.handle(TableRegister::Ready);
+    reg.handle(Register::Ready);
     let regs = [("p".to_string(), reg)].into_iter().collect();
     let filters = vec![ChainFilter { name: "p".into(), kind: ChainFilterKind::Proc("p".into()) }];
     let tables = |_: &mxd::filter::TableRef, _: mxd::filter::LookupKind, _: &str| true;
