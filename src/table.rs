@@ -182,6 +182,36 @@ impl Table {
         }
     }
 
+    /// `relay domain <t>`: the relay URL for `domain` (a proc table's `relayhost` lookup).
+    pub fn relay_host(&self, domain: &str) -> Result<Option<String>, TableProcError> {
+        match &self.process {
+            Some(p) => p.lookup(proc::TableService::Relayhost, domain),
+            None => Ok(self.get(domain).map(str::to_owned)),
+        }
+    }
+
+    /// `relay src <t>`: the address to send from (the first one; a proc table's next
+    /// `source`).
+    pub fn source(&self) -> Result<Option<IpAddr>, TableProcError> {
+        match &self.process {
+            Some(p) => Ok(p.fetch(proc::TableService::Source)?.and_then(|a| a.trim().parse().ok())),
+            None => Ok(self.keys().find_map(|k| k.parse().ok())),
+        }
+    }
+
+    /// `relay helo-src <t>`: the HELO name for source address `addr` (a proc table's
+    /// `addrname` lookup).
+    pub fn helo_name(&self, addr: IpAddr) -> Result<Option<String>, TableProcError> {
+        match &self.process {
+            Some(p) => p.lookup(proc::TableService::Addrname, &addr.to_string()),
+            None => Ok(self
+                .keys()
+                .find(|k| k.parse::<IpAddr>().is_ok_and(|a| a == addr))
+                .and_then(|k| self.get(k))
+                .map(str::to_owned)),
+        }
+    }
+
     /// A proc table that registered the `auth` service checks `user:password` itself:
     /// Some(verdict). None for every other table (compare with `credentials`).
     pub fn check_login(&self, user: &str, password: &str) -> Result<Option<bool>, TableProcError> {

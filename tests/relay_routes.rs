@@ -140,3 +140,52 @@ fn domain_table_picks_the_host_and_helo_src_the_name() {
     assert_eq!(queue_files(&other), 1);
     assert_eq!(count_with(&rx, "no-helo"), 0);
 }
+
+/// The same three options answered by table processes (smtpd-tables(7), the project's
+/// tests/tables/proc_table.py): `relayhost` by domain, `source` fetched, `addrname` by
+/// address, all asked by the relay process.
+#[test]
+fn relay_tables_from_table_processes() {
+    use std::os::unix::fs::PermissionsExt;
+    if !can_run("relay_tables_from_table_processes", &[Need::Program("python3", "python3")]) {
+        return;
+    }
+    let port = mx_port("127.0.73.11");
+    let rx = receiver("127.0.73.11", port);
+    let t = tempfile::tempdir().unwrap();
+    let td = t.path().display().to_string();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tables/proc_table.py");
+    std::fs::copy(script, t.path().join("proc_table.py")).unwrap();
+    for (name, text, mode) in [
+        ("routes", format!("dom.test smtp://127.0.73.11:{port}\n"), 0o644),
+        ("helos", "127.0.0.1 proc-helo.node.test\n".to_owned(), 0o644),
+        ("sources", "127.0.0.1\n".to_owned(), 0o644),
+        ("proc_table.py", String::new(), 0o755),
+        (".", String::new(), 0o755),
+    ] {
+        if !text.is_empty() {
+            std::fs::write(t.path().join(name), text).unwrap();
+        }
+        std::fs::set_permissions(t.path().join(name), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    for state in ["s-routes", "s-helos", "s-sources"] {
+        std::fs::write(t.path().join(state), "").unwrap();
+        std::fs::set_permissions(t.path().join(state), std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    let table = |name: &str, service: &str| {
+        format!("table {name} \"proc-exec:{td}/proc_table.py {td}/{name} {td}/s-{name} {service}\"\n")
+    };
+    let top = format!("{}{}{}", table("routes", "relayhost"), table("helos", "addrname"), table("sources", "source"));
+    let n = node(top, "domain <routes> src <sources> helo-src <helos>".into(), None, port);
+    send(&n, "joseph@dom.test", "routed-by-process");
+    wait_for("the routed copy", Duration::from_secs(30), || count_with(&rx, "routed-by-process") == 1);
+    let msg = String::from_utf8(rx.messages("joseph").remove(0)).unwrap();
+    assert!(msg.contains("Received: from proc-helo.node.test ("), "{msg}");
+    send(&n, "joseph@elsewhere.test", "no-route");
+    wait_for("the bounce", Duration::from_secs(30), || count_with(&n, "Delivery status notification") == 1);
+    assert_eq!(count_with(&n, "no relay host for domain elsewhere.test in table routes"), 1, "{}", n.log());
+    for state in ["s-routes", "s-helos", "s-sources"] {
+        let text = std::fs::read_to_string(t.path().join(state)).unwrap();
+        assert!(!text.is_empty() && !text.contains("uid=0\n"), "{state}: {text}");
+    }
+}

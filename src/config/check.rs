@@ -59,14 +59,30 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
             }
         }
         if let Method::Relay(r) = &mut a.method {
-            for t in [&r.src, &r.host_table].into_iter().flatten() {
+            for t in [&r.host_table].into_iter().flatten() {
                 need_table(&mut c, &a.at, &tables, t, None);
             }
-            if let Some(t) = &r.auth {
-                need_credentials(&mut c, &a.at, &tables, t);
+            // Looked up by the relay process only, which may block: proc tables serve them.
+            for t in [&r.auth, &r.src].into_iter().flatten() {
+                need_blocking_table(&mut c, &a.at, &tables, t);
             }
             for t in [&r.helo_src, &r.domain].into_iter().flatten() {
-                need_table(&mut c, &a.at, &tables, t, Some(Kind::Mapping));
+                if tables.get(t).is_some_and(|t| t.is_proc()) {
+                    need_blocking_table(&mut c, &a.at, &tables, t);
+                } else {
+                    need_table(&mut c, &a.at, &tables, t, Some(Kind::Mapping));
+                }
+            }
+            if r.src.is_none() && r.helo_src.as_ref().and_then(|t| tables.get(t)).is_some_and(|t| t.is_proc()) {
+                c.at(
+                    &a.at,
+                    ErrorKind::BadValue {
+                        what: "relay helo-src",
+                        value: "a proc table without src".into(),
+                        expected:
+                            "'src ADDR|<table>' too: a table process is asked for the source address before connecting",
+                    },
+                );
             }
             relay_notices(&mut c, &a.at, r, &tables, &mut notices);
             if r.filter.is_some() {
@@ -271,9 +287,10 @@ fn proc_table(c: &mut ConfigChecker, at: &ConfigLine, name: &str, command: &str)
     Table::proc_exec(name, command)
 }
 
-/// A table that answers credentials (`listen … auth <t>`, relay `auth <t>`): those are
-/// looked up only where blocking is allowed, so a proc table may serve them.
-fn need_credentials(c: &mut ConfigChecker, at: &ConfigLine, tables: &BTreeMap<String, Arc<Table>>, name: &str) {
+/// A table looked up only where blocking is allowed (`listen … auth <t>`, checked by the
+/// delivery process; a relay's `auth`, `src`, `helo-src`, `domain`, by the relay process):
+/// a proc table may serve it.
+fn need_blocking_table(c: &mut ConfigChecker, at: &ConfigLine, tables: &BTreeMap<String, Arc<Table>>, name: &str) {
     if !tables.contains_key(name) {
         c.at(at, ErrorKind::Undefined { what: "table", name: name.to_owned() });
     }
@@ -373,7 +390,7 @@ fn listener(
         }
     }
     if let Some(t) = l.auth.as_ref().and_then(|a| a.table.as_ref()) {
-        need_credentials(c, &l.at, tables, t);
+        need_blocking_table(c, &l.at, tables, t);
     }
     if l.options.smtps_verify && l.ca.is_none() {
         // Verifying against nothing would accept every client where a certificate is required.

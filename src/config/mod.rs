@@ -551,7 +551,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Unsupported(what) => write!(f, "{what} is not supported by mxd"),
             ErrorKind::ProcTableUse(name) => write!(
                 f,
-                "table '{name}' is a proc table: mxd asks table processes only for credentials (listen … auth <{name}>, relay … auth <{name}>), where a lookup may block; this use is also looked up by the smtp session's event loop, which must not block (expected a file:, db:, passwd: or inline table here)"
+                "table '{name}' is a proc table: mxd asks table processes only where a lookup may block (listen … auth <{name}>; relay … auth, src, helo-src, domain <{name}>); this use is also looked up by the smtp session's event loop, which must not block (expected a file:, db:, passwd: or inline table here)"
             ),
             ErrorKind::BadRegex { pattern, error } => {
                 write!(f, "invalid regular expression '{pattern}': {error} (expected an extended regular expression)")

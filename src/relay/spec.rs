@@ -44,10 +44,11 @@ pub(super) fn candidates(
 /// domain it does not name bounces, as OpenSMTPD's permanent lookup failure.
 fn by_domain_table(config: &Config, r: &Relay, t: &str, domain: &str) -> Result<Vec<Spec>, RcptStatus> {
     let table = config.table(t).ok_or_else(|| RcptStatus::Temp(format!("table {t} is not defined")))?;
-    let Some(value) = table.get(domain) else {
+    let found = table.relay_host(domain).map_err(|e| RcptStatus::Temp(format!("table {t}, {domain}: {e}")))?;
+    let Some(value) = found else {
         return Err(RcptStatus::Perm(format!("5.4.4 no relay host for domain {domain} in table {t}")));
     };
-    let url = crate::config::relay_url(value).map_err(|e| RcptStatus::Temp(format!("table {t}, {domain}: {e}")))?;
+    let url = crate::config::relay_url(&value).map_err(|e| RcptStatus::Temp(format!("table {t}, {domain}: {e}")))?;
     spec_to(config, r, &url).map(|s| vec![s]).map_err(RcptStatus::Temp)
 }
 
@@ -108,7 +109,9 @@ fn common(config: &Config, r: &Relay, verify_default: Verify) -> Result<Common, 
         Some(t) => Some(
             config
                 .table(t)
-                .and_then(|t| t.keys().find_map(|k| k.parse::<IpAddr>().ok()))
+                .ok_or(format!("table {t} is not defined"))?
+                .source()
+                .map_err(|e| format!("src table {t}: {e}"))?
                 .ok_or(format!("src table {t} has no address"))?,
         ),
         None => None,
@@ -134,7 +137,7 @@ fn mx_spec(config: &Config, r: &Relay, host: &mx::Host, port: u16) -> Result<Spe
         identity,
         src,
         helo: r.helo.clone().unwrap_or_else(|| config.hostname.clone()),
-        helo_src: helo_src(config, r)?,
+        helo_src: helo_src(config, r, src)?,
         auth: None,
     })
 }
@@ -180,18 +183,23 @@ fn spec_to(config: &Config, r: &Relay, url: &crate::config::RelayUrl) -> Result<
         identity,
         src,
         helo: r.helo.clone().unwrap_or_else(|| config.hostname.clone()),
-        helo_src: helo_src(config, r)?,
+        helo_src: helo_src(config, r, src)?,
         auth,
     })
 }
 
-/// `helo-src <t>`: source address → HELO name, looked up once the connection has its
-/// local address.
-fn helo_src(config: &Config, r: &Relay) -> Result<Option<Vec<(IpAddr, String)>>, String> {
+/// `helo-src <t>`: source address → HELO name, picked once the connection has its local
+/// address. A proc table is asked for the `src` address (config/check.rs wants one).
+fn helo_src(config: &Config, r: &Relay, src: Option<IpAddr>) -> Result<Option<Vec<(IpAddr, String)>>, String> {
     let Some(t) = &r.helo_src else { return Ok(None) };
     let table = config.table(t).ok_or(format!("table {t} is not defined"))?;
-    let pairs = table.keys().filter_map(|k| Some((k.parse::<IpAddr>().ok()?, table.get(k)?.to_owned()))).collect();
-    Ok(Some(pairs))
+    if !table.is_proc() {
+        let pairs = table.keys().filter_map(|k| Some((k.parse::<IpAddr>().ok()?, table.get(k)?.to_owned()))).collect();
+        return Ok(Some(pairs));
+    }
+    let src = src.ok_or(format!("helo-src <{t}>: a proc table needs 'src'"))?;
+    let name = table.helo_name(src).map_err(|e| format!("helo-src table {t}: {e}"))?;
+    Ok(Some(name.map(|n| vec![(src, n)]).unwrap_or_default()))
 }
 
 /// An `lmtp DEST` action's server: DEST is a unix socket path or host:port (port 24 when

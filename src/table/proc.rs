@@ -40,6 +40,12 @@ pub enum TableService {
     Auth,
     /// `user` → `user:hash` (listen auth) or `label` → `user:password` (relay auth).
     Credentials,
+    /// `domain` → relay URL (relay `domain <t>`).
+    Relayhost,
+    /// `fetch`: the next source address (relay `src <t>`).
+    Source,
+    /// address → host name (relay `helo-src <t>`).
+    Addrname,
 }
 
 impl TableService {
@@ -47,6 +53,9 @@ impl TableService {
         match self {
             TableService::Auth => "auth",
             TableService::Credentials => "credentials",
+            TableService::Relayhost => "relayhost",
+            TableService::Source => "source",
+            TableService::Addrname => "addrname",
         }
     }
 }

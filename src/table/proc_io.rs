@@ -5,8 +5,8 @@
 //! start); meanwhile every lookup fails as temporary, so callers answer 4xx.
 //!
 //! Lookups block, so only code that may block calls in here: the delivery process's
-//! login checks and the relay process's credentials (config/check.rs refuses every other
-//! use of a proc table at load).
+//! login checks and the relay process's credentials, relay hosts by domain, source
+//! addresses and HELO names (config/check.rs refuses every other use of a proc table).
 
 use std::fmt;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -127,13 +127,25 @@ impl ProcTable {
         }
     }
 
+    /// `fetch SERVICE`: the table's next item, wrapping around; None for an empty table.
+    pub fn fetch(&self, service: TableService) -> Result<Option<String>, TableProcError> {
+        match self.ask_with(TableOp::Fetch, service, None)? {
+            TableAnswer::Found(v) => Ok(Some(v)),
+            _ => Ok(None),
+        }
+    }
+
     /// `check SERVICE KEY`.
     pub fn check(&self, service: TableService, key: &str) -> Result<bool, TableProcError> {
         Ok(matches!(self.ask(TableOp::Check, service, key)?, TableAnswer::Found(_)))
     }
 
     fn ask(&self, op: TableOp, service: TableService, key: &str) -> Result<TableAnswer, TableProcError> {
-        if !proc::key_ok(key) {
+        self.ask_with(op, service, Some(key))
+    }
+
+    fn ask_with(&self, op: TableOp, service: TableService, key: Option<&str>) -> Result<TableAnswer, TableProcError> {
+        if !key.is_none_or(proc::key_ok) {
             return Err(TableProcError::BadKey);
         }
         let mut st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -143,7 +155,7 @@ impl ProcTable {
         if !running.services.iter().any(|s| s == service.as_str()) {
             return Err(TableProcError::NoService(service.as_str()));
         }
-        let line = proc::request(&self.name, op, service, &id, Some(key), now());
+        let line = proc::request(&self.name, op, service, &id, key, now());
         let answer = exchange(running, &line, op, &id);
         match answer {
             Ok(TableAnswer::Error(why)) => Err(TableProcError::Table(why)),

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """A table process for mxd's tests, speaking smtpd-tables(7) protocol 0.1.
 
-Usage: proc_table.py DATA STATE [auth]
+Usage: proc_table.py DATA STATE [SERVICE,...]
 
-DATA holds `key value` lines, answered to `lookup|credentials|key`. With `auth` the table
-also registers the `auth` service and checks `user:password` keys against DATA's values
-as plain passwords. Keys that misbehave on purpose: `slow` is never answered, `crash`
+DATA holds `key value` lines (or lone keys), answered to `lookup|SERVICE|key` for any
+service, and in turn to `fetch|SERVICE`. The table registers `credentials` and the
+services named (comma-separated); with `auth` it checks `user:password` keys against
+DATA's values as plain passwords. Keys that misbehave on purpose: `slow` is never answered, `crash`
 makes the process exit, `dberror` gets an `error` answer. Each start appends a line
 `uid=N` to STATE, so a test sees restarts and the user the table ran as.
 """
@@ -15,16 +16,17 @@ import sys
 
 def main():
     data, state = sys.argv[1], sys.argv[2]
-    auth = len(sys.argv) > 3 and sys.argv[3] == "auth"
+    extra = sys.argv[3].split(",") if len(sys.argv) > 3 else []
     with open(state, "a") as f:
         f.write("uid=%d\n" % os.getuid())
-    entries = {}
+    entries, order = {}, []
     with open(data) as f:
         for line in f:
             line = line.rstrip("\n")
             if line and not line.startswith("#"):
                 key, _, value = line.partition(" ")
                 entries[key] = value
+                order.append(key)
     config = {}
     for line in sys.stdin:
         line = line.rstrip("\n")
@@ -35,11 +37,11 @@ def main():
     if config.get("protocol") != "0.1" or not config.get("tablename"):
         sys.exit("bad handshake: %r" % config)
     out = sys.stdout
-    out.write("register|credentials\n")
-    if auth:
-        out.write("register|auth\n")
+    for service in ["credentials"] + extra:
+        out.write("register|%s\n" % service)
     out.write("register|ready\n")
     out.flush()
+    fetched = 0
     for line in sys.stdin:
         fields = line.rstrip("\n").split("|", 7)
         if fields[:2] != ["table", "0.1"] or fields[3] != config["tablename"]:
@@ -53,7 +55,13 @@ def main():
             sys.exit(0)
         if name == "dberror":
             out.write("%s-result|%s|error|database unreachable\n" % (op, rid))
-        elif op == "lookup" and service == "credentials":
+        elif op == "fetch":
+            if order:
+                out.write("fetch-result|%s|found|%s\n" % (rid, order[fetched % len(order)]))
+                fetched += 1
+            else:
+                out.write("fetch-result|%s|not-found\n" % rid)
+        elif op == "lookup":
             if key in entries:
                 out.write("lookup-result|%s|found|%s\n" % (rid, entries[key]))
             else:
