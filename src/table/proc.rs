@@ -90,14 +90,14 @@ pub fn handshake(table: &str) -> String {
 /// One line of the table's half of the handshake.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TableRegister {
-    TableService(String),
+    Service(String),
     Ready,
 }
 
 pub fn parse_register(line: &str) -> Result<TableRegister, TableProtocolError> {
     match line.split_once('|') {
         Some(("register", "ready")) => Ok(TableRegister::Ready),
-        Some(("register", s)) if !s.is_empty() && !s.contains('|') => Ok(TableRegister::TableService(s.to_owned())),
+        Some(("register", s)) if !s.is_empty() && !s.contains('|') => Ok(TableRegister::Service(s.to_owned())),
         _ => {
             Err(TableProtocolError(format!("expected 'register|SERVICE' or 'register|ready', got '{}'", excerpt(line))))
         }
@@ -180,7 +180,7 @@ mod tests {
 
     #[test]
     fn answers() {
-        assert_eq!(parse_register("register|alias"), Ok(TableRegister::TableService("alias".into())));
+        assert_eq!(parse_register("register|alias"), Ok(TableRegister::Service("alias".into())));
         assert_eq!(parse_register("register|ready"), Ok(TableRegister::Ready));
         assert!(parse_register("config|ready").is_err() && parse_register("register|").is_err());
         assert_eq!(

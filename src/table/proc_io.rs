@@ -19,8 +19,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::proc::{self, TableAnswer, TableOp, TableRegister, TableService};
 
-/// How long one answer may take (OpenSMTPD's lookup process waits as long; a mail
-/// transaction's own timeouts are minutes, but a login should not hang for long).
+/// How long one answer may take: ample for a database round trip, short enough that a
+/// login or a relay attempt waiting on it fails (temporarily) instead of hanging.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the handshake may take: a table may connect to its database first.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -227,8 +227,8 @@ impl ProcTable {
         loop {
             let line = next_line(&running.lines, deadline)?;
             match proc::parse_register(&line).map_err(|e| TableProcError::Protocol(e.to_string()))? {
-                TableRegister::TableService(s) if running.services.len() < 64 => running.services.push(s),
-                TableRegister::TableService(_) => {
+                TableRegister::Service(s) if running.services.len() < 64 => running.services.push(s),
+                TableRegister::Service(_) => {
                     return Err(TableProcError::Protocol("more than 64 services registered".into()))
                 }
                 TableRegister::Ready => return Ok(running),
@@ -238,7 +238,7 @@ impl ProcTable {
 }
 
 fn exchange(running: &mut Running, line: &str, op: TableOp, id: &str) -> Result<TableAnswer, TableProcError> {
-    // Answers left over from a request that timed out have other ids: dropped.
+    // Lines the table wrote unasked, and answers to other ids, are dropped.
     while running.lines.try_recv().is_ok() {}
     running.stdin.write_all(line.as_bytes()).and_then(|()| running.stdin.flush()).map_err(|_| TableProcError::Gone)?;
     let deadline = Instant::now() + TIMEOUT;
