@@ -31,6 +31,13 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
     for (at, name) in missing_filters {
         c.at(&at, ErrorKind::Undefined { what: "filter", name });
     }
+    for (at, _, def) in &p.tables {
+        let TableDef::Proc(name) = def else { continue };
+        if p.knobs.procs.get(name).is_some_and(|pr| pr.user.is_some() || pr.group.is_some() || pr.chroot.is_some()) {
+            let text = format!("table proc:{name}: its user, group and chroot are not applied to tables (table processes run as the unprivileged user)");
+            p.notices.push(super::Notice { at: at.clone(), text, blocking: false });
+        }
+    }
     let mut tables = tables(&mut c, p.tables, &p.knobs.procs);
     for (at, name) in &p.regex_tables {
         compile_regexes(&mut c, at, &mut tables, name);
