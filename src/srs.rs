@@ -5,6 +5,11 @@
 //! TT, the domain and the user. A bounce coming back to that address is sent on to the
 //! original sender, once the hash checks out (with any key) and the age is within `srs ttl`.
 //!
+//! Mail re-forwarded with an SRS sender gets the SRS1 form, as OpenSMTPD writes it: an
+//! `SRS0=HHHH=TT=origin=user@hop` sender becomes `SRS1=GGGG=hop==HHHH=TT=origin=user@this.host`
+//! (an SRS1 sender keeps its first hop and SRS0 part, with our hash). A bounce to it goes
+//! back to `SRS0=…@hop`, the first forwarder, whose own hash we cannot check (its age we do).
+//!
 //! Pure functions of (keys, address, day): untrusted input never panics.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -39,12 +44,35 @@ fn hash(key: &str, tt: &str, domain: &str, local: &str) -> String {
     b64[..4].to_owned()
 }
 
-/// `sender`'s SRS0 form at `srs_domain`, signed with the first key; `None` for the null
-/// sender, an address without a domain, or one already rewritten.
+fn hash1(key: &str, tail: &str) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, key.as_bytes());
+    let mut ctx = hmac::Context::with_key(&key);
+    ctx.update(b"SRS1=");
+    ctx.update(tail.to_ascii_lowercase().as_bytes());
+    let b64 = base64::engine::general_purpose::STANDARD.encode(ctx.sign().as_ref());
+    b64[..4].to_owned()
+}
+
+/// `sender`'s SRS form at `srs_domain`, signed with `key`: SRS0 for a plain address, SRS1
+/// for an SRS0 or SRS1 one (mail forwarded again); `None` for the null sender or an address
+/// without a domain.
 pub fn encode(key: &str, sender: &str, srs_domain: &str, day: u64) -> Option<String> {
     let Mailbox { local, domain } = Mailbox::parse(sender)?;
-    if local.is_empty() || domain.is_empty() || is_srs(sender) {
+    if local.is_empty() || domain.is_empty() {
         return None;
+    }
+    let prefix = local.get(..5).unwrap_or("");
+    let tail = if prefix.eq_ignore_ascii_case("SRS0=") {
+        // `hop==HHHH=TT=origin=user`: the hop that wrote the SRS0 form, then its SRS0 part.
+        Some(format!("{domain}={}", &local[4..]))
+    } else if prefix.eq_ignore_ascii_case("SRS1=") {
+        // Past the previous hop's hash (`GGGG=`): the first hop and SRS0 part stay.
+        local.get(5..).filter(|r| r.as_bytes().get(4) == Some(&b'=')).and_then(|r| r.get(5..)).map(str::to_owned)
+    } else {
+        None
+    };
+    if let Some(tail) = tail {
+        return (!tail.is_empty()).then(|| format!("SRS1={}={tail}@{srs_domain}", hash1(key, &tail)));
     }
     let tt = stamp(day);
     Some(format!("SRS0={}={tt}={domain}={local}@{srs_domain}", hash(key, &tt, domain, local)))
@@ -59,6 +87,9 @@ pub fn is_srs(addr: &str) -> bool {
 /// The original sender inside `addr`, when a key signed it and it is at most `ttl_days`
 /// old; `None` for anything else.
 pub fn decode(keys: &[String], addr: &str, day: u64, ttl_days: u64) -> Option<String> {
+    if addr.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("SRS1=")) {
+        return decode1(keys, addr, day, ttl_days);
+    }
     let body = addr.get(5..).filter(|_| addr[..5].eq_ignore_ascii_case("SRS0="))?;
     let (local_part, _srs_domain) = body.rsplit_once('@')?;
     let mut it = local_part.splitn(4, '=');
@@ -69,10 +100,35 @@ pub fn decode(keys: &[String], addr: &str, day: u64, ttl_days: u64) -> Option<St
     if !keys.iter().any(|k| hash(k, tt, domain, local).eq_ignore_ascii_case(h)) {
         return None;
     }
+    fresh(tt, day, ttl_days)?.then(|| format!("{local}@{domain}"))
+}
+
+/// Whether the two-character day stamp `tt` is at most `ttl_days` old; None if it is not one.
+fn fresh(tt: &str, day: u64, ttl_days: u64) -> Option<bool> {
     let digit = |c: u8| BASE32.iter().position(|&b| b == c.to_ascii_uppercase()).map(|v| v as u64);
-    let t = (digit(tt.as_bytes()[0])? << 5) | digit(tt.as_bytes()[1])?;
+    let b = tt.as_bytes();
+    if b.len() != 2 {
+        return None;
+    }
+    let t = (digit(b[0])? << 5) | digit(b[1])?;
     let age = (day % 1024 + 1024 - t) % 1024;
-    (age <= ttl_days).then(|| format!("{local}@{domain}"))
+    Some(age <= ttl_days)
+}
+
+/// An SRS1 address of ours: the SRS0 address at the first hop, `SRS0=HHHH=TT=origin=user@hop`.
+fn decode1(keys: &[String], addr: &str, day: u64, ttl_days: u64) -> Option<String> {
+    let (local_part, _srs_domain) = addr.get(5..)?.rsplit_once('@')?;
+    let (h, tail) = local_part.split_once('=')?;
+    if h.len() != 4 || !keys.iter().any(|k| hash1(k, tail).eq_ignore_ascii_case(h)) {
+        return None;
+    }
+    let (hop, srs0) = tail.split_once("==")?;
+    let mut it = srs0.splitn(3, '=');
+    let (h0, tt, rest) = (it.next()?, it.next()?, it.next()?);
+    if hop.is_empty() || h0.len() != 4 || rest.is_empty() {
+        return None;
+    }
+    fresh(tt, day, ttl_days)?.then(|| format!("SRS0={srs0}@{hop}"))
 }
 
 /// An SRS address that no key of ours signed, or that is older than `srs ttl`.
@@ -138,6 +194,34 @@ mod tests {
             assert!(decode(&keys, odd, 0, 4).is_none(), "{odd}");
         }
         assert!(encode("k", "", "f", 0).is_none());
-        assert!(encode("k", &a, "f", 0).is_none(), "never rewritten twice");
+    }
+
+    #[test]
+    fn forwarded_again_srs1() {
+        let keys = vec!["k2".to_owned()];
+        let day = 20_000;
+        let srs0 = encode("k1", "joseph@origin.example", "hop1.example", day).unwrap();
+        let h0 = &srs0[5..9];
+        let srs1 = encode("k2", &srs0, "hop2.example", day).unwrap();
+        assert!(srs1.starts_with("SRS1="), "{srs1}");
+        assert!(
+            srs1.ends_with(&format!("=hop1.example=={h0}={}=origin.example=joseph@hop2.example", stamp(day))),
+            "{srs1}"
+        );
+        // The bounce goes back to the first hop's SRS0 address, as it wrote it.
+        assert_eq!(decode(&keys, &srs1, day, 4).as_deref(), Some(srs0.as_str()));
+        assert!(decode(&keys, &srs1.to_lowercase(), day, 4).is_some_and(|d| d.eq_ignore_ascii_case(&srs0)));
+        // A third hop keeps the first hop and the SRS0 part, with its own hash.
+        let again = encode("k3", &srs1, "hop3.example", day).unwrap();
+        assert!(again.ends_with(&format!("=hop1.example=={h0}={}=origin.example=joseph@hop3.example", stamp(day))));
+        assert_eq!(decode(&["k3".to_owned()], &again, day, 4).as_deref(), Some(srs0.as_str()));
+        assert!(decode(&keys, &again, day, 4).is_none(), "another hop's hash");
+        assert!(decode(&keys, &srs1, day + 5, 4).is_none(), "expired");
+        let forged = srs1.replacen("=joseph@", "=alice@", 1);
+        assert!(decode(&keys, &forged, day, 4).is_none());
+        for odd in ["SRS1=", "SRS1=abcd=@x", "SRS1=abcd=h==@x", "SRS1=abcd==x@y", "SRS1=x@y"] {
+            assert!(decode(&keys, odd, 0, 4).is_none(), "{odd}");
+            let _ = encode("k", odd, "f", 0);
+        }
     }
 }

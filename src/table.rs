@@ -8,6 +8,10 @@
 //! A table used with `regex` has its entries compiled once, as written (case kept), and
 //! matched case-insensitively: addresses and names compare that way everywhere else.
 //!
+//! A `proc-exec:` table (`proc_io.rs`, `proc.rs`) holds no entries: it answers by asking
+//! its process, which blocks, so only `credentials` reaches it; every other lookup of such
+//! a table sees it empty (config/check.rs refuses those uses at load).
+//!
 //! Keys compare case-insensitively (addresses' domains and aliases are case-insensitive in
 //! practice, and OpenSMTPD lowercases them). Parsing never panics.
 
@@ -15,10 +19,15 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use regex::Regex;
 
 pub mod db;
+pub mod proc;
+pub mod proc_io;
+
+use proc_io::{ProcTable, TableProcError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -33,6 +42,8 @@ pub enum Source {
     Passwd(PathBuf),
     /// A makemap(8) hash file.
     Db(PathBuf),
+    /// `proc-exec:COMMAND` (or `proc:NAME` of a `proc` statement): a table process.
+    Proc(String),
 }
 
 #[derive(Clone, Debug)]
@@ -48,6 +59,8 @@ pub struct Table {
     regexes: Option<Vec<Regex>>,
     /// passwd tables: user → password field, for credentials lookups.
     secrets: BTreeMap<String, String>,
+    /// proc tables: the process, shared by the clones of this table.
+    process: Option<Arc<ProcTable>>,
 }
 
 /// A table file that could not be read or parsed.
@@ -74,7 +87,16 @@ impl Table {
     fn build(name: &str, source: Source, kind: Kind, items: Vec<(String, String)>) -> Table {
         let originals = items.iter().map(|(k, _)| k.clone()).collect();
         let entries = items.into_iter().map(|(k, v)| (k.to_lowercase(), v)).collect();
-        Table { name: name.to_owned(), source, kind, entries, originals, regexes: None, secrets: BTreeMap::new() }
+        Table {
+            name: name.to_owned(),
+            source,
+            kind,
+            entries,
+            originals,
+            regexes: None,
+            secrets: BTreeMap::new(),
+            process: None,
+        }
     }
 
     pub fn inline_list(name: &str, items: Vec<String>) -> Table {
@@ -138,11 +160,73 @@ impl Table {
         Ok(Table::build(name, Source::Db(path.to_owned()), kind, items))
     }
 
+    /// A table process running `command`, started at its first lookup.
+    pub fn proc_exec(name: &str, command: &str) -> Table {
+        let mut t = Table::build(name, Source::Proc(command.to_owned()), Kind::Mapping, Vec::new());
+        t.process = Some(Arc::new(ProcTable::new(name, command)));
+        t
+    }
+
+    pub fn is_proc(&self) -> bool {
+        self.process.is_some()
+    }
+
+    /// The credentials value for `key` (a user for `listen … auth`, a label for a relay's
+    /// `auth`): the mapping's value, a passwd table's password field, or a proc table's
+    /// `credentials` lookup, which blocks (up to `proc_io::TIMEOUT`) and may fail.
+    pub fn credentials(&self, key: &str) -> Result<Option<String>, TableProcError> {
+        match (&self.process, &self.source) {
+            (Some(p), _) => p.lookup(proc::TableService::Credentials, key),
+            (None, Source::Passwd(_)) => Ok(self.secret(key).map(str::to_owned)),
+            (None, _) => Ok(self.get(key).map(str::to_owned)),
+        }
+    }
+
+    /// `relay domain <t>`: the relay URL for `domain` (a proc table's `relayhost` lookup).
+    pub fn relay_host(&self, domain: &str) -> Result<Option<String>, TableProcError> {
+        match &self.process {
+            Some(p) => p.lookup(proc::TableService::Relayhost, domain),
+            None => Ok(self.get(domain).map(str::to_owned)),
+        }
+    }
+
+    /// `relay src <t>`: the address to send from (the first one; a proc table's next
+    /// `source`).
+    pub fn source(&self) -> Result<Option<IpAddr>, TableProcError> {
+        match &self.process {
+            Some(p) => Ok(p.fetch(proc::TableService::Source)?.and_then(|a| a.trim().parse().ok())),
+            None => Ok(self.keys().find_map(|k| k.parse().ok())),
+        }
+    }
+
+    /// `relay helo-src <t>`: the HELO name for source address `addr` (a proc table's
+    /// `addrname` lookup).
+    pub fn helo_name(&self, addr: IpAddr) -> Result<Option<String>, TableProcError> {
+        match &self.process {
+            Some(p) => p.lookup(proc::TableService::Addrname, &addr.to_string()),
+            None => Ok(self
+                .keys()
+                .find(|k| k.parse::<IpAddr>().is_ok_and(|a| a == addr))
+                .and_then(|k| self.get(k))
+                .map(str::to_owned)),
+        }
+    }
+
+    /// A proc table that registered the `auth` service checks `user:password` itself:
+    /// Some(verdict). None for every other table (compare with `credentials`).
+    pub fn check_login(&self, user: &str, password: &str) -> Result<Option<bool>, TableProcError> {
+        let Some(p) = &self.process else { return Ok(None) };
+        if !p.offers(proc::TableService::Auth)? {
+            return Ok(None);
+        }
+        p.check(proc::TableService::Auth, &format!("{user}:{password}")).map(Some)
+    }
+
     /// The same table read again from its file; inline tables are returned as they are.
     /// A table compiled for `regex` is compiled again.
     pub fn reload(&self) -> Result<Table, TableError> {
         let mut fresh = match &self.source {
-            Source::Inline => return Ok(self.clone()),
+            Source::Inline | Source::Proc(_) => return Ok(self.clone()),
             Source::File(path) => Table::load_file(&self.name, path)?,
             Source::Passwd(path) => Table::load_passwd(&self.name, path)?,
             Source::Db(path) => Table::load_db(&self.name, path)?,
@@ -158,7 +242,7 @@ impl Table {
     pub fn path(&self) -> Option<&Path> {
         match &self.source {
             Source::File(p) | Source::Passwd(p) | Source::Db(p) => Some(p),
-            Source::Inline => None,
+            Source::Inline | Source::Proc(_) => None,
         }
     }
 

@@ -131,3 +131,54 @@ fn a_bad_key_is_refused_with_its_line() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("smtpd.conf:2: invalid queue encryption key 'tooshort'"), "{err}");
 }
+
+/// The mda queue (`SPOOL/mda/`, run by the parent) is sealed too: a message whose command
+/// defers (exit 75) waits there with none of its plaintext on disk, and the parent, which
+/// holds the key in memory, gives it whole to the command once it accepts.
+#[test]
+fn encrypted_mda_queue() {
+    let node = Mxd::start_with(
+        |d: &Path, p: u16| {
+            let root = nix::unistd::geteuid().is_root();
+            // An mda never runs as root: as root, the mda user is nobody.
+            let (uid, gid) = if root { (65534, 65534) } else { common::uid_gid() };
+            let dd = d.display();
+            std::fs::create_dir_all(d.join("home/mduser")).unwrap();
+            if root {
+                nix::unistd::chown(&d.join("home/mduser"), Some(uid.into()), Some(gid.into())).unwrap();
+                std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            }
+            format!(
+                "spool \"{dd}/spool\"\nhostname \"mx.test\"\nqueue compression\nqueue encryption {KEY}\n\
+                 table users {{ mduser = \"{uid}:{gid}:{dd}/home/mduser\" }}\n\
+                 listen on 127.0.0.1 port {p}\n\
+                 action \"mda\" mda \"test -e {dd}/go || exit 75; cat > $HOME/got\" userbase <users>\n\
+                 match from any for domain \"mx.test\" action \"mda\"\n"
+            )
+        },
+        &[("MXD_RETRY_BASE", "1")],
+    );
+    let marker = "Plaintext-Marker-mda-77a0";
+    python(SEND, &[&node.port.to_string(), "joseph@node.test", "mduser@mx.test", marker]);
+    wait_for("a deferral", Duration::from_secs(15), || node.log().contains("result=TempFail"));
+    let spool = node.path().join("spool");
+    assert_eq!(common::count_files(&spool.join("mda/new")), 1, "{}", node.log());
+    for (path, bytes) in files(&spool) {
+        for needle in [marker.as_bytes(), b"mduser@mx.test", b"joseph@node.test", b"Received:"] {
+            assert!(
+                memchr::memmem::find(&bytes, needle).is_none(),
+                "{} holds {:?} in the clear",
+                path.display(),
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+    std::fs::write(node.path().join("go"), "").unwrap();
+    let got = node.path().join("home/mduser/got");
+    wait_for("the command's copy", Duration::from_secs(30), || {
+        std::fs::read_to_string(&got).is_ok_and(|t| t.contains(marker))
+    });
+    let text = std::fs::read_to_string(&got).unwrap();
+    assert!(text.contains(&format!("\n\n{marker}\n")) && text.contains("by mx.test (mxd) with ESMTP id "), "{text}");
+    wait_for("an empty mda queue", Duration::from_secs(10), || common::count_files(&spool.join("mda/new")) == 0);
+}

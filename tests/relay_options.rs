@@ -316,3 +316,50 @@ fn a_message_older_than_queue_ttl_bounces() {
     assert!(bounce.contains("Final-Recipient: rfc822; x@far.test"), "{bounce}");
     wait_for("an empty queue", Duration::from_secs(10), || queue_files(&node) == 0);
 }
+
+/// A directory the unprivileged user can read, with tests/tables/proc_table.py, its data
+/// file `secrets` (`lines`) and its log of starts.
+fn proc_table_dir(lines: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tables/proc_table.py");
+    std::fs::copy(script, t.path().join("proc_table.py")).unwrap();
+    std::fs::write(t.path().join("secrets"), lines).unwrap();
+    std::fs::write(t.path().join("starts"), "").unwrap();
+    for (name, mode) in [(".", 0o755), ("proc_table.py", 0o755), ("secrets", 0o644), ("starts", 0o666)] {
+        std::fs::set_permissions(t.path().join(name), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    t
+}
+
+/// Issue 14: a relay's `auth <t>` from a `proc-exec:` table (smtpd-tables(7)), asked by the
+/// relay process; a table that answers `error` leaves the message queued.
+#[test]
+fn relay_credentials_from_a_proc_table() {
+    if !common::can_run(
+        "relay_credentials_from_a_proc_table",
+        &[common::Need::Program("openssl", "openssl"), common::Need::Program("python3", "python3")],
+    ) {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    pki_set(certs.path());
+    let t = proc_table_dir("mx user1:pass word1\n");
+    let top =
+        format!("table secrets \"proc-exec:{td}/proc_table.py {td}/secrets {td}/starts\"\n", td = t.path().display());
+    let server = auth_server(certs.path(), "PLAIN");
+    let relay = format!("host smtp+tls://mx@127.0.0.1:{} tls no-verify auth <secrets>", server.port);
+    let node = Mxd::start_with(node_conf(top.clone(), relay), &[]);
+    python(SEND, &[&node.port.to_string(), "joseph@node.test", "x@far.test", "proc-credentials"]);
+    wait_for("the message", Duration::from_secs(20), || server.seen.lock().unwrap().contains(&"<message>".to_owned()));
+    let seen = server.seen.lock().unwrap().clone();
+    assert!(seen.contains(&"AUTH PLAIN AHVzZXIxAHBhc3Mgd29yZDE=".to_owned()), "{seen:?}");
+
+    // The table cannot answer for this label: the relay defers, the message stays.
+    let relay = format!("host smtp+tls://dberror@127.0.0.1:{} tls no-verify auth <secrets>", server.port);
+    let node = Mxd::start_with(node_conf(top, relay), &[]);
+    python(SEND, &[&node.port.to_string(), "joseph@node.test", "y@far.test", "proc-error"]);
+    assert!(node.logged("the table answered error: database unreachable"), "{}", node.log());
+    wait_for("a deferral", Duration::from_secs(20), || node.log().contains("result=TempFail"));
+    assert_eq!(queue_files(&node), 1);
+}

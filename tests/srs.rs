@@ -70,3 +70,52 @@ fn forwarded_mail_gets_an_srs_sender_and_its_bounce_finds_the_way_back() {
     let own = mx0.messages("alice").into_iter().find(|m| String::from_utf8_lossy(m).contains("own-sender")).unwrap();
     assert_eq!(return_path(&own), "ops@node.test");
 }
+
+/// A second forwarder: node.test forwards fwd@ to fwd2@node2.test, which forwards it to
+/// alice@test; `back` routes node.test's SRS0 addresses home.
+fn node2(mx0: u16, node1: u16) -> impl FnOnce(&Path, u16) -> String {
+    move |d: &Path, p: u16| {
+        let (uid, gid) = common::uid_gid();
+        format!(
+            "spool \"{d}/spool\"\nhostname \"node2.test\"\nsrs key \"second-secret\"\n\
+             table users {{ ops = \"{uid}:{gid}:{d}/home/ops\" }}\n\
+             table aliases {{ fwd2 = \"alice@test\" }}\n\
+             listen on 127.0.0.1 port {p}\n\
+             action \"local\" maildir alias <aliases> userbase <users>\n\
+             action \"out\" relay host smtp://127.0.0.1:{mx0} srs\n\
+             action \"back\" relay host smtp://127.0.0.1:{node1}\n\
+             match from any for domain \"node2.test\" action \"local\"\n\
+             match from any for domain \"node.test\" action \"back\"\n\
+             match from any for any action \"out\"\n",
+            d = d.display()
+        )
+    }
+}
+
+#[test]
+fn forwarded_twice_gets_srs1_and_its_bounce_goes_back_through_the_first_hop() {
+    let mx0 = Mxd::start();
+    let node1_port = common::free_port();
+    let second = Mxd::start_with(node2(mx0.port, node1_port), &[]);
+    let first = Mxd::start_at(
+        node1_port,
+        |d: &Path, p: u16| node(second.port)(d, p).replace("fwd = \"alice@test\"", "fwd = \"fwd2@node2.test\""),
+        &[],
+    );
+    python(SEND, &[&first.port.to_string(), "joseph@test", "fwd@node.test", "forwarded-twice"]);
+    wait_for("the twice-forwarded message", Duration::from_secs(30), || mx0.messages("alice").len() == 1);
+    let srs1 = return_path(&mx0.messages("alice")[0]);
+    // SRS1=GGGG=node.test==HHHH=TT=test=joseph@node2.test: the first hop and its SRS0 part.
+    assert!(
+        srs1.starts_with("SRS1=") && srs1.contains("=node.test==") && srs1.ends_with("=test=joseph@node2.test"),
+        "{srs1}"
+    );
+
+    // The bounce reaches node2, goes back to node.test as SRS0, and from there to joseph.
+    assert_eq!(python(BOUNCE, &[&second.port.to_string(), &srs1]).trim(), "250");
+    wait_for("the bounce at joseph's", Duration::from_secs(30), || mx0.messages("joseph").len() == 1);
+    let bounce = String::from_utf8_lossy(&mx0.messages("joseph")[0]).into_owned();
+    assert!(bounce.contains("bounce-of-forwarded"), "{bounce}");
+    let forged = srs1.replacen("=joseph@", "=alice@", 1);
+    assert_eq!(python(BOUNCE, &[&second.port.to_string(), &forged]).trim(), "550");
+}

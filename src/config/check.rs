@@ -31,7 +31,14 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
     for (at, name) in missing_filters {
         c.at(&at, ErrorKind::Undefined { what: "filter", name });
     }
-    let mut tables = tables(&mut c, p.tables);
+    for (at, _, def) in &p.tables {
+        let TableDef::Proc(name) = def else { continue };
+        if p.knobs.procs.get(name).is_some_and(|pr| pr.user.is_some() || pr.group.is_some() || pr.chroot.is_some()) {
+            let text = format!("table proc:{name}: its user, group and chroot are not applied to tables (table processes run as the unprivileged user)");
+            p.notices.push(super::Notice { at: at.clone(), text, blocking: false });
+        }
+    }
+    let mut tables = tables(&mut c, p.tables, &p.knobs.procs);
     for (at, name) in &p.regex_tables {
         compile_regexes(&mut c, at, &mut tables, name);
     }
@@ -59,11 +66,30 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
             }
         }
         if let Method::Relay(r) = &mut a.method {
-            for t in [&r.src, &r.auth, &r.host_table].into_iter().flatten() {
+            for t in [&r.host_table].into_iter().flatten() {
                 need_table(&mut c, &a.at, &tables, t, None);
             }
+            // Looked up by the relay process only, which may block: proc tables serve them.
+            for t in [&r.auth, &r.src].into_iter().flatten() {
+                need_blocking_table(&mut c, &a.at, &tables, t);
+            }
             for t in [&r.helo_src, &r.domain].into_iter().flatten() {
-                need_table(&mut c, &a.at, &tables, t, Some(Kind::Mapping));
+                if tables.get(t).is_some_and(|t| t.is_proc()) {
+                    need_blocking_table(&mut c, &a.at, &tables, t);
+                } else {
+                    need_table(&mut c, &a.at, &tables, t, Some(Kind::Mapping));
+                }
+            }
+            if r.src.is_none() && r.helo_src.as_ref().and_then(|t| tables.get(t)).is_some_and(|t| t.is_proc()) {
+                c.at(
+                    &a.at,
+                    ErrorKind::BadValue {
+                        what: "relay helo-src",
+                        value: "a proc table without src".into(),
+                        expected:
+                            "'src ADDR|<table>' too: a table process is asked for the source address before connecting",
+                    },
+                );
             }
             relay_notices(&mut c, &a.at, r, &tables, &mut notices);
             if r.filter.is_some() {
@@ -113,6 +139,16 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
             };
             if let Some(Matcher::Table(t) | Matcher::Regex(t)) = m {
                 need_table(&mut c, &r.at, &tables, t, None);
+            }
+        }
+    }
+    // Filter conditions run on the smtp process's filter thread.
+    for f in p.knobs.filters.values() {
+        if let super::FilterKind::Builtin { conds, .. } = &f.kind {
+            for t in conds.iter().filter_map(|cond| cond.table.as_ref()) {
+                if tables.get(t).is_some_and(|t| t.is_proc()) {
+                    c.at(&f.at, ErrorKind::ProcTableUse(t.clone()));
+                }
             }
         }
     }
@@ -179,14 +215,13 @@ fn relay_notices(
             notice("relay host <table>: mxd relays through the table's first host only");
         }
     }
-    if r.backup {
-        notice("relay backup: parsed; mxd does no MX lookups yet, so a backup relay defers its mail");
-    }
-    if r.helo_src.is_some() {
-        notice("relay helo-src: parsed, not used yet (the HELO name is 'helo' or the host name)");
-    }
-    if r.domain.is_some() {
-        notice("relay domain <table>: parsed; mxd does not pick relay hosts by domain yet");
+    // `domain <t>`: every value must be a relay URL, checked now rather than at relay time.
+    if let Some(t) = r.domain.as_ref().and_then(|t| tables.get(t)) {
+        for value in t.keys().filter_map(|k| t.get(k)) {
+            if let Err(e) = super::relay_url(value) {
+                c.at(at, e);
+            }
+        }
     }
     if r.ciphers.is_some() || r.protocols.is_some() {
         notice("relay ciphers/protocols: accepted, no effect (rustls: TLS 1.2 and 1.3, its own safe suites)");
@@ -196,7 +231,11 @@ fn relay_notices(
     }
 }
 
-fn tables(c: &mut ConfigChecker, defs: Vec<(ConfigLine, String, TableDef)>) -> BTreeMap<String, Arc<Table>> {
+fn tables(
+    c: &mut ConfigChecker,
+    defs: Vec<(ConfigLine, String, TableDef)>,
+    procs: &BTreeMap<String, super::Proc>,
+) -> BTreeMap<String, Arc<Table>> {
     let mut out = BTreeMap::new();
     for (at, name, def) in defs {
         let passwd = matches!(def, TableDef::Passwd(_));
@@ -225,14 +264,43 @@ fn tables(c: &mut ConfigChecker, defs: Vec<(ConfigLine, String, TableDef)>) -> B
                     Table::inline_list(&name, Vec::new())
                 }
             },
-            TableDef::ProcExec(command) => {
-                c.at(&at, ErrorKind::Unsupported(format!("'proc-exec:' table '{command}'")));
-                Table::inline_list(&name, Vec::new())
-            }
+            TableDef::ProcExec(command) => proc_table(c, &at, &name, &command),
+            TableDef::Proc(proc) => match procs.get(&proc) {
+                Some(p) => proc_table(c, &at, &name, &p.command),
+                None => {
+                    c.at(&at, ErrorKind::Undefined { what: "proc", name: proc });
+                    Table::inline_list(&name, Vec::new())
+                }
+            },
         };
         out.insert(name, Arc::new(table));
     }
     out
+}
+
+/// A proc table: its program, when named by path, must be there (a bare name is looked
+/// for in PATH when it starts).
+fn proc_table(c: &mut ConfigChecker, at: &ConfigLine, name: &str, command: &str) -> Table {
+    let program = command.split_whitespace().next().unwrap_or("");
+    if program.contains('/') {
+        if let Err(e) = crate::program::find_program(program) {
+            let error = match e {
+                crate::program::ProgramError::NotExecutable(_) => "the table program is not executable",
+                _ => "no such table program",
+            };
+            c.at(at, ErrorKind::File { path: PathBuf::from(program), error: error.to_owned() });
+        }
+    }
+    Table::proc_exec(name, command)
+}
+
+/// A table looked up only where blocking is allowed (`listen … auth <t>`, checked by the
+/// delivery process; a relay's `auth`, `src`, `helo-src`, `domain`, by the relay process):
+/// a proc table may serve it.
+fn need_blocking_table(c: &mut ConfigChecker, at: &ConfigLine, tables: &BTreeMap<String, Arc<Table>>, name: &str) {
+    if !tables.contains_key(name) {
+        c.at(at, ErrorKind::Undefined { what: "table", name: name.to_owned() });
+    }
 }
 
 fn need_table(
@@ -244,6 +312,7 @@ fn need_table(
 ) {
     match (tables.get(name), kind) {
         (None, _) => c.at(at, ErrorKind::Undefined { what: "table", name: name.to_owned() }),
+        (Some(t), _) if t.is_proc() => c.at(at, ErrorKind::ProcTableUse(name.to_owned())),
         (Some(t), Some(Kind::Mapping)) if t.kind() == Kind::List && !t.is_empty() => c.at(
             at,
             ErrorKind::WrongTableKind { name: name.to_owned(), expected: "mapping (key = value, or key: value lines)" },
@@ -328,7 +397,18 @@ fn listener(
         }
     }
     if let Some(t) = l.auth.as_ref().and_then(|a| a.table.as_ref()) {
-        need_table(c, &l.at, tables, t, None);
+        need_blocking_table(c, &l.at, tables, t);
+    }
+    if l.options.smtps_verify && l.ca.is_none() {
+        // Verifying against nothing would accept every client where a certificate is required.
+        c.at(
+            &l.at,
+            ErrorKind::BadValue {
+                what: "listen smtps verify",
+                value: "no ca".into(),
+                expected: "a 'ca NAME' option on the listener: the CA that signs the client certificates",
+            },
+        );
     }
     for t in [&l.options.hostnames, &l.options.senders].into_iter().flatten() {
         need_table(c, &l.at, tables, t, Some(Kind::Mapping));

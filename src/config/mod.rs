@@ -9,6 +9,11 @@ mod check;
 mod iface;
 
 pub use check::default_hostname;
+
+/// A relay URL as `relay host` takes it (for `relay domain <t>` values, read at relay time).
+pub fn relay_url(s: &str) -> Result<RelayUrl, ErrorKind> {
+    parser::relay_url(s)
+}
 pub mod expand;
 pub mod filter_check;
 mod lexer;
@@ -238,6 +243,8 @@ pub struct ListenOptions {
     pub masquerade: bool,
     /// `filter NAME` or `filter { … }` (an anonymous chain in `Knobs::filters`).
     pub filter: Option<String>,
+    /// `smtps verify`: the TLS handshake wants a client certificate signed by the `ca`.
+    pub smtps_verify: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -507,6 +514,8 @@ pub enum ErrorKind {
         pattern: String,
         error: String,
     },
+    /// A proc table where the smtp session would consult it.
+    ProcTableUse(String),
 }
 
 impl fmt::Display for ErrorKind {
@@ -540,6 +549,10 @@ impl fmt::Display for ErrorKind {
             ErrorKind::BadValue { what, value, expected } => write!(f, "invalid {what} '{value}': expected {expected}"),
             ErrorKind::File { path, error } => write!(f, "{}: {error}", path.display()),
             ErrorKind::Unsupported(what) => write!(f, "{what} is not supported by mxd"),
+            ErrorKind::ProcTableUse(name) => write!(
+                f,
+                "table '{name}' is a proc table: mxd asks table processes only where a lookup may block (listen … auth <{name}>; relay … auth, src, helo-src, domain <{name}>); this use is also looked up by the smtp session's event loop, which must not block (expected a file:, db:, passwd: or inline table here)"
+            ),
             ErrorKind::BadRegex { pattern, error } => {
                 write!(f, "invalid regular expression '{pattern}': {error} (expected an extended regular expression)")
             }

@@ -29,6 +29,8 @@ pub(crate) enum TableDef {
     Db(PathBuf),
     /// `proc-exec:COMMAND`: a table process speaking smtpd-tables(7).
     ProcExec(String),
+    /// `proc:NAME`: the table process of the `proc NAME COMMAND` statement.
+    Proc(String),
 }
 
 #[derive(Debug)]
@@ -604,7 +606,8 @@ fn table_source(spec: &str) -> R<TableDef> {
         "file" | "static" => Ok(TableDef::File(path()?)),
         "passwd" => Ok(TableDef::Passwd(path()?)),
         "db" => Ok(TableDef::Db(path()?)),
-        "proc" | "proc-exec" if !config.is_empty() => Ok(TableDef::ProcExec(config.to_owned())),
+        "proc-exec" if !config.is_empty() => Ok(TableDef::ProcExec(config.to_owned())),
+        "proc" if !config.is_empty() => Ok(TableDef::Proc(config.to_owned())),
         other => Err(ErrorKind::Unsupported(format!("table backend '{other}:'"))),
     }
 }
@@ -733,14 +736,7 @@ fn listen(p: &mut Parser<'_>, out: &mut Parsed) -> R<()> {
             "tls" => l.tls = TlsMode::StartTls,
             "tls-require" => l.tls = TlsMode::Require { verify: p.keyword(&["verify"]).is_some() },
             "smtps" => {
-                if p.keyword(&["verify"]).is_some() {
-                    // Accepting any client where a certificate is required would be worse
-                    // than not starting.
-                    out.blocking(
-                        &l.at,
-                        "listen smtps verify is parsed but mxd does not ask smtps clients for certificates yet",
-                    );
-                }
+                l.options.smtps_verify = p.keyword(&["verify"]).is_some();
                 l.tls = TlsMode::Smtps;
             }
             "pki" => {

@@ -206,7 +206,18 @@ fn stage_job(job: Job, ctx: &Ctx, opened: &mut maildir::Opened) -> Pending {
             return p;
         };
         let env = queue_head(&mail, mda);
-        match opened.stage(&crate::spool::mda_dir(spool), None, &[&env, &mail.received, &mail.body], &ctx.host) {
+        let parts: [&[u8]; 3] = [&env, &mail.received, &mail.body];
+        // Sealed like the relay queue (`queue compression`, `queue encryption`).
+        let sealed = match queue::seal::current().seal(&parts) {
+            None => None,
+            Some(Ok(bytes)) => Some(bytes),
+            Some(Err(e)) => {
+                p.fail(Cause::new("seal", "", e));
+                return p;
+            }
+        };
+        let parts: Vec<&[u8]> = sealed.as_deref().map_or_else(|| parts.to_vec(), |b| vec![b]);
+        match opened.stage(&crate::spool::mda_dir(spool), None, &parts, &ctx.host) {
             Ok(s) => p.staged.push(s),
             Err(cause) => p.fail(cause),
         }

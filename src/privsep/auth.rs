@@ -25,7 +25,8 @@ use super::frame::{AuthAsk, AuthVerdict};
 use crate::auth::{self, system};
 use crate::config::Config;
 use crate::envelope::Origin;
-use crate::table::Source;
+use crate::table::proc_io::TableProcError;
+use crate::table::Table;
 
 /// How long a failed login waits for its answer (OpenSMTPD pauses a session about as long).
 pub const FAILURE_DELAY: Duration = Duration::from_secs(1);
@@ -154,11 +155,13 @@ pub fn check(config: &Config, ask: &AuthAsk) -> AuthVerdict {
                 log::warn!("auth: table {name} is not loaded; user={} refused for now", ask.user);
                 return AuthVerdict::TempFail;
             };
-            let value = match table.source {
-                Source::Passwd(_) => table.secret(&ask.user),
-                _ => table.get(&ask.user),
-            };
-            auth::check_table(value, password).map_err(|e| e.to_string())
+            match against_table(table, &ask.user, password) {
+                Ok(checked) => checked,
+                Err(e) => {
+                    log::warn!("auth: table {name}: {e}; user={} refused for now", ask.user);
+                    return AuthVerdict::TempFail;
+                }
+            }
         }
         None => match system::check_system_user(&ask.user, password) {
             Err(e @ system::SystemError::Unreadable(..)) => {
@@ -176,6 +179,23 @@ pub fn check(config: &Config, ask: &AuthAsk) -> AuthVerdict {
             AuthVerdict::Failed
         }
     }
+}
+
+/// A login against a table. The outer error is a lookup that could not be made (a proc
+/// table down or silent): a temporary failure, not a wrong password.
+fn against_table(table: &Table, user: &str, password: &[u8]) -> Result<Result<bool, String>, TableProcError> {
+    if let Ok(text) = std::str::from_utf8(password) {
+        if let Some(verdict) = table.check_login(user, text)? {
+            return Ok(Ok(verdict));
+        }
+    }
+    let value = table.credentials(user)?;
+    // A table process answers `user:hash` (smtpd-tables(7)); a hash holds no ':'.
+    let hash = match &value {
+        Some(v) if table.is_proc() => Some(v.split_once(':').map_or(v.as_str(), |(_, h)| h)),
+        v => v.as_deref(),
+    };
+    Ok(auth::check_table(hash, password).map_err(|e| e.to_string()))
 }
 
 fn what(table: Option<&str>) -> String {

@@ -89,7 +89,16 @@ pub fn run_delivery(config: Config, link: UnixStream, relay_user: Option<&sandbo
     let pool = Pool::start(deliver::default_threads(), &config.hostname, Some(hook));
     // Stays root (it writes as every user) but may never gain more.
     sandbox::drop_to_nothing().map_err(|e| format!("no_new_privs: {e}"))?;
-    sandbox::pledge("stdio rpath wpath cpath fattr chown flock getpw unix", false).map_err(|e| e.to_string())?;
+    if let Some(a) = relay_user {
+        // proc tables run as the unprivileged user, never as this root process.
+        crate::table::proc_io::run_as(a.uid, a.gid);
+    }
+    let promises = if crate::table::proc_io::any(&config) {
+        "stdio rpath wpath cpath fattr chown flock getpw unix proc exec id"
+    } else {
+        "stdio rpath wpath cpath fattr chown flock getpw unix"
+    };
+    sandbox::pledge(promises, false).map_err(|e| e.to_string())?;
     // Stop comes from the smtp process closing the link; a signal is not enough, because
     // in-flight messages must still be written.
     let mut ignored = signal_hook::iterator::Signals::new([
@@ -169,7 +178,12 @@ pub fn run_relay(config: Config, who: Option<&sandbox::Account>) -> Result<(), S
         None => sandbox::drop_to_nothing().and_then(|()| nix::unistd::chdir(&spool).map_err(Into::into)),
     }
     .map_err(|e| format!("cannot drop privileges: {e}"))?;
-    sandbox::pledge("stdio rpath wpath cpath fattr flock inet dns unix", false).map_err(|e| e.to_string())?;
+    let promises = if crate::table::proc_io::any(&config) {
+        "stdio rpath wpath cpath fattr flock inet dns unix proc exec"
+    } else {
+        "stdio rpath wpath cpath fattr flock inet dns unix"
+    };
+    sandbox::pledge(promises, false).map_err(|e| e.to_string())?;
     let shared: relay::SharedConfig = Arc::new(std::sync::Mutex::new(Arc::new(config)));
     let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
     listen_for_wake(wake_tx.clone());

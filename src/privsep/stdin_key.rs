@@ -39,6 +39,11 @@ pub(crate) fn pipe_for_child() -> io::Result<Option<(OwnedFd, (&'static str, Str
     Ok(Some((read, (ENV, n))))
 }
 
+/// The parent's own copy, for the mda queue it opens.
+pub(crate) fn parent_key() -> Option<[u8; 32]> {
+    PARENT_KEY.lock().ok().and_then(|k| *k)
+}
+
 /// A child, at start: the key its parent passed, if any.
 pub fn take() -> Option<[u8; 32]> {
     let fd: i32 = std::env::var(ENV).ok()?.parse().ok()?;

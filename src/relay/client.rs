@@ -63,6 +63,8 @@ pub struct Spec {
     pub identity: Option<(PathBuf, PathBuf)>,
     pub src: Option<IpAddr>,
     pub helo: String,
+    /// `helo-src <t>`: the HELO name by the connection's local address, instead of `helo`.
+    pub helo_src: Option<Vec<(IpAddr, String)>>,
     /// (user, password) for AUTH, only ever sent over TLS.
     pub auth: Option<(String, String)>,
 }
@@ -153,11 +155,21 @@ impl RelaySession {
             RelayTls::Never => None,
             _ => Some(tls_client(spec)?),
         };
+        let mut helo = spec.helo.clone();
         let (stream, peer, handle) = if unix {
             (ClientStream::Unix(connect_unix(&spec.host)?), spec.host.clone(), None)
         } else {
             let tcp = connect(spec)?;
             let peer = tcp.peer_addr()?.to_string();
+            if let Some(names) = &spec.helo_src {
+                // OpenSMTPD fails the session when the table has no name for the source.
+                let local = tcp.local_addr()?.ip();
+                helo = names
+                    .iter()
+                    .find(|(a, _)| *a == local)
+                    .map(|(_, n)| n.clone())
+                    .ok_or_else(|| err(format!("{}: helo-src has no HELO name for source {local}", spec.host)))?;
+            }
             let handle = tcp.try_clone()?;
             let stream = match (&tls, spec.tls) {
                 (Some(t), RelayTls::Implicit) => t.connect(tcp)?,
@@ -166,7 +178,7 @@ impl RelaySession {
             (stream, peer, Some(handle))
         };
         let client = Client::new(ClientConfig {
-            helo: spec.helo.clone(),
+            helo,
             lmtp: spec.lmtp,
             tls: match spec.tls {
                 _ if unix => TlsWant::Never,

@@ -68,7 +68,7 @@ fn run(work: &Work, action: &Action, reports: &Sender<WorkerReport>) {
     let Method::Mda(command) = &action.method else { return };
     for item in &work.items {
         // Gone since it was dispatched (`mxctl remove`): nothing to run.
-        let Ok(bytes) = std::fs::read(work.queue.join("new").join(&item.name)) else { continue };
+        let Ok(bytes) = crate::queue::seal::read(&work.queue.join("new").join(&item.name)) else { continue };
         let Some((env, message)) = queue::decode(&bytes) else { continue };
         let results = item
             .rcpts

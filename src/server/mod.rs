@@ -166,7 +166,11 @@ pub fn run(config: Config, reloader: Reloader, procs: Processes) -> Result<(), S
     // listens, every process has loaded the configuration.
     kids.start_relay().map_err(StartError::Thread)?;
     kids.start_generation(&bound).map_err(StartError::Thread)?;
-    // `mda` commands run from here: root, and never facing the network.
+    // `mda` commands run from here: root, and never facing the network. Their queue is
+    // sealed like the relay queue, so this process holds the key too (in memory only).
+    let seal = crate::queue::seal::Seal::of(&config, privsep::stdin_key::parent_key().as_ref())
+        .map_err(|e| StartError::Thread(io::Error::other(e.to_string())))?;
+    crate::queue::seal::install(seal);
     crate::relay::mda::spawn(&config).map_err(StartError::Thread)?;
     log::info!("mxd started: {} event loops, {} listeners, hostname {}", loops, bound.keys.len(), config.hostname);
 
@@ -365,7 +369,7 @@ fn runtime(config: &Arc<Config>, l: &Listener, pkis: &Pkis) -> Result<ListenerRt
         TlsMode::Plain => (TlsPolicy::Unavailable, false, false),
         TlsMode::StartTls => (TlsPolicy::Offer, false, false),
         TlsMode::Require { verify } => (TlsPolicy::Require, false, verify),
-        TlsMode::Smtps => (TlsPolicy::Unavailable, true, false),
+        TlsMode::Smtps => (TlsPolicy::Unavailable, true, l.options.smtps_verify),
     };
     let wants_tls = smtps || policy != TlsPolicy::Unavailable;
     let tls = if wants_tls {

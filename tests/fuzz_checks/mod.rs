@@ -183,6 +183,14 @@ pub fn table(data: &[u8]) {
     let _ = mxd::table::parse(&String::from_utf8_lossy(data));
     // The same bytes as a makemap(8) hash file: refused or read, never a panic.
     let _ = mxd::table::db::parse(data);
+    // The same bytes as a table process's lines (smtpd-tables(7)): parsed or refused.
+    use mxd::table::proc::{parse_answer, parse_register, TableOp};
+    for line in String::from_utf8_lossy(data).lines() {
+        let _ = parse_register(line);
+        for op in [TableOp::Check, TableOp::Lookup, TableOp::Fetch] {
+            let _ = parse_answer(op, line);
+        }
+    }
 }
 
 /// Expansion never adds a ".." component, and address values never add a '/'.
