@@ -16,28 +16,12 @@ use common::{can_run, python, uid_gid, wait_for, Mxd, Need};
 const JOSEPH_PW: &str = "s3cret pass";
 const ALICE_PW: &str = "alice's own";
 
-fn encrypt(password: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_mxctl")).args(["encrypt", password]).output().expect("mxctl");
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// A self-signed certificate for `mx.test` in `dir`, as a pki block.
-fn pki(dir: &Path) -> String {
-    let cert = rcgen::generate_simple_self_signed(vec!["mx.test".to_owned()]).unwrap();
-    let (crt, key) = (dir.join("mx.crt"), dir.join("mx.key"));
-    std::fs::write(&crt, cert.cert.pem()).unwrap();
-    std::fs::write(&key, cert.key_pair.serialize_pem()).unwrap();
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    format!("pki mx.test cert \"{}\"\npki mx.test key \"{}\"\n", crt.display(), key.display())
-}
-
 /// The submission server: joseph (an admin) and alice log in from the `creds` table;
 /// `listen` is the listener's options.
 fn submission_conf(relay_to: u16, listen: &'static str) -> impl FnOnce(&Path, u16) -> String {
     move |d: &Path, p: u16| {
         let (uid, gid) = uid_gid();
-        let (j, a) = (encrypt(JOSEPH_PW), encrypt(ALICE_PW));
+        let (j, a) = (common::mxctl_encrypt(JOSEPH_PW), common::mxctl_encrypt(ALICE_PW));
         format!(
             "spool \"{dd}/spool\"\nhostname \"mx.test\"\n{pki}\
              table creds {{ joseph = \"{j}\", alice = \"{a}\" }}\n\
@@ -50,7 +34,7 @@ fn submission_conf(relay_to: u16, listen: &'static str) -> impl FnOnce(&Path, u1
              match from any auth <admins> for domain \"remote.test\" action \"out\"\n\
              match from any auth for domain \"mx.test\" action \"local\"\n",
             dd = d.display(),
-            pki = pki(d),
+            pki = common::mx_test_pki(d),
         )
     }
 }

@@ -9,26 +9,10 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
 use common::{can_run, python, uid_gid, Mxd, Need};
 
 const RIGHT: &str = "right pw";
-
-fn encrypt(password: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_mxctl")).args(["encrypt", password]).output().expect("mxctl");
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-fn pki(dir: &Path) -> String {
-    let cert = rcgen::generate_simple_self_signed(vec!["mx.test".to_owned()]).unwrap();
-    let (crt, key) = (dir.join("mx.crt"), dir.join("mx.key"));
-    std::fs::write(&crt, cert.cert.pem()).unwrap();
-    std::fs::write(&key, cert.key_pair.serialize_pem()).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    format!("pki mx.test cert \"{}\"\npki mx.test key \"{}\"\n", crt.display(), key.display())
-}
 
 /// A directory the unprivileged user can read (mxd's own temp dir is root's alone when the
 /// tests run as root): the table program, its data, and its log of starts (world-writable).
@@ -37,7 +21,7 @@ fn table_dir() -> tempfile::TempDir {
     std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tables/proc_table.py");
     std::fs::copy(script, t.path().join("proc_table.py")).unwrap();
-    std::fs::write(t.path().join("hashed"), format!("joseph joseph:{}\n", encrypt(RIGHT))).unwrap();
+    std::fs::write(t.path().join("hashed"), format!("joseph joseph:{}\n", common::mxctl_encrypt(RIGHT))).unwrap();
     std::fs::write(t.path().join("plain"), format!("joseph {RIGHT}\n")).unwrap();
     for (name, mode) in [("proc_table.py", 0o755), ("hashed", 0o644), ("plain", 0o644)] {
         std::fs::set_permissions(t.path().join(name), std::fs::Permissions::from_mode(mode)).unwrap();
@@ -95,7 +79,7 @@ fn proc_tables_answer_logins_and_come_back_after_failures() {
                  action \"local\" maildir userbase <users>\n\
                  match from any auth for domain \"mx.test\" action \"local\"\n",
                 dd = d.display(),
-                pki = pki(d),
+                pki = common::mx_test_pki(d),
             )
         },
         &[],

@@ -176,21 +176,14 @@ fn stage_job(job: Job, ctx: &Ctx, opened: &mut maildir::Opened) -> Pending {
             return p;
         };
         // One queue file per message holds every relayed recipient (one envelope each).
-        let env = queue_head(mail, relay);
-        let parts: [&[u8]; 3] = [&env, &mail.received, &mail.body];
-        let sealed = match queue::seal::current().seal(&parts) {
-            None => None,
-            Some(Ok(bytes)) => Some(bytes),
-            Some(Err(e)) => {
-                p.fail(Cause::new("seal", "", e));
+        let file = match QueueFile::new(mail, relay) {
+            Ok(f) => f,
+            Err(cause) => {
+                p.fail(cause);
                 return p;
             }
         };
-        let parts: Vec<&[u8]> = match &sealed {
-            Some(bytes) => vec![bytes],
-            None => parts.to_vec(),
-        };
-        match opened.stage(&queue.dir, queue.owner, &parts, &ctx.host) {
+        match opened.stage(&queue.dir, queue.owner, &file.parts(mail), &ctx.host) {
             Ok(s) => {
                 p.staged.push(s);
                 p.queued = true;
@@ -205,19 +198,14 @@ fn stage_job(job: Job, ctx: &Ctx, opened: &mut maildir::Opened) -> Pending {
             p.fail(Cause::new("mda", "", std::io::Error::other("no mda queue")));
             return p;
         };
-        let env = queue_head(&mail, mda);
-        let parts: [&[u8]; 3] = [&env, &mail.received, &mail.body];
-        // Sealed like the relay queue (`queue compression`, `queue encryption`).
-        let sealed = match queue::seal::current().seal(&parts) {
-            None => None,
-            Some(Ok(bytes)) => Some(bytes),
-            Some(Err(e)) => {
-                p.fail(Cause::new("seal", "", e));
+        let file = match QueueFile::new(&mail, mda) {
+            Ok(f) => f,
+            Err(cause) => {
+                p.fail(cause);
                 return p;
             }
         };
-        let parts: Vec<&[u8]> = sealed.as_deref().map_or_else(|| parts.to_vec(), |b| vec![b]);
-        match opened.stage(&crate::spool::mda_dir(spool), None, &parts, &ctx.host) {
+        match opened.stage(&crate::spool::mda_dir(spool), None, &file.parts(&mail), &ctx.host) {
             Ok(s) => p.staged.push(s),
             Err(cause) => p.fail(cause),
         }
@@ -225,10 +213,30 @@ fn stage_job(job: Job, ctx: &Ctx, opened: &mut maildir::Opened) -> Pending {
     p
 }
 
-/// A queue file's envelope: the message's id and sender, now, and `(action, recipient)` pairs.
-fn queue_head(mail: &Mail, rcpts: Vec<(String, String)>) -> Vec<u8> {
-    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    queue::encode(&queue::QueuedEnvelope { id: mail.id.to_string(), sender: mail.return_path.clone(), created, rcpts })
+/// A relay or mda queue file: its envelope (the message's id and sender, now, and
+/// `(action, recipient)` pairs), then the Received header and the body; or all of it
+/// sealed (`queue compression`, `queue encryption`).
+struct QueueFile {
+    head: Vec<u8>,
+    sealed: Option<Vec<u8>>,
+}
+
+impl QueueFile {
+    fn new(mail: &Mail, rcpts: Vec<(String, String)>) -> Result<QueueFile, Cause> {
+        let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let envelope =
+            queue::QueuedEnvelope { id: mail.id.to_string(), sender: mail.return_path.clone(), created, rcpts };
+        let head = queue::encode(&envelope);
+        let sealed = queue::seal::current().seal(&[&head, &mail.received, &mail.body]).transpose();
+        Ok(QueueFile { sealed: sealed.map_err(|e| Cause::new("seal", "", e))?, head })
+    }
+
+    fn parts<'a>(&'a self, mail: &'a Mail) -> Vec<&'a [u8]> {
+        match &self.sealed {
+            Some(bytes) => vec![bytes],
+            None => vec![&self.head, &mail.received, &mail.body],
+        }
+    }
 }
 
 /// Step 2: the data of every staged copy reaches the disk.

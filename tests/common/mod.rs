@@ -364,3 +364,20 @@ pub fn python(script: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `mxctl encrypt PASSWORD`: the hash a user would put in a credentials table.
+pub fn mxctl_encrypt(password: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_mxctl")).args(["encrypt", password]).output().expect("mxctl");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A self-signed certificate for `mx.test` in `dir`, as a pki block.
+pub fn mx_test_pki(dir: &Path) -> String {
+    let cert = rcgen::generate_simple_self_signed(vec!["mx.test".to_owned()]).unwrap();
+    let (crt, key) = (dir.join("mx.crt"), dir.join("mx.key"));
+    std::fs::write(&crt, cert.cert.pem()).unwrap();
+    std::fs::write(&key, cert.key_pair.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    format!("pki mx.test cert \"{}\"\npki mx.test key \"{}\"\n", crt.display(), key.display())
+}
