@@ -622,6 +622,11 @@ pub fn spool_and_hostname(path: &Path) -> (Option<PathBuf>, Option<String>) {
 }
 
 impl Config {
+    /// True when a table is a process (a process may need to start one).
+    pub fn has_proc_tables(&self) -> bool {
+        self.tables.values().any(|t| t.is_proc())
+    }
+
     /// A copy of this configuration with table `name` re-read from its file (for
     /// `mxctl update table` and `newaliases`).
     pub fn reload_table(&self, name: &str) -> Result<Config, Errors> {

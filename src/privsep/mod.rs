@@ -93,7 +93,7 @@ pub fn run_delivery(config: Config, link: UnixStream, relay_user: Option<&sandbo
         // proc tables run as the unprivileged user, never as this root process.
         crate::table::proc_io::run_as(a.uid, a.gid);
     }
-    let promises = if crate::table::proc_io::any(&config) {
+    let promises = if config.has_proc_tables() {
         "stdio rpath wpath cpath fattr chown flock getpw unix proc exec id"
     } else {
         "stdio rpath wpath cpath fattr chown flock getpw unix"
@@ -178,7 +178,7 @@ pub fn run_relay(config: Config, who: Option<&sandbox::Account>) -> Result<(), S
         None => sandbox::drop_to_nothing().and_then(|()| nix::unistd::chdir(&spool).map_err(Into::into)),
     }
     .map_err(|e| format!("cannot drop privileges: {e}"))?;
-    let promises = if crate::table::proc_io::any(&config) {
+    let promises = if config.has_proc_tables() {
         "stdio rpath wpath cpath fattr flock inet dns unix proc exec"
     } else {
         "stdio rpath wpath cpath fattr flock inet dns unix"

@@ -34,11 +34,6 @@ pub fn run_as(uid: u32, gid: u32) {
     let _ = RUN_AS.set((uid, gid));
 }
 
-/// True when the configuration has a proc table (a process may need to start one).
-pub fn any(config: &crate::config::Config) -> bool {
-    config.tables.values().any(|t| t.is_proc())
-}
-
 /// Why a lookup has no answer: always temporary.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TableProcError {
