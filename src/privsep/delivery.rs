@@ -137,7 +137,9 @@ pub fn targets(config: &Config, head: &Head) -> Result<Vec<Target>, String> {
             Decision::Deliver(action) => action,
             Decision::Reject | Decision::NoMatch => return Err(format!("<{rcpt}>: no rule accepts it")),
         };
-        let found = resolve::resolve(config, action, &env, &SystemUsers).map_err(|e| format!("<{rcpt}>: {e}"))?;
+        // Here (root), unlike at RCPT, each local user's ~/.forward is read.
+        let found =
+            resolve::resolve_delivering(config, action, &env, &SystemUsers).map_err(|e| format!("<{rcpt}>: {e}"))?;
         for t in found {
             if !out.contains(&t) {
                 out.push(t);

@@ -23,6 +23,7 @@ use super::{result_name, Handle, SharedConfig};
 use crate::config::expand::{expand, ExpandCtx};
 use crate::config::{Action, Config, Method};
 use crate::envelope::Mailbox;
+use crate::forward::Program;
 use crate::queue;
 use crate::users::{SystemUsers, User, UserDb, Userbase};
 
@@ -65,7 +66,6 @@ pub(super) fn spawn_worker(work: Work, reports: Sender<WorkerReport>) -> std::io
 
 /// Every due recipient's command, one after the other.
 fn run(work: &Work, action: &Action, reports: &Sender<WorkerReport>) {
-    let Method::Mda(command) = &action.method else { return };
     for item in &work.items {
         // Gone since it was dispatched (`mxctl remove`): nothing to run.
         let Ok(bytes) = std::fs::read(work.queue.join("new").join(&item.name)) else { continue };
@@ -74,8 +74,19 @@ fn run(work: &Work, action: &Action, reports: &Sender<WorkerReport>) {
             .rcpts
             .iter()
             .map(|rcpt| {
-                let r = deliver(&work.config, action, command, &env.sender, rcpt, message);
-                log::info!("delivery msgid={} to=<{rcpt}> method=mda result={}", item.id, result_name(&r));
+                // A command or file from a ~/.forward or an alias, or the action's command.
+                let (r, shown, method) = match (Program::from_queue_rcpt(rcpt), &action.method) {
+                    (Some(p), _) => (
+                        super::program::deliver(&work.config, action, &p, &env.sender, message),
+                        p.dest.clone(),
+                        p.method(),
+                    ),
+                    (None, Method::Mda(command)) => {
+                        (deliver(&work.config, action, command, &env.sender, rcpt, message), rcpt.clone(), "mda")
+                    }
+                    (None, _) => (RcptStatus::Perm("5.3.0 not an mda action".into()), rcpt.clone(), "mda"),
+                };
+                log::info!("delivery msgid={} to=<{shown}> method={method} result={}", item.id, result_name(&r));
                 (rcpt.clone(), r)
             })
             .collect();
@@ -105,7 +116,7 @@ fn shell_safe(s: &str) -> bool {
 
 /// Runs the command for one recipient (`user@domain`, as resolution made it).
 fn deliver(config: &Config, action: &Action, command: &str, sender: &str, rcpt: &str, message: &[u8]) -> RcptStatus {
-    let Mailbox { local, domain } = Mailbox::split(rcpt);
+    let local = Mailbox::split(rcpt).local;
     let Some(user) = user_of(config, action, local) else {
         return RcptStatus::Perm(format!("5.1.1 unknown user {local}"));
     };
@@ -138,9 +149,17 @@ fn deliver(config: &Config, action: &Action, command: &str, sender: &str, rcpt: 
         },
     };
     let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(&line)
-        .env_clear()
+    cmd.arg("-c").arg(&line);
+    execute(cmd, &user, sender, rcpt, message)
+}
+
+/// Runs `cmd` as `user` (when mxd is root) with OpenSMTPD's environment, in the user's
+/// home, the message on stdin after Return-Path and Delivered-To (for `rcpt`), within the
+/// time limit; its exit status as a recipient's result.
+pub(super) fn execute(mut cmd: Command, user: &User, sender: &str, rcpt: &str, message: &[u8]) -> RcptStatus {
+    let Mailbox { local, domain } = Mailbox::split(rcpt);
+    let home = user.home.to_string_lossy().into_owned();
+    cmd.env_clear()
         .envs([
             ("PATH", "/bin:/usr/bin:/usr/local/bin"),
             ("SHELL", "/bin/sh"),

@@ -9,6 +9,7 @@
 pub mod client;
 pub mod mda;
 pub mod mx;
+mod program;
 mod spec;
 mod worker;
 

@@ -1,0 +1,52 @@
+//! The mda runner's other recipients: a command or a file named by a ~/.forward or an
+//! alias ([`Program`]), run as its user, never as root. A command runs as `/bin/sh -c`; a
+//! file is appended to by mxd itself re-executed as the user (`mxd --append-mbox PATH
+//! SENDER`, OpenSMTPD's mail.mboxfile), so it is opened only with the user's rights.
+
+use std::process::Command;
+
+use super::client::RcptStatus;
+use crate::config::{Action, Config};
+use crate::forward::{Program, ProgramKind, APPEND_FLAG};
+use crate::users::{SystemUsers, UserDb, Userbase};
+
+/// Runs `p` for a message from `sender`.
+pub(super) fn deliver(config: &Config, action: &Action, p: &Program, sender: &str, message: &[u8]) -> RcptStatus {
+    let user = match action.userbase.as_deref().and_then(|t| config.table(t)) {
+        Some(t) => Userbase(t).by_name(&p.user).or_else(|| SystemUsers.by_name(&p.user)),
+        None => SystemUsers.by_name(&p.user),
+    };
+    let Some(user) = user else {
+        return RcptStatus::Perm(format!("5.1.1 unknown user {}", p.user));
+    };
+    if user.uid == 0 {
+        return RcptStatus::Perm("5.3.0 a command or file from a .forward or alias never runs as root".into());
+    }
+    let cmd = match &p.kind {
+        ProgramKind::Pipe(line) => {
+            let mut cmd = Command::new("/bin/sh");
+            cmd.arg("-c").arg(line);
+            cmd
+        }
+        ProgramKind::File(path) => {
+            let exe = match std::env::current_exe() {
+                Ok(exe) => exe,
+                Err(e) => return RcptStatus::Temp(format!("cannot find mxd to append to {path}: {e}")),
+            };
+            let mut cmd = Command::new(exe);
+            cmd.arg(APPEND_FLAG).arg(path).arg(sender);
+            cmd
+        }
+    };
+    super::mda::execute(cmd, &user, sender, &p.dest, message)
+}
+
+impl Program {
+    /// The log's `method=`.
+    pub fn method(&self) -> &'static str {
+        match self.kind {
+            ProgramKind::Pipe(_) => "command",
+            ProgramKind::File(_) => "file",
+        }
+    }
+}
