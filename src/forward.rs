@@ -125,6 +125,20 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, Refusal> {
     Ok(out)
 }
 
+/// The items of an alias value: split at commas and blanks, as tables list them, unless
+/// it holds a command or quotes (`|/bin/sh -c 'a b'`): then at commas only, as OpenSMTPD
+/// splits alias lines.
+pub fn alias_items(value: &str) -> Vec<String> {
+    let plain = || crate::table::split_list(value).into_iter().map(str::to_owned).collect();
+    if !value.contains(['|', '"']) {
+        return plain();
+    }
+    match split_line(value) {
+        Some(items) => items.iter().map(|i| i.trim()).filter(|i| !i.is_empty()).map(str::to_owned).collect(),
+        None => plain(),
+    }
+}
+
 /// One line's items, escapes removed and comments cut; `None` for an open quote or a
 /// trailing backslash.
 fn split_line(line: &str) -> Option<Vec<String>> {

@@ -130,20 +130,19 @@ impl Expander<'_> {
             return self.local_user(action, &base, addr, depth, seen);
         }
         let expansion = match (&action.virtual_, &action.alias) {
-            (Some(t), _) => self
-                .config
-                .table(t)
-                .and_then(|t| t.get_list(&key).or_else(|| t.get_list(&format!("@{}", domain.to_lowercase())))),
-            (None, Some(t)) => self.config.table(t).and_then(|t| t.get_list(&base)),
+            (Some(t), _) => {
+                self.config.table(t).and_then(|t| t.get(&key).or_else(|| t.get(&format!("@{}", domain.to_lowercase()))))
+            }
+            (None, Some(t)) => self.config.table(t).and_then(|t| t.get(&base)),
             (None, None) => None,
-        };
+        }
+        .map(crate::forward::alias_items);
         let Some(items) = expansion else {
             if action.virtual_.is_some() {
                 return Err(ResolveError::UnknownUser(addr.to_owned()));
             }
             return self.local_user(action, &base, addr, depth, seen);
         };
-        let items: Vec<String> = items.into_iter().map(str::to_owned).collect();
         seen.push(key);
         for item in items {
             self.item(action, &item, domain, depth, seen)?;
@@ -243,7 +242,9 @@ impl Expander<'_> {
             }
             Method::Mda(_) => Target::Mda { action: action.name.clone(), rcpt: dest_addr.clone() },
             Method::ForwardOnly | Method::ExpandOnly => {
-                return Err(ResolveError::Forward(format!("{name} has no usable ~/.forward on a forward-only action")))
+                let kind =
+                    if matches!(action.method, Method::ForwardOnly) { "a forward-only" } else { "an expand-only" };
+                return Err(ResolveError::Forward(format!("{name} has no usable ~/.forward on {kind} action")));
             }
             Method::Relay(_) => return Err(ResolveError::Unsupported("relay".into())),
         };

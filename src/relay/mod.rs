@@ -361,7 +361,9 @@ impl Runner {
                 mx_port: self.mx_port,
                 queue: self.queue.clone(),
             };
-            let is_mda = matches!(config.actions.get(&dest.action).map(|a| &a.method), Some(Method::Mda(_)));
+            // The mda queue also holds ~/.forward and alias programs, under any local action.
+            let is_mda = matches!(config.actions.get(&dest.action).map(|a| &a.method), Some(Method::Mda(_)))
+                || self.queue == crate::spool::mda_dir(&self.spool);
             let started = if is_mda {
                 mda::spawn_worker(w, self.reports_tx.clone())
             } else {

@@ -306,6 +306,12 @@ mod tests {
         );
         assert!(matches!(resolve(&c, "prog@a.test", false), Err(ResolveError::Unsupported(_))));
         assert!(matches!(resolve(&c, "file@a.test", true), Err(ResolveError::Unsupported(_))));
+        let (_dir, sys) = setup(
+            "table aliases { prog = \"|/bin/sh -c 'id -u > /tmp/x'\" }\n\
+             action s maildir alias <aliases> user nobody\nmatch from any for any action s\n",
+        );
+        let r = resolve(&sys, "prog@s.test", false);
+        assert!(matches!(&r, Ok(v) if v.len() == 1), "{r:?}");
         let p = |kind| Program { kind, user: "bob".into(), dest: "prog@au.test".into() }.to_queue_rcpt();
         assert_eq!(
             resolve(&c, "prog@au.test", false),
