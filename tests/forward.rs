@@ -213,3 +213,71 @@ fn loops_forward_only_expand_only_and_alias_commands() {
     });
     assert_eq!(std::fs::read_to_string(home(0).join("alias-uid")).unwrap().trim(), users.uid(0).to_string());
 }
+
+fn mxctl(m: &Mxd, as_user: Option<&str>, args: &[&str]) -> String {
+    let mxctl = env!("CARGO_BIN_EXE_mxctl");
+    let mut cmd = match as_user {
+        Some(u) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", u, "--", mxctl]);
+            c
+        }
+        None => Command::new(mxctl),
+    };
+    let out = cmd.arg("-f").arg(&m.conf).args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn mailq_schedule_and_remove_act_on_the_mda_queue() {
+    if !needs("mailq_schedule_and_remove_act_on_the_mda_queue")
+        || !can_run("mailq_schedule_and_remove_act_on_the_mda_queue", &[Need::Program("runuser", "util-linux")])
+    {
+        return;
+    }
+    // a's command defers until the file `go` exists; b is another local user.
+    let users = Users::names("c", "ab");
+    let m = Mxd::start_with(conf(&users), &[("MXD_RETRY_BASE", "600")]);
+    let (a, b) = (users.name(0), users.name(1));
+    let home = m.path().join(a);
+    let script = home.join("deliver.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n[ -f \"$HOME/go\" ] || { echo 'not yet' >&2; exit 75; }\ncat >> \"$HOME/got\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_forward(&home, &format!("|{}\n", script.display()), 0o644);
+
+    python(SEND, &[&m.port.to_string(), &format!("{a}@mx.test"), &format!("{a}@test"), "first"]);
+    assert!(m.logged(&format!("to=<{a}@test> method=command result=TempFail")), "{}", m.log());
+    let listing = || mxctl(&m, None, &["show", "queue"]);
+    wait_for("the deferral in mailq", Duration::from_secs(10), || listing().contains("state=deferred"));
+    let line = listing().lines().find(|l| l.contains(&format!("<{a}@test>"))).expect("listed").to_owned();
+    assert!(line.contains("action=local via=command") && line.contains("not yet"), "{line}");
+    let id = line.split(' ').next().unwrap()[..8].to_owned();
+    // The sender sees its own message; another user does not.
+    assert!(mxctl(&m, Some(a), &["show", "queue"]).contains(&id));
+    assert!(!mxctl(&m, Some(b), &["show", "queue"]).contains(&id));
+
+    // schedule ID runs it now (not in 600 s).
+    std::fs::write(home.join("go"), "").unwrap();
+    assert_eq!(mxctl(&m, None, &["schedule", &id]).trim(), "1 scheduled");
+    wait_for("the scheduled delivery", Duration::from_secs(20), || {
+        std::fs::read_to_string(home.join("got")).is_ok_and(|t| t.ends_with("first\n"))
+    });
+    wait_for("the queue to empty", Duration::from_secs(10), || {
+        common::count_files(&m.path().join("spool/mda/new")) == 0
+    });
+
+    // remove ID drops a deferred one.
+    std::fs::remove_file(home.join("go")).unwrap();
+    python(SEND, &[&m.port.to_string(), &format!("{a}@mx.test"), &format!("{a}@test"), "second"]);
+    wait_for("the second deferral", Duration::from_secs(10), || listing().contains("state=deferred"));
+    let line = listing().lines().find(|l| l.contains(&format!("<{a}@test>"))).expect("listed").to_owned();
+    let id = line.split(' ').next().unwrap()[..8].to_owned();
+    assert_eq!(mxctl(&m, None, &["remove", &id]).trim(), "1 removed");
+    assert_eq!(common::count_files(&m.path().join("spool/mda/new")), 0);
+    wait_for("the runner to forget it", Duration::from_secs(10), || !listing().contains(&id));
+    assert!(mxctl(&m, None, &["remove", &id]).contains("no such message"));
+}

@@ -10,7 +10,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -37,13 +37,34 @@ const STDERR_KEEP: usize = 4096;
 /// The parent's runner's configuration, replaced on reload by [`reconfigure`].
 static CONFIG: OnceLock<SharedConfig> = OnceLock::new();
 
+/// The runner's queue directory and handle, for `mailq`, `schedule` and `remove`.
+static RUNNER: OnceLock<(PathBuf, Handle)> = OnceLock::new();
+
 /// Starts the mda queue runner (in the parent).
 pub fn spawn(config: &Arc<Config>) -> std::io::Result<()> {
     let shared: SharedConfig = Arc::new(Mutex::new(Arc::clone(config)));
     let _ = CONFIG.set(Arc::clone(&shared));
     let (wake, woken) = crossbeam_channel::bounded(1);
     let spool = &config.spool;
-    super::spawn_at(spool, crate::spool::mda_dir(spool), "mda", shared, woken, Handle::new(wake)).map(drop)
+    let handle = Handle::new(wake);
+    let _ = RUNNER.set((crate::spool::mda_dir(spool), handle.clone()));
+    super::spawn_at(spool, crate::spool::mda_dir(spool), "mda", shared, woken, handle).map(drop)
+}
+
+/// `mailq`'s lines for the mda queue (the parent's runner knows their retries).
+pub fn list() -> String {
+    RUNNER.get().map(|(q, h)| super::list_in(q, &h.status)).unwrap_or_default()
+}
+
+/// `mxctl schedule all|ID` over the mda queue: how many messages.
+pub fn schedule(id: Option<&str>) -> Result<usize, String> {
+    let (q, h) = RUNNER.get().ok_or("no mda runner")?;
+    h.schedule_in(q, id)
+}
+
+/// `mxctl remove all|ID` over the mda queue: how many messages.
+pub fn remove(id: Option<&str>) -> Result<usize, String> {
+    super::remove_in(&RUNNER.get().ok_or("no mda runner")?.0, id)
 }
 
 /// A reloaded configuration: commands and users as it says, from the next attempt on.

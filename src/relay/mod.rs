@@ -151,7 +151,12 @@ impl Handle {
     /// `mxctl schedule all|ID`: retry now everything, or the messages whose id starts
     /// with `id`; how many messages that is.
     pub fn schedule(&self, spool: &Path, id: Option<&str>) -> Result<usize, String> {
-        let matching = queued(spool, id).len();
+        self.schedule_in(&queue::queue_dir(spool), id)
+    }
+
+    /// As [`Handle::schedule`], for the runner over the queue directory `q`.
+    pub fn schedule_in(&self, q: &Path, id: Option<&str>) -> Result<usize, String> {
+        let matching = queued_in(q, id).len();
         if matching == 0 && id.is_some() {
             return Err("no such message".into());
         }
@@ -165,8 +170,8 @@ impl Handle {
 }
 
 /// The queue files under `spool` holding the message `id` (a prefix of it), or all.
-fn queued(spool: &Path, id: Option<&str>) -> Vec<String> {
-    let new = queue::queue_dir(spool).join("new");
+fn queued_in(q: &Path, id: Option<&str>) -> Vec<String> {
+    let new = q.join("new");
     let Ok(rd) = std::fs::read_dir(&new) else { return Vec::new() };
     rd.flatten()
         .filter_map(|e| e.file_name().into_string().ok())
@@ -182,13 +187,17 @@ fn queued(spool: &Path, id: Option<&str>) -> Vec<String> {
 
 /// `mxctl remove all|ID`: drops the messages (no bounce); how many.
 pub fn remove(spool: &Path, id: Option<&str>) -> Result<usize, String> {
-    let names = queued(spool, id);
+    remove_in(&queue::queue_dir(spool), id)
+}
+
+/// As [`remove`], in the queue directory `q`.
+pub fn remove_in(q: &Path, id: Option<&str>) -> Result<usize, String> {
+    let names = queued_in(q, id);
     if names.is_empty() {
         return Err("no such message".into());
     }
-    let q = queue::queue_dir(spool);
     for name in &names {
-        queue::remove(&q, name).map_err(|e| e.to_string())?;
+        queue::remove(q, name).map_err(|e| e.to_string())?;
     }
     Ok(names.len())
 }
@@ -604,7 +613,11 @@ pub fn backoff(base: Duration, attempts: u32) -> Duration {
 
 /// `mailq`: one line per waiting recipient, with its retry state when the runner has one.
 pub fn list(spool: &Path, status: &RetryTable) -> String {
-    let q = queue::queue_dir(spool);
+    list_in(&queue::queue_dir(spool), status)
+}
+
+/// As [`list`], for the queue directory `q`.
+pub fn list_in(q: &Path, status: &RetryTable) -> String {
     let status = status.lock().map(|s| s.clone()).unwrap_or_default();
     let mut out = String::new();
     let Ok(rd) = std::fs::read_dir(q.join("new")) else { return out };
@@ -613,11 +626,16 @@ pub fn list(spool: &Path, status: &RetryTable) -> String {
     for name in names {
         let Ok(bytes) = queue::seal::read(&q.join("new").join(&name)) else { continue };
         let Some((env, message)) = queue::decode(&bytes) else { continue };
-        let done = queue::read_done(&q, &name);
+        let done = queue::read_done(q, &name);
         let age = now_secs().saturating_sub(env.created);
         for (action, rcpt) in env.rcpts.iter().filter(|(_, r)| !done.contains(r)) {
+            // A ~/.forward or alias program (mda queue): its address, and what it is.
+            let (shown, via) = match crate::forward::Program::from_queue_rcpt(rcpt) {
+                Some(p) => (p.dest.clone(), format!(" via={}", p.method())),
+                None => (rcpt.clone(), String::new()),
+            };
             out.push_str(&format!(
-                "{} <{}> <{rcpt}> action={action} size={} age={age}s",
+                "{} <{}> <{shown}> action={action}{via} size={} age={age}s",
                 queue::message_id(&env, &name),
                 env.sender,
                 message.len()
