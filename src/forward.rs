@@ -10,7 +10,7 @@
 //! `:include:` file passes the same checks (OpenSMTPD ignores includes in .forward; a file
 //! a user owns, or root's, is as safe to read as the .forward itself).
 //!
-//! Commands and files found here, or in an alias, become [`Program`]s: mda-queue recipients
+//! Commands and files found here, or in an alias, become [`ForwardProgram`]s: mda-queue recipients
 //! run by the parent as their user, never as root.
 
 use std::fmt;
@@ -29,7 +29,7 @@ const MAX_ENTRIES: usize = 100;
 
 /// One entry of a .forward (or an alias value).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Entry {
+pub enum ForwardEntry {
     /// `user@domain`: decided by the rules again.
     Address(String),
     /// A local name: the same action's aliases and user (`\name` escapes it).
@@ -42,10 +42,10 @@ pub enum Entry {
     Include(PathBuf),
 }
 
-impl Entry {
+impl ForwardEntry {
     /// One entry as OpenSMTPD's text_to_expandnode classifies it; `None` for a form mxd
     /// does not take (`error:`) or a malformed one.
-    pub fn classify(text: &str) -> Option<Entry> {
+    pub fn classify(text: &str) -> Option<ForwardEntry> {
         let text = text.trim();
         let lower = text.to_ascii_lowercase();
         if lower.starts_with("error:") {
@@ -54,29 +54,30 @@ impl Entry {
         for prefix in [":include:", "include:"] {
             if lower.starts_with(prefix) {
                 let path = text[prefix.len()..].trim();
-                return path.starts_with('/').then(|| Entry::Include(PathBuf::from(path)));
+                return path.starts_with('/').then(|| ForwardEntry::Include(PathBuf::from(path)));
             }
         }
         if let Some(cmd) = text.strip_prefix("\"|") {
-            return cmd.strip_suffix('"').filter(|c| !c.trim().is_empty()).map(|c| Entry::Pipe(c.to_owned()));
+            return cmd.strip_suffix('"').filter(|c| !c.trim().is_empty()).map(|c| ForwardEntry::Pipe(c.to_owned()));
         }
         if let Some(cmd) = text.strip_prefix('|') {
-            return (!cmd.trim().is_empty()).then(|| Entry::Pipe(cmd.to_owned()));
+            return (!cmd.trim().is_empty()).then(|| ForwardEntry::Pipe(cmd.to_owned()));
         }
         if text.starts_with('/') {
-            return Some(Entry::File(text.to_owned()));
+            return Some(ForwardEntry::File(text.to_owned()));
         }
         if text.contains('@') {
-            return (text.len() >= 3 && !text.contains(char::is_whitespace)).then(|| Entry::Address(text.to_owned()));
+            return (text.len() >= 3 && !text.contains(char::is_whitespace))
+                .then(|| ForwardEntry::Address(text.to_owned()));
         }
         let name_ok = |c: char| c.is_ascii_alphanumeric() || "_.-+".contains(c);
-        (!text.is_empty() && text.chars().all(name_ok)).then(|| Entry::User(text.to_owned()))
+        (!text.is_empty() && text.chars().all(name_ok)).then(|| ForwardEntry::User(text.to_owned()))
     }
 }
 
 /// Why a .forward (or an included file) is not used.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub enum ForwardRefusal {
     Insecure(String),
     TooLarge,
     Syntax(usize),
@@ -84,41 +85,41 @@ pub enum Refusal {
     Io(String),
 }
 
-impl fmt::Display for Refusal {
+impl fmt::Display for ForwardRefusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refusal::Insecure(why) => write!(f, "insecure: {why}"),
-            Refusal::TooLarge => write!(f, "larger than {MAX_SIZE} bytes"),
-            Refusal::Syntax(line) => write!(f, "syntax error on line {line}"),
-            Refusal::TooMany => write!(f, "more than {MAX_ENTRIES} entries"),
-            Refusal::Io(e) => write!(f, "{e}"),
+            ForwardRefusal::Insecure(why) => write!(f, "insecure: {why}"),
+            ForwardRefusal::TooLarge => write!(f, "larger than {MAX_SIZE} bytes"),
+            ForwardRefusal::Syntax(line) => write!(f, "syntax error on line {line}"),
+            ForwardRefusal::TooMany => write!(f, "more than {MAX_ENTRIES} entries"),
+            ForwardRefusal::Io(e) => write!(f, "{e}"),
         }
     }
 }
 
 /// A user's .forward, as found.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Found {
+pub enum ForwardFile {
     /// No file: deliver as if there were no .forward.
     Missing,
     /// The entries, in order (none: an empty file, which also delivers as if missing).
-    Entries(Vec<Entry>),
+    Entries(Vec<ForwardEntry>),
     /// A file that exists but is not used, and why (logged by the caller).
-    Refused(Refusal),
+    Refused(ForwardRefusal),
 }
 
 /// Splits a file's text into entries: `#` starts a comment, `\` escapes the next
 /// character, commas inside quotes do not split.
-pub fn parse(text: &str) -> Result<Vec<Entry>, Refusal> {
+pub fn parse(text: &str) -> Result<Vec<ForwardEntry>, ForwardRefusal> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
-        for item in split_line(line).ok_or(Refusal::Syntax(n + 1))? {
+        for item in split_line(line).ok_or(ForwardRefusal::Syntax(n + 1))? {
             if item.trim().is_empty() {
                 continue;
             }
-            out.push(Entry::classify(&item).ok_or(Refusal::Syntax(n + 1))?);
+            out.push(ForwardEntry::classify(&item).ok_or(ForwardRefusal::Syntax(n + 1))?);
             if out.len() > MAX_ENTRIES {
-                return Err(Refusal::TooMany);
+                return Err(ForwardRefusal::TooMany);
             }
         }
     }
@@ -173,39 +174,40 @@ fn split_line(line: &str) -> Option<Vec<String>> {
 }
 
 /// Reads `~/.forward` of `user` (as root: the checks stand in for the user's rights).
-pub fn read(user: &User) -> Found {
+pub fn read(user: &User) -> ForwardFile {
     let home = &user.home;
     match std::fs::metadata(home) {
         Ok(m) if m.mode() & 0o1000 != 0 => {
-            return Found::Refused(Refusal::Insecure(format!("{} is sticky", home.display())))
+            return ForwardFile::Refused(ForwardRefusal::Insecure(format!("{} is sticky", home.display())))
         }
         Ok(_) => {}
-        Err(_) => return Found::Missing,
+        Err(_) => return ForwardFile::Missing,
     }
     match read_checked(&home.join(".forward"), user) {
-        Ok(None) => Found::Missing,
+        Ok(None) => ForwardFile::Missing,
         Ok(Some(text)) => match parse(&text) {
-            Ok(entries) => Found::Entries(entries),
-            Err(r) => Found::Refused(r),
+            Ok(entries) => ForwardFile::Entries(entries),
+            Err(r) => ForwardFile::Refused(r),
         },
-        Err(r) => Found::Refused(r),
+        Err(r) => ForwardFile::Refused(r),
     }
 }
 
 /// The entries of an `:include:` file named in `user`'s .forward (no further includes).
-pub fn read_include(path: &Path, user: &User) -> Result<Vec<Entry>, Refusal> {
-    let text = read_checked(path, user)?.ok_or_else(|| Refusal::Io(format!("{}: no such file", path.display())))?;
+pub fn read_include(path: &Path, user: &User) -> Result<Vec<ForwardEntry>, ForwardRefusal> {
+    let text =
+        read_checked(path, user)?.ok_or_else(|| ForwardRefusal::Io(format!("{}: no such file", path.display())))?;
     let entries = parse(&text)?;
-    if entries.iter().any(|e| matches!(e, Entry::Include(_))) {
-        return Err(Refusal::Insecure(format!("{}: nested :include:", path.display())));
+    if entries.iter().any(|e| matches!(e, ForwardEntry::Include(_))) {
+        return Err(ForwardRefusal::Insecure(format!("{}: nested :include:", path.display())));
     }
     Ok(entries)
 }
 
 /// The text of `path` once it passes OpenSMTPD's secure_file checks for `user`; `None`
 /// when it does not exist.
-fn read_checked(path: &Path, user: &User) -> Result<Option<String>, Refusal> {
-    let insecure = |why: String| Refusal::Insecure(format!("{}: {why}", path.display()));
+fn read_checked(path: &Path, user: &User) -> Result<Option<String>, ForwardRefusal> {
+    let insecure = |why: String| ForwardRefusal::Insecure(format!("{}: {why}", path.display()));
     let mut file = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NONBLOCK.bits())
@@ -214,23 +216,23 @@ fn read_checked(path: &Path, user: &User) -> Result<Option<String>, Refusal> {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => return Err(insecure("a symbolic link".into())),
-        Err(e) => return Err(Refusal::Io(format!("{}: {e}", path.display()))),
+        Err(e) => return Err(ForwardRefusal::Io(format!("{}: {e}", path.display()))),
     };
-    let meta = file.metadata().map_err(|e| Refusal::Io(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| ForwardRefusal::Io(e.to_string()))?;
     if !meta.is_file() {
         return Err(insecure("not a regular file".into()));
     }
     owner_and_mode(&meta, user).map_err(insecure)?;
     if meta.len() >= MAX_SIZE {
-        return Err(Refusal::TooLarge);
+        return Err(ForwardRefusal::TooLarge);
     }
     // Every directory from the file up to the home (or to / outside it).
-    let real = std::fs::canonicalize(path).map_err(|e| Refusal::Io(e.to_string()))?;
+    let real = std::fs::canonicalize(path).map_err(|e| ForwardRefusal::Io(e.to_string()))?;
     let home = std::fs::canonicalize(&user.home).ok();
     let mut dir = real.parent();
     while let Some(d) = dir {
-        let m = std::fs::metadata(d).map_err(|e| Refusal::Io(e.to_string()))?;
-        owner_and_mode(&m, user).map_err(|why| Refusal::Insecure(format!("{}: {why}", d.display())))?;
+        let m = std::fs::metadata(d).map_err(|e| ForwardRefusal::Io(e.to_string()))?;
+        owner_and_mode(&m, user).map_err(|why| ForwardRefusal::Insecure(format!("{}: {why}", d.display())))?;
         if home.as_deref() == Some(d) {
             break;
         }
@@ -240,7 +242,7 @@ fn read_checked(path: &Path, user: &User) -> Result<Option<String>, Refusal> {
     file.by_ref()
         .take(MAX_SIZE)
         .read_to_string(&mut text)
-        .map_err(|e| Refusal::Io(format!("{}: {e}", path.display())))?;
+        .map_err(|e| ForwardRefusal::Io(format!("{}: {e}", path.display())))?;
     Ok(Some(text))
 }
 
@@ -256,8 +258,8 @@ fn owner_and_mode(meta: &std::fs::Metadata, user: &User) -> Result<(), String> {
 
 /// A command or a file to deliver to as a user: an mda-queue recipient, run by the parent.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Program {
-    pub kind: ProgramKind,
+pub struct ForwardProgram {
+    pub kind: ForwardKind,
     /// Who runs it (the .forward's owner, or the alias action's `user`).
     pub user: String,
     /// The address it stands for (`%{dest}`, `RECIPIENT`).
@@ -265,7 +267,7 @@ pub struct Program {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ProgramKind {
+pub enum ForwardKind {
     Pipe(String),
     File(String),
 }
@@ -276,12 +278,12 @@ const QUEUE_PREFIX: &str = "program:";
 /// the mda runner (`src/bin/mxd.rs`, [`crate::deliver::append_file`]).
 pub const APPEND_FLAG: &str = "--append-mbox";
 
-impl Program {
+impl ForwardProgram {
     /// Its queue-file form: one word (the queue's recipient field has no spaces).
     pub fn to_queue_rcpt(&self) -> String {
         let (kind, value) = match &self.kind {
-            ProgramKind::Pipe(c) => ("pipe", c),
-            ProgramKind::File(p) => ("file", p),
+            ForwardKind::Pipe(c) => ("pipe", c),
+            ForwardKind::File(p) => ("file", p),
         };
         let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value);
         format!("{QUEUE_PREFIX}{kind}:{}:{value}:{}", self.user, self.dest)
@@ -289,17 +291,17 @@ impl Program {
 
     /// The program a queue recipient names, if it names one (an mda action's recipient is
     /// an address, which never starts so).
-    pub fn from_queue_rcpt(rcpt: &str) -> Option<Program> {
+    pub fn from_queue_rcpt(rcpt: &str) -> Option<ForwardProgram> {
         let mut parts = rcpt.strip_prefix(QUEUE_PREFIX)?.splitn(4, ':');
         let (kind, user, value, dest) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(value).ok()?;
         let value = String::from_utf8(value).ok()?;
         let kind = match kind {
-            "pipe" => ProgramKind::Pipe(value),
-            "file" => ProgramKind::File(value),
+            "pipe" => ForwardKind::Pipe(value),
+            "file" => ForwardKind::File(value),
             _ => return None,
         };
-        Some(Program { kind, user: user.to_owned(), dest: dest.to_owned() })
+        Some(ForwardProgram { kind, user: user.to_owned(), dest: dest.to_owned() })
     }
 }
 
@@ -314,32 +316,32 @@ mod tests {
         assert_eq!(
             parse(text),
             Ok(vec![
-                Entry::Address("joseph@example.org".into()),
-                Entry::User("alice".into()),
-                Entry::Pipe("/usr/bin/procmail -f-".into()),
-                Entry::File("/home/a/mbox".into()),
-                Entry::Include("/etc/list".into()),
-                Entry::Pipe("cat>x".into()),
+                ForwardEntry::Address("joseph@example.org".into()),
+                ForwardEntry::User("alice".into()),
+                ForwardEntry::Pipe("/usr/bin/procmail -f-".into()),
+                ForwardEntry::File("/home/a/mbox".into()),
+                ForwardEntry::Include("/etc/list".into()),
+                ForwardEntry::Pipe("cat>x".into()),
             ])
         );
-        assert_eq!(parse("\"open quote\n"), Err(Refusal::Syntax(1)));
-        assert_eq!(parse("ok\nerror:550 no\n"), Err(Refusal::Syntax(2)));
-        assert_eq!(parse("a b\n"), Err(Refusal::Syntax(1)));
+        assert_eq!(parse("\"open quote\n"), Err(ForwardRefusal::Syntax(1)));
+        assert_eq!(parse("ok\nerror:550 no\n"), Err(ForwardRefusal::Syntax(2)));
+        assert_eq!(parse("a b\n"), Err(ForwardRefusal::Syntax(1)));
         assert_eq!(parse("\n  \n"), Ok(vec![]));
-        assert_eq!(parse(&"u,".repeat(MAX_ENTRIES + 1)), Err(Refusal::TooMany));
+        assert_eq!(parse(&"u,".repeat(MAX_ENTRIES + 1)), Err(ForwardRefusal::TooMany));
     }
 
     #[test]
     fn programs_survive_the_queue_file() {
-        let p = Program {
-            kind: ProgramKind::Pipe("/bin/sh -c 'a b'\n".into()),
+        let p = ForwardProgram {
+            kind: ForwardKind::Pipe("/bin/sh -c 'a b'\n".into()),
             user: "joseph".into(),
             dest: "joseph@example.org".into(),
         };
         let rcpt = p.to_queue_rcpt();
         assert!(!rcpt.contains(char::is_whitespace), "{rcpt}");
-        assert_eq!(Program::from_queue_rcpt(&rcpt), Some(p));
-        assert_eq!(Program::from_queue_rcpt("joseph@example.org"), None);
-        assert_eq!(Program::from_queue_rcpt("program:exec:a:b:c"), None);
+        assert_eq!(ForwardProgram::from_queue_rcpt(&rcpt), Some(p));
+        assert_eq!(ForwardProgram::from_queue_rcpt("joseph@example.org"), None);
+        assert_eq!(ForwardProgram::from_queue_rcpt("program:exec:a:b:c"), None);
     }
 }

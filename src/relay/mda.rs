@@ -23,7 +23,7 @@ use super::{result_name, Handle, SharedConfig};
 use crate::config::expand::{expand, ExpandCtx};
 use crate::config::{Action, Config, Method};
 use crate::envelope::Mailbox;
-use crate::forward::Program;
+use crate::forward::ForwardProgram;
 use crate::queue;
 use crate::users::{SystemUsers, User, UserDb, Userbase};
 
@@ -96,7 +96,7 @@ fn run(work: &Work, action: &Action, reports: &Sender<WorkerReport>) {
             .iter()
             .map(|rcpt| {
                 // A command or file from a ~/.forward or an alias, or the action's command.
-                let (r, shown, method) = match (Program::from_queue_rcpt(rcpt), &action.method) {
+                let (r, shown, method) = match (ForwardProgram::from_queue_rcpt(rcpt), &action.method) {
                     (Some(p), _) => (
                         super::program::deliver(&work.config, action, &p, &env.sender, message),
                         p.dest.clone(),

@@ -630,7 +630,7 @@ pub fn list_in(q: &Path, status: &RetryTable) -> String {
         let age = now_secs().saturating_sub(env.created);
         for (action, rcpt) in env.rcpts.iter().filter(|(_, r)| !done.contains(r)) {
             // A ~/.forward or alias program (mda queue): its address, and what it is.
-            let (shown, via) = match crate::forward::Program::from_queue_rcpt(rcpt) {
+            let (shown, via) = match crate::forward::ForwardProgram::from_queue_rcpt(rcpt) {
                 Some(p) => (p.dest.clone(), format!(" via={}", p.method())),
                 None => (rcpt.clone(), String::new()),
             };

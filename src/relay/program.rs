@@ -1,5 +1,5 @@
 //! The mda runner's other recipients: a command or a file named by a ~/.forward or an
-//! alias ([`Program`]), run as its user, never as root. A command runs as `/bin/sh -c`; a
+//! alias ([`ForwardProgram`]), run as its user, never as root. A command runs as `/bin/sh -c`; a
 //! file is appended to by mxd itself re-executed as the user (`mxd --append-mbox PATH
 //! SENDER`, OpenSMTPD's mail.mboxfile), so it is opened only with the user's rights.
 
@@ -7,11 +7,17 @@ use std::process::Command;
 
 use super::client::RcptStatus;
 use crate::config::{Action, Config};
-use crate::forward::{Program, ProgramKind, APPEND_FLAG};
+use crate::forward::{ForwardKind, ForwardProgram, APPEND_FLAG};
 use crate::users::{SystemUsers, UserDb, Userbase};
 
 /// Runs `p` for a message from `sender`.
-pub(super) fn deliver(config: &Config, action: &Action, p: &Program, sender: &str, message: &[u8]) -> RcptStatus {
+pub(super) fn deliver(
+    config: &Config,
+    action: &Action,
+    p: &ForwardProgram,
+    sender: &str,
+    message: &[u8],
+) -> RcptStatus {
     let user = match action.userbase.as_deref().and_then(|t| config.table(t)) {
         Some(t) => Userbase(t).by_name(&p.user).or_else(|| SystemUsers.by_name(&p.user)),
         None => SystemUsers.by_name(&p.user),
@@ -23,12 +29,12 @@ pub(super) fn deliver(config: &Config, action: &Action, p: &Program, sender: &st
         return RcptStatus::Perm("5.3.0 a command or file from a .forward or alias never runs as root".into());
     }
     let cmd = match &p.kind {
-        ProgramKind::Pipe(line) => {
+        ForwardKind::Pipe(line) => {
             let mut cmd = Command::new("/bin/sh");
             cmd.arg("-c").arg(line);
             cmd
         }
-        ProgramKind::File(path) => {
+        ForwardKind::File(path) => {
             let exe = match std::env::current_exe() {
                 Ok(exe) => exe,
                 Err(e) => return RcptStatus::Temp(format!("cannot find mxd to append to {path}: {e}")),
@@ -41,12 +47,12 @@ pub(super) fn deliver(config: &Config, action: &Action, p: &Program, sender: &st
     super::mda::execute(cmd, &user, sender, &p.dest, message)
 }
 
-impl Program {
+impl ForwardProgram {
     /// The log's `method=`.
     pub fn method(&self) -> &'static str {
         match self.kind {
-            ProgramKind::Pipe(_) => "command",
-            ProgramKind::File(_) => "file",
+            ForwardKind::Pipe(_) => "command",
+            ForwardKind::File(_) => "file",
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use crate::config::{Action, Method};
 use crate::envelope::{Mailbox, Target};
-use crate::forward::{self, Entry, Found, Program, ProgramKind};
+use crate::forward::{self, ForwardEntry, ForwardFile, ForwardKind, ForwardProgram};
 use crate::users::User;
 
 use super::{Expander, ResolveError};
@@ -42,10 +42,10 @@ impl Expander<'_> {
             return Err(ResolveError::Loop(dest.to_owned()));
         }
         let entries = match forward::read(user).and_includes(user) {
-            Found::Missing => return Ok(false),
-            Found::Entries(e) if e.is_empty() => return Ok(false),
-            Found::Entries(e) => e,
-            Found::Refused(why) => {
+            ForwardFile::Missing => return Ok(false),
+            ForwardFile::Entries(e) if e.is_empty() => return Ok(false),
+            ForwardFile::Entries(e) => e,
+            ForwardFile::Refused(why) => {
                 log::warn!("forward: {}/.forward of {} refused: {why}", user.home.display(), user.name);
                 return Ok(false);
             }
@@ -59,11 +59,13 @@ impl Expander<'_> {
         seen.push(key);
         for entry in entries {
             match entry {
-                Entry::Address(text) | Entry::User(text) => self.item(action, &text, &domain, depth, seen)?,
-                Entry::Pipe(cmd) => self.program(action, ProgramKind::Pipe(cmd), user, &dest)?,
-                Entry::File(path) => self.program(action, ProgramKind::File(path), user, &dest)?,
+                ForwardEntry::Address(text) | ForwardEntry::User(text) => {
+                    self.item(action, &text, &domain, depth, seen)?
+                }
+                ForwardEntry::Pipe(cmd) => self.program(action, ForwardKind::Pipe(cmd), user, &dest)?,
+                ForwardEntry::File(path) => self.program(action, ForwardKind::File(path), user, &dest)?,
                 // Replaced by their contents in `and_includes`.
-                Entry::Include(_) => {}
+                ForwardEntry::Include(_) => {}
             }
         }
         seen.pop();
@@ -75,9 +77,9 @@ impl Expander<'_> {
     pub(super) fn alias_program(&mut self, action: &Action, item: &str) -> Result<(), ResolveError> {
         let refused = |why: &str| Err(ResolveError::Unsupported(format!("alias value '{item}' ({why})")));
         let Some(name) = &action.user else { return refused("the action names no user to run it as") };
-        let kind = match Entry::classify(item) {
-            Some(Entry::Pipe(cmd)) => ProgramKind::Pipe(cmd),
-            Some(Entry::File(path)) => ProgramKind::File(path),
+        let kind = match ForwardEntry::classify(item) {
+            Some(ForwardEntry::Pipe(cmd)) => ForwardKind::Pipe(cmd),
+            Some(ForwardEntry::File(path)) => ForwardKind::File(path),
             _ => return refused("malformed"),
         };
         let user = self
@@ -91,7 +93,7 @@ impl Expander<'_> {
         self.program(action, kind, &user, &dest)
     }
 
-    fn program(&mut self, action: &Action, kind: ProgramKind, user: &User, dest: &str) -> Result<(), ResolveError> {
+    fn program(&mut self, action: &Action, kind: ForwardKind, user: &User, dest: &str) -> Result<(), ResolveError> {
         // OpenSMTPD refuses both: root's commands, and anything but addresses on forward-only.
         if user.uid == 0 {
             return Err(ResolveError::Forward(format!("commands and files in {}'s ~/.forward never run", user.name)));
@@ -99,7 +101,7 @@ impl Expander<'_> {
         if matches!(action.method, Method::ForwardOnly) {
             return Err(ResolveError::Forward("a command or file in a .forward on a forward-only action".into()));
         }
-        let program = Program { kind, user: user.name.clone(), dest: dest.to_owned() };
+        let program = ForwardProgram { kind, user: user.name.clone(), dest: dest.to_owned() };
         let target = Target::Mda { action: action.name.clone(), rcpt: program.to_queue_rcpt() };
         if !self.out.contains(&target) {
             self.out.push(target);
@@ -109,24 +111,24 @@ impl Expander<'_> {
 }
 
 trait Includes {
-    fn and_includes(self, user: &User) -> Found;
+    fn and_includes(self, user: &User) -> ForwardFile;
 }
 
-impl Includes for Found {
+impl Includes for ForwardFile {
     /// Each `:include:` replaced by its file's entries; a refused file refuses the .forward.
-    fn and_includes(self, user: &User) -> Found {
-        let Found::Entries(entries) = self else { return self };
+    fn and_includes(self, user: &User) -> ForwardFile {
+        let ForwardFile::Entries(entries) = self else { return self };
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
             match entry {
-                Entry::Include(path) => match forward::read_include(&path, user) {
+                ForwardEntry::Include(path) => match forward::read_include(&path, user) {
                     Ok(more) => out.extend(more),
-                    Err(why) => return Found::Refused(why),
+                    Err(why) => return ForwardFile::Refused(why),
                 },
                 other => out.push(other),
             }
         }
-        Found::Entries(out)
+        ForwardFile::Entries(out)
     }
 }
 
@@ -204,8 +206,8 @@ mod tests {
         }
     }
 
-    fn program(action: &str, kind: ProgramKind, user: &str) -> Target {
-        let p = Program { kind, user: user.into(), dest: format!("{user}@test") };
+    fn program(action: &str, kind: ForwardKind, user: &str) -> Target {
+        let p = ForwardProgram { kind, user: user.into(), dest: format!("{user}@test") };
         Target::Mda { action: action.into(), rcpt: p.to_queue_rcpt() }
     }
 
@@ -223,8 +225,8 @@ mod tests {
             Ok(vec![
                 maildir(d, "alice"),
                 Target::Relay { action: "out".into(), rcpt: "far@example.org".into() },
-                program("local", ProgramKind::Pipe("/usr/bin/procmail -f-".into()), "joseph"),
-                program("local", ProgramKind::File("/tmp/joseph.mbox".into()), "joseph"),
+                program("local", ForwardKind::Pipe("/usr/bin/procmail -f-".into()), "joseph"),
+                program("local", ForwardKind::File("/tmp/joseph.mbox".into()), "joseph"),
             ])
         );
     }
@@ -282,8 +284,8 @@ mod tests {
                 alice,
                 Target::Mda {
                     action: "eo".into(),
-                    rcpt: Program {
-                        kind: ProgramKind::Pipe("/bin/true".into()),
+                    rcpt: ForwardProgram {
+                        kind: ForwardKind::Pipe("/bin/true".into()),
                         user: "joseph".into(),
                         dest: "joseph@eo.test".into()
                     }
@@ -312,10 +314,10 @@ mod tests {
         );
         let r = resolve(&sys, "prog@s.test", false);
         assert!(matches!(&r, Ok(v) if v.len() == 1), "{r:?}");
-        let p = |kind| Program { kind, user: "bob".into(), dest: "prog@au.test".into() }.to_queue_rcpt();
+        let p = |kind| ForwardProgram { kind, user: "bob".into(), dest: "prog@au.test".into() }.to_queue_rcpt();
         assert_eq!(
             resolve(&c, "prog@au.test", false),
-            Ok(vec![Target::Mda { action: "au".into(), rcpt: p(ProgramKind::Pipe("/bin/cat".into())) }])
+            Ok(vec![Target::Mda { action: "au".into(), rcpt: p(ForwardKind::Pipe("/bin/cat".into())) }])
         );
     }
 }
