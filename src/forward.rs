@@ -305,6 +305,11 @@ impl ForwardProgram {
     }
 }
 
+/// How bounces and warnings name a queue recipient: a program by its address.
+pub fn shown_rcpt(rcpt: &str) -> String {
+    ForwardProgram::from_queue_rcpt(rcpt).map_or_else(|| rcpt.to_owned(), |p| p.dest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -76,7 +76,7 @@ fn conf(users: &Users) -> impl FnOnce(&Path, u16) -> String + '_ {
              action \"prog\" maildir alias <aliases> user {runner}\naction \"noprog\" maildir alias <aliases>\n\
              match from any for domain \"fo.test\" action \"fo\"\nmatch from any for domain \"eo.test\" action \"eo\"\n\
              match from any for domain \"prog.test\" action \"prog\"\nmatch from any for domain \"noprog.test\" action \"noprog\"\n\
-             match from any for domain \"test\" action \"local\"\n",
+             match from any for domain \"test\" action \"local\"\nmatch from any for local action \"local\"\n",
             d = d.display()
         )
     }
@@ -280,4 +280,13 @@ fn mailq_schedule_and_remove_act_on_the_mda_queue() {
     assert_eq!(common::count_files(&m.path().join("spool/mda/new")), 0);
     wait_for("the runner to forget it", Duration::from_secs(10), || !listing().contains(&id));
     assert!(mxctl(&m, None, &["remove", &id]).contains("no such message"));
+
+    // A command that fails bounces to the sender, naming the address it stands for.
+    write_forward(&home, "\"|/bin/sh -c 'echo broken >&2; exit 67'\"\n", 0o644);
+    python(SEND, &[&m.port.to_string(), &format!("{b}@mx.test"), &format!("{a}@test"), "third"]);
+    let b_home = m.path().join(b);
+    wait_for("the bounce", Duration::from_secs(20), || maildir_count(&b_home) == 1);
+    let bounce = String::from_utf8_lossy(&common::read_dir_files(&b_home.join("Maildir/new"))[0]).into_owned();
+    assert!(bounce.contains(&format!("Final-Recipient: rfc822; {a}@test\n")), "{bounce}");
+    assert!(bounce.contains("mda exited with 67: broken"), "{bounce}");
 }

@@ -488,8 +488,13 @@ impl Runner {
         if !failed.is_empty() {
             let bytes = queue::seal::read(&self.queue.join("new").join(name)).unwrap_or_default();
             let original = queue::decode(&bytes).map_or(&b""[..], |(_, m)| m);
-            let failures: Vec<bounce::Failure<'_>> =
-                failed.iter().map(|(rcpt, status, why)| bounce::Failure { rcpt, status, diagnostic: why }).collect();
+            // A ~/.forward or alias program is named by its address.
+            let shown: Vec<String> = failed.iter().map(|f| crate::forward::shown_rcpt(&f.0)).collect();
+            let failures: Vec<bounce::Failure<'_>> = failed
+                .iter()
+                .zip(&shown)
+                .map(|((_, status, why), rcpt)| bounce::Failure { rcpt, status, diagnostic: why })
+                .collect();
             if let Some(dsn) = bounce::dsn(&config.hostname, &entry.env.sender, &failures, original, &entry.id) {
                 let socket = self.spool.join(crate::spool::SUBMIT_SOCKET);
                 let prepared = crate::submit::headers::Prepared {
@@ -545,8 +550,12 @@ fn warn_of_delay(
     }
     let bytes = queue::seal::read(&queue_dir.join("new").join(name)).unwrap_or_default();
     let original = queue::decode(&bytes).map_or(&b""[..], |(_, m)| m);
-    let list: Vec<bounce::Failure<'_>> =
-        delayed.iter().map(|(rcpt, why)| bounce::Failure { rcpt, status: "4.4.1", diagnostic: why }).collect();
+    let shown: Vec<String> = delayed.iter().map(|d| crate::forward::shown_rcpt(&d.0)).collect();
+    let list: Vec<bounce::Failure<'_>> = delayed
+        .iter()
+        .zip(&shown)
+        .map(|((_, why), rcpt)| bounce::Failure { rcpt, status: "4.4.1", diagnostic: why })
+        .collect();
     if let Some(dsn) = bounce::delay_warning(&config.hostname, &entry.env.sender, &list, original, &entry.id, passed) {
         let prepared = crate::submit::headers::Prepared {
             sender: String::new(),
