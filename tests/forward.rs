@@ -183,9 +183,9 @@ fn loops_forward_only_expand_only_and_alias_commands() {
     write_forward(&home(1), &format!("{a}@test\n"), 0o644);
     write_forward(&home(3), &format!("{c}@test\n"), 0o644);
 
-    // The loop is found before the 250: the message is not taken (4xx), nothing delivered.
+    // The loop is found before the 250: the message is refused (5xx), nothing delivered.
     let reply = send_one(m.port, &format!("{a}@test"), "looping");
-    assert!(reply.starts_with("451 "), "{reply}");
+    assert!(reply.starts_with("554 "), "{reply}");
     assert!(m.logged("alias loop or too deep"), "{}", m.log());
     assert_eq!(maildir_count(&home(0)) + maildir_count(&home(1)), 0);
 
