@@ -15,7 +15,7 @@
 
 use std::fmt;
 use std::io::Read as _;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -208,16 +208,7 @@ pub fn read_include(path: &Path, user: &User) -> Result<Vec<ForwardEntry>, Forwa
 /// when it does not exist.
 fn read_checked(path: &Path, user: &User) -> Result<Option<String>, ForwardRefusal> {
     let insecure = |why: String| ForwardRefusal::Insecure(format!("{}: {why}", path.display()));
-    let mut file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NONBLOCK.bits())
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => return Err(insecure("a symbolic link".into())),
-        Err(e) => return Err(ForwardRefusal::Io(format!("{}: {e}", path.display()))),
-    };
+    let Some(mut file) = open_without_links(path).map_err(insecure)? else { return Ok(None) };
     let meta = file.metadata().map_err(|e| ForwardRefusal::Io(e.to_string()))?;
     if !meta.is_file() {
         return Err(insecure("not a regular file".into()));
@@ -227,9 +218,9 @@ fn read_checked(path: &Path, user: &User) -> Result<Option<String>, ForwardRefus
         return Err(ForwardRefusal::TooLarge);
     }
     // Every directory from the file up to the home (or to / outside it).
-    let real = std::fs::canonicalize(path).map_err(|e| ForwardRefusal::Io(e.to_string()))?;
+    let real = std::fs::canonicalize(path.parent().unwrap_or(path)).map_err(|e| ForwardRefusal::Io(e.to_string()))?;
     let home = std::fs::canonicalize(&user.home).ok();
-    let mut dir = real.parent();
+    let mut dir = Some(real.as_path());
     while let Some(d) = dir {
         let m = std::fs::metadata(d).map_err(|e| ForwardRefusal::Io(e.to_string()))?;
         owner_and_mode(&m, user).map_err(|why| ForwardRefusal::Insecure(format!("{}: {why}", d.display())))?;
@@ -244,6 +235,52 @@ fn read_checked(path: &Path, user: &User) -> Result<Option<String>, ForwardRefus
         .read_to_string(&mut text)
         .map_err(|e| ForwardRefusal::Io(format!("{}: {e}", path.display())))?;
     Ok(Some(text))
+}
+
+/// Opens `path` as root may for a user: its directory as found now (symlinks above
+/// resolved), then walked down from `/` without following any symlink, so a directory
+/// swapped for a link meanwhile is refused; the file itself must be a regular file before
+/// it is opened (never a device or a FIFO: opening one as root can act on it). `None` when
+/// it does not exist.
+fn open_without_links(path: &Path) -> Result<Option<std::fs::File>, String> {
+    use nix::errno::Errno;
+    use nix::fcntl::{open, openat, OFlag};
+    use nix::sys::stat::{fstatat, Mode, SFlag};
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err("not a file path".into());
+    };
+    let parent = match std::fs::canonicalize(parent) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut dir = open("/", dir_flags, Mode::empty()).map_err(|e| e.to_string())?;
+    for part in parent.components().skip(1) {
+        dir = match openat(&dir, part.as_os_str(), dir_flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ELOOP | Errno::ENOTDIR) => return Err("a symbolic link in its path".into()),
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+    }
+    let st = match fstatat(&dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    match SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT {
+        SFlag::S_IFREG => {}
+        SFlag::S_IFLNK => return Err("a symbolic link".into()),
+        _ => return Err("not a regular file".into()),
+    }
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    match openat(&dir, name, flags, Mode::empty()) {
+        Ok(fd) => Ok(Some(std::fs::File::from(fd))),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(Errno::ELOOP) => Err("a symbolic link".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn owner_and_mode(meta: &std::fs::Metadata, user: &User) -> Result<(), String> {

@@ -260,6 +260,18 @@ mod tests {
         assert_eq!(resolve(&c, "joseph@test", true), Ok(vec![maildir(d, "alice"), maildir(d, "bob")]));
         std::fs::set_permissions(d.join("joseph/list"), std::fs::Permissions::from_mode(0o666)).unwrap();
         assert_eq!(resolve(&c, "joseph@test", true), Ok(vec![maildir(d, "joseph")]), "unsafe include");
+        // Never a FIFO or device (opening one as root could block or act on it), never a
+        // symlink.
+        nix::unistd::mkfifo(&d.join("joseph/fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        forward(d, "joseph", &format!(":include:{}/joseph/fifo\n", d.display()));
+        assert_eq!(resolve(&c, "joseph@test", true), Ok(vec![maildir(d, "joseph")]), "a FIFO");
+        std::fs::write(d.join("joseph/list"), "alice\n").unwrap();
+        std::fs::set_permissions(d.join("joseph/list"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        forward(d, "joseph", &format!(":include:{}/joseph/list\n", d.display()));
+        assert_eq!(resolve(&c, "joseph@test", true), Ok(vec![maildir(d, "alice")]));
+        std::fs::remove_file(d.join("joseph/.forward")).unwrap();
+        std::os::unix::fs::symlink(d.join("joseph/list"), d.join("joseph/.forward")).unwrap();
+        assert_eq!(resolve(&c, "joseph@test", true), Ok(vec![maildir(d, "joseph")]), "a symlinked .forward");
     }
 
     #[test]
