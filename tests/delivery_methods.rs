@@ -245,7 +245,10 @@ fn mda_commands_run_as_the_user_from_the_queue() {
     let got = String::from_utf8_lossy(&common::read_dir_files(&home.join("Maildir/new"))[0]).into_owned();
     assert!(got.contains("Delivered-To: mduser@proc.test") && got.ends_with("through-mda\n"), "{got}");
     // The recording script: stdin, environment, uid.
-    wait_for("the recording command", Duration::from_secs(20), || home.join("uid").exists());
+    // The script's last write: the file exists as soon as the shell opens it.
+    wait_for("the recording command", Duration::from_secs(20), || {
+        std::fs::read_to_string(home.join("uid")).is_ok_and(|t| t.ends_with('\n'))
+    });
     let got = std::fs::read_to_string(home.join("got-record.test")).unwrap();
     assert!(got.starts_with("Return-Path: <joseph@mx.test>\nDelivered-To: mduser@record.test\nReceived: "), "{got}");
     assert!(got.ends_with("through-mda\n"), "{got}");
