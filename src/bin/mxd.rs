@@ -3,7 +3,8 @@
 //! mxd [-dnv] [-f file] [-D name=value] [-u user]
 //!
 //! The same binary runs every process of the daemon: the parent re-executes it with a
-//! hidden `-x ROLE` (and `--parent PID`, `--link FD`, `--listener KEY FDS`) for each child.
+//! hidden `-x ROLE` (and `--parent PID`, `--link FD`, `--listener KEY FDS`) for each child,
+//! and, as a ~/.forward's or alias's user, with `--append-mbox PATH SENDER` for a `/file`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
