@@ -97,11 +97,13 @@ fn run(work: &Work, action: &Action, reports: &Sender<WorkerReport>) {
             .map(|rcpt| {
                 // A command or file from a ~/.forward or an alias, or the action's command.
                 let (r, shown, method) = match (ForwardProgram::from_queue_rcpt(rcpt), &action.method) {
-                    (Some(p), _) => (
-                        super::program::deliver(&work.config, action, &p, &env.sender, message),
-                        p.dest.clone(),
-                        p.method(),
-                    ),
+                    (Some(p), _) => {
+                        let r = match super::program::command(&work.config, action, &p, &env.sender) {
+                            Ok((cmd, user)) => execute(cmd, &user, &env.sender, &p.dest, message),
+                            Err(refused) => refused,
+                        };
+                        (r, p.dest.clone(), p.method())
+                    }
                     (None, Method::Mda(command)) => {
                         (deliver(&work.config, action, command, &env.sender, rcpt, message), rcpt.clone(), "mda")
                     }
@@ -177,7 +179,7 @@ fn deliver(config: &Config, action: &Action, command: &str, sender: &str, rcpt: 
 /// Runs `cmd` as `user` (when mxd is root) with OpenSMTPD's environment, in the user's
 /// home, the message on stdin after Return-Path and Delivered-To (for `rcpt`), within the
 /// time limit; its exit status as a recipient's result.
-pub(super) fn execute(mut cmd: Command, user: &User, sender: &str, rcpt: &str, message: &[u8]) -> RcptStatus {
+fn execute(mut cmd: Command, user: &User, sender: &str, rcpt: &str, message: &[u8]) -> RcptStatus {
     let Mailbox { local, domain } = Mailbox::split(rcpt);
     let home = user.home.to_string_lossy().into_owned();
     cmd.env_clear()

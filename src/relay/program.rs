@@ -8,25 +8,25 @@ use std::process::Command;
 use super::client::RcptStatus;
 use crate::config::{Action, Config};
 use crate::forward::{ForwardKind, ForwardProgram, APPEND_FLAG};
-use crate::users::{SystemUsers, UserDb, Userbase};
+use crate::users::{SystemUsers, User, UserDb, Userbase};
 
-/// Runs `p` for a message from `sender`.
-pub(super) fn deliver(
+/// What runs `p` for a message from `sender`, and as whom (the mda runner executes it);
+/// or why it does not run.
+pub(super) fn command(
     config: &Config,
     action: &Action,
     p: &ForwardProgram,
     sender: &str,
-    message: &[u8],
-) -> RcptStatus {
+) -> Result<(Command, User), RcptStatus> {
     let user = match action.userbase.as_deref().and_then(|t| config.table(t)) {
         Some(t) => Userbase(t).by_name(&p.user).or_else(|| SystemUsers.by_name(&p.user)),
         None => SystemUsers.by_name(&p.user),
     };
     let Some(user) = user else {
-        return RcptStatus::Perm(format!("5.1.1 unknown user {}", p.user));
+        return Err(RcptStatus::Perm(format!("5.1.1 unknown user {}", p.user)));
     };
     if user.uid == 0 {
-        return RcptStatus::Perm("5.3.0 a command or file from a .forward or alias never runs as root".into());
+        return Err(RcptStatus::Perm("5.3.0 a command or file from a .forward or alias never runs as root".into()));
     }
     let cmd = match &p.kind {
         ForwardKind::Pipe(line) => {
@@ -37,14 +37,14 @@ pub(super) fn deliver(
         ForwardKind::File(path) => {
             let exe = match std::env::current_exe() {
                 Ok(exe) => exe,
-                Err(e) => return RcptStatus::Temp(format!("cannot find mxd to append to {path}: {e}")),
+                Err(e) => return Err(RcptStatus::Temp(format!("cannot find mxd to append to {path}: {e}"))),
             };
             let mut cmd = Command::new(exe);
             cmd.arg(APPEND_FLAG).arg(path).arg(sender);
             cmd
         }
     };
-    super::mda::execute(cmd, &user, sender, &p.dest, message)
+    Ok((cmd, user))
 }
 
 impl ForwardProgram {
