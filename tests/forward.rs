@@ -250,9 +250,9 @@ fn mailq_schedule_and_remove_act_on_the_mda_queue() {
     write_forward(&home, &format!("|{}\n", script.display()), 0o644);
 
     python(SEND, &[&m.port.to_string(), &format!("{a}@mx.test"), &format!("{a}@test"), "first"]);
-    assert!(m.logged(&format!("to=<{a}@test> method=command result=TempFail")), "{}", m.log());
     let listing = || mxctl(&m, None, &["show", "queue"]);
-    wait_for("the deferral in mailq", Duration::from_secs(10), || listing().contains("state=deferred"));
+    wait_for("the deferral in mailq", Duration::from_secs(20), || listing().contains("state=deferred"));
+    assert!(m.logged(&format!("to=<{a}@test> method=command result=TempFail")), "{}", m.log());
     let line = listing().lines().find(|l| l.contains(&format!("<{a}@test>"))).expect("listed").to_owned();
     assert!(line.contains("action=local via=command") && line.contains("not yet"), "{line}");
     let id = line.split(' ').next().unwrap()[..8].to_owned();
@@ -266,19 +266,19 @@ fn mailq_schedule_and_remove_act_on_the_mda_queue() {
     wait_for("the scheduled delivery", Duration::from_secs(20), || {
         std::fs::read_to_string(home.join("got")).is_ok_and(|t| t.ends_with("first\n"))
     });
-    wait_for("the queue to empty", Duration::from_secs(10), || {
+    wait_for("the queue to empty", Duration::from_secs(20), || {
         common::count_files(&m.path().join("spool/mda/new")) == 0
     });
 
     // remove ID drops a deferred one.
     std::fs::remove_file(home.join("go")).unwrap();
     python(SEND, &[&m.port.to_string(), &format!("{a}@mx.test"), &format!("{a}@test"), "second"]);
-    wait_for("the second deferral", Duration::from_secs(10), || listing().contains("state=deferred"));
+    wait_for("the second deferral", Duration::from_secs(20), || listing().contains("state=deferred"));
     let line = listing().lines().find(|l| l.contains(&format!("<{a}@test>"))).expect("listed").to_owned();
     let id = line.split(' ').next().unwrap()[..8].to_owned();
     assert_eq!(mxctl(&m, None, &["remove", &id]).trim(), "1 removed");
     assert_eq!(common::count_files(&m.path().join("spool/mda/new")), 0);
-    wait_for("the runner to forget it", Duration::from_secs(10), || !listing().contains(&id));
+    wait_for("the runner to forget it", Duration::from_secs(20), || !listing().contains(&id));
     assert!(mxctl(&m, None, &["remove", &id]).contains("no such message"));
 
     // A command that fails bounces to the sender, naming the address it stands for.
