@@ -23,6 +23,7 @@ pub mod dns;
 pub mod envelope;
 pub mod fds;
 pub mod filter;
+pub mod forward;
 pub mod headers;
 pub mod logging;
 pub mod privsep;

@@ -2,6 +2,11 @@
 //! `virtual` or `alias` table (recursively, with loop detection and a depth limit), finds
 //! each final local user (`userbase` table or the password database), and expands the
 //! Maildir path template. Called at RCPT time, so an unknown user is refused there.
+//!
+//! ~/.forward files are read only when the delivery process resolves again before the
+//! 250 after DATA ([`resolve_delivering`]): the smtp process is chrooted and never reads
+//! homes. So RCPT checks the rules, aliases and that the user exists; what a .forward
+//! says (and whether a `forward-only` user has one) is decided at delivery.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -12,6 +17,8 @@ use crate::envelope::Mailbox;
 use crate::envelope::{Envelope, Owner, Target};
 use crate::rules::{self, Decision};
 use crate::users::{User, UserDb, Userbase};
+
+mod forwards;
 
 /// Alias chains longer than this are refused as loops (OpenSMTPD uses 5 for expansion depth
 /// of includes; aliases to aliases rarely go past 3).
@@ -35,6 +42,9 @@ pub enum ResolveError {
     /// The recipient expands to no mailbox at all (an empty alias): 550 5.1.1, never a
     /// 250 for a message stored nowhere.
     Empty(String),
+    /// What a ~/.forward says cannot be delivered (a `forward-only` user without one, a
+    /// command in root's): found at delivery, so the message gets a 4xx after DATA.
+    Forward(String),
 }
 
 impl fmt::Display for ResolveError {
@@ -46,6 +56,7 @@ impl fmt::Display for ResolveError {
             ResolveError::Unsupported(w) => write!(f, "{w} is not supported"),
             ResolveError::Refused(a) => write!(f, "expanded address {a} is refused by the rules"),
             ResolveError::Empty(a) => write!(f, "{a} expands to no mailbox"),
+            ResolveError::Forward(why) => write!(f, "{why}"),
         }
     }
 }
@@ -55,17 +66,42 @@ struct Expander<'a> {
     env: &'a Envelope<'a>,
     system: &'a dyn UserDb,
     out: Vec<Target>,
+    /// True where homes may be read (the delivery process).
+    read_forwards: bool,
+    /// A `forward-only`/`expand-only` user whose .forward only delivery can read.
+    deferred: bool,
 }
 
+/// At RCPT (the smtp process): ~/.forward files are not read.
 pub fn resolve(
     config: &Config,
     action: &Action,
     env: &Envelope<'_>,
     users: &dyn UserDb,
 ) -> Result<Vec<Target>, ResolveError> {
-    let mut r = Expander { config, env, system: users, out: Vec::new() };
+    run(config, action, env, users, false)
+}
+
+/// In the delivery process (root): as [`resolve`], and each local user's ~/.forward too.
+pub fn resolve_delivering(
+    config: &Config,
+    action: &Action,
+    env: &Envelope<'_>,
+    users: &dyn UserDb,
+) -> Result<Vec<Target>, ResolveError> {
+    run(config, action, env, users, true)
+}
+
+fn run(
+    config: &Config,
+    action: &Action,
+    env: &Envelope<'_>,
+    users: &dyn UserDb,
+    read_forwards: bool,
+) -> Result<Vec<Target>, ResolveError> {
+    let mut r = Expander { config, env, system: users, out: Vec::new(), read_forwards, deferred: false };
     r.address(action, env.rcpt, 0, &mut Vec::new())?;
-    if r.out.is_empty() {
+    if r.out.is_empty() && !r.deferred {
         return Err(ResolveError::Empty(env.rcpt.to_owned()));
     }
     Ok(r.out)
@@ -91,23 +127,22 @@ impl Expander<'_> {
         let key = format!("{base}@{}", domain.to_lowercase());
         if seen.contains(&key) {
             // A name that expands back to itself ends the expansion as a user (root: root, x).
-            return self.local_user(action, &base, addr);
+            return self.local_user(action, &base, addr, depth, seen);
         }
         let expansion = match (&action.virtual_, &action.alias) {
-            (Some(t), _) => self
-                .config
-                .table(t)
-                .and_then(|t| t.get_list(&key).or_else(|| t.get_list(&format!("@{}", domain.to_lowercase())))),
-            (None, Some(t)) => self.config.table(t).and_then(|t| t.get_list(&base)),
+            (Some(t), _) => {
+                self.config.table(t).and_then(|t| t.get(&key).or_else(|| t.get(&format!("@{}", domain.to_lowercase()))))
+            }
+            (None, Some(t)) => self.config.table(t).and_then(|t| t.get(&base)),
             (None, None) => None,
-        };
+        }
+        .map(crate::forward::alias_items);
         let Some(items) = expansion else {
             if action.virtual_.is_some() {
                 return Err(ResolveError::UnknownUser(addr.to_owned()));
             }
-            return self.local_user(action, &base, addr);
+            return self.local_user(action, &base, addr, depth, seen);
         };
-        let items: Vec<String> = items.into_iter().map(str::to_owned).collect();
         seen.push(key);
         for item in items {
             self.item(action, &item, domain, depth, seen)?;
@@ -125,7 +160,10 @@ impl Expander<'_> {
         depth: usize,
         seen: &mut Vec<String>,
     ) -> Result<(), ResolveError> {
-        if item.starts_with('|') || item.starts_with('/') || item.starts_with(':') {
+        if item.starts_with('|') || item.starts_with('/') || item.starts_with("\"|") {
+            return self.alias_program(action, item);
+        }
+        if item.starts_with(':') {
             return Err(ResolveError::Unsupported(format!("alias value '{item}'")));
         }
         if !item.contains('@') {
@@ -146,8 +184,19 @@ impl Expander<'_> {
         }
     }
 
-    fn local_user(&mut self, action: &Action, name: &str, dest: &str) -> Result<(), ResolveError> {
+    fn local_user(
+        &mut self,
+        action: &Action,
+        name: &str,
+        dest: &str,
+        depth: usize,
+        seen: &mut Vec<String>,
+    ) -> Result<(), ResolveError> {
         let rcpt_user = self.lookup(action, name).ok_or_else(|| ResolveError::UnknownUser(name.to_owned()))?;
+        // As OpenSMTPD: an action delivering as another `user` skips recipients' .forward.
+        if action.user.as_deref().is_none_or(|u| u == name) && self.forward(action, &rcpt_user, dest, depth, seen)? {
+            return Ok(());
+        }
         // `user NAME`: deliver as that user (its ids own the files, its home is ~).
         let user = match &action.user {
             Some(u) => self
@@ -193,7 +242,9 @@ impl Expander<'_> {
             }
             Method::Mda(_) => Target::Mda { action: action.name.clone(), rcpt: dest_addr.clone() },
             Method::ForwardOnly | Method::ExpandOnly => {
-                return Err(ResolveError::Unsupported("local delivery for a forward-only action".into()))
+                let kind =
+                    if matches!(action.method, Method::ForwardOnly) { "a forward-only" } else { "an expand-only" };
+                return Err(ResolveError::Forward(format!("{name} has no usable ~/.forward on {kind} action")));
             }
             Method::Relay(_) => return Err(ResolveError::Unsupported("relay".into())),
         };

@@ -205,6 +205,15 @@ fn a_system_user_logs_in_without_a_table() {
     wait_for("joseph's copy", Duration::from_secs(10), || mx.messages("joseph").len() == 1);
     let (ok, out) = swaks(mx.port, "x@mx.test", "joseph@mx.test", &login("LOGIN", name, "wrong"));
     assert!(!ok && out.contains("535 5.7.8"), "{out}");
+    // yescrypt, Debian's default form.
+    let mut chpasswd =
+        Command::new("chpasswd").args(["-c", "YESCRYPT"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(chpasswd.stdin.as_mut().unwrap(), format!("{name}:{JOSEPH_PW}\n").as_bytes()).unwrap();
+    assert!(chpasswd.wait().unwrap().success());
+    let shadow = std::fs::read_to_string("/etc/shadow").unwrap();
+    assert!(shadow.lines().any(|l| l.starts_with(&format!("{name}:$y$"))), "a yescrypt hash");
+    let (ok, out) = swaks(mx.port, "x@mx.test", "joseph@mx.test", &login("PLAIN", name, JOSEPH_PW));
+    assert!(ok && out.contains("235 2.0.0"), "{out}\n{}", mx.log());
     drop(user);
 }
 

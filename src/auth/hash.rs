@@ -1,7 +1,8 @@
 //! Password hashes in the forms crypt(3) and `smtpctl encrypt` write, checked with
 //! well-kept pure-Rust crates: `bcrypt` (bcrypt, compares with `subtle`) and RustCrypto's
-//! `sha-crypt` (SHA-256/512-crypt, compares with `ctutils`). Both comparisons are
-//! constant-time; the cost of a check is fixed by the hash, not by the password.
+//! `sha-crypt` (SHA-256/512-crypt, compares with `ctutils`) and `yescrypt` (`$y$`, Debian's
+//! default in /etc/shadow, compares with `ctutils`). Every comparison is constant-time; the
+//! cost of a check is fixed by the hash, not by the password.
 
 use std::fmt;
 
@@ -13,6 +14,9 @@ pub const ENCRYPT_COST: u32 = 10;
 /// more, by mistake or not, would let each login attempt stall the process that checks.
 pub const MAX_BCRYPT_COST: u32 = 16;
 pub const MAX_SHA_ROUNDS: u64 = 10_000_000;
+/// yescrypt's memory per check is 128·N·r·p bytes: at most 256 MiB (Debian's default,
+/// `j9T`, is 16 MiB).
+pub const MAX_YESCRYPT_MEMORY: u64 = 256 << 20;
 
 /// A valid bcrypt hash of a password nobody has: checked when the user is unknown, so an
 /// unknown user costs as much time as a wrong password.
@@ -27,12 +31,14 @@ pub enum HashForm {
     Sha512Crypt,
     /// `$5$` (`openssl passwd -5`).
     Sha256Crypt,
+    /// `$y$` (Debian's and Fedora's crypt(3) default, `mkpasswd -m yescrypt`).
+    Yescrypt,
 }
 
 /// Why a stored value could not be checked. The message names the hash's prefix only.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HashError {
-    /// Not a form listed in [`HashForm`] (DES, MD5 `$1$`, yescrypt `$y$`, a plaintext
+    /// Not a form listed in [`HashForm`] (DES, MD5 `$1$`, scrypt `$7$`, a plaintext
     /// password…); carries the `$id$` prefix, or nothing when there is none.
     UnknownForm(Option<String>),
     /// The prefix of a known form, but the rest does not parse.
@@ -54,7 +60,8 @@ impl fmt::Display for HashError {
             HashError::Malformed(form) => write!(f, "malformed {form:?} password hash"),
             HashError::TooCostly(form) => write!(
                 f,
-                "{form:?} password hash too costly to check (at most bcrypt cost {MAX_BCRYPT_COST}, {MAX_SHA_ROUNDS} SHA-crypt rounds)"
+                "{form:?} password hash too costly to check (at most bcrypt cost {MAX_BCRYPT_COST}, {MAX_SHA_ROUNDS} SHA-crypt rounds, {} MiB for yescrypt)",
+                MAX_YESCRYPT_MEMORY >> 20
             ),
         }
     }
@@ -69,6 +76,7 @@ pub fn form(hash: &str) -> Result<HashForm, HashError> {
         Some("$2b$" | "$2a$" | "$2y$") => Ok(HashForm::Bcrypt),
         Some("$6$") => Ok(HashForm::Sha512Crypt),
         Some("$5$") => Ok(HashForm::Sha256Crypt),
+        Some("$y$") => Ok(HashForm::Yescrypt),
         Some(p) => Err(HashError::UnknownForm(Some(printable(p)))),
         None => Err(HashError::UnknownForm(None)),
     }
@@ -96,6 +104,14 @@ pub fn verify(hash: &str, password: &[u8]) -> Result<bool, HashError> {
                 Err(_) => Err(HashError::Malformed(form)),
             }
         }
+        HashForm::Yescrypt => {
+            use yescrypt::{password_hash::Error, PasswordVerifier, Yescrypt};
+            match Yescrypt::default().verify_password(password, hash) {
+                Ok(()) => Ok(true),
+                Err(Error::PasswordInvalid) => Ok(false),
+                Err(_) => Err(HashError::Malformed(form)),
+            }
+        }
     }
 }
 
@@ -107,7 +123,21 @@ fn too_costly(form: HashForm, hash: &str) -> bool {
         HashForm::Sha512Crypt | HashForm::Sha256Crypt => {
             field.strip_prefix("rounds=").is_some_and(|n| n.parse::<u64>().map_or(true, |n| n > MAX_SHA_ROUNDS))
         }
+        HashForm::Yescrypt => yescrypt_memory(field).is_none_or(|m| m > MAX_YESCRYPT_MEMORY),
     }
+}
+
+/// The memory a yescrypt check with these encoded parameters takes; `None` when they do
+/// not parse. The crate keeps N, r and p private, so they are read from its `Debug` form
+/// (a change there reads as `None`: refused, never unbounded).
+fn yescrypt_memory(encoded: &str) -> Option<u64> {
+    let params: yescrypt::Params = encoded.parse().ok()?;
+    let debug = format!("{params:?}");
+    let field = |name: &str| -> Option<u64> {
+        let at = debug.find(&format!(" {name}: "))? + name.len() + 3;
+        debug[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    };
+    128u64.checked_mul(field("n")?)?.checked_mul(field("r")?)?.checked_mul(field("p")?)
 }
 
 /// Could not make a hash (no randomness from the system).
@@ -142,14 +172,23 @@ mod tests {
     const SHA256: &str = "$5$abcdefgh$gruCpC7VkOTspMQTTSAR8mtlO9Upms.fwqE5y16JVM.";
     const SHA512_ROUNDS: &str = "$6$rounds=10000$0123456789abcdef$gSy5VF5ySG5/uV08PkwjFUoogx1q7gWxnw3f6ykYMdK6EdIpj4shFbc/W.Xg/wXfN3SMqlULJfXnkXcJ0dHu10";
     const BCRYPT_2Y: &str = "$2y$10$AY9kg67chAWNN0AG9Rncf.9XKMkXJCVVdQXuiknjrOFlyXJCInCTS";
+    // `mkpasswd -m yescrypt secret` (Debian 13).
+    const YESCRYPT: &str = "$y$j9T$fqdt3Lr9jhp9f/KDgg1lt/$dmXSLUtAdpYfY0AbyLYKWQ4aB7jz9r225nHnBOFEbm/";
 
     #[test]
     fn known_forms_verify_and_wrong_passwords_do_not() {
-        for hash in [SHA512, SHA256, SHA512_ROUNDS, BCRYPT_2Y] {
+        for hash in [SHA512, SHA256, SHA512_ROUNDS, BCRYPT_2Y, YESCRYPT] {
             assert_eq!(verify(hash, b"secret"), Ok(true), "{hash}");
             assert_eq!(verify(hash, b"Secret"), Ok(false), "{hash}");
             assert_eq!(verify(hash, b""), Ok(false), "{hash}");
         }
+    }
+
+    #[test]
+    fn yescrypt_memory_is_read_from_the_parameters() {
+        assert_eq!(yescrypt_memory("j9T"), Some(16 << 20), "Debian's default: N=4096, r=32");
+        assert_eq!(yescrypt_memory("jBT"), Some(64 << 20));
+        assert_eq!(yescrypt_memory("!!"), None);
     }
 
     #[test]
@@ -165,7 +204,12 @@ mod tests {
     fn unknown_and_malformed_forms_are_refused_by_name() {
         let cases: &[(&str, HashError)] = &[
             ("$1$abc$def", HashError::UnknownForm(Some("$1$".into()))),
-            ("$y$j9T$abc$def", HashError::UnknownForm(Some("$y$".into()))),
+            ("$7$abc$def", HashError::UnknownForm(Some("$7$".into()))),
+            ("$y$j9T$abc", HashError::Malformed(HashForm::Yescrypt)),
+            (
+                "$y$jFT$fqdt3Lr9jhp9f/KDgg1lt/$dmXSLUtAdpYfY0AbyLYKWQ4aB7jz9r225nHnBOFEbm/",
+                HashError::TooCostly(HashForm::Yescrypt),
+            ),
             ("secret", HashError::UnknownForm(None)),
             ("", HashError::UnknownForm(None)),
             ("$6$", HashError::Malformed(HashForm::Sha512Crypt)),

@@ -37,7 +37,7 @@ pub const SHADOW_FORMAT: ShadowFormat = ShadowFormat::Bsd;
 pub enum SystemError {
     /// The file could not be read (not root?): a temporary failure for the client.
     Unreadable(PathBuf, std::io::Error),
-    /// The user's hash is in a form mxd cannot check (e.g. yescrypt `$y$`, Debian's default).
+    /// The user's hash is in a form mxd cannot check (e.g. MD5-crypt `$1$`).
     Hash(HashError),
 }
 
@@ -119,7 +119,7 @@ mod tests {
         let path = dir.path().join("shadow");
         let text = format!(
             "root:*:19000:0:99999:7:::\njoseph:{SHA256}:19000:0:99999:7:::\nlocked:!{SHA256}:19000::::::\n\
-             old:{SHA256}:19000:0:99999:7::19001:\nnopass::19000::::::\nyes:$y$j9T$a$b:19000::::::\n"
+             old:{SHA256}:19000:0:99999:7::19001:\nnopass::19000::::::\nyes:$y$j9T$a$b:19000::::::\nmd5:$1$a$b:19000::::::\n"
         );
         std::fs::write(&path, text).unwrap();
         let now = UNIX_EPOCH + Duration::from_secs(20_000 * 86_400);
@@ -129,7 +129,8 @@ mod tests {
         for user in ["root", "locked", "old", "nopass", "nobody", "", "joseph:x", "jos\neph"] {
             assert!(!check(user, b"secret").unwrap(), "{user:?}");
         }
-        assert!(matches!(check("yes", b"secret"), Err(SystemError::Hash(HashError::UnknownForm(_)))));
+        assert!(matches!(check("yes", b"secret"), Err(SystemError::Hash(HashError::Malformed(_)))));
+        assert!(matches!(check("md5", b"secret"), Err(SystemError::Hash(HashError::UnknownForm(_)))));
         let early = UNIX_EPOCH + Duration::from_secs(19_000 * 86_400);
         assert!(check_in_file(&path, ShadowFormat::Linux, "old", b"secret", early).unwrap());
         let missing = check_in_file(&dir.path().join("none"), ShadowFormat::Linux, "joseph", b"secret", now);

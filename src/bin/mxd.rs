@@ -3,7 +3,9 @@
 //! mxd [-dnv] [-f file] [-D name=value] [-u user]
 //!
 //! The same binary runs every process of the daemon: the parent re-executes it with a
-//! hidden `-x ROLE` (and `--parent PID`, `--link FD`, `--stats FD`, `--listener KEY FDS`) for each child.
+//! hidden `-x ROLE` (and `--parent PID`, `--link FD`, `--stats FD`, `--listener KEY FDS`) for
+//! each child, and, as a ~/.forward's or alias's user, with `--append-mbox PATH SENDER` for a
+//! `/file`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -94,6 +96,9 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == mxd::forward::APPEND_FLAG) {
+        return append_mbox();
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(msg) => {
@@ -178,6 +183,32 @@ fn main() -> ExitCode {
     // Lines still queued for the log writer thread.
     log::logger().flush();
     code
+}
+
+/// `mxd --append-mbox PATH SENDER`: the message on stdin appended to PATH as mbox, with
+/// this process's rights (the mda runner starts it as a ~/.forward's or alias's user).
+/// Exit 0 delivered, 75 (EX_TEMPFAIL) retry, 73 (EX_CANTCREAT) refused by permissions.
+fn append_mbox() -> ExitCode {
+    use std::io::Read;
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
+    let [path, sender] = argv.as_slice() else {
+        eprintln!("usage: mxd {} PATH SENDER", mxd::forward::APPEND_FLAG);
+        return ExitCode::from(64);
+    };
+    let mut message = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut message) {
+        eprintln!("mxd: reading the message: {e}");
+        return ExitCode::from(75);
+    }
+    let sender = sender.to_string_lossy();
+    match mxd::deliver::append_file(std::path::Path::new(path), &sender, &message) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mxd: {e}");
+            let denied = matches!(e.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound);
+            ExitCode::from(if denied { 73 } else { 75 })
+        }
+    }
 }
 
 /// A child process of the daemon: its role, on the configuration it read as root.

@@ -21,6 +21,13 @@ use std::sync::Arc;
 
 pub use pool::{Pool, QueueHook};
 
+/// Appends `message` to the mbox file `path` with the locks and quoting of mbox delivery,
+/// with the caller's own rights (`mxd --append-mbox`, run as the user of a ~/.forward or
+/// alias `/file`); fsynced before it returns.
+pub fn append_file(path: &std::path::Path, sender: &str, message: &[u8]) -> io::Result<()> {
+    mbox::append(path, None, sender, &[message]).map(drop).map_err(|c| io::Error::new(c.error.kind(), c.to_string()))
+}
+
 use crate::envelope::{MsgId, Target};
 
 /// A message as the delivery threads write it: the pieces are written one after the other,

@@ -56,7 +56,12 @@ pub fn serve(stream: UnixStream, config: &Arc<Config>, pool: Pool) {
                     }
                     Err(why) => {
                         log::warn!("delivery msgid={:08x} refused from the smtp process: {why}", head.msgid);
-                        let _ = vtx.send((seq, DeliveryVerdict::TempFail("recipient not accepted by delivery".into())));
+                        let verdict = if why.permanent {
+                            DeliveryVerdict::PermFail("recipient loops through ~/.forward files".into())
+                        } else {
+                            DeliveryVerdict::TempFail("recipient not accepted by delivery".into())
+                        };
+                        let _ = vtx.send((seq, verdict));
                     }
                 }
             }
@@ -113,11 +118,32 @@ fn next_message(
     Ok(Some(SmtpFrame::Message(head, body)))
 }
 
+/// Why the delivery process does not take a message: what a session would have refused
+/// (4xx, the configuration may have changed), or a ~/.forward loop, which only this side
+/// can see and which retrying will not mend (5xx).
+#[derive(Debug)]
+pub struct Unaccepted {
+    pub why: String,
+    pub permanent: bool,
+}
+
+impl std::fmt::Display for Unaccepted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+impl From<String> for Unaccepted {
+    fn from(why: String) -> Unaccepted {
+        Unaccepted { why, permanent: false }
+    }
+}
+
 /// Decides every recipient again, as a session of this envelope would have, and returns
 /// the distinct targets; the first recipient a real session would have refused fails all.
-pub fn targets(config: &Config, head: &Head) -> Result<Vec<Target>, String> {
+pub fn targets(config: &Config, head: &Head) -> Result<Vec<Target>, Unaccepted> {
     if head.rcpts.is_empty() {
-        return Err("no recipient".into());
+        return Err(String::from("no recipient").into());
     }
     let mut out: Vec<Target> = Vec::new();
     for rcpt in &head.rcpts {
@@ -135,9 +161,13 @@ pub fn targets(config: &Config, head: &Head) -> Result<Vec<Target>, String> {
         };
         let action = match rules::decide(config, &env) {
             Decision::Deliver(action) => action,
-            Decision::Reject | Decision::NoMatch => return Err(format!("<{rcpt}>: no rule accepts it")),
+            Decision::Reject | Decision::NoMatch => return Err(format!("<{rcpt}>: no rule accepts it").into()),
         };
-        let found = resolve::resolve(config, action, &env, &SystemUsers).map_err(|e| format!("<{rcpt}>: {e}"))?;
+        // Here (root), unlike at RCPT, each local user's ~/.forward is read.
+        let found = resolve::resolve_delivering(config, action, &env, &SystemUsers).map_err(|e| Unaccepted {
+            why: format!("<{rcpt}>: {e}"),
+            permanent: matches!(e, resolve::ResolveError::Loop(_)),
+        })?;
         for t in found {
             if !out.contains(&t) {
                 out.push(t);

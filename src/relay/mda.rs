@@ -10,7 +10,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use super::{result_name, Handle, SharedConfig};
 use crate::config::expand::{expand, ExpandCtx};
 use crate::config::{Action, Config, Method};
 use crate::envelope::Mailbox;
+use crate::forward::ForwardProgram;
 use crate::queue;
 use crate::users::{SystemUsers, User, UserDb, Userbase};
 
@@ -36,13 +37,34 @@ const STDERR_KEEP: usize = 4096;
 /// The parent's runner's configuration, replaced on reload by [`reconfigure`].
 static CONFIG: OnceLock<SharedConfig> = OnceLock::new();
 
+/// The runner's queue directory and handle, for `mailq`, `schedule` and `remove`.
+static RUNNER: OnceLock<(PathBuf, Handle)> = OnceLock::new();
+
 /// Starts the mda queue runner (in the parent).
 pub fn spawn(config: &Arc<Config>) -> std::io::Result<()> {
     let shared: SharedConfig = Arc::new(Mutex::new(Arc::clone(config)));
     let _ = CONFIG.set(Arc::clone(&shared));
     let (wake, woken) = crossbeam_channel::bounded(1);
     let spool = &config.spool;
-    super::spawn_at(spool, crate::spool::mda_dir(spool), "mda", shared, woken, Handle::new(wake)).map(drop)
+    let handle = Handle::new(wake);
+    let _ = RUNNER.set((crate::spool::mda_dir(spool), handle.clone()));
+    super::spawn_at(spool, crate::spool::mda_dir(spool), "mda", shared, woken, handle).map(drop)
+}
+
+/// `mailq`'s lines for the mda queue (the parent's runner knows their retries).
+pub fn list() -> String {
+    RUNNER.get().map(|(q, h)| super::list_in(q, &h.status)).unwrap_or_default()
+}
+
+/// `mxctl schedule all|ID` over the mda queue: how many messages.
+pub fn schedule(id: Option<&str>) -> Result<usize, String> {
+    let (q, h) = RUNNER.get().ok_or("no mda runner")?;
+    h.schedule_in(q, id)
+}
+
+/// `mxctl remove all|ID` over the mda queue: how many messages.
+pub fn remove(id: Option<&str>) -> Result<usize, String> {
+    super::remove_in(&RUNNER.get().ok_or("no mda runner")?.0, id)
 }
 
 /// A reloaded configuration: commands and users as it says, from the next attempt on.
@@ -65,7 +87,6 @@ pub(super) fn spawn_worker(work: Work, reports: Sender<WorkerReport>) -> std::io
 
 /// Every due recipient's command, one after the other.
 fn run(work: &Work, action: &Action, reports: &Sender<WorkerReport>) {
-    let Method::Mda(command) = &action.method else { return };
     for item in &work.items {
         // Gone since it was dispatched (`mxctl remove`): nothing to run.
         let Ok(bytes) = crate::queue::seal::read(&work.queue.join("new").join(&item.name)) else { continue };
@@ -74,8 +95,21 @@ fn run(work: &Work, action: &Action, reports: &Sender<WorkerReport>) {
             .rcpts
             .iter()
             .map(|rcpt| {
-                let r = deliver(&work.config, action, command, &env.sender, rcpt, message);
-                log::info!("delivery msgid={} to=<{rcpt}> method=mda result={}", item.id, result_name(&r));
+                // A command or file from a ~/.forward or an alias, or the action's command.
+                let (r, shown, method) = match (ForwardProgram::from_queue_rcpt(rcpt), &action.method) {
+                    (Some(p), _) => {
+                        let r = match super::program::command(&work.config, action, &p, &env.sender) {
+                            Ok((cmd, user)) => execute(cmd, &user, &env.sender, &p.dest, message),
+                            Err(refused) => refused,
+                        };
+                        (r, p.dest.clone(), p.method())
+                    }
+                    (None, Method::Mda(command)) => {
+                        (deliver(&work.config, action, command, &env.sender, rcpt, message), rcpt.clone(), "mda")
+                    }
+                    (None, _) => (RcptStatus::Perm("5.3.0 not an mda action".into()), rcpt.clone(), "mda"),
+                };
+                log::info!("delivery msgid={} to=<{shown}> method={method} result={}", item.id, result_name(&r));
                 (rcpt.clone(), r)
             })
             .collect();
@@ -105,7 +139,7 @@ fn shell_safe(s: &str) -> bool {
 
 /// Runs the command for one recipient (`user@domain`, as resolution made it).
 fn deliver(config: &Config, action: &Action, command: &str, sender: &str, rcpt: &str, message: &[u8]) -> RcptStatus {
-    let Mailbox { local, domain } = Mailbox::split(rcpt);
+    let local = Mailbox::split(rcpt).local;
     let Some(user) = user_of(config, action, local) else {
         return RcptStatus::Perm(format!("5.1.1 unknown user {local}"));
     };
@@ -138,9 +172,17 @@ fn deliver(config: &Config, action: &Action, command: &str, sender: &str, rcpt: 
         },
     };
     let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(&line)
-        .env_clear()
+    cmd.arg("-c").arg(&line);
+    execute(cmd, &user, sender, rcpt, message)
+}
+
+/// Runs `cmd` as `user` (when mxd is root) with OpenSMTPD's environment, in the user's
+/// home, the message on stdin after Return-Path and Delivered-To (for `rcpt`), within the
+/// time limit; its exit status as a recipient's result.
+fn execute(mut cmd: Command, user: &User, sender: &str, rcpt: &str, message: &[u8]) -> RcptStatus {
+    let Mailbox { local, domain } = Mailbox::split(rcpt);
+    let home = user.home.to_string_lossy().into_owned();
+    cmd.env_clear()
         .envs([
             ("PATH", "/bin:/usr/bin:/usr/local/bin"),
             ("SHELL", "/bin/sh"),

@@ -9,6 +9,7 @@
 pub mod client;
 pub mod mda;
 pub mod mx;
+mod program;
 mod spec;
 mod worker;
 
@@ -150,7 +151,12 @@ impl Handle {
     /// `mxctl schedule all|ID`: retry now everything, or the messages whose id starts
     /// with `id`; how many messages that is.
     pub fn schedule(&self, spool: &Path, id: Option<&str>) -> Result<usize, String> {
-        let matching = queued(spool, id).len();
+        self.schedule_in(&queue::queue_dir(spool), id)
+    }
+
+    /// As [`Handle::schedule`], for the runner over the queue directory `q`.
+    pub fn schedule_in(&self, q: &Path, id: Option<&str>) -> Result<usize, String> {
+        let matching = queued_in(q, id).len();
         if matching == 0 && id.is_some() {
             return Err("no such message".into());
         }
@@ -164,8 +170,8 @@ impl Handle {
 }
 
 /// The queue files under `spool` holding the message `id` (a prefix of it), or all.
-fn queued(spool: &Path, id: Option<&str>) -> Vec<String> {
-    let new = queue::queue_dir(spool).join("new");
+fn queued_in(q: &Path, id: Option<&str>) -> Vec<String> {
+    let new = q.join("new");
     let Ok(rd) = std::fs::read_dir(&new) else { return Vec::new() };
     rd.flatten()
         .filter_map(|e| e.file_name().into_string().ok())
@@ -181,13 +187,17 @@ fn queued(spool: &Path, id: Option<&str>) -> Vec<String> {
 
 /// `mxctl remove all|ID`: drops the messages (no bounce); how many.
 pub fn remove(spool: &Path, id: Option<&str>) -> Result<usize, String> {
-    let names = queued(spool, id);
+    remove_in(&queue::queue_dir(spool), id)
+}
+
+/// As [`remove`], in the queue directory `q`.
+pub fn remove_in(q: &Path, id: Option<&str>) -> Result<usize, String> {
+    let names = queued_in(q, id);
     if names.is_empty() {
         return Err("no such message".into());
     }
-    let q = queue::queue_dir(spool);
     for name in &names {
-        queue::remove(&q, name).map_err(|e| e.to_string())?;
+        queue::remove(q, name).map_err(|e| e.to_string())?;
     }
     Ok(names.len())
 }
@@ -360,7 +370,9 @@ impl Runner {
                 mx_port: self.mx_port,
                 queue: self.queue.clone(),
             };
-            let is_mda = matches!(config.actions.get(&dest.action).map(|a| &a.method), Some(Method::Mda(_)));
+            // The mda queue also holds ~/.forward and alias programs, under any local action.
+            let is_mda = matches!(config.actions.get(&dest.action).map(|a| &a.method), Some(Method::Mda(_)))
+                || self.queue == crate::spool::mda_dir(&self.spool);
             let started = if is_mda {
                 mda::spawn_worker(w, self.reports_tx.clone())
             } else {
@@ -476,8 +488,13 @@ impl Runner {
         if !failed.is_empty() {
             let bytes = queue::seal::read(&self.queue.join("new").join(name)).unwrap_or_default();
             let original = queue::decode(&bytes).map_or(&b""[..], |(_, m)| m);
-            let failures: Vec<bounce::Failure<'_>> =
-                failed.iter().map(|(rcpt, status, why)| bounce::Failure { rcpt, status, diagnostic: why }).collect();
+            // A ~/.forward or alias program is named by its address.
+            let shown: Vec<String> = failed.iter().map(|f| crate::forward::shown_rcpt(&f.0)).collect();
+            let failures: Vec<bounce::Failure<'_>> = failed
+                .iter()
+                .zip(&shown)
+                .map(|((_, status, why), rcpt)| bounce::Failure { rcpt, status, diagnostic: why })
+                .collect();
             if let Some(dsn) = bounce::dsn(&config.hostname, &entry.env.sender, &failures, original, &entry.id) {
                 let socket = self.spool.join(crate::spool::SUBMIT_SOCKET);
                 let prepared = crate::submit::headers::Prepared {
@@ -533,8 +550,12 @@ fn warn_of_delay(
     }
     let bytes = queue::seal::read(&queue_dir.join("new").join(name)).unwrap_or_default();
     let original = queue::decode(&bytes).map_or(&b""[..], |(_, m)| m);
-    let list: Vec<bounce::Failure<'_>> =
-        delayed.iter().map(|(rcpt, why)| bounce::Failure { rcpt, status: "4.4.1", diagnostic: why }).collect();
+    let shown: Vec<String> = delayed.iter().map(|d| crate::forward::shown_rcpt(&d.0)).collect();
+    let list: Vec<bounce::Failure<'_>> = delayed
+        .iter()
+        .zip(&shown)
+        .map(|((_, why), rcpt)| bounce::Failure { rcpt, status: "4.4.1", diagnostic: why })
+        .collect();
     if let Some(dsn) = bounce::delay_warning(&config.hostname, &entry.env.sender, &list, original, &entry.id, passed) {
         let prepared = crate::submit::headers::Prepared {
             sender: String::new(),
@@ -601,7 +622,11 @@ pub fn backoff(base: Duration, attempts: u32) -> Duration {
 
 /// `mailq`: one line per waiting recipient, with its retry state when the runner has one.
 pub fn list(spool: &Path, status: &RetryTable) -> String {
-    let q = queue::queue_dir(spool);
+    list_in(&queue::queue_dir(spool), status)
+}
+
+/// As [`list`], for the queue directory `q`.
+pub fn list_in(q: &Path, status: &RetryTable) -> String {
     let status = status.lock().map(|s| s.clone()).unwrap_or_default();
     let mut out = String::new();
     let Ok(rd) = std::fs::read_dir(q.join("new")) else { return out };
@@ -610,11 +635,16 @@ pub fn list(spool: &Path, status: &RetryTable) -> String {
     for name in names {
         let Ok(bytes) = queue::seal::read(&q.join("new").join(&name)) else { continue };
         let Some((env, message)) = queue::decode(&bytes) else { continue };
-        let done = queue::read_done(&q, &name);
+        let done = queue::read_done(q, &name);
         let age = now_secs().saturating_sub(env.created);
         for (action, rcpt) in env.rcpts.iter().filter(|(_, r)| !done.contains(r)) {
+            // A ~/.forward or alias program (mda queue): its address, and what it is.
+            let (shown, via) = match crate::forward::ForwardProgram::from_queue_rcpt(rcpt) {
+                Some(p) => (p.dest.clone(), format!(" via={}", p.method())),
+                None => (rcpt.clone(), String::new()),
+            };
             out.push_str(&format!(
-                "{} <{}> <{rcpt}> action={action} size={} age={age}s",
+                "{} <{}> <{shown}> action={action}{via} size={} age={age}s",
                 queue::message_id(&env, &name),
                 env.sender,
                 message.len()

@@ -13,6 +13,7 @@ mod loop_ctx;
 mod message;
 mod policy;
 mod proxy;
+mod queues;
 mod rdns;
 mod stats;
 mod stream;

@@ -98,5 +98,6 @@ fn refusal(err: &ResolveError) -> Reply {
         ResolveError::Unsupported(_) => reply::METHOD_UNSUPPORTED,
         ResolveError::Refused(_) => reply::NOT_AUTHORIZED,
         ResolveError::Empty(_) => reply::EMPTY_EXPANSION,
+        ResolveError::Forward(_) => reply::METHOD_UNSUPPORTED,
     }
 }

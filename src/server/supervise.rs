@@ -353,10 +353,11 @@ impl ControlHandler for Control {
     /// The relay process knows each recipient's retries; without it, the queue files alone.
     fn show_queue(&self) -> String {
         let relay = self.current.relay.lock().ok().and_then(|c| c.clone());
-        match relay.map(|c| c.ask("queue")) {
+        let text = match relay.map(|c| c.ask("queue")) {
             Some(Ok(text)) => text,
             _ => crate::relay::list(&self.spool, &crate::relay::RetryTable::default()),
-        }
+        };
+        super::queues::show(text)
     }
 
     fn show_queue_for(&self, user: &str) -> String {
@@ -377,18 +378,18 @@ impl ControlHandler for Control {
             Some(id) => format!("schedule {id}"),
         };
         let answer = relay
-            .ok_or_else(|| HandlerError::failed("the relay process is not running"))?
-            .ask(&request)
-            .map_err(|e| HandlerError::failed(e.to_string()))?;
-        match answer.strip_prefix("error ") {
+            .ok_or_else(|| HandlerError::failed("the relay process is not running"))
+            .and_then(|r| r.ask(&request).map_err(|e| HandlerError::failed(e.to_string())));
+        let relayed = answer.and_then(|answer| match answer.strip_prefix("error ") {
             Some(e) => Err(HandlerError::not_found(e)),
             None => Ok(answer),
-        }
+        });
+        // And the mda queue's, whose runner is in this process.
+        super::queues::schedule(relayed, target_id(target))
     }
 
     fn remove(&self, target: &QueueSelection) -> Result<String, HandlerError> {
-        let n = crate::relay::remove(&self.spool, target_id(target)).map_err(HandlerError::not_found)?;
-        Ok(format!("{n} removed"))
+        super::queues::remove(crate::relay::remove(&self.spool, target_id(target)), target_id(target))
     }
 
     fn reload(&self) -> Result<String, HandlerError> {

@@ -1,0 +1,58 @@
+//! The mda runner's other recipients: a command or a file named by a ~/.forward or an
+//! alias ([`ForwardProgram`]), run as its user, never as root. A command runs as `/bin/sh -c`; a
+//! file is appended to by mxd itself re-executed as the user (`mxd --append-mbox PATH
+//! SENDER`, OpenSMTPD's mail.mboxfile), so it is opened only with the user's rights.
+
+use std::process::Command;
+
+use super::client::RcptStatus;
+use crate::config::{Action, Config};
+use crate::forward::{ForwardKind, ForwardProgram, APPEND_FLAG};
+use crate::users::{SystemUsers, User, UserDb, Userbase};
+
+/// What runs `p` for a message from `sender`, and as whom (the mda runner executes it);
+/// or why it does not run.
+pub(super) fn command(
+    config: &Config,
+    action: &Action,
+    p: &ForwardProgram,
+    sender: &str,
+) -> Result<(Command, User), RcptStatus> {
+    let user = match action.userbase.as_deref().and_then(|t| config.table(t)) {
+        Some(t) => Userbase(t).by_name(&p.user).or_else(|| SystemUsers.by_name(&p.user)),
+        None => SystemUsers.by_name(&p.user),
+    };
+    let Some(user) = user else {
+        return Err(RcptStatus::Perm(format!("5.1.1 unknown user {}", p.user)));
+    };
+    if user.uid == 0 {
+        return Err(RcptStatus::Perm("5.3.0 a command or file from a .forward or alias never runs as root".into()));
+    }
+    let cmd = match &p.kind {
+        ForwardKind::Pipe(line) => {
+            let mut cmd = Command::new("/bin/sh");
+            cmd.arg("-c").arg(line);
+            cmd
+        }
+        ForwardKind::File(path) => {
+            let exe = match std::env::current_exe() {
+                Ok(exe) => exe,
+                Err(e) => return Err(RcptStatus::Temp(format!("cannot find mxd to append to {path}: {e}"))),
+            };
+            let mut cmd = Command::new(exe);
+            cmd.arg(APPEND_FLAG).arg(path).arg(sender);
+            cmd
+        }
+    };
+    Ok((cmd, user))
+}
+
+impl ForwardProgram {
+    /// The log's `method=`.
+    pub fn method(&self) -> &'static str {
+        match self.kind {
+            ForwardKind::Pipe(_) => "command",
+            ForwardKind::File(_) => "file",
+        }
+    }
+}
