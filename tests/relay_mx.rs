@@ -88,13 +88,18 @@ fn tarpit(addr: &str, port: u16) {
 
 /// As `node`, the first retry after `retry` seconds.
 fn node_retrying(dns: &Dnsmasq, port: u16, retry: u64) -> Node {
+    node_conf_with(dns, port, retry, String::new())
+}
+
+/// As `node_retrying`, with `top` (more smtpd.conf lines) after the hostname.
+fn node_conf_with(dns: &Dnsmasq, port: u16, retry: u64, top: String) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let resolv = dns.resolv_conf(dir.path(), "timeout:1 attempts:1");
     let mut env = node_env(&resolv, port);
     env[2].1 = retry.to_string();
     env.push(("MXD_RELAY_TIMEOUT", "4".into()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mxd = Mxd::start_with(common::node_conf(String::new(), String::new()), &env);
+    let mxd = Mxd::start_with(common::node_conf(top, String::new()), &env);
     Node { mxd, _resolv: dir, resolv, port }
 }
 
@@ -410,4 +415,72 @@ fn kill9_mid_drain_resends_at_most_the_message_in_flight() {
         got.iter().filter_map(|b| b.split("\n\n").nth(1).map(|s| s.trim().to_owned())).collect();
     assert_eq!(distinct.len(), total, "every message arrives");
     assert!(got.len() <= total + 1, "{} duplicates after a kill at {before} delivered", got.len() - total);
+}
+
+#[test]
+fn mx_hosts_of_this_hosts_preference_or_more_are_skipped() {
+    if !needs("mx_hosts_of_this_hosts_preference_or_more_are_skipped") {
+        return;
+    }
+    let dns = Dnsmasq::start(
+        "127.0.63.1",
+        &[
+            // The node (listening on 127.0.63.20) is backup.test's second MX.
+            "--mx-host=backup.test,mx1.backup.test,10".into(),
+            "--mx-host=backup.test,mx2.backup.test,20".into(),
+            "--mx-host=backup.test,mx3.backup.test,30".into(),
+            "--host-record=mx1.backup.test,127.0.63.11".into(),
+            "--host-record=mx2.backup.test,127.0.63.20".into(),
+            "--host-record=mx3.backup.test,127.0.63.13".into(),
+            // The node is best.test's best MX, by address; and byname.test's, by its hostname.
+            "--mx-host=best.test,self.best.test,10".into(),
+            "--mx-host=best.test,mx3.backup.test,20".into(),
+            "--host-record=self.best.test,127.0.63.20".into(),
+            "--mx-host=byname.test,node.test,10".into(),
+            "--mx-host=byname.test,mx3.backup.test,20".into(),
+            "--host-record=node.test,127.0.63.99".into(),
+        ],
+    );
+    let port = mx_port("127.0.63.11");
+    let mut mx1 = receiver("127.0.63.11", port);
+    let mx3 = receiver("127.0.63.13", port);
+    let n = node_conf_with(&dns, port, 1, format!("listen on 127.0.63.20 port {port}\n"));
+
+    // A more preferred MX than this host: the mail goes there.
+    send(&n.mxd, "joseph@backup.test", "to-mx1");
+    wait_for("the message at mx1", Duration::from_secs(30), || count_with(&mx1, "to-mx1") == 1);
+    assert!(n.mxd.logged("MX mx2.backup.test is this host: only MX hosts of preference below 20"), "{}", n.mxd.log());
+
+    // With it down, the mail waits rather than go to this host's own backup (mx3).
+    mx1.kill9();
+    send(&n.mxd, "joseph@backup.test", "not-to-mx3");
+    wait_for("the deferral", Duration::from_secs(30), || {
+        n.mxd.log().contains("to=<joseph@backup.test> result=TempFail")
+    });
+
+    // This host is the best MX: nothing to try, deferred as OpenSMTPD does.
+    send(&n.mxd, "joseph@best.test", "best");
+    send(&n.mxd, "joseph@byname.test", "byname");
+    wait_for("two best-MX deferrals", Duration::from_secs(30), || {
+        let log = n.mxd.log();
+        log.contains("to=<joseph@best.test> result=TempFail") && log.contains("to=<joseph@byname.test> result=TempFail")
+    });
+    assert!(
+        n.mxd.logged("MX self.best.test (preference 10) is this host and none is more preferred"),
+        "{}",
+        n.mxd.log()
+    );
+    assert!(n.mxd.logged("MX node.test (preference 10) is this host"), "{}", n.mxd.log());
+    let mailq = std::process::Command::new(env!("CARGO_BIN_EXE_mxctl"))
+        .arg("-f")
+        .arg(&n.mxd.conf)
+        .args(["show", "queue"])
+        .output()
+        .expect("mxctl");
+    let mailq = String::from_utf8_lossy(&mailq.stdout).into_owned();
+    assert!(mailq.contains("No MX found for destination: best.test"), "{mailq}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(queue_files(&n.mxd), 3, "all three wait in the queue");
+    assert!(mx3.messages("joseph").is_empty(), "this host's backup got mail: {:?}", bodies(&mx3));
+    assert!(!n.mxd.log().contains("host=mx3.backup.test"), "{}", n.mxd.log());
 }

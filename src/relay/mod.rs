@@ -7,6 +7,7 @@
 //! the queue's state, so workers share nothing but their reports.
 
 pub mod client;
+mod local;
 pub mod mda;
 pub mod mx;
 mod spec;

@@ -27,7 +27,7 @@ pub(super) fn candidates(
     let Some(domain) = domain else {
         return spec_for(config, relay).map(|s| vec![s]).map_err(RcptStatus::Temp);
     };
-    match mx::route(resolver, domain) {
+    match super::local::skip_self(mx::route(resolver, domain), &super::local::Local::of(config), domain) {
         mx::Route::Hosts(hosts) => {
             hosts.iter().map(|h| mx_spec(config, relay, h, mx_port)).collect::<Result<_, _>>().map_err(RcptStatus::Temp)
         }
