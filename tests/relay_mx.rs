@@ -360,7 +360,7 @@ fn a_tarpit_destination_delays_no_other() {
     }
     wait_for("the other destination's mail", Duration::from_secs(20), || rx.messages("joseph").len() == 5);
     // Well within the tarpit's timeout (MXD_RELAY_TIMEOUT=4 s here, 5 min by default).
-    assert!(start.elapsed() < Duration::from_secs(4), "took {:?}", start.elapsed());
+    assert!(start.elapsed() < Duration::from_secs(4), "took {:?}:\n{}", start.elapsed(), n.mxd.log());
     assert!(!n.mxd.log().contains("to=<joseph@tarpit.test>"), "the tarpit answered?\n{}", n.mxd.log());
     // The tarpit's greeting times out: deferred, never lost.
     wait_for("the tarpit's deferral", Duration::from_secs(20), || {
@@ -379,8 +379,8 @@ with smtplib.SMTP("127.0.0.1", port) as s:
 "#;
 
 #[test]
-fn kill9_mid_drain_resends_at_most_the_message_in_flight() {
-    if !needs("kill9_mid_drain_resends_at_most_the_message_in_flight") {
+fn kill9_mid_drain_resends_at_most_the_messages_in_flight() {
+    if !needs("kill9_mid_drain_resends_at_most_the_messages_in_flight") {
         return;
     }
     let dns = Dnsmasq::start(
@@ -414,7 +414,8 @@ fn kill9_mid_drain_resends_at_most_the_message_in_flight() {
     let distinct: std::collections::BTreeSet<String> =
         got.iter().filter_map(|b| b.split("\n\n").nth(1).map(|s| s.trim().to_owned())).collect();
     assert_eq!(distinct.len(), total, "every message arrives");
-    assert!(got.len() <= total + 1, "{} duplicates after a kill at {before} delivered", got.len() - total);
+    // At most one message in flight per session: 300 messages are 3 sessions of 100 at once.
+    assert!(got.len() <= total + 3, "{} duplicates after a kill at {before} delivered", got.len() - total);
 }
 
 #[test]
