@@ -414,8 +414,9 @@ fn kill9_mid_drain_resends_at_most_the_messages_in_flight() {
     let distinct: std::collections::BTreeSet<String> =
         got.iter().filter_map(|b| b.split("\n\n").nth(1).map(|s| s.trim().to_owned())).collect();
     assert_eq!(distinct.len(), total, "every message arrives");
-    // At most one message in flight per session: 300 messages are 3 sessions of 100 at once.
-    assert!(got.len() <= total + 3, "{} duplicates after a kill at {before} delivered", got.len() - total);
+    // At most two messages in flight per session (the one being sent, the one whose record
+    // is being written): 300 messages are 3 sessions of 100 at once.
+    assert!(got.len() <= total + 6, "{} duplicates after a kill at {before} delivered", got.len() - total);
 }
 
 #[test]

@@ -39,8 +39,8 @@ const MX_PORT: u16 = 25;
 /// Destinations served at once, each by a worker thread with one session.
 const MAX_DESTINATIONS: usize = 32;
 /// The runner walks the whole queue (new files, dispatch, expiry, the mailq view) at most
-/// this often while verdicts stream in, and at once when woken or when a worker finishes.
-const ROUND: Duration = Duration::from_millis(250);
+/// this often while verdicts stream in, and at once when woken (a new message, `mxctl`).
+const ROUND: Duration = Duration::from_millis(500);
 /// On stop, how long in-flight sessions may still report what they delivered.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -251,22 +251,27 @@ fn spawn_at(
         let mut next_round = Instant::now();
         while !handle.stop.load(Ordering::Relaxed) {
             let reports = runner.reports.clone();
-            let mut round = crossbeam_channel::select! {
+            let (mut woken, mut finished) = (false, false);
+            crossbeam_channel::select! {
                 recv(wake) -> w => {
                     if w.is_err() {
                         std::thread::sleep(Duration::from_secs(1));
                     }
-                    true
+                    woken = true;
                 },
-                recv(reports) -> r => r.is_ok_and(|r| runner.handle(r)),
-                default(Duration::from_secs(1)) => true,
-            };
+                recv(reports) -> r => finished = r.is_ok_and(|r| runner.handle(r)),
+                default(Duration::from_secs(1)) => woken = true,
+            }
             while let Ok(r) = runner.reports.try_recv() {
-                round |= runner.handle(r);
+                finished |= runner.handle(r);
             }
             runner.flush();
-            // A round walks the whole queue: while verdicts stream in, a few a second.
-            if !round && Instant::now() < next_round {
+            // A round walks the whole queue: while verdicts stream in, once per ROUND; a
+            // finished worker only frees its slot for the destinations waiting.
+            if !woken && Instant::now() < next_round {
+                if finished {
+                    runner.dispatch();
+                }
                 continue;
             }
             next_round = Instant::now() + ROUND;

@@ -2,7 +2,9 @@
 //! at once and a slow or silent host (a tarpit) delays only its own mail; a destination
 //! with more than one session's worth of mail gets up to [`SESSIONS_PER_DEST`] sessions.
 //! A worker owns no queue state: each session reports each message's verdicts to the
-//! runner and waits until the runner has recorded them on disk before it sends the next.
+//! runner, sends the next message while the runner records them on disk, and waits for
+//! that record before it reports the next: a crash sends again at most two messages per
+//! session (the one in flight, and the one delivered just before).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,9 +22,9 @@ use crate::queue;
 /// default `max-mail` per session is also 100).
 pub(super) const MAX_MAILS_PER_SESSION: usize = 100;
 /// Sessions at once to one destination, each with its own batch of messages (OpenSMTPD's
-/// default limit per route is also 5): one session's round trips and the runner's disk
-/// writes overlap with the others'.
-const SESSIONS_PER_DEST: usize = 5;
+/// default limit per host is also 10, Postfix's per destination 20): one session's round
+/// trips and the runner's disk writes overlap with the others'.
+const SESSIONS_PER_DEST: usize = 10;
 
 /// One queued message's due recipients for the destination.
 pub(super) struct Item {
@@ -41,8 +43,8 @@ pub(super) struct Work {
 }
 
 pub(super) enum WorkerReport {
-    /// The verdicts for one message's recipients. The worker waits for `ack`, sent once
-    /// they are on disk, before the next message: a crash resends at most this one.
+    /// The verdicts for one message's recipients. The session waits for `ack`, sent once
+    /// they are on disk, before it reports the next message.
     Sent { dest: Dest, name: String, results: Vec<(String, RcptStatus)>, ack: Sender<()> },
     /// One verdict for each of these recipients, by queue file name.
     Failed { dest: Dest, rcpts: Vec<(String, Vec<String>)>, result: RcptStatus },
@@ -124,6 +126,8 @@ impl Sessions<'_> {
         };
         let tls = session.tls().unwrap_or("none");
         let host = format!("{} address={} tls={tls}", spec.host, session.peer());
+        // The last message's record, awaited while the next message goes out.
+        let mut unacked: Option<crossbeam_channel::Receiver<()>> = None;
         for (i, item) in batch.iter().enumerate() {
             // Gone since it was dispatched (`mxctl remove`): nothing to send.
             let Ok(bytes) = queue::seal::read(&work.queue.join("new").join(&item.name)) else { continue };
@@ -140,8 +144,11 @@ impl Sessions<'_> {
                     let (ack, acked) = crossbeam_channel::bounded(1);
                     let results = item.rcpts.iter().cloned().zip(results).collect();
                     let report = WorkerReport::Sent { dest: work.dest.clone(), name: item.name.clone(), results, ack };
-                    // The runner stopped: what is not recorded is sent again after a restart.
-                    if reports.send(report).is_err() || acked.recv().is_err() {
+                    // The previous message must be on disk before this one's record is
+                    // awaited: at most two per session are sent again after a crash. The
+                    // runner stopped: what is not recorded is sent again after a restart.
+                    let previous = unacked.replace(acked);
+                    if reports.send(report).is_err() || previous.is_some_and(|p| p.recv().is_err()) {
                         return Err("the relay runner stopped".into());
                     }
                 }
@@ -153,7 +160,10 @@ impl Sessions<'_> {
             }
         }
         session.quit();
-        Ok(())
+        match unacked.map(|a| a.recv()) {
+            Some(Err(_)) => Err("the relay runner stopped".into()),
+            _ => Ok(()),
+        }
     }
 }
 
