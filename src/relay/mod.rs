@@ -41,6 +41,16 @@ const MAX_DESTINATIONS: usize = 32;
 /// The runner walks the whole queue (new files, dispatch, expiry, the mailq view) at most
 /// this often while verdicts stream in, and at once when woken (a new message, `mxctl`).
 const ROUND: Duration = Duration::from_millis(500);
+/// What the runner's loop does after a batch of reports, in increasing order of work.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum After {
+    Nothing,
+    /// A worker finished: its slot can go to a waiting destination.
+    Dispatch,
+    /// A walk of the whole queue: new files, dispatch, expiry and bounces, the mailq view.
+    Round,
+}
+
 /// On stop, how long in-flight sessions may still report what they delivered.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -251,25 +261,25 @@ fn spawn_at(
         let mut next_round = Instant::now();
         while !handle.stop.load(Ordering::Relaxed) {
             let reports = runner.reports.clone();
-            let (mut woken, mut finished) = (false, false);
+            let mut next = After::Nothing;
             crossbeam_channel::select! {
                 recv(wake) -> w => {
                     if w.is_err() {
                         std::thread::sleep(Duration::from_secs(1));
                     }
-                    woken = true;
+                    next = After::Round;
                 },
-                recv(reports) -> r => finished = r.is_ok_and(|r| runner.handle(r)),
-                default(Duration::from_secs(1)) => woken = true,
+                recv(reports) -> r => if let Ok(r) = r { next = runner.handle(r) },
+                default(Duration::from_secs(1)) => next = After::Round,
             }
             while let Ok(r) = runner.reports.try_recv() {
-                finished |= runner.handle(r);
+                next = next.max(runner.handle(r));
             }
             runner.flush();
-            // A round walks the whole queue: while verdicts stream in, once per ROUND; a
+            // A round walks the whole queue: while deliveries stream in, once per ROUND; a
             // finished worker only frees its slot for the destinations waiting.
-            if !woken && Instant::now() < next_round {
-                if finished {
+            if next != After::Round && Instant::now() < next_round {
+                if next == After::Dispatch {
                     runner.dispatch();
                 }
                 continue;
@@ -403,8 +413,8 @@ impl Runner {
     }
 
     /// Records what a worker reports; a message's verdicts reach the disk (at the next
-    /// `flush`) before its ack. True when a worker finished (a round may dispatch more).
-    fn handle(&mut self, report: WorkerReport) -> bool {
+    /// `flush`) before its ack. Says what the loop must do next.
+    fn handle(&mut self, report: WorkerReport) -> After {
         match report {
             WorkerReport::Sent { dest, name, results, ack } => {
                 if let Some(entry) = self.entries.get_mut(&name) {
@@ -414,6 +424,10 @@ impl Runner {
                 }
                 self.persist_unsynced(&name);
                 self.acks.push(ack);
+                // A deferral or a bounce shows in mailq (and a bounce goes out) at once.
+                if results.iter().any(|(_, r)| *r != RcptStatus::Ok) {
+                    return After::Round;
+                }
             }
             WorkerReport::Failed { dest, rcpts, result } => {
                 for (name, addrs) in rcpts {
@@ -423,13 +437,14 @@ impl Runner {
                         }
                     }
                 }
+                return After::Round;
             }
             WorkerReport::Finished(dest) => {
                 self.in_flight.remove(&dest);
-                return true;
+                return After::Dispatch;
             }
         }
-        false
+        After::Nothing
     }
 
     /// Makes the removals since the last flush durable with one sync of the queue
