@@ -149,6 +149,8 @@ fn mx_preference_order_then_the_secondary_when_the_primary_is_down() {
     assert_eq!(mx2.messages("joseph").len(), 0, "the secondary got mail while the primary was up");
     assert!(n.mxd.logged("host=mx1.pref.test address=127.0.55.11:"), "{}", n.mxd.log());
     assert!(n.mxd.logged("tls=none result=Ok"), "{}", n.mxd.log());
+    // mx1 has a message before its 250 reaches the node: stop it only once all are recorded.
+    wait_for("the relay's records", Duration::from_secs(20), || queue_files(&n.mxd) == 0);
 
     mx1.kill9();
     send(&n.mxd, "joseph@pref.test", "to-secondary");
@@ -452,6 +454,8 @@ fn mx_hosts_of_this_hosts_preference_or_more_are_skipped() {
     send(&n.mxd, "joseph@backup.test", "to-mx1");
     wait_for("the message at mx1", Duration::from_secs(30), || count_with(&mx1, "to-mx1") == 1);
     assert!(n.mxd.logged("MX mx2.backup.test is this host: only MX hosts of preference below 20"), "{}", n.mxd.log());
+    // mx1 has the message before its 250 reaches the node: stop it only once that 250 is in.
+    wait_for("the relay's record", Duration::from_secs(20), || queue_files(&n.mxd) == 0);
 
     // With it down, the mail waits rather than go to this host's own backup (mx3).
     mx1.kill9();
