@@ -187,3 +187,60 @@ fn a_silent_nameserver_delays_greetings_by_the_wait_at_most_and_stalls_no_one() 
     assert!(m.logged("smtp rdns address=127.0.57.2 timed out"), "{}", m.log());
     drop(silent);
 }
+
+/// A PROXY v1 header naming `client`, then one message to `rcpt`; the RCPT reply code.
+const SEND_PROXIED: &str = r#"
+import socket, sys
+port, client, rcpt, body = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+s = socket.create_connection(("127.0.0.1", port), timeout=20)
+f = s.makefile("rb")
+def reply():
+    while True:
+        line = f.readline()
+        if len(line) < 4 or line[3:4] != b"-":
+            return line.decode()
+s.sendall(("PROXY TCP4 %s 127.0.0.1 40000 25\r\n" % client).encode())
+assert reply().startswith("220"), "greeting"
+for cmd in ["EHLO client.helo", "MAIL FROM:<me@client.test>", "RCPT TO:<%s>" % rcpt]:
+    s.sendall((cmd + "\r\n").encode())
+    r = reply()
+code = r[:3]
+if code == "250":
+    s.sendall(b"DATA\r\n"); reply()
+    s.sendall(("Subject: rdns\r\n\r\n%s\r\n.\r\n" % body).encode())
+    assert reply().startswith("250"), "data"
+s.sendall(b"QUIT\r\n")
+print(code)
+"#;
+
+#[test]
+fn a_client_named_by_a_proxy_header_gets_its_rdns_lookup() {
+    if !needs("a_client_named_by_a_proxy_header_gets_its_rdns_lookup") {
+        return;
+    }
+    let dns = Dnsmasq::start("127.0.64.1", &records());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let resolv = dns.resolv_conf(dir.path(), "timeout:2 attempts:1");
+    let env = [("MXD_RESOLV_CONF", resolv.to_str().expect("utf-8 path"))];
+    let proxied = |d: &Path, port: u16| {
+        conf(d, port).replace(
+            &format!("listen on 127.0.0.1 port {port}\n"),
+            &format!("listen on 127.0.0.1 port {port} proxy-v2\n"),
+        )
+    };
+    let m = Mxd::start_with(proxied, &env);
+    let send = |client: &str, rcpt: &str, body: &str| {
+        python(SEND_PROXIED, &[&m.port.to_string(), client, rcpt, body]).trim().to_owned()
+    };
+
+    // The connection comes from 127.0.0.1 (the proxy); the name is the client's.
+    assert_eq!(send("127.0.56.10", "joseph@test", "proxied-good"), "250", "{}", m.log());
+    let rcv = received_of(&m, "proxied-good");
+    assert!(rcv.contains("from client.helo (good.rdns.test [127.0.56.10])"), "{rcv}");
+    assert!(m.logged("smtp rdns address=127.0.56.10 host=good.rdns.test"), "{}", m.log());
+
+    // A PTR that does not confirm: no name, and `from rdns` refuses.
+    assert_eq!(send("127.0.56.11", "joseph@any.test", "proxied-liar"), "550");
+    assert!(m.logged("smtp rdns address=127.0.56.11 host=unknown"), "{}", m.log());
+    assert_eq!(m.messages("joseph").len(), 1);
+}

@@ -136,6 +136,25 @@ pub fn remove(queue: &Path, name: &str) -> std::io::Result<()> {
     }
 }
 
+/// Unlinks a finished message's file without syncing: [`remove_states`] makes a batch of
+/// these durable at once.
+pub fn unlink(queue: &Path, name: &str) -> std::io::Result<()> {
+    std::fs::remove_file(queue.join("new").join(name))
+}
+
+/// Syncs the removals of [`unlink`], then removes those messages' state (as [`remove`]:
+/// the file first, so a crash never leaves a message without its done recipients).
+pub fn remove_states(queue: &Path, names: &[String]) -> std::io::Result<()> {
+    std::fs::File::open(queue.join("new"))?.sync_all()?;
+    for name in names {
+        match std::fs::remove_file(state_path(queue, name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

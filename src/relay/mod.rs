@@ -7,6 +7,7 @@
 //! the queue's state, so workers share nothing but their reports.
 
 pub mod client;
+mod local;
 pub mod mda;
 pub mod mx;
 mod program;
@@ -38,6 +39,19 @@ const MAX_DELAY: Duration = Duration::from_secs(4 * 3600);
 const MX_PORT: u16 = 25;
 /// Destinations served at once, each by a worker thread with one session.
 const MAX_DESTINATIONS: usize = 32;
+/// The runner walks the whole queue (new files, dispatch, expiry, the mailq view) at most
+/// this often while verdicts stream in, and at once when woken (a new message, `mxctl`).
+const ROUND: Duration = Duration::from_millis(500);
+/// What the runner's loop does after a batch of reports, in increasing order of work.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum After {
+    Nothing,
+    /// A worker finished: its slot can go to a waiting destination.
+    Dispatch,
+    /// A walk of the whole queue: new files, dispatch, expiry and bounces, the mailq view.
+    Round,
+}
+
 /// On stop, how long in-flight sessions may still report what they delivered.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -123,6 +137,10 @@ pub struct Runner {
     in_flight: BTreeSet<Dest>,
     reports_tx: Sender<WorkerReport>,
     reports: Receiver<WorkerReport>,
+    /// Messages whose queue files were unlinked since the last `flush`, and the sessions
+    /// waiting for their verdicts to be on disk: one directory sync answers them all.
+    unlinked: Vec<String>,
+    acks: Vec<Sender<()>>,
 }
 
 /// Control over a running runner: wake it, ask for everything or one message to be retried
@@ -246,18 +264,37 @@ fn spawn_at(
         in_flight: BTreeSet::new(),
         reports_tx,
         reports,
+        unlinked: Vec::new(),
+        acks: Vec::new(),
     };
     std::thread::Builder::new().name(name.into()).spawn(move || {
+        let mut next_round = Instant::now();
         while !handle.stop.load(Ordering::Relaxed) {
             let reports = runner.reports.clone();
+            let mut next = After::Nothing;
             crossbeam_channel::select! {
-                recv(wake) -> w => if w.is_err() { std::thread::sleep(Duration::from_secs(1)) },
-                recv(reports) -> r => if let Ok(r) = r { runner.handle(r) },
-                default(Duration::from_secs(1)) => {}
+                recv(wake) -> w => {
+                    if w.is_err() {
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                    next = After::Round;
+                },
+                recv(reports) -> r => if let Ok(r) = r { next = runner.handle(r) },
+                default(Duration::from_secs(1)) => next = After::Round,
             }
             while let Ok(r) = runner.reports.try_recv() {
-                runner.handle(r);
+                next = next.max(runner.handle(r));
             }
+            runner.flush();
+            // A round walks the whole queue: while deliveries stream in, once per ROUND; a
+            // finished worker only frees its slot for the destinations waiting.
+            if next != After::Round && Instant::now() < next_round {
+                if next == After::Dispatch {
+                    runner.dispatch();
+                }
+                continue;
+            }
+            next_round = Instant::now() + ROUND;
             runner.scan();
             let all = handle.schedule_all.swap(false, Ordering::Relaxed);
             let ids = handle.scheduled.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
@@ -387,8 +424,9 @@ impl Runner {
         }
     }
 
-    /// Records what a worker reports; a message's verdicts reach the disk before its ack.
-    fn handle(&mut self, report: WorkerReport) {
+    /// Records what a worker reports; a message's verdicts reach the disk (at the next
+    /// `flush`) before its ack. Says what the loop must do next.
+    fn handle(&mut self, report: WorkerReport) -> After {
         match report {
             WorkerReport::Sent { dest, name, results, ack } => {
                 if let Some(entry) = self.entries.get_mut(&name) {
@@ -396,8 +434,12 @@ impl Runner {
                         record(entry, &dest, addr, result, self.retry_base);
                     }
                 }
-                self.persist(&name);
-                let _ = ack.send(());
+                self.persist_unsynced(&name);
+                self.acks.push(ack);
+                // A deferral or a bounce shows in mailq (and a bounce goes out) at once.
+                if results.iter().any(|(_, r)| *r != RcptStatus::Ok) {
+                    return After::Round;
+                }
             }
             WorkerReport::Failed { dest, rcpts, result } => {
                 for (name, addrs) in rcpts {
@@ -407,10 +449,27 @@ impl Runner {
                         }
                     }
                 }
+                return After::Round;
             }
             WorkerReport::Finished(dest) => {
                 self.in_flight.remove(&dest);
+                return After::Dispatch;
             }
+        }
+        After::Nothing
+    }
+
+    /// Makes the removals since the last flush durable with one sync of the queue
+    /// directory, then lets the sessions that wait for them go on.
+    fn flush(&mut self) {
+        if !self.unlinked.is_empty() {
+            if let Err(e) = queue::remove_states(&self.queue, &self.unlinked) {
+                log::error!("queue: syncing {} removals: {e}", self.unlinked.len());
+            }
+            self.unlinked.clear();
+        }
+        for ack in self.acks.drain(..) {
+            let _ = ack.send(());
         }
     }
 
@@ -419,7 +478,10 @@ impl Runner {
         let deadline = Instant::now() + STOP_GRACE;
         while !self.in_flight.is_empty() {
             match self.reports.recv_deadline(deadline) {
-                Ok(r) => self.handle(r),
+                Ok(r) => {
+                    self.handle(r);
+                    self.flush();
+                }
                 Err(_) => break,
             }
         }
@@ -436,10 +498,26 @@ impl Runner {
     /// Writes what is done to `state/` (or removes the message when all is): durable
     /// before the runner goes on, so a crash resends at most what was in flight.
     fn persist(&mut self, name: &str) {
-        let Some(entry) = self.entries.get_mut(name) else { return };
+        self.persist_with(name, true);
+    }
+
+    /// As `persist`, but a finished message's file is only unlinked: `flush` syncs the
+    /// directory for the whole batch, then removes their state files.
+    fn persist_unsynced(&mut self, name: &str) {
+        if self.persist_with(name, false) {
+            self.unlinked.push(name.to_owned());
+        }
+    }
+
+    /// True when the message was finished and unlinked without a sync (`sync` false).
+    fn persist_with(&mut self, name: &str, sync: bool) -> bool {
+        let Some(entry) = self.entries.get_mut(name) else { return false };
         let done = entry.done();
-        let result = if done.len() == entry.rcpts.len() {
+        let finished = done.len() == entry.rcpts.len();
+        let result = if finished && sync {
             queue::remove(&self.queue, name).map(|()| true)
+        } else if finished {
+            queue::unlink(&self.queue, name).map(|()| true)
         } else if done.len() != entry.persisted {
             entry.persisted = done.len();
             queue::write_done(&self.queue, name, &done).map(|()| false)
@@ -449,9 +527,13 @@ impl Runner {
         match result {
             Ok(true) => {
                 self.entries.remove(name);
+                !sync
             }
-            Ok(false) => {}
-            Err(e) => log::error!("queue msgid={} file={name}: {e}", entry_id(&self.entries, name)),
+            Ok(false) => false,
+            Err(e) => {
+                log::error!("queue msgid={} file={name}: {e}", entry_id(&self.entries, name));
+                false
+            }
         }
     }
 

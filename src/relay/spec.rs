@@ -30,7 +30,7 @@ pub(super) fn candidates(
     if let Some(t) = &relay.domain {
         return by_domain_table(config, relay, t, domain);
     }
-    match mx::route(resolver, domain) {
+    match super::local::skip_self(mx::route(resolver, domain), &super::local::Local::of(config), domain) {
         mx::Route::Hosts(hosts) => {
             let hosts = if relay.backup { backup_hosts(config, relay, resolver, domain, hosts)? } else { hosts };
             hosts.iter().map(|h| mx_spec(config, relay, h, mx_port)).collect::<Result<_, _>>().map_err(RcptStatus::Temp)

@@ -1,10 +1,14 @@
 //! One destination's delivery, on a thread of its own, so that many destinations progress
-//! at once and a slow or silent host (a tarpit) delays only its own mail. A worker owns no
-//! queue state: it reports each message's verdicts to the runner and waits until the
-//! runner has recorded them on disk before it sends the next message.
+//! at once and a slow or silent host (a tarpit) delays only its own mail; a destination
+//! with more than one session's worth of mail gets up to [`SESSIONS_PER_DEST`] sessions.
+//! A worker owns no queue state: each session reports each message's verdicts to the
+//! runner, sends the next message while the runner records them on disk, and waits for
+//! that record before it reports the next: a crash sends again at most two messages per
+//! session (the one in flight, and the one delivered just before).
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
 
@@ -17,6 +21,10 @@ use crate::queue;
 /// A session carries at most this many messages, then a new one is opened (OpenSMTPD's
 /// default `max-mail` per session is also 100).
 pub(super) const MAX_MAILS_PER_SESSION: usize = 100;
+/// Sessions at once to one destination, each with its own batch of messages (OpenSMTPD's
+/// default limit per host is also 10, Postfix's per destination 20): one session's round
+/// trips and the runner's disk writes overlap with the others'.
+const SESSIONS_PER_DEST: usize = 10;
 
 /// One queued message's due recipients for the destination.
 pub(super) struct Item {
@@ -35,8 +43,8 @@ pub(super) struct Work {
 }
 
 pub(super) enum WorkerReport {
-    /// The verdicts for one message's recipients. The worker waits for `ack`, sent once
-    /// they are on disk, before the next message: a crash resends at most this one.
+    /// The verdicts for one message's recipients. The session waits for `ack`, sent once
+    /// they are on disk, before it reports the next message.
     Sent { dest: Dest, name: String, results: Vec<(String, RcptStatus)>, ack: Sender<()> },
     /// One verdict for each of these recipients, by queue file name.
     Failed { dest: Dest, rcpts: Vec<(String, Vec<String>)>, result: RcptStatus },
@@ -58,15 +66,68 @@ fn run(work: &Work, reports: &Sender<WorkerReport>) {
         Ok(s) => s,
         Err(verdict) => return fail(work, &work.items, verdict, None, reports),
     };
-    let sender_override = spec::relay_of(&work.config, action).and_then(|r| r.mail_from.clone());
-    let srs = spec::relay_of(&work.config, action).is_some_and(|r| r.srs);
-    for (b, batch) in work.items.chunks(MAX_MAILS_PER_SESSION).enumerate() {
-        let (mut session, spec) = match open(&specs) {
+    let batches: Vec<&[Item]> = work.items.chunks(MAX_MAILS_PER_SESSION).collect();
+    let shared = Sessions { work, specs: &specs, batches: &batches, next: AtomicUsize::new(0), down: Mutex::new(None) };
+    let sessions = batches.len().clamp(1, SESSIONS_PER_DEST);
+    std::thread::scope(|scope| {
+        for _ in 1..sessions {
+            let (shared, reports) = (&shared, reports.clone());
+            let spawned = std::thread::Builder::new()
+                .name("relay-session".into())
+                .spawn_scoped(scope, move || shared.run(&reports));
+            if spawned.is_err() {
+                break; // fewer sessions, same work: the others take the batches
+            }
+        }
+        shared.run(reports);
+    });
+}
+
+/// What the sessions of one destination share: the batches (one per session), the next to
+/// take, and whether the destination has failed (then the batches left fail at once with
+/// the same reason rather than each trying the hosts again).
+struct Sessions<'a> {
+    work: &'a Work,
+    specs: &'a [Spec],
+    batches: &'a [&'a [Item]],
+    next: AtomicUsize,
+    down: Mutex<Option<String>>,
+}
+
+impl Sessions<'_> {
+    fn run(&self, reports: &Sender<WorkerReport>) {
+        while let Some(batch) = self.batches.get(self.next.fetch_add(1, Ordering::Relaxed)) {
+            let down = self.down.lock().map(|d| d.clone()).unwrap_or_default();
+            if let Some(e) = down {
+                fail(self.work, batch, RcptStatus::Temp(e), None, reports);
+                continue;
+            }
+            if let Err(e) = self.session(batch, reports) {
+                if let Ok(mut d) = self.down.lock() {
+                    d.get_or_insert(e);
+                }
+            }
+        }
+    }
+
+    /// One session for `batch`; `Err` (after reporting the messages left) when the
+    /// destination failed.
+    fn session(&self, batch: &[Item], reports: &Sender<WorkerReport>) -> Result<(), String> {
+        let work = self.work;
+        let relay = spec::relay_of(&work.config, &work.dest.action);
+        let sender_override = relay.and_then(|r| r.mail_from.clone());
+        let srs = relay.is_some_and(|r| r.srs);
+        let (mut session, spec) = match open(self.specs) {
             Ok(s) => s,
-            Err(e) => return fail(work, &work.items[b * MAX_MAILS_PER_SESSION..], RcptStatus::Temp(e), None, reports),
+            Err(e) => {
+                fail(work, batch, RcptStatus::Temp(e.clone()), None, reports);
+                return Err(e);
+            }
         };
         let tls = session.tls().unwrap_or("none");
         let host = format!("{} address={} tls={tls}", spec.host, session.peer());
+        // The last message's record, awaited while the next message goes out.
+        let mut unacked: Option<crossbeam_channel::Receiver<()>> = None;
         for (i, item) in batch.iter().enumerate() {
             // Gone since it was dispatched (`mxctl remove`): nothing to send.
             let Ok(bytes) = queue::seal::read(&work.queue.join("new").join(&item.name)) else { continue };
@@ -83,18 +144,26 @@ fn run(work: &Work, reports: &Sender<WorkerReport>) {
                     let (ack, acked) = crossbeam_channel::bounded(1);
                     let results = item.rcpts.iter().cloned().zip(results).collect();
                     let report = WorkerReport::Sent { dest: work.dest.clone(), name: item.name.clone(), results, ack };
-                    // The runner stopped: what is not recorded is sent again after a restart.
-                    if reports.send(report).is_err() || acked.recv().is_err() {
-                        return;
+                    // The previous message must be on disk before this one's record is
+                    // awaited: at most two per session are sent again after a crash. The
+                    // runner stopped: what is not recorded is sent again after a restart.
+                    let previous = unacked.replace(acked);
+                    if reports.send(report).is_err() || previous.is_some_and(|p| p.recv().is_err()) {
+                        return Err("the relay runner stopped".into());
                     }
                 }
                 Err(e) => {
-                    let rest = &work.items[b * MAX_MAILS_PER_SESSION + i..];
-                    return fail(work, rest, RcptStatus::Temp(format!("{}: {e}", spec.host)), Some(&host), reports);
+                    let e = format!("{}: {e}", spec.host);
+                    fail(work, &batch[i..], RcptStatus::Temp(e.clone()), Some(&host), reports);
+                    return Err(e);
                 }
             }
         }
         session.quit();
+        match unacked.map(|a| a.recv()) {
+            Some(Err(_)) => Err("the relay runner stopped".into()),
+            _ => Ok(()),
+        }
     }
 }
 

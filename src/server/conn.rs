@@ -204,7 +204,7 @@ impl Conn {
             return Status::Closed(reason);
         }
         if matches!(self.phase, ConnPhase::Proxy(_)) {
-            match self.read_proxy(scratch, now) {
+            match self.read_proxy(scratch, ctx, now) {
                 Ok(true) => {}
                 Ok(false) => return Status::Open,
                 Err(reason) => return Status::Closed(reason),
@@ -261,7 +261,12 @@ impl Conn {
     /// Reads the PROXY header; once it is whole, the session starts over for the client it
     /// names (greeting, rules and Received see that address) and TLS may begin. `Ok(false)`:
     /// not yet.
-    fn read_proxy(&mut self, scratch: &mut [u8], now: Instant) -> Result<bool, &'static str> {
+    fn read_proxy(
+        &mut self,
+        scratch: &mut [u8],
+        ctx: &super::loop_ctx::LoopCtx<'_>,
+        now: Instant,
+    ) -> Result<bool, &'static str> {
         let ConnPhase::Proxy(wait) = &mut self.phase else {
             return Ok(true);
         };
@@ -282,6 +287,10 @@ impl Conn {
             let policy = ConnPolicy::new(Arc::clone(&self.listener.config), Origin::Tcp(ip), self.listener.tag.clone());
             let cfg = self.listener.knobs.session_config(&self.listener.session, self.stream.local_ip());
             self.session = Session::new(cfg, policy, now);
+            // The client's name, as for any other client: the greeting waits for it.
+            if ctx.rdns.start(ctx.slot, self.id, ip, ctx.waker) {
+                self.await_rdns(now);
+            }
         }
         if self.listener.smtps {
             self.start_tls(now);

@@ -230,7 +230,8 @@ impl EventLoop {
             let fid = crate::filter::Id(id.0);
             Some(crate::server::conn::filtering::ConnFilter::new(Arc::clone(chain), &f.shared, fid, &link))
         });
-        // Behind a PROXY header the peer is the proxy, not the client: no lookup for it.
+        // Behind a PROXY header the peer is the proxy, not the client: the lookup waits for
+        // the header (`Conn::read_proxy`).
         let ip = match &origin {
             Origin::Tcp(ip) if !rt.knobs.proxy => Some(*ip),
             _ => None,
@@ -270,6 +271,7 @@ impl EventLoop {
             slot,
             inflight: false,
             filters: self.filters.as_ref().map(|f| &*f.shared),
+            rdns: &self.rdns,
         };
         let status = s.conn.pump(scratch, &mut ctx, now);
         s.inflight |= ctx.inflight;

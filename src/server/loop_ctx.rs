@@ -40,6 +40,8 @@ pub(crate) struct LoopCtx<'a> {
     pub(super) inflight: bool,
     /// The way to the filter processes, when a listener has filters.
     pub(crate) filters: Option<&'a Shared>,
+    /// Where reverse DNS lookups start (for a client a PROXY header names).
+    pub(super) rdns: &'a super::rdns::Rdns,
 }
 
 impl LoopCtx<'_> {
