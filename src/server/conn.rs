@@ -81,6 +81,8 @@ pub(crate) struct Conn {
     registered: Option<Interest>,
     /// The listener's filter chain, when it has one.
     filter: Option<Box<filtering::ConnFilter>>,
+    /// The filtering that opens once the client's reverse DNS is known.
+    filter_pending: Option<Box<filtering::PendingFilter>>,
     /// When the greeting stops waiting for the client's reverse DNS.
     rdns_deadline: Option<Instant>,
 }
@@ -114,6 +116,7 @@ impl Conn {
             readable: true,
             registered: None,
             filter: None,
+            filter_pending: None,
             rdns_deadline: None,
         };
         if conn.listener.smtps && matches!(conn.phase, ConnPhase::Open) {
@@ -142,6 +145,11 @@ impl Conn {
         self.rdns_deadline = Some(now + super::rdns::WAIT);
     }
 
+    /// The greeting still waits for the client's name.
+    pub(crate) fn awaits_rdns(&self) -> bool {
+        self.rdns_deadline.is_some()
+    }
+
     /// The lookup ended (`None`: no confirmed name, or it failed): greet.
     pub(crate) fn handle_rdns(&mut self, name: Option<String>) {
         if self.rdns_deadline.take().is_none() {
@@ -149,6 +157,7 @@ impl Conn {
         }
         log::info!("{} smtp rdns address={} host={}", self.id, self.peer(), name.as_deref().unwrap_or("unknown"));
         self.session.policy_mut().set_rdns(name);
+        self.filter_rdns_known();
         self.session.handle_rdns();
     }
 
@@ -495,6 +504,7 @@ impl Conn {
         if self.rdns_deadline.is_some_and(|d| now >= d) {
             log::info!("{} smtp rdns address={} timed out", self.id, self.peer());
             self.rdns_deadline = None;
+            self.filter_rdns_known();
             self.session.handle_rdns();
             return Tick::Pump;
         }

@@ -14,7 +14,9 @@ use std::time::Instant;
 use super::Conn;
 use crate::envelope::Target;
 use crate::filter::protocol::{self, Endpoint, Output, Report, TxResult};
-use crate::filter::{Chain, FilterAnswer, FilterDecision, FilterEvent, FilterLink, Id, Now, Phase, SessionFilter};
+use crate::filter::{
+    Chain, FilterAnswer, FilterDecision, FilterEvent, FilterLink, Id, Limits, Now, Phase, SessionFilter,
+};
 use crate::server::filters::{Shared, ToHub};
 use crate::server::loop_ctx::LoopCtx;
 use crate::smtp::command::{self, Command};
@@ -55,13 +57,48 @@ pub(crate) struct ConnFilter {
     size: usize,
 }
 
-impl ConnFilter {
-    pub(crate) fn new(chain: Arc<Chain>, shared: &Shared, id: Id, link: &FilterLink) -> ConnFilter {
-        // Tokens differ between sessions: the session id, shifted past any chain's length.
-        let engine = SessionFilter::new(Arc::clone(&chain), id, id.0 << 8, shared.limits, link, Now::read());
-        ConnFilter { engine, chain, park: Park::None, junk: false, approved: None, ready: None, tx: 0, size: 0 }
+/// A connection's filtering before its session opens. OpenSMTPD opens the filter session
+/// (`link-connect`, with the client's name) once the reverse DNS is known, so this waits
+/// with the greeting for the answer or its timeout.
+pub(crate) struct PendingFilter {
+    chain: Arc<Chain>,
+    limits: Limits,
+    id: Id,
+    link: FilterLink,
+}
+
+impl PendingFilter {
+    pub(crate) fn new(chain: Arc<Chain>, shared: &Shared, id: Id, link: FilterLink) -> PendingFilter {
+        PendingFilter { chain, limits: shared.limits, id, link }
     }
 
+    pub(crate) fn id(&self) -> Id {
+        self.id
+    }
+
+    /// Opens the filter session with the client's confirmed name, if any. mxd's resolver
+    /// only yields forward-confirmed names, so a name means `pass`.
+    fn open(self, rdns: Option<&str>) -> ConnFilter {
+        let mut link = self.link;
+        link.fcrdns = rdns.is_some();
+        link.rdns = rdns.map(str::to_owned);
+        // Tokens differ between sessions: the session id, shifted past any chain's length.
+        let engine =
+            SessionFilter::new(Arc::clone(&self.chain), self.id, self.id.0 << 8, self.limits, &link, Now::read());
+        ConnFilter {
+            engine,
+            chain: self.chain,
+            park: Park::None,
+            junk: false,
+            approved: None,
+            ready: None,
+            tx: 0,
+            size: 0,
+        }
+    }
+}
+
+impl ConnFilter {
     pub(crate) fn id(&self) -> Id {
         self.engine.id()
     }
@@ -125,11 +162,30 @@ fn reply_text(r: &str) -> String {
 
 impl Conn {
     pub(crate) fn filter_id(&self) -> Option<Id> {
-        self.filter.as_ref().map(|f| f.id())
+        self.filter.as_ref().map(|f| f.id()).or(self.filter_pending.as_ref().map(|p| p.id()))
     }
 
-    /// Gives the connection its filtering; the greeting waits if the chain filters connect.
-    pub(crate) fn attach_filter(&mut self, mut f: ConnFilter) {
+    /// Gives the connection its filtering, once the client's name is known (call after
+    /// the rDNS lookup was started, if it was).
+    pub(crate) fn attach_filter(&mut self, pending: PendingFilter) {
+        if self.awaits_rdns() {
+            self.filter_pending = Some(Box::new(pending));
+        } else {
+            let rdns = self.rdns().map(str::to_owned);
+            self.open_filter(pending.open(rdns.as_deref()));
+        }
+    }
+
+    /// The rDNS wait is over: the filter session opens, before the greeting is written.
+    pub(crate) fn filter_rdns_known(&mut self) {
+        if let Some(pending) = self.filter_pending.take() {
+            let rdns = self.rdns().map(str::to_owned);
+            self.open_filter(pending.open(rdns.as_deref()));
+        }
+    }
+
+    /// The greeting waits if the chain filters connect.
+    fn open_filter(&mut self, mut f: ConnFilter) {
         if f.chain.filters_phase(Phase::Connect) {
             f.engine.begin(Now::read(), Phase::Connect, "");
             f.park = Park::Connect;
@@ -319,6 +375,9 @@ impl Conn {
 
     /// The connection ends: link-disconnect, and the filter thread forgets the session.
     pub(crate) fn filter_close(&mut self, shared: &Shared) {
+        if let Some(p) = self.filter_pending.take() {
+            shared.send(ToHub::Close(p.id()));
+        }
         if let Some(f) = self.filter.as_mut() {
             f.engine.report(Now::read(), &Report::LinkDisconnect);
             let id = f.id();

@@ -13,7 +13,9 @@ that does not conform), and answers each kind of response, chosen by the paramet
   anything else              proceed
 
 Data lines are echoed, with `X-Filtered: all_phases` added before the first one. Every
-event and phase seen is appended to the log file given as argv[1], after `uid=N`.
+event and phase seen is appended to the log file given as argv[1], after `uid=N`: a report
+as `EVENT PARAMS` (its parameters after the session id, joined by `|`), a request as
+`PHASE PARAM`.
 """
 import re
 import sys
@@ -69,7 +71,7 @@ for line in sys.stdin:
             bad(line)
         if ev in ("tx-begin", "tx-mail", "tx-rcpt", "tx-commit") and not re.fullmatch(r"[0-9a-f]{8}", params[0]):
             bad(line)
-        log.write(ev + "\n")
+        log.write(" ".join([ev] + (["|".join(params)] if params else [])) + "\n")
         continue
     if f[0] != "filter" or len(f) < 7 or f[4] not in PHASES or not re.fullmatch(r"[0-9a-f]{16}", f[6]):
         bad(line)
