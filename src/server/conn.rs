@@ -384,6 +384,7 @@ impl Conn {
                 let info = crate::tls::describe(tls);
                 if let Some((version, cipher, bits)) = info {
                     log::info!("{} smtp tls ciphers={version}:{cipher}:{bits}", self.id);
+                    self.filter_tls(&format!("{version}:{cipher}:{bits}"));
                     self.session.handle_tls(TlsInfo { version, cipher, bits });
                 }
                 // Let the pump see the session's new state before reading on.
@@ -408,7 +409,10 @@ impl Conn {
                     return Ok(());
                 }
                 match self.stream.write(out) {
-                    Ok(n) => self.session.consume_output(n),
+                    Ok(n) => {
+                        self.session.consume_output(n);
+                        filtering::consumed(&mut self.filter, n);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
@@ -418,6 +422,7 @@ impl Conn {
             if !out.is_empty() {
                 let n = tls.writer().write(out)?;
                 self.session.consume_output(n);
+                filtering::consumed(&mut self.filter, n);
             }
             if !tls.wants_write() {
                 return Ok(());
@@ -514,6 +519,9 @@ impl Conn {
         }
         if self.session.poll_timeout().is_some_and(|d| now >= d) {
             self.session.handle_timeout(now);
+            if self.session.is_closing() {
+                self.filter_timed_out();
+            }
             return Tick::Pump;
         }
         if self.filter_tick() {

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use super::Conn;
 use crate::envelope::Target;
-use crate::filter::protocol::{self, Endpoint, Output, Report, TxResult};
+use crate::filter::protocol::{self, Endpoint, EventKind, LinkAuthResult, Output, Report, TxResult};
 use crate::filter::{
     Chain, FilterAnswer, FilterDecision, FilterEvent, FilterLink, Id, Limits, Now, Phase, SessionFilter,
 };
@@ -55,6 +55,10 @@ pub(crate) struct ConnFilter {
     tx: u32,
     /// The size of the message last handed to delivery, for tx-commit.
     size: usize,
+    /// Recipients accepted in this transaction, for tx-envelope ids.
+    rcpts: u32,
+    /// Octets at the head of the session's output already reported as protocol-server.
+    out_mark: usize,
 }
 
 /// A connection's filtering before its session opens. OpenSMTPD opens the filter session
@@ -94,6 +98,8 @@ impl PendingFilter {
             ready: None,
             tx: 0,
             size: 0,
+            rcpts: 0,
+            out_mark: 0,
         }
     }
 }
@@ -129,6 +135,14 @@ fn classify(line: &[u8]) -> Option<(Phase, String)> {
         Command::Mail { path, .. } => Some((Phase::MailFrom, text(path))),
         Command::Rcpt { path, .. } => Some((Phase::RcptTo, text(path))),
         Command::Data => Some((Phase::Data, String::new())),
+        Command::StartTls => Some((Phase::StartTls, String::new())),
+        // As OpenSMTPD: the mechanism and any initial response, as the client sent them.
+        Command::Auth(args) => Some((Phase::Auth, text(args.trim_ascii_start()))),
+        Command::Rset => Some((Phase::Rset, String::new())),
+        Command::Quit => Some((Phase::Quit, String::new())),
+        Command::Noop => Some((Phase::Noop, String::new())),
+        // OpenSMTPD answers HELP without asking its filters; mxd asks those that register it.
+        Command::Help => Some((Phase::Help, String::new())),
         _ => None,
     }
 }
@@ -152,6 +166,53 @@ fn rewrite(line: &[u8], value: &str) -> Vec<u8> {
         Ok(Command::Mail { params, .. }) => with("MAIL FROM:", params),
         Ok(Command::Rcpt { params, .. }) => with("RCPT TO:", params),
         _ => line.to_vec(),
+    }
+}
+
+/// `n` octets of output were written to the client: what was reported as protocol-server
+/// moves with them.
+pub(crate) fn consumed(filter: &mut Option<Box<ConnFilter>>, n: usize) {
+    if let Some(f) = filter.as_mut() {
+        f.out_mark = f.out_mark.saturating_sub(n);
+    }
+}
+
+/// protocol-client: a command line as the client sent it, credentials masked as OpenSMTPD
+/// masks them.
+fn report_client(f: &mut ConnFilter, line: &[u8], in_auth: bool) {
+    if !f.engine.reports(EventKind::ProtocolClient) {
+        return;
+    }
+    let shown = if in_auth {
+        "********".into()
+    } else if line.len() >= 11 && line[..11].eq_ignore_ascii_case(b"AUTH PLAIN ") {
+        "AUTH PLAIN ********".into()
+    } else {
+        String::from_utf8_lossy(line)
+    };
+    f.engine.report(Now::read(), &Report::ProtocolClient { command: &shown });
+}
+
+/// protocol-server: each whole reply line of `out` past what was reported (`all`: a last
+/// line without its ending too, as the connection ends).
+fn report_server(f: &mut ConnFilter, out: &[u8], all: bool) {
+    let fresh = out.get(f.out_mark..).unwrap_or_default();
+    if !f.engine.reports(EventKind::ProtocolServer) {
+        f.out_mark += fresh.len();
+        return;
+    }
+    let now = Now::read();
+    let mut rest = fresh;
+    while !rest.is_empty() {
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None if all => (rest, &rest[rest.len()..]),
+            None => break,
+        };
+        let response = String::from_utf8_lossy(trim_eol(line));
+        f.engine.report(now, &Report::ProtocolServer { response: &response });
+        f.out_mark += rest.len() - next.len();
+        rest = next;
     }
 }
 
@@ -243,6 +304,13 @@ impl Conn {
             };
             let line: Vec<u8> = self.inbuf.drain(..=lf).collect();
             progressed = true;
+            let in_auth = self.session.in_auth();
+            report_client(f, trim_eol(&line), in_auth);
+            if in_auth {
+                // A credential: never a command, never shown.
+                self.pass_line(&line, now);
+                continue;
+            }
             match classify(trim_eol(&line)) {
                 Some((phase, param)) if f.chain.filters_phase(phase) => {
                     f.engine.begin(Now::read(), phase, &param);
@@ -260,6 +328,7 @@ impl Conn {
 
     /// Gives one command line to the session, then reports what it answered.
     fn pass_line(&mut self, line: &[u8], now: Instant) {
+        let was_auth = self.session.in_auth();
         let before = self.session.output().len();
         let n = self.session.handle_input(line, now);
         if n < line.len() {
@@ -275,26 +344,65 @@ impl Conn {
             _ => TxResult::PermFail,
         };
         let now = Now::read();
-        match command::parse(trim_eol(line)) {
-            Ok(Command::Helo(n)) | Ok(Command::Ehlo(n)) if result == TxResult::Ok => {
-                let ehlo = matches!(command::parse(trim_eol(line)), Ok(Command::Ehlo(_)));
+        let cmd = if was_auth { None } else { command::parse(trim_eol(line)).ok() };
+        // In OpenSMTPD's order: link-identify and tx-reset before the reply, the tx events
+        // after it.
+        match cmd {
+            Some(Command::Helo(n)) | Some(Command::Ehlo(n)) if result == TxResult::Ok => {
+                let ehlo = matches!(cmd, Some(Command::Ehlo(_)));
                 f.engine.report(now, &Report::LinkIdentify { ehlo, identity: n });
             }
-            Ok(Command::Mail { path, .. }) if result == TxResult::Ok => {
+            Some(Command::Rset) => {
+                f.engine.report(now, &Report::TxReset { msgid: f.tx });
+                f.rcpts = 0;
+            }
+            _ => {}
+        }
+        report_server(f, self.session.output(), false);
+        match cmd {
+            Some(Command::Mail { path, .. }) if result == TxResult::Ok => {
                 f.tx = f.tx.wrapping_add(1);
+                f.rcpts = 0;
                 let address = String::from_utf8_lossy(path);
                 f.engine.report(now, &Report::TxBegin { msgid: f.tx });
                 f.engine.report(now, &Report::TxMail { msgid: f.tx, result, address: &address });
             }
-            Ok(Command::Rcpt { path, .. }) => {
+            Some(Command::Rcpt { path, .. }) => {
                 let address = String::from_utf8_lossy(path);
                 f.engine.report(now, &Report::TxRcpt { msgid: f.tx, result, address: &address });
+                if result == TxResult::Ok {
+                    // An envelope per accepted recipient, its id under the transaction's.
+                    f.rcpts = f.rcpts.wrapping_add(1);
+                    let envelope_id = (u64::from(f.tx) << 32) | u64::from(f.rcpts);
+                    f.engine.report(now, &Report::TxEnvelope { msgid: f.tx, envelope_id });
+                }
             }
-            Ok(Command::Data) if result == TxResult::Ok => {
+            Some(Command::Data) if result == TxResult::Ok => {
                 f.engine.report(now, &Report::TxData { msgid: f.tx, result });
             }
-            Ok(Command::Rset) => f.engine.report(now, &Report::TxReset { msgid: f.tx }),
             _ => {}
+        }
+    }
+
+    /// The TLS handshake is done: link-tls, as `VERSION:CIPHER:BITS`.
+    pub(crate) fn filter_tls(&mut self, tls: &str) {
+        if let Some(f) = self.filter.as_mut() {
+            f.engine.report(Now::read(), &Report::LinkTls { tls });
+        }
+    }
+
+    /// The verdict on an AUTH attempt, before the session replies to it.
+    pub(crate) fn filter_auth(&mut self, username: &str, result: LinkAuthResult) {
+        if let Some(f) = self.filter.as_mut() {
+            f.engine.report(Now::read(), &Report::LinkAuth { result, username });
+        }
+    }
+
+    /// The session timed out (its 421 is reported first).
+    pub(crate) fn filter_timed_out(&mut self) {
+        if let Some(f) = self.filter.as_mut() {
+            report_server(f, self.session.output(), false);
+            f.engine.report(Now::read(), &Report::Timeout);
         }
     }
 
@@ -303,6 +411,7 @@ impl Conn {
     pub(crate) fn filter_message(&mut self, message: Message<Vec<Target>>) {
         let Some(f) = self.filter.as_mut() else { return };
         let now = Now::read();
+        report_client(f, b".", false);
         if f.chain.filters_phase(Phase::DataLine) {
             // The protocol core carries UTF-8 lines: refused rather than altered.
             let Ok(text) = std::str::from_utf8(&message.body) else {
@@ -378,7 +487,11 @@ impl Conn {
         if let Some(p) = self.filter_pending.take() {
             shared.send(ToHub::Close(p.id()));
         }
+        let held = self.holds_greeting();
         if let Some(f) = self.filter.as_mut() {
+            if !held {
+                report_server(f, self.session.output(), true);
+            }
             f.engine.report(Now::read(), &Report::LinkDisconnect);
             let id = f.id();
             while let Some(o) = f.engine.poll_send() {
@@ -390,7 +503,11 @@ impl Conn {
 
     /// Sends the engine's lines, and hands a message the chain let through to delivery.
     pub(crate) fn filter_flush(&mut self, ctx: &mut LoopCtx<'_>) {
+        let held = self.holds_greeting();
         let Some(f) = self.filter.as_mut() else { return };
+        if !held {
+            report_server(f, self.session.output(), false);
+        }
         if let Some(shared) = ctx.filters {
             let id = f.id();
             while let Some(o) = f.engine.poll_send() {

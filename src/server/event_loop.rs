@@ -347,6 +347,12 @@ impl EventLoop {
             };
             log::info!("{} smtp authentication user={} address={} result={name}", a.sid, a.user, s.conn.peer());
             s.conn.readable = true;
+            let link_auth = match result {
+                AuthResult::Ok => crate::filter::protocol::LinkAuthResult::Pass,
+                AuthResult::Failed => crate::filter::protocol::LinkAuthResult::Fail,
+                _ => crate::filter::protocol::LinkAuthResult::Error,
+            };
+            s.conn.filter_auth(&a.user, link_auth);
             s.conn.session_mut().handle_auth(a.id, result);
             self.pump(a.slot, scratch, now);
         }

@@ -10,6 +10,7 @@ that does not conform), and answers each kind of response, chosen by the paramet
   mail-from report@…         report|noted sender   (then the chain goes on)
   rcpt-to reject@…           reject|550 5.1.1 no such user
   rcpt-to bad-reply@…        reject|hello          (not a reply: mxd must turn it into a 421)
+  help                       reject|502 5.5.1 no help from the filter
   anything else              proceed
 
 Data lines are echoed, with `X-Filtered: all_phases` added before the first one. Every
@@ -104,5 +105,7 @@ for line in sys.stdin:
         out(head + "reject|550 5.1.1 no such user")
     elif phase == "rcpt-to" and param.startswith("bad-reply@"):
         out(head + "reject|hello")
+    elif phase == "help":
+        out(head + "reject|502 5.5.1 no help from the filter")
     else:
         out(head + "proceed")
