@@ -198,6 +198,8 @@ impl FilterProcess {
         let command = resolved_command(&spec.command, dirs)?;
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c").arg(&command).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // A group of its own: stopping the filter reaches the command `sh -c` runs too.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         if let Some((uid, gid)) = run_as(spec.user.as_deref(), spec.group.as_deref())? {
             // std sets the gid, drops supplementary groups (as root) and sets the uid in
             // the child before exec.
@@ -342,6 +344,9 @@ impl FilterProcess {
 
     /// Stops the process (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

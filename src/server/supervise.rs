@@ -168,6 +168,12 @@ impl Kids {
         Ok(())
     }
 
+    /// Asks the current smtp process something; `None` when there is none or it did not
+    /// answer.
+    pub(crate) fn ask_smtp(&self, request: &str) -> Option<String> {
+        self.smtp.as_ref().and_then(|c| c.chan.ask(request).ok())
+    }
+
     /// Starts the relay process, after the previous one has stopped: two relay runners on
     /// one queue could send a message twice.
     pub(crate) fn start_relay(&mut self) -> std::io::Result<()> {
@@ -298,6 +304,7 @@ pub(crate) fn supervise(
     kids: &mut Kids,
     rx: &Receiver<SupervisorRequest>,
 ) -> bool {
+    let mut filter_restarts = super::filter_restart::FilterRestarts::new(&config);
     loop {
         let req = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(req) => req,
@@ -305,6 +312,7 @@ pub(crate) fn supervise(
                 if !kids.watch(bound) {
                     return false;
                 }
+                filter_restarts.check(kids, bound);
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => return true,
@@ -333,6 +341,7 @@ pub(crate) fn supervise(
         let answer = match applied {
             Ok(c) => {
                 crate::relay::mda::reconfigure(&c);
+                filter_restarts = super::filter_restart::FilterRestarts::new(&c);
                 config = c;
                 log::info!("configuration reloaded from {}", config.file.display());
                 Ok("configuration reloaded".to_owned())
