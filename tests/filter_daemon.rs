@@ -96,6 +96,33 @@ fn builtin_rules_reject_disconnect_and_junk() {
 }
 
 #[test]
+fn builtin_rules_match_regex_tables() {
+    let top = "table dynhelo { \"^dyn-[0-9]+[.]\" }\ntable bulk { \"^bulk[0-9]*@\" }\n\
+               filter \"dyn\" phase helo match helo regex <dynhelo> reject \"550 5.7.1 dynamic hosts go away\"\n\
+               filter \"bulk\" phase mail-from match !mail-from regex <bulk> junk\n\
+               filter \"re\" chain { \"dyn\", \"bulk\" }\n"
+        .to_string();
+    let m = Mxd::start_with(filtered_conf(top, "re"), &[]);
+    let mut c = m.connect();
+    assert!(c.cmd("HELO DYN-42.example.net").starts_with("550 5.7.1 dynamic hosts go away"), "{}", m.log());
+    assert!(c.cmd("HELO static.dyn-42.example.net").starts_with("250"));
+    // Negated: every sender but bulk ones is junk.
+    for (from, junk) in [("bulk7@list.test", false), ("someone@list.test", true)] {
+        assert!(c.cmd(&format!("MAIL FROM:<{from}>")).starts_with("250"));
+        assert!(c.cmd("RCPT TO:<joseph@test>").starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        c.send(format!("Subject: {from}\r\n\r\nhello\r\n").as_bytes());
+        assert!(c.cmd(".").starts_with("250"));
+        wait_for("the message", Duration::from_secs(20), || {
+            m.messages("joseph").iter().any(|b| String::from_utf8_lossy(b).contains(from))
+        });
+        let all = m.messages("joseph");
+        let stored = all.iter().map(|b| String::from_utf8_lossy(b)).find(|t| t.contains(from)).unwrap().into_owned();
+        assert_eq!(stored.contains("X-Spam: Yes\n"), junk, "{stored}");
+    }
+}
+
+#[test]
 fn own_filter_sees_every_phase_through_the_daemon() {
     if !can_run("own_filter_sees_every_phase_through_the_daemon", &[Need::File(PY, "python3")]) {
         return;

@@ -35,6 +35,9 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
     for (at, name) in &p.regex_tables {
         compile_regexes(&mut c, at, &mut tables, name);
     }
+    for (at, name) in &super::filter_check::regex_tables(&p.knobs) {
+        compile_regexes(&mut c, at, &mut tables, name);
+    }
     let mut notices = p.notices;
     let pkis = pkis(&mut c, p.pkis);
     let mut cas = BTreeMap::new();
