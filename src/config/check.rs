@@ -70,7 +70,11 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
             }
             relay_notices(&mut c, &a.at, r, &tables, &mut notices);
             if r.filter.is_some() {
-                let text = "relay filter: filters on outgoing sessions are not run yet".into();
+                // Not in smtpd.conf(5): OpenSMTPD's grammar takes it, and then only sends the
+                // filters smtp-out report events (no phase is filtered).
+                let text = "relay filter: smtp-out filters (undocumented in smtpd.conf(5); OpenSMTPD \
+                            sends them outgoing sessions' report events only) are not run"
+                    .into();
                 notices.push(super::Notice { at: a.at.clone(), text, blocking: true });
             }
             if r.srs && p.knobs.srs_keys.is_empty() {
