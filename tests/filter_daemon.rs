@@ -188,6 +188,43 @@ fn own_filter_sees_every_phase_through_the_daemon() {
     }
 }
 
+#[test]
+fn data_lines_stream_through_the_filter_while_the_message_arrives() {
+    if !can_run("data_lines_stream_through_the_filter_while_the_message_arrives", &[Need::File(PY, "python3")]) {
+        return;
+    }
+    let dir = shared_tempdir();
+    let s = script(dir.path(), "all_phases.py");
+    let log = dir.path().join("phases.log");
+    let top =
+        format!("filter \"all\" proc-exec \"{PY} {} {}\"\nsmtp max-message-size 4K\n", s.display(), log.display());
+    let m = Mxd::start_with(filtered_conf(top, "all"), &[]);
+    let mut c = m.connect();
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    // Too big for the session: refused at the dot while the filter still has it; the
+    // session goes on once the filter is done with it.
+    assert!(c.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<joseph@test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(80)).repeat(80).as_bytes());
+    let r = c.cmd(".");
+    assert!(r.starts_with("552"), "{r}: {}", m.log());
+    // A message whose lines reach the filter before its final dot is sent.
+    assert!(c.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<joseph@test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: streamed\r\n\r\n..first body line\r\n");
+    wait_for("the first body line at the filter", Duration::from_secs(20), || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("data-line ..first body line\n")
+    });
+    c.send(b"last line\r\n");
+    assert!(c.cmd(".").starts_with("250"), "{}", m.log());
+    wait_for("the message", Duration::from_secs(20), || !m.messages("joseph").is_empty());
+    let stored = String::from_utf8(m.messages("joseph").pop().unwrap()).unwrap();
+    assert!(stored.contains("X-Filtered: all_phases\nSubject: streamed\n\n.first body line\nlast line\n"), "{stored}");
+    assert_eq!(m.messages("joseph").len(), 1);
+}
+
 /// A self-signed certificate for `mx.test` in `dir`, as a pki block.
 fn pki(dir: &Path) -> String {
     let cert = rcgen::generate_simple_self_signed(vec!["mx.test".to_owned()]).unwrap();

@@ -37,8 +37,25 @@ enum Park {
     },
     /// The message streams through the data-line filters.
     Data(Message<Vec<Target>>),
+    /// The session refused a message that was streaming (too big, say): the chain still
+    /// has it, and input waits until the filters are done with it.
+    Drain,
     /// The message waits for the commit phase.
     Commit(Message<Vec<Target>>),
+}
+
+/// A message streamed through the data-line filters line by line as it arrives (the
+/// session keeps its own copy, which the filtered one replaces).
+#[derive(Default)]
+struct DataStream {
+    /// The unfinished last line.
+    partial: Vec<u8>,
+    /// The client's final dot was seen.
+    ended: bool,
+    /// A line is not UTF-8: the rest is not streamed, and the message is refused.
+    not_utf8: bool,
+    /// The chain refused the message while it streamed (too big).
+    refused: Option<String>,
 }
 
 pub(crate) struct ConnFilter {
@@ -59,6 +76,10 @@ pub(crate) struct ConnFilter {
     rcpts: u32,
     /// Octets at the head of the session's output already reported as protocol-server.
     out_mark: usize,
+    /// The message streaming through the data-line filters, between DATA's 354 and the end.
+    stream: Option<DataStream>,
+    /// The message in `Park::Data` is refused once the filters are done (not UTF-8).
+    refuse_not_utf8: bool,
 }
 
 /// A connection's filtering before its session opens. OpenSMTPD opens the filter session
@@ -100,6 +121,8 @@ impl PendingFilter {
             size: 0,
             rcpts: 0,
             out_mark: 0,
+            stream: None,
+            refuse_not_utf8: false,
         }
     }
 }
@@ -174,6 +197,40 @@ fn rewrite(line: &[u8], value: &str) -> Vec<u8> {
 pub(crate) fn consumed(filter: &mut Option<Box<ConnFilter>>, n: usize) {
     if let Some(f) = filter.as_mut() {
         f.out_mark = f.out_mark.saturating_sub(n);
+    }
+}
+
+/// Streams what the session consumed of the message: each whole line, dot-unstuffed and
+/// without its line ending, to the data-line filters, up to the client's final dot.
+fn stream_bytes(f: &mut ConnFilter, bytes: &[u8]) {
+    let ConnFilter { stream: Some(s), engine, .. } = f else { return };
+    let now = Now::read();
+    let mut rest = bytes;
+    while !rest.is_empty() && !s.ended {
+        let Some(i) = memchr::memchr(b'\n', rest) else {
+            s.partial.extend_from_slice(rest);
+            break;
+        };
+        let joined;
+        let line = if s.partial.is_empty() {
+            &rest[..i]
+        } else {
+            s.partial.extend_from_slice(&rest[..i]);
+            joined = std::mem::take(&mut s.partial);
+            &joined[..]
+        };
+        rest = &rest[i + 1..];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line == b"." {
+            s.ended = true;
+        } else if !s.not_utf8 {
+            let line = line.strip_prefix(b".").unwrap_or(line);
+            match std::str::from_utf8(line) {
+                Ok(text) => engine.data_line(now, text),
+                // The protocol core carries UTF-8 lines: refused rather than altered.
+                Err(_) => s.not_utf8 = true,
+            }
+        }
     }
 }
 
@@ -286,11 +343,32 @@ impl Conn {
             }
             if self.session.in_data() {
                 let n = self.session.handle_input(&self.inbuf, now);
+                if f.stream.is_some() {
+                    stream_bytes(f, &self.inbuf[..n]);
+                    self.inbuf.drain(..n);
+                    self.filter_events();
+                    if n == 0 {
+                        break;
+                    }
+                    progressed = true;
+                    continue;
+                }
                 self.inbuf.drain(..n);
                 if n == 0 {
                     break;
                 }
                 progressed = true;
+                continue;
+            }
+            if f.stream.as_ref().is_some_and(|s| s.ended) {
+                // The message ended but never reached us: the session refused it. The
+                // chain finishes it before the session reads on.
+                let refused = f.stream.take().is_some_and(|s| s.refused.is_some());
+                if !refused {
+                    f.engine.data_end(Now::read());
+                    f.park = Park::Drain;
+                }
+                self.filter_events();
                 continue;
             }
             let Some(lf) = memchr::memchr(b'\n', &self.inbuf) else {
@@ -379,6 +457,12 @@ impl Conn {
             }
             Some(Command::Data) if result == TxResult::Ok => {
                 f.engine.report(now, &Report::TxData { msgid: f.tx, result });
+                if f.chain.filters_phase(Phase::DataLine) {
+                    // The message streams through the data-line filters as it arrives.
+                    f.engine.data_begin(now);
+                    f.stream = Some(DataStream::default());
+                    self.filter_events();
+                }
             }
             _ => {}
         }
@@ -412,7 +496,14 @@ impl Conn {
         let Some(f) = self.filter.as_mut() else { return };
         let now = Now::read();
         report_client(f, b".", false);
-        if f.chain.filters_phase(Phase::DataLine) {
+        if let Some(stream) = f.stream.take() {
+            if let Some(r) = stream.refused {
+                return self.refuse_message(message, &r, false);
+            }
+            f.engine.data_end(now);
+            f.refuse_not_utf8 = stream.not_utf8;
+            f.park = Park::Data(message);
+        } else if f.chain.filters_phase(Phase::DataLine) {
             // The protocol core carries UTF-8 lines: refused rather than altered.
             let Ok(text) = std::str::from_utf8(&message.body) else {
                 return self.refuse_message(message, crate::smtp::reply::FILTER_NOT_UTF8, false);
@@ -563,7 +654,15 @@ impl Conn {
             (Park::Data(m) | Park::Commit(m), FilterDecision::Disconnect(r)) => self.refuse_message(m, &r, true),
             (Park::Commit(m), _) => self.message_ready(m),
             (Park::Data(m), _) => f.park = Park::Data(m),
+            (Park::Drain, FilterDecision::Disconnect(r)) => self.refuse(&r, true),
+            (Park::Drain, _) => f.park = Park::Drain,
             (Park::None, FilterDecision::Disconnect(r)) => self.refuse(&r, true),
+            (Park::None, FilterDecision::Reject(r)) => {
+                // The streaming message was refused (too big): its final dot gets the reply.
+                if let Some(s) = f.stream.as_mut() {
+                    s.refused = Some(r);
+                }
+            }
             (Park::None, _) => {}
         }
     }
@@ -572,6 +671,9 @@ impl Conn {
     fn filtered(&mut self, lines: Vec<String>) {
         let Some(f) = self.filter.as_mut() else { return };
         let Park::Data(mut m) = std::mem::replace(&mut f.park, Park::None) else { return };
+        if std::mem::take(&mut f.refuse_not_utf8) {
+            return self.refuse_message(m, crate::smtp::reply::FILTER_NOT_UTF8, false);
+        }
         let mut body = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
         for l in &lines {
             body.extend_from_slice(l.as_bytes());

@@ -86,7 +86,7 @@ for line in sys.stdin:
         out("filter-dataline|%s|%s|%s" % (sid, tok, param))
         if param == ".":
             fresh[sid] = True
-            log.write("data-line .\n")
+        log.write("data-line %s\n" % param)
         continue
     log.write("%s %s\n" % (phase, param))
     if phase == "connect" and len(f) != 9:
