@@ -8,8 +8,6 @@
 
 use std::time::{Duration, Instant};
 
-use super::supervise::Kids;
-use super::Bound;
 use crate::config::Config;
 
 /// Filter restarts tolerated within [`WINDOW`].
@@ -29,13 +27,14 @@ impl FilterRestarts {
         FilterRestarts { enabled, recent: Vec::new(), given_up: false }
     }
 
-    /// Asks the current smtp process about its filters; replaces it if one has stopped.
-    pub(crate) fn check(&mut self, kids: &mut Kids, bound: &Bound) {
+    /// Asks the current smtp process about its filters (`ask`: a question to it, its
+    /// answer); true when a filter stopped and a new generation must start.
+    pub(crate) fn check(&mut self, ask: impl FnOnce(&str) -> Option<String>) -> bool {
         if !self.enabled || self.given_up {
-            return;
+            return false;
         }
-        let Some(answer) = kids.ask_smtp(super::filters::HEALTH_REQUEST) else { return };
-        let Some(name) = answer.strip_prefix(super::filters::FAILED_PREFIX) else { return };
+        let Some(answer) = ask(super::filters::HEALTH_REQUEST) else { return false };
+        let Some(name) = answer.strip_prefix(super::filters::FAILED_PREFIX) else { return false };
         let now = Instant::now();
         self.recent.retain(|t| now.duration_since(*t) < WINDOW);
         if self.recent.len() >= MAX_RESTARTS {
@@ -45,12 +44,10 @@ impl FilterRestarts {
                 self.recent.len() + 1
             );
             self.given_up = true;
-            return;
+            return false;
         }
         self.recent.push(now);
         log::warn!("filter {name} stopped: starting new smtp and delivery processes to restart it");
-        if let Err(e) = kids.start_generation(bound) {
-            log::error!("cannot restart filter {name}: {e}");
-        }
+        true
     }
 }

@@ -312,7 +312,11 @@ pub(crate) fn supervise(
                 if !kids.watch(bound) {
                     return false;
                 }
-                filter_restarts.check(kids, bound);
+                if filter_restarts.check(|q| kids.ask_smtp(q)) {
+                    if let Err(e) = kids.start_generation(bound) {
+                        log::error!("cannot restart the filters: {e}");
+                    }
+                }
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => return true,
