@@ -61,3 +61,35 @@ pub fn find_program_in(command: &str, dirs: &[&Path]) -> Result<PathBuf, Program
     }
     Err(ProgramError::NotFound { program: program.to_string(), looked: candidates })
 }
+
+/// [`find_program`] for a command that runs chrooted in `root`: the program (and the
+/// `/bin/sh` that runs the command line) are looked for under `root`; the path returned is
+/// the program's as the chrooted process sees it.
+pub fn find_program_chrooted(command: &str, root: &Path) -> Result<PathBuf, ProgramError> {
+    find_program_chrooted_in(command, &LIBEXEC_DIRS.map(Path::new), root)
+}
+
+pub fn find_program_chrooted_in(command: &str, dirs: &[&Path], root: &Path) -> Result<PathBuf, ProgramError> {
+    let under = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+    let program = command.split_whitespace().next().ok_or(ProgramError::EmptyCommand)?;
+    let inside: Vec<PathBuf> = if program.contains('/') {
+        vec![PathBuf::from(program)]
+    } else {
+        dirs.iter().map(|d| d.join(program)).collect()
+    };
+    let found = inside.iter().find_map(|c| std::fs::metadata(under(c)).ok().map(|m| (c, m)));
+    let Some((c, meta)) = found else {
+        return Err(ProgramError::NotFound {
+            program: program.to_string(),
+            looked: inside.iter().map(|c| under(c)).collect(),
+        });
+    };
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(ProgramError::NotExecutable(under(c)));
+    }
+    let sh = under(Path::new("/bin/sh"));
+    if !std::fs::metadata(&sh).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0) {
+        return Err(ProgramError::NotFound { program: "/bin/sh".into(), looked: vec![sh] });
+    }
+    Ok(c.clone())
+}

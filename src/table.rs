@@ -262,6 +262,11 @@ impl Table {
         Ok(())
     }
 
+    /// Whether the keys were compiled for `regex` conditions.
+    pub fn is_regex_compiled(&self) -> bool {
+        self.regexes.is_some()
+    }
+
     /// True when some key, as a regular expression, matches `text` (false for a table
     /// never compiled).
     pub fn match_regex(&self, text: &str) -> bool {

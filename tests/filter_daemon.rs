@@ -94,6 +94,33 @@ fn builtin_rules_reject_disconnect_and_junk() {
 }
 
 #[test]
+fn builtin_rules_match_regex_tables() {
+    let top = "table dynhelo { \"^dyn-[0-9]+[.]\" }\ntable bulk { \"^bulk[0-9]*@\" }\n\
+               filter \"dyn\" phase helo match helo regex <dynhelo> reject \"550 5.7.1 dynamic hosts go away\"\n\
+               filter \"bulk\" phase mail-from match !mail-from regex <bulk> junk\n\
+               filter \"re\" chain { \"dyn\", \"bulk\" }\n"
+        .to_string();
+    let m = Mxd::start_with(filtered_conf(top, "re"), &[]);
+    let mut c = m.connect();
+    assert!(c.cmd("HELO DYN-42.example.net").starts_with("550 5.7.1 dynamic hosts go away"), "{}", m.log());
+    assert!(c.cmd("HELO static.dyn-42.example.net").starts_with("250"));
+    // Negated: every sender but bulk ones is junk.
+    for (from, junk) in [("bulk7@list.test", false), ("someone@list.test", true)] {
+        assert!(c.cmd(&format!("MAIL FROM:<{from}>")).starts_with("250"));
+        assert!(c.cmd("RCPT TO:<joseph@test>").starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        c.send(format!("Subject: {from}\r\n\r\nhello\r\n").as_bytes());
+        assert!(c.cmd(".").starts_with("250"));
+        wait_for("the message", Duration::from_secs(20), || {
+            m.messages("joseph").iter().any(|b| String::from_utf8_lossy(b).contains(from))
+        });
+        let all = m.messages("joseph");
+        let stored = all.iter().map(|b| String::from_utf8_lossy(b)).find(|t| t.contains(from)).unwrap().into_owned();
+        assert_eq!(stored.contains("X-Spam: Yes\n"), junk, "{stored}");
+    }
+}
+
+#[test]
 fn own_filter_sees_every_phase_through_the_daemon() {
     if !can_run("own_filter_sees_every_phase_through_the_daemon", &[Need::File(PY, "python3")]) {
         return;
@@ -121,6 +148,10 @@ fn own_filter_sees_every_phase_through_the_daemon() {
     c.send(b"Subject: caf\xe9\r\n\r\nd\xe9j\xe0 vu\r\n");
     assert!(c.cmd(".").starts_with("554 5.6.0"));
     assert_eq!(m.messages("joseph").len(), 1);
+    // The phases without a transaction: each asked for, the filter's reject applies.
+    assert!(c.cmd("NOOP").starts_with("250"));
+    assert!(c.cmd("HELP").starts_with("502 5.5.1 no help from the filter"));
+    assert!(c.cmd("RSET").starts_with("250"));
     // A reply that is not a reply: OpenSMTPD's 421, and the session ends.
     assert!(c.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
     let r = c.cmd("RCPT TO:<bad-reply@test>");
@@ -134,9 +165,161 @@ fn own_filter_sees_every_phase_through_the_daemon() {
     {
         assert!(seen.lines().any(|l| l.split_whitespace().any(|w| w == what)), "{what} not seen: {seen}");
     }
+    // Requests and reports as the filter received them (`EVENT PARAMS`, `PHASE PARAM`).
+    for line in [
+        "noop ",
+        "help ",
+        "rset ",
+        "link-identify EHLO|client.test",
+        "protocol-client EHLO client.test",
+        "protocol-client .",
+        "protocol-client HELP",
+        "protocol-server 250-mx.test Hello client.test, pleased to meet you",
+        "protocol-server 502 5.5.1 no help from the filter",
+        "tx-envelope 00000001|0000000100000001",
+        "tx-reset 00000002",
+    ] {
+        assert!(seen.lines().any(|l| l == line), "{line:?} not seen: {seen}");
+    }
     if nix::unistd::geteuid().is_root() {
         assert!(!seen.contains("uid=0\n"), "the filter ran as root: {seen}");
     }
+}
+
+#[test]
+fn data_lines_stream_through_the_filter_while_the_message_arrives() {
+    if !can_run("data_lines_stream_through_the_filter_while_the_message_arrives", &[Need::File(PY, "python3")]) {
+        return;
+    }
+    let dir = shared_tempdir();
+    let s = script(dir.path(), "all_phases.py");
+    let log = dir.path().join("phases.log");
+    let top =
+        format!("filter \"all\" proc-exec \"{PY} {} {}\"\nsmtp max-message-size 4K\n", s.display(), log.display());
+    let m = Mxd::start_with(filtered_conf(top, "all"), &[]);
+    let mut c = m.connect();
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    // Too big for the session: refused at the dot while the filter still has it; the
+    // session goes on once the filter is done with it.
+    assert!(c.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<joseph@test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(80)).repeat(80).as_bytes());
+    let r = c.cmd(".");
+    assert!(r.starts_with("552"), "{r}: {}", m.log());
+    // A message whose lines reach the filter before its final dot is sent.
+    assert!(c.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<joseph@test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: streamed\r\n\r\n..first body line\r\n");
+    wait_for("the first body line at the filter", Duration::from_secs(20), || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("data-line ..first body line\n")
+    });
+    c.send(b"last line\r\n");
+    assert!(c.cmd(".").starts_with("250"), "{}", m.log());
+    wait_for("the message", Duration::from_secs(20), || !m.messages("joseph").is_empty());
+    let stored = String::from_utf8(m.messages("joseph").pop().unwrap()).unwrap();
+    assert!(stored.contains("X-Filtered: all_phases\nSubject: streamed\n\n.first body line\nlast line\n"), "{stored}");
+    assert_eq!(m.messages("joseph").len(), 1);
+}
+
+/// A self-signed certificate for `mx.test` in `dir`, as a pki block.
+fn pki(dir: &Path) -> String {
+    let cert = rcgen::generate_simple_self_signed(vec!["mx.test".to_owned()]).unwrap();
+    let (crt, key) = (dir.join("mx.crt"), dir.join("mx.key"));
+    std::fs::write(&crt, cert.cert.pem()).unwrap();
+    std::fs::write(&key, cert.key_pair.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    format!("pki mx.test cert \"{}\"\npki mx.test key \"{}\"\n", crt.display(), key.display())
+}
+
+#[test]
+fn own_filter_sees_starttls_auth_quit_and_their_reports() {
+    if !can_run("own_filter_sees_starttls_auth_quit_and_their_reports", &[Need::File(PY, "python3")]) {
+        return;
+    }
+    let dir = shared_tempdir();
+    let s = script(dir.path(), "all_phases.py");
+    let log = dir.path().join("phases.log");
+    let hash = Command::new(env!("CARGO_BIN_EXE_mxctl")).args(["encrypt", "s3cret"]).output().expect("mxctl");
+    let hash = String::from_utf8(hash.stdout).unwrap().trim().to_owned();
+    let top = format!(
+        "{}table creds {{ joseph = \"{hash}\" }}\nfilter \"all\" proc-exec \"{PY} {} {}\"\n",
+        pki(dir.path()),
+        s.display(),
+        log.display()
+    );
+    let m = Mxd::start_with(
+        move |d: &Path, p: u16| {
+            let listen = format!("listen on 127.0.0.1 port {p}\n");
+            let with = format!("listen on 127.0.0.1 port {p} tls pki mx.test auth <creds> filter \"all\"\n");
+            format!("{top}{}", basic_conf(d, p).replace(&listen, &with))
+        },
+        &[],
+    );
+    let script = r#"
+import smtplib, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20) as s:
+    s.ehlo("client.test")
+    s.starttls(context=ctx)
+    s.ehlo("client.test")
+    s.user, s.password = "joseph", "wrong"
+    try:
+        s.auth("PLAIN", s.auth_plain)
+    except smtplib.SMTPAuthenticationError as e:
+        print("wrong", e.smtp_code)
+    s.user, s.password = "joseph", "s3cret"
+    print("plain", s.auth("PLAIN", s.auth_plain)[0])
+    s.sendmail("joseph@test", ["joseph@test"], b"Subject: tls\r\n\r\nhi\r\n")
+    print("sent")
+"#;
+    let out = common::python(script, &[&m.port.to_string()]);
+    assert_eq!(out, "wrong 535\nplain 235\nsent\n", "{}", m.log());
+    wait_for("link-disconnect", Duration::from_secs(20), || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("link-disconnect")
+    });
+    let seen = std::fs::read_to_string(&log).unwrap();
+    let has = |prefix: &str| seen.lines().any(|l| l.starts_with(prefix));
+    // The phases, with OpenSMTPD's parameters: none for starttls and quit, the mechanism and
+    // initial response for auth.
+    assert!(seen.lines().any(|l| l == "starttls "), "{seen}");
+    assert!(seen.lines().any(|l| l == "quit "), "{seen}");
+    assert!(has("auth PLAIN AGpvc2VwaABz"), "{seen}");
+    // link-tls as VERSION:CIPHER:BITS; link-auth with the verdict; credentials never shown.
+    assert!(has("link-tls TLSv1.3:TLS"), "{seen}");
+    assert!(seen.lines().any(|l| l == "link-auth fail|joseph"), "{seen}");
+    assert!(seen.lines().any(|l| l == "link-auth pass|joseph"), "{seen}");
+    assert!(seen.lines().any(|l| l == "protocol-client AUTH PLAIN ********"), "{seen}");
+    assert!(seen.lines().any(|l| l == "protocol-client STARTTLS"), "{seen}");
+    assert!(has("protocol-server 220 2.0.0 "), "{seen}");
+    assert!(has("protocol-server 235 "), "{seen}");
+    assert!(has("protocol-server 221 "), "{seen}");
+    assert!(!seen.contains("s3cret"), "{seen}");
+}
+
+#[test]
+fn an_idle_session_is_reported_as_a_timeout() {
+    if !can_run("an_idle_session_is_reported_as_a_timeout", &[Need::File(PY, "python3")]) {
+        return;
+    }
+    let dir = shared_tempdir();
+    let s = script(dir.path(), "all_phases.py");
+    let log = dir.path().join("phases.log");
+    let top = format!("filter \"all\" proc-exec \"{PY} {} {}\"\n", s.display(), log.display());
+    let m = Mxd::start_with(filtered_conf(top, "all"), &[("MXD_SMTP_TIMEOUT", "2")]);
+    let mut c = m.connect();
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    assert!(c.reply().starts_with("421"), "the idle timeout");
+    // The session's last lines: its 421, timeout, link-disconnect.
+    let tail = || {
+        let seen = std::fs::read_to_string(&log).unwrap_or_default();
+        let at = seen.find("\ntimeout\n").map_or(String::new(), |i| seen[..i].rsplit('\n').next().unwrap().into());
+        (seen.contains("\ntimeout\nlink-disconnect\n"), at)
+    };
+    wait_for("timeout, link-disconnect", Duration::from_secs(20), || tail().0);
+    assert!(tail().1.starts_with("protocol-server 421 "), "{}", std::fs::read_to_string(&log).unwrap());
 }
 
 /// A DKIM key for example.org in `dir`, readable by the filter's user.

@@ -42,6 +42,9 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
     for (at, name) in &p.regex_tables {
         compile_regexes(&mut c, at, &mut tables, name);
     }
+    for (at, name) in &super::filter_check::regex_tables(&p.knobs) {
+        compile_regexes(&mut c, at, &mut tables, name);
+    }
     let mut notices = p.notices;
     let pkis = pkis(&mut c, p.pkis);
     let mut cas = BTreeMap::new();
@@ -93,7 +96,11 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
             }
             relay_notices(&mut c, &a.at, r, &tables, &mut notices);
             if r.filter.is_some() {
-                let text = "relay filter: filters on outgoing sessions are not run yet".into();
+                // Not in smtpd.conf(5): OpenSMTPD's grammar takes it, and then only sends the
+                // filters smtp-out report events (no phase is filtered).
+                let text = "relay filter: smtp-out filters (undocumented in smtpd.conf(5); OpenSMTPD \
+                            sends them outgoing sessions' report events only) are not run"
+                    .into();
                 notices.push(super::Notice { at: a.at.clone(), text, blocking: true });
             }
             if r.srs && p.knobs.srs_keys.is_empty() {

@@ -23,11 +23,13 @@ pub enum Problem {
 pub fn problems(knobs: &Knobs, tables: &BTreeMap<String, Arc<Table>>) -> Vec<(ConfigLine, Problem)> {
     let mut out = Vec::new();
     fn proc_check(out: &mut Vec<(ConfigLine, Problem)>, at: &ConfigLine, what: &str, p: &config::Proc) {
-        if let Err(e) = find_program(&p.command) {
+        // Chrooted, the program (and /bin/sh, which runs the command line) must be inside.
+        let found = match &p.chroot {
+            Some(root) => crate::program::find_program_chrooted(&p.command, std::path::Path::new(root)),
+            None => find_program(&p.command),
+        };
+        if let Err(e) = found {
             out.push((at.clone(), Problem::Error(format!("{what} '{}': {e}", p.name))));
-        }
-        if p.chroot.is_some() {
-            out.push((at.clone(), Problem::NotRun(format!("{what} '{}': chroot is not supported yet", p.name))));
         }
     }
     for p in knobs.procs.values() {
@@ -39,11 +41,8 @@ pub fn problems(knobs: &Knobs, tables: &BTreeMap<String, Arc<Table>>) -> Vec<(Co
             config::FilterKind::Builtin { conds, .. } => {
                 for c in conds {
                     let Some(t) = &c.table else { continue };
-                    if c.regex {
-                        let text =
-                            format!("filter '{}': regex tables in filter conditions are not supported yet", f.name);
-                        out.push((f.at.clone(), Problem::NotRun(text)));
-                    } else if !tables.contains_key(t) {
+                    // A regex table is compiled, or refused, with the match rules' (regex_tables).
+                    if !c.regex && !tables.contains_key(t) {
                         out.push((f.at.clone(), Problem::Error(format!("filter '{}': no table {t}", f.name))));
                     }
                 }
@@ -58,6 +57,17 @@ pub fn problems(knobs: &Knobs, tables: &BTreeMap<String, Arc<Table>>) -> Vec<(Co
                 }
             }
             config::FilterKind::Proc(_) => {}
+        }
+    }
+    out
+}
+
+/// The tables builtin filter conditions use with `regex`, to compile with the match rules'.
+pub fn regex_tables(knobs: &Knobs) -> Vec<(ConfigLine, String)> {
+    let mut out = Vec::new();
+    for f in knobs.filters.values() {
+        if let config::FilterKind::Builtin { conds, .. } = &f.kind {
+            out.extend(conds.iter().filter(|c| c.regex).filter_map(|c| Some((f.at.clone(), c.table.clone()?))));
         }
     }
     out

@@ -210,6 +210,11 @@ impl SessionFilter {
         }
     }
 
+    /// Whether a process of the chain listens to `kind` (spares building lines nobody reads).
+    pub fn reports(&self, kind: super::protocol::EventKind) -> bool {
+        self.chain.procs.iter().any(|(_, reg)| reg.reports(kind))
+    }
+
     /// Runs the chain for a command phase. `param` is what OpenSMTPD passes: the HELO/EHLO
     /// name, the address of MAIL FROM or RCPT TO without angle brackets, empty otherwise
     /// (for connect the engine builds `RDNS|SRC` itself). The decision comes as

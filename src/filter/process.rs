@@ -49,8 +49,6 @@ pub enum SpawnError {
     NoSuchGroup(String),
     /// `user`/`group` other than our own, and we are not root.
     NeedRoot(String),
-    /// `chroot DIR` is not supported yet.
-    ChrootUnsupported,
     Io(io::Error),
 }
 
@@ -66,7 +64,6 @@ impl fmt::Display for SpawnError {
             SpawnError::NoSuchUser(u) => write!(f, "no such user: {u}"),
             SpawnError::NoSuchGroup(g) => write!(f, "no such group: {g}"),
             SpawnError::NeedRoot(u) => write!(f, "running a filter as {u} needs root"),
-            SpawnError::ChrootUnsupported => f.write_str("proc-exec chroot is not supported yet"),
             SpawnError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -100,6 +97,41 @@ fn resolved_command(command: &str, dirs: &[&Path]) -> Result<String, SpawnError>
     let trimmed = command.trim_start();
     let rest = &trimmed[trimmed.find(char::is_whitespace).unwrap_or(trimmed.len())..];
     Ok(format!("{}{rest}", program.display()))
+}
+
+/// The command line for a chrooted process, its program as seen inside `root`.
+fn resolved_chrooted(command: &str, dirs: &[&Path], root: &Path) -> Result<String, SpawnError> {
+    let program = crate::program::find_program_chrooted_in(command, dirs, root)?;
+    let trimmed = command.trim_start();
+    let rest = &trimmed[trimmed.find(char::is_whitespace).unwrap_or(trimmed.len())..];
+    Ok(format!("{}{rest}", program.display()))
+}
+
+/// `chroot DIR`: the child enters `root`, then becomes `ids` (std would change the ids
+/// before any hook of ours runs, and then chroot(2) is refused), then execs `/bin/sh`
+/// inside it, as OpenSMTPD does.
+fn chroot_then_drop(cmd: &mut Command, root: &Path, ids: Option<(u32, u32)>) -> Result<(), SpawnError> {
+    use std::os::unix::ffi::OsStrExt;
+    let root = std::ffi::CString::new(root.as_os_str().as_bytes())
+        .map_err(|_| SpawnError::Io(io::Error::other("chroot path holds a NUL")))?;
+    let hook = move || -> io::Result<()> {
+        use nix::unistd::{chdir, chroot, setgid, setgroups, setuid, Gid, Uid};
+        chroot(root.as_c_str())?;
+        chdir(c"/")?;
+        if let Some((uid, gid)) = ids {
+            setgroups(&[])?;
+            setgid(Gid::from_raw(gid))?;
+            setuid(Uid::from_raw(uid))?;
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs between fork and exec; it only makes system calls on memory
+    // prepared before the fork (no allocation, no lock), as pre_exec requires.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+    Ok(())
 }
 
 /// The uid and gid a filter runs as, or `None` for "as we are".
@@ -192,19 +224,28 @@ impl FilterProcess {
 
     /// As `spawn`, looking for bare command names in `dirs`.
     pub fn spawn_in(spec: &ProcSpec, handshake: &str, dirs: &[&Path]) -> Result<FilterProcess, SpawnError> {
-        if spec.chroot.is_some() {
-            return Err(SpawnError::ChrootUnsupported);
-        }
-        let command = resolved_command(&spec.command, dirs)?;
+        let command = match &spec.chroot {
+            Some(root) => resolved_chrooted(&spec.command, dirs, root)?,
+            None => resolved_command(&spec.command, dirs)?,
+        };
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c").arg(&command).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        if let Some((uid, gid)) = run_as(spec.user.as_deref(), spec.group.as_deref())? {
-            // std sets the gid, drops supplementary groups (as root) and sets the uid in
-            // the child before exec.
-            cmd.gid(gid).uid(uid);
+        // A group of its own: stopping the filter reaches the command `sh -c` runs too.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let ids = run_as(spec.user.as_deref(), spec.group.as_deref())?;
+        if let Some((uid, _)) = ids {
             if let Ok(Some(pw)) = nix::unistd::User::from_uid(uid.into()) {
                 cmd.env("HOME", pw.dir).env("USER", &pw.name).env("LOGNAME", &pw.name);
             }
+        }
+        match (&spec.chroot, ids) {
+            (Some(root), ids) => chroot_then_drop(&mut cmd, root, ids)?,
+            // std sets the gid, drops supplementary groups (as root) and sets the uid in
+            // the child before exec.
+            (None, Some((uid, gid))) => {
+                cmd.gid(gid).uid(uid);
+            }
+            (None, None) => {}
         }
         let mut child = cmd.spawn().map_err(SpawnError::Io)?;
         let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
@@ -342,6 +383,9 @@ impl FilterProcess {
 
     /// Stops the process (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

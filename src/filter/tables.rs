@@ -2,9 +2,9 @@
 //! with the comparisons `match` uses: domains exact or `*.domain`, addresses and networks,
 //! mailboxes as `user@domain` or `@domain`, user names without regard to case.
 //!
-//! Regex tables are not matched here (mxd has no regular-expression engine yet): a rule
-//! naming one never fires through this adapter, so whoever builds chains from the
-//! configuration should refuse it first with [`ConfigTables::supports`].
+//! A regex table (`match helo regex <t>`) matches when one of its entries, compiled by the
+//! configuration as for `match` rules (without regard to case), finds the key; a table the
+//! configuration did not compile for `regex` matches nothing.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -20,15 +20,19 @@ pub struct ConfigTables {
 }
 
 impl ConfigTables {
-    /// Whether conditions on `table` can be evaluated: it exists and is not a regex table.
+    /// Whether conditions on `table` can be evaluated: it exists (and, for `regex`, was
+    /// compiled).
     pub fn supports(&self, table: &TableRef) -> bool {
-        !table.regex && self.tables.contains_key(&table.name)
+        self.tables.get(&table.name).is_some_and(|t| !table.regex || t.is_regex_compiled())
     }
 }
 
 impl Tables for ConfigTables {
     fn contains(&self, table: &TableRef, kind: LookupKind, key: &str) -> bool {
-        let Some(t) = self.tables.get(&table.name).filter(|_| !table.regex) else { return false };
+        let Some(t) = self.tables.get(&table.name) else { return false };
+        if table.regex {
+            return t.match_regex(key);
+        }
         let key = key.to_lowercase();
         match kind {
             LookupKind::Domain => t.match_domain(&key),
@@ -81,7 +85,16 @@ mod tests {
             assert_eq!(tables.contains(&t(name), kind, key), want, "{name} {kind:?} {key}");
         }
         let re = TableRef { name: "users".into(), regex: true };
-        assert!(!tables.contains(&re, LookupKind::String, "joseph") && !tables.supports(&re));
+        assert!(!tables.contains(&re, LookupKind::String, "joseph") && !tables.supports(&re), "not compiled");
         assert!(tables.supports(&t("users")) && !tables.supports(&t("missing")));
+        let mut compiled = Table::inline_list("re", vec![r"^mx[0-9]+\.spam\.test$".into(), "Dyn".into()]);
+        compiled.compile_regexes().unwrap();
+        let tables = ConfigTables { tables: [("re".to_string(), Arc::new(compiled))].into_iter().collect() };
+        let re = TableRef { name: "re".into(), regex: true };
+        assert!(tables.supports(&re));
+        assert!(tables.contains(&re, LookupKind::Domain, "mx12.spam.test"));
+        assert!(tables.contains(&re, LookupKind::Domain, "host.Dyn.example"));
+        assert!(tables.contains(&re, LookupKind::Domain, "host.dyn.example"), "without regard to case");
+        assert!(!tables.contains(&re, LookupKind::Domain, "mx.spam.test"));
     }
 }

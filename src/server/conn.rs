@@ -81,6 +81,8 @@ pub(crate) struct Conn {
     registered: Option<Interest>,
     /// The listener's filter chain, when it has one.
     filter: Option<Box<filtering::ConnFilter>>,
+    /// The filtering that opens once the client's reverse DNS is known.
+    filter_pending: Option<Box<filtering::PendingFilter>>,
     /// When the greeting stops waiting for the client's reverse DNS.
     rdns_deadline: Option<Instant>,
 }
@@ -114,6 +116,7 @@ impl Conn {
             readable: true,
             registered: None,
             filter: None,
+            filter_pending: None,
             rdns_deadline: None,
         };
         if conn.listener.smtps && matches!(conn.phase, ConnPhase::Open) {
@@ -142,6 +145,11 @@ impl Conn {
         self.rdns_deadline = Some(now + super::rdns::WAIT);
     }
 
+    /// The greeting still waits for the client's name.
+    pub(crate) fn awaits_rdns(&self) -> bool {
+        self.rdns_deadline.is_some()
+    }
+
     /// The lookup ended (`None`: no confirmed name, or it failed): greet.
     pub(crate) fn handle_rdns(&mut self, name: Option<String>) {
         if self.rdns_deadline.take().is_none() {
@@ -149,6 +157,7 @@ impl Conn {
         }
         log::info!("{} smtp rdns address={} host={}", self.id, self.peer(), name.as_deref().unwrap_or("unknown"));
         self.session.policy_mut().set_rdns(name);
+        self.filter_rdns_known();
         self.session.handle_rdns();
     }
 
@@ -384,6 +393,7 @@ impl Conn {
                 let info = crate::tls::describe(tls);
                 if let Some((version, cipher, bits)) = info {
                     log::info!("{} smtp tls ciphers={version}:{cipher}:{bits}", self.id);
+                    self.filter_tls(&format!("{version}:{cipher}:{bits}"));
                     self.session.handle_tls(TlsInfo { version, cipher, bits });
                 }
                 // Let the pump see the session's new state before reading on.
@@ -408,7 +418,10 @@ impl Conn {
                     return Ok(());
                 }
                 match self.stream.write(out) {
-                    Ok(n) => self.session.consume_output(n),
+                    Ok(n) => {
+                        self.session.consume_output(n);
+                        filtering::consumed(&mut self.filter, n);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
@@ -418,6 +431,7 @@ impl Conn {
             if !out.is_empty() {
                 let n = tls.writer().write(out)?;
                 self.session.consume_output(n);
+                filtering::consumed(&mut self.filter, n);
             }
             if !tls.wants_write() {
                 return Ok(());
@@ -504,6 +518,7 @@ impl Conn {
         if self.rdns_deadline.is_some_and(|d| now >= d) {
             log::info!("{} smtp rdns address={} timed out", self.id, self.peer());
             self.rdns_deadline = None;
+            self.filter_rdns_known();
             self.session.handle_rdns();
             return Tick::Pump;
         }
@@ -513,6 +528,9 @@ impl Conn {
         }
         if self.session.poll_timeout().is_some_and(|d| now >= d) {
             self.session.handle_timeout(now);
+            if self.session.is_closing() {
+                self.filter_timed_out();
+            }
             return Tick::Pump;
         }
         if self.filter_tick() {

@@ -13,8 +13,10 @@ use std::time::Instant;
 
 use super::Conn;
 use crate::envelope::Target;
-use crate::filter::protocol::{self, Endpoint, Output, Report, TxResult};
-use crate::filter::{Chain, FilterAnswer, FilterDecision, FilterEvent, FilterLink, Id, Now, Phase, SessionFilter};
+use crate::filter::protocol::{self, Endpoint, EventKind, LinkAuthResult, Output, Report, TxResult};
+use crate::filter::{
+    Chain, FilterAnswer, FilterDecision, FilterEvent, FilterLink, Id, Limits, Now, Phase, SessionFilter,
+};
 use crate::server::filters::{Shared, ToHub};
 use crate::server::loop_ctx::LoopCtx;
 use crate::smtp::command::{self, Command};
@@ -35,8 +37,25 @@ enum Park {
     },
     /// The message streams through the data-line filters.
     Data(Message<Vec<Target>>),
+    /// The session refused a message that was streaming (too big, say): the chain still
+    /// has it, and input waits until the filters are done with it.
+    Drain,
     /// The message waits for the commit phase.
     Commit(Message<Vec<Target>>),
+}
+
+/// A message streamed through the data-line filters line by line as it arrives (the
+/// session keeps its own copy, which the filtered one replaces).
+#[derive(Default)]
+struct DataStream {
+    /// The unfinished last line.
+    partial: Vec<u8>,
+    /// The client's final dot was seen.
+    ended: bool,
+    /// A line is not UTF-8: the rest is not streamed, and the message is refused.
+    not_utf8: bool,
+    /// The chain refused the message while it streamed (too big).
+    refused: Option<String>,
 }
 
 pub(crate) struct ConnFilter {
@@ -53,15 +72,62 @@ pub(crate) struct ConnFilter {
     tx: u32,
     /// The size of the message last handed to delivery, for tx-commit.
     size: usize,
+    /// Recipients accepted in this transaction, for tx-envelope ids.
+    rcpts: u32,
+    /// Octets at the head of the session's output already reported as protocol-server.
+    out_mark: usize,
+    /// The message streaming through the data-line filters, between DATA's 354 and the end.
+    stream: Option<DataStream>,
+    /// The message in `Park::Data` is refused once the filters are done (not UTF-8).
+    refuse_not_utf8: bool,
+}
+
+/// A connection's filtering before its session opens. OpenSMTPD opens the filter session
+/// (`link-connect`, with the client's name) once the reverse DNS is known, so this waits
+/// with the greeting for the answer or its timeout.
+pub(crate) struct PendingFilter {
+    chain: Arc<Chain>,
+    limits: Limits,
+    id: Id,
+    link: FilterLink,
+}
+
+impl PendingFilter {
+    pub(crate) fn new(chain: Arc<Chain>, shared: &Shared, id: Id, link: FilterLink) -> PendingFilter {
+        PendingFilter { chain, limits: shared.limits, id, link }
+    }
+
+    pub(crate) fn id(&self) -> Id {
+        self.id
+    }
+
+    /// Opens the filter session with the client's confirmed name, if any. mxd's resolver
+    /// only yields forward-confirmed names, so a name means `pass`.
+    fn open(self, rdns: Option<&str>) -> ConnFilter {
+        let mut link = self.link;
+        link.fcrdns = rdns.is_some();
+        link.rdns = rdns.map(str::to_owned);
+        // Tokens differ between sessions: the session id, shifted past any chain's length.
+        let engine =
+            SessionFilter::new(Arc::clone(&self.chain), self.id, self.id.0 << 8, self.limits, &link, Now::read());
+        ConnFilter {
+            engine,
+            chain: self.chain,
+            park: Park::None,
+            junk: false,
+            approved: None,
+            ready: None,
+            tx: 0,
+            size: 0,
+            rcpts: 0,
+            out_mark: 0,
+            stream: None,
+            refuse_not_utf8: false,
+        }
+    }
 }
 
 impl ConnFilter {
-    pub(crate) fn new(chain: Arc<Chain>, shared: &Shared, id: Id, link: &FilterLink) -> ConnFilter {
-        // Tokens differ between sessions: the session id, shifted past any chain's length.
-        let engine = SessionFilter::new(Arc::clone(&chain), id, id.0 << 8, shared.limits, link, Now::read());
-        ConnFilter { engine, chain, park: Park::None, junk: false, approved: None, ready: None, tx: 0, size: 0 }
-    }
-
     pub(crate) fn id(&self) -> Id {
         self.engine.id()
     }
@@ -92,6 +158,14 @@ fn classify(line: &[u8]) -> Option<(Phase, String)> {
         Command::Mail { path, .. } => Some((Phase::MailFrom, text(path))),
         Command::Rcpt { path, .. } => Some((Phase::RcptTo, text(path))),
         Command::Data => Some((Phase::Data, String::new())),
+        Command::StartTls => Some((Phase::StartTls, String::new())),
+        // As OpenSMTPD: the mechanism and any initial response, as the client sent them.
+        Command::Auth(args) => Some((Phase::Auth, text(args.trim_ascii_start()))),
+        Command::Rset => Some((Phase::Rset, String::new())),
+        Command::Quit => Some((Phase::Quit, String::new())),
+        Command::Noop => Some((Phase::Noop, String::new())),
+        // OpenSMTPD answers HELP without asking its filters; mxd asks those that register it.
+        Command::Help => Some((Phase::Help, String::new())),
         _ => None,
     }
 }
@@ -118,6 +192,87 @@ fn rewrite(line: &[u8], value: &str) -> Vec<u8> {
     }
 }
 
+/// `n` octets of output were written to the client: what was reported as protocol-server
+/// moves with them.
+pub(crate) fn consumed(filter: &mut Option<Box<ConnFilter>>, n: usize) {
+    if let Some(f) = filter.as_mut() {
+        f.out_mark = f.out_mark.saturating_sub(n);
+    }
+}
+
+/// Streams what the session consumed of the message: each whole line, dot-unstuffed and
+/// without its line ending, to the data-line filters, up to the client's final dot.
+fn stream_bytes(f: &mut ConnFilter, bytes: &[u8]) {
+    let ConnFilter { stream: Some(s), engine, .. } = f else { return };
+    let now = Now::read();
+    let mut rest = bytes;
+    while !rest.is_empty() && !s.ended {
+        let Some(i) = memchr::memchr(b'\n', rest) else {
+            s.partial.extend_from_slice(rest);
+            break;
+        };
+        let joined;
+        let line = if s.partial.is_empty() {
+            &rest[..i]
+        } else {
+            s.partial.extend_from_slice(&rest[..i]);
+            joined = std::mem::take(&mut s.partial);
+            &joined[..]
+        };
+        rest = &rest[i + 1..];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line == b"." {
+            s.ended = true;
+        } else if !s.not_utf8 {
+            let line = line.strip_prefix(b".").unwrap_or(line);
+            match std::str::from_utf8(line) {
+                Ok(text) => engine.data_line(now, text),
+                // The protocol core carries UTF-8 lines: refused rather than altered.
+                Err(_) => s.not_utf8 = true,
+            }
+        }
+    }
+}
+
+/// protocol-client: a command line as the client sent it, credentials masked as OpenSMTPD
+/// masks them.
+fn report_client(f: &mut ConnFilter, line: &[u8], in_auth: bool) {
+    if !f.engine.reports(EventKind::ProtocolClient) {
+        return;
+    }
+    let shown = if in_auth {
+        "********".into()
+    } else if line.len() >= 11 && line[..11].eq_ignore_ascii_case(b"AUTH PLAIN ") {
+        "AUTH PLAIN ********".into()
+    } else {
+        String::from_utf8_lossy(line)
+    };
+    f.engine.report(Now::read(), &Report::ProtocolClient { command: &shown });
+}
+
+/// protocol-server: each whole reply line of `out` past what was reported (`all`: a last
+/// line without its ending too, as the connection ends).
+fn report_server(f: &mut ConnFilter, out: &[u8], all: bool) {
+    let fresh = out.get(f.out_mark..).unwrap_or_default();
+    if !f.engine.reports(EventKind::ProtocolServer) {
+        f.out_mark += fresh.len();
+        return;
+    }
+    let now = Now::read();
+    let mut rest = fresh;
+    while !rest.is_empty() {
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None if all => (rest, &rest[rest.len()..]),
+            None => break,
+        };
+        let response = String::from_utf8_lossy(trim_eol(line));
+        f.engine.report(now, &Report::ProtocolServer { response: &response });
+        f.out_mark += rest.len() - next.len();
+        rest = next;
+    }
+}
+
 /// A filter's reply as one line (the protocol cannot carry more).
 fn reply_text(r: &str) -> String {
     r.chars().filter(|c| *c != '\r' && *c != '\n').collect()
@@ -125,11 +280,30 @@ fn reply_text(r: &str) -> String {
 
 impl Conn {
     pub(crate) fn filter_id(&self) -> Option<Id> {
-        self.filter.as_ref().map(|f| f.id())
+        self.filter.as_ref().map(|f| f.id()).or(self.filter_pending.as_ref().map(|p| p.id()))
     }
 
-    /// Gives the connection its filtering; the greeting waits if the chain filters connect.
-    pub(crate) fn attach_filter(&mut self, mut f: ConnFilter) {
+    /// Gives the connection its filtering, once the client's name is known (call after
+    /// the rDNS lookup was started, if it was).
+    pub(crate) fn attach_filter(&mut self, pending: PendingFilter) {
+        if self.awaits_rdns() {
+            self.filter_pending = Some(Box::new(pending));
+        } else {
+            let rdns = self.rdns().map(str::to_owned);
+            self.open_filter(pending.open(rdns.as_deref()));
+        }
+    }
+
+    /// The rDNS wait is over: the filter session opens, before the greeting is written.
+    pub(crate) fn filter_rdns_known(&mut self) {
+        if let Some(pending) = self.filter_pending.take() {
+            let rdns = self.rdns().map(str::to_owned);
+            self.open_filter(pending.open(rdns.as_deref()));
+        }
+    }
+
+    /// The greeting waits if the chain filters connect.
+    fn open_filter(&mut self, mut f: ConnFilter) {
         if f.chain.filters_phase(Phase::Connect) {
             f.engine.begin(Now::read(), Phase::Connect, "");
             f.park = Park::Connect;
@@ -169,11 +343,32 @@ impl Conn {
             }
             if self.session.in_data() {
                 let n = self.session.handle_input(&self.inbuf, now);
+                if f.stream.is_some() {
+                    stream_bytes(f, &self.inbuf[..n]);
+                    self.inbuf.drain(..n);
+                    self.filter_events();
+                    if n == 0 {
+                        break;
+                    }
+                    progressed = true;
+                    continue;
+                }
                 self.inbuf.drain(..n);
                 if n == 0 {
                     break;
                 }
                 progressed = true;
+                continue;
+            }
+            if f.stream.as_ref().is_some_and(|s| s.ended) {
+                // The message ended but never reached us: the session refused it. The
+                // chain finishes it before the session reads on.
+                let refused = f.stream.take().is_some_and(|s| s.refused.is_some());
+                if !refused {
+                    f.engine.data_end(Now::read());
+                    f.park = Park::Drain;
+                }
+                self.filter_events();
                 continue;
             }
             let Some(lf) = memchr::memchr(b'\n', &self.inbuf) else {
@@ -187,6 +382,13 @@ impl Conn {
             };
             let line: Vec<u8> = self.inbuf.drain(..=lf).collect();
             progressed = true;
+            let in_auth = self.session.in_auth();
+            report_client(f, trim_eol(&line), in_auth);
+            if in_auth {
+                // A credential: never a command, never shown.
+                self.pass_line(&line, now);
+                continue;
+            }
             match classify(trim_eol(&line)) {
                 Some((phase, param)) if f.chain.filters_phase(phase) => {
                     f.engine.begin(Now::read(), phase, &param);
@@ -204,6 +406,7 @@ impl Conn {
 
     /// Gives one command line to the session, then reports what it answered.
     fn pass_line(&mut self, line: &[u8], now: Instant) {
+        let was_auth = self.session.in_auth();
         let before = self.session.output().len();
         let n = self.session.handle_input(line, now);
         if n < line.len() {
@@ -219,26 +422,71 @@ impl Conn {
             _ => TxResult::PermFail,
         };
         let now = Now::read();
-        match command::parse(trim_eol(line)) {
-            Ok(Command::Helo(n)) | Ok(Command::Ehlo(n)) if result == TxResult::Ok => {
-                let ehlo = matches!(command::parse(trim_eol(line)), Ok(Command::Ehlo(_)));
+        let cmd = if was_auth { None } else { command::parse(trim_eol(line)).ok() };
+        // In OpenSMTPD's order: link-identify and tx-reset before the reply, the tx events
+        // after it.
+        match cmd {
+            Some(Command::Helo(n)) | Some(Command::Ehlo(n)) if result == TxResult::Ok => {
+                let ehlo = matches!(cmd, Some(Command::Ehlo(_)));
                 f.engine.report(now, &Report::LinkIdentify { ehlo, identity: n });
             }
-            Ok(Command::Mail { path, .. }) if result == TxResult::Ok => {
+            Some(Command::Rset) => {
+                f.engine.report(now, &Report::TxReset { msgid: f.tx });
+                f.rcpts = 0;
+            }
+            _ => {}
+        }
+        report_server(f, self.session.output(), false);
+        match cmd {
+            Some(Command::Mail { path, .. }) if result == TxResult::Ok => {
                 f.tx = f.tx.wrapping_add(1);
+                f.rcpts = 0;
                 let address = String::from_utf8_lossy(path);
                 f.engine.report(now, &Report::TxBegin { msgid: f.tx });
                 f.engine.report(now, &Report::TxMail { msgid: f.tx, result, address: &address });
             }
-            Ok(Command::Rcpt { path, .. }) => {
+            Some(Command::Rcpt { path, .. }) => {
                 let address = String::from_utf8_lossy(path);
                 f.engine.report(now, &Report::TxRcpt { msgid: f.tx, result, address: &address });
+                if result == TxResult::Ok {
+                    // An envelope per accepted recipient, its id under the transaction's.
+                    f.rcpts = f.rcpts.wrapping_add(1);
+                    let envelope_id = (u64::from(f.tx) << 32) | u64::from(f.rcpts);
+                    f.engine.report(now, &Report::TxEnvelope { msgid: f.tx, envelope_id });
+                }
             }
-            Ok(Command::Data) if result == TxResult::Ok => {
+            Some(Command::Data) if result == TxResult::Ok => {
                 f.engine.report(now, &Report::TxData { msgid: f.tx, result });
+                if f.chain.filters_phase(Phase::DataLine) {
+                    // The message streams through the data-line filters as it arrives.
+                    f.engine.data_begin(now);
+                    f.stream = Some(DataStream::default());
+                    self.filter_events();
+                }
             }
-            Ok(Command::Rset) => f.engine.report(now, &Report::TxReset { msgid: f.tx }),
             _ => {}
+        }
+    }
+
+    /// The TLS handshake is done: link-tls, as `VERSION:CIPHER:BITS`.
+    pub(crate) fn filter_tls(&mut self, tls: &str) {
+        if let Some(f) = self.filter.as_mut() {
+            f.engine.report(Now::read(), &Report::LinkTls { tls });
+        }
+    }
+
+    /// The verdict on an AUTH attempt, before the session replies to it.
+    pub(crate) fn filter_auth(&mut self, username: &str, result: LinkAuthResult) {
+        if let Some(f) = self.filter.as_mut() {
+            f.engine.report(Now::read(), &Report::LinkAuth { result, username });
+        }
+    }
+
+    /// The session timed out (its 421 is reported first).
+    pub(crate) fn filter_timed_out(&mut self) {
+        if let Some(f) = self.filter.as_mut() {
+            report_server(f, self.session.output(), false);
+            f.engine.report(Now::read(), &Report::Timeout);
         }
     }
 
@@ -247,7 +495,15 @@ impl Conn {
     pub(crate) fn filter_message(&mut self, message: Message<Vec<Target>>) {
         let Some(f) = self.filter.as_mut() else { return };
         let now = Now::read();
-        if f.chain.filters_phase(Phase::DataLine) {
+        report_client(f, b".", false);
+        if let Some(stream) = f.stream.take() {
+            if let Some(r) = stream.refused {
+                return self.refuse_message(message, &r, false);
+            }
+            f.engine.data_end(now);
+            f.refuse_not_utf8 = stream.not_utf8;
+            f.park = Park::Data(message);
+        } else if f.chain.filters_phase(Phase::DataLine) {
             // The protocol core carries UTF-8 lines: refused rather than altered.
             let Ok(text) = std::str::from_utf8(&message.body) else {
                 return self.refuse_message(message, crate::smtp::reply::FILTER_NOT_UTF8, false);
@@ -319,7 +575,14 @@ impl Conn {
 
     /// The connection ends: link-disconnect, and the filter thread forgets the session.
     pub(crate) fn filter_close(&mut self, shared: &Shared) {
+        if let Some(p) = self.filter_pending.take() {
+            shared.send(ToHub::Close(p.id()));
+        }
+        let held = self.holds_greeting();
         if let Some(f) = self.filter.as_mut() {
+            if !held {
+                report_server(f, self.session.output(), true);
+            }
             f.engine.report(Now::read(), &Report::LinkDisconnect);
             let id = f.id();
             while let Some(o) = f.engine.poll_send() {
@@ -331,7 +594,11 @@ impl Conn {
 
     /// Sends the engine's lines, and hands a message the chain let through to delivery.
     pub(crate) fn filter_flush(&mut self, ctx: &mut LoopCtx<'_>) {
+        let held = self.holds_greeting();
         let Some(f) = self.filter.as_mut() else { return };
+        if !held {
+            report_server(f, self.session.output(), false);
+        }
         if let Some(shared) = ctx.filters {
             let id = f.id();
             while let Some(o) = f.engine.poll_send() {
@@ -387,7 +654,15 @@ impl Conn {
             (Park::Data(m) | Park::Commit(m), FilterDecision::Disconnect(r)) => self.refuse_message(m, &r, true),
             (Park::Commit(m), _) => self.message_ready(m),
             (Park::Data(m), _) => f.park = Park::Data(m),
+            (Park::Drain, FilterDecision::Disconnect(r)) => self.refuse(&r, true),
+            (Park::Drain, _) => f.park = Park::Drain,
             (Park::None, FilterDecision::Disconnect(r)) => self.refuse(&r, true),
+            (Park::None, FilterDecision::Reject(r)) => {
+                // The streaming message was refused (too big): its final dot gets the reply.
+                if let Some(s) = f.stream.as_mut() {
+                    s.refused = Some(r);
+                }
+            }
             (Park::None, _) => {}
         }
     }
@@ -396,6 +671,9 @@ impl Conn {
     fn filtered(&mut self, lines: Vec<String>) {
         let Some(f) = self.filter.as_mut() else { return };
         let Park::Data(mut m) = std::mem::replace(&mut f.park, Park::None) else { return };
+        if std::mem::take(&mut f.refuse_not_utf8) {
+            return self.refuse_message(m, crate::smtp::reply::FILTER_NOT_UTF8, false);
+        }
         let mut body = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
         for l in &lines {
             body.extend_from_slice(l.as_bytes());

@@ -228,7 +228,7 @@ impl EventLoop {
             let socket = rt.config.spool.join(crate::spool::SUBMIT_SOCKET);
             let link = crate::server::conn::filtering::link(&stream, &socket.display().to_string());
             let fid = crate::filter::Id(id.0);
-            Some(crate::server::conn::filtering::ConnFilter::new(Arc::clone(chain), &f.shared, fid, &link))
+            Some(crate::server::conn::filtering::PendingFilter::new(Arc::clone(chain), &f.shared, fid, link))
         });
         // Behind a PROXY header the peer is the proxy, not the client: the lookup waits for
         // the header (`Conn::read_proxy`).
@@ -246,13 +246,14 @@ impl EventLoop {
                 self.conns.len() - 1
             }
         };
+        if ip.is_some_and(|ip| self.rdns.start(slot, id, ip, &self.waker)) {
+            conn.await_rdns(now);
+        }
+        // After the lookup started: link-connect waits for the client's name.
         if let (Some(cf), Some(f)) = (filter, self.filters.as_mut()) {
             f.slots.insert(cf.id(), slot);
             f.shared.send(ToHub::Open { session: cf.id(), from: f.index });
             conn.attach_filter(cf);
-        }
-        if ip.is_some_and(|ip| self.rdns.start(slot, id, ip, &self.waker)) {
-            conn.await_rdns(now);
         }
         self.conns[slot] = Some(Slot { conn, inflight: false });
         self.live += 1;
@@ -348,6 +349,12 @@ impl EventLoop {
             };
             log::info!("{} smtp authentication user={} address={} result={name}", a.sid, a.user, s.conn.peer());
             s.conn.readable = true;
+            let link_auth = match result {
+                AuthResult::Ok => crate::filter::protocol::LinkAuthResult::Pass,
+                AuthResult::Failed => crate::filter::protocol::LinkAuthResult::Fail,
+                _ => crate::filter::protocol::LinkAuthResult::Error,
+            };
+            s.conn.filter_auth(&a.user, link_auth);
             s.conn.session_mut().handle_auth(a.id, result);
             self.pump(a.slot, scratch, now);
         }

@@ -7,8 +7,10 @@
 //! the news that a process died. A session's engine (`filter::SessionFilter`) lives in its
 //! connection (`conn_filter.rs`); this thread never parses more than the session id.
 //!
-//! A dead or misbehaving process is not restarted (the process could no longer become
-//! another user): its sessions, and every later one using it, fail closed with 421.
+//! A dead or misbehaving process is stopped: its sessions, and every later one using it,
+//! fail closed with 421. This process cannot start it again (it is no longer root); the
+//! parent asks ([`HEALTH_REQUEST`]) and replaces this process with one that starts fresh
+//! filters (`filter_restart.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -24,6 +26,21 @@ use crate::filter::tables::ConfigTables;
 use crate::filter::{Chain, Id, Limits, Registration};
 
 use super::StartError;
+
+/// The parent's question: has a filter stopped? Answered `ok` or [`FAILED_PREFIX`] NAME.
+pub(crate) const HEALTH_REQUEST: &str = "filters";
+pub(crate) const FAILED_PREFIX: &str = "failed ";
+
+/// The first filter of this process that stopped.
+static FAILED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// The answer to [`HEALTH_REQUEST`].
+pub(crate) fn health() -> String {
+    match FAILED.lock().ok().and_then(|f| f.clone()) {
+        Some(name) => format!("{FAILED_PREFIX}{name}"),
+        None => "ok".into(),
+    }
+}
 
 /// How long filters may take to register at start.
 const HANDSHAKE: Duration = Duration::from_secs(10);
@@ -325,6 +342,9 @@ impl Hub {
     fn fail(&mut self, i: usize, names: &[Arc<str>], why: &str) {
         let Some(mut p) = self.procs[i].take() else { return };
         log::warn!("filter {} stopped: {why}", p.name());
+        if let Ok(mut failed) = FAILED.lock() {
+            failed.get_or_insert_with(|| p.name().to_string());
+        }
         let _ = self.poll.registry().deregister(p.stdout_source());
         let _ = self.poll.registry().deregister(p.stderr_source());
         let _ = self.poll.registry().deregister(p.stdin_source());

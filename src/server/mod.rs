@@ -5,6 +5,7 @@
 mod auth;
 mod conn;
 mod event_loop;
+mod filter_restart;
 mod filters;
 mod ids;
 mod knobs;
@@ -271,7 +272,11 @@ pub fn run_smtp(
         }
     }
     // Tells the parent we are up, then answers its questions.
-    privsep::serve_parent(|_| String::new()).map_err(StartError::Thread)?;
+    privsep::serve_parent(|req| match req {
+        filters::HEALTH_REQUEST => filters::health(),
+        _ => String::new(),
+    })
+    .map_err(StartError::Thread)?;
     log::info!("smtp process ready: {loops} event loops");
     let loops_of: Vec<(Sender<LoopCommand>, Arc<Waker>)> =
         handles.iter().map(|h| (h.commands.clone(), Arc::clone(&h.waker))).collect();

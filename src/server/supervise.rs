@@ -134,6 +134,12 @@ impl Kids {
         Ok(())
     }
 
+    /// Asks the current smtp process something; `None` when there is none or it did not
+    /// answer.
+    pub(crate) fn ask_smtp(&self, request: &str) -> Option<String> {
+        self.smtp.as_ref().and_then(|c| c.chan.ask(request).ok())
+    }
+
     /// Starts the relay process, after the previous one has stopped: two relay runners on
     /// one queue could send a message twice.
     pub(crate) fn start_relay(&mut self) -> std::io::Result<()> {
@@ -264,12 +270,18 @@ pub(crate) fn supervise(
     kids: &mut Kids,
     rx: &Receiver<SupervisorRequest>,
 ) -> bool {
+    let mut filter_restarts = super::filter_restart::FilterRestarts::new(&config);
     loop {
         let req = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(req) => req,
             Err(RecvTimeoutError::Timeout) => {
                 if !kids.watch(bound) {
                     return false;
+                }
+                if filter_restarts.check(|q| kids.ask_smtp(q)) {
+                    if let Err(e) = kids.start_generation(bound) {
+                        log::error!("cannot restart the filters: {e}");
+                    }
                 }
                 continue;
             }
@@ -299,6 +311,7 @@ pub(crate) fn supervise(
         let answer = match applied {
             Ok(c) => {
                 crate::relay::mda::reconfigure(&c);
+                filter_restarts = super::filter_restart::FilterRestarts::new(&c);
                 config = c;
                 log::info!("configuration reloaded from {}", config.file.display());
                 Ok("configuration reloaded".to_owned())

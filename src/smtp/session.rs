@@ -299,6 +299,11 @@ impl<P: Policy> Session<P> {
         matches!(self.state, State::Data(..))
     }
 
+    /// An AUTH exchange waits for the client's next line (a credential, never a command).
+    pub fn in_auth(&self) -> bool {
+        matches!(self.state, State::Auth(_))
+    }
+
     /// Consumes as much of `input` as the current state allows; returns the count.
     pub fn handle_input(&mut self, input: &[u8], now: Instant) -> usize {
         let mut pos = 0;

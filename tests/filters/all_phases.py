@@ -10,10 +10,13 @@ that does not conform), and answers each kind of response, chosen by the paramet
   mail-from report@…         report|noted sender   (then the chain goes on)
   rcpt-to reject@…           reject|550 5.1.1 no such user
   rcpt-to bad-reply@…        reject|hello          (not a reply: mxd must turn it into a 421)
+  help                       reject|502 5.5.1 no help from the filter
   anything else              proceed
 
 Data lines are echoed, with `X-Filtered: all_phases` added before the first one. Every
-event and phase seen is appended to the log file given as argv[1], after `uid=N`.
+event and phase seen is appended to the log file given as argv[1], after `uid=N`: a report
+as `EVENT PARAMS` (its parameters after the session id, joined by `|`), a request as
+`PHASE PARAM`.
 """
 import re
 import sys
@@ -69,7 +72,7 @@ for line in sys.stdin:
             bad(line)
         if ev in ("tx-begin", "tx-mail", "tx-rcpt", "tx-commit") and not re.fullmatch(r"[0-9a-f]{8}", params[0]):
             bad(line)
-        log.write(ev + "\n")
+        log.write(" ".join([ev] + (["|".join(params)] if params else [])) + "\n")
         continue
     if f[0] != "filter" or len(f) < 7 or f[4] not in PHASES or not re.fullmatch(r"[0-9a-f]{16}", f[6]):
         bad(line)
@@ -83,7 +86,7 @@ for line in sys.stdin:
         out("filter-dataline|%s|%s|%s" % (sid, tok, param))
         if param == ".":
             fresh[sid] = True
-            log.write("data-line .\n")
+        log.write("data-line %s\n" % param)
         continue
     log.write("%s %s\n" % (phase, param))
     if phase == "connect" and len(f) != 9:
@@ -102,5 +105,7 @@ for line in sys.stdin:
         out(head + "reject|550 5.1.1 no such user")
     elif phase == "rcpt-to" and param.startswith("bad-reply@"):
         out(head + "reject|hello")
+    elif phase == "help":
+        out(head + "reject|502 5.5.1 no help from the filter")
     else:
         out(head + "proceed")
