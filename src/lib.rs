@@ -9,7 +9,7 @@
 //!   delivery targets; they are pure functions of an immutable [`config::Config`].
 //! - [`deliver`] writes the targets to disk with fsync-safe renames, in batches.
 // deny, not forbid: privsep::fds adopts inherited descriptors and privsep::sandbox calls
-// pledge(2), each in one commented `allow`.
+// pledge(2), and privsep::link owns the descriptors it receives, each in one commented `allow`.
 #![deny(unsafe_code)]
 #![warn(unreachable_pub, rust_2018_idioms)]
 
