@@ -83,7 +83,7 @@ pub fn pairs(n: usize) -> io::Result<(Vec<UnixStream>, Vec<UnixStream>)> {
 
 /// Sends the delivery ends of the loops' links over the first link, in one links frame
 /// (kind [`frame::KIND_LINKS`], empty) that carries them as SCM_RIGHTS.
-pub fn hand_over(first: &UnixStream, ends: &[UnixStream]) -> io::Result<()> {
+pub fn hand_over<F: AsRawFd>(first: &UnixStream, ends: &[F]) -> io::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     let fds: Vec<RawFd> = ends.iter().map(AsRawFd::as_raw_fd).collect();
     let word = (u32::from(frame::KIND_LINKS) << 24).to_be_bytes();
