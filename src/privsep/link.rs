@@ -294,13 +294,14 @@ impl<W> LoopLink<W> {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return self.lose(registry, "delivery process gone"),
                 Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return self.lose(registry, &format!("read failed: {e}")),
             }
-        }
-        if let Err(e) = self.take_frames() {
-            self.lose(registry, &format!("refused verdict: {e}"));
+            // Frames are taken as they complete: what waits here is at most one frame.
+            if let Err(e) = self.take_frames() {
+                return self.lose(registry, &format!("refused verdict: {e}"));
+            }
         }
     }
 
