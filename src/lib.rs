@@ -9,7 +9,8 @@
 //!   delivery targets; they are pure functions of an immutable [`config::Config`].
 //! - [`deliver`] writes the targets to disk with fsync-safe renames, in batches.
 // deny, not forbid: privsep::fds adopts inherited descriptors, privsep::sandbox calls
-// pledge(2) and server::stats maps a shared page, each in one commented `allow`.
+// pledge(2), privsep::link owns the descriptors it receives, server::stats maps a shared
+// page and filter::process chroots a filter before exec, each in one commented `allow`.
 #![deny(unsafe_code)]
 #![warn(unreachable_pub, rust_2018_idioms)]
 

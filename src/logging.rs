@@ -3,8 +3,8 @@
 //! as OpenSMTPD does. (Named `logging` so that `use log::…` stays unambiguous.)
 //!
 //! Logging never blocks the caller: a line is formatted, then handed to a writer thread over
-//! a bounded channel. When syslogd or a terminal cannot keep up and the channel is full, the
-//! line is dropped and counted, and the writer reports how many were lost. Each process has
+//! a channel of at most [`QUEUE`] lines. When syslogd or a terminal cannot keep up and the
+//! channel is full, the line is dropped and counted, and the writer reports how many were lost. Each process has
 //! its own writer (a forked child starts one at its first line), and the writer uses plain
 //! write(2)/send(2), no lock a fork could leave held.
 
@@ -12,7 +12,7 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 
 /// Where log lines go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,7 +21,10 @@ pub enum Sink {
     Syslog,
 }
 
-/// Lines waiting for the writer; past this, lines are dropped and counted.
+/// Lines waiting for the writer; past this, lines are dropped and counted. The channel is
+/// counted rather than built bounded: a bounded one allocates and touches all its slots at
+/// start (330 KiB in each of mxd's processes); threads racing past the count add at most one
+/// line each.
 const QUEUE: usize = 8192;
 
 struct Logger {
@@ -68,9 +71,11 @@ impl log::Log for Logger {
         }
         self.ensure_writer();
         let line = Line { level: record.level(), text: record.args().to_string() };
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(line) {
+        if self.tx.len() >= QUEUE {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
         }
+        let _ = self.tx.send(line);
     }
 
     /// Waits (at most a second) until the writer has taken every queued line: for exit.
@@ -143,7 +148,7 @@ pub fn init(sink: Sink, verbosity: u8, ident: &'static str) {
         1 => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
     };
-    let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+    let (tx, rx) = crossbeam_channel::unbounded();
     let logger = Logger {
         sink,
         ident,

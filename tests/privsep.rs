@@ -474,6 +474,19 @@ fn delivery_refuses_what_no_session_could_have_accepted() {
     }
     // The log is written by a thread of its own: wait for the line, never read it once.
     wait_for("the refusal in the log", Duration::from_secs(10), || log().contains("refused from the smtp process"));
+    // Links for the event loops come as descriptors: one that is not a Unix stream socket is
+    // refused; a socketpair end is served, its verdicts coming back on it.
+    let file = std::fs::File::open(&conf_path).unwrap();
+    mxd::privsep::link::hand_over(&ours, &[file]).unwrap();
+    wait_for("the refused link in the log", Duration::from_secs(10), || log().contains("refused a link"));
+    let (mut loop_end, delivery_end) = UnixStream::pair().unwrap();
+    mxd::privsep::link::hand_over(&ours, &[delivery_end]).unwrap();
+    loop_end.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let v = deliver(&mut loop_end, remote.clone(), &["joseph@test"], b"Subject: loop\n\nby a loop's link\n");
+    assert_eq!(v, DeliveryVerdict::Ok);
+    let v = deliver(&mut loop_end, remote.clone(), &["nosuchuser@test"], b"Subject: forged\n\nforged body\n");
+    assert!(matches!(v, DeliveryVerdict::TempFail(_)), "{v:?}");
+    drop(loop_end);
     // A forged frame (an origin byte no sender writes) ends the link; delivery exits.
     let mut head = Vec::new();
     frame::encode_head(
@@ -507,7 +520,7 @@ fn delivery_refuses_what_no_session_could_have_accepted() {
 
     // Nothing was written anywhere but joseph's Maildir, which has exactly the good message.
     let text = maildir_text(&d.join("home/joseph/Maildir"));
-    assert!(text.contains("fine") && !text.contains("forged body"), "{text}");
+    assert!(text.contains("fine") && text.contains("by a loop's link") && !text.contains("forged body"), "{text}");
     assert!(!Path::new("/tmp/pwn").exists());
     let mut written = Vec::new();
     let mut stack = vec![d.to_path_buf()];

@@ -5,11 +5,13 @@
 //! logged. Every path, uid and gid comes from this process's own configuration.
 //! Logins from the smtp process go to the checkers of [`super::auth`].
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 
 use super::frame::{self, AuthVerdict, DeliveryVerdict, Head};
 use crate::config::Config;
@@ -22,23 +24,118 @@ use crate::users::SystemUsers;
 /// Room for the Received header and rounding on top of `max-message-size`.
 const BODY_SLACK: u64 = 64 * 1024;
 
-/// Serves one smtp process until it closes its end, then waits for the pool to finish.
+/// Most links one smtp process may hand over (one per event loop).
+const MAX_LINKS: usize = 64;
+
+/// What the readers of one smtp process's links share.
+struct Shared {
+    config: Arc<Config>,
+    pool: Pool,
+    checker: super::auth::Checker,
+    /// Verdicts for the writer: the link's index, the request's sequence number.
+    verdicts: Sender<(usize, u64, DeliveryVerdict)>,
+    /// Which link each login came on (sequence numbers are unique across an smtp
+    /// process's links; a forged duplicate only misroutes that process's own answer).
+    logins: Arc<Logins>,
+    /// The write ends of the links, by index; 0 is the first link.
+    writers: Arc<Writers>,
+}
+
+type Logins = Mutex<HashMap<u64, usize>>;
+type Writers = Mutex<Vec<Option<UnixStream>>>;
+
+/// Serves one smtp process until it closes its links, then waits for the pool to finish.
+/// The first link may carry messages itself, or hand over the event loops' own links
+/// (`link.rs`), each then read by a thread of its own.
 pub fn serve(stream: UnixStream, config: &Arc<Config>, pool: Pool) {
-    let (vtx, vrx) = crossbeam_channel::unbounded::<(u64, DeliveryVerdict)>();
+    let (vtx, vrx) = crossbeam_channel::unbounded::<(usize, u64, DeliveryVerdict)>();
     let (atx, arx) = crossbeam_channel::unbounded::<(u64, AuthVerdict)>();
     let writer = match stream.try_clone() {
         Ok(w) => w,
         Err(e) => return log::error!("delivery: {e}"),
     };
-    let writer = std::thread::Builder::new().name("verdicts".into()).spawn(move || write_verdicts(writer, &vrx, &arx));
-    let checker = super::auth::Checker::start(Arc::clone(config), atx);
-    // Buffered: a small message's length, head and body usually come in one read.
-    let mut reader = std::io::BufReader::with_capacity(64 * 1024, stream);
+    let shared = Arc::new(Shared {
+        config: Arc::clone(config),
+        pool,
+        checker: super::auth::Checker::start(Arc::clone(config), atx),
+        verdicts: vtx,
+        logins: Arc::default(),
+        writers: Arc::new(Mutex::new(vec![Some(writer)])),
+    });
+    // Not `shared` itself: its senders must close when the readers and the pool are done.
+    let (logins, writers) = (Arc::clone(&shared.logins), Arc::clone(&shared.writers));
+    let writer = std::thread::Builder::new()
+        .name("verdicts".into())
+        .spawn(move || write_verdicts(&writers, &logins, &vrx, &arx));
+    let mut readers = Vec::new();
+    let mut first = std::io::BufReader::with_capacity(64 * 1024, super::link::FdReader::new(stream));
+    read_link(0, &mut first, &shared, &mut |fds| {
+        for fd in fds {
+            if let Some(r) = adopt_link(fd, &shared, readers.len()) {
+                readers.push(r);
+            }
+        }
+    });
+    for r in readers {
+        let _ = r.join();
+    }
+    match Arc::try_unwrap(shared) {
+        Ok(shared) => {
+            let Shared { pool, checker, verdicts, .. } = shared;
+            pool.shutdown();
+            drop((verdicts, checker));
+        }
+        Err(_) => log::error!("delivery: a link reader is still running"),
+    }
+    if let Ok(w) = writer {
+        let _ = w.join();
+    }
+}
+
+/// Starts the reader of one loop's link, if `fd` is a Unix stream socket and there is room.
+fn adopt_link(fd: OwnedFd, shared: &Arc<Shared>, adopted: usize) -> Option<std::thread::JoinHandle<()>> {
+    use nix::sys::socket::{getsockname, getsockopt, sockopt::SockType, SockType as T, UnixAddr};
+    let is_stream = matches!(getsockopt(&fd, SockType), Ok(T::Stream));
+    let is_unix = getsockname::<UnixAddr>(fd.as_raw_fd()).is_ok();
+    if !is_stream || !is_unix || adopted >= MAX_LINKS {
+        log::error!("delivery: refused a link from the smtp process (not a Unix stream, or too many)");
+        return None;
+    }
+    let stream = UnixStream::from(fd);
+    let writer = stream.try_clone().ok()?;
+    let index = {
+        let mut w = shared.writers.lock().ok()?;
+        w.push(Some(writer));
+        w.len() - 1
+    };
+    let s = Arc::clone(shared);
+    let spawned = std::thread::Builder::new().name(format!("link-{index}")).spawn(move || {
+        let mut reader = std::io::BufReader::with_capacity(64 * 1024, stream);
+        read_link(index, &mut reader, &s, &mut |_| log::error!("delivery: links frame on a loop's link, ignored"));
+    });
+    match spawned {
+        Ok(t) => Some(t),
+        Err(e) => {
+            log::error!("delivery: cannot start a link reader: {e}");
+            None
+        }
+    }
+}
+
+/// Takes messages and logins from link `index` until it closes or sends what it may not.
+fn read_link<R: Read + TakeFds>(index: usize, reader: &mut R, shared: &Shared, links: &mut dyn FnMut(Vec<OwnedFd>)) {
+    let config = &shared.config;
     // Bodies go back here when their messages are done, for the next ones to fill.
     let buffers = crate::buffers::Buffers::new();
     loop {
-        match next_message(&mut reader, config, &buffers) {
-            Ok(Some(SmtpFrame::Auth(ask))) => checker.ask(ask),
+        match next_message(reader, config, &buffers) {
+            Ok(Some(SmtpFrame::Links)) => links(reader.take_fds()),
+            Ok(Some(SmtpFrame::Auth(ask))) => {
+                if let Ok(mut l) = shared.logins.lock() {
+                    l.insert(ask.seq, index);
+                }
+                shared.checker.ask(ask);
+            }
             Ok(Some(SmtpFrame::Message(head, body))) => {
                 let seq = head.seq;
                 match targets(config, &head) {
@@ -50,9 +147,9 @@ pub fn serve(stream: UnixStream, config: &Arc<Config>, pool: Pool) {
                             body,
                             recycle: Some(buffers.clone()),
                         };
-                        let tx = vtx.clone();
-                        let done = Box::new(move |o: DeliveryResult| drop(tx.send((seq, verdict(&o)))));
-                        pool.submit(Job { mail: Arc::new(mail), targets, done });
+                        let tx = shared.verdicts.clone();
+                        let done = Box::new(move |o: DeliveryResult| drop(tx.send((index, seq, verdict(&o)))));
+                        shared.pool.submit(Job { mail: Arc::new(mail), targets, done });
                     }
                     Err(why) => {
                         log::warn!("delivery msgid={:08x} refused from the smtp process: {why}", head.msgid);
@@ -61,7 +158,7 @@ pub fn serve(stream: UnixStream, config: &Arc<Config>, pool: Pool) {
                         } else {
                             DeliveryVerdict::TempFail("recipient not accepted by delivery".into())
                         };
-                        let _ = vtx.send((seq, verdict));
+                        let _ = shared.verdicts.send((index, seq, verdict));
                     }
                 }
             }
@@ -72,11 +169,24 @@ pub fn serve(stream: UnixStream, config: &Arc<Config>, pool: Pool) {
             }
         }
     }
-    pool.shutdown();
-    drop(vtx);
-    drop(checker);
-    if let Ok(w) = writer {
-        let _ = w.join();
+    // Whatever came with descriptors we did not ask for is closed here.
+    drop(reader.take_fds());
+}
+
+/// Descriptors that came with the bytes read (only the first link takes any).
+trait TakeFds {
+    fn take_fds(&mut self) -> Vec<OwnedFd>;
+}
+
+impl TakeFds for std::io::BufReader<super::link::FdReader> {
+    fn take_fds(&mut self) -> Vec<OwnedFd> {
+        std::mem::take(&mut self.get_mut().received)
+    }
+}
+
+impl TakeFds for std::io::BufReader<UnixStream> {
+    fn take_fds(&mut self) -> Vec<OwnedFd> {
+        Vec::new()
     }
 }
 
@@ -84,6 +194,8 @@ pub fn serve(stream: UnixStream, config: &Arc<Config>, pool: Pool) {
 enum SmtpFrame {
     Message(Head, Vec<u8>),
     Auth(frame::AuthAsk),
+    /// The event loops' own links (their descriptors came with it).
+    Links,
 }
 
 fn next_message(
@@ -99,6 +211,9 @@ fn next_message(
         zeroize::Zeroize::zeroize(&mut bytes);
         let ask = ask.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         return Ok(Some(SmtpFrame::Auth(ask)));
+    }
+    if kind == frame::KIND_LINKS {
+        return Ok(Some(SmtpFrame::Links));
     }
     if kind != frame::KIND_HEAD {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, frame::FrameError::Bad("frame kind")));
@@ -186,36 +301,59 @@ fn verdict(o: &DeliveryResult) -> DeliveryVerdict {
 }
 
 /// Writes verdicts (messages' and logins') as they come, every one waiting at that moment
-/// in one write, until both channels are closed.
-fn write_verdicts(mut w: UnixStream, rx: &Receiver<(u64, DeliveryVerdict)>, logins: &Receiver<(u64, AuthVerdict)>) {
-    let mut buf = Vec::new();
+/// in one write per link, until both channels are closed.
+fn write_verdicts(
+    writers: &Writers,
+    login_links: &Logins,
+    rx: &Receiver<(usize, u64, DeliveryVerdict)>,
+    logins: &Receiver<(u64, AuthVerdict)>,
+) {
+    let mut bufs: Vec<Vec<u8>> = Vec::new();
     let (never_m, never_a) = (crossbeam_channel::never(), crossbeam_channel::never());
     let (mut messages_open, mut logins_open) = (true, true);
+    let buf_of = |bufs: &mut Vec<Vec<u8>>, i: usize| -> usize {
+        // Bounded: the readers' indexes stop at MAX_LINKS.
+        if bufs.len() <= i {
+            bufs.resize_with(i + 1, Vec::new);
+        }
+        i
+    };
+    let login_link = |seq: u64| login_links.lock().ok().and_then(|mut l| l.remove(&seq)).unwrap_or(0);
     while messages_open || logins_open {
-        buf.clear();
         let (m, a) = (if messages_open { rx } else { &never_m }, if logins_open { logins } else { &never_a });
         crossbeam_channel::select! {
             recv(m) -> got => match got {
-                Ok((seq, v)) => frame::encode_verdict(seq, &v, &mut buf),
+                Ok((i, seq, v)) => {
+                    let i = buf_of(&mut bufs, i);
+                    frame::encode_verdict(seq, &v, &mut bufs[i]);
+                }
                 Err(_) => messages_open = false,
             },
             recv(a) -> got => match got {
-                Ok((seq, v)) => frame::encode_auth_verdict(seq, v, &mut buf),
+                Ok((seq, v)) => {
+                    let i = buf_of(&mut bufs, login_link(seq));
+                    frame::encode_auth_verdict(seq, v, &mut bufs[i]);
+                }
                 Err(_) => logins_open = false,
             },
         }
-        while let Ok((seq, v)) = rx.try_recv() {
-            frame::encode_verdict(seq, &v, &mut buf);
+        while let Ok((i, seq, v)) = rx.try_recv() {
+            let i = buf_of(&mut bufs, i);
+            frame::encode_verdict(seq, &v, &mut bufs[i]);
         }
         while let Ok((seq, v)) = logins.try_recv() {
-            frame::encode_auth_verdict(seq, v, &mut buf);
+            let i = buf_of(&mut bufs, login_link(seq));
+            frame::encode_auth_verdict(seq, v, &mut bufs[i]);
         }
-        if buf.is_empty() {
-            continue;
-        }
-        if let Err(e) = w.write_all(&buf) {
-            log::warn!("delivery: verdicts not sent, the smtp process is gone: {e}");
-            return;
+        for (i, buf) in bufs.iter_mut().enumerate().filter(|(_, b)| !b.is_empty()) {
+            let Ok(mut writers) = writers.lock() else { return };
+            if let Some(Some(w)) = writers.get_mut(i) {
+                if let Err(e) = w.write_all(buf) {
+                    log::warn!("delivery: verdicts not sent, the smtp process is gone: {e}");
+                    writers[i] = None;
+                }
+            }
+            buf.clear();
         }
     }
 }

@@ -20,6 +20,10 @@
 //! word carries kind 1 in its top byte (heads are kind 0: never 2^24 bytes long), then
 //! `u64 seq | origin | str table | str user | str password`; delivery → smtp, a verdict
 //! frame of kind 16 + [`AuthVerdict`] and no text. The password is zeroed on both sides.
+//!
+//! The smtp process's first frame is an empty one of kind 2 carrying, as SCM_RIGHTS, one
+//! socketpair end per event loop; messages, logins and their verdicts then go over those
+//! (`link.rs`), in the frames above.
 
 use std::fmt;
 use std::io::{self, Read};
@@ -278,6 +282,8 @@ pub fn read_frame(r: &mut impl Read, max: usize) -> io::Result<Option<Vec<u8>>> 
 /// The kinds of smtp → delivery frames, in the top byte of the length word.
 pub const KIND_HEAD: u8 = 0;
 pub const KIND_AUTH: u8 = 1;
+/// The loops' own links (empty; their delivery ends come with it as SCM_RIGHTS).
+pub const KIND_LINKS: u8 = 2;
 /// Longest user name or password a login frame carries (the session's line limit is 512).
 const MAX_CREDENTIAL: usize = 1024;
 /// Verdict kinds from here on are login verdicts.

@@ -1,29 +1,34 @@
-//! The smtp process's end of the hand-off to delivery: the loops call [`Link::submit`]
-//! with a message's envelope, Received header and body; a writer thread sends each as one
-//! frame (the body is written from the loop's buffer, never copied), a reader thread takes
-//! the batched verdicts and calls each message's `done`. If the delivery process goes away,
-//! every waiting message and every later one gets a temporary failure (451): the client
-//! retries, nothing that got a 250 depends on this process.
+//! The smtp process's end of the hand-off to delivery. Each event loop has a socketpair of
+//! its own to the delivery process ([`LoopLink`]), registered in the loop's mio `Poll`: the
+//! loop writes its messages' frames itself (everything submitted in one turn of the loop
+//! goes out in one writev(2); the body is written from the session's buffer, never copied)
+//! and reads the batched verdicts itself, with no thread in between. The loops' ends are
+//! created here and handed to delivery over the process's first link ([`hand_over`]).
 //!
-//! Logins go the same way ([`Link::check_auth`]): delivery checks the password and answers
-//! on the same stream; a lost link answers `TempFail` (454).
+//! If the delivery process goes away, every waiting message and every later one gets a
+//! temporary failure (451): the client retries, nothing that got a 250 depends on this
+//! process. Logins go the same way ([`LoopLink::check_auth`]); a lost link answers
+//! `TempFail` (454).
 
-use std::collections::HashMap;
-use std::io::Write;
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender};
-
+use mio::{Interest, Registry, Token};
 use zeroize::Zeroize;
 
-use super::frame::{self, AuthAsk, AuthVerdict, DeliveryAnswer, DeliveryVerdict, Head};
+use super::frame::{self, AuthAsk, AuthVerdict, DeliveryAnswer, DeliveryVerdict, FrameError, Head};
 use crate::buffers::Buffers;
 
-type Done = Box<dyn FnOnce(DeliveryVerdict) + Send>;
-type AuthDone = Box<dyn FnOnce(AuthVerdict) + Send>;
-type AuthPending = Arc<Mutex<HashMap<u64, AuthDone>>>;
+/// What came back for one waiter.
+#[derive(Debug)]
+pub enum Answer {
+    Delivery(DeliveryVerdict),
+    Auth(AuthVerdict),
+}
 
 struct Outgoing {
     head: Vec<u8>,
@@ -32,30 +37,138 @@ struct Outgoing {
     wipe: bool,
 }
 
-pub struct Link {
-    tx: Sender<Outgoing>,
-    pending: Arc<Mutex<HashMap<u64, Done>>>,
-    auth_pending: AuthPending,
-    seq: AtomicU64,
-    lost: Arc<AtomicBool>,
+impl Outgoing {
+    fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+}
+
+/// Most frames in one writev(2) (two slices each).
+const MAX_BATCH: usize = 32;
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// One loop's link to delivery. `W` is what the loop needs to find the waiting session
+/// again when its answer comes.
+pub struct LoopLink<W> {
+    stream: mio::net::UnixStream,
+    token: Token,
+    /// Frames not yet written, in order; `sent` bytes of the first are already out.
+    out: VecDeque<Outgoing>,
+    sent: usize,
+    /// WRITABLE is asked for: the socket was full.
+    blocked: bool,
+    inbuf: Vec<u8>,
+    /// Who waits for each request, and whether it is a login.
+    pending: HashMap<u64, (bool, W)>,
+    /// Shared by the loops of this process: delivery routes login answers by it.
+    seq: Arc<AtomicU64>,
+    lost: bool,
+    ready: Vec<(W, Answer)>,
     /// Bodies go back here once written, for the sessions' next DATA.
     buffers: Buffers,
 }
 
-impl Link {
-    /// Starts the writer and reader threads on `stream`, a socketpair end to delivery.
-    pub fn start(stream: UnixStream) -> std::io::Result<Link> {
-        let (tx, rx) = crossbeam_channel::unbounded::<Outgoing>();
-        let pending: Arc<Mutex<HashMap<u64, Done>>> = Arc::default();
-        let auth_pending = AuthPending::default();
-        let lost = Arc::new(AtomicBool::new(false));
-        let buffers = Buffers::new();
-        let reader = stream.try_clone()?;
-        let (p, l, b) = (Arc::clone(&pending), Arc::clone(&lost), buffers.clone());
-        std::thread::Builder::new().name("link-write".into()).spawn(move || write_loop(stream, &rx, &p, &l, &b))?;
-        let (p, a, l) = (Arc::clone(&pending), Arc::clone(&auth_pending), Arc::clone(&lost));
-        std::thread::Builder::new().name("link-read".into()).spawn(move || read_loop(reader, &p, &a, &l))?;
-        Ok(Link { tx, pending, auth_pending, seq: AtomicU64::new(1), lost, buffers })
+/// Socketpairs for `n` loops: the loops' ends, and the ends for delivery ([`hand_over`]).
+pub fn pairs(n: usize) -> io::Result<(Vec<UnixStream>, Vec<UnixStream>)> {
+    let mut ours = Vec::with_capacity(n);
+    let mut theirs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (a, b) = UnixStream::pair()?;
+        ours.push(a);
+        theirs.push(b);
+    }
+    Ok((ours, theirs))
+}
+
+/// Sends the delivery ends of the loops' links over the first link, in one links frame
+/// (kind [`frame::KIND_LINKS`], empty) that carries them as SCM_RIGHTS.
+pub fn hand_over<F: AsRawFd>(first: &UnixStream, ends: &[F]) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds: Vec<RawFd> = ends.iter().map(AsRawFd::as_raw_fd).collect();
+    let word = (u32::from(frame::KIND_LINKS) << 24).to_be_bytes();
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    loop {
+        match sendmsg::<()>(first.as_raw_fd(), &[IoSlice::new(&word)], &cmsg, MsgFlags::empty(), None) {
+            Ok(4) => return Ok(()),
+            Ok(_) => return Err(io::ErrorKind::WriteZero.into()),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The descriptors a links frame brought: whatever came as SCM_RIGHTS with the bytes read.
+pub struct FdReader {
+    stream: UnixStream,
+    pub received: Vec<OwnedFd>,
+}
+
+impl FdReader {
+    pub fn new(stream: UnixStream) -> FdReader {
+        FdReader { stream, received: Vec::new() }
+    }
+}
+
+/// Most descriptors taken from one read; more are closed by the kernel (MSG_CTRUNC).
+const MAX_FDS: usize = 16;
+
+impl Read for FdReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+        let mut iov = [io::IoSliceMut::new(buf)];
+        loop {
+            match recvmsg::<()>(self.stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+                Ok(msg) => {
+                    let n = msg.bytes;
+                    for c in msg.cmsgs().map_err(io::Error::from)? {
+                        if let ControlMessageOwned::ScmRights(fds) = c {
+                            self.received.extend(fds.into_iter().map(own));
+                        }
+                    }
+                    return Ok(n);
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// A descriptor that came in SCM_RIGHTS.
+#[allow(unsafe_code)] // the kernel just installed it in this process for us; nothing else owns it.
+fn own(fd: RawFd) -> OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: as above: open, and owned by no one else.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+impl<W> LoopLink<W> {
+    /// One loop's end of a socketpair to delivery, registered in the loop's poll as `token`.
+    pub fn new(
+        stream: UnixStream,
+        seq: Arc<AtomicU64>,
+        buffers: Buffers,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<LoopLink<W>> {
+        stream.set_nonblocking(true)?;
+        let mut stream = mio::net::UnixStream::from_std(stream);
+        registry.register(&mut stream, token, Interest::READABLE)?;
+        Ok(LoopLink {
+            stream,
+            token,
+            out: VecDeque::new(),
+            sent: 0,
+            blocked: false,
+            inbuf: Vec::new(),
+            pending: HashMap::new(),
+            seq,
+            lost: false,
+            ready: Vec::new(),
+            buffers,
+        })
     }
 
     /// The free list the sessions take body buffers from: the link gives each back once
@@ -64,165 +177,177 @@ impl Link {
         &self.buffers
     }
 
-    /// Hands one message to delivery; `done` is called once, on a link thread.
-    pub fn submit(&self, mut head: Head, body: Vec<u8>, done: Done) {
-        if self.lost.load(Ordering::Relaxed) {
+    /// Queues one message for delivery; its answer comes from [`LoopLink::take_ready`]. The
+    /// frame goes out at the loop's next [`LoopLink::flush`].
+    pub fn submit(&mut self, mut head: Head, body: Vec<u8>, waiter: W) {
+        if self.lost {
             self.buffers.give(body);
-            return done(DeliveryVerdict::TempFail("delivery process unavailable".into()));
+            let why = "delivery process unavailable".to_owned();
+            return self.ready.push((waiter, Answer::Delivery(DeliveryVerdict::TempFail(why))));
         }
         head.seq = self.seq.fetch_add(1, Ordering::Relaxed);
         head.body_len = body.len() as u64;
         let mut bytes = Vec::with_capacity(256 + head.received.len());
         frame::encode_head(&head, &mut bytes);
-        if let Ok(mut p) = self.pending.lock() {
-            p.insert(head.seq, done);
-        }
-        if let Err(e) = self.tx.send(Outgoing { head: bytes, body, wipe: false }) {
-            self.buffers.give(e.0.body);
-            fail(&self.pending, Some(head.seq), "delivery link closed");
-        }
+        self.pending.insert(head.seq, (false, waiter));
+        self.out.push_back(Outgoing { head: bytes, body, wipe: false });
     }
 
-    /// Asks delivery to check a login; `done` is called once, on a link thread.
-    pub fn check_auth(&self, mut ask: AuthAsk, done: AuthDone) {
-        if self.lost.load(Ordering::Relaxed) {
-            return done(AuthVerdict::TempFail);
+    /// Queues a login for delivery to check.
+    pub fn check_auth(&mut self, mut ask: AuthAsk, waiter: W) {
+        if self.lost {
+            return self.ready.push((waiter, Answer::Auth(AuthVerdict::TempFail)));
         }
         ask.seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let mut bytes = Vec::with_capacity(128);
         frame::encode_auth_ask(&ask, &mut bytes);
-        if let Ok(mut p) = self.auth_pending.lock() {
-            p.insert(ask.seq, done);
-        }
-        if let Err(mut e) = self.tx.send(Outgoing { head: bytes, body: Vec::new(), wipe: true }) {
-            e.0.head.zeroize();
-            fail_auth(&self.auth_pending);
-        }
+        self.pending.insert(ask.seq, (true, waiter));
+        self.out.push_back(Outgoing { head: bytes, body: Vec::new(), wipe: true });
     }
-}
 
-/// Answers every waiting login `TempFail`: the link is gone.
-fn fail_auth(pending: &Mutex<HashMap<u64, AuthDone>>) {
-    let taken: Vec<AuthDone> = pending.lock().map(|mut p| p.drain().map(|(_, d)| d).collect()).unwrap_or_default();
-    for done in taken {
-        done(AuthVerdict::TempFail);
+    /// Answers waiting for the loop (verdicts read, or failures of a lost link).
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
     }
-}
 
-/// Fails one waiting message (`Some(seq)`) or all of them.
-fn fail(pending: &Mutex<HashMap<u64, Done>>, seq: Option<u64>, why: &str) {
-    let taken: Vec<Done> = match pending.lock() {
-        Ok(mut p) => match seq {
-            Some(s) => p.remove(&s).into_iter().collect(),
-            None => p.drain().map(|(_, d)| d).collect(),
-        },
-        Err(_) => Vec::new(),
-    };
-    for done in taken {
-        done(DeliveryVerdict::TempFail(why.to_owned()));
+    pub fn take_ready(&mut self) -> Vec<(W, Answer)> {
+        std::mem::take(&mut self.ready)
     }
-}
 
-/// Most frames to write at once: messages that queued up while the last write ran go out
-/// together, in one writev(2) when the socket takes them whole.
-const MAX_BATCH: usize = 32;
-
-/// Writes every head and body of `batch`, in order.
-fn send(stream: &mut UnixStream, batch: &[Outgoing]) -> std::io::Result<()> {
-    let mut all: Vec<std::io::IoSlice<'_>> =
-        batch.iter().flat_map(|o| [std::io::IoSlice::new(&o.head), std::io::IoSlice::new(&o.body)]).collect();
-    let mut slices = &mut all[..];
-    while !slices.is_empty() {
-        match stream.write_vectored(slices) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => std::io::IoSlice::advance_slices(&mut slices, n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+    /// Messages and logins sent and not yet answered, or not yet sent.
+    pub fn waiting(&self) -> usize {
+        self.pending.len()
     }
-    Ok(())
-}
 
-fn write_loop(
-    mut stream: UnixStream,
-    rx: &Receiver<Outgoing>,
-    pending: &Mutex<HashMap<u64, Done>>,
-    lost: &AtomicBool,
-    buffers: &Buffers,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(out) => batch.push(out),
-                Err(_) => break,
-            }
-        }
-        let sent = send(&mut stream, &batch);
-        for mut out in batch.drain(..) {
-            // A login's head holds a password: zero it once written.
-            if out.wipe {
-                out.head.zeroize();
-            }
-            buffers.give(out.body);
-        }
-        if let Err(e) = sent {
-            log::error!("delivery link: write failed: {e}");
-            lost.store(true, Ordering::Relaxed);
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-            fail(pending, None, "delivery process unavailable");
-            // Later messages are failed by `submit` or here as they come.
-            for mut out in rx.iter() {
-                out.head.zeroize();
-                buffers.give(out.body);
-                fail(pending, None, "delivery process unavailable");
-            }
+    /// Writes what the socket takes; asks the poll for WRITABLE while some is left.
+    pub fn flush(&mut self, registry: &Registry) {
+        if self.lost || (self.out.is_empty() && !self.blocked) {
             return;
         }
-    }
-}
-
-fn read_loop(
-    stream: UnixStream,
-    pending: &Mutex<HashMap<u64, Done>>,
-    auth_pending: &Mutex<HashMap<u64, AuthDone>>,
-    lost: &AtomicBool,
-) {
-    // Verdicts come several per write: read them in one go.
-    let mut reader = std::io::BufReader::new(stream);
-    loop {
-        let frame = match frame::read_frame(&mut reader, frame::MAX_SMALL) {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) => {
-                log::error!("delivery link: {e}");
-                break;
+        match self.write_out() {
+            Ok(()) => {}
+            Err(e) => return self.lose(registry, &format!("write failed: {e}")),
+        }
+        let blocked = !self.out.is_empty();
+        if blocked != self.blocked {
+            let interest = if blocked { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            if let Err(e) = registry.reregister(&mut self.stream, self.token, interest) {
+                return self.lose(registry, &format!("register failed: {e}"));
             }
-        };
-        let (seq, verdict) = match frame::decode_answer(&frame) {
-            Ok(DeliveryAnswer::Delivery(seq, v)) => (seq, v),
-            Ok(DeliveryAnswer::Auth(seq, v)) => {
-                match auth_pending.lock().ok().and_then(|mut p| p.remove(&seq)) {
-                    Some(done) => done(v),
-                    None => log::warn!("delivery link: login verdict for unknown request {seq}"),
-                }
-                continue;
-            }
-            Err(e) => {
-                log::error!("delivery link: refused verdict: {e}");
-                break;
-            }
-        };
-        let done = pending.lock().ok().and_then(|mut p| p.remove(&seq));
-        match done {
-            Some(done) => done(verdict),
-            None => log::warn!("delivery link: verdict for unknown message {seq}"),
+            self.blocked = blocked;
         }
     }
-    log::error!("delivery process gone: waiting messages get 451");
-    lost.store(true, Ordering::Relaxed);
-    let _ = reader.get_ref().shutdown(std::net::Shutdown::Both);
-    fail(pending, None, "delivery process unavailable");
-    fail_auth(auth_pending);
+
+    fn write_out(&mut self) -> io::Result<()> {
+        while !self.out.is_empty() {
+            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * MAX_BATCH);
+            let mut skip = self.sent;
+            for o in self.out.iter().take(MAX_BATCH) {
+                for part in [&o.head[..], &o.body[..]] {
+                    if skip >= part.len() {
+                        skip -= part.len();
+                    } else {
+                        slices.push(IoSlice::new(&part[skip..]));
+                        skip = 0;
+                    }
+                }
+            }
+            let mut n = match self.stream.write_vectored(&slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            drop(slices);
+            // Whole frames written go: a body back to the free list, a password zeroed.
+            while let Some(first) = self.out.front() {
+                let left = first.len() - self.sent;
+                if n < left {
+                    self.sent += n;
+                    break;
+                }
+                n -= left;
+                self.sent = 0;
+                if let Some(done) = self.out.pop_front() {
+                    self.recycle(done);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn recycle(&self, mut o: Outgoing) {
+        if o.wipe {
+            o.head.zeroize();
+        }
+        self.buffers.give(o.body);
+    }
+
+    /// Reads every verdict there is (the socket is edge-triggered: until it would block).
+    pub fn read(&mut self, registry: &Registry) {
+        if self.lost {
+            return;
+        }
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return self.lose(registry, "delivery process gone"),
+                Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.lose(registry, &format!("read failed: {e}")),
+            }
+            // Frames are taken as they complete: what waits here is at most one frame.
+            if let Err(e) = self.take_frames() {
+                return self.lose(registry, &format!("refused verdict: {e}"));
+            }
+        }
+    }
+
+    fn take_frames(&mut self) -> Result<(), FrameError> {
+        let mut at = 0;
+        let result = loop {
+            let rest = &self.inbuf[at..];
+            let Some(word) = rest.first_chunk::<4>() else { break Ok(()) };
+            let len = u32::from_be_bytes(*word) as usize;
+            if len > frame::MAX_SMALL {
+                break Err(FrameError::TooLong(len));
+            }
+            let Some(bytes) = rest.get(4..4 + len) else { break Ok(()) };
+            let answer = frame::decode_answer(bytes);
+            at += 4 + len;
+            let (seq, answer) = match answer {
+                Ok(DeliveryAnswer::Delivery(seq, v)) => (seq, Answer::Delivery(v)),
+                Ok(DeliveryAnswer::Auth(seq, v)) => (seq, Answer::Auth(v)),
+                Err(e) => break Err(e),
+            };
+            match self.pending.remove(&seq) {
+                Some((_, w)) => self.ready.push((w, answer)),
+                None => log::warn!("delivery link: verdict for unknown request {seq}"),
+            }
+        };
+        self.inbuf.drain(..at);
+        result
+    }
+
+    /// The link is gone: everything waiting, and everything later, gets a temporary failure.
+    fn lose(&mut self, registry: &Registry, why: &str) {
+        log::error!("delivery link: {why}: waiting messages get 451");
+        self.lost = true;
+        let _ = registry.deregister(&mut self.stream);
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        while let Some(o) = self.out.pop_front() {
+            self.recycle(o);
+        }
+        self.inbuf = Vec::new();
+        for (_, (login, w)) in self.pending.drain() {
+            let failed = if login {
+                Answer::Auth(AuthVerdict::TempFail)
+            } else {
+                Answer::Delivery(DeliveryVerdict::TempFail("delivery process unavailable".into()))
+            };
+            self.ready.push((w, failed));
+        }
+    }
 }

@@ -1,23 +1,24 @@
 //! One event loop: a mio `Poll` on one thread, owning its listeners and connections.
-//! Connections live in a slab indexed by token. Delivery verdicts come back on a channel
-//! with a `Waker`; the loop hands each to its session, which alone may then send the 250.
-//! Login verdicts come back the same way, on a channel of their own.
+//! Connections live in a slab indexed by token. Messages and logins go to the delivery
+//! process on the loop's own link, registered in this poll; the loop reads their verdicts
+//! there and hands each to its session, which alone may then send the 250.
 //!
 //! Invariant: nothing here blocks except `Poll::poll`; file writes happen on delivery threads.
 
 use std::io::{self, Write};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::envelope::Origin;
 use crate::privsep::frame::{AuthVerdict, DeliveryVerdict};
-use crate::privsep::link::Link;
+use crate::privsep::link::{Answer, LoopLink};
 use crate::server::conn::{Conn, Status, Tick};
 use crate::server::filters::{FromHub, LoopFilters, ToHub};
-use crate::server::loop_ctx::{AuthAnswer, DeliveryReport, LoopCtx};
+use crate::server::loop_ctx::{AuthAnswer, DeliveryReport, LoopCtx, Waiter};
 use crate::server::stream::Stream;
 use crate::server::ListenerRt;
 use crate::smtp::{AuthResult, Outcome};
@@ -25,6 +26,8 @@ use crate::smtp::{AuthResult, Outcome};
 const WAKER: Token = Token(0);
 const LISTENER_BASE: usize = 1;
 const CONN_BASE: usize = 1 << 16;
+/// The link to delivery, below the connections.
+const LINK: Token = Token(CONN_BASE - 1);
 /// Read buffer shared by every connection of the loop.
 const SCRATCH: usize = 64 * 1024;
 /// How often idle and handshake deadlines are checked.
@@ -61,11 +64,7 @@ pub(crate) struct EventLoop {
     free: Vec<usize>,
     live: usize,
     max_sessions: usize,
-    link: Arc<Link>,
-    verdict_tx: Sender<DeliveryReport>,
-    verdict_rx: Receiver<DeliveryReport>,
-    auth_tx: Sender<AuthAnswer>,
-    auth_rx: Receiver<AuthAnswer>,
+    link: LoopLink<Waiter>,
     commands: Receiver<LoopCommand>,
     again: Vec<usize>,
     stopping: Option<Instant>,
@@ -84,13 +83,13 @@ struct Slot {
 impl EventLoop {
     pub(crate) fn new(
         commands: Receiver<LoopCommand>,
-        link: Arc<Link>,
+        link: std::os::unix::net::UnixStream,
+        seq: Arc<AtomicU64>,
         max_sessions: usize,
     ) -> io::Result<(EventLoop, Arc<Waker>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let (verdict_tx, verdict_rx) = crossbeam_channel::unbounded();
-        let (auth_tx, auth_rx) = crossbeam_channel::unbounded();
+        let link = LoopLink::new(link, seq, crate::buffers::Buffers::new(), poll.registry(), LINK)?;
         let ev = EventLoop {
             poll,
             waker: Arc::clone(&waker),
@@ -100,10 +99,6 @@ impl EventLoop {
             live: 0,
             max_sessions,
             link,
-            verdict_tx,
-            verdict_rx,
-            auth_tx,
-            auth_rx,
             commands,
             again: Vec::new(),
             stopping: None,
@@ -124,7 +119,9 @@ impl EventLoop {
         let mut scratch = vec![0u8; SCRATCH];
         let mut next_tick = Instant::now() + TICK;
         loop {
-            let timeout = if self.again.is_empty() {
+            // Everything this turn submitted goes out together.
+            self.link.flush(self.poll.registry());
+            let timeout = if self.again.is_empty() && !self.link.has_ready() {
                 next_tick.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO
@@ -139,6 +136,7 @@ impl EventLoop {
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
+                    LINK => self.link.read(self.poll.registry()),
                     Token(t) if t >= CONN_BASE => {
                         let slot = t - CONN_BASE;
                         if let Some(Some(s)) = self.conns.get_mut(slot) {
@@ -149,8 +147,7 @@ impl EventLoop {
                     Token(t) => self.accept(t - LISTENER_BASE, now),
                 }
             }
-            self.drain_verdicts(&mut scratch, now);
-            self.drain_auth(&mut scratch, now);
+            self.drain_link(&mut scratch, now);
             self.drain_filters(&mut scratch, now);
             self.drain_rdns(&mut scratch, now);
             if self.drain_commands(now) {
@@ -265,14 +262,12 @@ impl EventLoop {
             return;
         };
         let mut ctx = LoopCtx {
-            link: &self.link,
-            verdicts: &self.verdict_tx,
-            auth_answers: &self.auth_tx,
-            waker: &self.waker,
+            link: &mut self.link,
             slot,
             inflight: false,
             filters: self.filters.as_ref().map(|f| &*f.shared),
             rdns: &self.rdns,
+            waker: &self.waker,
         };
         let status = s.conn.pump(scratch, &mut ctx, now);
         s.inflight |= ctx.inflight;
@@ -308,56 +303,77 @@ impl EventLoop {
         self.free.push(slot);
     }
 
-    fn drain_verdicts(&mut self, scratch: &mut [u8], now: Instant) {
-        while let Ok(v) = self.verdict_rx.try_recv() {
-            let Some(Some(s)) = self.conns.get_mut(v.slot) else {
-                continue;
-            };
-            if s.conn.id != v.sid {
-                continue; // the client left; its slot was reused
+    /// Answers from delivery (or failures of a lost link), each to its session; a session
+    /// pumped here may submit again, and a lost link answers that at once: until none is left.
+    fn drain_link(&mut self, scratch: &mut [u8], now: Instant) {
+        while self.link.has_ready() {
+            for (waiter, answer) in self.link.take_ready() {
+                match (waiter, answer) {
+                    (Waiter::Message { slot, sid, msgid }, Answer::Delivery(outcome)) => {
+                        self.on_verdict(DeliveryReport { slot, sid, msgid, outcome }, scratch, now);
+                    }
+                    (Waiter::Login { slot, sid, id, user }, Answer::Auth(verdict)) => {
+                        self.on_auth(AuthAnswer { slot, sid, id, user, verdict }, scratch, now);
+                    }
+                    (Waiter::Message { slot, sid, msgid }, Answer::Auth(_)) => {
+                        let outcome = DeliveryVerdict::TempFail("delivery answered a login".into());
+                        self.on_verdict(DeliveryReport { slot, sid, msgid, outcome }, scratch, now);
+                    }
+                    (Waiter::Login { slot, sid, id, user }, Answer::Delivery(_)) => {
+                        let verdict = AuthVerdict::TempFail;
+                        self.on_auth(AuthAnswer { slot, sid, id, user, verdict }, scratch, now);
+                    }
+                }
             }
-            s.inflight = false;
-            let outcome = match &v.outcome {
-                DeliveryVerdict::Ok => Outcome::Ok,
-                DeliveryVerdict::TempFail(cause) => Outcome::TempFail(cause.clone()),
-                DeliveryVerdict::PermFail(cause) => Outcome::PermFail(cause.clone()),
-            };
-            log::info!("{} delivery msgid={} result={}", v.sid, v.msgid, result_name(&v.outcome));
-            super::stats::get().count(&v.outcome);
-            s.conn.readable = true;
-            s.conn.filter_committed(matches!(outcome, Outcome::Ok));
-            s.conn.session_mut().handle_commit(v.msgid, outcome);
-            self.pump(v.slot, scratch, now);
         }
+    }
+
+    fn on_verdict(&mut self, v: DeliveryReport, scratch: &mut [u8], now: Instant) {
+        let Some(Some(s)) = self.conns.get_mut(v.slot) else {
+            return;
+        };
+        if s.conn.id != v.sid {
+            return; // the client left; its slot was reused
+        }
+        s.inflight = false;
+        let outcome = match &v.outcome {
+            DeliveryVerdict::Ok => Outcome::Ok,
+            DeliveryVerdict::TempFail(cause) => Outcome::TempFail(cause.clone()),
+            DeliveryVerdict::PermFail(cause) => Outcome::PermFail(cause.clone()),
+        };
+        log::info!("{} delivery msgid={} result={}", v.sid, v.msgid, result_name(&v.outcome));
+        super::stats::get().count(&v.outcome);
+        s.conn.readable = true;
+        s.conn.filter_committed(matches!(outcome, Outcome::Ok));
+        s.conn.session_mut().handle_commit(v.msgid, outcome);
+        self.pump(v.slot, scratch, now);
     }
 
     /// Login verdicts: logged (user and address, never the password), then given to the
     /// session, which replies 235, 535, 454 or 421.
-    fn drain_auth(&mut self, scratch: &mut [u8], now: Instant) {
-        while let Ok(a) = self.auth_rx.try_recv() {
-            let Some(Some(s)) = self.conns.get_mut(a.slot) else {
-                continue;
-            };
-            if s.conn.id != a.sid {
-                continue;
-            }
-            let (result, name) = match a.verdict {
-                AuthVerdict::Ok => (AuthResult::Ok, "ok"),
-                AuthVerdict::Failed => (AuthResult::Failed, "permfail"),
-                AuthVerdict::TempFail => (AuthResult::TempFail, "tempfail"),
-                AuthVerdict::Blocked => (AuthResult::Blocked, "blocked"),
-            };
-            log::info!("{} smtp authentication user={} address={} result={name}", a.sid, a.user, s.conn.peer());
-            s.conn.readable = true;
-            let link_auth = match result {
-                AuthResult::Ok => crate::filter::protocol::LinkAuthResult::Pass,
-                AuthResult::Failed => crate::filter::protocol::LinkAuthResult::Fail,
-                _ => crate::filter::protocol::LinkAuthResult::Error,
-            };
-            s.conn.filter_auth(&a.user, link_auth);
-            s.conn.session_mut().handle_auth(a.id, result);
-            self.pump(a.slot, scratch, now);
+    fn on_auth(&mut self, a: AuthAnswer, scratch: &mut [u8], now: Instant) {
+        let Some(Some(s)) = self.conns.get_mut(a.slot) else {
+            return;
+        };
+        if s.conn.id != a.sid {
+            return;
         }
+        let (result, name) = match a.verdict {
+            AuthVerdict::Ok => (AuthResult::Ok, "ok"),
+            AuthVerdict::Failed => (AuthResult::Failed, "permfail"),
+            AuthVerdict::TempFail => (AuthResult::TempFail, "tempfail"),
+            AuthVerdict::Blocked => (AuthResult::Blocked, "blocked"),
+        };
+        log::info!("{} smtp authentication user={} address={} result={name}", a.sid, a.user, s.conn.peer());
+        s.conn.readable = true;
+        let link_auth = match result {
+            AuthResult::Ok => crate::filter::protocol::LinkAuthResult::Pass,
+            AuthResult::Failed => crate::filter::protocol::LinkAuthResult::Fail,
+            _ => crate::filter::protocol::LinkAuthResult::Error,
+        };
+        s.conn.filter_auth(&a.user, link_auth);
+        s.conn.session_mut().handle_auth(a.id, result);
+        self.pump(a.slot, scratch, now);
     }
 
     /// Hands the filter processes' lines to their sessions, and a process's death to all.

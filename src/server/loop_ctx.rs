@@ -2,16 +2,17 @@
 //! come back to the loop for it: delivery verdicts and login verdicts. Apart from the loop
 //! so that connections depend on this, not on the loop that owns them.
 
-use std::sync::Arc;
-
-use crossbeam_channel::Sender;
-use mio::Waker;
-
 use crate::envelope::{MsgId, Origin, SessionId, Target};
 use crate::privsep::frame::{AuthAsk, AuthVerdict, DeliveryVerdict, Head};
-use crate::privsep::link::Link;
+use crate::privsep::link::LoopLink;
 use crate::server::filters::Shared;
 use crate::smtp::{AuthId, AuthRequest, Message};
+
+/// Who waits for an answer on the loop's link to delivery.
+pub(crate) enum Waiter {
+    Message { slot: usize, sid: SessionId, msgid: MsgId },
+    Login { slot: usize, sid: SessionId, id: AuthId, user: String },
+}
 
 /// A delivery's result, addressed to the connection that waits for it.
 pub(crate) struct DeliveryReport {
@@ -32,16 +33,15 @@ pub(crate) struct AuthAnswer {
 
 /// What a connection may use of its loop while it pumps.
 pub(crate) struct LoopCtx<'a> {
-    pub(super) link: &'a Link,
-    pub(super) verdicts: &'a Sender<DeliveryReport>,
-    pub(super) auth_answers: &'a Sender<AuthAnswer>,
-    pub(super) waker: &'a Arc<Waker>,
+    pub(super) link: &'a mut LoopLink<Waiter>,
     pub(super) slot: usize,
     pub(super) inflight: bool,
     /// The way to the filter processes, when a listener has filters.
     pub(crate) filters: Option<&'a Shared>,
-    /// Where reverse DNS lookups start (for a client a PROXY header names).
+    /// Where reverse DNS lookups start (for a client a PROXY header names), and what
+    /// wakes the loop when one ends.
     pub(super) rdns: &'a super::rdns::Rdns,
+    pub(super) waker: &'a std::sync::Arc<mio::Waker>,
 }
 
 impl LoopCtx<'_> {
@@ -71,14 +71,7 @@ impl LoopCtx<'_> {
             helo: message.helo,
             rdns,
         };
-        let (tx, waker, slot) = (self.verdicts.clone(), Arc::clone(self.waker), self.slot);
-        let done = Box::new(move |outcome: DeliveryVerdict| {
-            // The loop may be gone at shutdown; then the client simply never sees a 250.
-            if tx.send(DeliveryReport { slot, sid, msgid, outcome }).is_ok() {
-                let _ = waker.wake();
-            }
-        });
-        self.link.submit(head, message.body, done);
+        self.link.submit(head, message.body, Waiter::Message { slot: self.slot, sid, msgid });
         self.inflight = true;
     }
 
@@ -88,12 +81,6 @@ impl LoopCtx<'_> {
         let AuthRequest { id, user, password } = req;
         let ask =
             AuthAsk { seq: 0, origin: origin.clone(), table: table.map(str::to_owned), user: user.clone(), password };
-        let (tx, waker, slot) = (self.auth_answers.clone(), Arc::clone(self.waker), self.slot);
-        let done = Box::new(move |verdict: AuthVerdict| {
-            if tx.send(AuthAnswer { slot, sid, id, user, verdict }).is_ok() {
-                let _ = waker.wake();
-            }
-        });
-        self.link.check_auth(ask, done);
+        self.link.check_auth(ask, Waiter::Login { slot: self.slot, sid, id, user });
     }
 }

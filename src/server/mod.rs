@@ -225,13 +225,20 @@ pub fn run_smtp(
     // reload that changed it leaves older listeners with another count: loops share those).
     let loops = sockets.iter().map(|(_, fds)| fds.len()).max().unwrap_or_else(|| loop_count(&config)).max(1);
     let max_sessions = (max_fds.saturating_sub(64) as usize / loops).max(1);
-    let link = Arc::new(privsep::link::Link::start(link).map_err(StartError::Thread)?);
+    // Each loop's own link to delivery; `link` only carries their other ends over, and
+    // stays open as long as this process lives.
+    let (loop_links, ends) = privsep::link::pairs(loops).map_err(StartError::Thread)?;
+    privsep::link::hand_over(&link, &ends).map_err(StartError::Thread)?;
+    drop(ends);
+    let seq = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let mut loop_links = loop_links.into_iter();
     // Filter processes start now, while we may still become their users.
     let mut filters = filters::start(&config, loops)?;
     let mut handles = Vec::with_capacity(loops);
     for i in 0..loops {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let (mut ev, waker) = EventLoop::new(rx, Arc::clone(&link), max_sessions).map_err(StartError::Thread)?;
+        let own = loop_links.next().ok_or_else(|| StartError::Thread(std::io::ErrorKind::NotFound.into()))?;
+        let (mut ev, waker) = EventLoop::new(rx, own, Arc::clone(&seq), max_sessions).map_err(StartError::Thread)?;
         if let Some(end) = filters.as_mut().and_then(|f| f.loop_end(i)) {
             ev.set_filters(end);
         }
@@ -284,6 +291,7 @@ pub fn run_smtp(
     for h in handles {
         let _ = h.thread.join();
     }
+    drop(link);
     Ok(())
 }
 
