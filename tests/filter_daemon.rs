@@ -28,20 +28,6 @@ fn filtered_conf(top: String, filter: &'static str) -> impl FnOnce(&Path, u16) -
     }
 }
 
-/// A copy of tests/filters/NAME in a directory every user can read.
-fn script(dir: &Path, name: &str) -> PathBuf {
-    let to = dir.join(name);
-    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/filters").join(name), &to).unwrap();
-    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
-    to
-}
-
-fn shared_tempdir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    dir
-}
-
 /// Sends one message in a session of its own; returns the reply to the final dot.
 fn send(port: u16, from: &str, to: &str, message: &str) -> String {
     let mut c = Client::connect(port);
@@ -125,8 +111,8 @@ fn own_filter_sees_every_phase_through_the_daemon() {
     if !can_run("own_filter_sees_every_phase_through_the_daemon", &[Need::File(PY, "python3")]) {
         return;
     }
-    let dir = shared_tempdir();
-    let s = script(dir.path(), "all_phases.py");
+    let dir = common::shared_tempdir();
+    let s = common::filter_script(dir.path(), "all_phases.py");
     let log = dir.path().join("phases.log");
     let top = format!("filter \"all\" proc-exec \"{PY} {} {}\"\n", s.display(), log.display());
     let m = Mxd::start_with(filtered_conf(top, "all"), &[]);
@@ -191,8 +177,8 @@ fn data_lines_stream_through_the_filter_while_the_message_arrives() {
     if !can_run("data_lines_stream_through_the_filter_while_the_message_arrives", &[Need::File(PY, "python3")]) {
         return;
     }
-    let dir = shared_tempdir();
-    let s = script(dir.path(), "all_phases.py");
+    let dir = common::shared_tempdir();
+    let s = common::filter_script(dir.path(), "all_phases.py");
     let log = dir.path().join("phases.log");
     let top =
         format!("filter \"all\" proc-exec \"{PY} {} {}\"\nsmtp max-message-size 4K\n", s.display(), log.display());
@@ -238,8 +224,8 @@ fn own_filter_sees_starttls_auth_quit_and_their_reports() {
     if !can_run("own_filter_sees_starttls_auth_quit_and_their_reports", &[Need::File(PY, "python3")]) {
         return;
     }
-    let dir = shared_tempdir();
-    let s = script(dir.path(), "all_phases.py");
+    let dir = common::shared_tempdir();
+    let s = common::filter_script(dir.path(), "all_phases.py");
     let log = dir.path().join("phases.log");
     let hash = Command::new(env!("CARGO_BIN_EXE_mxctl")).args(["encrypt", "s3cret"]).output().expect("mxctl");
     let hash = String::from_utf8(hash.stdout).unwrap().trim().to_owned();
@@ -304,8 +290,8 @@ fn an_idle_session_is_reported_as_a_timeout() {
     if !can_run("an_idle_session_is_reported_as_a_timeout", &[Need::File(PY, "python3")]) {
         return;
     }
-    let dir = shared_tempdir();
-    let s = script(dir.path(), "all_phases.py");
+    let dir = common::shared_tempdir();
+    let s = common::filter_script(dir.path(), "all_phases.py");
     let log = dir.path().join("phases.log");
     let top = format!("filter \"all\" proc-exec \"{PY} {} {}\"\n", s.display(), log.display());
     let m = Mxd::start_with(filtered_conf(top, "all"), &[("MXD_SMTP_TIMEOUT", "2")]);
@@ -367,7 +353,7 @@ fn dkimsign_signs_every_message_and_the_signature_survives_a_relay_hop() {
     if !can_run("dkimsign_signs_every_message_and_the_signature_survives_a_relay_hop", &needs) {
         return;
     }
-    let dir = shared_tempdir();
+    let dir = common::shared_tempdir();
     let (key, user) = dkim_key(dir.path());
     let filter =
         format!("filter \"dkim\" proc-exec \"filter-dkimsign -d example.org -s sel -k {}\"{user}\n", key.display());
@@ -427,7 +413,7 @@ fn rspamd_rejects_gtube_through_the_daemon() {
 
 /// A daemon whose filtered listener runs misbehave.sh MODE, and a second, unfiltered one.
 fn misbehaving(mode: &str, dir: &Path, env: &[(&str, &str)]) -> (Mxd, u16) {
-    let s = script(dir, "misbehave.sh");
+    let s = common::filter_script(dir, "misbehave.sh");
     let other = free_port();
     let top = format!("filter \"bad\" proc-exec \"{} {mode}\"\n", s.display());
     let conf = filtered_conf(top, "bad");
@@ -451,7 +437,7 @@ fn crashing_hanging_and_garbage_filters_fail_their_sessions_closed() {
         return;
     }
     for mode in ["crash", "garbage", "flood", "hang"] {
-        let dir = shared_tempdir();
+        let dir = common::shared_tempdir();
         let (m, other) = misbehaving(mode, dir.path(), &[("MXD_FILTER_TIMEOUT", "5")]);
         let started = Instant::now();
         let port = m.port;
@@ -523,12 +509,12 @@ fn mxd_n_checks_that_filter_programs_exist() {
 
 #[test]
 fn answers_for_unknown_sessions_are_ignored_and_a_filter_that_cannot_register_stops_the_start() {
-    let dir = shared_tempdir();
+    let dir = common::shared_tempdir();
     let (m, _) = misbehaving("unknown", dir.path(), &[]);
     assert!(first_line(m.port).starts_with("220 "), "{}", m.log());
     drop(m);
 
-    let s = script(dir.path(), "misbehave.sh");
+    let s = common::filter_script(dir.path(), "misbehave.sh");
     let conf = dir.path().join("smtpd.conf");
     let text = basic_conf(dir.path(), free_port());
     let listen = text.lines().find(|l| l.starts_with("listen on")).unwrap().to_string();

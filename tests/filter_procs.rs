@@ -6,8 +6,7 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,22 +21,6 @@ use mxd::filter::{
 
 const PY: &str = "/usr/bin/python3";
 const DKIMSIGN: &str = "/usr/libexec/opensmtpd/filter-dkimsign";
-
-/// A copy of tests/filters/NAME in `dir`, where the filter's user can read it even when
-/// the checkout is somewhere it cannot (a root-only home directory).
-fn script(dir: &Path, name: &str) -> PathBuf {
-    let to = dir.join(name);
-    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/filters").join(name), &to).unwrap();
-    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
-    to
-}
-
-/// A temporary directory the filter's user (nobody, when tests run as root) can use.
-fn shared_tempdir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    dir
-}
 
 fn spec(name: &str, command: String) -> ProcSpec {
     ProcSpec { name: name.into(), command, user: None, group: None, chroot: None }
@@ -126,9 +109,9 @@ fn own_filter_sees_every_phase_and_each_response_works() {
     if !can_run("own_filter_sees_every_phase_and_each_response_works", &[Need::File(PY, "python3")]) {
         return;
     }
-    let dir = shared_tempdir();
+    let dir = common::shared_tempdir();
     let log = dir.path().join("filter.log");
-    let script = script(dir.path(), "all_phases.py");
+    let script = common::filter_script(dir.path(), "all_phases.py");
     let mut d = start(&[spec("all", format!("{PY} {} {}", script.display(), log.display()))]);
     let reg = d.registrations()["all"];
     assert!(Phase::ALL.iter().all(|p| reg.filters(*p)) && EventKind::ALL.iter().all(|e| reg.reports(*e)));
@@ -216,7 +199,7 @@ fn dkimsign_signs_and_dkimpy_verifies() {
     if !can_run("dkimsign_signs_and_dkimpy_verifies", &needs) {
         return;
     }
-    let dir = shared_tempdir();
+    let dir = common::shared_tempdir();
     let key = dir.path().join("dkim.key");
     let ok = std::process::Command::new("openssl")
         .args(["genrsa", "-out"])
@@ -267,8 +250,8 @@ print("verified" if ok and not tampered else "FAILED ok=%s tampered=%s" % (ok, t
 
 /// A driver with a misbehaving filter (`mode`) and, beside it, the project's well-behaved one.
 fn misbehaving(mode: &str, dir: &Path) -> Driver {
-    let bad = script(dir, "misbehave.sh");
-    let good = script(dir, "all_phases.py");
+    let bad = common::filter_script(dir, "misbehave.sh");
+    let good = common::filter_script(dir, "all_phases.py");
     let log = dir.join("good.log");
     start(&[
         spec("bad", format!("{} {mode}", bad.display())),
@@ -284,7 +267,7 @@ fn crashing_garbage_and_flooding_filters_fail_their_sessions_closed() {
         return;
     }
     for mode in ["crash", "garbage", "flood"] {
-        let dir = shared_tempdir();
+        let dir = common::shared_tempdir();
         let mut d = misbehaving(mode, dir.path());
         let victim = open_session(&mut d, 1, &["bad"], Duration::from_secs(10));
         let bystander = open_session(&mut d, 2, &["good"], Duration::from_secs(10));
@@ -305,7 +288,7 @@ fn hanging_filter_costs_a_timeout_for_its_sessions_only() {
     if !can_run("hanging_filter_costs_a_timeout_for_its_sessions_only", &[Need::File(PY, "python3")]) {
         return;
     }
-    let dir = shared_tempdir();
+    let dir = common::shared_tempdir();
     let mut d = misbehaving("hang", dir.path());
     // A timeout long enough that no loaded machine makes the bystander look like it waited.
     let victim = open_session(&mut d, 1, &["bad"], Duration::from_secs(3));
@@ -332,7 +315,7 @@ fn answers_for_unknown_sessions_are_ignored() {
     if !can_run("answers_for_unknown_sessions_are_ignored", &[Need::File(PY, "python3")]) {
         return;
     }
-    let dir = shared_tempdir();
+    let dir = common::shared_tempdir();
     let mut d = misbehaving("unknown", dir.path());
     let id = open_session(&mut d, 1, &["bad"], Duration::from_secs(10));
     assert_eq!(phase(&mut d, id, Phase::Connect, ""), FilterDecision::Proceed);
@@ -345,9 +328,9 @@ fn builtin_and_proc_filters_run_in_chain_order() {
         return;
     }
     use mxd::filter::{BuiltinAction, BuiltinRule, Condition, Test};
-    let dir = shared_tempdir();
+    let dir = common::shared_tempdir();
     let log = dir.path().join("filter.log");
-    let script = script(dir.path(), "all_phases.py");
+    let script = common::filter_script(dir.path(), "all_phases.py");
     let mut d = start(&[spec("all", format!("{PY} {} {}", script.display(), log.display()))]);
     let table = || TableRef { name: "t".into(), regex: false };
     let rule = |name: &str, phase, negate, test, action| ChainFilter {
@@ -382,8 +365,8 @@ fn builtin_and_proc_filters_run_in_chain_order() {
 
 #[test]
 fn handshake_failures_are_reported_with_the_filters_name() {
-    let dir = shared_tempdir();
-    let bad = script(dir.path(), "misbehave.sh");
+    let dir = common::shared_tempdir();
+    let bad = common::filter_script(dir.path(), "misbehave.sh");
     let handshake = protocol::handshake(300, "mx.test");
     let start = |mode: &str| {
         Driver::start(&[spec("bad", format!("{} {mode}", bad.display()))], &handshake, Duration::from_millis(500))

@@ -9,21 +9,13 @@ mod dns_util;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::{basic_conf, can_run, wait_for, Mxd, Need};
 use dns_util::{Dnsmasq, DNSMASQ};
 
 const PY: &str = "/usr/bin/python3";
-
-/// A copy of tests/filters/all_phases.py in a directory every user can read.
-fn script(dir: &Path) -> PathBuf {
-    let to = dir.join("all_phases.py");
-    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/filters/all_phases.py"), &to).unwrap();
-    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
-    to
-}
 
 /// A session from `src`: its greeting, then EHLO and QUIT when it was greeted.
 fn session_from(src: &str, port: u16) -> String {
@@ -69,7 +61,7 @@ fn link_connect_and_connect_rules_see_the_confirmed_name() {
          filter \"named\" phase connect match !rdns disconnect \"421 4.7.0 no name, no mail\"\n\
          filter \"confirmed\" phase connect match !fcrdns disconnect \"421 4.7.0 not confirmed\"\n\
          filter \"all\" chain {{ \"own\", \"named\", \"confirmed\" }}\n",
-        script(dir.path()).display(),
+        common::filter_script(dir.path(), "all_phases.py").display(),
         log.display()
     );
     let m = Mxd::start_with(

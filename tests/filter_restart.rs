@@ -8,26 +8,12 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{basic_conf, can_run, wait_for, Mxd, Need};
 
 const PY: &str = "/usr/bin/python3";
-
-fn script(dir: &Path, name: &str) -> PathBuf {
-    let to = dir.join(name);
-    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/filters").join(name), &to).unwrap();
-    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
-    to
-}
-
-fn shared_tempdir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    dir
-}
 
 /// A daemon whose listener is filtered by `filter "f" proc-exec "COMMAND"`.
 fn start(command: String) -> Mxd {
@@ -94,8 +80,8 @@ fn a_killed_filter_is_replaced_and_filters_the_next_sessions() {
     if !can_run("a_killed_filter_is_replaced_and_filters_the_next_sessions", &[Need::File(PY, "python3")]) {
         return;
     }
-    let dir = shared_tempdir();
-    let s = script(dir.path(), "all_phases.py");
+    let dir = common::shared_tempdir();
+    let s = common::filter_script(dir.path(), "all_phases.py");
     let log = dir.path().join("phases.log");
     let m = start(format!("{PY} {} {}", s.display(), log.display()));
     assert!(m.logged("filter f started pid="));
@@ -137,9 +123,9 @@ fn a_filter_that_keeps_dying_is_given_up_on_and_stays_fail_closed() {
     if !can_run("a_filter_that_keeps_dying_is_given_up_on_and_stays_fail_closed", &[Need::Program("sh", "dash")]) {
         return;
     }
-    let dir = shared_tempdir();
+    let dir = common::shared_tempdir();
     // Exits at its first request: every filtered session kills it.
-    let m = start(format!("{} crash", script(dir.path(), "misbehave.sh").display()));
+    let m = start(format!("{} crash", common::filter_script(dir.path(), "misbehave.sh").display()));
     assert!(m.logged("filter f started pid="));
     let started = Instant::now();
     while !m.log().contains("not restarted again") {
