@@ -121,6 +121,9 @@ impl EventLoop {
         loop {
             // Everything this turn submitted goes out together.
             self.link.flush(self.poll.registry());
+            if let Some(f) = &self.filters {
+                f.shared.wake();
+            }
             let timeout = if self.again.is_empty() && !self.link.has_ready() {
                 next_tick.saturating_duration_since(Instant::now())
             } else {

@@ -70,11 +70,23 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     tx: Sender<ToHub>,
     waker: Arc<Waker>,
+    /// Something was sent since the filter thread was last woken.
+    unwoken: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
+    /// Queues `msg` for the filter thread; the loop wakes the thread once per turn
+    /// (`wake`), not once per line: a message's data lines cost one wake, not sixty.
     pub(crate) fn send(&self, msg: ToHub) {
         if self.tx.send(msg).is_ok() {
+            self.unwoken.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Wakes the filter thread if anything was sent since it was last woken; each loop
+    /// calls it before it waits.
+    pub(crate) fn wake(&self) {
+        if self.unwoken.swap(false, std::sync::atomic::Ordering::AcqRel) {
             let _ = self.waker.wake();
         }
     }
@@ -139,7 +151,7 @@ pub(crate) fn start(config: &Arc<Config>, loops: usize) -> Result<Option<Started
     let limits =
         Limits { timeout: filter_timeout(), max_message: (config.max_message_size as usize).saturating_add(1 << 20) };
     let (tx, rx) = crossbeam_channel::unbounded();
-    let shared = Arc::new(Shared { chains, limits, tx, waker });
+    let shared = Arc::new(Shared { chains, limits, tx, waker, unwoken: false.into() });
     let (mut loop_txs, mut loop_rxs) = (Vec::new(), Vec::new());
     for _ in 0..loops {
         let (t, r) = crossbeam_channel::unbounded();
