@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::dovecot::Dovecot;
 use common::{basic_conf, python, queue_files, uid_gid, wait_for, Client, Mxd, SEND};
 
 fn sh(script: &str) {
@@ -30,57 +30,6 @@ fn an_empty_alias_is_refused_at_rcpt() {
     assert!(c.cmd("RCPT TO:<team@test>").starts_with("250"));
 }
 
-/// Dovecot's LMTP server on 127.0.0.1:`port` and on the unix socket `dir`/run/lmtp-test,
-/// delivering to Maildirs under `dir`/home for `joseph` (by user name) and `alice@lr.test`
-/// (by address) only. Stopped on drop.
-struct Dovecot {
-    conf: PathBuf,
-    socket: PathBuf,
-}
-
-impl Dovecot {
-    fn start(dir: &Path, port: u16) -> Dovecot {
-        let d = dir.display();
-        // Dovecot delivers as nobody (it refuses uid 0): the tree must be reachable.
-        sh(&format!("chmod 755 {d} && mkdir -p {d}/home && chown 65534:65534 {d}/home"));
-        std::fs::write(
-            dir.join("users"),
-            format!("joseph::65534:65534::{d}/home/joseph::\nalice@lr.test::65534:65534::{d}/home/alice::\n"),
-        )
-        .unwrap();
-        let conf = dir.join("dovecot.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "base_dir = {d}/run\nstate_dir = {d}/state\nprotocols = lmtp\nlisten = 127.0.0.1\nlog_path = {d}/dovecot.log\nssl = no\n\
-                 default_internal_user = root\ndefault_internal_group = root\ndefault_login_user = root\n\
-                 passdb {{\n driver = static\n args = nopassword=y\n}}\n\
-                 userdb {{\n driver = passwd-file\n args = {d}/users\n}}\n\
-                 mail_location = maildir:~/Maildir\n\
-                 service lmtp {{\n inet_listener lmtp {{\n address = 127.0.0.1\n port = {port}\n }}\n\
-                 unix_listener lmtp-test {{\n mode = 0666\n }}\n}}\n"
-            ),
-        )
-        .unwrap();
-        let errors = std::fs::File::create(dir.join("dovecot.err")).unwrap();
-        let status =
-            Command::new("dovecot").arg("-c").arg(&conf).stdout(errors.try_clone().unwrap()).stderr(errors).status();
-        let status = status.expect("dovecot (apt-get install dovecot-lmtpd)");
-        assert!(status.success(), "dovecot: {}", std::fs::read_to_string(dir.join("dovecot.err")).unwrap_or_default());
-        let socket = dir.join("run/lmtp-test");
-        wait_for("dovecot's LMTP listeners", Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok() && socket.exists()
-        });
-        Dovecot { conf, socket }
-    }
-}
-
-impl Drop for Dovecot {
-    fn drop(&mut self) {
-        let _ = Command::new("doveadm").arg("-c").arg(&self.conf).arg("stop").output();
-    }
-}
-
 #[test]
 fn lmtp_actions_deliver_into_dovecot_over_tcp_and_a_unix_socket() {
     if !common::can_run(
@@ -94,7 +43,7 @@ fn lmtp_actions_deliver_into_dovecot_over_tcp_and_a_unix_socket() {
     }
     let dv = tempfile::tempdir().unwrap();
     let port = common::free_port();
-    let dovecot = Dovecot::start(dv.path(), port);
+    let dovecot = Dovecot::start(dv.path(), port, &["joseph", "alice@lr.test"]);
     let socket = dovecot.socket.display().to_string();
     let sock = socket.clone();
     let m = Mxd::start_with(
@@ -177,7 +126,7 @@ fn an_lmtp_server_that_is_down_defers_and_the_message_stays_queued() {
     // Accepted (250) while the server is down: queued, tried, deferred, kept.
     assert!(m.logged(&format!("to=<alice@lr.test> result=TempFail error=\"{socket}")), "{}", m.log());
     assert_eq!(queue_files(&m), 1);
-    let _dovecot = Dovecot::start(dv.path(), common::free_port());
+    let _dovecot = Dovecot::start(dv.path(), common::free_port(), &["joseph", "alice@lr.test"]);
     let inbox = || common::read_dir_files(&dv.path().join("home/alice/Maildir/new"));
     wait_for("alice's copy once Dovecot is up", Duration::from_secs(30), || inbox().len() == 1);
     assert!(String::from_utf8_lossy(&inbox()[0]).ends_with("later\n"));

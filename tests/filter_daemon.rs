@@ -6,8 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -39,15 +38,6 @@ fn send(port: u16, from: &str, to: &str, message: &str) -> String {
     let reply = c.cmd(".");
     c.cmd("QUIT");
     reply
-}
-
-/// The first line a fresh connection gets (the greeting, or a filter's refusal).
-fn first_line(port: u16) -> String {
-    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut line = String::new();
-    let _ = BufReader::new(s).read_line(&mut line);
-    line
 }
 
 #[test]
@@ -441,7 +431,7 @@ fn crashing_hanging_and_garbage_filters_fail_their_sessions_closed() {
         let (m, other) = misbehaving(mode, dir.path(), &[("MXD_FILTER_TIMEOUT", "5")]);
         let started = Instant::now();
         let port = m.port;
-        let waiting = std::thread::spawn(move || first_line(port));
+        let waiting = std::thread::spawn(move || common::first_line(port));
         if mode == "hang" {
             // While a session waits for the hung filter, the loops serve everyone else.
             std::thread::sleep(Duration::from_millis(300));
@@ -455,7 +445,7 @@ fn crashing_hanging_and_garbage_filters_fail_their_sessions_closed() {
         } else {
             assert!(m.logged("filter bad stopped"), "{mode}");
             // Dead: later sessions fail closed too.
-            assert!(first_line(m.port).starts_with("421"), "{mode}");
+            assert!(common::first_line(m.port).starts_with("421"), "{mode}");
         }
         // Sessions of the other listener are not concerned.
         let mut c = Client::connect(other);
@@ -511,7 +501,7 @@ fn mxd_n_checks_that_filter_programs_exist() {
 fn answers_for_unknown_sessions_are_ignored_and_a_filter_that_cannot_register_stops_the_start() {
     let dir = common::shared_tempdir();
     let (m, _) = misbehaving("unknown", dir.path(), &[]);
-    assert!(first_line(m.port).starts_with("220 "), "{}", m.log());
+    assert!(common::first_line(m.port).starts_with("220 "), "{}", m.log());
     drop(m);
 
     let s = common::filter_script(dir.path(), "misbehave.sh");

@@ -66,15 +66,6 @@ fn helo_refused(port: u16) -> bool {
     r.read_line(&mut line).is_ok() && line.starts_with("550 5.7.1 helo refused")
 }
 
-/// The first line a fresh connection gets.
-fn first_line(port: u16) -> String {
-    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut line = String::new();
-    let _ = BufReader::new(s).read_line(&mut line);
-    line
-}
-
 #[test]
 fn a_killed_filter_is_replaced_and_filters_the_next_sessions() {
     if !can_run("a_killed_filter_is_replaced_and_filters_the_next_sessions", &[Need::File(PY, "python3")]) {
@@ -131,7 +122,7 @@ fn a_filter_that_keeps_dying_is_given_up_on_and_stays_fail_closed() {
     while !m.log().contains("not restarted again") {
         assert!(started.elapsed() < Duration::from_secs(55), "never given up on: {}", m.log());
         let before = filter_pids(&m).len();
-        assert!(first_line(m.port).starts_with("421"), "{}", m.log());
+        assert!(common::first_line(m.port).starts_with("421"), "{}", m.log());
         // Until the new process serves, sessions meet the dead filter: 421 too.
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline && filter_pids(&m).len() == before && !m.log().contains("not restarted again") {
@@ -140,8 +131,8 @@ fn a_filter_that_keeps_dying_is_given_up_on_and_stays_fail_closed() {
     }
     // The first process and five restarts, then no more.
     assert_eq!(filter_pids(&m).len(), 6, "{}", m.log());
-    assert!(first_line(m.port).starts_with("421"));
+    assert!(common::first_line(m.port).starts_with("421"));
     std::thread::sleep(Duration::from_secs(1));
-    assert!(first_line(m.port).starts_with("421"));
+    assert!(common::first_line(m.port).starts_with("421"));
     assert_eq!(filter_pids(&m).len(), 6, "{}", m.log());
 }

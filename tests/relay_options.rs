@@ -7,11 +7,12 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::dovecot::Dovecot;
 use common::{node_conf, python, queue_files, wait_for, Mxd, SEND};
 
 fn sh(script: &str) {
@@ -222,54 +223,6 @@ fn auth_plain_and_login_over_tls_with_mail_from() {
     assert_eq!(queue_files(&node), 1);
 }
 
-/// Dovecot's LMTP server on 127.0.0.1:`port`, delivering to Maildirs under `dir`/home for
-/// the users joseph@dv.test and alice@dv.test only. Stopped on drop.
-struct Dovecot {
-    conf: PathBuf,
-}
-
-impl Dovecot {
-    fn start(dir: &Path, port: u16) -> Dovecot {
-        let d = dir.display();
-        // Dovecot delivers as nobody (it refuses uid 0): the tree must be reachable.
-        sh(&format!("chmod 755 {d} && mkdir -p {d}/home && chown 65534:65534 {d}/home"));
-        std::fs::write(
-            dir.join("users"),
-            format!("joseph@dv.test::65534:65534::{d}/home/joseph::\nalice@dv.test::65534:65534::{d}/home/alice::\n"),
-        )
-        .unwrap();
-        let conf = dir.join("dovecot.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "base_dir = {d}/run\nstate_dir = {d}/state\nprotocols = lmtp\nlisten = 127.0.0.1\nlog_path = {d}/dovecot.log\nssl = no\n\
-                 default_internal_user = root\ndefault_internal_group = root\ndefault_login_user = root\n\
-                 passdb {{\n driver = static\n args = nopassword=y\n}}\n\
-                 userdb {{\n driver = passwd-file\n args = {d}/users\n}}\n\
-                 mail_location = maildir:~/Maildir\n\
-                 service lmtp {{\n inet_listener lmtp {{\n address = 127.0.0.1\n port = {port}\n }}\n}}\n"
-            ),
-        )
-        .unwrap();
-        // The daemon keeps its stdio: a file, not a pipe that would never close.
-        let errors = std::fs::File::create(dir.join("dovecot.err")).unwrap();
-        let status =
-            Command::new("dovecot").arg("-c").arg(&conf).stdout(errors.try_clone().unwrap()).stderr(errors).status();
-        let status = status.expect("dovecot (apt-get install dovecot-lmtpd)");
-        assert!(status.success(), "dovecot: {}", std::fs::read_to_string(dir.join("dovecot.err")).unwrap_or_default());
-        wait_for("dovecot's LMTP listener", Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Dovecot { conf }
-    }
-}
-
-impl Drop for Dovecot {
-    fn drop(&mut self) {
-        let _ = Command::new("doveadm").arg("-c").arg(&self.conf).arg("stop").output();
-    }
-}
-
 #[test]
 fn lmtp_relay_into_dovecot_with_per_recipient_results() {
     if !common::can_run(
@@ -283,7 +236,7 @@ fn lmtp_relay_into_dovecot_with_per_recipient_results() {
     }
     let dv = tempfile::tempdir().unwrap();
     let port = common::free_port();
-    let _dovecot = Dovecot::start(dv.path(), port);
+    let _dovecot = Dovecot::start(dv.path(), port, &["joseph@dv.test", "alice@dv.test"]);
     let node = Mxd::start_with(node_conf(String::new(), format!("host lmtp://127.0.0.1:{port}")), &[]);
     python(
         SEND,

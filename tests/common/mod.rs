@@ -2,6 +2,7 @@
 //! configuration and spool in a temporary directory, and reads what lands in its Maildirs.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod dovecot;
 pub mod rspamd;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -396,4 +397,13 @@ pub fn shared_tempdir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     dir
+}
+
+/// The first line a fresh connection to `port` gets (the greeting, or a filter's refusal).
+pub fn first_line(port: u16) -> String {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut line = String::new();
+    let _ = BufReader::new(s).read_line(&mut line);
+    line
 }
