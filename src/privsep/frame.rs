@@ -108,17 +108,7 @@ pub fn encode_head(head: &Head, out: &mut Vec<u8>) {
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&head.seq.to_be_bytes());
     out.extend_from_slice(&head.msgid.to_be_bytes());
-    match head.origin {
-        Origin::Socket => out.push(0),
-        Origin::Tcp(IpAddr::V4(a)) => {
-            out.push(4);
-            out.extend_from_slice(&a.octets());
-        }
-        Origin::Tcp(IpAddr::V6(a)) => {
-            out.push(6);
-            out.extend_from_slice(&a.octets());
-        }
-    }
+    put_origin(out, &head.origin);
     out.push(u8::from(head.tls));
     put_str(out, head.tag.as_deref());
     put_str(out, head.auth.as_deref());
