@@ -175,7 +175,8 @@ impl Sessions<'_> {
             let Some((env, message)) = queue::decode(&bytes) else { continue };
             let rcpts: Vec<&str> = item.rcpts.iter().map(String::as_str).collect();
             let sender = sender_override.as_deref().unwrap_or(&env.sender);
-            let rewritten = if srs { crate::srs::forward_sender(&work.config, sender) } else { None };
+            let via = crate::srs::forwarded(&env, &item.rcpts);
+            let rewritten = if srs { crate::srs::forward_sender(&work.config, sender, via) } else { None };
             let sender = rewritten.as_deref().unwrap_or(sender);
             let e = match session.send(sender, &rcpts, message) {
                 Ok(Sent::Results(results)) => {
