@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{basic_conf, can_run, node_conf, python, queue_files, wait_for, Client, Mxd, Need};
+use common::{basic_conf, can_run, mxctl, node_conf, python, queue_files, wait_for, Client, Mxd, Need};
 
 /// OpenSMTPD's reply to the MAIL after `max-mails` messages (smtp_session.c).
 const TOO_MANY: &str = "452 4.5.3 Too many recipients: Too many messages sent";
@@ -69,12 +69,6 @@ fn numbers(m: &Mxd) -> Vec<usize> {
         .collect();
     all.sort_unstable();
     all
-}
-
-fn mxctl(m: &Mxd, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mxctl")).arg("-f").arg(&m.conf).args(args).output();
-    let out = out.expect("mxctl");
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
 /// 250 messages wait in a node's queue for a receiver that is down; it comes up with the

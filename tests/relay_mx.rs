@@ -10,57 +10,16 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{can_run, python, queue_files, uid_gid, wait_for, Mxd, Need, SEND};
+use common::{can_run, mx_port, mxctl, python, queue_files, wait_for, Mxd, Need, SEND};
 use dns_util::{Dnsmasq, DNSMASQ};
 
 fn needs(test: &str) -> bool {
     can_run(test, &[Need::File(DNSMASQ, "dnsmasq-base"), Need::Program("python3", "python3")])
 }
 
-/// A port free on `addr` a moment ago: the MX port of one test.
-fn mx_port(addr: &str) -> u16 {
-    TcpListener::bind((addr, 0)).and_then(|l| l.local_addr()).expect("port").port()
-}
-
-/// A receiving mxd: its harness listener on 127.0.0.1, and the MX listener on `addr`;
-/// mail for joseph at any domain lands in its Maildir.
+/// A receiving mxd on `addr` (see `common::mx_receiver`).
 fn receiver(addr: &'static str, port: u16) -> Mxd {
-    receiver_with(addr, port, false)
-}
-
-/// As `receiver`; with `tls`, the MX listener offers STARTTLS with a self-signed certificate.
-fn receiver_with(addr: &'static str, port: u16, tls: bool) -> Mxd {
-    Mxd::start_with(
-        move |d: &Path, p: u16| {
-            let (uid, gid) = uid_gid();
-            let (pki, opts) = if tls { (self_signed(d), " tls pki rx") } else { (String::new(), "") };
-            format!(
-                "spool \"{d}/spool\"\nhostname \"rx-{addr}.test\"\n{pki}\
-                 table users {{ joseph = \"{uid}:{gid}:{d}/home/joseph\" }}\n\
-                 listen on 127.0.0.1 port {p}\nlisten on {addr} port {port}{opts}\n\
-                 action \"local\" maildir userbase <users>\nmatch from any for any action \"local\"\n",
-                d = d.display()
-            )
-        },
-        &[],
-    )
-}
-
-/// `pki rx` lines for a fresh self-signed P-256 certificate in `d`.
-fn self_signed(d: &Path) -> String {
-    let (key, crt) = (d.join("rx.key"), d.join("rx.crt"));
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out {k} 2>/dev/null && chmod 600 {k} \
-             && openssl req -x509 -new -key {k} -out {c} -days 30 -subj /CN=rx.test",
-            k = key.display(),
-            c = crt.display()
-        ))
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
-    format!("pki rx cert \"{}\"\npki rx key \"{}\"\n", crt.display(), key.display())
+    common::mx_receiver(addr, port, false)
 }
 
 /// The sending node: joseph@node.test is local, everything else goes out by MX.
@@ -269,7 +228,7 @@ fn opportunistic_starttls_to_an_mx_with_a_self_signed_certificate() {
         &["--mx-host=tls.test,mx.tls.test,10".into(), "--host-record=mx.tls.test,127.0.59.11".into()],
     );
     let port = mx_port("127.0.59.11");
-    let rx = receiver_with("127.0.59.11", port, true);
+    let rx = common::mx_receiver("127.0.59.11", port, true);
     let n = node(&dns, port);
     send(&n.mxd, "joseph@tls.test", "over-tls");
     wait_for("the message", Duration::from_secs(30), || count_with(&rx, "over-tls") == 1);
@@ -282,12 +241,6 @@ fn opportunistic_starttls_to_an_mx_with_a_self_signed_certificate() {
         "{}",
         n.mxd.log()
     );
-}
-
-fn mxctl(m: &Mxd, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mxctl")).arg("-f").arg(&m.conf).args(args).output();
-    let out = out.expect("mxctl");
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
 /// `attempts=N` of the mailq line of message `id`.
@@ -371,13 +324,15 @@ fn a_tarpit_destination_delays_no_other() {
     assert_eq!(queue_files(&n.mxd), 1);
 }
 
-/// Sends `n` messages over one session; bodies are `PREFIX-i`.
+/// Sends `n` messages, 50 per session (under the default `smtp limit max-mails`); bodies
+/// are `PREFIX-i`.
 const SEND_MANY: &str = r#"
 import smtplib, sys
 port, rcpt, prefix, n = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
-with smtplib.SMTP("127.0.0.1", port) as s:
-    for i in range(n):
-        s.sendmail("joseph@node.test", [rcpt], ("Subject: m\r\n\r\n%s-%d.\r\n" % (prefix, i)).encode())
+for start in range(0, n, 50):
+    with smtplib.SMTP("127.0.0.1", port) as s:
+        for i in range(start, min(n, start + 50)):
+            s.sendmail("joseph@node.test", [rcpt], ("Subject: m\r\n\r\n%s-%d.\r\n" % (prefix, i)).encode())
 "#;
 
 #[test]

@@ -11,33 +11,14 @@
 mod common;
 mod dns_util;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{can_run, node_conf, python, queue_files, uid_gid, wait_for, Mxd, Need, SEND};
+use common::{can_run, mx_port, node_conf, python, queue_files, wait_for, Mxd, Need, SEND};
 use dns_util::{Dnsmasq, DNSMASQ};
 
-fn mx_port(addr: &str) -> u16 {
-    TcpListener::bind((addr, 0)).and_then(|l| l.local_addr()).expect("port").port()
-}
-
-/// A receiving mxd: harness listener on 127.0.0.1, MX listener on `addr`:`port`; mail for
-/// joseph at any domain lands in its Maildir.
 fn receiver(addr: &'static str, port: u16) -> Mxd {
-    Mxd::start_with(
-        move |d: &Path, p: u16| {
-            let (uid, gid) = uid_gid();
-            format!(
-                "spool \"{d}/spool\"\nhostname \"rx-{addr}.test\"\n\
-                 table users {{ joseph = \"{uid}:{gid}:{d}/home/joseph\" }}\n\
-                 listen on 127.0.0.1 port {p}\nlisten on {addr} port {port}\n\
-                 action \"local\" maildir userbase <users>\nmatch from any for any action \"local\"\n",
-                d = d.display()
-            )
-        },
-        &[],
-    )
+    common::mx_receiver(addr, port, false)
 }
 
 /// A node relaying everything but node.test with `relay RELAY`, `top` before the listener.
