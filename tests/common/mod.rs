@@ -453,6 +453,16 @@ pub fn self_signed_pki(d: &Path, name: &str) -> String {
     format!("pki {name} cert \"{}\"\npki {name} key \"{}\"\n", crt.display(), key.display())
 }
 
+/// A message from joseph@node.test to `rcpt` through `node` (`SEND`), with `body`.
+pub fn send_via(node: &Mxd, rcpt: &str, body: &str) {
+    python(SEND, &[&node.port.to_string(), "joseph@node.test", rcpt, body]);
+}
+
+/// How many of joseph's messages at `m` contain `needle`.
+pub fn count_with(m: &Mxd, needle: &str) -> usize {
+    m.messages("joseph").iter().filter(|b| String::from_utf8_lossy(b).contains(needle)).count()
+}
+
 /// `mxctl -f CONF ARGS…` for `m`: its stdout and stderr.
 pub fn mxctl(m: &Mxd, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_mxctl")).arg("-f").arg(&m.conf).args(args).output().expect("mxctl");
