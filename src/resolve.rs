@@ -3,10 +3,12 @@
 //! each final local user (`userbase` table or the password database), and expands the
 //! Maildir path template. Called at RCPT time, so an unknown user is refused there.
 //!
-//! ~/.forward files are read only when the delivery process resolves again before the
-//! 250 after DATA ([`resolve_delivering`]): the smtp process is chrooted and never reads
-//! homes. So RCPT checks the rules, aliases and that the user exists; what a .forward
-//! says (and whether a `forward-only` user has one) is decided at delivery.
+//! ~/.forward files are read only in the delivery process ([`resolve_delivering`]): the
+//! smtp process is chrooted and never reads homes. There, RCPT checks the rules, aliases
+//! and that the user exists; a recipient whose answer needs what only delivery can see (a
+//! `forward-only`/`expand-only` user's .forward, a proc table) is `ResolveError::Deferred`,
+//! and the session asks the delivery process, which resolves it with
+//! [`resolve_delivering`] (`privsep::lookup`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -16,7 +18,9 @@ use crate::config::{Action, Config, Method};
 use crate::envelope::Mailbox;
 use crate::envelope::{Envelope, Owner, Target};
 use crate::rules::{self, Decision};
-use crate::users::{User, UserDb, Userbase};
+use crate::table::proc::TableService;
+use crate::table::LookupError;
+use crate::users::{User, UserDb};
 
 mod forwards;
 
@@ -43,8 +47,22 @@ pub enum ResolveError {
     /// 250 for a message stored nowhere.
     Empty(String),
     /// What a ~/.forward says cannot be delivered (a `forward-only` user without one, a
-    /// command in root's): found at delivery, so the message gets a 4xx after DATA.
+    /// command in root's): 550 5.1.1 at RCPT, when the delivery process is asked.
     Forward(String),
+    /// Only the delivery process can answer (a proc table, a ~/.forward to read): the
+    /// session asks it.
+    Deferred(String),
+    /// A table process failed or timed out: 451 4.3.0.
+    TableFailed(String),
+}
+
+impl From<LookupError> for ResolveError {
+    fn from(e: LookupError) -> ResolveError {
+        match e {
+            LookupError::Deferred(t) => ResolveError::Deferred(format!("table {t}")),
+            LookupError::Failed(why) => ResolveError::TableFailed(why),
+        }
+    }
 }
 
 impl fmt::Display for ResolveError {
@@ -57,6 +75,8 @@ impl fmt::Display for ResolveError {
             ResolveError::Refused(a) => write!(f, "expanded address {a} is refused by the rules"),
             ResolveError::Empty(a) => write!(f, "{a} expands to no mailbox"),
             ResolveError::Forward(why) => write!(f, "{why}"),
+            ResolveError::Deferred(what) => write!(f, "{what} is for the delivery process to read"),
+            ResolveError::TableFailed(why) => write!(f, "{why}"),
         }
     }
 }
@@ -68,8 +88,6 @@ struct Expander<'a> {
     out: Vec<Target>,
     /// True where homes may be read (the delivery process).
     read_forwards: bool,
-    /// A `forward-only`/`expand-only` user whose .forward only delivery can read.
-    deferred: bool,
 }
 
 /// At RCPT (the smtp process): ~/.forward files are not read.
@@ -99,9 +117,9 @@ fn run(
     users: &dyn UserDb,
     read_forwards: bool,
 ) -> Result<Vec<Target>, ResolveError> {
-    let mut r = Expander { config, env, system: users, out: Vec::new(), read_forwards, deferred: false };
+    let mut r = Expander { config, env, system: users, out: Vec::new(), read_forwards };
     r.address(action, env.rcpt, 0, &mut Vec::new())?;
-    if r.out.is_empty() && !r.deferred {
+    if r.out.is_empty() {
         return Err(ResolveError::Empty(env.rcpt.to_owned()));
     }
     Ok(r.out)
@@ -130,13 +148,20 @@ impl Expander<'_> {
             return self.local_user(action, &base, addr, depth, seen);
         }
         let expansion = match (&action.virtual_, &action.alias) {
-            (Some(t), _) => {
-                self.config.table(t).and_then(|t| t.get(&key).or_else(|| t.get(&format!("@{}", domain.to_lowercase()))))
-            }
-            (None, Some(t)) => self.config.table(t).and_then(|t| t.get(&base)),
+            (Some(t), _) => match self.config.table(t) {
+                Some(t) => match t.lookup_value(TableService::Alias, &key)? {
+                    Some(v) => Some(v),
+                    None => t.lookup_value(TableService::Alias, &format!("@{}", domain.to_lowercase()))?,
+                },
+                None => None,
+            },
+            (None, Some(t)) => match self.config.table(t) {
+                Some(t) => t.lookup_value(TableService::Alias, &base)?,
+                None => None,
+            },
             (None, None) => None,
         }
-        .map(crate::forward::alias_items);
+        .map(|v| crate::forward::alias_items(&v));
         let Some(items) = expansion else {
             if action.virtual_.is_some() {
                 return Err(ResolveError::UnknownUser(addr.to_owned()));
@@ -171,16 +196,18 @@ impl Expander<'_> {
             return self.address(action, &addr, depth + 1, seen);
         }
         let env = Envelope { rcpt: item, ..*self.env };
-        match rules::decide(self.config, &env) {
+        match rules::try_decide(self.config, &env)? {
             Decision::Deliver(next) => self.address(next, item, depth + 1, seen),
             Decision::Reject | Decision::NoMatch => Err(ResolveError::Refused(item.to_owned())),
         }
     }
 
-    fn lookup(&self, action: &Action, name: &str) -> Option<User> {
+    fn lookup(&self, action: &Action, name: &str) -> Result<Option<User>, ResolveError> {
         match action.userbase.as_deref().and_then(|t| self.config.table(t)) {
-            Some(t) => Userbase(t).by_name(name),
-            None => self.system.by_name(name),
+            Some(t) => {
+                Ok(t.lookup_value(TableService::Userinfo, name)?.and_then(|v| crate::users::parse_entry(name, &v)))
+            }
+            None => Ok(self.system.by_name(name)),
         }
     }
 
@@ -192,7 +219,7 @@ impl Expander<'_> {
         depth: usize,
         seen: &mut Vec<String>,
     ) -> Result<(), ResolveError> {
-        let rcpt_user = self.lookup(action, name).ok_or_else(|| ResolveError::UnknownUser(name.to_owned()))?;
+        let rcpt_user = self.lookup(action, name)?.ok_or_else(|| ResolveError::UnknownUser(name.to_owned()))?;
         // As OpenSMTPD: an action delivering as another `user` skips recipients' .forward.
         if action.user.as_deref().is_none_or(|u| u == name) && self.forward(action, &rcpt_user, dest, depth, seen)? {
             return Ok(());
@@ -200,7 +227,7 @@ impl Expander<'_> {
         // `user NAME`: deliver as that user (its ids own the files, its home is ~).
         let user = match &action.user {
             Some(u) => self
-                .lookup(action, u)
+                .lookup(action, u)?
                 .or_else(|| self.system.by_name(u))
                 .ok_or_else(|| ResolveError::UnknownUser(u.clone()))?,
             None => rcpt_user,

@@ -29,9 +29,12 @@ impl Expander<'_> {
     ) -> Result<bool, ResolveError> {
         let forward_only = matches!(action.method, Method::ForwardOnly | Method::ExpandOnly);
         if !self.read_forwards {
-            // The smtp process cannot look; delivery decides before the 250 after DATA.
-            self.deferred |= forward_only;
-            return Ok(forward_only);
+            // The smtp process cannot look: a user who has only the .forward to deliver to
+            // is for the delivery process to decide (the session asks it at RCPT).
+            if forward_only {
+                return Err(ResolveError::Deferred(format!("{}'s ~/.forward", user.name)));
+            }
+            return Ok(false);
         }
         let key = forward_key(user);
         if let Some(at) = seen.iter().position(|k| *k == key) {
@@ -83,7 +86,7 @@ impl Expander<'_> {
             _ => return refused("malformed"),
         };
         let user = self
-            .lookup(action, name)
+            .lookup(action, name)?
             .or_else(|| self.system.by_name(name))
             .ok_or_else(|| ResolveError::UnknownUser(name.clone()))?;
         if user.uid == 0 {

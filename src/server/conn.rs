@@ -243,6 +243,11 @@ impl Conn {
                 let origin = self.origin().clone();
                 ctx.check_auth(self.id, &origin, self.listener.auth.table.as_deref(), req);
             }
+            if let Some(req) = self.session.poll_lookup() {
+                let policy = self.session.policy();
+                let id = req.id;
+                ctx.ask(self.id, id, super::lookup::ask(req, policy, policy.senders()));
+            }
             self.filter_flush(ctx);
             if let Err(e) = self.flush() {
                 return self.fail("io-error", &e);

@@ -10,6 +10,7 @@ mod filters;
 mod ids;
 mod knobs;
 mod listener;
+mod lookup;
 mod loop_ctx;
 mod message;
 mod policy;
