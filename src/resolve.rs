@@ -23,6 +23,8 @@ use crate::table::LookupError;
 use crate::users::{User, UserDb};
 
 mod forwards;
+#[cfg(test)]
+mod test_util;
 
 /// Alias chains longer than this are refused as loops (OpenSMTPD uses 5 for expansion depth
 /// of includes; aliases to aliases rarely go past 3).
@@ -284,38 +286,20 @@ impl Expander<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::test_util::{load, resolve_rcpt};
     use super::*;
-    use crate::config::load;
-    use crate::envelope::Origin;
-    use crate::users::SystemUsers;
 
     fn config(body: &str) -> (tempfile::TempDir, Config) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("smtpd.conf");
         let text = format!(
             "hostname \"mx.test\"\ntable users {{ joseph = \"1000:1000:/home/joseph\", alice = \"1001:1001:/home/alice\", vmail = \"2000:2000:/var/vmail\" }}\n{body}"
         );
-        std::fs::write(&path, text).unwrap();
-        let c = load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+        let c = load(dir.path(), &text);
         (dir, c)
     }
 
     fn run(c: &Config, rcpt: &str) -> Result<Vec<Target>, ResolveError> {
-        let origin = Origin::Tcp("127.0.0.1".parse().unwrap());
-        let env = Envelope {
-            origin: &origin,
-            rdns: None,
-            tag: None,
-            tls: false,
-            auth: None,
-            mail_from: "s@example.org",
-            rcpt,
-            helo: "client.example.org",
-        };
-        match rules::decide(c, &env) {
-            Decision::Deliver(a) => resolve(c, a, &env, &SystemUsers),
-            other => panic!("{rcpt}: {other:?}"),
-        }
+        resolve_rcpt(c, rcpt, false)
     }
 
     fn maildir(dir: &str, to: &str) -> Target {
@@ -432,6 +416,21 @@ mod tests {
         // Never as root, unless `user` names who runs it.
         assert!(matches!(run(&c, "root@m.test"), Err(ResolveError::Unsupported(_))));
         assert_eq!(run(&c, "root@mu.test"), Ok(vec![Target::Mda { action: "mu".into(), rcpt: "root@mu.test".into() }]));
+    }
+
+    /// A proc table cannot be asked outside the delivery process: the recipient is
+    /// deferred to it, whichever use meets the table.
+    #[test]
+    fn proc_tables_defer_to_the_delivery_process() {
+        let (_d, c) = config(
+            "table p proc-exec:/bin/cat\n\
+             action a maildir alias <p> userbase <users>\naction u maildir userbase <p>\naction l maildir userbase <users>\n\
+             match from any for domain \"a.test\" action a\nmatch from any for domain \"u.test\" action u\n\
+             match from any for domain <p> action l\nmatch from any for any action l\n",
+        );
+        assert_eq!(run(&c, "joseph@a.test"), Err(ResolveError::Deferred("table p".into())));
+        assert_eq!(run(&c, "joseph@u.test"), Err(ResolveError::Deferred("table p".into())));
+        assert_eq!(run(&c, "joseph@other.test"), Err(ResolveError::Deferred("table p".into())), "match <p>");
     }
 
     #[test]
