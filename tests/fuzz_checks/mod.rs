@@ -311,6 +311,17 @@ pub fn privsep_frame(data: &[u8]) {
         frame::encode_auth_verdict(seq, v, &mut again);
         assert_eq!(&again[4..], data, "a decoded login verdict encodes differently");
     }
+    // Questions at RCPT and MAIL (issues 14, 15) too.
+    if let Ok(ask) = frame::decode_lookup_ask(data) {
+        let mut again = Vec::new();
+        frame::encode_lookup_ask(&ask, &mut again);
+        assert_eq!(&again[4..], data, "a decoded lookup encodes differently");
+    }
+    if let Ok(frame::DeliveryAnswer::Lookup(seq, v)) = frame::decode_answer(data) {
+        let mut again = Vec::new();
+        frame::encode_lookup_verdict(seq, v, &mut again);
+        assert_eq!(&again[4..], data, "a decoded lookup verdict encodes differently");
+    }
     let mut r = data;
     while let Ok(Some((_, f))) = frame::read_kinded(&mut r, 4096) {
         assert!(f.len() <= 4096);
