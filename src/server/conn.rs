@@ -244,9 +244,11 @@ impl Conn {
                 ctx.check_auth(self.id, &origin, self.listener.auth.table.as_deref(), req);
             }
             if let Some(req) = self.session.poll_lookup() {
-                let policy = self.session.policy();
+                let p = self.session.policy();
+                let client =
+                    super::lookup::Client { origin: p.origin(), tag: p.tag(), rdns: p.rdns(), senders: p.senders() };
                 let id = req.id;
-                ctx.ask(self.id, id, super::lookup::ask(req, policy, policy.senders()));
+                ctx.ask(self.id, id, super::lookup::ask(req, &client));
             }
             self.filter_flush(ctx);
             if let Err(e) = self.flush() {

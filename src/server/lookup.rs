@@ -6,7 +6,7 @@
 //! MAIL and RCPT is answered at once, as before: a configuration with neither pays nothing.
 
 use crate::config::{Config, Method};
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Origin};
 use crate::privsep::frame::{LookupAsk, LookupVerdict, Question};
 use crate::resolve::{self, ResolveError};
 use crate::rules::{self, Decision};
@@ -33,8 +33,18 @@ pub(crate) fn rcpt_needs_delivery(config: &Config, env: &Envelope<'_>) -> bool {
     }
 }
 
+/// What the connection knows of its client, for a question.
+pub(crate) struct Client<'a> {
+    pub(crate) origin: &'a Origin,
+    pub(crate) tag: Option<&'a str>,
+    pub(crate) rdns: Option<&'a str>,
+    /// The listener's `senders` table and `masquerade`.
+    pub(crate) senders: Option<(&'a str, bool)>,
+}
+
 /// The question as it crosses to delivery.
-pub(crate) fn ask(req: LookupRequest, env: &super::policy::ConnPolicy, senders: Option<(&str, bool)>) -> LookupAsk {
+pub(crate) fn ask(req: LookupRequest, client: &Client<'_>) -> LookupAsk {
+    let senders = client.senders;
     let question = match (req.rcpt, senders) {
         (Some(rcpt), _) => Question::Rcpt(rcpt),
         (None, Some((table, masquerade))) => Question::Sender { table: table.to_owned(), masquerade },
@@ -44,13 +54,13 @@ pub(crate) fn ask(req: LookupRequest, env: &super::policy::ConnPolicy, senders: 
     LookupAsk {
         seq: 0,
         question,
-        origin: env.origin().clone(),
+        origin: client.origin.clone(),
         tls: req.tls,
-        tag: env.tag().map(str::to_owned),
+        tag: client.tag.map(str::to_owned),
         auth: req.auth,
         mail_from: req.mail_from,
         helo: req.helo,
-        rdns: env.rdns().map(str::to_owned),
+        rdns: client.rdns.map(str::to_owned),
     }
 }
 
