@@ -205,3 +205,62 @@ fn proc_tables_and_forward_only_are_decided_at_rcpt_and_mail() {
     assert_eq!(got.trim(), ["250"; 12].join(" "), "{}", mx.log());
     wait_for("the parallel copies", Duration::from_secs(30), || count("joseph") == 15 && count("alice") == 15);
 }
+
+/// A listener with a filter: a RCPT parked on the delivery process reaches the filter's
+/// `tx-rcpt` report with the reply it finally got, not before.
+#[test]
+fn filters_see_a_parked_rcpt_with_its_reply() {
+    if !can_run("filters_see_a_parked_rcpt_with_its_reply", &[Need::File("/usr/bin/python3", "python3")]) {
+        return;
+    }
+    let shared = common::shared_tempdir();
+    let script = common::filter_script(shared.path(), "all_phases.py");
+    let log = shared.path().join("phases.log");
+    let homes = tempfile::tempdir().unwrap();
+    for u in ["joseph", "alice"] {
+        std::fs::create_dir(homes.path().join(u)).unwrap();
+    }
+    std::fs::set_permissions(homes.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let forward = homes.path().join("joseph/.forward");
+    std::fs::write(&forward, "alice@mx.test\n").unwrap();
+    std::fs::set_permissions(&forward, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let h = homes.path().display().to_string();
+    let mx = Mxd::start_with(
+        |d: &Path, p: u16| {
+            let (uid, gid) = uid_gid();
+            format!(
+                "spool \"{dd}/spool\"\nhostname \"mx.test\"\n\
+                 filter \"all\" proc-exec \"/usr/bin/python3 {s} {l}\"\n\
+                 table local_users {{ joseph = \"{uid}:{gid}:{h}/joseph\", alice = \"{uid}:{gid}:{h}/alice\" }}\n\
+                 listen on 127.0.0.1 port {p} filter \"all\"\n\
+                 action \"fo\" forward-only userbase <local_users>\n\
+                 action \"local\" maildir userbase <local_users>\n\
+                 match from any for domain \"fo.test\" action \"fo\"\n\
+                 match from any for domain \"mx.test\" action \"local\"\n",
+                dd = d.display(),
+                s = script.display(),
+                l = log.display(),
+            )
+        },
+        &[],
+    );
+    let mut c = mx.connect();
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<s@example.org>").starts_with("250"));
+    let r = c.cmd("RCPT TO:<joseph@fo.test>");
+    assert!(r.starts_with("250"), "{r}: {}", mx.log());
+    let r = c.cmd("RCPT TO:<alice@fo.test>");
+    assert!(r.starts_with("550 5.1.1"), "{r}: {}", mx.log());
+    assert!(c.cmd("QUIT").starts_with("221"));
+    wait_for("the reports", Duration::from_secs(20), || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("link-disconnect")
+    });
+    let seen = std::fs::read_to_string(&log).unwrap();
+    for line in [
+        "tx-rcpt 00000001|ok|joseph@fo.test",
+        "tx-rcpt 00000001|permfail|alice@fo.test",
+        "protocol-server 550 5.1.1 Invalid recipient",
+    ] {
+        assert!(seen.lines().any(|l| l == line), "{line:?} not seen: {seen}");
+    }
+}

@@ -404,7 +404,9 @@ impl EventLoop {
         }
         s.conn.readable = true;
         let verdict = super::lookup::reply(verdict).map(|()| Vec::new());
+        let before = s.conn.session_mut().output().len();
         s.conn.session_mut().handle_lookup(id, verdict);
+        s.conn.filter_lookup_answered(before);
         self.pump(slot, scratch, now);
     }
 

@@ -30,6 +30,11 @@ impl<P: Policy> Session<P> {
         self.lookup_request.take()
     }
 
+    /// MAIL or RCPT waits for the server's answer.
+    pub fn awaiting_lookup(&self) -> bool {
+        matches!(self.state, State::AwaitMail(..) | State::AwaitRcpt(..))
+    }
+
     /// The server's verdict on the question `id`: the recipient's value (ignored for MAIL),
     /// or the refusal to reply. Anything else is ignored.
     pub fn handle_lookup(&mut self, id: LookupId, verdict: Result<P::Rcpt, Reply>) {
