@@ -286,6 +286,9 @@ const MAX_CREDENTIAL: usize = 1024;
 const AUTH_VERDICT_BASE: u8 = 16;
 
 pub const KIND_LOOKUP: u8 = 3;
+/// Largest lookup frame: its fields come from command lines (512 octets each), names and
+/// the rDNS name; a bigger one is forged, and the queue of questions stays small.
+const MAX_LOOKUP: usize = 16 * 1024;
 /// Verdict kinds from here on answer lookups.
 const LOOKUP_VERDICT_BASE: u8 = 32;
 
@@ -365,6 +368,9 @@ pub fn encode_lookup_ask(ask: &LookupAsk, out: &mut Vec<u8>) {
 
 /// Decodes a lookup frame (without its length word).
 pub fn decode_lookup_ask(bytes: &[u8]) -> Result<LookupAsk, FrameError> {
+    if bytes.len() > MAX_LOOKUP {
+        return Err(FrameError::TooLong(bytes.len()));
+    }
     let mut c = Cursor(bytes);
     let seq = c.u64()?;
     let q = c.u8()?;
