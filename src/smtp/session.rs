@@ -659,7 +659,9 @@ impl<P: Policy> Session<P> {
     }
 }
 
-/// A policy that accepts every sender and recipient: for tests and fuzz targets.
+/// A policy that accepts every sender and recipient: for tests and fuzz targets. Those
+/// whose address starts with `ask` wait for the server (`poll_lookup`), and a recipient
+/// starting with `refuse` is refused.
 #[derive(Debug, Default)]
 pub struct AcceptAll {
     next: u32,
@@ -683,6 +685,14 @@ impl Policy for AcceptAll {
         } else {
             Ok(())
         }
+    }
+
+    fn ask_mail(&mut self, ctx: &TxContext<'_>) -> bool {
+        ctx.mail_from.starts_with("ask")
+    }
+
+    fn ask_rcpt(&mut self, _ctx: &TxContext<'_>, rcpt: &str) -> bool {
+        rcpt.starts_with("ask")
     }
 }
 
