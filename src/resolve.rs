@@ -49,8 +49,10 @@ pub enum ResolveError {
     /// 250 for a message stored nowhere.
     Empty(String),
     /// What a ~/.forward says cannot be delivered (a `forward-only` user without one, a
-    /// command in root's): 550 5.1.1 at RCPT, when the delivery process is asked.
+    /// command in root's): OpenSMTPD's `424 4.2.4` at RCPT, when the delivery process is asked.
     Forward(String),
+    /// An `expand-only` user without a usable ~/.forward: OpenSMTPD's `524 5.2.4` at RCPT.
+    ExpandOnly(String),
     /// Only the delivery process can answer (a proc table, a ~/.forward to read): the
     /// session asks it.
     Deferred(String),
@@ -76,7 +78,7 @@ impl fmt::Display for ResolveError {
             ResolveError::Unsupported(w) => write!(f, "{w} is not supported"),
             ResolveError::Refused(a) => write!(f, "expanded address {a} is refused by the rules"),
             ResolveError::Empty(a) => write!(f, "{a} expands to no mailbox"),
-            ResolveError::Forward(why) => write!(f, "{why}"),
+            ResolveError::Forward(why) | ResolveError::ExpandOnly(why) => write!(f, "{why}"),
             ResolveError::Deferred(what) => write!(f, "{what} is for the delivery process to read"),
             ResolveError::TableFailed(why) => write!(f, "{why}"),
         }
@@ -270,10 +272,13 @@ impl Expander<'_> {
                 return Err(ResolveError::Unsupported("mda delivery as root".into()))
             }
             Method::Mda(_) => Target::Mda { action: action.name.clone(), rcpt: dest_addr.clone() },
-            Method::ForwardOnly | Method::ExpandOnly => {
-                let kind =
-                    if matches!(action.method, Method::ForwardOnly) { "a forward-only" } else { "an expand-only" };
-                return Err(ResolveError::Forward(format!("{name} has no usable ~/.forward on {kind} action")));
+            Method::ForwardOnly => {
+                return Err(ResolveError::Forward(format!("{name} has no usable ~/.forward on a forward-only action")))
+            }
+            Method::ExpandOnly => {
+                return Err(ResolveError::ExpandOnly(format!(
+                    "{name} has no usable ~/.forward on an expand-only action"
+                )))
             }
             Method::Relay(_) => return Err(ResolveError::Unsupported("relay".into())),
         };

@@ -176,14 +176,14 @@ fn proc_tables_and_forward_only_are_decided_at_rcpt_and_mail() {
     assert!(mx.logged("address=<joseph@nod.test> reply=\"550 5.7.1"), "{}", mx.log());
 
     // forward-only: joseph's .forward (to alice) is read by the delivery process at RCPT;
-    // alice has none, so she is refused there, not after DATA.
+    // alice has none, so she is refused there (OpenSMTPD's 424 4.2.4), not after DATA.
     let forward = homes.path().join("joseph/.forward");
     std::fs::write(&forward, "alice@mx.test\n").unwrap();
     std::fs::set_permissions(&forward, std::fs::Permissions::from_mode(0o644)).unwrap();
     let got = rcpts(mx.port, &["joseph@fo.test", "alice@fo.test"]);
-    assert_eq!(got, ["joseph@fo.test 250", "joseph@fo.test data 250", "alice@fo.test 550"], "{}", mx.log());
+    assert_eq!(got, ["joseph@fo.test 250", "joseph@fo.test data 250", "alice@fo.test 424"], "{}", mx.log());
     wait_for("the forwarded copy", Duration::from_secs(20), || count("alice") == 3);
-    assert!(mx.logged("address=<alice@fo.test> reply=\"550 5.1.1"), "{}", mx.log());
+    assert!(mx.logged("address=<alice@fo.test> reply=\"424 4.2.4 Mailing list expansion problem"), "{}", mx.log());
     std::fs::remove_file(&forward).unwrap();
 
     // senders <proc>: the authenticated user's own addresses only.
@@ -250,7 +250,7 @@ fn filters_see_a_parked_rcpt_with_its_reply() {
     let r = c.cmd("RCPT TO:<joseph@fo.test>");
     assert!(r.starts_with("250"), "{r}: {}", mx.log());
     let r = c.cmd("RCPT TO:<alice@fo.test>");
-    assert!(r.starts_with("550 5.1.1"), "{r}: {}", mx.log());
+    assert!(r.starts_with("424 4.2.4"), "{r}: {}", mx.log());
     assert!(c.cmd("QUIT").starts_with("221"));
     wait_for("the reports", Duration::from_secs(20), || {
         std::fs::read_to_string(&log).unwrap_or_default().contains("link-disconnect")
@@ -258,8 +258,8 @@ fn filters_see_a_parked_rcpt_with_its_reply() {
     let seen = std::fs::read_to_string(&log).unwrap();
     for line in [
         "tx-rcpt 00000001|ok|joseph@fo.test",
-        "tx-rcpt 00000001|permfail|alice@fo.test",
-        "protocol-server 550 5.1.1 Invalid recipient",
+        "tx-rcpt 00000001|tempfail|alice@fo.test",
+        "protocol-server 424 4.2.4 Mailing list expansion problem",
     ] {
         assert!(seen.lines().any(|l| l == line), "{line:?} not seen: {seen}");
     }

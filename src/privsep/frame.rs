@@ -329,9 +329,13 @@ pub enum LookupVerdict {
     Empty,
     SenderNotAllowed,
     BadSrs,
+    /// A `forward-only` user's ~/.forward cannot be used (424 4.2.4).
+    ForwardTempFail,
+    /// An `expand-only` user has no usable ~/.forward (524 5.2.4).
+    ForwardPermFail,
 }
 
-const LOOKUP_VERDICTS: [LookupVerdict; 10] = [
+const LOOKUP_VERDICTS: [LookupVerdict; 12] = [
     LookupVerdict::Ok,
     LookupVerdict::TempFail,
     LookupVerdict::UnknownUser,
@@ -342,6 +346,8 @@ const LOOKUP_VERDICTS: [LookupVerdict; 10] = [
     LookupVerdict::Empty,
     LookupVerdict::SenderNotAllowed,
     LookupVerdict::BadSrs,
+    LookupVerdict::ForwardTempFail,
+    LookupVerdict::ForwardPermFail,
 ];
 
 /// Appends a lookup frame, with its kind and length word, to `out`.
@@ -685,7 +691,7 @@ mod tests {
             Ok(DeliveryAnswer::Auth(99, AuthVerdict::Ok))
         );
         let mut bad = v[..13].to_vec();
-        bad[12] = 32 + 10;
+        bad[12] = 32 + 12;
         assert!(decode_answer(&bad[4..]).is_err());
     }
 }

@@ -94,7 +94,9 @@ pub fn answer(config: &Config, ask: &LookupAsk) -> LookupVerdict {
         Err(e) => {
             log::debug!("lookup: <{rcpt}> refused: {e}");
             match e {
-                ResolveError::UnknownUser(_) | ResolveError::Forward(_) => LookupVerdict::UnknownUser,
+                ResolveError::UnknownUser(_) => LookupVerdict::UnknownUser,
+                ResolveError::Forward(_) => LookupVerdict::ForwardTempFail,
+                ResolveError::ExpandOnly(_) => LookupVerdict::ForwardPermFail,
                 ResolveError::Loop(_) => LookupVerdict::Loop,
                 ResolveError::BadPath(_) => LookupVerdict::UnsafeMailbox,
                 ResolveError::Unsupported(_) => LookupVerdict::Unsupported,

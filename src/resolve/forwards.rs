@@ -268,7 +268,7 @@ mod tests {
         assert!(matches!(resolve(&c, "nobody@fo.test", false), Err(ResolveError::UnknownUser(_))));
         // ...and delivery refuses it without a .forward.
         assert!(matches!(resolve(&c, "joseph@fo.test", true), Err(ResolveError::Forward(_))));
-        assert!(matches!(resolve(&c, "joseph@eo.test", true), Err(ResolveError::Forward(_))));
+        assert!(matches!(resolve(&c, "joseph@eo.test", true), Err(ResolveError::ExpandOnly(_))));
         forward(d, "joseph", "alice@test, |/bin/true\n");
         let alice = maildir(d, "alice");
         assert_eq!(

@@ -77,5 +77,7 @@ pub(crate) fn reply(verdict: LookupVerdict) -> Result<(), Reply> {
         LookupVerdict::Empty => reply::EMPTY_EXPANSION,
         LookupVerdict::SenderNotAllowed => reply::SENDER_NOT_ALLOWED,
         LookupVerdict::BadSrs => reply::BAD_SRS,
+        LookupVerdict::ForwardTempFail => reply::FORWARD_TEMPFAIL,
+        LookupVerdict::ForwardPermFail => reply::FORWARD_PERMFAIL,
     })
 }

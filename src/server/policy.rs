@@ -132,7 +132,8 @@ fn refusal(err: &ResolveError) -> Reply {
         ResolveError::Unsupported(_) => reply::METHOD_UNSUPPORTED,
         ResolveError::Refused(_) => reply::NOT_AUTHORIZED,
         ResolveError::Empty(_) => reply::EMPTY_EXPANSION,
-        ResolveError::Forward(_) => reply::UNKNOWN_RCPT,
+        ResolveError::Forward(_) => reply::FORWARD_TEMPFAIL,
+        ResolveError::ExpandOnly(_) => reply::FORWARD_PERMFAIL,
         ResolveError::Deferred(_) | ResolveError::TableFailed(_) => reply::TEMPFAIL,
     }
 }
