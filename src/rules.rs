@@ -109,16 +109,19 @@ fn holds(config: &Config, cond: &CondKind, env: &Envelope<'_>) -> Result<bool, L
             (None, _) => false,
             (Some(_), None) => true,
             (Some(user), Some(m)) => {
+                // OpenSMTPD's services: an address-like name is a `mailaddr`.
                 let lower = user.to_lowercase();
-                matches_with(config, m, user, (TableService::Credentials, &lower), |e| e == lower)?
+                let service = if lower.contains('@') { TableService::Mailaddr } else { TableService::String };
+                matches_with(config, m, user, (service, &lower), |e| e == lower)?
             }
         },
         CondKind::FromRdns(m) => match (env.rdns, m) {
             (None, _) => false,
             (Some(_), None) => true,
             (Some(name), Some(m)) => {
+                // OpenSMTPD asks every `from` table as `netaddr`, the rDNS name too.
                 let lower = name.to_lowercase();
-                matches_with(config, m, name, (TableService::Domain, &lower), |e| domain_matches(e, &lower))?
+                matches_with(config, m, name, (TableService::Netaddr, &lower), |e| domain_matches(e, &lower))?
             }
         },
         CondKind::FromMailFrom(m) => address_matches(config, m, &env.mail_from.to_lowercase())?,
