@@ -172,6 +172,23 @@ impl<'a> Cursor<'a> {
     fn str(&mut self) -> Result<String, FrameError> {
         self.opt_str()?.ok_or(FrameError::Bad("missing string"))
     }
+    /// An origin as `put_origin` writes it.
+    fn origin(&mut self) -> Result<Origin, FrameError> {
+        match self.u8()? {
+            0 => Ok(Origin::Socket),
+            4 => Ok(Origin::Tcp(IpAddr::from(self.array::<4>()?))),
+            6 => Ok(Origin::Tcp(IpAddr::from(self.array::<16>()?))),
+            _ => Err(FrameError::Bad("origin")),
+        }
+    }
+    /// The TLS byte: 0 or 1.
+    fn tls(&mut self) -> Result<bool, FrameError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(FrameError::Bad("tls flag")),
+        }
+    }
 }
 
 /// Decodes a head (without its length prefix).
@@ -182,17 +199,8 @@ pub fn decode_head(bytes: &[u8]) -> Result<Head, FrameError> {
     let mut c = Cursor(bytes);
     let seq = c.u64()?;
     let msgid = c.u32()?;
-    let origin = match c.u8()? {
-        0 => Origin::Socket,
-        4 => Origin::Tcp(IpAddr::from(c.array::<4>()?)),
-        6 => Origin::Tcp(IpAddr::from(c.array::<16>()?)),
-        _ => return Err(FrameError::Bad("origin")),
-    };
-    let tls = match c.u8()? {
-        0 => false,
-        1 => true,
-        _ => return Err(FrameError::Bad("tls flag")),
-    };
+    let origin = c.origin()?;
+    let tls = c.tls()?;
     let tag = c.opt_str()?;
     let auth = c.opt_str()?;
     let mail_from = c.str()?;
@@ -386,17 +394,8 @@ pub fn decode_lookup_ask(bytes: &[u8]) -> Result<LookupAsk, FrameError> {
         1 | 2 => Question::Sender { table: subject, masquerade: q == 2 },
         _ => return Err(FrameError::Bad("lookup question")),
     };
-    let origin = match c.u8()? {
-        0 => Origin::Socket,
-        4 => Origin::Tcp(IpAddr::from(c.array::<4>()?)),
-        6 => Origin::Tcp(IpAddr::from(c.array::<16>()?)),
-        _ => return Err(FrameError::Bad("origin")),
-    };
-    let tls = match c.u8()? {
-        0 => false,
-        1 => true,
-        _ => return Err(FrameError::Bad("tls flag")),
-    };
+    let origin = c.origin()?;
+    let tls = c.tls()?;
     let tag = c.opt_str()?;
     let auth = c.opt_str()?;
     let mail_from = c.str()?;
@@ -479,12 +478,7 @@ pub fn encode_auth_ask(ask: &AuthAsk, out: &mut Vec<u8>) {
 pub fn decode_auth_ask(bytes: &[u8]) -> Result<AuthAsk, FrameError> {
     let mut c = Cursor(bytes);
     let seq = c.u64()?;
-    let origin = match c.u8()? {
-        0 => Origin::Socket,
-        4 => Origin::Tcp(IpAddr::from(c.array::<4>()?)),
-        6 => Origin::Tcp(IpAddr::from(c.array::<16>()?)),
-        _ => return Err(FrameError::Bad("origin")),
-    };
+    let origin = c.origin()?;
     let table = c.opt_str()?;
     let user = c.str()?;
     let n = usize::from(c.u16()?);

@@ -104,16 +104,7 @@ impl Policy for ConnPolicy {
         // A bounce to an SRS address of ours goes on to the sender inside it.
         let decoded = crate::srs::reverse(&self.config, rcpt).map_err(|_| reply::BAD_SRS)?;
         let rcpt = decoded.as_deref().unwrap_or(rcpt);
-        let env = Envelope {
-            origin: &self.origin,
-            rdns: self.rdns.as_deref(),
-            tag: self.tag.as_deref(),
-            tls: ctx.tls,
-            auth: ctx.auth,
-            mail_from: ctx.mail_from,
-            rcpt,
-            helo: ctx.helo,
-        };
+        let env = self.envelope(ctx, rcpt);
         match rules::decide(&self.config, &env) {
             Decision::Deliver(action) => {
                 resolve::resolve(&self.config, action, &env, &SystemUsers).map_err(|e| refusal(&e))
