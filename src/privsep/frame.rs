@@ -302,7 +302,7 @@ const LOOKUP_VERDICT_BASE: u8 = 32;
 
 /// What a lookup asks.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Question {
+pub enum LookupQuestion {
     /// May this recipient be accepted (and who takes it)?
     Rcpt(String),
     /// May the authenticated user send as `mail_from` (`senders <table> [masquerade]`)?
@@ -313,7 +313,7 @@ pub enum Question {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LookupAsk {
     pub seq: u64,
-    pub question: Question,
+    pub question: LookupQuestion,
     pub origin: Origin,
     pub tls: bool,
     pub tag: Option<String>,
@@ -364,8 +364,8 @@ pub fn encode_lookup_ask(ask: &LookupAsk, out: &mut Vec<u8>) {
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&ask.seq.to_be_bytes());
     let (q, subject) = match &ask.question {
-        Question::Rcpt(r) => (0u8, r),
-        Question::Sender { table, masquerade } => (1 + u8::from(*masquerade), table),
+        LookupQuestion::Rcpt(r) => (0u8, r),
+        LookupQuestion::Sender { table, masquerade } => (1 + u8::from(*masquerade), table),
     };
     out.push(q);
     put_str(out, Some(subject));
@@ -390,8 +390,8 @@ pub fn decode_lookup_ask(bytes: &[u8]) -> Result<LookupAsk, FrameError> {
     let q = c.u8()?;
     let subject = c.str()?;
     let question = match q {
-        0 => Question::Rcpt(subject),
-        1 | 2 => Question::Sender { table: subject, masquerade: q == 2 },
+        0 => LookupQuestion::Rcpt(subject),
+        1 | 2 => LookupQuestion::Sender { table: subject, masquerade: q == 2 },
         _ => return Err(FrameError::Bad("lookup question")),
     };
     let origin = c.origin()?;
@@ -649,7 +649,7 @@ mod tests {
     fn lookups_round_trip_and_refuse_forgeries() {
         let ask = LookupAsk {
             seq: 11,
-            question: Question::Sender { table: "senders".into(), masquerade: true },
+            question: LookupQuestion::Sender { table: "senders".into(), masquerade: true },
             origin: Origin::Tcp("192.0.2.7".parse().unwrap()),
             tls: true,
             tag: None,
@@ -658,7 +658,7 @@ mod tests {
             helo: "c.example".into(),
             rdns: None,
         };
-        let rcpt = LookupAsk { seq: 12, question: Question::Rcpt("a@b".into()), tls: false, ..ask.clone() };
+        let rcpt = LookupAsk { seq: 12, question: LookupQuestion::Rcpt("a@b".into()), tls: false, ..ask.clone() };
         let mut out = Vec::new();
         encode_lookup_ask(&ask, &mut out);
         encode_lookup_ask(&rcpt, &mut out);

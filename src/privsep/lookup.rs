@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use super::frame::{LookupAsk, LookupVerdict, Question};
+use super::frame::{LookupAsk, LookupQuestion, LookupVerdict};
 use crate::auth::senders::sender_allowed;
 use crate::config::Config;
 use crate::envelope::Envelope;
@@ -69,8 +69,8 @@ fn serve(rx: &Receiver<LookupAsk>, config: &Config, answers: &Answers) {
 /// The verdict on one question, as the commit would decide it.
 pub fn answer(config: &Config, ask: &LookupAsk) -> LookupVerdict {
     let rcpt = match &ask.question {
-        Question::Rcpt(r) => r.as_str(),
-        Question::Sender { table, masquerade } => return sender(config, ask, table, *masquerade),
+        LookupQuestion::Rcpt(r) => r.as_str(),
+        LookupQuestion::Sender { table, masquerade } => return sender(config, ask, table, *masquerade),
     };
     let Ok(decoded) = crate::srs::reverse(config, rcpt) else { return LookupVerdict::BadSrs };
     let rcpt = decoded.as_deref().unwrap_or(rcpt);

@@ -245,8 +245,12 @@ impl Conn {
             }
             if let Some(req) = self.session.poll_lookup() {
                 let p = self.session.policy();
-                let client =
-                    super::lookup::Client { origin: p.origin(), tag: p.tag(), rdns: p.rdns(), senders: p.senders() };
+                let client = super::lookup::ClientFacts {
+                    origin: p.origin(),
+                    tag: p.tag(),
+                    rdns: p.rdns(),
+                    senders: p.senders(),
+                };
                 let id = req.id;
                 ctx.ask(self.id, id, super::lookup::ask(req, &client));
             }

@@ -7,7 +7,7 @@
 
 use crate::config::{Config, Method};
 use crate::envelope::{Envelope, Origin};
-use crate::privsep::frame::{LookupAsk, LookupVerdict, Question};
+use crate::privsep::frame::{LookupAsk, LookupQuestion, LookupVerdict};
 use crate::resolve::{self, ResolveError};
 use crate::rules::{self, Decision};
 use crate::smtp::{reply, LookupRequest, Reply};
@@ -34,7 +34,7 @@ pub(crate) fn rcpt_needs_delivery(config: &Config, env: &Envelope<'_>) -> bool {
 }
 
 /// What the connection knows of its client, for a question.
-pub(crate) struct Client<'a> {
+pub(crate) struct ClientFacts<'a> {
     pub(crate) origin: &'a Origin,
     pub(crate) tag: Option<&'a str>,
     pub(crate) rdns: Option<&'a str>,
@@ -43,13 +43,13 @@ pub(crate) struct Client<'a> {
 }
 
 /// The question as it crosses to delivery.
-pub(crate) fn ask(req: LookupRequest, client: &Client<'_>) -> LookupAsk {
+pub(crate) fn ask(req: LookupRequest, client: &ClientFacts<'_>) -> LookupAsk {
     let senders = client.senders;
     let question = match (req.rcpt, senders) {
-        (Some(rcpt), _) => Question::Rcpt(rcpt),
-        (None, Some((table, masquerade))) => Question::Sender { table: table.to_owned(), masquerade },
+        (Some(rcpt), _) => LookupQuestion::Rcpt(rcpt),
+        (None, Some((table, masquerade))) => LookupQuestion::Sender { table: table.to_owned(), masquerade },
         // MAIL asks only with a `senders` table (`ConnPolicy::ask_mail`).
-        (None, None) => Question::Sender { table: String::new(), masquerade: false },
+        (None, None) => LookupQuestion::Sender { table: String::new(), masquerade: false },
     };
     LookupAsk {
         seq: 0,
