@@ -18,7 +18,7 @@ use crate::privsep::frame::{AuthVerdict, DeliveryVerdict, LookupVerdict};
 use crate::privsep::link::{Answer, LoopLink};
 use crate::server::conn::{Conn, Status, Tick};
 use crate::server::filters::{FromHub, LoopFilters, ToHub};
-use crate::server::loop_ctx::{AuthAnswer, DeliveryReport, LoopCtx, Waiter};
+use crate::server::loop_ctx::{AuthAnswer, DeliveryReport, LookupAnswer, LoopCtx, Waiter};
 use crate::server::stream::Stream;
 use crate::server::ListenerRt;
 use crate::smtp::{AuthResult, Outcome};
@@ -323,10 +323,10 @@ impl EventLoop {
                             Answer::Lookup(v) => v,
                             _ => LookupVerdict::TempFail,
                         };
-                        self.on_lookup(slot, sid, id, verdict, scratch, now);
+                        self.on_lookup(LookupAnswer { slot, sid, id, verdict }, scratch, now);
                     }
                     (Waiter::Message { slot, sid, msgid }, Answer::Auth(_) | Answer::Lookup(_)) => {
-                        let outcome = DeliveryVerdict::TempFail("delivery answered a login".into());
+                        let outcome = DeliveryVerdict::TempFail("delivery answered another request".into());
                         self.on_verdict(DeliveryReport { slot, sid, msgid, outcome }, scratch, now);
                     }
                     (Waiter::Login { slot, sid, id, user }, Answer::Delivery(_) | Answer::Lookup(_)) => {
@@ -387,27 +387,19 @@ impl EventLoop {
     }
 
     /// Delivery's answer to a question at MAIL or RCPT: the session replies and reads on.
-    fn on_lookup(
-        &mut self,
-        slot: usize,
-        sid: crate::envelope::SessionId,
-        id: crate::smtp::LookupId,
-        verdict: LookupVerdict,
-        scratch: &mut [u8],
-        now: Instant,
-    ) {
-        let Some(Some(s)) = self.conns.get_mut(slot) else {
+    fn on_lookup(&mut self, a: LookupAnswer, scratch: &mut [u8], now: Instant) {
+        let Some(Some(s)) = self.conns.get_mut(a.slot) else {
             return;
         };
-        if s.conn.id != sid {
+        if s.conn.id != a.sid {
             return; // the client left; its slot was reused
         }
         s.conn.readable = true;
-        let verdict = super::lookup::reply(verdict).map(|()| Vec::new());
+        let verdict = super::lookup::reply(a.verdict).map(|()| Vec::new());
         let before = s.conn.session_mut().output().len();
-        s.conn.session_mut().handle_lookup(id, verdict);
+        s.conn.session_mut().handle_lookup(a.id, verdict);
         s.conn.filter_lookup_answered(before);
-        self.pump(slot, scratch, now);
+        self.pump(a.slot, scratch, now);
     }
 
     /// Hands the filter processes' lines to their sessions, and a process's death to all.

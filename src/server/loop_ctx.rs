@@ -3,7 +3,7 @@
 //! so that connections depend on this, not on the loop that owns them.
 
 use crate::envelope::{MsgId, Origin, SessionId, Target};
-use crate::privsep::frame::{AuthAsk, AuthVerdict, DeliveryVerdict, Head, LookupAsk};
+use crate::privsep::frame::{AuthAsk, AuthVerdict, DeliveryVerdict, Head, LookupAsk, LookupVerdict};
 use crate::privsep::link::LoopLink;
 use crate::server::filters::Shared;
 use crate::smtp::{AuthId, AuthRequest, LookupId, Message};
@@ -44,6 +44,14 @@ pub(crate) struct AuthAnswer {
     pub(super) id: AuthId,
     pub(super) user: String,
     pub(super) verdict: AuthVerdict,
+}
+
+/// The delivery process's answer to a question at MAIL or RCPT, for the session that asked.
+pub(crate) struct LookupAnswer {
+    pub(super) slot: usize,
+    pub(super) sid: SessionId,
+    pub(super) id: LookupId,
+    pub(super) verdict: LookupVerdict,
 }
 
 /// What a connection may use of its loop while it pumps.
