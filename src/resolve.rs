@@ -3,10 +3,12 @@
 //! each final local user (`userbase` table or the password database), and expands the
 //! Maildir path template. Called at RCPT time, so an unknown user is refused there.
 //!
-//! ~/.forward files are read only when the delivery process resolves again before the
-//! 250 after DATA ([`resolve_delivering`]): the smtp process is chrooted and never reads
-//! homes. So RCPT checks the rules, aliases and that the user exists; what a .forward
-//! says (and whether a `forward-only` user has one) is decided at delivery.
+//! ~/.forward files are read only in the delivery process ([`resolve_delivering`]): the
+//! smtp process is chrooted and never reads homes. There, RCPT checks the rules, aliases
+//! and that the user exists; a recipient whose answer needs what only delivery can see (a
+//! `forward-only`/`expand-only` user's .forward, a proc table) is `ResolveError::Deferred`,
+//! and the session asks the delivery process, which resolves it with
+//! [`resolve_delivering`] (`privsep::lookup`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -16,9 +18,13 @@ use crate::config::{Action, Config, Method};
 use crate::envelope::Mailbox;
 use crate::envelope::{Envelope, Owner, Target};
 use crate::rules::{self, Decision};
-use crate::users::{User, UserDb, Userbase};
+use crate::table::proc::TableService;
+use crate::table::LookupError;
+use crate::users::{User, UserDb};
 
 mod forwards;
+#[cfg(test)]
+mod test_util;
 
 /// Alias chains longer than this are refused as loops (OpenSMTPD uses 5 for expansion depth
 /// of includes; aliases to aliases rarely go past 3).
@@ -43,8 +49,24 @@ pub enum ResolveError {
     /// 250 for a message stored nowhere.
     Empty(String),
     /// What a ~/.forward says cannot be delivered (a `forward-only` user without one, a
-    /// command in root's): found at delivery, so the message gets a 4xx after DATA.
+    /// command in root's): OpenSMTPD's `424 4.2.4` at RCPT, when the delivery process is asked.
     Forward(String),
+    /// An `expand-only` user without a usable ~/.forward: OpenSMTPD's `524 5.2.4` at RCPT.
+    ExpandOnly(String),
+    /// Only the delivery process can answer (a proc table, a ~/.forward to read): the
+    /// session asks it.
+    Deferred(String),
+    /// A table process failed or timed out: 451 4.3.0.
+    TableFailed(String),
+}
+
+impl From<LookupError> for ResolveError {
+    fn from(e: LookupError) -> ResolveError {
+        match e {
+            LookupError::Deferred(t) => ResolveError::Deferred(format!("table {t}")),
+            LookupError::Failed(why) => ResolveError::TableFailed(why),
+        }
+    }
 }
 
 impl fmt::Display for ResolveError {
@@ -56,7 +78,9 @@ impl fmt::Display for ResolveError {
             ResolveError::Unsupported(w) => write!(f, "{w} is not supported"),
             ResolveError::Refused(a) => write!(f, "expanded address {a} is refused by the rules"),
             ResolveError::Empty(a) => write!(f, "{a} expands to no mailbox"),
-            ResolveError::Forward(why) => write!(f, "{why}"),
+            ResolveError::Forward(why) | ResolveError::ExpandOnly(why) => write!(f, "{why}"),
+            ResolveError::Deferred(what) => write!(f, "{what} is for the delivery process to read"),
+            ResolveError::TableFailed(why) => write!(f, "{why}"),
         }
     }
 }
@@ -68,8 +92,6 @@ struct Expander<'a> {
     out: Vec<Target>,
     /// True where homes may be read (the delivery process).
     read_forwards: bool,
-    /// A `forward-only`/`expand-only` user whose .forward only delivery can read.
-    deferred: bool,
 }
 
 /// At RCPT (the smtp process): ~/.forward files are not read.
@@ -99,9 +121,9 @@ fn run(
     users: &dyn UserDb,
     read_forwards: bool,
 ) -> Result<Vec<Target>, ResolveError> {
-    let mut r = Expander { config, env, system: users, out: Vec::new(), read_forwards, deferred: false };
+    let mut r = Expander { config, env, system: users, out: Vec::new(), read_forwards };
     r.address(action, env.rcpt, 0, &mut Vec::new())?;
-    if r.out.is_empty() && !r.deferred {
+    if r.out.is_empty() {
         return Err(ResolveError::Empty(env.rcpt.to_owned()));
     }
     Ok(r.out)
@@ -131,13 +153,20 @@ impl Expander<'_> {
             return self.local_user(action, &base, addr, depth, seen);
         }
         let expansion = match (&action.virtual_, &action.alias) {
-            (Some(t), _) => {
-                self.config.table(t).and_then(|t| t.get(&key).or_else(|| t.get(&format!("@{}", domain.to_lowercase()))))
-            }
-            (None, Some(t)) => self.config.table(t).and_then(|t| t.get(&base)),
+            (Some(t), _) => match self.config.table(t) {
+                Some(t) => match t.lookup_value(TableService::Alias, &key)? {
+                    Some(v) => Some(v),
+                    None => t.lookup_value(TableService::Alias, &format!("@{}", domain.to_lowercase()))?,
+                },
+                None => None,
+            },
+            (None, Some(t)) => match self.config.table(t) {
+                Some(t) => t.lookup_value(TableService::Alias, &base)?,
+                None => None,
+            },
             (None, None) => None,
         }
-        .map(crate::forward::alias_items);
+        .map(|v| crate::forward::alias_items(&v));
         let Some(items) = expansion else {
             if action.virtual_.is_some() {
                 return Err(ResolveError::UnknownUser(addr.to_owned()));
@@ -172,16 +201,18 @@ impl Expander<'_> {
             return self.address(action, &addr, depth + 1, seen);
         }
         let env = Envelope { rcpt: item, ..*self.env };
-        match rules::decide(self.config, &env) {
+        match rules::try_decide(self.config, &env)? {
             Decision::Deliver(next) => self.address(next, item, depth + 1, seen),
             Decision::Reject | Decision::NoMatch => Err(ResolveError::Refused(item.to_owned())),
         }
     }
 
-    fn lookup(&self, action: &Action, name: &str) -> Option<User> {
+    fn lookup(&self, action: &Action, name: &str) -> Result<Option<User>, ResolveError> {
         match action.userbase.as_deref().and_then(|t| self.config.table(t)) {
-            Some(t) => Userbase(t).by_name(name),
-            None => self.system.by_name(name),
+            Some(t) => {
+                Ok(t.lookup_value(TableService::Userinfo, name)?.and_then(|v| crate::users::parse_entry(name, &v)))
+            }
+            None => Ok(self.system.by_name(name)),
         }
     }
 
@@ -193,7 +224,7 @@ impl Expander<'_> {
         depth: usize,
         seen: &mut Vec<String>,
     ) -> Result<(), ResolveError> {
-        let rcpt_user = self.lookup(action, name).ok_or_else(|| ResolveError::UnknownUser(name.to_owned()))?;
+        let rcpt_user = self.lookup(action, name)?.ok_or_else(|| ResolveError::UnknownUser(name.to_owned()))?;
         // As OpenSMTPD: an action delivering as another `user` skips recipients' .forward.
         if action.user.as_deref().is_none_or(|u| u == name) && self.forward(action, &rcpt_user, dest, depth, seen)? {
             return Ok(());
@@ -201,7 +232,7 @@ impl Expander<'_> {
         // `user NAME`: deliver as that user (its ids own the files, its home is ~).
         let user = match &action.user {
             Some(u) => self
-                .lookup(action, u)
+                .lookup(action, u)?
                 .or_else(|| self.system.by_name(u))
                 .ok_or_else(|| ResolveError::UnknownUser(u.clone()))?,
             None => rcpt_user,
@@ -243,10 +274,13 @@ impl Expander<'_> {
                 return Err(ResolveError::Unsupported("mda delivery as root".into()))
             }
             Method::Mda(_) => Target::Mda { action: action.name.clone(), rcpt: dest_addr.clone() },
-            Method::ForwardOnly | Method::ExpandOnly => {
-                let kind =
-                    if matches!(action.method, Method::ForwardOnly) { "a forward-only" } else { "an expand-only" };
-                return Err(ResolveError::Forward(format!("{name} has no usable ~/.forward on {kind} action")));
+            Method::ForwardOnly => {
+                return Err(ResolveError::Forward(format!("{name} has no usable ~/.forward on a forward-only action")))
+            }
+            Method::ExpandOnly => {
+                return Err(ResolveError::ExpandOnly(format!(
+                    "{name} has no usable ~/.forward on an expand-only action"
+                )))
             }
             Method::Relay(_) => return Err(ResolveError::Unsupported("relay".into())),
         };
@@ -259,38 +293,20 @@ impl Expander<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::test_util::{load, resolve_rcpt};
     use super::*;
-    use crate::config::load;
-    use crate::envelope::Origin;
-    use crate::users::SystemUsers;
 
     fn config(body: &str) -> (tempfile::TempDir, Config) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("smtpd.conf");
         let text = format!(
             "hostname \"mx.test\"\ntable users {{ joseph = \"1000:1000:/home/joseph\", alice = \"1001:1001:/home/alice\", vmail = \"2000:2000:/var/vmail\" }}\n{body}"
         );
-        std::fs::write(&path, text).unwrap();
-        let c = load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+        let c = load(dir.path(), &text);
         (dir, c)
     }
 
     fn run(c: &Config, rcpt: &str) -> Result<Vec<Target>, ResolveError> {
-        let origin = Origin::Tcp("127.0.0.1".parse().unwrap());
-        let env = Envelope {
-            origin: &origin,
-            rdns: None,
-            tag: None,
-            tls: false,
-            auth: None,
-            mail_from: "s@example.org",
-            rcpt,
-            helo: "client.example.org",
-        };
-        match rules::decide(c, &env) {
-            Decision::Deliver(a) => resolve(c, a, &env, &SystemUsers),
-            other => panic!("{rcpt}: {other:?}"),
-        }
+        resolve_rcpt(c, rcpt, false)
     }
 
     fn maildir(dir: &str, to: &str) -> Target {
@@ -412,6 +428,21 @@ mod tests {
         // Never as root, unless `user` names who runs it.
         assert!(matches!(run(&c, "root@m.test"), Err(ResolveError::Unsupported(_))));
         assert_eq!(run(&c, "root@mu.test"), Ok(vec![Target::Mda { action: "mu".into(), rcpt: "root@mu.test".into() }]));
+    }
+
+    /// A proc table cannot be asked outside the delivery process: the recipient is
+    /// deferred to it, whichever use meets the table.
+    #[test]
+    fn proc_tables_defer_to_the_delivery_process() {
+        let (_d, c) = config(
+            "table p proc-exec:/bin/cat\n\
+             action a maildir alias <p> userbase <users>\naction u maildir userbase <p>\naction l maildir userbase <users>\n\
+             match from any for domain \"a.test\" action a\nmatch from any for domain \"u.test\" action u\n\
+             match from any for domain <p> action l\nmatch from any for any action l\n",
+        );
+        assert_eq!(run(&c, "joseph@a.test"), Err(ResolveError::Deferred("table p".into())));
+        assert_eq!(run(&c, "joseph@u.test"), Err(ResolveError::Deferred("table p".into())));
+        assert_eq!(run(&c, "joseph@other.test"), Err(ResolveError::Deferred("table p".into())), "match <p>");
     }
 
     #[test]

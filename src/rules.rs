@@ -1,10 +1,13 @@
 //! `match` evaluation: a pure function of the configuration and an envelope. Rules are
-//! tried in order; the first whose every condition holds decides.
+//! tried in order; the first whose every condition holds decides. A condition on a proc
+//! table is a `check` of its process (`Table::check_key`), which only the delivery process
+//! may wait for: elsewhere [`try_decide`] answers `LookupError::Deferred`.
 
 use crate::config::{Action, CondKind, Config, Matcher, Verdict};
 use crate::envelope::Mailbox;
 use crate::envelope::{Envelope, Origin};
-use crate::table::{domain_matches, ip_matches};
+use crate::table::proc::TableService;
+use crate::table::{domain_matches, ip_matches, LookupError};
 
 #[derive(Debug)]
 pub enum Decision<'c> {
@@ -14,16 +17,30 @@ pub enum Decision<'c> {
     NoMatch,
 }
 
+/// The decision, where no condition needs a table process (a proc table that cannot be
+/// asked here does not match).
 pub fn decide<'c>(config: &'c Config, env: &Envelope<'_>) -> Decision<'c> {
+    try_decide(config, env).unwrap_or(Decision::NoMatch)
+}
+
+/// The decision, or why a proc table a condition needs could not answer.
+pub fn try_decide<'c>(config: &'c Config, env: &Envelope<'_>) -> Result<Decision<'c>, LookupError> {
     for rule in &config.rules {
-        if rule.conds.iter().all(|c| holds(config, &c.kind, env) != c.negate) {
-            return match &rule.verdict {
+        let mut all = true;
+        for c in &rule.conds {
+            if holds(config, &c.kind, env)? == c.negate {
+                all = false;
+                break;
+            }
+        }
+        if all {
+            return Ok(match &rule.verdict {
                 Verdict::Reject => Decision::Reject,
                 Verdict::Action(name) => config.actions.get(name).map_or(Decision::NoMatch, Decision::Deliver),
-            };
+            });
         }
     }
-    Decision::NoMatch
+    Ok(Decision::NoMatch)
 }
 
 /// `for local`: no domain, localhost, this host's names, or one of its address literals.
@@ -54,55 +71,87 @@ fn local_addr(config: &Config, ip: std::net::IpAddr) -> bool {
 }
 
 /// A literal or table matcher applied with `f` to each entry; a `regex` table is matched
-/// against `subject` itself.
-fn matches_with(config: &Config, m: &Matcher, subject: &str, f: impl Fn(&str) -> bool) -> bool {
-    match m {
-        Matcher::Value(v) => f(&v.to_lowercase()),
-        Matcher::Table(t) => config.table(t).is_some_and(|t| t.keys().any(f)),
-        Matcher::Regex(t) => config.table(t).is_some_and(|t| t.match_regex(subject)),
+/// against `subject` itself. A proc table is asked to `check` `key` in `service`.
+fn matches_with(
+    config: &Config,
+    m: &Matcher,
+    subject: &str,
+    (service, key): (TableService, &str),
+    f: impl Fn(&str) -> bool,
+) -> Result<bool, LookupError> {
+    let table = match m {
+        Matcher::Value(v) => return Ok(f(&v.to_lowercase())),
+        Matcher::Table(t) | Matcher::Regex(t) => match config.table(t) {
+            Some(t) => t,
+            None => return Ok(false),
+        },
+    };
+    if matches!(m, Matcher::Regex(_)) {
+        return Ok(table.check_key(TableService::Regex, subject)?.unwrap_or_else(|| table.match_regex(subject)));
     }
+    Ok(table.check_key(service, key)?.unwrap_or_else(|| table.keys().any(f)))
 }
 
-fn holds(config: &Config, cond: &CondKind, env: &Envelope<'_>) -> bool {
+fn holds(config: &Config, cond: &CondKind, env: &Envelope<'_>) -> Result<bool, LookupError> {
     let rcpt = env.rcpt.to_lowercase();
-    match cond {
+    Ok(match cond {
         CondKind::FromAny | CondKind::ForAny => true,
         CondKind::FromLocal => env.origin.is_local(),
         CondKind::FromSocket => matches!(env.origin, Origin::Socket),
         CondKind::FromSrc(m) => match env.origin {
-            Origin::Tcp(ip) => matches_with(config, m, &ip.to_string(), |e| ip_matches(e, *ip)),
+            Origin::Tcp(ip) => {
+                let text = ip.to_string();
+                matches_with(config, m, &text, (TableService::Netaddr, &text), |e| ip_matches(e, *ip))?
+            }
             Origin::Socket => false,
         },
         CondKind::FromAuth(m) => match (env.auth, m) {
             (None, _) => false,
             (Some(_), None) => true,
-            (Some(user), Some(m)) => matches_with(config, m, user, |e| e == user.to_lowercase()),
+            (Some(user), Some(m)) => {
+                // OpenSMTPD's services: an address-like name is a `mailaddr`.
+                let lower = user.to_lowercase();
+                let service = if lower.contains('@') { TableService::Mailaddr } else { TableService::String };
+                matches_with(config, m, user, (service, &lower), |e| e == lower)?
+            }
         },
         CondKind::FromRdns(m) => match (env.rdns, m) {
             (None, _) => false,
             (Some(_), None) => true,
-            (Some(name), Some(m)) => matches_with(config, m, name, |e| domain_matches(e, &name.to_lowercase())),
+            (Some(name), Some(m)) => {
+                // OpenSMTPD asks every `from` table as `netaddr`, the rDNS name too.
+                let lower = name.to_lowercase();
+                matches_with(config, m, name, (TableService::Netaddr, &lower), |e| domain_matches(e, &lower))?
+            }
         },
-        CondKind::FromMailFrom(m) => address_matches(config, m, &env.mail_from.to_lowercase()),
+        CondKind::FromMailFrom(m) => address_matches(config, m, &env.mail_from.to_lowercase())?,
         CondKind::ForLocal => is_local_domain(config, Mailbox::domain_of(env.rcpt)),
         CondKind::ForDomain(m) => {
-            matches_with(config, m, Mailbox::domain_of(&rcpt), |e| domain_matches(e, Mailbox::domain_of(&rcpt)))
+            let domain = Mailbox::domain_of(&rcpt);
+            matches_with(config, m, domain, (TableService::Domain, domain), |e| domain_matches(e, domain))?
         }
-        CondKind::ForRcptTo(m) => address_matches(config, m, &rcpt),
+        CondKind::ForRcptTo(m) => address_matches(config, m, &rcpt)?,
         CondKind::Tls => env.tls,
-        CondKind::Tag(m) => env.tag.is_some_and(|tag| matches_with(config, m, tag, |e| e == tag.to_lowercase())),
+        CondKind::Tag(m) => match env.tag {
+            Some(tag) => {
+                let lower = tag.to_lowercase();
+                matches_with(config, m, tag, (TableService::String, &lower), |e| e == lower)?
+            }
+            None => false,
+        },
         // OpenSMTPD looks the HELO name up as a domain.
         CondKind::Helo(m) => {
             let helo = env.helo.to_lowercase();
-            matches_with(config, m, env.helo, |e| domain_matches(e, &helo))
+            matches_with(config, m, env.helo, (TableService::Domain, &helo), |e| domain_matches(e, &helo))?
         }
-    }
+    })
 }
 
 /// Mailbox matching as OpenSMTPD's: a full address, or `@domain` for any user there.
-fn address_matches(config: &Config, m: &Matcher, addr: &str) -> bool {
+fn address_matches(config: &Config, m: &Matcher, addr: &str) -> Result<bool, LookupError> {
     let domain = Mailbox::domain_of(addr);
-    matches_with(config, m, addr, |e| e == addr || e.strip_prefix('@').is_some_and(|d| d == domain))
+    let service = (TableService::Mailaddr, addr);
+    matches_with(config, m, addr, service, |e| e == addr || e.strip_prefix('@').is_some_and(|d| d == domain))
 }
 
 #[cfg(test)]

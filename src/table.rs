@@ -9,8 +9,10 @@
 //! matched case-insensitively: addresses and names compare that way everywhere else.
 //!
 //! A `proc-exec:` table (`proc_io.rs`, `proc.rs`) holds no entries: it answers by asking
-//! its process, which blocks, so only `credentials` reaches it; every other lookup of such
-//! a table sees it empty (config/check.rs refuses those uses at load).
+//! its process, which blocks. Lookups that may wait ask it directly (credentials, relay
+//! hosts); the RCPT and MAIL lookups (`lookup_value`, `check_key`) ask it only in a process
+//! that allowed waiting (delivery), and elsewhere answer `LookupError::Deferred`, so the
+//! smtp session asks the delivery process instead. Every other lookup sees it empty.
 //!
 //! Keys compare case-insensitively (addresses' domains and aliases are case-insensitive in
 //! practice, and OpenSMTPD lowercases them). Parsing never panics.
@@ -61,6 +63,24 @@ pub struct Table {
     secrets: BTreeMap<String, String>,
     /// proc tables: the process, shared by the clones of this table.
     process: Option<Arc<ProcTable>>,
+}
+
+/// Why a lookup of a proc table has no answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LookupError {
+    /// Only a process that may wait can ask this table (the smtp process asks delivery).
+    Deferred(String),
+    /// The table process failed, timed out or answered `error`: a temporary failure.
+    Failed(String),
+}
+
+impl fmt::Display for LookupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LookupError::Deferred(t) => write!(f, "table {t} is asked by the delivery process"),
+            LookupError::Failed(why) => f.write_str(why),
+        }
+    }
 }
 
 /// A table file that could not be read or parsed.
@@ -220,6 +240,31 @@ impl Table {
             return Ok(None);
         }
         p.check(proc::TableService::Auth, &format!("{user}:{password}")).map(Some)
+    }
+
+    /// A mapping's value for `key`; a proc table's `lookup` of `service`, where waiting is
+    /// allowed (`proc_io::allow_waiting`).
+    pub fn lookup_value(&self, service: proc::TableService, key: &str) -> Result<Option<String>, LookupError> {
+        match &self.process {
+            None => Ok(self.get(key).map(str::to_owned)),
+            Some(p) => self.waiting(|| p.lookup(service, key)),
+        }
+    }
+
+    /// A proc table's `check` of `key` in `service`, where waiting is allowed; `None` for
+    /// any other table, whose entries the caller matches itself.
+    pub fn check_key(&self, service: proc::TableService, key: &str) -> Result<Option<bool>, LookupError> {
+        match &self.process {
+            None => Ok(None),
+            Some(p) => self.waiting(|| p.check(service, key)).map(Some),
+        }
+    }
+
+    fn waiting<T>(&self, ask: impl FnOnce() -> Result<T, TableProcError>) -> Result<T, LookupError> {
+        if !proc_io::may_wait() {
+            return Err(LookupError::Deferred(self.name.clone()));
+        }
+        ask().map_err(|e| LookupError::Failed(format!("table {}: {e}", self.name)))
     }
 
     /// The same table read again from its file; inline tables are returned as they are.

@@ -64,12 +64,14 @@ fn parse_passwd_line(line: &str) -> Option<User> {
     Some(User { name: f[0].to_owned(), uid: f[2].parse().ok()?, gid: f[3].parse().ok()?, home: PathBuf::from(f[5]) })
 }
 
-/// A `userbase` table: `name = "uid:gid:home"`.
+/// A `userbase` table: `name = "uid:gid:home"` (a proc table's `userinfo`, where this
+/// process may wait for it; a table that fails answers no user).
 pub struct Userbase<'a>(pub &'a Table);
 
 impl UserDb for Userbase<'_> {
     fn by_name(&self, name: &str) -> Option<User> {
-        parse_entry(name, self.0.get(name)?)
+        let value = self.0.lookup_value(crate::table::proc::TableService::Userinfo, name).ok()??;
+        parse_entry(name, &value)
     }
 }
 

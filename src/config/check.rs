@@ -63,10 +63,9 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
         .collect();
     let mut actions = BTreeMap::new();
     for mut a in p.actions {
-        for (t, need) in [(&a.alias, Kind::Mapping), (&a.virtual_, Kind::Mapping), (&a.userbase, Kind::Mapping)] {
-            if let Some(t) = t {
-                need_table(&mut c, &a.at, &tables, t, Some(need));
-            }
+        // A proc table here is asked by the delivery process (the session asks it at RCPT).
+        for t in [&a.alias, &a.virtual_, &a.userbase].into_iter().flatten() {
+            need_lookup_table(&mut c, &a.at, &tables, t, Some(Kind::Mapping));
         }
         if let Method::Relay(r) = &mut a.method {
             for t in [&r.host_table].into_iter().flatten() {
@@ -145,7 +144,7 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
                 _ => None,
             };
             if let Some(Matcher::Table(t) | Matcher::Regex(t)) = m {
-                need_table(&mut c, &r.at, &tables, t, None);
+                need_lookup_table(&mut c, &r.at, &tables, t, None);
             }
         }
     }
@@ -310,6 +309,21 @@ fn need_blocking_table(c: &mut ConfigChecker, at: &ConfigLine, tables: &BTreeMap
     }
 }
 
+/// A table looked up at RCPT or MAIL: a proc table is asked by the delivery process,
+/// where waiting is allowed (`server::lookup`, `privsep::lookup`).
+fn need_lookup_table(
+    c: &mut ConfigChecker,
+    at: &ConfigLine,
+    tables: &BTreeMap<String, Arc<Table>>,
+    name: &str,
+    kind: Option<Kind>,
+) {
+    match tables.get(name) {
+        Some(t) if t.is_proc() => {}
+        _ => need_table(c, at, tables, name, kind),
+    }
+}
+
 fn need_table(
     c: &mut ConfigChecker,
     at: &ConfigLine,
@@ -417,8 +431,11 @@ fn listener(
             },
         );
     }
-    for t in [&l.options.hostnames, &l.options.senders].into_iter().flatten() {
+    if let Some(t) = &l.options.hostnames {
         need_table(c, &l.at, tables, t, Some(Kind::Mapping));
+    }
+    if let Some(t) = &l.options.senders {
+        need_lookup_table(c, &l.at, tables, t, Some(Kind::Mapping));
     }
     let mut notice =
         |text: &str| notices.push(super::Notice { at: l.at.clone(), text: text.to_owned(), blocking: false });

@@ -3,7 +3,9 @@
 //! link (the stream cannot be resynchronised); a recipient that its own `match` rules and
 //! resolution would not have accepted for that envelope fails the message (451) and is
 //! logged. Every path, uid and gid comes from this process's own configuration.
-//! Logins from the smtp process go to the checkers of [`super::auth`].
+//! Logins from the smtp process go to the checkers of [`super::auth`], questions at RCPT
+//! and MAIL to the threads of [`super::lookup`]. At commit, a proc table is asked on the
+//! link's reader thread (only a configuration with proc tables waits there).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -13,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::frame::{self, AuthVerdict, DeliveryVerdict, Head};
+use super::frame::{self, AuthVerdict, DeliveryVerdict, Head, LookupVerdict};
 use crate::config::Config;
 use crate::deliver::{DeliveryResult, Job, Mail, Pool};
 use crate::envelope::{Envelope, MsgId, Target};
@@ -32,10 +34,11 @@ struct Shared {
     config: Arc<Config>,
     pool: Pool,
     checker: super::auth::Checker,
+    lookups: super::lookup::Lookups,
     /// Verdicts for the writer: the link's index, the request's sequence number.
     verdicts: Sender<(usize, u64, DeliveryVerdict)>,
-    /// Which link each login came on (sequence numbers are unique across an smtp
-    /// process's links; a forged duplicate only misroutes that process's own answer).
+    /// Which link each login or question came on (sequence numbers are unique across an
+    /// smtp process's links; a forged duplicate only misroutes that process's own answer).
     logins: Arc<Logins>,
     /// The write ends of the links, by index; 0 is the first link.
     writers: Arc<Writers>,
@@ -50,6 +53,7 @@ type Writers = Mutex<Vec<Option<UnixStream>>>;
 pub fn serve(stream: UnixStream, config: &Arc<Config>, pool: Pool) {
     let (vtx, vrx) = crossbeam_channel::unbounded::<(usize, u64, DeliveryVerdict)>();
     let (atx, arx) = crossbeam_channel::unbounded::<(u64, AuthVerdict)>();
+    let (ltx, lrx) = crossbeam_channel::unbounded::<(u64, LookupVerdict)>();
     let writer = match stream.try_clone() {
         Ok(w) => w,
         Err(e) => return log::error!("delivery: {e}"),
@@ -58,6 +62,7 @@ pub fn serve(stream: UnixStream, config: &Arc<Config>, pool: Pool) {
         config: Arc::clone(config),
         pool,
         checker: super::auth::Checker::start(Arc::clone(config), atx),
+        lookups: super::lookup::Lookups::start(config, ltx),
         verdicts: vtx,
         logins: Arc::default(),
         writers: Arc::new(Mutex::new(vec![Some(writer)])),
@@ -66,7 +71,7 @@ pub fn serve(stream: UnixStream, config: &Arc<Config>, pool: Pool) {
     let (logins, writers) = (Arc::clone(&shared.logins), Arc::clone(&shared.writers));
     let writer = std::thread::Builder::new()
         .name("verdicts".into())
-        .spawn(move || write_verdicts(&writers, &logins, &vrx, &arx));
+        .spawn(move || write_verdicts(&writers, &logins, &vrx, &arx, &lrx));
     let mut readers = Vec::new();
     let mut first = std::io::BufReader::with_capacity(64 * 1024, super::link::FdReader::new(stream));
     read_link(0, &mut first, &shared, &mut |fds| {
@@ -81,9 +86,9 @@ pub fn serve(stream: UnixStream, config: &Arc<Config>, pool: Pool) {
     }
     match Arc::try_unwrap(shared) {
         Ok(shared) => {
-            let Shared { pool, checker, verdicts, .. } = shared;
+            let Shared { pool, checker, lookups, verdicts, .. } = shared;
             pool.shutdown();
-            drop((verdicts, checker));
+            drop((verdicts, checker, lookups));
         }
         Err(_) => log::error!("delivery: a link reader is still running"),
     }
@@ -135,6 +140,12 @@ fn read_link<R: Read + TakeFds>(index: usize, reader: &mut R, shared: &Shared, l
                     l.insert(ask.seq, index);
                 }
                 shared.checker.ask(ask);
+            }
+            Ok(Some(SmtpFrame::Lookup(ask))) => {
+                if let Ok(mut l) = shared.logins.lock() {
+                    l.insert(ask.seq, index);
+                }
+                shared.lookups.ask(ask);
             }
             Ok(Some(SmtpFrame::Message(head, body))) => {
                 let seq = head.seq;
@@ -194,6 +205,8 @@ impl TakeFds for std::io::BufReader<UnixStream> {
 enum SmtpFrame {
     Message(Head, Vec<u8>),
     Auth(frame::AuthAsk),
+    /// A question at RCPT or MAIL.
+    Lookup(frame::LookupAsk),
     /// The event loops' own links (their descriptors came with it).
     Links,
 }
@@ -211,6 +224,11 @@ fn next_message(
         zeroize::Zeroize::zeroize(&mut bytes);
         let ask = ask.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         return Ok(Some(SmtpFrame::Auth(ask)));
+    }
+    if kind == frame::KIND_LOOKUP {
+        let ask =
+            frame::decode_lookup_ask(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        return Ok(Some(SmtpFrame::Lookup(ask)));
     }
     if kind == frame::KIND_LINKS {
         return Ok(Some(SmtpFrame::Links));
@@ -274,9 +292,10 @@ pub fn targets(config: &Config, head: &Head) -> Result<Vec<Target>, Unaccepted> 
             rcpt,
             helo: &head.helo,
         };
-        let action = match rules::decide(config, &env) {
-            Decision::Deliver(action) => action,
-            Decision::Reject | Decision::NoMatch => return Err(format!("<{rcpt}>: no rule accepts it").into()),
+        let action = match rules::try_decide(config, &env) {
+            Ok(Decision::Deliver(action)) => action,
+            Ok(Decision::Reject | Decision::NoMatch) => return Err(format!("<{rcpt}>: no rule accepts it").into()),
+            Err(e) => return Err(format!("<{rcpt}>: {e}").into()),
         };
         // Here (root), unlike at RCPT, each local user's ~/.forward is read.
         let found = resolve::resolve_delivering(config, action, &env, &SystemUsers).map_err(|e| Unaccepted {
@@ -307,10 +326,12 @@ fn write_verdicts(
     login_links: &Logins,
     rx: &Receiver<(usize, u64, DeliveryVerdict)>,
     logins: &Receiver<(u64, AuthVerdict)>,
+    lookups: &Receiver<(u64, LookupVerdict)>,
 ) {
     let mut bufs: Vec<Vec<u8>> = Vec::new();
-    let (never_m, never_a) = (crossbeam_channel::never(), crossbeam_channel::never());
-    let (mut messages_open, mut logins_open) = (true, true);
+    let (never_m, never_a, never_l) =
+        (crossbeam_channel::never(), crossbeam_channel::never(), crossbeam_channel::never());
+    let (mut messages_open, mut logins_open, mut lookups_open) = (true, true, true);
     let buf_of = |bufs: &mut Vec<Vec<u8>>, i: usize| -> usize {
         // Bounded: the readers' indexes stop at MAX_LINKS.
         if bufs.len() <= i {
@@ -319,8 +340,9 @@ fn write_verdicts(
         i
     };
     let login_link = |seq: u64| login_links.lock().ok().and_then(|mut l| l.remove(&seq)).unwrap_or(0);
-    while messages_open || logins_open {
+    while messages_open || logins_open || lookups_open {
         let (m, a) = (if messages_open { rx } else { &never_m }, if logins_open { logins } else { &never_a });
+        let l = if lookups_open { lookups } else { &never_l };
         crossbeam_channel::select! {
             recv(m) -> got => match got {
                 Ok((i, seq, v)) => {
@@ -336,6 +358,13 @@ fn write_verdicts(
                 }
                 Err(_) => logins_open = false,
             },
+            recv(l) -> got => match got {
+                Ok((seq, v)) => {
+                    let i = buf_of(&mut bufs, login_link(seq));
+                    frame::encode_lookup_verdict(seq, v, &mut bufs[i]);
+                }
+                Err(_) => lookups_open = false,
+            },
         }
         while let Ok((i, seq, v)) = rx.try_recv() {
             let i = buf_of(&mut bufs, i);
@@ -344,6 +373,10 @@ fn write_verdicts(
         while let Ok((seq, v)) = logins.try_recv() {
             let i = buf_of(&mut bufs, login_link(seq));
             frame::encode_auth_verdict(seq, v, &mut bufs[i]);
+        }
+        while let Ok((seq, v)) = lookups.try_recv() {
+            let i = buf_of(&mut bufs, login_link(seq));
+            frame::encode_lookup_verdict(seq, v, &mut bufs[i]);
         }
         for (i, buf) in bufs.iter_mut().enumerate().filter(|(_, b)| !b.is_empty()) {
             let Ok(mut writers) = writers.lock() else { return };

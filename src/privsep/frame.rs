@@ -21,6 +21,12 @@
 //! `u64 seq | origin | str table | str user | str password`; delivery → smtp, a verdict
 //! frame of kind 16 + [`AuthVerdict`] and no text. The password is zeroed on both sides.
 //!
+//! Questions at RCPT and MAIL that only delivery can answer (a proc table, a ~/.forward:
+//! `privsep::lookup`) cross it too: smtp → delivery, kind 3, `u64 seq | u8 question (0
+//! recipient, 1 sender, 2 sender with masquerade) | str subject (the recipient, or the
+//! `senders` table) | origin | u8 tls | str tag | str auth | str mail_from | str helo | str
+//! rdns`; delivery → smtp, a verdict frame of kind 32 + [`LookupVerdict`] and no text.
+//!
 //! The smtp process's first frame is an empty one of kind 2 carrying, as SCM_RIGHTS, one
 //! socketpair end per event loop; messages, logins and their verdicts then go over those
 //! (`link.rs`), in the frames above.
@@ -166,6 +172,23 @@ impl<'a> Cursor<'a> {
     fn str(&mut self) -> Result<String, FrameError> {
         self.opt_str()?.ok_or(FrameError::Bad("missing string"))
     }
+    /// An origin as `put_origin` writes it.
+    fn origin(&mut self) -> Result<Origin, FrameError> {
+        match self.u8()? {
+            0 => Ok(Origin::Socket),
+            4 => Ok(Origin::Tcp(IpAddr::from(self.array::<4>()?))),
+            6 => Ok(Origin::Tcp(IpAddr::from(self.array::<16>()?))),
+            _ => Err(FrameError::Bad("origin")),
+        }
+    }
+    /// The TLS byte: 0 or 1.
+    fn tls(&mut self) -> Result<bool, FrameError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(FrameError::Bad("tls flag")),
+        }
+    }
 }
 
 /// Decodes a head (without its length prefix).
@@ -176,17 +199,8 @@ pub fn decode_head(bytes: &[u8]) -> Result<Head, FrameError> {
     let mut c = Cursor(bytes);
     let seq = c.u64()?;
     let msgid = c.u32()?;
-    let origin = match c.u8()? {
-        0 => Origin::Socket,
-        4 => Origin::Tcp(IpAddr::from(c.array::<4>()?)),
-        6 => Origin::Tcp(IpAddr::from(c.array::<16>()?)),
-        _ => return Err(FrameError::Bad("origin")),
-    };
-    let tls = match c.u8()? {
-        0 => false,
-        1 => true,
-        _ => return Err(FrameError::Bad("tls flag")),
-    };
+    let origin = c.origin()?;
+    let tls = c.tls()?;
     let tag = c.opt_str()?;
     let auth = c.opt_str()?;
     let mail_from = c.str()?;
@@ -279,6 +293,128 @@ const MAX_CREDENTIAL: usize = 1024;
 /// Verdict kinds from here on are login verdicts.
 const AUTH_VERDICT_BASE: u8 = 16;
 
+pub const KIND_LOOKUP: u8 = 3;
+/// Largest lookup frame: its fields come from command lines (512 octets each), names and
+/// the rDNS name; a bigger one is forged, and the queue of questions stays small.
+const MAX_LOOKUP: usize = 16 * 1024;
+/// Verdict kinds from here on answer lookups.
+const LOOKUP_VERDICT_BASE: u8 = 32;
+
+/// What a lookup asks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LookupQuestion {
+    /// May this recipient be accepted (and who takes it)?
+    Rcpt(String),
+    /// May the authenticated user send as `mail_from` (`senders <table> [masquerade]`)?
+    Sender { table: String, masquerade: bool },
+}
+
+/// A question at RCPT or MAIL, smtp → delivery, with the envelope as the session has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LookupAsk {
+    pub seq: u64,
+    pub question: LookupQuestion,
+    pub origin: Origin,
+    pub tls: bool,
+    pub tag: Option<String>,
+    pub auth: Option<String>,
+    pub mail_from: String,
+    pub helo: String,
+    pub rdns: Option<String>,
+}
+
+/// Delivery's answer to a [`LookupAsk`]: accepted, or which refusal the session replies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LookupVerdict {
+    Ok,
+    /// A table process failed or timed out (451 4.3.0).
+    TempFail,
+    UnknownUser,
+    NotAuthorized,
+    Loop,
+    UnsafeMailbox,
+    Unsupported,
+    Empty,
+    SenderNotAllowed,
+    BadSrs,
+    /// A `forward-only` user's ~/.forward cannot be used (424 4.2.4).
+    ForwardTempFail,
+    /// An `expand-only` user has no usable ~/.forward (524 5.2.4).
+    ForwardPermFail,
+}
+
+const LOOKUP_VERDICTS: [LookupVerdict; 12] = [
+    LookupVerdict::Ok,
+    LookupVerdict::TempFail,
+    LookupVerdict::UnknownUser,
+    LookupVerdict::NotAuthorized,
+    LookupVerdict::Loop,
+    LookupVerdict::UnsafeMailbox,
+    LookupVerdict::Unsupported,
+    LookupVerdict::Empty,
+    LookupVerdict::SenderNotAllowed,
+    LookupVerdict::BadSrs,
+    LookupVerdict::ForwardTempFail,
+    LookupVerdict::ForwardPermFail,
+];
+
+/// Appends a lookup frame, with its kind and length word, to `out`.
+pub fn encode_lookup_ask(ask: &LookupAsk, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&ask.seq.to_be_bytes());
+    let (q, subject) = match &ask.question {
+        LookupQuestion::Rcpt(r) => (0u8, r),
+        LookupQuestion::Sender { table, masquerade } => (1 + u8::from(*masquerade), table),
+    };
+    out.push(q);
+    put_str(out, Some(subject));
+    put_origin(out, &ask.origin);
+    out.push(u8::from(ask.tls));
+    put_str(out, ask.tag.as_deref());
+    put_str(out, ask.auth.as_deref());
+    put_str(out, Some(&ask.mail_from));
+    put_str(out, Some(&ask.helo));
+    put_str(out, ask.rdns.as_deref());
+    let len = (out.len() - start - 4) as u32 | u32::from(KIND_LOOKUP) << 24;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Decodes a lookup frame (without its length word).
+pub fn decode_lookup_ask(bytes: &[u8]) -> Result<LookupAsk, FrameError> {
+    if bytes.len() > MAX_LOOKUP {
+        return Err(FrameError::TooLong(bytes.len()));
+    }
+    let mut c = Cursor(bytes);
+    let seq = c.u64()?;
+    let q = c.u8()?;
+    let subject = c.str()?;
+    let question = match q {
+        0 => LookupQuestion::Rcpt(subject),
+        1 | 2 => LookupQuestion::Sender { table: subject, masquerade: q == 2 },
+        _ => return Err(FrameError::Bad("lookup question")),
+    };
+    let origin = c.origin()?;
+    let tls = c.tls()?;
+    let tag = c.opt_str()?;
+    let auth = c.opt_str()?;
+    let mail_from = c.str()?;
+    let helo = c.str()?;
+    let rdns = c.opt_str()?;
+    if !c.0.is_empty() {
+        return Err(FrameError::TooLong(bytes.len()));
+    }
+    Ok(LookupAsk { seq, question, origin, tls, tag, auth, mail_from, helo, rdns })
+}
+
+/// Appends one lookup verdict frame to `out`.
+pub fn encode_lookup_verdict(seq: u64, verdict: LookupVerdict, out: &mut Vec<u8>) {
+    let index = LOOKUP_VERDICTS.iter().position(|v| *v == verdict).unwrap_or(1) as u8;
+    out.extend_from_slice(&9u32.to_be_bytes());
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.push(LOOKUP_VERDICT_BASE + index);
+}
+
 /// A login to check, smtp → delivery. `table` is the listener's `auth <t>`; `None` asks
 /// for the system's users. `origin` is the client, for the flood limit.
 #[derive(Debug, PartialEq, Eq)]
@@ -306,6 +442,7 @@ pub enum AuthVerdict {
 pub enum DeliveryAnswer {
     Delivery(u64, DeliveryVerdict),
     Auth(u64, AuthVerdict),
+    Lookup(u64, LookupVerdict),
 }
 
 fn put_origin(out: &mut Vec<u8>, origin: &Origin) {
@@ -341,12 +478,7 @@ pub fn encode_auth_ask(ask: &AuthAsk, out: &mut Vec<u8>) {
 pub fn decode_auth_ask(bytes: &[u8]) -> Result<AuthAsk, FrameError> {
     let mut c = Cursor(bytes);
     let seq = c.u64()?;
-    let origin = match c.u8()? {
-        0 => Origin::Socket,
-        4 => Origin::Tcp(IpAddr::from(c.array::<4>()?)),
-        6 => Origin::Tcp(IpAddr::from(c.array::<16>()?)),
-        _ => return Err(FrameError::Bad("origin")),
-    };
+    let origin = c.origin()?;
     let table = c.opt_str()?;
     let user = c.str()?;
     let n = usize::from(c.u16()?);
@@ -370,6 +502,18 @@ pub fn encode_auth_verdict(seq: u64, verdict: AuthVerdict, out: &mut Vec<u8>) {
 /// Decodes a delivery → smtp frame: a message verdict or a login verdict.
 pub fn decode_answer(bytes: &[u8]) -> Result<DeliveryAnswer, FrameError> {
     match bytes.get(8) {
+        Some(&k) if k >= LOOKUP_VERDICT_BASE => {
+            let mut c = Cursor(bytes);
+            let seq = c.u64()?;
+            let verdict = LOOKUP_VERDICTS
+                .get(usize::from(c.u8()? - LOOKUP_VERDICT_BASE))
+                .copied()
+                .ok_or(FrameError::Bad("lookup verdict kind"))?;
+            if !c.0.is_empty() {
+                return Err(FrameError::TooLong(bytes.len()));
+            }
+            Ok(DeliveryAnswer::Lookup(seq, verdict))
+        }
         Some(&k) if k >= AUTH_VERDICT_BASE => {
             let mut c = Cursor(bytes);
             let seq = c.u64()?;
@@ -498,6 +642,50 @@ mod tests {
         assert_eq!(next(), Ok(DeliveryAnswer::Auth(4, AuthVerdict::Ok)));
         let mut bad = v[..13].to_vec();
         bad[12] = 16 + 9;
+        assert!(decode_answer(&bad[4..]).is_err());
+    }
+
+    #[test]
+    fn lookups_round_trip_and_refuse_forgeries() {
+        let ask = LookupAsk {
+            seq: 11,
+            question: LookupQuestion::Sender { table: "senders".into(), masquerade: true },
+            origin: Origin::Tcp("192.0.2.7".parse().unwrap()),
+            tls: true,
+            tag: None,
+            auth: Some("joseph".into()),
+            mail_from: "joseph@example.org".into(),
+            helo: "c.example".into(),
+            rdns: None,
+        };
+        let rcpt = LookupAsk { seq: 12, question: LookupQuestion::Rcpt("a@b".into()), tls: false, ..ask.clone() };
+        let mut out = Vec::new();
+        encode_lookup_ask(&ask, &mut out);
+        encode_lookup_ask(&rcpt, &mut out);
+        let mut r = &out[..];
+        for want in [&ask, &rcpt] {
+            let (k, b) = read_kinded(&mut r, MAX_HEAD).unwrap().unwrap();
+            assert_eq!((k, decode_lookup_ask(&b).as_ref()), (KIND_LOOKUP, Ok(want)));
+            for n in 0..b.len() {
+                assert!(decode_lookup_ask(&b[..n]).is_err(), "prefix of {n} bytes accepted");
+            }
+        }
+        let mut v = Vec::new();
+        for (i, verdict) in LOOKUP_VERDICTS.iter().enumerate() {
+            encode_lookup_verdict(i as u64, *verdict, &mut v);
+        }
+        encode_auth_verdict(99, AuthVerdict::Ok, &mut v);
+        let mut r = &v[..];
+        for (i, verdict) in LOOKUP_VERDICTS.iter().enumerate() {
+            let got = decode_answer(&read_frame(&mut r, MAX_SMALL).unwrap().unwrap());
+            assert_eq!(got, Ok(DeliveryAnswer::Lookup(i as u64, *verdict)));
+        }
+        assert_eq!(
+            decode_answer(&read_frame(&mut r, MAX_SMALL).unwrap().unwrap()),
+            Ok(DeliveryAnswer::Auth(99, AuthVerdict::Ok))
+        );
+        let mut bad = v[..13].to_vec();
+        bad[12] = 32 + 12;
         assert!(decode_answer(&bad[4..]).is_err());
     }
 }

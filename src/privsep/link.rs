@@ -8,7 +8,7 @@
 //! If the delivery process goes away, every waiting message and every later one gets a
 //! temporary failure (451): the client retries, nothing that got a 250 depends on this
 //! process. Logins go the same way ([`LoopLink::check_auth`]); a lost link answers
-//! `TempFail` (454).
+//! `TempFail` (454). So do questions at RCPT and MAIL ([`LoopLink::ask`]; lost: 451).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, Read, Write};
@@ -20,7 +20,9 @@ use std::sync::Arc;
 use mio::{Interest, Registry, Token};
 use zeroize::Zeroize;
 
-use super::frame::{self, AuthAsk, AuthVerdict, DeliveryAnswer, DeliveryVerdict, FrameError, Head};
+use super::frame::{
+    self, AuthAsk, AuthVerdict, DeliveryAnswer, DeliveryVerdict, FrameError, Head, LookupAsk, LookupVerdict,
+};
 use crate::buffers::Buffers;
 
 /// What came back for one waiter.
@@ -28,6 +30,15 @@ use crate::buffers::Buffers;
 pub enum Answer {
     Delivery(DeliveryVerdict),
     Auth(AuthVerdict),
+    Lookup(LookupVerdict),
+}
+
+/// What a pending request is, for the answer a lost link gives it.
+#[derive(Clone, Copy)]
+enum Asked {
+    Message,
+    Login,
+    Lookup,
 }
 
 struct Outgoing {
@@ -59,8 +70,8 @@ pub struct LoopLink<W> {
     /// WRITABLE is asked for: the socket was full.
     blocked: bool,
     inbuf: Vec<u8>,
-    /// Who waits for each request, and whether it is a login.
-    pending: HashMap<u64, (bool, W)>,
+    /// Who waits for each request, and what it asked.
+    pending: HashMap<u64, (Asked, W)>,
     /// Shared by the loops of this process: delivery routes login answers by it.
     seq: Arc<AtomicU64>,
     lost: bool,
@@ -189,7 +200,7 @@ impl<W> LoopLink<W> {
         head.body_len = body.len() as u64;
         let mut bytes = Vec::with_capacity(256 + head.received.len());
         frame::encode_head(&head, &mut bytes);
-        self.pending.insert(head.seq, (false, waiter));
+        self.pending.insert(head.seq, (Asked::Message, waiter));
         self.out.push_back(Outgoing { head: bytes, body, wipe: false });
     }
 
@@ -201,8 +212,20 @@ impl<W> LoopLink<W> {
         ask.seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let mut bytes = Vec::with_capacity(128);
         frame::encode_auth_ask(&ask, &mut bytes);
-        self.pending.insert(ask.seq, (true, waiter));
+        self.pending.insert(ask.seq, (Asked::Login, waiter));
         self.out.push_back(Outgoing { head: bytes, body: Vec::new(), wipe: true });
+    }
+
+    /// Queues a question at RCPT or MAIL for delivery to answer.
+    pub fn ask(&mut self, mut ask: LookupAsk, waiter: W) {
+        if self.lost {
+            return self.ready.push((waiter, Answer::Lookup(LookupVerdict::TempFail)));
+        }
+        ask.seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let mut bytes = Vec::with_capacity(256);
+        frame::encode_lookup_ask(&ask, &mut bytes);
+        self.pending.insert(ask.seq, (Asked::Lookup, waiter));
+        self.out.push_back(Outgoing { head: bytes, body: Vec::new(), wipe: false });
     }
 
     /// Answers waiting for the loop (verdicts read, or failures of a lost link).
@@ -320,6 +343,7 @@ impl<W> LoopLink<W> {
             let (seq, answer) = match answer {
                 Ok(DeliveryAnswer::Delivery(seq, v)) => (seq, Answer::Delivery(v)),
                 Ok(DeliveryAnswer::Auth(seq, v)) => (seq, Answer::Auth(v)),
+                Ok(DeliveryAnswer::Lookup(seq, v)) => (seq, Answer::Lookup(v)),
                 Err(e) => break Err(e),
             };
             match self.pending.remove(&seq) {
@@ -341,11 +365,11 @@ impl<W> LoopLink<W> {
             self.recycle(o);
         }
         self.inbuf = Vec::new();
-        for (_, (login, w)) in self.pending.drain() {
-            let failed = if login {
-                Answer::Auth(AuthVerdict::TempFail)
-            } else {
-                Answer::Delivery(DeliveryVerdict::TempFail("delivery process unavailable".into()))
+        for (_, (asked, w)) in self.pending.drain() {
+            let failed = match asked {
+                Asked::Login => Answer::Auth(AuthVerdict::TempFail),
+                Asked::Lookup => Answer::Lookup(LookupVerdict::TempFail),
+                Asked::Message => Answer::Delivery(DeliveryVerdict::TempFail("delivery process unavailable".into())),
             };
             self.ready.push((w, failed));
         }

@@ -14,6 +14,7 @@ pub mod delivery;
 pub use crate::fds;
 pub mod frame;
 pub mod link;
+pub mod lookup;
 pub mod sandbox;
 pub mod stdin_key;
 
@@ -93,6 +94,8 @@ pub fn run_delivery(config: Config, link: UnixStream, relay_user: Option<&sandbo
         // proc tables run as the unprivileged user, never as this root process.
         crate::table::proc_io::run_as(a.uid, a.gid);
     }
+    // Questions at RCPT and MAIL, and the commit, may wait for table processes here.
+    crate::table::proc_io::allow_waiting();
     let promises = if config.has_proc_tables() {
         "stdio rpath wpath cpath fattr chown flock getpw unix proc exec id"
     } else {

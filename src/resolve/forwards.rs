@@ -29,9 +29,12 @@ impl Expander<'_> {
     ) -> Result<bool, ResolveError> {
         let forward_only = matches!(action.method, Method::ForwardOnly | Method::ExpandOnly);
         if !self.read_forwards {
-            // The smtp process cannot look; delivery decides before the 250 after DATA.
-            self.deferred |= forward_only;
-            return Ok(forward_only);
+            // The smtp process cannot look: a user who has only the .forward to deliver to
+            // is for the delivery process to decide (the session asks it at RCPT).
+            if forward_only {
+                return Err(ResolveError::Deferred(format!("{}'s ~/.forward", user.name)));
+            }
+            return Ok(false);
         }
         let key = forward_key(user);
         if let Some(at) = seen.iter().position(|k| *k == key) {
@@ -83,7 +86,7 @@ impl Expander<'_> {
             _ => return refused("malformed"),
         };
         let user = self
-            .lookup(action, name)
+            .lookup(action, name)?
             .or_else(|| self.system.by_name(name))
             .ok_or_else(|| ResolveError::UnknownUser(name.clone()))?;
         if user.uid == 0 {
@@ -137,11 +140,10 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
     use std::path::Path;
 
+    use super::super::test_util::{load, resolve_rcpt as resolve};
     use super::*;
     use crate::config::Config;
-    use crate::envelope::{Envelope, Origin, Owner};
-    use crate::rules::{self, Decision};
-    use crate::users::SystemUsers;
+    use crate::envelope::Owner;
 
     /// The users' ids: the test's own, or nobody's under root (commands never run as root;
     /// files root owns pass the checks as the user's would).
@@ -165,9 +167,7 @@ mod tests {
             "hostname \"mx.test\"\ntable users {{ joseph = \"{uid}:{gid}:{d}/joseph\", alice = \"{uid}:{gid}:{d}/alice\", \
              bob = \"{uid}:{gid}:{d}/bob\" }}\n{body}"
         );
-        let path = dir.path().join("smtpd.conf");
-        std::fs::write(&path, text).unwrap();
-        let c = crate::config::load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+        let c = load(dir.path(), &text);
         (dir, c)
     }
 
@@ -175,26 +175,6 @@ mod tests {
         let path = dir.join(user).join(".forward");
         std::fs::write(&path, text).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    }
-
-    fn resolve(c: &Config, rcpt: &str, delivering: bool) -> Result<Vec<Target>, ResolveError> {
-        let origin = Origin::Tcp("127.0.0.1".parse().unwrap());
-        let env = Envelope {
-            origin: &origin,
-            rdns: None,
-            tag: None,
-            tls: false,
-            auth: None,
-            mail_from: "s@example.org",
-            rcpt,
-            helo: "c.example.org",
-        };
-        let Decision::Deliver(a) = rules::decide(c, &env) else { panic!("{rcpt}: no rule") };
-        if delivering {
-            super::super::resolve_delivering(c, a, &env, &SystemUsers)
-        } else {
-            super::super::resolve(c, a, &env, &SystemUsers)
-        }
     }
 
     fn maildir(dir: &Path, user: &str) -> Target {
@@ -282,12 +262,13 @@ mod tests {
              match from any for domain \"test\" action local\naction local maildir userbase <users>\n",
         );
         let d = dir.path();
-        // At RCPT a known user is taken (the smtp process cannot look into homes)...
-        assert_eq!(resolve(&c, "joseph@fo.test", false), Ok(vec![]));
+        // The smtp process cannot look into homes: a known user is for delivery to decide
+        // (the session asks it at RCPT), an unknown one is refused at once...
+        assert!(matches!(resolve(&c, "joseph@fo.test", false), Err(ResolveError::Deferred(_))));
         assert!(matches!(resolve(&c, "nobody@fo.test", false), Err(ResolveError::UnknownUser(_))));
         // ...and delivery refuses it without a .forward.
         assert!(matches!(resolve(&c, "joseph@fo.test", true), Err(ResolveError::Forward(_))));
-        assert!(matches!(resolve(&c, "joseph@eo.test", true), Err(ResolveError::Forward(_))));
+        assert!(matches!(resolve(&c, "joseph@eo.test", true), Err(ResolveError::ExpandOnly(_))));
         forward(d, "joseph", "alice@test, |/bin/true\n");
         let alice = maildir(d, "alice");
         assert_eq!(

@@ -25,6 +25,17 @@ pub(crate) struct Senders {
     masquerade: bool,
 }
 
+impl Senders {
+    /// The table process behind `senders <t>` is for the delivery process to ask.
+    pub(crate) fn is_proc(&self, config: &Config) -> bool {
+        config.table(&self.table).is_some_and(|t| t.is_proc())
+    }
+
+    pub(crate) fn parts(&self) -> (&str, bool) {
+        (&self.table, self.masquerade)
+    }
+}
+
 impl ListenerAuth {
     pub(crate) const OFF: ListenerAuth =
         ListenerAuth { session: AuthConfig::OFF, table: None, senders: None, received_auth: false };
@@ -50,6 +61,10 @@ pub(crate) fn check_sender(config: &Config, senders: Option<&Senders>, ctx: &TxC
     let (Some(s), Some(user)) = (senders, ctx.auth) else {
         return Ok(());
     };
+    if s.is_proc(config) {
+        // A table process: the session asks the delivery process (`ConnPolicy::ask_mail`).
+        return Ok(());
+    }
     let lookup = |u: &str| config.table(&s.table).and_then(|t| t.get_list(u));
     if crate::auth::senders::sender_allowed(user, ctx.mail_from, lookup, s.masquerade, config.sub_addr_delim) {
         Ok(())

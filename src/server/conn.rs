@@ -243,6 +243,17 @@ impl Conn {
                 let origin = self.origin().clone();
                 ctx.check_auth(self.id, &origin, self.listener.auth.table.as_deref(), req);
             }
+            if let Some(req) = self.session.poll_lookup() {
+                let p = self.session.policy();
+                let client = super::lookup::ClientFacts {
+                    origin: p.origin(),
+                    tag: p.tag(),
+                    rdns: p.rdns(),
+                    senders: p.senders(),
+                };
+                let id = req.id;
+                ctx.ask(self.id, id, super::lookup::ask(req, &client));
+            }
             self.filter_flush(ctx);
             if let Err(e) = self.flush() {
                 return self.fail("io-error", &e);

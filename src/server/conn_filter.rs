@@ -80,6 +80,8 @@ pub(crate) struct ConnFilter {
     stream: Option<DataStream>,
     /// The message in `Park::Data` is refused once the filters are done (not UTF-8).
     refuse_not_utf8: bool,
+    /// A MAIL or RCPT line whose reply waits for the delivery process (`server::lookup`).
+    parked_line: Option<Vec<u8>>,
 }
 
 /// A connection's filtering before its session opens. OpenSMTPD opens the filter session
@@ -123,6 +125,7 @@ impl PendingFilter {
             out_mark: 0,
             stream: None,
             refuse_not_utf8: false,
+            parked_line: None,
         }
     }
 }
@@ -414,6 +417,25 @@ impl Conn {
             let rest = line[n..].to_vec();
             self.inbuf.splice(0..0, rest);
         }
+        if self.session.awaiting_lookup() {
+            // Reported with its reply, once the delivery process answered.
+            if let Some(f) = self.filter.as_mut() {
+                f.parked_line = Some(line.to_vec());
+            }
+            return;
+        }
+        self.report_line(line, was_auth, before);
+    }
+
+    /// A MAIL or RCPT the delivery process answered: its reply and tx events, now.
+    pub(crate) fn filter_lookup_answered(&mut self, before: usize) {
+        if let Some(line) = self.filter.as_mut().and_then(|f| f.parked_line.take()) {
+            self.report_line(&line, false, before);
+        }
+    }
+
+    /// Reports what the session answered to `line` (its reply starts at `before`).
+    fn report_line(&mut self, line: &[u8], was_auth: bool, before: usize) {
         let code = self.session.output().get(before).copied();
         let Some(f) = self.filter.as_mut() else { return };
         let result = match code {

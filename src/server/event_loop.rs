@@ -14,11 +14,11 @@ use crossbeam_channel::Receiver;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::envelope::Origin;
-use crate::privsep::frame::{AuthVerdict, DeliveryVerdict};
+use crate::privsep::frame::{AuthVerdict, DeliveryVerdict, LookupVerdict};
 use crate::privsep::link::{Answer, LoopLink};
 use crate::server::conn::{Conn, Status, Tick};
 use crate::server::filters::{FromHub, LoopFilters, ToHub};
-use crate::server::loop_ctx::{AuthAnswer, DeliveryReport, LoopCtx, Waiter};
+use crate::server::loop_ctx::{AuthAnswer, DeliveryReport, LookupAnswer, LoopCtx, Waiter};
 use crate::server::stream::Stream;
 use crate::server::ListenerRt;
 use crate::smtp::{AuthResult, Outcome};
@@ -318,11 +318,18 @@ impl EventLoop {
                     (Waiter::Login { slot, sid, id, user }, Answer::Auth(verdict)) => {
                         self.on_auth(AuthAnswer { slot, sid, id, user, verdict }, scratch, now);
                     }
-                    (Waiter::Message { slot, sid, msgid }, Answer::Auth(_)) => {
-                        let outcome = DeliveryVerdict::TempFail("delivery answered a login".into());
+                    (Waiter::Lookup { slot, sid, id }, answer) => {
+                        let verdict = match answer {
+                            Answer::Lookup(v) => v,
+                            _ => LookupVerdict::TempFail,
+                        };
+                        self.on_lookup(LookupAnswer { slot, sid, id, verdict }, scratch, now);
+                    }
+                    (Waiter::Message { slot, sid, msgid }, Answer::Auth(_) | Answer::Lookup(_)) => {
+                        let outcome = DeliveryVerdict::TempFail("delivery answered another request".into());
                         self.on_verdict(DeliveryReport { slot, sid, msgid, outcome }, scratch, now);
                     }
-                    (Waiter::Login { slot, sid, id, user }, Answer::Delivery(_)) => {
+                    (Waiter::Login { slot, sid, id, user }, Answer::Delivery(_) | Answer::Lookup(_)) => {
                         let verdict = AuthVerdict::TempFail;
                         self.on_auth(AuthAnswer { slot, sid, id, user, verdict }, scratch, now);
                     }
@@ -376,6 +383,22 @@ impl EventLoop {
         };
         s.conn.filter_auth(&a.user, link_auth);
         s.conn.session_mut().handle_auth(a.id, result);
+        self.pump(a.slot, scratch, now);
+    }
+
+    /// Delivery's answer to a question at MAIL or RCPT: the session replies and reads on.
+    fn on_lookup(&mut self, a: LookupAnswer, scratch: &mut [u8], now: Instant) {
+        let Some(Some(s)) = self.conns.get_mut(a.slot) else {
+            return;
+        };
+        if s.conn.id != a.sid {
+            return; // the client left; its slot was reused
+        }
+        s.conn.readable = true;
+        let verdict = super::lookup::reply(a.verdict).map(|()| Vec::new());
+        let before = s.conn.session_mut().output().len();
+        s.conn.session_mut().handle_lookup(a.id, verdict);
+        s.conn.filter_lookup_answered(before);
         self.pump(a.slot, scratch, now);
     }
 

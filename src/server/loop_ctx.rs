@@ -3,15 +3,30 @@
 //! so that connections depend on this, not on the loop that owns them.
 
 use crate::envelope::{MsgId, Origin, SessionId, Target};
-use crate::privsep::frame::{AuthAsk, AuthVerdict, DeliveryVerdict, Head};
+use crate::privsep::frame::{AuthAsk, AuthVerdict, DeliveryVerdict, Head, LookupAsk, LookupVerdict};
 use crate::privsep::link::LoopLink;
 use crate::server::filters::Shared;
-use crate::smtp::{AuthId, AuthRequest, Message};
+use crate::smtp::{AuthId, AuthRequest, LookupId, Message};
 
 /// Who waits for an answer on the loop's link to delivery.
 pub(crate) enum Waiter {
-    Message { slot: usize, sid: SessionId, msgid: MsgId },
-    Login { slot: usize, sid: SessionId, id: AuthId, user: String },
+    Message {
+        slot: usize,
+        sid: SessionId,
+        msgid: MsgId,
+    },
+    Login {
+        slot: usize,
+        sid: SessionId,
+        id: AuthId,
+        user: String,
+    },
+    /// A question at MAIL or RCPT (`server::lookup`).
+    Lookup {
+        slot: usize,
+        sid: SessionId,
+        id: LookupId,
+    },
 }
 
 /// A delivery's result, addressed to the connection that waits for it.
@@ -29,6 +44,14 @@ pub(crate) struct AuthAnswer {
     pub(super) id: AuthId,
     pub(super) user: String,
     pub(super) verdict: AuthVerdict,
+}
+
+/// The delivery process's answer to a question at MAIL or RCPT, for the session that asked.
+pub(crate) struct LookupAnswer {
+    pub(super) slot: usize,
+    pub(super) sid: SessionId,
+    pub(super) id: LookupId,
+    pub(super) verdict: LookupVerdict,
 }
 
 /// What a connection may use of its loop while it pumps.
@@ -82,5 +105,11 @@ impl LoopCtx<'_> {
         let ask =
             AuthAsk { seq: 0, origin: origin.clone(), table: table.map(str::to_owned), user: user.clone(), password };
         self.link.check_auth(ask, Waiter::Login { slot: self.slot, sid, id, user });
+    }
+
+    /// Sends a question at MAIL or RCPT to the delivery process; the verdict comes back
+    /// through `on_lookup`.
+    pub(crate) fn ask(&mut self, sid: SessionId, id: LookupId, ask: LookupAsk) {
+        self.link.ask(ask, Waiter::Lookup { slot: self.slot, sid, id });
     }
 }

@@ -10,6 +10,7 @@ mod filters;
 mod ids;
 mod knobs;
 mod listener;
+mod lookup;
 mod loop_ctx;
 mod message;
 mod policy;
@@ -149,6 +150,12 @@ pub fn run(config: Config, reloader: Reloader, procs: Processes) -> Result<(), S
         log::info!("not started as root: every process keeps uid {}", nix::unistd::geteuid());
         None
     };
+    // The mda runner may ask a proc `userbase` who a command runs as: as the unprivileged
+    // user, on its worker threads (never the main thread).
+    if let Some(a) = &account {
+        crate::table::proc_io::run_as(a.uid, a.gid);
+    }
+    crate::table::proc_io::allow_waiting();
     let lock = spool::lock(&config.spool).map_err(StartError::Spool)?;
     spool::prepare(&config.spool, account.as_ref().map(|a| (a.uid, a.gid))).map_err(StartError::Spool)?;
     raise_fd_limit();

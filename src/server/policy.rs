@@ -22,11 +22,14 @@ pub(crate) struct ConnPolicy {
     mails: u64,
     /// The client's forward-confirmed name, once the lookup before the greeting found one.
     rdns: Option<String>,
+    /// Some recipient may need the delivery process (`lookup::may_ask`).
+    may_ask: bool,
 }
 
 impl ConnPolicy {
     pub(crate) fn new(config: Arc<Config>, origin: Origin, tag: Option<String>) -> ConnPolicy {
-        ConnPolicy { config, origin, tag, senders: None, mails: 0, rdns: None }
+        let may_ask = super::lookup::may_ask(&config);
+        ConnPolicy { config, origin, tag, senders: None, mails: 0, rdns: None, may_ask }
     }
 
     pub(crate) fn set_senders(&mut self, senders: Option<super::auth::Senders>) {
@@ -47,6 +50,24 @@ impl ConnPolicy {
 
     pub(crate) fn set_rdns(&mut self, name: Option<String>) {
         self.rdns = name;
+    }
+
+    /// The listener's `senders` table and `masquerade`, for a question at MAIL.
+    pub(crate) fn senders(&self) -> Option<(&str, bool)> {
+        self.senders.as_ref().map(super::auth::Senders::parts)
+    }
+
+    fn envelope<'a>(&'a self, ctx: &TxContext<'a>, rcpt: &'a str) -> Envelope<'a> {
+        Envelope {
+            origin: &self.origin,
+            rdns: self.rdns.as_deref(),
+            tag: self.tag.as_deref(),
+            tls: ctx.tls,
+            auth: ctx.auth,
+            mail_from: ctx.mail_from,
+            rcpt,
+            helo: ctx.helo,
+        }
     }
 }
 
@@ -69,20 +90,24 @@ impl Policy for ConnPolicy {
         self.mails += 1;
     }
 
+    fn ask_mail(&mut self, ctx: &TxContext<'_>) -> bool {
+        ctx.auth.is_some() && self.senders.as_ref().is_some_and(|s| s.is_proc(&self.config))
+    }
+
+    fn ask_rcpt(&mut self, ctx: &TxContext<'_>, rcpt: &str) -> bool {
+        if !self.may_ask {
+            return false;
+        }
+        let Ok(decoded) = crate::srs::reverse(&self.config, rcpt) else { return false };
+        let rcpt = decoded.as_deref().unwrap_or(rcpt);
+        super::lookup::rcpt_needs_delivery(&self.config, &self.envelope(ctx, rcpt))
+    }
+
     fn check_rcpt(&mut self, ctx: &TxContext<'_>, rcpt: &str) -> Result<Vec<Target>, Reply> {
         // A bounce to an SRS address of ours goes on to the sender inside it.
         let decoded = crate::srs::reverse(&self.config, rcpt).map_err(|_| reply::BAD_SRS)?;
         let rcpt = decoded.as_deref().unwrap_or(rcpt);
-        let env = Envelope {
-            origin: &self.origin,
-            rdns: self.rdns.as_deref(),
-            tag: self.tag.as_deref(),
-            tls: ctx.tls,
-            auth: ctx.auth,
-            mail_from: ctx.mail_from,
-            rcpt,
-            helo: ctx.helo,
-        };
+        let env = self.envelope(ctx, rcpt);
         match rules::decide(&self.config, &env) {
             Decision::Deliver(action) => {
                 resolve::resolve(&self.config, action, &env, &SystemUsers).map_err(|e| refusal(&e))
@@ -101,6 +126,8 @@ fn refusal(err: &ResolveError) -> Reply {
         ResolveError::Unsupported(_) => reply::METHOD_UNSUPPORTED,
         ResolveError::Refused(_) => reply::NOT_AUTHORIZED,
         ResolveError::Empty(_) => reply::EMPTY_EXPANSION,
-        ResolveError::Forward(_) => reply::METHOD_UNSUPPORTED,
+        ResolveError::Forward(_) => reply::FORWARD_TEMPFAIL,
+        ResolveError::ExpandOnly(_) => reply::FORWARD_PERMFAIL,
+        ResolveError::Deferred(_) | ResolveError::TableFailed(_) => reply::TEMPFAIL,
     }
 }

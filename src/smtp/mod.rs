@@ -14,6 +14,6 @@ pub mod session;
 
 pub use reply::Reply;
 pub use session::{
-    AcceptAll, AuthConfig, AuthId, AuthPolicy, AuthRequest, AuthResult, CloseReason, Event, Message, Outcome, Policy,
-    Refusal, Session, SessionConfig, TlsInfo, TlsPolicy, TxContext, TxStep,
+    AcceptAll, AuthConfig, AuthId, AuthPolicy, AuthRequest, AuthResult, CloseReason, Event, LookupId, LookupRequest,
+    Message, Outcome, Policy, Refusal, Session, SessionConfig, TlsInfo, TlsPolicy, TxContext, TxStep,
 };

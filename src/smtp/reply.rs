@@ -113,6 +113,11 @@ pub const ALIAS_LOOP: Reply = Reply::fixed(550, "5.4.6", "Alias loop or expansio
 pub const UNSAFE_MAILBOX: Reply = Reply::fixed(550, "5.1.3", "Invalid recipient: unsafe mailbox name");
 pub const METHOD_UNSUPPORTED: Reply = Reply::fixed(550, "5.3.3", "Delivery method not supported");
 pub const EMPTY_EXPANSION: Reply = Reply::fixed(550, "5.1.1", "Invalid recipient: expands to no mailbox");
+/// OpenSMTPD's replies when a ~/.forward cannot be used at RCPT: a `forward-only` user
+/// without one (or with a command or file in it, or in root's) is temporary, an
+/// `expand-only` user without one permanent.
+pub const FORWARD_TEMPFAIL: Reply = Reply::fixed(424, "4.2.4", "Mailing list expansion problem");
+pub const FORWARD_PERMFAIL: Reply = Reply::fixed(524, "5.2.4", "Mailing list expansion problem");
 
 // Filter refusals as whole lines: a filter's decision carries its reply as text
 // (smtpd-filters(7)), so the server's own ones are text too.

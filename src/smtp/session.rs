@@ -5,7 +5,8 @@
 //! `AwaitCommit` and reads nothing until the server reports that the message is on disk
 //! (OpenSMTPD's wait_queue_commit, as a state). AUTH waits the same way: the session never
 //! checks a password; it hands the credentials out (`poll_auth`) and parks in `AwaitAuth`
-//! until `handle_auth` (session/auth.rs).
+//! until `handle_auth` (session/auth.rs). MAIL and RCPT that only the server can decide
+//! wait likewise (`poll_lookup`, `handle_lookup`: session/lookup.rs).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,9 +20,11 @@ use crate::buffers::Buffers;
 use crate::envelope::MsgId;
 
 mod auth;
+mod lookup;
 mod rdns;
 use auth::AuthStep;
 pub use auth::{AuthConfig, AuthId, AuthPolicy, AuthRequest, AuthResult};
+pub use lookup::{LookupId, LookupRequest};
 
 /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -60,6 +63,14 @@ pub trait Policy {
     fn check_rcpt(&mut self, ctx: &TxContext<'_>, rcpt: &str) -> Result<Self::Rcpt, Reply>;
     /// A message of this session was committed (its 250 is going out).
     fn committed(&mut self) {}
+    /// MAIL passed `check_mail`, and still needs the server's answer (`poll_lookup`).
+    fn ask_mail(&mut self, _ctx: &TxContext<'_>) -> bool {
+        false
+    }
+    /// This recipient needs the server's answer (`poll_lookup`) instead of `check_rcpt`.
+    fn ask_rcpt(&mut self, _ctx: &TxContext<'_>, _rcpt: &str) -> bool {
+        false
+    }
 }
 
 /// What the policy may look at.
@@ -180,6 +191,10 @@ enum State<R> {
     Auth(AuthStep),
     /// Credentials handed out (`poll_auth`); input paused until `handle_auth`.
     AwaitAuth(AuthId, String),
+    /// MAIL asked the server (`poll_lookup`); input paused until `handle_lookup`.
+    AwaitMail(LookupId, Tx<R>),
+    /// RCPT of this recipient asked the server; input paused until `handle_lookup`.
+    AwaitRcpt(LookupId, Tx<R>, String),
     /// 220 to STARTTLS queued; waiting for `handle_tls`.
     StartTls,
     Closing,
@@ -198,6 +213,8 @@ pub struct Session<P: Policy> {
     auth_failures: u32,
     next_auth_id: u32,
     auth_request: Option<AuthRequest>,
+    next_lookup_id: u32,
+    lookup_request: Option<LookupRequest>,
     out: Vec<u8>,
     events: VecDeque<Event<P::Rcpt>>,
     errors: u32,
@@ -224,6 +241,8 @@ impl<P: Policy> Session<P> {
             auth_failures: 0,
             next_auth_id: 0,
             auth_request: None,
+            next_lookup_id: 0,
+            lookup_request: None,
             out: Vec::new(),
             events: VecDeque::new(),
             errors: 0,
@@ -279,7 +298,11 @@ impl<P: Policy> Session<P> {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
-            State::AwaitCommit(_) | State::AwaitAuth(..) | State::Closing => None,
+            State::AwaitCommit(_)
+            | State::AwaitAuth(..)
+            | State::AwaitMail(..)
+            | State::AwaitRcpt(..)
+            | State::Closing => None,
             _ => Some(self.deadline),
         }
     }
@@ -287,7 +310,13 @@ impl<P: Policy> Session<P> {
     pub fn wants_read(&self) -> bool {
         !matches!(
             self.state,
-            State::AwaitCommit(_) | State::AwaitAuth(..) | State::StartTls | State::Closing | State::AwaitRdns
+            State::AwaitCommit(_)
+                | State::AwaitAuth(..)
+                | State::AwaitMail(..)
+                | State::AwaitRcpt(..)
+                | State::StartTls
+                | State::Closing
+                | State::AwaitRdns
         ) && self.out.len() < MAX_OUTPUT
     }
 
@@ -509,14 +538,13 @@ impl<P: Policy> Session<P> {
         if let Err(r) = checked {
             return self.refuse(TxStep::Mail, Some(mail_from), r);
         }
+        let ask = self.policy.ask_mail(&ctx);
         let id = self.policy.new_msgid();
-        self.state = State::Mail(Tx {
-            id,
-            mail_from,
-            rcpts: Vec::new(),
-            eight_bit: params.eight_bit,
-            smtputf8: params.smtputf8,
-        });
+        let tx = Tx { id, mail_from, rcpts: Vec::new(), eight_bit: params.eight_bit, smtputf8: params.smtputf8 };
+        if ask {
+            return self.park_mail(tx);
+        }
+        self.state = State::Mail(tx);
         self.reply(&reply::MAIL_OK);
     }
 
@@ -548,6 +576,12 @@ impl<P: Policy> Session<P> {
             auth: self.auth.as_deref(),
             mail_from: &tx.mail_from,
         };
+        if self.policy.ask_rcpt(&ctx, &rcpt) {
+            if let State::Mail(tx) = std::mem::replace(&mut self.state, State::Ready) {
+                self.park_rcpt(tx, rcpt);
+            }
+            return;
+        }
         match self.policy.check_rcpt(&ctx, &rcpt) {
             Ok(accepted) => {
                 tx.rcpts.push((rcpt, accepted));
@@ -628,7 +662,9 @@ impl<P: Policy> Session<P> {
     }
 }
 
-/// A policy that accepts every sender and recipient: for tests and fuzz targets.
+/// A policy that accepts every sender and recipient: for tests and fuzz targets. Those
+/// whose address starts with `ask` wait for the server (`poll_lookup`), and a recipient
+/// starting with `refuse` is refused.
 #[derive(Debug, Default)]
 pub struct AcceptAll {
     next: u32,
@@ -652,6 +688,14 @@ impl Policy for AcceptAll {
         } else {
             Ok(())
         }
+    }
+
+    fn ask_mail(&mut self, ctx: &TxContext<'_>) -> bool {
+        ctx.mail_from.starts_with("ask")
+    }
+
+    fn ask_rcpt(&mut self, _ctx: &TxContext<'_>, rcpt: &str) -> bool {
+        rcpt.starts_with("ask")
     }
 }
 

@@ -46,6 +46,22 @@ pub enum TableService {
     Source,
     /// address → host name (relay `helo-src <t>`).
     Addrname,
+    /// `alias <t>` and `virtual <t>`: a name or address → its expansion.
+    Alias,
+    /// `userbase <t>`: a user → `uid:gid:home`.
+    Userinfo,
+    /// `senders <t>`: a user → the addresses it may send as.
+    Mailaddrmap,
+    /// `match … for domain`, `rdns`, `helo`: `check` of a domain.
+    Domain,
+    /// `match from src`: `check` of an address.
+    Netaddr,
+    /// `match mail-from`, `rcpt-to`: `check` of an address.
+    Mailaddr,
+    /// `match tag`: `check` of a name.
+    String,
+    /// `match … regex <t>`: `check` of the subject.
+    Regex,
 }
 
 impl TableService {
@@ -56,6 +72,14 @@ impl TableService {
             TableService::Relayhost => "relayhost",
             TableService::Source => "source",
             TableService::Addrname => "addrname",
+            TableService::Alias => "alias",
+            TableService::Userinfo => "userinfo",
+            TableService::Mailaddrmap => "mailaddrmap",
+            TableService::Domain => "domain",
+            TableService::Netaddr => "netaddr",
+            TableService::Mailaddr => "mailaddr",
+            TableService::String => "string",
+            TableService::Regex => "regex",
         }
     }
 }

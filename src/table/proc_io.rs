@@ -12,6 +12,7 @@ use std::fmt;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +29,20 @@ const RESTART_DELAY: Duration = Duration::from_secs(1);
 
 /// Who table processes run as when this process is root (the delivery process).
 static RUN_AS: OnceLock<(u32, u32)> = OnceLock::new();
+
+/// Whether lookups for RCPT and MAIL (`Table::lookup_value`, `Table::check_key`) may wait
+/// for a table process here: only where `allow_waiting` said so (the delivery process),
+/// never in the smtp process, whose event loops must not block.
+static MAY_WAIT: AtomicBool = AtomicBool::new(false);
+
+/// This process may wait for table processes at RCPT and MAIL lookups.
+pub fn allow_waiting() {
+    MAY_WAIT.store(true, Ordering::Relaxed);
+}
+
+pub fn may_wait() -> bool {
+    MAY_WAIT.load(Ordering::Relaxed)
+}
 
 /// Sets the user table processes started from this root process run as.
 pub fn run_as(uid: u32, gid: u32) {

@@ -106,6 +106,17 @@ pub fn smtp_session(data: &[u8]) {
             }
             s.handle_auth(req.id, verdict);
         }
+        // MAIL and RCPT that ask the server (issues 14, 15): parked, reading nothing, until
+        // the answer; a late answer to another question changes nothing.
+        if let Some(req) = s.poll_lookup() {
+            assert!(!s.wants_read() && s.poll_lookup().is_none(), "reads on while the server decides");
+            s.handle_lookup(mxd::smtp::LookupId(req.id.0.wrapping_add(1)), Ok(()));
+            assert!(!s.wants_read(), "an answer to another question resumed the session");
+            let about = req.rcpt.as_deref().unwrap_or(&req.mail_from);
+            let verdict = if about.contains("no") { Err(mxd::smtp::reply::UNKNOWN_RCPT) } else { Ok(()) };
+            s.handle_lookup(req.id, verdict);
+            assert!(s.wants_read() || s.is_closing() || s.output().len() >= 64 * 1024, "still parked");
+        }
         while let Some(ev) = s.poll_event() {
             match ev {
                 Event::Message(m) => {
@@ -310,6 +321,17 @@ pub fn privsep_frame(data: &[u8]) {
         let mut again = Vec::new();
         frame::encode_auth_verdict(seq, v, &mut again);
         assert_eq!(&again[4..], data, "a decoded login verdict encodes differently");
+    }
+    // Questions at RCPT and MAIL (issues 14, 15) too.
+    if let Ok(ask) = frame::decode_lookup_ask(data) {
+        let mut again = Vec::new();
+        frame::encode_lookup_ask(&ask, &mut again);
+        assert_eq!(&again[4..], data, "a decoded lookup encodes differently");
+    }
+    if let Ok(frame::DeliveryAnswer::Lookup(seq, v)) = frame::decode_answer(data) {
+        let mut again = Vec::new();
+        frame::encode_lookup_verdict(seq, v, &mut again);
+        assert_eq!(&again[4..], data, "a decoded lookup verdict encodes differently");
     }
     let mut r = data;
     while let Ok(Some((_, f))) = frame::read_kinded(&mut r, 4096) {

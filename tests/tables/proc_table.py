@@ -6,9 +6,10 @@ Usage: proc_table.py DATA STATE [SERVICE,...]
 DATA holds `key value` lines (or lone keys), answered to `lookup|SERVICE|key` for any
 service, and in turn to `fetch|SERVICE`. The table registers `credentials` and the
 services named (comma-separated); with `auth` it checks `user:password` keys against
-DATA's values as plain passwords. Keys that misbehave on purpose: `slow` is never answered, `crash`
-makes the process exit, `dberror` gets an `error` answer. Each start appends a line
-`uid=N` to STATE, so a test sees restarts and the user the table ran as.
+DATA's values as plain passwords; a `check` of any other service says whether DATA has
+the key. Keys that misbehave on purpose (alone or as an address's local part): `slow` is
+never answered, `crash` makes the process exit, `dberror` gets an `error` answer. Each
+start appends a line `uid=N` to STATE, so a test sees restarts and the user the table ran as.
 """
 import os
 import sys
@@ -48,7 +49,7 @@ def main():
             sys.exit("bad request: %r" % line)
         op, service, rid = fields[4], fields[5], fields[6]
         key = fields[7] if len(fields) > 7 else ""
-        name = key.split(":", 1)[0]
+        name = key.split(":", 1)[0].split("@", 1)[0]
         if name == "slow":
             continue
         if name == "crash":
@@ -70,6 +71,8 @@ def main():
             user, _, password = key.partition(":")
             found = entries.get(user) == password
             out.write("check-result|%s|%s\n" % (rid, "found" if found else "not-found"))
+        elif op == "check":
+            out.write("check-result|%s|%s\n" % (rid, "found" if key in entries else "not-found"))
         else:
             out.write("%s-result|%s|error|unsupported\n" % (op, rid))
         out.flush()

@@ -582,3 +582,59 @@ fn auth_blocked_by_the_servers_flood_limit_is_421_at_once() {
     assert!(log.contains("Close(TooManyAuthFailures)") && log.contains("joseph"), "{log}");
     assert!(d.s.is_closing());
 }
+
+/// Issues 14, 15: a RCPT the server must decide parks the session (AcceptAll asks about
+/// addresses starting with `ask`); pipelined commands wait behind it, in order.
+#[test]
+fn a_parked_rcpt_holds_pipelined_commands_until_its_answer() {
+    let mut d = Dialog::new(TlsPolicy::Unavailable);
+    let input = "HELO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<ask@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n";
+    let n = d.send(input);
+    assert_eq!(&input[..n], "HELO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<ask@x.test>\r\n", "stops at the question");
+    d.expect("250 mx.test Hello c");
+    d.expect("250 2.1.0 Ok");
+    d.expect_nothing();
+    assert!(!d.s.wants_read() && d.s.poll_timeout().is_none() && d.s.awaiting_lookup());
+    let req = d.s.poll_lookup().expect("a question");
+    assert_eq!((req.rcpt.as_deref(), req.mail_from.as_str(), req.helo.as_str()), (Some("ask@x.test"), "s@x.test", "c"));
+    assert!(d.s.poll_lookup().is_none(), "asked once");
+    // A late answer to another question changes nothing.
+    d.s.handle_lookup(LookupId(req.id.0.wrapping_add(7)), Ok(()));
+    d.expect_nothing();
+    assert!(!d.s.wants_read());
+    d.s.handle_lookup(req.id, Err(reply::UNKNOWN_RCPT));
+    d.expect("550 5.1.1 Invalid recipient");
+    assert!(matches!(d.s.poll_event(), Some(Event::Refused(r)) if r.address.as_deref() == Some("ask@x.test")));
+    assert!(d.s.wants_read());
+    d.send(&input[n..]);
+    d.expect("250 2.1.5 ");
+    d.expect("354");
+    assert!(d.s.in_data(), "the refused recipient is not in the transaction, the other one is");
+}
+
+#[test]
+fn a_parked_rcpt_accepted_and_a_parked_sender_refused() {
+    let mut d = Dialog::new(TlsPolicy::Unavailable);
+    d.send("HELO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<ask@x.test>\r\n");
+    let req = d.s.poll_lookup().unwrap();
+    d.s.handle_lookup(req.id, Ok(()));
+    for p in ["250 mx.test Hello c", "250 2.1.0", "250 2.1.5 Destination address valid"] {
+        d.expect(p);
+    }
+    d.send("RSET\r\nMAIL FROM:<ask@x.test>\r\n");
+    d.expect("250 2.0.0 Reset state");
+    let req = d.s.poll_lookup().expect("MAIL asks");
+    assert_eq!((req.rcpt, req.mail_from.as_str()), (None, "ask@x.test"));
+    d.s.handle_lookup(req.id, Err(reply::SENDER_NOT_ALLOWED));
+    d.expect("550 5.7.1 Sender rejected");
+    // No transaction: RCPT needs MAIL again.
+    d.send("RCPT TO:<b@x.test>\r\n");
+    d.expect("503 ");
+    // A client that leaves while parked just ends the session; the late answer is ignored.
+    d.send("MAIL FROM:<ask@x.test>\r\n");
+    let req = d.s.poll_lookup().unwrap();
+    d.s.handle_eof();
+    assert!(d.s.is_closing());
+    d.s.handle_lookup(req.id, Ok(()));
+    d.expect_nothing();
+}

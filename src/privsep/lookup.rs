@@ -1,0 +1,136 @@
+//! The delivery process's answers to questions at RCPT and MAIL ([`frame::LookupAsk`]):
+//! what the smtp process cannot answer itself, because it would block its event loop (a
+//! proc table) or read what it may not (a ~/.forward). The answer is what the commit will
+//! find: the same `rules::try_decide` and `resolve::resolve_delivering` on this process's
+//! own configuration, asked off the commit path, on threads of their own (a table process
+//! may take seconds). A table that fails or times out is `TempFail` (451 4.3.0) and nothing
+//! is stored; an accepted recipient is decided again at commit, as every recipient is.
+//!
+//! The question is untrusted: it is only an envelope a client could have sent. Its answer
+//! is one of a few verdicts, never a path or a table's value; a `senders` question is
+//! answered only for a table some listener names with that `masquerade`.
+
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use super::frame::{LookupAsk, LookupQuestion, LookupVerdict};
+use crate::auth::senders::sender_allowed;
+use crate::config::Config;
+use crate::envelope::Envelope;
+use crate::resolve::{self, ResolveError};
+use crate::rules::{self, Decision};
+use crate::table::proc::TableService;
+use crate::table::LookupError;
+use crate::users::SystemUsers;
+
+/// Threads answering at once, and questions waiting (more get `TempFail`, a 451).
+const WORKERS: usize = 4;
+const WAITING: usize = 512;
+
+type Answers = Sender<(u64, LookupVerdict)>;
+
+/// The answering threads; dropping it lets them finish.
+pub struct Lookups {
+    asks: Sender<LookupAsk>,
+    answers: Answers,
+}
+
+impl Lookups {
+    pub fn start(config: &Arc<Config>, answers: Answers) -> Lookups {
+        let (asks, rx) = crossbeam_channel::bounded::<LookupAsk>(WAITING);
+        for i in 0..WORKERS {
+            let (rx, config, answers) = (rx.clone(), Arc::clone(config), answers.clone());
+            let spawned =
+                std::thread::Builder::new().name(format!("lookup-{i}")).spawn(move || serve(&rx, &config, &answers));
+            if let Err(e) = spawned {
+                log::error!("lookup: cannot start a thread: {e}");
+            }
+        }
+        Lookups { asks, answers }
+    }
+
+    /// Takes one question; never waits (called by the link's reader).
+    pub fn ask(&self, ask: LookupAsk) {
+        if let Err(TrySendError::Full(ask) | TrySendError::Disconnected(ask)) = self.asks.try_send(ask) {
+            log::warn!("lookup: too many questions waiting; answered 451 for now");
+            let _ = self.answers.send((ask.seq, LookupVerdict::TempFail));
+        }
+    }
+}
+
+fn serve(rx: &Receiver<LookupAsk>, config: &Config, answers: &Answers) {
+    for ask in rx.iter() {
+        let verdict = answer(config, &ask);
+        let _ = answers.send((ask.seq, verdict));
+    }
+}
+
+/// The verdict on one question, as the commit would decide it.
+pub fn answer(config: &Config, ask: &LookupAsk) -> LookupVerdict {
+    let rcpt = match &ask.question {
+        LookupQuestion::Rcpt(r) => r.as_str(),
+        LookupQuestion::Sender { table, masquerade } => return sender(config, ask, table, *masquerade),
+    };
+    let Ok(decoded) = crate::srs::reverse(config, rcpt) else { return LookupVerdict::BadSrs };
+    let rcpt = decoded.as_deref().unwrap_or(rcpt);
+    let env = Envelope {
+        origin: &ask.origin,
+        rdns: ask.rdns.as_deref(),
+        tag: ask.tag.as_deref(),
+        tls: ask.tls,
+        auth: ask.auth.as_deref(),
+        mail_from: &ask.mail_from,
+        rcpt,
+        helo: &ask.helo,
+    };
+    let action = match rules::try_decide(config, &env) {
+        Ok(Decision::Deliver(action)) => action,
+        Ok(Decision::Reject | Decision::NoMatch) => return LookupVerdict::NotAuthorized,
+        Err(e) => return failed(rcpt, &e.to_string()),
+    };
+    match resolve::resolve_delivering(config, action, &env, &SystemUsers) {
+        Ok(_) => LookupVerdict::Ok,
+        Err(e) => {
+            log::debug!("lookup: <{rcpt}> refused: {e}");
+            match e {
+                ResolveError::UnknownUser(_) => LookupVerdict::UnknownUser,
+                ResolveError::Forward(_) => LookupVerdict::ForwardTempFail,
+                ResolveError::ExpandOnly(_) => LookupVerdict::ForwardPermFail,
+                ResolveError::Loop(_) => LookupVerdict::Loop,
+                ResolveError::BadPath(_) => LookupVerdict::UnsafeMailbox,
+                ResolveError::Unsupported(_) => LookupVerdict::Unsupported,
+                ResolveError::Refused(_) => LookupVerdict::NotAuthorized,
+                ResolveError::Empty(_) => LookupVerdict::Empty,
+                ResolveError::Deferred(why) | ResolveError::TableFailed(why) => failed(rcpt, &why),
+            }
+        }
+    }
+}
+
+fn failed(subject: &str, why: &str) -> LookupVerdict {
+    log::warn!("lookup: <{subject}> not decided: {why}");
+    LookupVerdict::TempFail
+}
+
+/// `senders <t> [masquerade]`: may the authenticated user send as MAIL FROM?
+fn sender(config: &Config, ask: &LookupAsk, table: &str, masquerade: bool) -> LookupVerdict {
+    let offered = config
+        .listeners
+        .iter()
+        .any(|l| l.options.senders.as_deref() == Some(table) && l.options.masquerade == masquerade);
+    let (Some(t), Some(user), true) = (config.table(table), ask.auth.as_deref(), offered) else {
+        log::warn!("lookup: a senders question for table '{table}', which no listener uses so");
+        return LookupVerdict::SenderNotAllowed;
+    };
+    let found = match t.lookup_value(TableService::Mailaddrmap, user) {
+        Ok(found) => found,
+        Err(LookupError::Deferred(why) | LookupError::Failed(why)) => return failed(user, &why),
+    };
+    let lookup = |_: &str| found.as_deref().map(crate::table::split_list);
+    if sender_allowed(user, &ask.mail_from, lookup, masquerade, config.sub_addr_delim) {
+        LookupVerdict::Ok
+    } else {
+        LookupVerdict::SenderNotAllowed
+    }
+}
