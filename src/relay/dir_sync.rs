@@ -74,3 +74,23 @@ impl DirSync {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn state_files_go_once_their_removals_are_synced() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("new")).unwrap();
+        queue::write_done(t.path(), "m1", &BTreeSet::from(["x@y".to_owned()])).unwrap();
+        queue::write_done(t.path(), "m2", &BTreeSet::from(["x@y".to_owned()])).unwrap();
+        let mut sync = DirSync::spawn(t.path().to_owned());
+        sync.request(t.path(), vec!["m1".into()]);
+        sync.request(t.path(), Vec::new());
+        sync.finish();
+        assert!(queue::read_done(t.path(), "m1").is_empty(), "m1's state removed");
+        assert_eq!(queue::read_done(t.path(), "m2").len(), 1, "m2's state kept");
+    }
+}
