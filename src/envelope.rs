@@ -83,10 +83,22 @@ pub enum Target {
     /// An mbox file (/var/mail/USER), locked as mail(1) expects.
     Mbox { path: PathBuf, owner: Option<Owner>, delivered_to: String },
     /// A message for another host: goes to the persistent queue for relay by `action`.
-    Relay { action: String, rcpt: String },
+    /// `orig_rcpt`: the recipient the client gave, which an alias or a .forward led to
+    /// `rcpt` (the same address when nothing did): the SRS domain is its domain.
+    Relay { action: String, rcpt: String, orig_rcpt: String },
     /// A message for an `mda` action's command: goes to the mda queue (`SPOOL/mda`), run
     /// from there by the parent as the user; `rcpt` is the final address (user@domain).
     Mda { action: String, rcpt: String },
+}
+
+impl Target {
+    /// Whether one copy serves both: the same place, whichever recipient led there.
+    pub fn same_place(&self, other: &Target) -> bool {
+        match (self, other) {
+            (Target::Relay { action, rcpt, .. }, Target::Relay { action: a, rcpt: r, .. }) => action == a && rcpt == r,
+            _ => self == other,
+        }
+    }
 }
 
 /// A valid address as later layers read it: local part and domain, split at the last `@`

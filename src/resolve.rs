@@ -119,7 +119,8 @@ impl Expander<'_> {
             return Err(ResolveError::Loop(addr.to_owned()));
         }
         if let Method::Relay(_) = action.method {
-            self.out.push(Target::Relay { action: action.name.clone(), rcpt: addr.to_owned() });
+            let orig_rcpt = self.env.rcpt.to_owned();
+            self.out.push(Target::Relay { action: action.name.clone(), rcpt: addr.to_owned(), orig_rcpt });
             return Ok(());
         }
         let Mailbox { local: user, domain } = Mailbox::split(addr);
@@ -235,6 +236,7 @@ impl Expander<'_> {
             Method::Lmtp { rcpt_to, .. } => Target::Relay {
                 action: action.name.clone(),
                 rcpt: if *rcpt_to { self.env.rcpt.to_owned() } else { user.name.clone() },
+                orig_rcpt: self.env.rcpt.to_owned(),
             },
             // Never as root: OpenSMTPD refuses it too, unless `user` names who runs it.
             Method::Mda(_) if user.uid == 0 && action.user.is_none() => {
@@ -321,7 +323,11 @@ mod tests {
         // An alias to an address goes through the rules again: here it relays.
         assert_eq!(
             run(&c, "ops@test"),
-            Ok(vec![Target::Relay { action: "out".into(), rcpt: "ops@far.example".into() }])
+            Ok(vec![Target::Relay {
+                action: "out".into(),
+                rcpt: "ops@far.example".into(),
+                orig_rcpt: "ops@test".into()
+            }])
         );
         assert_eq!(run(&c, "nobody@test"), Err(ResolveError::UnknownUser("nobody".into())));
     }
@@ -394,10 +400,11 @@ mod tests {
              match from any for domain \"l.test\" action l\nmatch from any for domain \"r.test\" action r\n\
              match from any for domain \"m.test\" action m\nmatch from any for domain \"mu.test\" action mu\n",
         );
-        let relay = |a: &str, r: &str| Target::Relay { action: a.into(), rcpt: r.into() };
+        let relay = |a: &str, r: &str, o: &str| Target::Relay { action: a.into(), rcpt: r.into(), orig_rcpt: o.into() };
         // By user name after aliases; with `rcpt-to`, the recipient as it came.
-        assert_eq!(run(&c, "team@l.test"), Ok(vec![relay("l", "joseph"), relay("l", "alice")]));
-        assert_eq!(run(&c, "Joseph+x@r.test"), Ok(vec![relay("r", "Joseph+x@r.test")]));
+        let team = Ok(vec![relay("l", "joseph", "team@l.test"), relay("l", "alice", "team@l.test")]);
+        assert_eq!(run(&c, "team@l.test"), team);
+        assert_eq!(run(&c, "Joseph+x@r.test"), Ok(vec![relay("r", "Joseph+x@r.test", "Joseph+x@r.test")]));
         assert_eq!(
             run(&c, "joseph+x@m.test"),
             Ok(vec![Target::Mda { action: "m".into(), rcpt: "joseph@m.test".into() }])

@@ -1,14 +1,18 @@
 //! The Sender Rewriting Scheme (`srs key`, relay `srs`), in the SRS0 form OpenSMTPD and
 //! libsrs2 write: a forwarded message's sender `user@origin.example` becomes
-//! `SRS0=HHHH=TT=origin.example=user@this.host`, where TT is the day (base32, two
+//! `SRS0=HHHH=TT=origin.example=user@forwarding.domain`, where TT is the day (base32, two
 //! characters, modulo 1024) and HHHH the first four base64 characters of an HMAC-SHA1 over
 //! TT, the domain and the user. A bounce coming back to that address is sent on to the
 //! original sender, once the hash checks out (with any key) and the age is within `srs ttl`.
 //!
 //! Mail re-forwarded with an SRS sender gets the SRS1 form, as OpenSMTPD writes it: an
-//! `SRS0=HHHH=TT=origin=user@hop` sender becomes `SRS1=GGGG=hop==HHHH=TT=origin=user@this.host`
+//! `SRS0=HHHH=TT=origin=user@hop` sender becomes `SRS1=GGGG=hop==HHHH=TT=origin=user@forwarding.domain`
 //! (an SRS1 sender keeps its first hop and SRS0 part, with our hash). A bounce to it goes
 //! back to `SRS0=…@hop`, the first forwarder, whose own hash we cannot check (its age we do).
+//!
+//! The SRS domain is the domain of the recipient whose alias or .forward forwarded the
+//! message (the queue records it), as in OpenSMTPD; mail that was not forwarded keeps its
+//! sender.
 //!
 //! Pure functions of (keys, address, day): untrusted input never panics.
 
@@ -19,6 +23,7 @@ use ring::hmac;
 
 use crate::config::Config;
 use crate::envelope::Mailbox;
+use crate::queue::QueuedEnvelope;
 
 const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 /// OpenSMTPD's default `srs ttl`: four days.
@@ -153,16 +158,54 @@ pub fn reverse(config: &Config, rcpt: &str) -> Result<Option<String>, InvalidSrs
     decode(keys, rcpt, today(), ttl).map(Some).ok_or(InvalidSrs)
 }
 
-/// The sender a relay action with `srs` gives forwarded mail: a foreign sender rewritten at
-/// this host's name (mail from this host's own domains goes out as it is, as does the null
-/// sender); `None` to keep `sender`.
-pub fn forward_sender(config: &Config, sender: &str) -> Option<String> {
+/// How a queued message's recipients came to be relayed, as its queue file says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forwarded<'a> {
+    /// An alias or a .forward of this recipient (as the client gave it) led elsewhere.
+    By(&'a str),
+    /// The client named the recipients themselves.
+    No,
+    /// Not recorded: a queue file written before mxd recorded it.
+    Unknown,
+}
+
+/// Whether an alias or a .forward led to any of `rcpts` (a message's recipients for one
+/// destination, which share one MAIL FROM): the first that was forwarded decides.
+pub fn forwarded<'a>(env: &'a QueuedEnvelope, rcpts: &[String]) -> Forwarded<'a> {
+    let mut known = true;
+    for ((_, addr), orig) in env.rcpts.iter().zip(env.orig_rcpts.iter().chain(std::iter::repeat(&None))) {
+        if !rcpts.contains(addr) {
+            continue;
+        }
+        match orig {
+            Some(orig) if !orig.eq_ignore_ascii_case(addr) => return Forwarded::By(orig),
+            Some(_) => {}
+            None => known = false,
+        }
+    }
+    if known {
+        Forwarded::No
+    } else {
+        Forwarded::Unknown
+    }
+}
+
+/// The sender a relay action with `srs` gives forwarded mail, as OpenSMTPD's mta does: at
+/// the domain of the recipient that forwarded it. Mail that was not forwarded goes out as it
+/// is, as does mail from this host's own domains and the null sender; a queue file that does
+/// not say is rewritten at this host's name. `None` to keep `sender`.
+pub fn forward_sender(config: &Config, sender: &str, via: Forwarded<'_>) -> Option<String> {
     let key = config.knobs.srs_keys.first()?;
     let domain = Mailbox::parse(sender)?.domain;
     if crate::rules::is_local_domain(config, domain) {
         return None;
     }
-    encode(key, sender, &config.hostname, today())
+    let srs_domain = match via {
+        Forwarded::By(rcpt) => Some(Mailbox::domain_of(rcpt)).filter(|d| !d.is_empty()).unwrap_or(&config.hostname),
+        Forwarded::No => return None,
+        Forwarded::Unknown => &config.hostname,
+    };
+    encode(key, sender, srs_domain, today())
 }
 
 #[cfg(test)]
@@ -194,6 +237,27 @@ mod tests {
             assert!(decode(&keys, odd, 0, 4).is_none(), "{odd}");
         }
         assert!(encode("k", "", "f", 0).is_none());
+    }
+
+    #[test]
+    fn the_queue_says_who_forwarded() {
+        let env = |origs: Vec<Option<&str>>| QueuedEnvelope {
+            id: String::new(),
+            sender: "u@o.example".into(),
+            created: 0,
+            rcpts: vec![
+                ("out".into(), "a@far".into()),
+                ("out".into(), "b@far".into()),
+                ("other".into(), "c@far".into()),
+            ],
+            orig_rcpts: origs.into_iter().map(|o| o.map(str::to_owned)).collect(),
+        };
+        let ab = ["a@far".to_owned(), "b@far".to_owned()];
+        let forwarded_b = env(vec![Some("a@far"), Some("list@lists.example"), Some("x@y")]);
+        assert_eq!(forwarded(&forwarded_b, &ab), Forwarded::By("list@lists.example"));
+        assert_eq!(forwarded(&forwarded_b, &ab[..1]), Forwarded::No);
+        assert_eq!(forwarded(&env(vec![Some("A@far"), Some("b@far"), None]), &ab), Forwarded::No, "case");
+        assert_eq!(forwarded(&env(vec![]), &ab), Forwarded::Unknown, "an old queue file");
     }
 
     #[test]

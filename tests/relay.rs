@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{python, queue_files, wait_for, Mxd, SEND};
+use common::{mxctl, python, queue_files, wait_for, Mxd, SEND};
 
 fn node_conf(to: u16, scheme: &'static str, extra: &'static str) -> impl FnOnce(&Path, u16) -> String {
     common::node_conf(String::new(), format!("host {scheme}://127.0.0.1:{to} {extra}"))
@@ -21,22 +21,9 @@ fn node_conf(to: u16, scheme: &'static str, extra: &'static str) -> impl FnOnce(
 /// mx0: the basic configuration plus a TLS-required listener on `tls_port`.
 fn mx0_conf(tls_port: u16) -> impl FnOnce(&Path, u16) -> String {
     move |d: &Path, p: u16| {
-        let key = d.join("mx0.key");
-        let crt = d.join("mx0.crt");
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out {k} 2>/dev/null && chmod 600 {k} && openssl req -x509 -new -key {k} -out {c} -days 30 -subj /CN=mx0.test",
-                k = key.display(),
-                c = crt.display()
-            ))
-            .output()
-            .unwrap();
-        assert!(out.status.success());
         format!(
-            "pki mx0.test cert \"{}\"\npki mx0.test key \"{}\"\n{}listen on 127.0.0.1 port {tls_port} tls-require pki mx0.test\n",
-            crt.display(),
-            key.display(),
+            "{}{}listen on 127.0.0.1 port {tls_port} tls-require pki mx0.test\n",
+            common::self_signed_pki(d, "mx0.test"),
             common::basic_conf(d, p)
         )
     }
@@ -79,12 +66,6 @@ fn host_down_then_up_gets_it_exactly_once_and_mailq_shows_it() {
     wait_for("an empty queue", Duration::from_secs(10), || queue_files(&node) == 0);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(mx0.messages("alice").len(), 1, "exactly once");
-}
-
-fn mxctl(m: &Mxd, args: &[&str]) -> String {
-    let out =
-        std::process::Command::new(env!("CARGO_BIN_EXE_mxctl")).arg("-f").arg(&m.conf).args(args).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
 #[test]

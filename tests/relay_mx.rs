@@ -10,57 +10,16 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{can_run, python, queue_files, uid_gid, wait_for, Mxd, Need, SEND};
+use common::{can_run, count_with, mx_port, mxctl, python, queue_files, send_via, wait_for, Mxd, Need};
 use dns_util::{Dnsmasq, DNSMASQ};
 
 fn needs(test: &str) -> bool {
     can_run(test, &[Need::File(DNSMASQ, "dnsmasq-base"), Need::Program("python3", "python3")])
 }
 
-/// A port free on `addr` a moment ago: the MX port of one test.
-fn mx_port(addr: &str) -> u16 {
-    TcpListener::bind((addr, 0)).and_then(|l| l.local_addr()).expect("port").port()
-}
-
-/// A receiving mxd: its harness listener on 127.0.0.1, and the MX listener on `addr`;
-/// mail for joseph at any domain lands in its Maildir.
+/// A receiving mxd on `addr` (see `common::mx_receiver`).
 fn receiver(addr: &'static str, port: u16) -> Mxd {
-    receiver_with(addr, port, false)
-}
-
-/// As `receiver`; with `tls`, the MX listener offers STARTTLS with a self-signed certificate.
-fn receiver_with(addr: &'static str, port: u16, tls: bool) -> Mxd {
-    Mxd::start_with(
-        move |d: &Path, p: u16| {
-            let (uid, gid) = uid_gid();
-            let (pki, opts) = if tls { (self_signed(d), " tls pki rx") } else { (String::new(), "") };
-            format!(
-                "spool \"{d}/spool\"\nhostname \"rx-{addr}.test\"\n{pki}\
-                 table users {{ joseph = \"{uid}:{gid}:{d}/home/joseph\" }}\n\
-                 listen on 127.0.0.1 port {p}\nlisten on {addr} port {port}{opts}\n\
-                 action \"local\" maildir userbase <users>\nmatch from any for any action \"local\"\n",
-                d = d.display()
-            )
-        },
-        &[],
-    )
-}
-
-/// `pki rx` lines for a fresh self-signed P-256 certificate in `d`.
-fn self_signed(d: &Path) -> String {
-    let (key, crt) = (d.join("rx.key"), d.join("rx.crt"));
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out {k} 2>/dev/null && chmod 600 {k} \
-             && openssl req -x509 -new -key {k} -out {c} -days 30 -subj /CN=rx.test",
-            k = key.display(),
-            c = crt.display()
-        ))
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
-    format!("pki rx cert \"{}\"\npki rx key \"{}\"\n", crt.display(), key.display())
+    common::mx_receiver(addr, port, false)
 }
 
 /// The sending node: joseph@node.test is local, everything else goes out by MX.
@@ -112,16 +71,8 @@ fn node_env(resolv: &Path, port: u16) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn send(node: &Mxd, rcpt: &str, body: &str) {
-    python(SEND, &[&node.port.to_string(), "joseph@node.test", rcpt, body]);
-}
-
 fn bodies(m: &Mxd) -> Vec<String> {
     m.messages("joseph").iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect()
-}
-
-fn count_with(m: &Mxd, needle: &str) -> usize {
-    bodies(m).iter().filter(|b| b.contains(needle)).count()
 }
 
 #[test]
@@ -143,7 +94,7 @@ fn mx_preference_order_then_the_secondary_when_the_primary_is_down() {
     let mx2 = receiver("127.0.55.12", port);
     let n = node(&dns, port);
     for i in 0..3 {
-        send(&n.mxd, "joseph@pref.test", &format!("to-primary-{i}"));
+        send_via(&n.mxd, "joseph@pref.test", &format!("to-primary-{i}"));
     }
     wait_for("three messages at mx1", Duration::from_secs(30), || mx1.messages("joseph").len() == 3);
     assert_eq!(mx2.messages("joseph").len(), 0, "the secondary got mail while the primary was up");
@@ -153,7 +104,7 @@ fn mx_preference_order_then_the_secondary_when_the_primary_is_down() {
     wait_for("the relay's records", Duration::from_secs(20), || queue_files(&n.mxd) == 0);
 
     mx1.kill9();
-    send(&n.mxd, "joseph@pref.test", "to-secondary");
+    send_via(&n.mxd, "joseph@pref.test", "to-secondary");
     wait_for("the message at mx2", Duration::from_secs(30), || mx2.messages("joseph").len() == 1);
     wait_for("an empty queue", Duration::from_secs(10), || queue_files(&n.mxd) == 0);
     std::thread::sleep(Duration::from_millis(1500));
@@ -180,14 +131,14 @@ fn implicit_mx_and_an_mx_that_is_an_alias() {
     let implicit = receiver("127.0.56.11", port);
     let aliased = receiver("127.0.56.12", port);
     let n = node(&dns, port);
-    send(&n.mxd, "joseph@implicit.test", "implicit");
-    send(&n.mxd, "joseph@alias.test", "aliased");
+    send_via(&n.mxd, "joseph@implicit.test", "implicit");
+    send_via(&n.mxd, "joseph@alias.test", "aliased");
     wait_for("the implicit MX's message", Duration::from_secs(30), || count_with(&implicit, "implicit") == 1);
     wait_for("the aliased MX's message", Duration::from_secs(30), || count_with(&aliased, "aliased") == 1);
     assert!(n.mxd.logged("MX mx.alias.test is an alias (CNAME) of real.alias.test"), "{}", n.mxd.log());
 
     // An MX naming an address is refused by name, then the domain has no usable host.
-    send(&n.mxd, "joseph@literal.test", "literal");
+    send_via(&n.mxd, "joseph@literal.test", "literal");
     wait_for("the bounce", Duration::from_secs(30), || count_with(&n.mxd, "Delivery status notification") == 1);
     assert!(n.mxd.logged("is an address literal, not a host name"), "{}", n.mxd.log());
     assert_eq!(count_with(&implicit, "literal"), 0);
@@ -210,12 +161,12 @@ fn an_ipv6_mx_and_ipv4_after_ipv6_fails() {
     let port = mx_port("::1");
     let six = receiver("::1", port);
     let n = node(&dns, port);
-    send(&n.mxd, "joseph@six.test", "over-ipv6");
+    send_via(&n.mxd, "joseph@six.test", "over-ipv6");
     wait_for("the message over IPv6", Duration::from_secs(30), || count_with(&six, "over-ipv6") == 1);
     assert!(n.mxd.logged("host=mx.six.test address=[::1]:"), "{}", n.mxd.log());
     drop(six);
     let four = receiver("127.0.62.11", port);
-    send(&n.mxd, "joseph@dual.test", "over-ipv4");
+    send_via(&n.mxd, "joseph@dual.test", "over-ipv4");
     wait_for("the message over IPv4", Duration::from_secs(30), || count_with(&four, "over-ipv4") == 1);
     assert!(n.mxd.logged("host=dual.test address=127.0.62.11:"), "{}", n.mxd.log());
 }
@@ -228,9 +179,9 @@ fn null_mx_and_nxdomain_bounce_at_once_and_a_dns_failure_defers() {
     let dns =
         Dnsmasq::start("127.0.57.1", &["--mx-host=null.test,.,0".into(), "--server=/dead.test/127.0.0.1#9".into()]);
     let n = node(&dns, mx_port("127.0.57.1"));
-    send(&n.mxd, "someone@null.test", "to-null");
-    send(&n.mxd, "someone@nowhere.test", "to-nx");
-    send(&n.mxd, "someone@dead.test", "to-dead");
+    send_via(&n.mxd, "someone@null.test", "to-null");
+    send_via(&n.mxd, "someone@nowhere.test", "to-nx");
+    send_via(&n.mxd, "someone@dead.test", "to-dead");
     wait_for("two bounces", Duration::from_secs(20), || count_with(&n.mxd, "Delivery status notification") == 2);
     let all = bodies(&n.mxd).join("\n");
     assert!(all.contains("Final-Recipient: rfc822; someone@null.test\nAction: failed\nStatus: 5.1.10"), "{all}");
@@ -269,9 +220,9 @@ fn opportunistic_starttls_to_an_mx_with_a_self_signed_certificate() {
         &["--mx-host=tls.test,mx.tls.test,10".into(), "--host-record=mx.tls.test,127.0.59.11".into()],
     );
     let port = mx_port("127.0.59.11");
-    let rx = receiver_with("127.0.59.11", port, true);
+    let rx = common::mx_receiver("127.0.59.11", port, true);
     let n = node(&dns, port);
-    send(&n.mxd, "joseph@tls.test", "over-tls");
+    send_via(&n.mxd, "joseph@tls.test", "over-tls");
     wait_for("the message", Duration::from_secs(30), || count_with(&rx, "over-tls") == 1);
     let text = bodies(&rx).join("");
     assert!(text.contains("with ESMTPS id "), "{text}");
@@ -282,12 +233,6 @@ fn opportunistic_starttls_to_an_mx_with_a_self_signed_certificate() {
         "{}",
         n.mxd.log()
     );
-}
-
-fn mxctl(m: &Mxd, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mxctl")).arg("-f").arg(&m.conf).args(args).output();
-    let out = out.expect("mxctl");
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
 /// `attempts=N` of the mailq line of message `id`.
@@ -307,7 +252,7 @@ fn one_message_id_from_the_receive_log_to_mailq_schedule_and_remove() {
     );
     let n = node_retrying(&dns, mx_port("127.0.60.11"), 600);
     for i in 0..3 {
-        send(&n.mxd, &format!("r{i}@down.test"), &format!("m{i}"));
+        send_via(&n.mxd, &format!("r{i}@down.test"), &format!("m{i}"));
     }
     wait_for("three deferrals", Duration::from_secs(20), || n.mxd.log().matches("result=TempFail").count() == 3);
     let log = n.mxd.log();
@@ -358,7 +303,7 @@ fn a_tarpit_destination_delays_no_other() {
     // The tarpit holds its session for 30 s (5 min by default): the other mail must not wait
     // for that, however slowly this machine runs the senders.
     let n = node_conf_with(&dns, port, 1, 30, String::new());
-    send(&n.mxd, "joseph@tarpit.test", "stuck");
+    send_via(&n.mxd, "joseph@tarpit.test", "stuck");
     let start = std::time::Instant::now();
     python(SEND_MANY, &[&n.mxd.port.to_string(), "joseph@fast.test", "fast", "5"]);
     wait_for("the other destination's mail", Duration::from_secs(25), || rx.messages("joseph").len() == 5);
@@ -371,13 +316,15 @@ fn a_tarpit_destination_delays_no_other() {
     assert_eq!(queue_files(&n.mxd), 1);
 }
 
-/// Sends `n` messages over one session; bodies are `PREFIX-i`.
+/// Sends `n` messages, 50 per session (under the default `smtp limit max-mails`); bodies
+/// are `PREFIX-i`.
 const SEND_MANY: &str = r#"
 import smtplib, sys
 port, rcpt, prefix, n = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
-with smtplib.SMTP("127.0.0.1", port) as s:
-    for i in range(n):
-        s.sendmail("joseph@node.test", [rcpt], ("Subject: m\r\n\r\n%s-%d.\r\n" % (prefix, i)).encode())
+for start in range(0, n, 50):
+    with smtplib.SMTP("127.0.0.1", port) as s:
+        for i in range(start, min(n, start + 50)):
+            s.sendmail("joseph@node.test", [rcpt], ("Subject: m\r\n\r\n%s-%d.\r\n" % (prefix, i)).encode())
 "#;
 
 #[test]
@@ -451,7 +398,7 @@ fn mx_hosts_of_this_hosts_preference_or_more_are_skipped() {
     let n = node_conf_with(&dns, port, 1, 4, format!("listen on 127.0.63.20 port {port}\n"));
 
     // A more preferred MX than this host: the mail goes there.
-    send(&n.mxd, "joseph@backup.test", "to-mx1");
+    send_via(&n.mxd, "joseph@backup.test", "to-mx1");
     wait_for("the message at mx1", Duration::from_secs(30), || count_with(&mx1, "to-mx1") == 1);
     assert!(n.mxd.logged("MX mx2.backup.test is this host: only MX hosts of preference below 20"), "{}", n.mxd.log());
     // mx1 has the message before its 250 reaches the node: stop it only once that 250 is in.
@@ -459,14 +406,14 @@ fn mx_hosts_of_this_hosts_preference_or_more_are_skipped() {
 
     // With it down, the mail waits rather than go to this host's own backup (mx3).
     mx1.kill9();
-    send(&n.mxd, "joseph@backup.test", "not-to-mx3");
+    send_via(&n.mxd, "joseph@backup.test", "not-to-mx3");
     wait_for("the deferral", Duration::from_secs(30), || {
         n.mxd.log().contains("to=<joseph@backup.test> result=TempFail")
     });
 
     // This host is the best MX: nothing to try, deferred as OpenSMTPD does.
-    send(&n.mxd, "joseph@best.test", "best");
-    send(&n.mxd, "joseph@byname.test", "byname");
+    send_via(&n.mxd, "joseph@best.test", "best");
+    send_via(&n.mxd, "joseph@byname.test", "byname");
     wait_for("two best-MX deferrals", Duration::from_secs(30), || {
         let log = n.mxd.log();
         log.contains("to=<joseph@best.test> result=TempFail") && log.contains("to=<joseph@byname.test> result=TempFail")

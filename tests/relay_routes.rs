@@ -11,33 +11,14 @@
 mod common;
 mod dns_util;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{can_run, node_conf, python, queue_files, uid_gid, wait_for, Mxd, Need, SEND};
+use common::{can_run, count_with, mx_port, node_conf, queue_files, send_via, wait_for, Mxd, Need};
 use dns_util::{Dnsmasq, DNSMASQ};
 
-fn mx_port(addr: &str) -> u16 {
-    TcpListener::bind((addr, 0)).and_then(|l| l.local_addr()).expect("port").port()
-}
-
-/// A receiving mxd: harness listener on 127.0.0.1, MX listener on `addr`:`port`; mail for
-/// joseph at any domain lands in its Maildir.
 fn receiver(addr: &'static str, port: u16) -> Mxd {
-    Mxd::start_with(
-        move |d: &Path, p: u16| {
-            let (uid, gid) = uid_gid();
-            format!(
-                "spool \"{d}/spool\"\nhostname \"rx-{addr}.test\"\n\
-                 table users {{ joseph = \"{uid}:{gid}:{d}/home/joseph\" }}\n\
-                 listen on 127.0.0.1 port {p}\nlisten on {addr} port {port}\n\
-                 action \"local\" maildir userbase <users>\nmatch from any for any action \"local\"\n",
-                d = d.display()
-            )
-        },
-        &[],
-    )
+    common::mx_receiver(addr, port, false)
 }
 
 /// A node relaying everything but node.test with `relay RELAY`, `top` before the listener.
@@ -46,14 +27,6 @@ fn node(top: String, relay: String, resolv: Option<&Path>, mx_port: u16) -> Mxd 
     let port = mx_port.to_string();
     let env = [("MXD_RESOLV_CONF", resolv.as_str()), ("MXD_MX_PORT", &port), ("MXD_RETRY_BASE", "1")];
     Mxd::start_with(node_conf(top, relay), &env)
-}
-
-fn send(node: &Mxd, rcpt: &str, body: &str) {
-    python(SEND, &[&node.port.to_string(), "joseph@node.test", rcpt, body]);
-}
-
-fn count_with(m: &Mxd, needle: &str) -> usize {
-    m.messages("joseph").iter().filter(|b| String::from_utf8_lossy(b).contains(needle)).count()
 }
 
 #[test]
@@ -84,15 +57,15 @@ fn backup_mx_relays_only_to_preferred_mxs() {
     let mx3 = receiver("127.0.71.13", port);
     let n = node(String::new(), "backup mx mx2.bk.test".into(), Some(&resolv), port);
 
-    send(&n, "joseph@bk.test", "to-the-primary");
+    send_via(&n, "joseph@bk.test", "to-the-primary");
     wait_for("the primary's copy", Duration::from_secs(30), || count_with(&mx1, "to-the-primary") == 1);
     // mx2.bk.test is not an MX of other.test: every MX of it is tried.
-    send(&n, "joseph@other.test", "not-our-domain");
+    send_via(&n, "joseph@other.test", "not-our-domain");
     wait_for("other.test's copy", Duration::from_secs(30), || count_with(&mx3, "not-our-domain") == 1);
 
     // The only MX preferred over mx2 is down: the mail waits, never to mx2 or mx3.
     mx1.kill9();
-    send(&n, "joseph@bk.test", "waits-for-the-primary");
+    send_via(&n, "joseph@bk.test", "waits-for-the-primary");
     wait_for("a deferral", Duration::from_secs(30), || {
         n.log().contains("connection refused") || n.log().contains("Connection refused")
     });
@@ -104,7 +77,7 @@ fn backup_mx_relays_only_to_preferred_mxs() {
 
     // Named as the best MX itself: nothing is preferred over it, so the mail waits.
     let best = node(String::new(), "backup mx mx1.bk.test".into(), Some(&resolv), port);
-    send(&best, "joseph@bk.test", "we-are-the-best");
+    send_via(&best, "joseph@bk.test", "we-are-the-best");
     assert!(best.logged("no MX of bk.test is preferred over mx1.bk.test (preference 10)"), "{}", best.log());
     assert_eq!(queue_files(&best), 1);
     assert_eq!(count_with(&mx1, "we-are-the-best"), 0);
@@ -123,19 +96,19 @@ fn domain_table_picks_the_host_and_helo_src_the_name() {
     );
     // No DNS at all (resolv.conf is /dev/null): the table alone routes.
     let n = node(top.clone(), "domain <routes> src 127.0.0.1 helo-src <helos>".into(), None, port);
-    send(&n, "joseph@dom.test", "routed-by-table");
+    send_via(&n, "joseph@dom.test", "routed-by-table");
     wait_for("the routed copy", Duration::from_secs(30), || count_with(&rx, "routed-by-table") == 1);
     let msg = String::from_utf8(rx.messages("joseph").remove(0)).unwrap();
     assert!(msg.contains("Received: from out-one.node.test ("), "{msg}");
 
     // A domain the table does not name bounces to the sender.
-    send(&n, "joseph@elsewhere.test", "no-route");
+    send_via(&n, "joseph@elsewhere.test", "no-route");
     wait_for("the bounce", Duration::from_secs(30), || count_with(&n, "Delivery status notification") == 1);
     assert_eq!(count_with(&n, "no relay host for domain elsewhere.test in table routes"), 1, "{}", n.log());
 
     // The table has no name for this source address: the mail waits.
     let other = node(top, "domain <routes> src 127.0.0.2 helo-src <helos>".into(), None, port);
-    send(&other, "joseph@dom.test", "no-helo");
+    send_via(&other, "joseph@dom.test", "no-helo");
     assert!(other.logged("helo-src has no HELO name for source 127.0.0.2"), "{}", other.log());
     assert_eq!(queue_files(&other), 1);
     assert_eq!(count_with(&rx, "no-helo"), 0);
@@ -177,11 +150,11 @@ fn relay_tables_from_table_processes() {
     };
     let top = format!("{}{}{}", table("routes", "relayhost"), table("helos", "addrname"), table("sources", "source"));
     let n = node(top, "domain <routes> src <sources> helo-src <helos>".into(), None, port);
-    send(&n, "joseph@dom.test", "routed-by-process");
+    send_via(&n, "joseph@dom.test", "routed-by-process");
     wait_for("the routed copy", Duration::from_secs(30), || count_with(&rx, "routed-by-process") == 1);
     let msg = String::from_utf8(rx.messages("joseph").remove(0)).unwrap();
     assert!(msg.contains("Received: from proc-helo.node.test ("), "{msg}");
-    send(&n, "joseph@elsewhere.test", "no-route");
+    send_via(&n, "joseph@elsewhere.test", "no-route");
     wait_for("the bounce", Duration::from_secs(30), || count_with(&n, "Delivery status notification") == 1);
     assert_eq!(count_with(&n, "no relay host for domain elsewhere.test in table routes"), 1, "{}", n.log());
     for state in ["s-routes", "s-helos", "s-sources"] {

@@ -1,7 +1,8 @@
-//! SRS (issue 14): a node forwards joseph@test's message (an alias of its own pointing back
-//! at mx0) through a relay action with `srs`; mx0 sees the SRS0 sender; a bounce to that
-//! address, sent back to the node as mx0 would send it, finds its way to joseph@test; a
-//! forged SRS address is refused.
+//! SRS (issue 14): a node forwards joseph@test's message (an alias of its own, on a domain
+//! that is not its host name, pointing back at mx0) through a relay action with `srs`; mx0
+//! sees the SRS0 sender at the forwarding recipient's domain, as OpenSMTPD writes it; a
+//! bounce to that address, sent back to the node as mx0 would send it, finds its way to
+//! joseph@test; a forged SRS address is refused; mail that was not forwarded keeps its sender.
 
 mod common;
 
@@ -21,6 +22,7 @@ fn node(mx0: u16) -> impl FnOnce(&Path, u16) -> String {
              action \"local\" maildir alias <aliases> userbase <users>\n\
              action \"out\" relay host smtp://127.0.0.1:{mx0} srs\n\
              match from any for domain \"node.test\" action \"local\"\n\
+             match from any for domain \"lists.example\" action \"local\"\n\
              match from any for any action \"out\"\n",
             d = d.display()
         )
@@ -48,11 +50,12 @@ with smtplib.SMTP("127.0.0.1", port) as s:
 fn forwarded_mail_gets_an_srs_sender_and_its_bounce_finds_the_way_back() {
     let mx0 = Mxd::start();
     let node = Mxd::start_with(node(mx0.port), &[]);
-    // joseph@test writes to fwd@node.test, which forwards to alice@test (on mx0).
-    python(SEND, &[&node.port.to_string(), "joseph@test", "fwd@node.test", "forwarded-1"]);
+    // joseph@test writes to fwd@lists.example, which forwards to alice@test (on mx0): the
+    // SRS domain is lists.example, not the node's name.
+    python(SEND, &[&node.port.to_string(), "joseph@test", "fwd@lists.example", "forwarded-1"]);
     wait_for("the forwarded message on mx0", Duration::from_secs(20), || mx0.messages("alice").len() == 1);
     let srs = return_path(&mx0.messages("alice")[0]);
-    assert!(srs.starts_with("SRS0=") && srs.ends_with("=test=joseph@node.test"), "{srs}");
+    assert!(srs.starts_with("SRS0=") && srs.ends_with("=test=joseph@lists.example"), "{srs}");
 
     // mx0 bounces it: to the SRS address, at the node, which sends it on to joseph@test.
     assert_eq!(python(BOUNCE, &[&node.port.to_string(), &srs]).trim(), "250");
@@ -69,6 +72,12 @@ fn forwarded_mail_gets_an_srs_sender_and_its_bounce_finds_the_way_back() {
     wait_for("the second message", Duration::from_secs(20), || mx0.messages("alice").len() == 2);
     let own = mx0.messages("alice").into_iter().find(|m| String::from_utf8_lossy(m).contains("own-sender")).unwrap();
     assert_eq!(return_path(&own), "ops@node.test");
+    // Nor is mail relayed as the client addressed it (OpenSMTPD rewrites only forwarded mail).
+    python(SEND, &[&node.port.to_string(), "joseph@test", "alice@test", "not-forwarded"]);
+    wait_for("the third message", Duration::from_secs(20), || mx0.messages("alice").len() == 3);
+    let direct =
+        mx0.messages("alice").into_iter().find(|m| String::from_utf8_lossy(m).contains("not-forwarded")).unwrap();
+    assert_eq!(return_path(&direct), "joseph@test");
 }
 
 /// A second forwarder: node.test forwards fwd@ to fwd2@node2.test, which forwards it to

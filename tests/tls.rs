@@ -15,23 +15,7 @@ fn seed_cert(dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
     let crt = dir.join(format!("{cn}.crt"));
     run("openssl", &["genrsa", "-out", key.to_str().unwrap(), "4096"]);
     run("chmod", &["600", key.to_str().unwrap()]);
-    let subj = format!("/C=US/ST=State/L=Town/O=Org/OU=/CN={cn}");
-    run(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            key.to_str().unwrap(),
-            "-out",
-            crt.to_str().unwrap(),
-            "-days",
-            "18250",
-            "-subj",
-            &subj,
-        ],
-    );
+    self_sign(&key, &crt, "18250", &format!("/C=US/ST=State/L=Town/O=Org/OU=/CN={cn}"));
     (crt, key)
 }
 
@@ -43,23 +27,14 @@ fn ec_cert(dir: &Path, cn: &str, alg: &[&str]) -> (PathBuf, PathBuf) {
     args.extend_from_slice(&["-out", key.to_str().unwrap()]);
     run("openssl", &args);
     run("chmod", &["600", key.to_str().unwrap()]);
-    run(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            key.to_str().unwrap(),
-            "-out",
-            crt.to_str().unwrap(),
-            "-days",
-            "30",
-            "-subj",
-            &format!("/CN={cn}"),
-        ],
-    );
+    self_sign(&key, &crt, "30", &format!("/CN={cn}"));
     (crt, key)
+}
+
+/// `openssl req -x509` over an existing key, as the seed's commands make a certificate.
+fn self_sign(key: &Path, crt: &Path, days: &str, subj: &str) {
+    let (key, crt) = (key.to_str().unwrap(), crt.to_str().unwrap());
+    run("openssl", &["req", "-x509", "-new", "-key", key, "-out", crt, "-days", days, "-subj", subj]);
 }
 
 fn run(cmd: &str, args: &[&str]) {

@@ -125,9 +125,18 @@ fn session_loop(s: &Shared, index: usize) {
         };
         let mut n = n;
         for sent in 0.. {
-            if let Err(e) = one_message(s, &mut c, n, index, &mut local) {
-                local.io_error(&e);
-                continue 'connect;
+            match one_message(s, &mut c, n, index, sent > 0, &mut local) {
+                Ok(Took::Yes) => {}
+                // The server's messages-per-session limit: the same message, in a new session.
+                Ok(Took::SessionFull) => {
+                    client::quit(c);
+                    pending = Some(n);
+                    continue 'connect;
+                }
+                Err(e) => {
+                    local.io_error(&e);
+                    continue 'connect;
+                }
             }
             s.done.fetch_add(1, Ordering::Relaxed);
             if sent + 1 >= s.opts.per_session {
@@ -146,7 +155,23 @@ fn session_loop(s: &Shared, index: usize) {
     }
 }
 
-fn one_message(s: &Shared, c: &mut Blocking, n: u64, index: usize, st: &mut Stats) -> std::io::Result<()> {
+/// Whether the session took a message.
+enum Took {
+    /// Delivered or refused: counted.
+    Yes,
+    /// MAIL refused with 452 "too many" after earlier messages of this session (OpenSMTPD's
+    /// `smtp limit max-mails`): not counted, to be sent again in a new session.
+    SessionFull,
+}
+
+fn one_message(
+    s: &Shared,
+    c: &mut Blocking,
+    n: u64,
+    index: usize,
+    may_reconnect: bool,
+    st: &mut Stats,
+) -> std::io::Result<Took> {
     let o = &s.opts;
     // Open loop: message n is due at start + n/rate; latency counts from then.
     let started = match o.rate {
@@ -175,8 +200,12 @@ fn one_message(s: &Shared, c: &mut Blocking, n: u64, index: usize, st: &mut Stat
         ClientEvent::Failed(e) => return Err(std::io::Error::other(e.to_string())),
         other => return Err(std::io::Error::other(format!("unexpected {other:?}"))),
     };
+    // In a fresh session the limit is no session limit: counted as a refusal below.
+    if may_reconnect && RcptResult::session_full(&results) {
+        return Ok(Took::SessionFull);
+    }
     if !record {
-        return Ok(());
+        return Ok(Took::Yes);
     }
     let mut counted = Vec::new();
     for r in &results {
@@ -194,7 +223,7 @@ fn one_message(s: &Shared, c: &mut Blocking, n: u64, index: usize, st: &mut Stat
         let data_end = c.data_sent_at().unwrap_or(started);
         st.delivered(size, started.elapsed(), data_end.elapsed());
     }
-    Ok(())
+    Ok(Took::Yes)
 }
 
 /// The command a refusal answered, as the report names it (`RCPT 550`, `DATA-END 451`).

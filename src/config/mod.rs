@@ -33,6 +33,8 @@ use crate::table::Table;
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 35 * 1024 * 1024;
 /// OpenSMTPD's default `smtp limit max-rcpt`.
 pub const DEFAULT_MAX_RCPT: usize = 1000;
+/// OpenSMTPD's default `smtp limit max-mails`: messages per session.
+pub const DEFAULT_MAX_MAILS: u64 = 100;
 /// OpenSMTPD's default `queue ttl`: 4 days.
 pub const DEFAULT_QUEUE_TTL: Duration = Duration::from_secs(4 * 24 * 3600);
 pub use crate::spool::DEFAULT_SPOOL;
@@ -96,7 +98,7 @@ pub struct Knobs {
     pub queue_encryption: Option<QueueKey>,
     /// `smtp ciphers STRING`.
     pub smtp_ciphers: Option<String>,
-    /// `smtp limit max-mails N`: transactions per session.
+    /// `smtp limit max-mails N`: messages per session ([`DEFAULT_MAX_MAILS`] if unset).
     pub max_mails: Option<u64>,
     /// `mta max-deferred N`.
     pub mta_max_deferred: Option<u64>,

@@ -142,6 +142,7 @@ fn stage_job(job: Job, ctx: &Ctx, opened: &mut maildir::Opened) -> Pending {
     let mail: &Mail = &p.job.mail;
     let return_path = headers::return_path(&mail.return_path);
     let mut relay = Vec::new();
+    let mut relay_orig = Vec::new();
     let mut mda = Vec::new();
     for target in &p.job.targets {
         let result = match target {
@@ -156,8 +157,9 @@ fn stage_job(job: Job, ctx: &Ctx, opened: &mut maildir::Opened) -> Pending {
                 mbox::append(path, *owner, &mail.return_path, &[&return_path, &dt, &mail.received, &mail.body])
                     .map(|a| p.appended.push(a))
             }
-            Target::Relay { action, rcpt } => {
+            Target::Relay { action, rcpt, orig_rcpt } => {
                 relay.push((action.clone(), rcpt.clone()));
+                relay_orig.push(Some(orig_rcpt.clone()));
                 Ok(())
             }
             Target::Mda { action, rcpt } => {
@@ -176,7 +178,7 @@ fn stage_job(job: Job, ctx: &Ctx, opened: &mut maildir::Opened) -> Pending {
             return p;
         };
         // One queue file per message holds every relayed recipient (one envelope each).
-        let file = match QueueFile::new(mail, relay) {
+        let file = match QueueFile::new(mail, relay, relay_orig) {
             Ok(f) => f,
             Err(cause) => {
                 p.fail(cause);
@@ -198,7 +200,7 @@ fn stage_job(job: Job, ctx: &Ctx, opened: &mut maildir::Opened) -> Pending {
             p.fail(Cause::new("mda", "", std::io::Error::other("no mda queue")));
             return p;
         };
-        let file = match QueueFile::new(&mail, mda) {
+        let file = match QueueFile::new(&mail, mda, Vec::new()) {
             Ok(f) => f,
             Err(cause) => {
                 p.fail(cause);
@@ -222,10 +224,10 @@ struct QueueFile {
 }
 
 impl QueueFile {
-    fn new(mail: &Mail, rcpts: Vec<(String, String)>) -> Result<QueueFile, Cause> {
+    fn new(mail: &Mail, rcpts: Vec<(String, String)>, orig_rcpts: Vec<Option<String>>) -> Result<QueueFile, Cause> {
         let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let envelope =
-            queue::QueuedEnvelope { id: mail.id.to_string(), sender: mail.return_path.clone(), created, rcpts };
+        let (id, sender) = (mail.id.to_string(), mail.return_path.clone());
+        let envelope = queue::QueuedEnvelope { id, sender, created, rcpts, orig_rcpts };
         let head = queue::encode(&envelope);
         let sealed = queue::seal::current().seal(&[&head, &mail.received, &mail.body]).transpose();
         Ok(QueueFile { sealed: sealed.map_err(|e| Cause::new("seal", "", e))?, head })

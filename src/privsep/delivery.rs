@@ -284,7 +284,7 @@ pub fn targets(config: &Config, head: &Head) -> Result<Vec<Target>, Unaccepted> 
             permanent: matches!(e, resolve::ResolveError::Loop(_)),
         })?;
         for t in found {
-            if !out.contains(&t) {
+            if !out.iter().any(|o| o.same_place(&t)) {
                 out.push(t);
             }
         }

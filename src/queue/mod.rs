@@ -8,10 +8,14 @@
 //! id 6c1f0a33
 //! sender joseph@node.example
 //! created 1700000000
-//! rcpt relay_to_mx0 joseph@node.example
+//! rcpt relay_to_mx0 joseph@node.example joseph@node.example
+//! rcpt relay_to_mx0 alice@far.example list@lists.example
 //! .
 //! Received: …
 //! ```
+//! A `rcpt` line's last word is the recipient the client gave, before an alias or a
+//! .forward led to the one before it: the SRS domain of forwarded mail. Files written before
+//! it was recorded have lines of two words, and are read as they are.
 //! Recipients already delivered are listed in `state/NAME` (written tmp+fsync+rename), so a
 //! restart never sends them twice; a file is removed once every recipient is done.
 
@@ -35,6 +39,10 @@ pub struct QueuedEnvelope {
     pub created: u64,
     /// (action name, recipient address)
     pub rcpts: Vec<(String, String)>,
+    /// For each of `rcpts`, in order: the recipient the client gave (RCPT TO), which an
+    /// alias or a .forward expanded to that one; the same address when nothing did. `None`
+    /// where not recorded: the mda queue, and files from before it was.
+    pub orig_rcpts: Vec<Option<String>>,
 }
 
 pub fn queue_dir(spool: &Path) -> PathBuf {
@@ -68,8 +76,12 @@ pub fn encode(env: &QueuedEnvelope) -> Vec<u8> {
         out.push_str(&format!("id {}\n", clean(&env.id)));
     }
     out.push_str(&format!("sender {}\ncreated {}\n", clean(&env.sender), env.created));
-    for (action, rcpt) in &env.rcpts {
-        out.push_str(&format!("rcpt {} {}\n", clean(action), clean(rcpt)));
+    for (i, (action, rcpt)) in env.rcpts.iter().enumerate() {
+        out.push_str(&format!("rcpt {} {}", clean(action), clean(rcpt)));
+        if let Some(Some(orig)) = env.orig_rcpts.get(i) {
+            out.push_str(&format!(" {}", clean(orig)));
+        }
+        out.push('\n');
     }
     out.push_str(".\n");
     out.into_bytes()
@@ -84,7 +96,13 @@ pub fn decode(file: &[u8]) -> Option<(QueuedEnvelope, &[u8])> {
     if lines.next()? != "mxd-queue 1" {
         return None;
     }
-    let mut env = QueuedEnvelope { id: String::new(), sender: String::new(), created: 0, rcpts: Vec::new() };
+    let mut env = QueuedEnvelope {
+        id: String::new(),
+        sender: String::new(),
+        created: 0,
+        rcpts: Vec::new(),
+        orig_rcpts: Vec::new(),
+    };
     for line in lines {
         match line.split_once(' ')? {
             ("id", s) => env.id = s.to_owned(),
@@ -92,7 +110,12 @@ pub fn decode(file: &[u8]) -> Option<(QueuedEnvelope, &[u8])> {
             ("created", n) => env.created = n.parse().ok()?,
             ("rcpt", rest) => {
                 let (action, rcpt) = rest.split_once(' ')?;
+                let (rcpt, orig) = match rcpt.split_once(' ') {
+                    Some((rcpt, orig)) => (rcpt, Some(orig.to_owned())),
+                    None => (rcpt, None),
+                };
                 env.rcpts.push((action.to_owned(), rcpt.to_owned()));
+                env.orig_rcpts.push(orig);
             }
             _ => return None,
         }
@@ -166,6 +189,7 @@ mod tests {
             sender: "a@b".into(),
             created: 42,
             rcpts: vec![("out".into(), "x@y".into()), ("out".into(), "z@y".into())],
+            orig_rcpts: vec![Some("list@l".into()), Some("z@y".into())],
         };
         let mut file = encode(&env);
         file.extend_from_slice(b"Subject: s\n\nbody\n.\nmore\n");
@@ -175,6 +199,7 @@ mod tests {
         assert!(decode(b"mxd-queue 1\nsender a\n").is_none(), "truncated");
         let (old, _) = decode(b"mxd-queue 1\nsender a\ncreated 1\nrcpt o r\n.\nm").unwrap();
         assert_eq!(message_id(&old, "name"), id_of("name"), "a file without an id");
+        assert_eq!((old.rcpts, old.orig_rcpts), (vec![("o".into(), "r".into())], vec![None]), "nor given recipients");
         assert!(decode(b"mxd-queue 2\nrcpt a b\n.\nx").is_none());
         assert!(decode(b"mxd-queue 1\nsender a\n.\nx").is_none(), "no recipient");
         let odd = encode(&QueuedEnvelope {
@@ -182,6 +207,7 @@ mod tests {
             sender: "a b\nrcpt x y".into(),
             created: 1,
             rcpts: vec![("o".into(), "r".into())],
+            orig_rcpts: Vec::new(),
         });
         assert_eq!(decode(&[odd, b"m".to_vec()].concat()).unwrap().0.rcpts.len(), 1);
     }

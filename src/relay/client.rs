@@ -88,6 +88,16 @@ impl RcptStatus {
     }
 }
 
+/// What became of one message in a session.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// One verdict per recipient, in order.
+    Results(Vec<RcptStatus>),
+    /// MAIL was refused because this session has sent as many messages as the server
+    /// takes in one (its reply): nothing was decided, a new session sends it.
+    SessionFull(String),
+}
+
 pub struct RelaySession {
     io: Blocking,
     /// `TLSv1.3:TLS13_AES_256_GCM_SHA384:256` once TLS is on, for the log.
@@ -225,10 +235,17 @@ impl RelaySession {
     /// Sends one message to `rcpts`; the message is stored with LF endings and goes out
     /// with CRLF and dot-stuffing. An `Err` means the session is unusable: every
     /// recipient of this message is a temporary failure.
-    pub fn send(&mut self, sender: &str, rcpts: &[&str], message: &[u8]) -> io::Result<Vec<RcptStatus>> {
+    pub fn send(&mut self, sender: &str, rcpts: &[&str], message: &[u8]) -> io::Result<Sent> {
         self.io.send_mail(sender, rcpts, message);
         match self.io.next_event()? {
-            ClientEvent::Sent(results) => Ok(results.into_iter().map(RcptStatus::from_client).collect()),
+            ClientEvent::Sent(results) if smtp::RcptResult::session_full(&results) => {
+                let reply = match results.into_iter().next() {
+                    Some(smtp::RcptResult::Temp(f)) => f.to_string(),
+                    _ => String::new(),
+                };
+                Ok(Sent::SessionFull(reply))
+            }
+            ClientEvent::Sent(results) => Ok(Sent::Results(results.into_iter().map(RcptStatus::from_client).collect())),
             ClientEvent::Failed(e) => Err(err(e.to_string())),
             other => Err(err(format!("unexpected {other:?}"))),
         }

@@ -15,15 +15,15 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
 
-use super::client::{RcptStatus, RelaySession, Spec};
+use super::client::{RcptStatus, RelaySession, Sent, Spec};
 use super::{result_name, spec, Dest};
 use crate::config::Config;
 use crate::dns::Resolver;
 use crate::queue;
 
-/// A session carries at most this many messages, then a new one is opened (OpenSMTPD's
-/// default `max-mail` per session is also 100).
-pub(super) const MAX_MAILS_PER_SESSION: usize = 100;
+/// A session carries at most this many messages, then a new one is opened: OpenSMTPD's
+/// default `mta limit max-mail-per-session`.
+const DEFAULT_MAILS_PER_SESSION: u64 = 100;
 /// Sessions at once to one destination, each with its own batch of messages (OpenSMTPD's
 /// default limit per host is also 10, Postfix's per destination 20): one session's round
 /// trips and the runner's disk writes overlap with the others'.
@@ -72,7 +72,7 @@ fn run(work: &Work, reports: &Sender<WorkerReport>) {
         Ok(s) => s,
         Err(verdict) => return fail(work, &work.items, verdict, None, reports),
     };
-    let batches: Vec<&[Item]> = work.items.chunks(MAX_MAILS_PER_SESSION).collect();
+    let batches: Vec<&[Item]> = work.items.chunks(mails_per_session(&work.config, domain)).collect();
     let shared = Sessions { work, specs: &specs, batches: &batches, next: AtomicUsize::new(0), down: Mutex::new(None) };
     let sessions = batches.len().clamp(1, SESSIONS_PER_DEST);
     std::thread::scope(|scope| {
@@ -87,6 +87,23 @@ fn run(work: &Work, reports: &Sender<WorkerReport>) {
         }
         shared.run(reports);
     });
+}
+
+/// Messages per session to `domain`: `mta limit [for domain D] max-mail-per-session N`. As
+/// in parse.y, a domain's limits start as a copy of the defaults where it first appears.
+fn mails_per_session(config: &Config, domain: Option<&str>) -> usize {
+    let (mut default, mut own) = (DEFAULT_MAILS_PER_SESSION, None);
+    for limit in config.knobs.limits.iter().filter(|l| l.scope == "mta") {
+        let slot = match &limit.domain {
+            None => &mut default,
+            Some(d) if domain.is_some_and(|x| x.eq_ignore_ascii_case(d)) => own.get_or_insert(default),
+            Some(_) => continue,
+        };
+        for (_, n) in limit.values.iter().filter(|(name, _)| name == "max-mail-per-session") {
+            *slot = *n;
+        }
+    }
+    usize::try_from(own.unwrap_or(default)).unwrap_or(usize::MAX).max(1)
 }
 
 /// What the sessions of one destination share: the batches (one per session), the next to
@@ -116,34 +133,59 @@ impl Sessions<'_> {
         }
     }
 
-    /// One session for `batch`; `Err` (after reporting the messages left) when the
+    /// Sessions for `batch`: one, or one after another when the server takes fewer
+    /// messages per session (MAIL refused with 452 "too many"): the rest go in a new
+    /// session, and nothing is deferred. `Err` (after reporting the messages left) when the
     /// destination failed.
     fn session(&self, batch: &[Item], reports: &Sender<WorkerReport>) -> Result<(), String> {
+        // The last message's record, awaited while the next message goes out.
+        let mut unacked: Option<crossbeam_channel::Receiver<()>> = None;
+        let mut rest = batch;
+        while !rest.is_empty() {
+            let (mut session, spec) = match open(self.specs) {
+                Ok(s) => s,
+                Err(e) => {
+                    fail(self.work, rest, RcptStatus::Temp(e.clone()), None, reports);
+                    return Err(e);
+                }
+            };
+            let taken = self.send_items(&mut session, spec, rest, &mut unacked, reports)?;
+            session.quit();
+            rest = rest.get(taken..).unwrap_or_default();
+        }
+        match unacked.map(|a| a.recv()) {
+            Some(Err(_)) => Err("the relay runner stopped".into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends `items` in `session`; how many it took: all, or fewer (at least one) when
+    /// the server would take no more in this session.
+    fn send_items(
+        &self,
+        session: &mut RelaySession,
+        spec: &Spec,
+        items: &[Item],
+        unacked: &mut Option<crossbeam_channel::Receiver<()>>,
+        reports: &Sender<WorkerReport>,
+    ) -> Result<usize, String> {
         let work = self.work;
         let relay = spec::relay_of(&work.config, &work.dest.action);
         let sender_override = relay.and_then(|r| r.mail_from.clone());
         let srs = relay.is_some_and(|r| r.srs);
-        let (mut session, spec) = match open(self.specs) {
-            Ok(s) => s,
-            Err(e) => {
-                fail(work, batch, RcptStatus::Temp(e.clone()), None, reports);
-                return Err(e);
-            }
-        };
         let tls = session.tls().unwrap_or("none");
         let host = format!("{} address={} tls={tls}", spec.host, session.peer());
-        // The last message's record, awaited while the next message goes out.
-        let mut unacked: Option<crossbeam_channel::Receiver<()>> = None;
-        for (i, item) in batch.iter().enumerate() {
+        for (i, item) in items.iter().enumerate() {
             // Gone since it was dispatched (`mxctl remove`): nothing to send.
             let Ok(bytes) = queue::seal::read(&work.queue.join("new").join(&item.name)) else { continue };
             let Some((env, message)) = queue::decode(&bytes) else { continue };
             let rcpts: Vec<&str> = item.rcpts.iter().map(String::as_str).collect();
             let sender = sender_override.as_deref().unwrap_or(&env.sender);
-            let rewritten = if srs { crate::srs::forward_sender(&work.config, sender) } else { None };
+            let via = crate::srs::forwarded(&env, &item.rcpts);
+            let rewritten = if srs { crate::srs::forward_sender(&work.config, sender, via) } else { None };
             let sender = rewritten.as_deref().unwrap_or(sender);
-            match session.send(sender, &rcpts, message) {
-                Ok(results) => {
+            let e = match session.send(sender, &rcpts, message) {
+                Ok(Sent::Results(results)) => {
                     for (addr, result) in item.rcpts.iter().zip(&results) {
                         log::info!("relay msgid={} to=<{addr}> host={host} result={}", item.id, result_name(result));
                     }
@@ -164,19 +206,24 @@ impl Sessions<'_> {
                     if reports.send(report).is_err() || previous.is_some_and(|p| p.recv().is_err()) {
                         return Err("the relay runner stopped".into());
                     }
+                    continue;
                 }
-                Err(e) => {
-                    let e = format!("{}: {e}", spec.host);
-                    fail(work, &batch[i..], RcptStatus::Temp(e.clone()), Some(&host), reports);
-                    return Err(e);
+                // OpenSMTPD defers the message here; a new session sends it at once.
+                Ok(Sent::SessionFull(reply)) if i > 0 => {
+                    log::info!(
+                        "relay host={host} took {i} messages in one session ({reply}): a new session sends the rest"
+                    );
+                    return Ok(i);
                 }
-            }
+                // Not even one: the server's limit is no session limit.
+                Ok(Sent::SessionFull(reply)) => reply,
+                Err(e) => e.to_string(),
+            };
+            let e = format!("{}: {e}", spec.host);
+            fail(work, &items[i..], RcptStatus::Temp(e.clone()), Some(&host), reports);
+            return Err(e);
         }
-        session.quit();
-        match unacked.map(|a| a.recv()) {
-            Some(Err(_)) => Err("the relay runner stopped".into()),
-            _ => Ok(()),
-        }
+        Ok(items.len())
     }
 }
 
@@ -220,4 +267,29 @@ fn fail(work: &Work, items: &[Item], result: RcptStatus, host: Option<&str>, rep
     }
     let rcpts = items.iter().map(|i| (i.name.clone(), i.rcpts.clone())).collect();
     let _ = reports.send(WorkerReport::Failed { dest: work.dest.clone(), rcpts, result });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mails_per_session_by_domain_as_parse_y_copies_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |limits: &str| {
+            let file = dir.path().join("smtpd.conf");
+            std::fs::write(&file, format!("{limits}listen on 127.0.0.1\n")).unwrap();
+            crate::config::load(&file, &[]).unwrap()
+        };
+        assert_eq!(mails_per_session(&load(""), Some("a.example")), 100);
+        let c = load(
+            "mta limit max-mail-per-session 7\nmta limit for domain a.example max-conn-per-host 2\n\
+             mta limit max-mail-per-session 9\nmta limit for domain b.example max-mail-per-session 3\n",
+        );
+        // a.example copied the defaults when the default was 7.
+        assert_eq!(mails_per_session(&c, Some("A.example")), 7);
+        assert_eq!(mails_per_session(&c, Some("b.example")), 3);
+        assert_eq!(mails_per_session(&c, Some("c.example")), 9);
+        assert_eq!(mails_per_session(&c, None), 9);
+    }
 }

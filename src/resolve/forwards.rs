@@ -224,7 +224,7 @@ mod tests {
             resolve(&c, "joseph@test", true),
             Ok(vec![
                 maildir(d, "alice"),
-                Target::Relay { action: "out".into(), rcpt: "far@example.org".into() },
+                Target::Relay { action: "out".into(), rcpt: "far@example.org".into(), orig_rcpt: "joseph@test".into() },
                 program("local", ForwardKind::Pipe("/usr/bin/procmail -f-".into()), "joseph"),
                 program("local", ForwardKind::File("/tmp/joseph.mbox".into()), "joseph"),
             ])

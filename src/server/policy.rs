@@ -17,7 +17,8 @@ pub(crate) struct ConnPolicy {
     tag: Option<String>,
     /// The listener's `senders <t>`, checked at MAIL for authenticated sessions.
     senders: Option<super::auth::Senders>,
-    /// Transactions begun in this session (`smtp limit max-mails`).
+    /// Messages committed in this session (`smtp limit max-mails`), as OpenSMTPD counts:
+    /// a transaction reset or refused before its 250 does not count.
     mails: u64,
     /// The client's forward-confirmed name, once the lookup before the greeting found one.
     rdns: Option<String>,
@@ -58,12 +59,14 @@ impl Policy for ConnPolicy {
 
     fn check_mail(&mut self, ctx: &TxContext<'_>) -> Result<(), Reply> {
         // `smtp limit max-mails`: OpenSMTPD's reply, which pretends too many recipients.
-        if self.config.knobs.max_mails.is_some_and(|max| self.mails >= max) {
+        if self.mails >= self.config.knobs.max_mails.unwrap_or(crate::config::DEFAULT_MAX_MAILS) {
             return Err(reply::TOO_MANY_MAILS);
         }
-        super::auth::check_sender(&self.config, self.senders.as_ref(), ctx)?;
+        super::auth::check_sender(&self.config, self.senders.as_ref(), ctx)
+    }
+
+    fn committed(&mut self) {
         self.mails += 1;
-        Ok(())
     }
 
     fn check_rcpt(&mut self, ctx: &TxContext<'_>, rcpt: &str) -> Result<Vec<Target>, Reply> {

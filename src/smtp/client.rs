@@ -238,6 +238,18 @@ impl RcptResult {
         }
     }
 
+    /// Whether these results say only that the session has sent as many messages as the
+    /// server takes in one: MAIL refused with 452 and "too many" (OpenSMTPD's `452 4.5.3 Too
+    /// many recipients: Too many messages sent` after `smtp limit max-mails`). The message
+    /// was not refused: a new session may send it.
+    pub fn session_full(results: &[RcptResult]) -> bool {
+        let Some(RcptResult::Temp(ServerRefusal { step: Step::Mail, reply })) = results.first() else {
+            return false;
+        };
+        let text = reply.text();
+        reply.code == 452 && (text.starts_with("4.5.3") || text.to_ascii_lowercase().contains("too many"))
+    }
+
     /// A temporary failure for a reply that never came (the session ended first).
     fn no_reply(step: Step) -> RcptResult {
         RcptResult::Temp(ServerRefusal { step, reply: ServerReply { code: 451, lines: vec!["4.4.2 no reply".into()] } })

@@ -58,6 +58,8 @@ pub trait Policy {
     fn new_msgid(&mut self) -> MsgId;
     fn check_mail(&mut self, ctx: &TxContext<'_>) -> Result<(), Reply>;
     fn check_rcpt(&mut self, ctx: &TxContext<'_>, rcpt: &str) -> Result<Self::Rcpt, Reply>;
+    /// A message of this session was committed (its 250 is going out).
+    fn committed(&mut self) {}
 }
 
 /// What the policy may look at.
@@ -346,6 +348,7 @@ impl<P: Policy> Session<P> {
         self.state = State::Ready;
         match outcome {
             Outcome::Ok => {
+                self.policy.committed();
                 reply::accepted(&mut self.out, id);
             }
             Outcome::TempFail(_) => self.reply(&reply::TEMPFAIL),

@@ -407,3 +407,64 @@ pub fn first_line(port: u16) -> String {
     let _ = BufReader::new(s).read_line(&mut line);
     line
 }
+
+// The relay tests' builders.
+
+/// A port free on `addr` a moment ago: the MX port of one test (`MXD_MX_PORT`).
+pub fn mx_port(addr: &str) -> u16 {
+    TcpListener::bind((addr, 0)).and_then(|l| l.local_addr()).expect("port").port()
+}
+
+/// A receiving mxd: the harness listener on 127.0.0.1 and an MX listener on `addr`:`port`,
+/// offering STARTTLS with a fresh self-signed certificate (`rx.test`) when `tls`; mail for
+/// joseph at any domain lands in his Maildir.
+pub fn mx_receiver(addr: &'static str, port: u16, tls: bool) -> Mxd {
+    Mxd::start_with(
+        move |d: &Path, p: u16| {
+            let (uid, gid) = uid_gid();
+            let (pki, opts) =
+                if tls { (self_signed_pki(d, "rx.test"), " tls pki rx.test") } else { (String::new(), "") };
+            format!(
+                "spool \"{d}/spool\"\nhostname \"rx-{addr}.test\"\n{pki}\
+                 table users {{ joseph = \"{uid}:{gid}:{d}/home/joseph\" }}\n\
+                 listen on 127.0.0.1 port {p}\nlisten on {addr} port {port}{opts}\n\
+                 action \"local\" maildir userbase <users>\nmatch from any for any action \"local\"\n",
+                d = d.display()
+            )
+        },
+        &[],
+    )
+}
+
+/// `pki NAME` lines for a fresh self-signed P-256 certificate for NAME, made by openssl in `d`.
+pub fn self_signed_pki(d: &Path, name: &str) -> String {
+    let (key, crt) = (d.join(format!("{name}.key")), d.join(format!("{name}.crt")));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out {k} 2>/dev/null && chmod 600 {k} \
+             && openssl req -x509 -new -key {k} -out {c} -days 30 -subj /CN={name}",
+            k = key.display(),
+            c = crt.display()
+        ))
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    format!("pki {name} cert \"{}\"\npki {name} key \"{}\"\n", crt.display(), key.display())
+}
+
+/// A message from joseph@node.test to `rcpt` through `node` (`SEND`), with `body`.
+pub fn send_via(node: &Mxd, rcpt: &str, body: &str) {
+    python(SEND, &[&node.port.to_string(), "joseph@node.test", rcpt, body]);
+}
+
+/// How many of joseph's messages at `m` contain `needle`.
+pub fn count_with(m: &Mxd, needle: &str) -> usize {
+    m.messages("joseph").iter().filter(|b| String::from_utf8_lossy(b).contains(needle)).count()
+}
+
+/// `mxctl -f CONF ARGS…` for `m`: its stdout and stderr.
+pub fn mxctl(m: &Mxd, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_mxctl")).arg("-f").arg(&m.conf).args(args).output().expect("mxctl");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}

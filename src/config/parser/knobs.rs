@@ -167,7 +167,11 @@ pub(super) fn limits(p: &mut Parser<'_>, out: &mut Parsed, scope: &str) -> R<()>
         let n = p.number("limit")?;
         limit.values.push((name, n));
     }
-    out.notice(&at, format!("{scope} limit: accepted, no effect (mxd sizes its own {scope} work)"));
+    // The relay honours `max-mail-per-session`, and nothing else here.
+    if scope != "mta" || limit.values.iter().any(|(name, _)| name != "max-mail-per-session") {
+        let honoured = if scope == "mta" { "; max-mail-per-session is honoured" } else { "" };
+        out.notice(&at, format!("{scope} limit: accepted, no effect (mxd sizes its own {scope} work{honoured})"));
+    }
     out.knobs.limits.push(limit);
     Ok(())
 }

@@ -354,3 +354,20 @@ fn transcript_shows_the_dialogue_but_no_credentials_or_body() {
     assert!(t.contains(">>> [credentials]") && !t.contains("c2VjcmV0") && !t.contains("secret"), "{t}");
     assert!(t.ends_with(">>> DATA\n<<< 354 go\n>>> [9 bytes of message]"), "{t}");
 }
+
+#[test]
+fn a_full_session_is_told_from_a_refused_message() {
+    let at =
+        |step, code, text: &str| vec![RcptResult::from_reply(step, &ServerReply { code, lines: vec![text.into()] }); 2];
+    for (step, code, text, full) in [
+        (Step::Mail, 452, "4.5.3 Too many recipients: Too many messages sent", true),
+        (Step::Mail, 452, "too many messages in this connection", true),
+        (Step::Mail, 452, "4.3.1 Insufficient system storage", false),
+        (Step::Mail, 451, "4.5.3 Too many recipients", false),
+        (Step::Rcpt, 452, "4.5.3 Too many recipients", false),
+        (Step::Mail, 250, "2.0.0 Ok", false),
+    ] {
+        assert_eq!(RcptResult::session_full(&at(step, code, text)), full, "{step:?} {code} {text}");
+    }
+    assert!(!RcptResult::session_full(&[]));
+}
