@@ -264,15 +264,23 @@ fn pipelining_witness(offer: bool) -> (u16, std::sync::mpsc::Receiver<usize>) {
                     }
                 } else if u.starts_with("MAIL") {
                     r.get_ref().set_read_timeout(Some(Duration::from_millis(700))).unwrap();
-                    let mut early = 0;
+                    let (mut early, mut data) = (0, false);
                     let mut more = String::new();
-                    while r.read_line(&mut more).is_ok_and(|n| n > 0) {
+                    // A pipelined DATA ends the group (RFC 2920 §3.1).
+                    while !data && r.read_line(&mut more).is_ok_and(|n| n > 0) {
                         early += usize::from(more.to_ascii_uppercase().starts_with("RCPT"));
+                        data = more.to_ascii_uppercase().starts_with("DATA");
                         more.clear();
                     }
                     r.get_ref().set_read_timeout(None).unwrap();
                     tx.send(early).unwrap();
-                    "250 ok\r\n".to_owned() + &"250 ok\r\n".repeat(early)
+                    let replies = "250 ok\r\n".to_owned() + &"250 ok\r\n".repeat(early);
+                    if !data {
+                        return Some(replies);
+                    }
+                    let _ = w.write_all(replies.as_bytes());
+                    read_data(r, w);
+                    "250 queued\r\n".into()
                 } else if u.starts_with("DATA") {
                     read_data(r, w);
                     "250 queued\r\n".into()

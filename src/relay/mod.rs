@@ -7,6 +7,7 @@
 //! the queue's state, so workers share nothing but their reports.
 
 pub mod client;
+mod dir_sync;
 mod local;
 pub mod mda;
 pub mod mx;
@@ -137,10 +138,14 @@ pub struct Runner {
     in_flight: BTreeSet<Dest>,
     reports_tx: Sender<WorkerReport>,
     reports: Receiver<WorkerReport>,
-    /// Messages whose queue files were unlinked since the last `flush`, and the sessions
-    /// waiting for their verdicts to be on disk: one directory sync answers them all.
+    /// Messages with a state file among those unlinked since the last `flush` (their state
+    /// files go after the directory sync), and the sessions waiting for their verdicts to
+    /// be recorded.
     unlinked: Vec<String>,
     acks: Vec<Sender<()>>,
+    /// Whether a queue file was unlinked since the last `flush`.
+    removed: bool,
+    sync: dir_sync::DirSync,
 }
 
 /// Control over a running runner: wake it, ask for everything or one message to be retried
@@ -254,6 +259,7 @@ fn spawn_at(
 ) -> std::io::Result<JoinHandle<()>> {
     let env_u64 = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<u64>().ok());
     let (reports_tx, reports) = crossbeam_channel::unbounded();
+    let sync = dir_sync::DirSync::spawn(queue.clone());
     let mut runner = Runner {
         queue,
         spool: spool.to_owned(),
@@ -266,6 +272,8 @@ fn spawn_at(
         reports,
         unlinked: Vec::new(),
         acks: Vec::new(),
+        removed: false,
+        sync,
     };
     std::thread::Builder::new().name(name.into()).spawn(move || {
         let mut next_round = Instant::now();
@@ -441,6 +449,10 @@ impl Runner {
                     return After::Round;
                 }
             }
+            WorkerReport::Delivered { name } => {
+                self.entries.remove(&name);
+                self.removed = true;
+            }
             WorkerReport::Failed { dest, rcpts, result } => {
                 for (name, addrs) in rcpts {
                     if let Some(entry) = self.entries.get_mut(&name) {
@@ -459,14 +471,13 @@ impl Runner {
         After::Nothing
     }
 
-    /// Makes the removals since the last flush durable with one sync of the queue
-    /// directory, then lets the sessions that wait for them go on.
+    /// Lets the sessions waiting for their verdicts to be recorded go on, and has the
+    /// removals since the last flush synced off this thread (`dir_sync`): an unlink
+    /// survives a kill -9, and a session must not wait for the disk (a directory sync
+    /// under load takes tens of milliseconds, a message's round trips well under one).
     fn flush(&mut self) {
-        if !self.unlinked.is_empty() {
-            if let Err(e) = queue::remove_states(&self.queue, &self.unlinked) {
-                log::error!("queue: syncing {} removals: {e}", self.unlinked.len());
-            }
-            self.unlinked.clear();
+        if std::mem::take(&mut self.removed) {
+            self.sync.request(&self.queue, std::mem::take(&mut self.unlinked));
         }
         for ack in self.acks.drain(..) {
             let _ = ack.send(());
@@ -485,6 +496,7 @@ impl Runner {
                 Err(_) => break,
             }
         }
+        self.sync.finish();
     }
 
     fn settle_all(&mut self) {
@@ -501,11 +513,15 @@ impl Runner {
         self.persist_with(name, true);
     }
 
-    /// As `persist`, but a finished message's file is only unlinked: `flush` syncs the
-    /// directory for the whole batch, then removes their state files.
+    /// As `persist`, but a finished message's file is only unlinked: `flush` has the
+    /// directory synced for the whole batch, then their state files removed.
     fn persist_unsynced(&mut self, name: &str) {
+        let has_state = self.entries.get(name).is_some_and(|e| e.persisted > 0);
         if self.persist_with(name, false) {
-            self.unlinked.push(name.to_owned());
+            self.removed = true;
+            if has_state {
+                self.unlinked.push(name.to_owned());
+            }
         }
     }
 

@@ -1,10 +1,13 @@
 //! One destination's delivery, on a thread of its own, so that many destinations progress
 //! at once and a slow or silent host (a tarpit) delays only its own mail; a destination
 //! with more than one session's worth of mail gets up to [`SESSIONS_PER_DEST`] sessions.
-//! A worker owns no queue state: each session reports each message's verdicts to the
-//! runner, sends the next message while the runner records them on disk, and waits for
-//! that record before it reports the next: a crash sends again at most two messages per
-//! session (the one in flight, and the one delivered just before).
+//! A worker owns no queue state but one: a message whose every recipient is in the session
+//! and took it (the common case) is removed by the session itself, at once, and reported
+//! to the runner after (`Delivered`), so sessions never wait on the runner's one thread
+//! (on a loaded machine, a serial point that sessions queue behind). Any other verdict
+//! goes to the runner, which records it; the session sends the next message meanwhile and
+//! waits for that record before it reports the next: a crash sends again at most two
+//! messages per session (the one in flight, and the one delivered just before).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,6 +49,9 @@ pub(super) enum WorkerReport {
     /// The verdicts for one message's recipients. The session waits for `ack`, sent once
     /// they are on disk, before it reports the next message.
     Sent { dest: Dest, name: String, results: Vec<(String, RcptStatus)>, ack: Sender<()> },
+    /// Every recipient of the message took it, and the session removed its queue file
+    /// (unsynced: the runner has the directory synced).
+    Delivered { name: String },
     /// One verdict for each of these recipients, by queue file name.
     Failed { dest: Dest, rcpts: Vec<(String, Vec<String>)>, result: RcptStatus },
     /// The worker is done with `dest`.
@@ -183,6 +189,13 @@ impl Sessions<'_> {
                     for (addr, result) in item.rcpts.iter().zip(&results) {
                         log::info!("relay msgid={} to=<{addr}> host={host} result={}", item.id, result_name(result));
                     }
+                    let whole = item.rcpts.len() == env.rcpts.len() && results.iter().all(|r| *r == RcptStatus::Ok);
+                    if whole && removed(work, item) {
+                        if reports.send(WorkerReport::Delivered { name: item.name.clone() }).is_err() {
+                            return Err("the relay runner stopped".into());
+                        }
+                        continue;
+                    }
                     let (ack, acked) = crossbeam_channel::bounded(1);
                     let results = item.rcpts.iter().cloned().zip(results).collect();
                     let report = WorkerReport::Sent { dest: work.dest.clone(), name: item.name.clone(), results, ack };
@@ -211,6 +224,20 @@ impl Sessions<'_> {
             return Err(e);
         }
         Ok(items.len())
+    }
+}
+
+/// Removes a message delivered to all its recipients (here, they are the whole envelope,
+/// so there is no state file); false leaves it to the runner.
+fn removed(work: &Work, item: &Item) -> bool {
+    match queue::unlink(&work.queue, &item.name) {
+        Ok(()) => true,
+        // `mxctl remove` came first: gone either way.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => {
+            log::error!("queue msgid={} file={}: {e}", item.id, item.name);
+            false
+        }
     }
 }
 
