@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use super::builtin::{BuiltinAction, Facts};
 use super::chain::{Chain, ChainFilterKind};
 use super::protocol::{
-    valid_refusal, write_report, write_request, Endpoint, Fcrdns, Id, Phase, Report, ReporterKind, Response,
-    ResponseKind, Timestamp,
+    valid_refusal, write_dataline, write_report, write_request, Endpoint, Fcrdns, Id, Phase, Report, ReporterKind,
+    Response, ResponseKind, Timestamp, MAX_LINE,
 };
 use crate::smtp::reply;
 
@@ -73,9 +73,9 @@ pub enum FilterDecision {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FilterEvent {
     Decided(Phase, FilterDecision),
-    /// Data-line filtering is done: the message as the last filter wrote it, one line per
-    /// entry, dot-unstuffed, without line endings.
-    Message(Vec<String>),
+    /// Data-line filtering is done: the message as the last filter wrote it, its bytes as
+    /// they came, dot-unstuffed, each line ended by LF (the stored form).
+    Message(Vec<u8>),
     /// A filter's `report` (builtin or proc), for the log.
     Reported {
         filter: String,
@@ -83,11 +83,12 @@ pub enum FilterEvent {
     },
 }
 
-/// A line for a filter process.
+/// Lines for a filter process, newlines included: consecutive lines for the same
+/// process come as one, so a chunk of the message costs one hand-off, not one per line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcLine {
     pub proc: Arc<str>,
-    pub line: String,
+    pub line: Vec<u8>,
 }
 
 /// Why a filter's answer was refused. The session has failed (421) when this is returned.
@@ -102,6 +103,11 @@ pub enum FilterSessionError {
     /// The filtered message would exceed `Limits::max_message`.
     TooBig,
 }
+
+/// The longest message line a data-line filter is given: its answer, the same line behind
+/// `filter-dataline|SESSION|TOKEN|` and a little more a filter may add, must stay within
+/// what mxd reads back (`MAX_LINE`). OpenSMTPD refuses such lines too (SMTP_LINE_MAX).
+pub const MAX_DATA_LINE: usize = MAX_LINE - 1024;
 
 impl fmt::Display for FilterSessionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -129,8 +135,7 @@ enum FilterState {
     /// `by_phase[DataLine][i]`, and `closed[i]` says it has written its final dot.
     Data {
         closed: Vec<bool>,
-        out: Vec<String>,
-        size: usize,
+        out: Vec<u8>,
         deadline: Option<Instant>,
     },
     Failed,
@@ -200,13 +205,22 @@ impl SessionFilter {
         }
         let kind = report.kind();
         let mut line = String::new();
-        for (name, reg) in &self.chain.procs {
+        let chain = Arc::clone(&self.chain);
+        for (name, reg) in &chain.procs {
             if reg.reports(kind) {
                 if line.is_empty() {
                     write_report(&mut line, now.wall, self.id, report);
                 }
-                self.sends.push_back(ProcLine { proc: name.clone(), line: line.clone() });
+                self.send(name, line.as_bytes());
             }
+        }
+    }
+
+    /// Queues `line` for `proc`, after the lines already queued for it if they are last.
+    fn send(&mut self, proc: &Arc<str>, line: &[u8]) {
+        match self.sends.back_mut() {
+            Some(last) if last.proc == *proc => last.line.extend_from_slice(line),
+            _ => self.sends.push_back(ProcLine { proc: Arc::clone(proc), line: line.to_vec() }),
         }
     }
 
@@ -251,7 +265,7 @@ impl SessionFilter {
                     let Some(proc) = proc else { return self.fail(now, phase) };
                     let mut line = String::new();
                     write_request(&mut line, now.wall, phase, self.id, self.token(i), &param);
-                    self.sends.push_back(ProcLine { proc, line });
+                    self.send(&proc, line.as_bytes());
                     let deadline = now.mono + self.limits.timeout;
                     self.state = FilterState::Phase { phase, param, pos, deadline };
                     return;
@@ -307,17 +321,7 @@ impl SessionFilter {
             FilterDecision::Reject(r) => (ResponseKind::Reject, Some(r.as_str())),
             FilterDecision::Disconnect(r) => (ResponseKind::Disconnect, Some(r.as_str())),
         };
-        // Borrow juggling: the report is written before the decision moves into the queue.
-        let mut line = String::new();
-        let report = Report::FilterResponse { phase, response, param };
-        for (name, reg) in &self.chain.procs {
-            if reg.reports(report.kind()) {
-                if line.is_empty() {
-                    write_report(&mut line, now.wall, self.id, &report);
-                }
-                self.sends.push_back(ProcLine { proc: name.clone(), line: line.clone() });
-            }
-        }
+        self.report(now, &Report::FilterResponse { phase, response, param });
         self.state = FilterState::Idle;
         self.events.push_back(FilterEvent::Decided(phase, decision));
     }
@@ -347,13 +351,18 @@ impl SessionFilter {
         }
         let stages = self.chain.by_phase[Phase::DataLine as usize].len();
         self.input_closed = false;
-        self.state = FilterState::Data { closed: vec![false; stages], out: Vec::new(), size: 0, deadline: None };
+        self.state = FilterState::Data { closed: vec![false; stages], out: Vec::new(), deadline: None };
     }
 
-    /// One line of the message, without its line ending and not dot-stuffed.
-    pub fn data_line(&mut self, now: Now, line: &str) {
+    /// One line of the message, without its line ending and not dot-stuffed: its bytes as
+    /// the client sent them (8-bit text included). A line longer than [`MAX_DATA_LINE`]
+    /// refuses the message (`FilterDecision::Reject`).
+    pub fn data_line(&mut self, now: Now, line: &[u8]) {
         if !matches!(self.state, FilterState::Data { .. }) || self.input_closed {
             return;
+        }
+        if line.len() > MAX_DATA_LINE {
+            return self.refuse_data(reply::FILTER_LINE_TOO_LONG);
         }
         self.stage_input(now, 0, &stuff(line));
     }
@@ -364,38 +373,45 @@ impl SessionFilter {
             return;
         }
         self.input_closed = true;
-        self.stage_input(now, 0, ".");
+        self.stage_input(now, 0, b".");
     }
 
     /// Gives a dot-stuffed line (or the final ".") to stage `stage`, or to the message
     /// when every stage is past.
-    fn stage_input(&mut self, now: Now, stage: usize, line: &str) {
-        let chain = self.chain.clone();
+    fn stage_input(&mut self, now: Now, stage: usize, line: &[u8]) {
+        let chain = Arc::clone(&self.chain);
         let entries = &chain.by_phase[Phase::DataLine as usize];
-        let token = entries.get(stage).map(|&i| self.token(i));
-        let FilterState::Data { out, size, deadline, .. } = &mut self.state else { return };
         if let Some(&i) = entries.get(stage) {
-            let Some(proc) = chain.proc_of[i].map(|p| chain.procs[p].0.clone()) else { return };
-            let mut buf = String::new();
-            write_request(&mut buf, now.wall, Phase::DataLine, self.id, token.unwrap_or(Id(0)), line);
-            self.sends.push_back(ProcLine { proc, line: buf });
-            *deadline = Some(now.mono + self.limits.timeout);
+            let Some(p) = chain.proc_of[i] else { return };
+            let token = self.token(i);
+            let mut buf = Vec::with_capacity(line.len() + 80);
+            write_dataline(&mut buf, now.wall, self.id, token, line);
+            self.send(&chain.procs[p].0, &buf);
+            if let FilterState::Data { deadline, .. } = &mut self.state {
+                *deadline = Some(now.mono + self.limits.timeout);
+            }
             return;
         }
-        if line == "." {
+        let FilterState::Data { out, .. } = &mut self.state else { return };
+        if line == b"." {
             let message = std::mem::take(out);
             self.state = FilterState::Idle;
             self.events.push_back(FilterEvent::Message(message));
             return;
         }
-        *size += line.len() + 1;
-        if *size > self.limits.max_message {
-            self.state = FilterState::Failed;
-            self.events
-                .push_back(FilterEvent::Decided(Phase::DataLine, FilterDecision::Reject(reply::FILTER_TOO_BIG.into())));
-            return;
+        let line = unstuff(line);
+        if out.len() + line.len() + 1 > self.limits.max_message {
+            return self.refuse_data(reply::FILTER_TOO_BIG);
         }
-        out.push(unstuff(line).to_string());
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+
+    /// The streaming message is refused with `reply`; the chain's later output for it is
+    /// dropped.
+    fn refuse_data(&mut self, reply: &str) {
+        self.state = FilterState::Failed;
+        self.events.push_back(FilterEvent::Decided(Phase::DataLine, FilterDecision::Reject(reply.into())));
     }
 
     /// An answer from `proc` for this session (routed by session id).
@@ -460,7 +476,7 @@ impl SessionFilter {
                     return Err(FilterSessionError::WrongPhase);
                 }
                 if let FilterState::Data { closed, deadline, .. } = &mut self.state {
-                    if line == "." {
+                    if line == b"." {
                         closed[stage] = true;
                     }
                     // Output resets the clock: a filter that streams is alive.
@@ -534,22 +550,39 @@ impl SessionFilter {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FilterAnswer<'a> {
     Result(Response<'a>),
-    DataLine(&'a str),
+    DataLine(&'a [u8]),
     Report(&'a str),
 }
 
+impl<'a> FilterAnswer<'a> {
+    /// A parsed line of a filter's output as an answer, with the session and token it
+    /// names; `None` for a register line (which only the handshake takes).
+    pub fn of(output: super::protocol::Output<'a>) -> Option<(Id, Id, FilterAnswer<'a>)> {
+        use super::protocol::Output;
+        match output {
+            Output::Register(_) => None,
+            Output::Result { session, token, response } => Some((session, token, FilterAnswer::Result(response))),
+            Output::DataLine { session, token, line } => Some((session, token, FilterAnswer::DataLine(line))),
+            Output::Report { session, message } => Some((session, Id(0), FilterAnswer::Report(message))),
+        }
+    }
+}
+
 /// SMTP dot-stuffing of one line (RFC 5321 §4.5.2), as data-line requests carry it.
-fn stuff(line: &str) -> std::borrow::Cow<'_, str> {
-    if line.starts_with('.') {
-        format!(".{line}").into()
+fn stuff(line: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if line.first() == Some(&b'.') {
+        let mut v = Vec::with_capacity(line.len() + 1);
+        v.push(b'.');
+        v.extend_from_slice(line);
+        v.into()
     } else {
         line.into()
     }
 }
 
 /// The reverse: one leading dot goes (OpenSMTPD's smtp_tx_dataline does the same).
-fn unstuff(line: &str) -> &str {
-    line.strip_prefix('.').unwrap_or(line)
+fn unstuff(line: &[u8]) -> &[u8] {
+    line.strip_prefix(b".").unwrap_or(line)
 }
 
 #[cfg(test)]

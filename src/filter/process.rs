@@ -280,12 +280,12 @@ impl FilterProcess {
         self.child.id()
     }
 
-    /// Queues a line (newline included) for the process; `flush` writes it.
-    pub fn queue(&mut self, line: &str) -> Result<(), ProcError> {
+    /// Queues lines (newlines included) for the process; `flush` writes them.
+    pub fn queue(&mut self, line: &[u8]) -> Result<(), ProcError> {
         if self.outbuf.len() + line.len() > MAX_BACKLOG {
             return Err(ProcError::Backlog);
         }
-        self.outbuf.extend(line.as_bytes());
+        self.outbuf.extend(line);
         Ok(())
     }
 

@@ -51,9 +51,17 @@ const HUB_WAKER: Token = Token(0);
 
 /// From a loop to the filter thread.
 pub(crate) enum ToHub {
-    Open { session: Id, from: usize },
+    Open {
+        session: Id,
+        from: usize,
+    },
     Close(Id),
-    Line { session: Id, proc: Arc<str>, line: String },
+    /// Lines for `proc`, newlines included (one or more).
+    Line {
+        session: Id,
+        proc: Arc<str>,
+        line: Vec<u8>,
+    },
 }
 
 /// From the filter thread to a loop.
