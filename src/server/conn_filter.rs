@@ -275,9 +275,10 @@ impl Conn {
     }
 
     /// Gives the connection its filtering, once the client's name is known (call after
-    /// the rDNS lookup was started, if it was).
+    /// the rDNS lookup was started, if it was). Behind a proxy, the client is known from
+    /// its PROXY header: filtering waits for that too (`filter_proxied`).
     pub(crate) fn attach_filter(&mut self, pending: PendingFilter) {
-        if self.awaits_rdns() {
+        if self.awaits_rdns() || matches!(self.phase, super::ConnPhase::Proxy(_)) {
             self.filter_pending = Some(Box::new(pending));
         } else {
             let rdns = self.rdns().map(str::to_owned);
@@ -285,8 +286,23 @@ impl Conn {
         }
     }
 
+    /// The PROXY header is in: filters see the client it names (`link-connect`, `src`),
+    /// not the proxy, once its name is known.
+    pub(crate) fn filter_proxied(&mut self, client: Option<crate::server::proxy::Ends>) {
+        if let (Some(p), Some(ends)) = (self.filter_pending.as_mut(), client) {
+            p.link.src = Endpoint::Inet(ends.src);
+            p.link.dest = Endpoint::Inet(ends.dest);
+        }
+        if !self.awaits_rdns() {
+            self.filter_rdns_known();
+        }
+    }
+
     /// The rDNS wait is over: the filter session opens, before the greeting is written.
     pub(crate) fn filter_rdns_known(&mut self) {
+        if matches!(self.phase, super::ConnPhase::Proxy(_)) {
+            return; // the client is not known yet
+        }
         if let Some(pending) = self.filter_pending.take() {
             let rdns = self.rdns().map(str::to_owned);
             self.open_filter(pending.open(rdns.as_deref()));
