@@ -528,15 +528,18 @@ impl Conn {
         self.filter_events();
     }
 
-    /// A line a filter process wrote for this session.
-    pub(crate) fn filter_answer(&mut self, proc: &str, line: &[u8]) {
+    /// Lines a filter process wrote for this session, each ended by a newline.
+    pub(crate) fn filter_answer(&mut self, proc: &str, lines: &[u8]) {
         let Some(f) = self.filter.as_mut() else { return };
         let now = Now::read();
-        // The filter thread checked the line: it parses, and names this session.
-        let answer = protocol::parse_output(line).ok().and_then(FilterAnswer::of);
-        if let Some((_, token, answer)) = answer {
-            if let Err(e) = f.engine.handle_output(now, proc, token, answer) {
-                log::warn!("{} filter {proc}: {e}", self.id);
+        for line in lines.split_inclusive(|b| *b == b'\n') {
+            // The filter thread checked the line: it parses, and names this session.
+            let line = line.strip_suffix(b"\n").unwrap_or(line);
+            let answer = protocol::parse_output(line).ok().and_then(FilterAnswer::of);
+            if let Some((_, token, answer)) = answer {
+                if let Err(e) = f.engine.handle_output(now, proc, token, answer) {
+                    log::warn!("{} filter {proc}: {e}", self.id);
+                }
             }
         }
         self.filter_events();
