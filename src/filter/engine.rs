@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use super::builtin::{BuiltinAction, Facts};
 use super::chain::{Chain, ChainFilterKind};
 use super::protocol::{
-    valid_refusal, write_dataline, write_report, write_request, Endpoint, Fcrdns, Id, Phase, Report, ReporterKind,
+    valid_refusal, write_dataline_head, write_report, write_request, Endpoint, Fcrdns, Id, Phase, Report, ReporterKind,
     Response, ResponseKind, Timestamp, MAX_LINE,
 };
 use crate::smtp::reply;
@@ -156,6 +156,9 @@ pub struct SessionFilter {
     sends: VecDeque<ProcLine>,
     events: VecDeque<FilterEvent>,
     now: Now,
+    /// The head of the last data-line request, by time and token: the lines of a chunk
+    /// share it, so it is formatted once per chunk, not once per line.
+    line_head: (Timestamp, Id, Vec<u8>),
 }
 
 impl SessionFilter {
@@ -182,6 +185,7 @@ impl SessionFilter {
             sends: VecDeque::new(),
             events: VecDeque::new(),
             now,
+            line_head: (Timestamp::default(), Id(0), Vec::new()),
         };
         let rdns = link.rdns.as_deref().unwrap_or("");
         let fcrdns = if link.fcrdns { Fcrdns::Pass } else { Fcrdns::Fail };
@@ -216,11 +220,10 @@ impl SessionFilter {
         }
     }
 
-    /// Queues `line` for `proc`, after the lines already queued for it if they are last.
+    /// Queues `line` for `proc`.
     fn send(&mut self, proc: &Arc<str>, line: &[u8]) {
-        match self.sends.back_mut() {
-            Some(last) if last.proc == *proc => last.line.extend_from_slice(line),
-            _ => self.sends.push_back(ProcLine { proc: Arc::clone(proc), line: line.to_vec() }),
+        if let Some(out) = batch(&mut self.sends, proc) {
+            out.extend_from_slice(line);
         }
     }
 
@@ -384,9 +387,17 @@ impl SessionFilter {
         if let Some(&i) = entries.get(stage) {
             let Some(p) = chain.proc_of[i] else { return };
             let token = self.token(i);
-            let mut buf = Vec::with_capacity(line.len() + 80);
-            write_dataline(&mut buf, now.wall, self.id, token, line);
-            self.send(&chain.procs[p].0, &buf);
+            let (ts, tok, head) = &mut self.line_head;
+            if (*ts, *tok) != (now.wall, token) || head.is_empty() {
+                head.clear();
+                write_dataline_head(head, now.wall, self.id, token);
+                (*ts, *tok) = (now.wall, token);
+            }
+            if let Some(out) = batch(&mut self.sends, &chain.procs[p].0) {
+                out.extend_from_slice(head);
+                out.extend_from_slice(line);
+                out.push(b'\n');
+            }
             if let FilterState::Data { deadline, .. } = &mut self.state {
                 *deadline = Some(now.mono + self.limits.timeout);
             }
@@ -566,6 +577,15 @@ impl<'a> FilterAnswer<'a> {
             Output::Report { session, message } => Some((session, Id(0), FilterAnswer::Report(message))),
         }
     }
+}
+
+/// Where the next line for `proc` goes: after the lines queued for it if they are last
+/// (`None` never happens: the batch was just made).
+fn batch<'a>(sends: &'a mut VecDeque<ProcLine>, proc: &Arc<str>) -> Option<&'a mut Vec<u8>> {
+    if !matches!(sends.back(), Some(last) if last.proc == *proc) {
+        sends.push_back(ProcLine { proc: Arc::clone(proc), line: Vec::new() });
+    }
+    sends.back_mut().map(|last| &mut last.line)
 }
 
 /// SMTP dot-stuffing of one line (RFC 5321 §4.5.2), as data-line requests carry it.

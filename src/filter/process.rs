@@ -370,17 +370,22 @@ impl FilterProcess {
     /// register line (the lines before it were given).
     pub fn read_outputs(&mut self, mut each: impl FnMut(&[u8], Output<'_>)) -> Result<bool, String> {
         self.drain_stderr();
-        let mut lines = Vec::new();
-        let status = self.read_lines(|l| lines.push(l.to_vec()));
-        for line in &lines {
+        let mut bad = None;
+        let status = self.read_lines(|line| {
+            if bad.is_some() {
+                return;
+            }
             match protocol::parse_output(line) {
-                Ok(Output::Register(_)) => return Err("register line after register|ready".into()),
+                Ok(Output::Register(_)) => bad = Some("register line after register|ready".into()),
                 Ok(output) => each(line, output),
                 Err(e) => {
                     let shown = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
-                    return Err(format!("{e}: {}", shown.escape_debug()));
+                    bad = Some(format!("{e}: {}", shown.escape_debug()));
                 }
             }
+        });
+        if let Some(why) = bad {
+            return Err(why);
         }
         match status {
             Ok(ReadStatus::Open) => Ok(false),

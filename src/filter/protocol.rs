@@ -417,9 +417,14 @@ pub fn write_report(out: &mut String, ts: Timestamp, session: Id, report: &Repor
 /// Appends one data-line request, newline included: `line` is one line of the message,
 /// dot-stuffed, as the client sent its bytes (OpenSMTPD passes 8-bit text through as is).
 pub fn write_dataline(out: &mut Vec<u8>, ts: Timestamp, session: Id, token: Id, line: &[u8]) {
-    let _ = write!(out, "filter|{VERSION}|{ts}|smtp-in|data-line|{session}|{token}|");
+    write_dataline_head(out, ts, session, token);
     out.extend_from_slice(line);
     out.push(b'\n');
+}
+
+/// What comes before the line in a data-line request (the same for a batch of lines).
+pub fn write_dataline_head(out: &mut Vec<u8>, ts: Timestamp, session: Id, token: Id) {
+    let _ = write!(out, "filter|{VERSION}|{ts}|smtp-in|data-line|{session}|{token}|");
 }
 
 /// Appends one filter request, newline included. `param` is the phase's parameter as
