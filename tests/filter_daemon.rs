@@ -301,6 +301,40 @@ fn an_idle_session_is_reported_as_a_timeout() {
     assert!(tail().1.starts_with("protocol-server 421 "), "{}", std::fs::read_to_string(&log).unwrap());
 }
 
+#[test]
+fn a_line_too_long_for_filters_refuses_only_its_message() {
+    if !can_run("a_line_too_long_for_filters_refuses_only_its_message", &[Need::File(PY, "python3")]) {
+        return;
+    }
+    let dir = common::shared_tempdir();
+    let s = common::filter_script(dir.path(), "all_phases.py");
+    let log = dir.path().join("phases.log");
+    let top = format!("filter \"all\" proc-exec \"{PY} {} {}\"\n", s.display(), log.display());
+    let m = Mxd::start_with(filtered_conf(top, "all"), &[]);
+    let mut c = m.connect();
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    // 70,000 octets on one line: more than a filter could answer within what mxd reads
+    // back, so the line never reaches it and the message is refused.
+    assert!(c.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<joseph@test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(format!("Subject: long\r\n\r\n{}\r\n", "x".repeat(70_000)).as_bytes());
+    let r = c.cmd(".");
+    assert!(r.starts_with("554 5.6.0"), "{r}: {}", m.log());
+    // The filter lives on, and so does the session.
+    assert!(c.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<joseph@test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: short\r\n\r\nfine\r\n");
+    let r = c.cmd(".");
+    assert!(r.starts_with("250"), "{r}: {}", m.log());
+    wait_for("the short message", Duration::from_secs(20), || !m.messages("joseph").is_empty());
+    let stored = m.messages("joseph");
+    assert_eq!(stored.len(), 1);
+    assert!(String::from_utf8_lossy(&stored[0]).contains("X-Filtered: all_phases\nSubject: short\n"));
+    assert!(!m.log().contains("stopped"), "{}", m.log());
+}
+
 /// A DKIM key for example.org in `dir`, readable by the filter's user.
 fn dkim_key(dir: &Path) -> (PathBuf, &'static str) {
     let key = dir.join("dkim.key");

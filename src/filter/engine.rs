@@ -153,6 +153,9 @@ pub struct SessionFilter {
     broken: bool,
     /// The client's input has ended (`data_end`); stages close as their input does.
     input_closed: bool,
+    /// The streaming message is refused once the filters are done with it (a line too long
+    /// for them was left out).
+    data_refusal: Option<&'static str>,
     sends: VecDeque<ProcLine>,
     events: VecDeque<FilterEvent>,
     now: Now,
@@ -182,6 +185,7 @@ impl SessionFilter {
             state: FilterState::Idle,
             broken: false,
             input_closed: false,
+            data_refusal: None,
             sends: VecDeque::new(),
             events: VecDeque::new(),
             now,
@@ -354,18 +358,21 @@ impl SessionFilter {
         }
         let stages = self.chain.by_phase[Phase::DataLine as usize].len();
         self.input_closed = false;
+        self.data_refusal = None;
         self.state = FilterState::Data { closed: vec![false; stages], out: Vec::new(), deadline: None };
     }
 
     /// One line of the message, without its line ending and not dot-stuffed: its bytes as
-    /// the client sent them (8-bit text included). A line longer than [`MAX_DATA_LINE`]
-    /// refuses the message (`FilterDecision::Reject`).
+    /// the client sent them (8-bit text included). A line longer than [`MAX_DATA_LINE`] is
+    /// left out, and the message is refused (`FilterDecision::Reject`) instead of given
+    /// once the filters are done with the rest.
     pub fn data_line(&mut self, now: Now, line: &[u8]) {
         if !matches!(self.state, FilterState::Data { .. }) || self.input_closed {
             return;
         }
         if line.len() > MAX_DATA_LINE {
-            return self.refuse_data(reply::FILTER_LINE_TOO_LONG);
+            self.data_refusal.get_or_insert(reply::FILTER_LINE_TOO_LONG);
+            return;
         }
         self.stage_input(now, 0, &stuff(line));
     }
@@ -407,7 +414,11 @@ impl SessionFilter {
         if line == b"." {
             let message = std::mem::take(out);
             self.state = FilterState::Idle;
-            self.events.push_back(FilterEvent::Message(message));
+            let event = match self.data_refusal.take() {
+                Some(r) => FilterEvent::Decided(Phase::DataLine, FilterDecision::Reject(r.into())),
+                None => FilterEvent::Message(message),
+            };
+            self.events.push_back(event);
             return;
         }
         let line = unstuff(line);

@@ -260,15 +260,29 @@ fn filtered_message_is_bounded() {
         events(&mut s),
         vec![FilterEvent::Decided(Phase::DataLine, FilterDecision::Reject(reply::FILTER_TOO_BIG.into()))]
     );
-    // A line too long for a filter to answer within `MAX_LINE` is never sent.
+    // A line too long for a filter to answer within `MAX_LINE` is never sent; the rest is,
+    // and once the filter is done the message is refused, and the session goes on.
     let (mut s, now) = session(vec![proc("a")], &[("a", d)], 1 << 20);
     s.data_begin(now);
+    s.data_line(now, b"Subject: long");
     s.data_line(now, &vec![b'x'; MAX_DATA_LINE + 1]);
-    assert!(sends(&mut s).is_empty());
+    s.data_end(now);
+    let sent = sends(&mut s);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent[0].1.ends_with("|Subject: long\n") && sent[1].1.ends_with("|.\n"));
+    assert!(events(&mut s).is_empty());
+    for l in [&b"Subject: long"[..], b"."] {
+        s.handle_output(now, "a", Id(0x101), FilterAnswer::DataLine(l)).unwrap();
+    }
     assert_eq!(
         events(&mut s),
         vec![FilterEvent::Decided(Phase::DataLine, FilterDecision::Reject(reply::FILTER_LINE_TOO_LONG.into()))]
     );
+    assert!(!s.is_waiting());
+    s.data_begin(now);
+    s.data_end(now);
+    s.handle_output(now, "a", Id(0x101), FilterAnswer::DataLine(b".")).unwrap();
+    assert_eq!(events(&mut s), vec![FilterEvent::Message(Vec::new())]);
 }
 
 #[test]

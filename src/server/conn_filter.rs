@@ -656,6 +656,8 @@ impl Conn {
             (Park::Commit(m), _) => self.message_ready(m),
             (Park::Data(m), _) => f.park = Park::Data(m),
             (Park::Drain, FilterDecision::Disconnect(r)) => self.refuse(&r, true),
+            // The chain refused a message the session had refused already: it is done.
+            (Park::Drain, FilterDecision::Reject(_)) => {}
             (Park::Drain, _) => f.park = Park::Drain,
             (Park::None, FilterDecision::Disconnect(r)) => self.refuse(&r, true),
             (Park::None, FilterDecision::Reject(r)) => {
