@@ -466,7 +466,7 @@ impl SessionFilter {
             (FilterAnswer::Result(response), FilterState::Phase { phase, pos, .. }) => {
                 let (phase, pos) = (*phase, *pos);
                 let i = self.chain.by_phase[phase as usize][pos];
-                if token != self.token(i) || !self.is_proc(i, proc) {
+                if !self.answers(i, token, proc) {
                     return Err(FilterSessionError::UnexpectedToken(token));
                 }
                 let FilterState::Phase { param, .. } = std::mem::replace(&mut self.state, FilterState::Idle) else {
@@ -492,7 +492,7 @@ impl SessionFilter {
             }
             (FilterAnswer::DataLine(line), FilterState::Data { closed, .. }) => {
                 let entries = &self.chain.by_phase[Phase::DataLine as usize];
-                let stage = entries.iter().position(|&i| self.token(i) == token && self.is_proc(i, proc));
+                let stage = entries.iter().position(|&i| self.answers(i, token, proc));
                 let Some(stage) = stage else { return Err(FilterSessionError::UnexpectedToken(token)) };
                 if closed[stage] {
                     return Err(FilterSessionError::WrongPhase);
@@ -520,8 +520,9 @@ impl SessionFilter {
         }
     }
 
-    fn is_proc(&self, filter: usize, proc: &str) -> bool {
-        self.chain.proc_of[filter].is_some_and(|p| &*self.chain.procs[p].0 == proc)
+    /// Whether an answer with `token` from `proc` is filter `filter`'s.
+    fn answers(&self, filter: usize, token: Id, proc: &str) -> bool {
+        token == self.token(filter) && self.chain.proc_of[filter].is_some_and(|p| &*self.chain.procs[p].0 == proc)
     }
 
     /// A process died or was killed for misbehaving. If this session uses it, the phase
