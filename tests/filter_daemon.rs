@@ -117,13 +117,16 @@ fn own_filter_sees_every_phase_through_the_daemon() {
     let stored = String::from_utf8(m.messages("joseph").pop().unwrap()).unwrap();
     assert!(stored.contains("X-Filtered: all_phases\nSubject: phases\n\n.a dotted line\nbody\n"), "{stored}");
     assert!(stored.contains("Return-Path: <new@example.org>"), "rewritten sender: {stored}");
-    // Latin-1 text cannot pass through the protocol unaltered: refused, not mangled.
-    assert!(c.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    // Latin-1 text (8BITMIME) goes through the filter as bytes and is stored unchanged.
+    assert!(c.cmd("MAIL FROM:<a@client.test> BODY=8BITMIME").starts_with("250"));
     assert!(c.cmd("RCPT TO:<joseph@test>").starts_with("250"));
     assert!(c.cmd("DATA").starts_with("354"));
-    c.send(b"Subject: caf\xe9\r\n\r\nd\xe9j\xe0 vu\r\n");
-    assert!(c.cmd(".").starts_with("554 5.6.0"));
-    assert_eq!(m.messages("joseph").len(), 1);
+    c.send(b"Subject: caf\xe9\r\n\r\nd\xe9j\xe0 vu \xff\r\n");
+    let r = c.cmd(".");
+    assert!(r.starts_with("250"), "{r}: {}", m.log());
+    wait_for("the Latin-1 message", Duration::from_secs(20), || m.messages("joseph").len() == 2);
+    let want: &[u8] = b"X-Filtered: all_phases\nSubject: caf\xe9\n\nd\xe9j\xe0 vu \xff\n";
+    assert!(m.messages("joseph").iter().any(|b| b.windows(want.len()).any(|w| w == want)), "{}", m.log());
     // The phases without a transaction: each asked for, the filter's reject applies.
     assert!(c.cmd("NOOP").starts_with("250"));
     assert!(c.cmd("HELP").starts_with("502 5.5.1 no help from the filter"));
@@ -133,10 +136,10 @@ fn own_filter_sees_every_phase_through_the_daemon() {
     let r = c.cmd("RCPT TO:<bad-reply@test>");
     assert!(r.starts_with("421"), "{r}: {}", m.log());
     assert!(c.closed());
-    wait_for("link-disconnect", Duration::from_secs(10), || {
-        std::fs::read_to_string(&log).unwrap_or_default().contains("link-disconnect")
-    });
-    let seen = std::fs::read_to_string(&log).unwrap();
+    // The log holds the Latin-1 line too: read as bytes.
+    let read_log = || String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
+    wait_for("link-disconnect", Duration::from_secs(10), || read_log().contains("link-disconnect"));
+    let seen = read_log();
     for what in ["link-connect", "connect", "ehlo", "mail-from", "rcpt-to", "data", "data-line", "commit", "tx-commit"]
     {
         assert!(seen.lines().any(|l| l.split_whitespace().any(|w| w == what)), "{what} not seen: {seen}");
@@ -298,6 +301,40 @@ fn an_idle_session_is_reported_as_a_timeout() {
     assert!(tail().1.starts_with("protocol-server 421 "), "{}", std::fs::read_to_string(&log).unwrap());
 }
 
+#[test]
+fn a_line_too_long_for_filters_refuses_only_its_message() {
+    if !can_run("a_line_too_long_for_filters_refuses_only_its_message", &[Need::File(PY, "python3")]) {
+        return;
+    }
+    let dir = common::shared_tempdir();
+    let s = common::filter_script(dir.path(), "all_phases.py");
+    let log = dir.path().join("phases.log");
+    let top = format!("filter \"all\" proc-exec \"{PY} {} {}\"\n", s.display(), log.display());
+    let m = Mxd::start_with(filtered_conf(top, "all"), &[]);
+    let mut c = m.connect();
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    // 70,000 octets on one line: more than a filter could answer within what mxd reads
+    // back, so the line never reaches it and the message is refused.
+    assert!(c.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<joseph@test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(format!("Subject: long\r\n\r\n{}\r\n", "x".repeat(70_000)).as_bytes());
+    let r = c.cmd(".");
+    assert!(r.starts_with("554 5.6.0"), "{r}: {}", m.log());
+    // The filter lives on, and so does the session.
+    assert!(c.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<joseph@test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: short\r\n\r\nfine\r\n");
+    let r = c.cmd(".");
+    assert!(r.starts_with("250"), "{r}: {}", m.log());
+    wait_for("the short message", Duration::from_secs(20), || !m.messages("joseph").is_empty());
+    let stored = m.messages("joseph");
+    assert_eq!(stored.len(), 1);
+    assert!(String::from_utf8_lossy(&stored[0]).contains("X-Filtered: all_phases\nSubject: short\n"));
+    assert!(!m.log().contains("stopped"), "{}", m.log());
+}
+
 /// A DKIM key for example.org in `dir`, readable by the filter's user.
 fn dkim_key(dir: &Path) -> (PathBuf, &'static str) {
     let key = dir.join("dkim.key");
@@ -315,7 +352,7 @@ fn dkim_key(dir: &Path) -> (PathBuf, &'static str) {
 /// dkimpy's verdict on `message` (LF endings) with the public half of `key`.
 fn dkim_verify(dir: &Path, message: &[u8], key: &Path) -> String {
     let path = dir.join("verify.eml");
-    let crlf = String::from_utf8_lossy(message).replace('\n', "\r\n");
+    let crlf: Vec<u8> = message.iter().flat_map(|&b| if b == b'\n' { vec![b'\r', b'\n'] } else { vec![b] }).collect();
     std::fs::write(&path, crlf).unwrap();
     let verify = r#"
 import base64, subprocess, sys, dkim
@@ -355,6 +392,21 @@ fn dkimsign_signs_every_message_and_the_signature_survives_a_relay_hop() {
     assert!(send(b.port, "joseph@example.org", "joseph@test", message).starts_with("250"));
     let stored = b.messages("joseph").pop().unwrap();
     assert!(String::from_utf8_lossy(&stored).contains("DKIM-Signature: v=1; a=rsa-sha256;"));
+    assert_eq!(dkim_verify(dir.path(), &stored, &key), "verified");
+    // Latin-1 text (8BITMIME): signed over its own bytes, stored unchanged.
+    let latin1: &[u8] = b"From: joseph@example.org\r\nTo: joseph@test\r\nSubject: caf\xe9\r\n\r\nd\xe9j\xe0 vu\r\n";
+    let mut c = Client::connect(b.port);
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<joseph@example.org> BODY=8BITMIME").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(latin1);
+    assert!(c.cmd(".").starts_with("250"), "{}", b.log());
+    wait_for("the Latin-1 message", Duration::from_secs(20), || !b.messages("alice").is_empty());
+    let stored = b.messages("alice").pop().unwrap();
+    let body: &[u8] = b"Subject: caf\xe9\n\nd\xe9j\xe0 vu\n";
+    let text = String::from_utf8_lossy(&stored);
+    assert!(text.contains("\nDKIM-Signature: v=1;") && stored.ends_with(body), "{text}");
     assert_eq!(dkim_verify(dir.path(), &stored, &key), "verified");
 
     // Signed by a node, relayed to a second mxd (without filters): still verifies there.

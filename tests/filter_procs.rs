@@ -95,11 +95,11 @@ fn filter_message(d: &mut Driver, id: Id, message: &str) -> Vec<String> {
     let now = Now::read();
     s.data_begin(now);
     for line in message.lines() {
-        s.data_line(now, line);
+        s.data_line(now, line.as_bytes());
     }
     s.data_end(now);
     match next_event(d, id) {
-        FilterEvent::Message(lines) => lines,
+        FilterEvent::Message(body) => String::from_utf8_lossy(&body).lines().map(String::from).collect(),
         other => panic!("data-line: {other:?}"),
     }
 }
@@ -306,7 +306,7 @@ fn hanging_filter_costs_a_timeout_for_its_sessions_only() {
     let v2 = open_session(&mut d, 3, &["bad"], Duration::from_millis(300));
     let s = d.sessions.get_mut(v2).unwrap();
     s.data_begin(Now::read());
-    s.data_line(Now::read(), "Subject: x");
+    s.data_line(Now::read(), b"Subject: x");
     assert_eq!(next_event(&mut d, v2), FilterEvent::Decided(Phase::DataLine, FilterDecision::Disconnect(FAIL.into())));
 }
 

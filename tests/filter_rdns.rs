@@ -93,3 +93,79 @@ fn link_connect_and_connect_rules_see_the_confirmed_name() {
     // link-connect comes first, before any other line of the session.
     assert!(seen.lines().find(|l| !l.starts_with("uid=")).is_some_and(|l| l.starts_with("link-connect")), "{seen}");
 }
+
+/// A session through a proxy at 127.0.0.1 for `client`: its PROXY v1 header naming `client`
+/// port 40000 and the listener, then the greeting, and EHLO and QUIT when it was greeted.
+fn proxied_session(client: &str, port: u16) -> String {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut w = stream.try_clone().expect("clone");
+    w.write_all(format!("PROXY TCP4 {client} 127.0.0.1 40000 {port}\r\n").as_bytes()).expect("header");
+    let mut r = BufReader::new(stream);
+    let mut greeting = String::new();
+    r.read_line(&mut greeting).expect("greeting");
+    if greeting.starts_with("220") {
+        w.write_all(b"EHLO client.test\r\nQUIT\r\n").expect("write");
+        let mut rest = String::new();
+        while r.read_line(&mut rest).is_ok_and(|n| n > 0) {}
+    }
+    greeting
+}
+
+#[test]
+fn behind_a_proxy_filters_see_the_client_its_header_names() {
+    let needs = [Need::File(DNSMASQ, "dnsmasq-base"), Need::File(PY, "python3")];
+    if !can_run("behind_a_proxy_filters_see_the_client_its_header_names", &needs) {
+        return;
+    }
+    let records = [
+        "--host-record=good.proxied.test,127.0.58.10",
+        // 127.0.0.1, the proxy, has a name of its own that filters must not see.
+        "--host-record=the-proxy.test,127.0.0.1",
+    ]
+    .map(String::from);
+    let dns = Dnsmasq::start("127.0.58.1", &records);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let resolv = dns.resolv_conf(dir.path(), "timeout:2 attempts:1");
+    let log = dir.path().join("phases.log");
+    let top = format!(
+        "table proxies {{ \"127.0.0.1\" }}\n\
+         filter \"own\" proc-exec \"{PY} {} {}\"\n\
+         filter \"named\" phase connect match !rdns disconnect \"421 4.7.0 no name, no mail\"\n\
+         filter \"direct\" phase connect match src <proxies> disconnect \"421 4.7.0 the proxy itself\"\n\
+         filter \"all\" chain {{ \"own\", \"named\", \"direct\" }}\n",
+        common::filter_script(dir.path(), "all_phases.py").display(),
+        log.display()
+    );
+    let m = Mxd::start_with(
+        move |d: &Path, p: u16| {
+            let listen = format!("listen on 127.0.0.1 port {p}\n");
+            let proxied = format!("listen on 127.0.0.1 port {p} proxy-v2 filter \"all\"\n");
+            format!("{top}{}", basic_conf(d, p).replace(&listen, &proxied))
+        },
+        &[("MXD_RESOLV_CONF", resolv.to_str().unwrap())],
+    );
+
+    // The connection comes from 127.0.0.1 (the proxy); rules judge the client, by its name.
+    let greeting = proxied_session("127.0.58.10", m.port);
+    assert!(greeting.starts_with("220"), "{greeting}: {}", m.log());
+    let refused = proxied_session("127.0.58.11", m.port);
+    assert!(refused.starts_with("421 4.7.0 no name, no mail"), "{refused}: {}", m.log());
+
+    let seen = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("both sessions' link-disconnect", Duration::from_secs(20), || {
+        seen().lines().filter(|l| *l == "link-disconnect").count() >= 2
+    });
+    let seen = seen();
+    let has = |prefix: &str| seen.lines().any(|l| l.starts_with(prefix));
+    // link-connect and the connect request name the client, its port and where it
+    // connected, all from the header; nothing names the proxy.
+    let dest = format!("127.0.0.1:{}", m.port);
+    assert!(has(&format!("link-connect good.proxied.test|pass|127.0.58.10:40000|{dest}")), "{seen}");
+    assert!(has("connect good.proxied.test|127.0.58.10"), "{seen}");
+    assert!(has(&format!("link-connect |fail|127.0.58.11:40000|{dest}")), "{seen}");
+    assert!(has("connect |127.0.58.11"), "{seen}");
+    assert!(!seen.contains("the-proxy.test"), "{seen}");
+    assert!(seen.lines().find(|l| !l.starts_with("uid=")).is_some_and(|l| l.starts_with("link-connect")), "{seen}");
+}

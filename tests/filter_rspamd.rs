@@ -52,11 +52,11 @@ fn transaction(d: &mut Driver, n: u64, message: &str) -> (Vec<String>, FilterDec
     s.report(now, &Report::TxRcpt { msgid: n as u32, result: TxResult::Ok, address: "alice@example.net" });
     s.data_begin(now);
     for line in message.lines() {
-        s.data_line(now, line);
+        s.data_line(now, line.as_bytes());
     }
     s.data_end(now);
     let lines = match next_event(d, id) {
-        FilterEvent::Message(lines) => lines,
+        FilterEvent::Message(body) => String::from_utf8_lossy(&body).lines().map(String::from).collect(),
         other => panic!("{other:?}"),
     };
     d.sessions.get_mut(id).unwrap().begin(Now::read(), Phase::Commit, "");

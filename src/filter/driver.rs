@@ -11,8 +11,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::chain::Registration;
 use super::engine::Now;
-use super::process::{FilterProcess, ProcError, ProcSpec, ReadStatus, SpawnError};
-use super::protocol::{self, Output};
+use super::process::{FilterProcess, ProcSpec, SpawnError};
 use super::{DispatchError, Sessions};
 
 #[derive(Debug)]
@@ -80,27 +79,7 @@ impl Driver {
         let mut regs: Vec<Registration> = vec![Registration::default(); self.procs.len()];
         while !regs.iter().all(|r| r.is_ready()) {
             for (p, reg) in self.procs.iter_mut().flatten().zip(regs.iter_mut()) {
-                let name = p.name().to_string();
-                let bad = |e: &dyn fmt::Display| DriverError::Handshake(name.clone(), e.to_string());
-                p.flush().map_err(|e| bad(&e))?;
-                p.drain_stderr();
-                let mut lines = Vec::new();
-                let status = p.read_lines(|l| lines.push(l.to_vec())).map_err(|e| bad(&e))?;
-                for l in &lines {
-                    if reg.is_ready() {
-                        return Err(bad(&"output before the first request"));
-                    }
-                    match protocol::parse_output(l) {
-                        Ok(Output::Register(r)) => {
-                            reg.handle(r);
-                        }
-                        Ok(_) => return Err(bad(&"non-register line before register|ready")),
-                        Err(e) => return Err(bad(&e)),
-                    }
-                }
-                if status == ReadStatus::Closed && !reg.is_ready() {
-                    return Err(bad(&"exited during the handshake"));
-                }
+                p.read_registrations(reg).map_err(|e| DriverError::Handshake(p.name().to_string(), e))?;
             }
             if regs.iter().all(|r| r.is_ready()) {
                 break;
@@ -185,28 +164,16 @@ impl Driver {
         let mut more = false;
         for i in 0..self.procs.len() {
             let Some(p) = self.procs[i].as_mut() else { continue };
-            p.drain_stderr();
-            let mut lines = Vec::new();
-            let status = p.read_lines(|l| lines.push(l.to_vec()));
             let name = p.name().to_string();
-            for l in &lines {
-                match self.sessions.handle_line(now, &name, l) {
-                    Ok(()) => {}
-                    Err(DispatchError::UnknownSession(id)) => log::debug!("filter {name}: unknown session {id}"),
-                    Err(e @ DispatchError::Session(..)) => log::warn!("filter {name}: {e}"),
-                    Err(e) => {
-                        let shown = String::from_utf8_lossy(&l[..l.len().min(200)]).into_owned();
-                        self.fail(i, now, &format!("{e}: {}", shown.escape_debug()));
-                        break;
-                    }
-                }
-            }
-            match status {
-                Ok(ReadStatus::Open) => {}
-                Ok(ReadStatus::More) => more = true,
-                Ok(ReadStatus::Closed) => self.fail(i, now, "exited"),
-                Err(ProcError::LineTooLong) => self.fail(i, now, "line too long"),
-                Err(e) => self.fail(i, now, &e.to_string()),
+            let sessions = &mut self.sessions;
+            let read = p.read_outputs(|_, output| match sessions.handle_output(now, &name, output) {
+                Ok(()) => {}
+                Err(DispatchError::UnknownSession(id)) => log::debug!("filter {name}: unknown session {id}"),
+                Err(e) => log::warn!("filter {name}: {e}"),
+            });
+            match read {
+                Ok(left) => more |= left,
+                Err(why) => self.fail(i, now, &why),
             }
         }
         more

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use super::builtin::{BuiltinAction, Facts};
 use super::chain::{Chain, ChainFilterKind};
 use super::protocol::{
-    valid_refusal, write_report, write_request, Endpoint, Fcrdns, Id, Phase, Report, ReporterKind, Response,
-    ResponseKind, Timestamp,
+    valid_refusal, write_dataline_head, write_report, write_request, Endpoint, Fcrdns, Id, Phase, Report, ReporterKind,
+    Response, ResponseKind, Timestamp, MAX_LINE,
 };
 use crate::smtp::reply;
 
@@ -73,9 +73,9 @@ pub enum FilterDecision {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FilterEvent {
     Decided(Phase, FilterDecision),
-    /// Data-line filtering is done: the message as the last filter wrote it, one line per
-    /// entry, dot-unstuffed, without line endings.
-    Message(Vec<String>),
+    /// Data-line filtering is done: the message as the last filter wrote it, its bytes as
+    /// they came, dot-unstuffed, each line ended by LF (the stored form).
+    Message(Vec<u8>),
     /// A filter's `report` (builtin or proc), for the log.
     Reported {
         filter: String,
@@ -83,11 +83,12 @@ pub enum FilterEvent {
     },
 }
 
-/// A line for a filter process.
+/// Lines for a filter process, newlines included: consecutive lines for the same
+/// process come as one, so a chunk of the message costs one hand-off, not one per line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcLine {
     pub proc: Arc<str>,
-    pub line: String,
+    pub line: Vec<u8>,
 }
 
 /// Why a filter's answer was refused. The session has failed (421) when this is returned.
@@ -102,6 +103,11 @@ pub enum FilterSessionError {
     /// The filtered message would exceed `Limits::max_message`.
     TooBig,
 }
+
+/// The longest message line a data-line filter is given: its answer, the same line behind
+/// `filter-dataline|SESSION|TOKEN|` and a little more a filter may add, must stay within
+/// what mxd reads back (`MAX_LINE`). OpenSMTPD refuses such lines too (SMTP_LINE_MAX).
+pub const MAX_DATA_LINE: usize = MAX_LINE - 1024;
 
 impl fmt::Display for FilterSessionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -129,8 +135,7 @@ enum FilterState {
     /// `by_phase[DataLine][i]`, and `closed[i]` says it has written its final dot.
     Data {
         closed: Vec<bool>,
-        out: Vec<String>,
-        size: usize,
+        out: Vec<u8>,
         deadline: Option<Instant>,
     },
     Failed,
@@ -148,9 +153,15 @@ pub struct SessionFilter {
     broken: bool,
     /// The client's input has ended (`data_end`); stages close as their input does.
     input_closed: bool,
+    /// The streaming message is refused once the filters are done with it (a line too long
+    /// for them was left out).
+    data_refusal: Option<&'static str>,
     sends: VecDeque<ProcLine>,
     events: VecDeque<FilterEvent>,
     now: Now,
+    /// The head of the last data-line request, by time and token: the lines of a chunk
+    /// share it, so it is formatted once per chunk, not once per line.
+    line_head: (Timestamp, Id, Vec<u8>),
 }
 
 impl SessionFilter {
@@ -174,9 +185,11 @@ impl SessionFilter {
             state: FilterState::Idle,
             broken: false,
             input_closed: false,
+            data_refusal: None,
             sends: VecDeque::new(),
             events: VecDeque::new(),
             now,
+            line_head: (Timestamp::default(), Id(0), Vec::new()),
         };
         let rdns = link.rdns.as_deref().unwrap_or("");
         let fcrdns = if link.fcrdns { Fcrdns::Pass } else { Fcrdns::Fail };
@@ -200,13 +213,21 @@ impl SessionFilter {
         }
         let kind = report.kind();
         let mut line = String::new();
-        for (name, reg) in &self.chain.procs {
+        let chain = Arc::clone(&self.chain);
+        for (name, reg) in &chain.procs {
             if reg.reports(kind) {
                 if line.is_empty() {
                     write_report(&mut line, now.wall, self.id, report);
                 }
-                self.sends.push_back(ProcLine { proc: name.clone(), line: line.clone() });
+                self.send(name, line.as_bytes());
             }
+        }
+    }
+
+    /// Queues `line` for `proc`.
+    fn send(&mut self, proc: &Arc<str>, line: &[u8]) {
+        if let Some(out) = batch(&mut self.sends, proc) {
+            out.extend_from_slice(line);
         }
     }
 
@@ -251,7 +272,7 @@ impl SessionFilter {
                     let Some(proc) = proc else { return self.fail(now, phase) };
                     let mut line = String::new();
                     write_request(&mut line, now.wall, phase, self.id, self.token(i), &param);
-                    self.sends.push_back(ProcLine { proc, line });
+                    self.send(&proc, line.as_bytes());
                     let deadline = now.mono + self.limits.timeout;
                     self.state = FilterState::Phase { phase, param, pos, deadline };
                     return;
@@ -307,17 +328,7 @@ impl SessionFilter {
             FilterDecision::Reject(r) => (ResponseKind::Reject, Some(r.as_str())),
             FilterDecision::Disconnect(r) => (ResponseKind::Disconnect, Some(r.as_str())),
         };
-        // Borrow juggling: the report is written before the decision moves into the queue.
-        let mut line = String::new();
-        let report = Report::FilterResponse { phase, response, param };
-        for (name, reg) in &self.chain.procs {
-            if reg.reports(report.kind()) {
-                if line.is_empty() {
-                    write_report(&mut line, now.wall, self.id, &report);
-                }
-                self.sends.push_back(ProcLine { proc: name.clone(), line: line.clone() });
-            }
-        }
+        self.report(now, &Report::FilterResponse { phase, response, param });
         self.state = FilterState::Idle;
         self.events.push_back(FilterEvent::Decided(phase, decision));
     }
@@ -347,12 +358,20 @@ impl SessionFilter {
         }
         let stages = self.chain.by_phase[Phase::DataLine as usize].len();
         self.input_closed = false;
-        self.state = FilterState::Data { closed: vec![false; stages], out: Vec::new(), size: 0, deadline: None };
+        self.data_refusal = None;
+        self.state = FilterState::Data { closed: vec![false; stages], out: Vec::new(), deadline: None };
     }
 
-    /// One line of the message, without its line ending and not dot-stuffed.
-    pub fn data_line(&mut self, now: Now, line: &str) {
+    /// One line of the message, without its line ending and not dot-stuffed: its bytes as
+    /// the client sent them (8-bit text included). A line longer than [`MAX_DATA_LINE`] is
+    /// left out, and the message is refused (`FilterDecision::Reject`) instead of given
+    /// once the filters are done with the rest.
+    pub fn data_line(&mut self, now: Now, line: &[u8]) {
         if !matches!(self.state, FilterState::Data { .. }) || self.input_closed {
+            return;
+        }
+        if line.len() > MAX_DATA_LINE {
+            self.data_refusal.get_or_insert(reply::FILTER_LINE_TOO_LONG);
             return;
         }
         self.stage_input(now, 0, &stuff(line));
@@ -364,38 +383,57 @@ impl SessionFilter {
             return;
         }
         self.input_closed = true;
-        self.stage_input(now, 0, ".");
+        self.stage_input(now, 0, b".");
     }
 
     /// Gives a dot-stuffed line (or the final ".") to stage `stage`, or to the message
     /// when every stage is past.
-    fn stage_input(&mut self, now: Now, stage: usize, line: &str) {
-        let chain = self.chain.clone();
+    fn stage_input(&mut self, now: Now, stage: usize, line: &[u8]) {
+        let chain = Arc::clone(&self.chain);
         let entries = &chain.by_phase[Phase::DataLine as usize];
-        let token = entries.get(stage).map(|&i| self.token(i));
-        let FilterState::Data { out, size, deadline, .. } = &mut self.state else { return };
         if let Some(&i) = entries.get(stage) {
-            let Some(proc) = chain.proc_of[i].map(|p| chain.procs[p].0.clone()) else { return };
-            let mut buf = String::new();
-            write_request(&mut buf, now.wall, Phase::DataLine, self.id, token.unwrap_or(Id(0)), line);
-            self.sends.push_back(ProcLine { proc, line: buf });
-            *deadline = Some(now.mono + self.limits.timeout);
+            let Some(p) = chain.proc_of[i] else { return };
+            let token = self.token(i);
+            let (ts, tok, head) = &mut self.line_head;
+            if (*ts, *tok) != (now.wall, token) || head.is_empty() {
+                head.clear();
+                write_dataline_head(head, now.wall, self.id, token);
+                (*ts, *tok) = (now.wall, token);
+            }
+            if let Some(out) = batch(&mut self.sends, &chain.procs[p].0) {
+                out.extend_from_slice(head);
+                out.extend_from_slice(line);
+                out.push(b'\n');
+            }
+            if let FilterState::Data { deadline, .. } = &mut self.state {
+                *deadline = Some(now.mono + self.limits.timeout);
+            }
             return;
         }
-        if line == "." {
+        let FilterState::Data { out, .. } = &mut self.state else { return };
+        if line == b"." {
             let message = std::mem::take(out);
             self.state = FilterState::Idle;
-            self.events.push_back(FilterEvent::Message(message));
+            let event = match self.data_refusal.take() {
+                Some(r) => FilterEvent::Decided(Phase::DataLine, FilterDecision::Reject(r.into())),
+                None => FilterEvent::Message(message),
+            };
+            self.events.push_back(event);
             return;
         }
-        *size += line.len() + 1;
-        if *size > self.limits.max_message {
-            self.state = FilterState::Failed;
-            self.events
-                .push_back(FilterEvent::Decided(Phase::DataLine, FilterDecision::Reject(reply::FILTER_TOO_BIG.into())));
-            return;
+        let line = unstuff(line);
+        if out.len() + line.len() + 1 > self.limits.max_message {
+            return self.refuse_data(reply::FILTER_TOO_BIG);
         }
-        out.push(unstuff(line).to_string());
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+
+    /// The streaming message is refused with `reply`; the chain's later output for it is
+    /// dropped.
+    fn refuse_data(&mut self, reply: &str) {
+        self.state = FilterState::Failed;
+        self.events.push_back(FilterEvent::Decided(Phase::DataLine, FilterDecision::Reject(reply.into())));
     }
 
     /// An answer from `proc` for this session (routed by session id).
@@ -428,7 +466,7 @@ impl SessionFilter {
             (FilterAnswer::Result(response), FilterState::Phase { phase, pos, .. }) => {
                 let (phase, pos) = (*phase, *pos);
                 let i = self.chain.by_phase[phase as usize][pos];
-                if token != self.token(i) || !self.is_proc(i, proc) {
+                if !self.answers(i, token, proc) {
                     return Err(FilterSessionError::UnexpectedToken(token));
                 }
                 let FilterState::Phase { param, .. } = std::mem::replace(&mut self.state, FilterState::Idle) else {
@@ -454,13 +492,13 @@ impl SessionFilter {
             }
             (FilterAnswer::DataLine(line), FilterState::Data { closed, .. }) => {
                 let entries = &self.chain.by_phase[Phase::DataLine as usize];
-                let stage = entries.iter().position(|&i| self.token(i) == token && self.is_proc(i, proc));
+                let stage = entries.iter().position(|&i| self.answers(i, token, proc));
                 let Some(stage) = stage else { return Err(FilterSessionError::UnexpectedToken(token)) };
                 if closed[stage] {
                     return Err(FilterSessionError::WrongPhase);
                 }
                 if let FilterState::Data { closed, deadline, .. } = &mut self.state {
-                    if line == "." {
+                    if line == b"." {
                         closed[stage] = true;
                     }
                     // Output resets the clock: a filter that streams is alive.
@@ -482,8 +520,9 @@ impl SessionFilter {
         }
     }
 
-    fn is_proc(&self, filter: usize, proc: &str) -> bool {
-        self.chain.proc_of[filter].is_some_and(|p| &*self.chain.procs[p].0 == proc)
+    /// Whether an answer with `token` from `proc` is filter `filter`'s.
+    fn answers(&self, filter: usize, token: Id, proc: &str) -> bool {
+        token == self.token(filter) && self.chain.proc_of[filter].is_some_and(|p| &*self.chain.procs[p].0 == proc)
     }
 
     /// A process died or was killed for misbehaving. If this session uses it, the phase
@@ -534,22 +573,48 @@ impl SessionFilter {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FilterAnswer<'a> {
     Result(Response<'a>),
-    DataLine(&'a str),
+    DataLine(&'a [u8]),
     Report(&'a str),
 }
 
+impl<'a> FilterAnswer<'a> {
+    /// A parsed line of a filter's output as an answer, with the session and token it
+    /// names; `None` for a register line (which only the handshake takes).
+    pub fn of(output: super::protocol::Output<'a>) -> Option<(Id, Id, FilterAnswer<'a>)> {
+        use super::protocol::Output;
+        match output {
+            Output::Register(_) => None,
+            Output::Result { session, token, response } => Some((session, token, FilterAnswer::Result(response))),
+            Output::DataLine { session, token, line } => Some((session, token, FilterAnswer::DataLine(line))),
+            Output::Report { session, message } => Some((session, Id(0), FilterAnswer::Report(message))),
+        }
+    }
+}
+
+/// Where the next line for `proc` goes: after the lines queued for it if they are last
+/// (`None` never happens: the batch was just made).
+fn batch<'a>(sends: &'a mut VecDeque<ProcLine>, proc: &Arc<str>) -> Option<&'a mut Vec<u8>> {
+    if !matches!(sends.back(), Some(last) if last.proc == *proc) {
+        sends.push_back(ProcLine { proc: Arc::clone(proc), line: Vec::new() });
+    }
+    sends.back_mut().map(|last| &mut last.line)
+}
+
 /// SMTP dot-stuffing of one line (RFC 5321 §4.5.2), as data-line requests carry it.
-fn stuff(line: &str) -> std::borrow::Cow<'_, str> {
-    if line.starts_with('.') {
-        format!(".{line}").into()
+fn stuff(line: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if line.first() == Some(&b'.') {
+        let mut v = Vec::with_capacity(line.len() + 1);
+        v.push(b'.');
+        v.extend_from_slice(line);
+        v.into()
     } else {
         line.into()
     }
 }
 
 /// The reverse: one leading dot goes (OpenSMTPD's smtp_tx_dataline does the same).
-fn unstuff(line: &str) -> &str {
-    line.strip_prefix('.').unwrap_or(line)
+fn unstuff(line: &[u8]) -> &[u8] {
+    line.strip_prefix(b".").unwrap_or(line)
 }
 
 #[cfg(test)]

@@ -57,8 +57,16 @@ fn session(filters: Vec<ChainFilter>, regs: &[(&str, Registration)], max: usize)
     (SessionFilter::new(chain, SID, 0x100, limits, &link, now), now)
 }
 
+/// What the session queued, a line per entry (a batch for one process holds several).
 fn sends(s: &mut SessionFilter) -> Vec<(String, String)> {
-    std::iter::from_fn(|| s.poll_send()).map(|o| (o.proc.to_string(), o.line)).collect()
+    let batches: Vec<ProcLine> = std::iter::from_fn(|| s.poll_send()).collect();
+    let mut out = Vec::new();
+    for b in batches {
+        for l in b.line.split_inclusive(|c| *c == b'\n') {
+            out.push((b.proc.to_string(), String::from_utf8_lossy(l).into_owned()));
+        }
+    }
+    out
 }
 
 fn events(s: &mut SessionFilter) -> Vec<FilterEvent> {
@@ -162,8 +170,8 @@ fn data_lines_stream_through_every_stage_dot_stuffed() {
     let d = reg(&[Phase::DataLine], &[]);
     let (mut s, now) = session(vec![proc("a"), proc("b")], &[("a", d), ("b", d)], 1000);
     s.data_begin(now);
-    s.data_line(now, "Subject: x");
-    s.data_line(now, ".hidden");
+    s.data_line(now, b"Subject: x");
+    s.data_line(now, b".hidden");
     s.data_end(now);
     let to_a = sends(&mut s);
     assert_eq!(to_a.len(), 3);
@@ -172,24 +180,24 @@ fn data_lines_stream_through_every_stage_dot_stuffed() {
     assert!(to_a[2].1.ends_with("|0000000000000101|.\n"));
     // a adds a header and echoes; its output goes to b with b's token.
     for l in ["X-A: 1", "Subject: x", "..hidden", "."] {
-        s.handle_output(now, "a", Id(0x101), FilterAnswer::DataLine(l)).unwrap();
+        s.handle_output(now, "a", Id(0x101), FilterAnswer::DataLine(l.as_bytes())).unwrap();
     }
     let to_b = sends(&mut s);
     assert_eq!(to_b.len(), 4);
     assert!(to_b[0].1.ends_with("|data-line|0000000000000abc|0000000000000102|X-A: 1\n"));
     assert!(events(&mut s).is_empty());
     for l in ["X-B: 2", "X-A: 1", "Subject: x", "..hidden", "."] {
-        s.handle_output(now, "b", Id(0x102), FilterAnswer::DataLine(l)).unwrap();
+        s.handle_output(now, "b", Id(0x102), FilterAnswer::DataLine(l.as_bytes())).unwrap();
     }
-    let want = ["X-B: 2", "X-A: 1", "Subject: x", ".hidden"].map(String::from).to_vec();
+    let want = b"X-B: 2\nX-A: 1\nSubject: x\n.hidden\n".to_vec();
     assert_eq!(events(&mut s), vec![FilterEvent::Message(want)]);
     assert!(!s.is_waiting());
     // After its final dot, a stage may not write more.
     s.data_begin(now);
     s.data_end(now);
-    s.handle_output(now, "a", Id(0x101), FilterAnswer::DataLine(".")).unwrap();
+    s.handle_output(now, "a", Id(0x101), FilterAnswer::DataLine(b".")).unwrap();
     assert_eq!(
-        s.handle_output(now, "a", Id(0x101), FilterAnswer::DataLine("late")),
+        s.handle_output(now, "a", Id(0x101), FilterAnswer::DataLine(b"late")),
         Err(FilterSessionError::WrongPhase)
     );
 }
@@ -211,7 +219,7 @@ fn misbehaviour_fails_the_session_closed() {
 
     let (mut s, now) = session(vec![proc("p")], &[("p", p)], 1000);
     s.begin(now, Phase::Helo, "h");
-    assert_eq!(s.handle_output(now, "p", Id(0x101), FilterAnswer::DataLine("x")), Err(FilterSessionError::WrongPhase));
+    assert_eq!(s.handle_output(now, "p", Id(0x101), FilterAnswer::DataLine(b"x")), Err(FilterSessionError::WrongPhase));
 
     let (mut s, now) = session(vec![proc("p")], &[("p", p)], 1000);
     s.begin(now, Phase::Commit, "");
@@ -233,7 +241,7 @@ fn misbehaviour_fails_the_session_closed() {
     // The process dies while the message streams.
     let (mut s, now) = session(vec![proc("p")], &[("p", p)], 1000);
     s.data_begin(now);
-    s.data_line(now, "x");
+    s.data_line(now, b"x");
     s.handle_proc_failure(now, "other");
     assert!(events(&mut s).is_empty());
     s.handle_proc_failure(now, "p");
@@ -246,10 +254,54 @@ fn filtered_message_is_bounded() {
     let (mut s, now) = session(vec![proc("a")], &[("a", d)], 10);
     s.data_begin(now);
     for _ in 0..3 {
-        let _ = s.handle_output(now, "a", Id(0x101), FilterAnswer::DataLine("0123"));
+        let _ = s.handle_output(now, "a", Id(0x101), FilterAnswer::DataLine(b"0123"));
     }
     assert_eq!(
         events(&mut s),
         vec![FilterEvent::Decided(Phase::DataLine, FilterDecision::Reject(reply::FILTER_TOO_BIG.into()))]
     );
+    // A line too long for a filter to answer within `MAX_LINE` is never sent; the rest is,
+    // and once the filter is done the message is refused, and the session goes on.
+    let (mut s, now) = session(vec![proc("a")], &[("a", d)], 1 << 20);
+    s.data_begin(now);
+    s.data_line(now, b"Subject: long");
+    s.data_line(now, &vec![b'x'; MAX_DATA_LINE + 1]);
+    s.data_end(now);
+    let sent = sends(&mut s);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent[0].1.ends_with("|Subject: long\n") && sent[1].1.ends_with("|.\n"));
+    assert!(events(&mut s).is_empty());
+    for l in [&b"Subject: long"[..], b"."] {
+        s.handle_output(now, "a", Id(0x101), FilterAnswer::DataLine(l)).unwrap();
+    }
+    assert_eq!(
+        events(&mut s),
+        vec![FilterEvent::Decided(Phase::DataLine, FilterDecision::Reject(reply::FILTER_LINE_TOO_LONG.into()))]
+    );
+    assert!(!s.is_waiting());
+    s.data_begin(now);
+    s.data_end(now);
+    s.handle_output(now, "a", Id(0x101), FilterAnswer::DataLine(b".")).unwrap();
+    assert_eq!(events(&mut s), vec![FilterEvent::Message(Vec::new())]);
+}
+
+#[test]
+fn eight_bit_lines_pass_as_bytes_in_one_batch() {
+    let d = reg(&[Phase::DataLine], &[]);
+    let (mut s, now) = session(vec![proc("a")], &[("a", d)], 1000);
+    s.data_begin(now);
+    let latin1: &[u8] = b"Subject: caf\xe9 cr\xe8me";
+    s.data_line(now, latin1);
+    s.data_line(now, b"\xff\x00end");
+    s.data_end(now);
+    // Three lines for one process, handed over as one.
+    let batch = s.poll_send().unwrap();
+    assert!(s.poll_send().is_none());
+    let lines: Vec<&[u8]> = batch.line.split_inclusive(|c| *c == b'\n').collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines[0].ends_with(b"|0000000000000101|Subject: caf\xe9 cr\xe8me\n"));
+    for l in [latin1, b"\xff\x00end", b"."] {
+        s.handle_output(now, "a", Id(0x101), FilterAnswer::DataLine(l)).unwrap();
+    }
+    assert_eq!(events(&mut s), vec![FilterEvent::Message(b"Subject: caf\xe9 cr\xe8me\n\xff\x00end\n".to_vec())]);
 }

@@ -85,12 +85,13 @@ impl Sessions {
 
     /// Routes one line `proc` wrote (after its handshake) to the session it names.
     pub fn handle_line(&mut self, now: Now, proc: &str, line: &[u8]) -> Result<(), DispatchError> {
-        let (session, token, answer) = match protocol::parse_output(line).map_err(DispatchError::Line)? {
-            Output::Register(_) => return Err(DispatchError::LateRegister),
-            Output::Result { session, token, response } => (session, token, FilterAnswer::Result(response)),
-            Output::DataLine { session, token, line } => (session, token, FilterAnswer::DataLine(line)),
-            Output::Report { session, message } => (session, Id(0), FilterAnswer::Report(message)),
-        };
+        let output = protocol::parse_output(line).map_err(DispatchError::Line)?;
+        self.handle_output(now, proc, output)
+    }
+
+    /// Routes one parsed line `proc` wrote to the session it names.
+    pub fn handle_output(&mut self, now: Now, proc: &str, output: Output<'_>) -> Result<(), DispatchError> {
+        let (session, token, answer) = FilterAnswer::of(output).ok_or(DispatchError::LateRegister)?;
         let s = self.map.get_mut(&session).ok_or(DispatchError::UnknownSession(session))?;
         s.handle_output(now, proc, token, answer).map_err(|e| DispatchError::Session(session, e))
     }

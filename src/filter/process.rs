@@ -14,7 +14,8 @@ use std::process::{Child, Command, Stdio};
 
 use mio::unix::pipe;
 
-use super::protocol::MAX_LINE;
+use super::chain::Registration;
+use super::protocol::{self, Output, MAX_LINE};
 
 pub use crate::program::LIBEXEC_DIRS;
 
@@ -280,12 +281,12 @@ impl FilterProcess {
         self.child.id()
     }
 
-    /// Queues a line (newline included) for the process; `flush` writes it.
-    pub fn queue(&mut self, line: &str) -> Result<(), ProcError> {
+    /// Queues lines (newlines included) for the process; `flush` writes them.
+    pub fn queue(&mut self, line: &[u8]) -> Result<(), ProcError> {
         if self.outbuf.len() + line.len() > MAX_BACKLOG {
             return Err(ProcError::Backlog);
         }
-        self.outbuf.extend(line.as_bytes());
+        self.outbuf.extend(line);
         Ok(())
     }
 
@@ -339,6 +340,59 @@ impl FilterProcess {
             }
         }
         Ok(ReadStatus::More)
+    }
+
+    /// One step of the handshake: writes what waits (the `config|…` lines), reads the
+    /// `register|…` lines that came into `reg`. An error says why the process cannot be used.
+    pub fn read_registrations(&mut self, reg: &mut Registration) -> Result<(), String> {
+        self.flush().map_err(|e| e.to_string())?;
+        self.drain_stderr();
+        let mut lines = Vec::new();
+        let status = self.read_lines(|l| lines.push(l.to_vec())).map_err(|e| e.to_string())?;
+        for l in &lines {
+            match protocol::parse_output(l) {
+                Ok(Output::Register(r)) if !reg.is_ready() => {
+                    reg.handle(r);
+                }
+                Ok(_) => return Err("a line other than register|… before the first request".into()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        if status == ReadStatus::Closed && !reg.is_ready() {
+            return Err("exited during the handshake".into());
+        }
+        Ok(())
+    }
+
+    /// Reads what the process wrote after its handshake and gives `each` every line with
+    /// what it parses to. `Ok(true)`: input was left unread (call again). An error says why
+    /// the process must be stopped: it exited, or wrote a line that is malformed or a
+    /// register line (the lines before it were given).
+    pub fn read_outputs(&mut self, mut each: impl FnMut(&[u8], Output<'_>)) -> Result<bool, String> {
+        self.drain_stderr();
+        let mut bad = None;
+        let status = self.read_lines(|line| {
+            if bad.is_some() {
+                return;
+            }
+            match protocol::parse_output(line) {
+                Ok(Output::Register(_)) => bad = Some("register line after register|ready".into()),
+                Ok(output) => each(line, output),
+                Err(e) => {
+                    let shown = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
+                    bad = Some(format!("{e}: {}", shown.escape_debug()));
+                }
+            }
+        });
+        if let Some(why) = bad {
+            return Err(why);
+        }
+        match status {
+            Ok(ReadStatus::Open) => Ok(false),
+            Ok(ReadStatus::More) => Ok(true),
+            Ok(ReadStatus::Closed) => Err("exited".into()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Logs what the process wrote to stderr, a line at a time, as OpenSMTPD does.

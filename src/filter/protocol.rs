@@ -6,6 +6,7 @@
 //! (`MAX_LINE`) and turns every malformed line into a typed [`LineError`].
 
 use std::fmt::{self, Write as _};
+use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -413,6 +414,19 @@ pub fn write_report(out: &mut String, ts: Timestamp, session: Id, report: &Repor
     out.push('\n');
 }
 
+/// Appends one data-line request, newline included: `line` is one line of the message,
+/// dot-stuffed, as the client sent its bytes (OpenSMTPD passes 8-bit text through as is).
+pub fn write_dataline(out: &mut Vec<u8>, ts: Timestamp, session: Id, token: Id, line: &[u8]) {
+    write_dataline_head(out, ts, session, token);
+    out.extend_from_slice(line);
+    out.push(b'\n');
+}
+
+/// What comes before the line in a data-line request (the same for a batch of lines).
+pub fn write_dataline_head(out: &mut Vec<u8>, ts: Timestamp, session: Id, token: Id) {
+    let _ = write!(out, "filter|{VERSION}|{ts}|smtp-in|data-line|{session}|{token}|");
+}
+
 /// Appends one filter request, newline included. `param` is the phase's parameter as
 /// OpenSMTPD sends it (for connect: `RDNS|SRC`; mail-from and rcpt-to: the address without
 /// angle brackets; data and commit: empty).
@@ -448,10 +462,11 @@ pub enum Output<'a> {
         token: Id,
         response: Response<'a>,
     },
+    /// A line of the message as the filter wrote it: bytes, as OpenSMTPD passes them.
     DataLine {
         session: Id,
         token: Id,
-        line: &'a str,
+        line: &'a [u8],
     },
     /// `report|TIMESTAMP|smtp-in|SESSION|MESSAGE`: a filter's own report, relayed to the
     /// others as `filter-report`.
@@ -466,9 +481,9 @@ pub enum Output<'a> {
 pub enum LineError {
     /// Longer than [`MAX_LINE`].
     TooLong,
-    /// Not UTF-8. (OpenSMTPD passes bytes through; mxd keeps header text valid UTF-8.)
+    /// Not UTF-8, in a line other than a data line (those carry the message's bytes).
     NotUtf8,
-    /// A NUL or CR inside the line.
+    /// A CR inside the line, or a NUL outside a data line.
     ControlByte,
     /// The first field is none of register, filter-result, filter-dataline, report.
     UnknownKind,
@@ -504,7 +519,16 @@ pub fn parse_output(line: &[u8]) -> Result<Output<'_>, LineError> {
     if line.len() > MAX_LINE {
         return Err(LineError::TooLong);
     }
-    if line.iter().any(|b| *b == 0 || *b == b'\r') {
+    if let Some(rest) = line.strip_prefix(b"filter-dataline|") {
+        // The message's own bytes: 8-bit text and NULs pass, as the client sent them; a CR
+        // cannot (the session never sends one inside a line).
+        if memchr::memchr(b'\r', rest).is_some() {
+            return Err(LineError::ControlByte);
+        }
+        let (session, token, line) = ids(rest)?;
+        return Ok(Output::DataLine { session, token, line });
+    }
+    if memchr::memchr2(0, b'\r', line).is_some() {
         return Err(LineError::ControlByte);
     }
     let line = std::str::from_utf8(line).map_err(|_| LineError::NotUtf8)?;
@@ -512,12 +536,10 @@ pub fn parse_output(line: &[u8]) -> Result<Output<'_>, LineError> {
     match kind {
         "register" => parse_register(rest).map(Output::Register),
         "filter-result" => {
-            let (session, token, rest) = ids(rest)?;
+            let (session, token, rest) = ids(rest.as_bytes())?;
+            // `rest` ends on a field boundary of a str, so it is UTF-8 too.
+            let rest = std::str::from_utf8(rest).map_err(|_| LineError::NotUtf8)?;
             Ok(Output::Result { session, token, response: parse_response(rest)? })
-        }
-        "filter-dataline" => {
-            let (session, token, line) = ids(rest)?;
-            Ok(Output::DataLine { session, token, line })
         }
         "report" => parse_report(rest),
         _ => Err(LineError::UnknownKind),
@@ -543,18 +565,27 @@ fn parse_register(rest: &str) -> Result<Register, LineError> {
     .ok_or(LineError::BadRegister)
 }
 
-fn parse_id(s: &str) -> Result<Id, LineError> {
-    if s.is_empty() || s.len() > 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+fn parse_id(s: &[u8]) -> Result<Id, LineError> {
+    if s.is_empty() || s.len() > 16 {
         return Err(LineError::BadId);
     }
-    u64::from_str_radix(s, 16).map(Id).map_err(|_| LineError::BadId)
+    s.iter().try_fold(0u64, |n, &b| Ok((n << 4) | u64::from(hex_digit(b)?))).map(Id)
+}
+
+fn hex_digit(b: u8) -> Result<u8, LineError> {
+    match b {
+        b'0'..=b'9' => Ok(b - b'0'),
+        b'a'..=b'f' => Ok(b - b'a' + 10),
+        b'A'..=b'F' => Ok(b - b'A' + 10),
+        _ => Err(LineError::BadId),
+    }
 }
 
 /// `SESSION|TOKEN|REST`.
-fn ids(rest: &str) -> Result<(Id, Id, &str), LineError> {
-    let mut it = rest.splitn(3, '|');
-    let session = parse_id(it.next().unwrap_or(""))?;
-    let token = parse_id(it.next().unwrap_or(""))?;
+fn ids(rest: &[u8]) -> Result<(Id, Id, &[u8]), LineError> {
+    let mut it = rest.splitn(3, |b| *b == b'|');
+    let session = parse_id(it.next().unwrap_or_default())?;
+    let token = parse_id(it.next().unwrap_or_default())?;
     let rest = it.next().ok_or(LineError::BadId)?;
     Ok((session, token, rest))
 }
@@ -588,7 +619,7 @@ fn parse_report(rest: &str) -> Result<Output<'_>, LineError> {
     if it.next() != Some("smtp-in") {
         return Err(LineError::BadReport);
     }
-    let session = parse_id(it.next().unwrap_or(""))?;
+    let session = parse_id(it.next().unwrap_or("").as_bytes())?;
     let message = it.next().ok_or(LineError::BadReport)?;
     Ok(Output::Report { session, message })
 }

@@ -71,8 +71,8 @@ fn output_lines_parse() {
             Output::Result { session: SID, token: Id(0x1ef1c203cc576e5d), response: Response::Reject("550 nope") },
         ),
         ("filter-result|1|2|proceed", Output::Result { session: Id(1), token: Id(2), response: Response::Proceed }),
-        ("filter-dataline|1|2|a|b", Output::DataLine { session: Id(1), token: Id(2), line: "a|b" }),
-        ("filter-dataline|1|2|", Output::DataLine { session: Id(1), token: Id(2), line: "" }),
+        ("filter-dataline|1|2|a|b", Output::DataLine { session: Id(1), token: Id(2), line: b"a|b" }),
+        ("filter-dataline|1|2|", Output::DataLine { session: Id(1), token: Id(2), line: b"" }),
         ("report|1576146008.006099|smtp-in|1|hello", Output::Report { session: Id(1), message: "hello" }),
     ];
     for (line, want) in ok {
@@ -90,12 +90,29 @@ fn output_lines_parse() {
         (b"filter-result|1|2|accept|x", LineError::BadDecision),
         (b"report|1.5|smtp-in|1|x", LineError::BadReport),
         (b"filter-dataline|1|2|a\rb", LineError::ControlByte),
-        (b"filter-dataline|1|2|\xff", LineError::NotUtf8),
+        (b"filter-result|1|2|reject|550 caf\xe9", LineError::NotUtf8),
+        (b"report|1576146008.006099|smtp-in|1|\0", LineError::ControlByte),
     ];
     for (line, want) in bad {
         assert_eq!(parse_output(line), Err(want.clone()), "{:?}", String::from_utf8_lossy(line));
     }
     assert_eq!(parse_output(&vec![b'a'; MAX_LINE + 1]), Err(LineError::TooLong));
+    // A data line carries the message's bytes: 8-bit text and NULs pass as they are.
+    let latin1 = b"filter-dataline|1|2|Subject: caf\xe9\0";
+    assert_eq!(
+        parse_output(latin1),
+        Ok(Output::DataLine { session: Id(1), token: Id(2), line: b"Subject: caf\xe9\0" })
+    );
+}
+
+#[test]
+fn data_line_requests_carry_bytes() {
+    let mut out = Vec::new();
+    write_dataline(&mut out, TS, SID, Id(0x1ef1c203cc576e5d), b"..caf\xe9");
+    assert_eq!(
+        out,
+        b"filter|0.7|1576146008.006099|smtp-in|data-line|7641df9771b4ed00|1ef1c203cc576e5d|..caf\xe9\n".to_vec()
+    );
 }
 
 #[test]

@@ -302,7 +302,8 @@ impl Conn {
             return Ok(false);
         };
         self.phase = ConnPhase::Open;
-        if let Some(ip) = client {
+        if let Some(ends) = client {
+            let ip = ends.src.ip();
             log::info!("{} smtp proxy address={ip} via={}", self.id, self.peer());
             let policy = ConnPolicy::new(Arc::clone(&self.listener.config), Origin::Tcp(ip), self.listener.tag.clone());
             let cfg = self.listener.knobs.session_config(&self.listener.session, self.stream.local_ip());
@@ -312,6 +313,7 @@ impl Conn {
                 self.await_rdns(now);
             }
         }
+        self.filter_proxied(client);
         if self.listener.smtps {
             self.start_tls(now);
         }

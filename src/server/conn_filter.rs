@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use super::Conn;
 use crate::envelope::Target;
-use crate::filter::protocol::{self, Endpoint, EventKind, LinkAuthResult, Output, Report, TxResult};
+use crate::filter::protocol::{self, Endpoint, EventKind, LinkAuthResult, Report, TxResult};
 use crate::filter::{
     Chain, FilterAnswer, FilterDecision, FilterEvent, FilterLink, Id, Limits, Now, Phase, SessionFilter,
 };
@@ -52,8 +52,6 @@ struct DataStream {
     partial: Vec<u8>,
     /// The client's final dot was seen.
     ended: bool,
-    /// A line is not UTF-8: the rest is not streamed, and the message is refused.
-    not_utf8: bool,
     /// The chain refused the message while it streamed (too big).
     refused: Option<String>,
 }
@@ -78,8 +76,6 @@ pub(crate) struct ConnFilter {
     out_mark: usize,
     /// The message streaming through the data-line filters, between DATA's 354 and the end.
     stream: Option<DataStream>,
-    /// The message in `Park::Data` is refused once the filters are done (not UTF-8).
-    refuse_not_utf8: bool,
     /// A MAIL or RCPT line whose reply waits for the delivery process (`server::lookup`).
     parked_line: Option<Vec<u8>>,
 }
@@ -124,7 +120,6 @@ impl PendingFilter {
             rcpts: 0,
             out_mark: 0,
             stream: None,
-            refuse_not_utf8: false,
             parked_line: None,
         }
     }
@@ -204,7 +199,8 @@ pub(crate) fn consumed(filter: &mut Option<Box<ConnFilter>>, n: usize) {
 }
 
 /// Streams what the session consumed of the message: each whole line, dot-unstuffed and
-/// without its line ending, to the data-line filters, up to the client's final dot.
+/// without its line ending, to the data-line filters, up to the client's final dot. Bytes
+/// go as they came (8BITMIME text included), as OpenSMTPD passes them.
 fn stream_bytes(f: &mut ConnFilter, bytes: &[u8]) {
     let ConnFilter { stream: Some(s), engine, .. } = f else { return };
     let now = Now::read();
@@ -226,13 +222,8 @@ fn stream_bytes(f: &mut ConnFilter, bytes: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line == b"." {
             s.ended = true;
-        } else if !s.not_utf8 {
-            let line = line.strip_prefix(b".").unwrap_or(line);
-            match std::str::from_utf8(line) {
-                Ok(text) => engine.data_line(now, text),
-                // The protocol core carries UTF-8 lines: refused rather than altered.
-                Err(_) => s.not_utf8 = true,
-            }
+        } else {
+            engine.data_line(now, line.strip_prefix(b".").unwrap_or(line));
         }
     }
 }
@@ -287,9 +278,10 @@ impl Conn {
     }
 
     /// Gives the connection its filtering, once the client's name is known (call after
-    /// the rDNS lookup was started, if it was).
+    /// the rDNS lookup was started, if it was). Behind a proxy, the client is known from
+    /// its PROXY header: filtering waits for that too (`filter_proxied`).
     pub(crate) fn attach_filter(&mut self, pending: PendingFilter) {
-        if self.awaits_rdns() {
+        if self.awaits_rdns() || matches!(self.phase, super::ConnPhase::Proxy(_)) {
             self.filter_pending = Some(Box::new(pending));
         } else {
             let rdns = self.rdns().map(str::to_owned);
@@ -297,8 +289,23 @@ impl Conn {
         }
     }
 
+    /// The PROXY header is in: filters see the client it names (`link-connect`, `src`),
+    /// not the proxy, once its name is known.
+    pub(crate) fn filter_proxied(&mut self, client: Option<crate::server::proxy::Ends>) {
+        if let (Some(p), Some(ends)) = (self.filter_pending.as_mut(), client) {
+            p.link.src = Endpoint::Inet(ends.src);
+            p.link.dest = Endpoint::Inet(ends.dest);
+        }
+        if !self.awaits_rdns() {
+            self.filter_rdns_known();
+        }
+    }
+
     /// The rDNS wait is over: the filter session opens, before the greeting is written.
     pub(crate) fn filter_rdns_known(&mut self) {
+        if matches!(self.phase, super::ConnPhase::Proxy(_)) {
+            return; // the client is not known yet
+        }
         if let Some(pending) = self.filter_pending.take() {
             let rdns = self.rdns().map(str::to_owned);
             self.open_filter(pending.open(rdns.as_deref()));
@@ -523,17 +530,12 @@ impl Conn {
                 return self.refuse_message(message, &r, false);
             }
             f.engine.data_end(now);
-            f.refuse_not_utf8 = stream.not_utf8;
             f.park = Park::Data(message);
         } else if f.chain.filters_phase(Phase::DataLine) {
-            // The protocol core carries UTF-8 lines: refused rather than altered.
-            let Ok(text) = std::str::from_utf8(&message.body) else {
-                return self.refuse_message(message, crate::smtp::reply::FILTER_NOT_UTF8, false);
-            };
             f.engine.data_begin(now);
-            let body = text.strip_suffix('\n').unwrap_or(text);
+            let body = message.body.strip_suffix(b"\n").unwrap_or(&message.body);
             if !body.is_empty() {
-                for line in body.split('\n') {
+                for line in body.split(|b| *b == b'\n') {
                     f.engine.data_line(now, line);
                 }
             }
@@ -548,19 +550,18 @@ impl Conn {
         self.filter_events();
     }
 
-    /// A line a filter process wrote for this session.
-    pub(crate) fn filter_answer(&mut self, proc: &str, line: &[u8]) {
+    /// Lines a filter process wrote for this session, each ended by a newline.
+    pub(crate) fn filter_answer(&mut self, proc: &str, lines: &[u8]) {
         let Some(f) = self.filter.as_mut() else { return };
         let now = Now::read();
-        let answer = match protocol::parse_output(line) {
-            Ok(Output::Result { token, response, .. }) => Some((token, FilterAnswer::Result(response))),
-            Ok(Output::DataLine { token, line, .. }) => Some((token, FilterAnswer::DataLine(line))),
-            Ok(Output::Report { message, .. }) => Some((Id(0), FilterAnswer::Report(message))),
-            _ => None,
-        };
-        if let Some((token, answer)) = answer {
-            if let Err(e) = f.engine.handle_output(now, proc, token, answer) {
-                log::warn!("{} filter {proc}: {e}", self.id);
+        for line in lines.split_inclusive(|b| *b == b'\n') {
+            // The filter thread checked the line: it parses, and names this session.
+            let line = line.strip_suffix(b"\n").unwrap_or(line);
+            let answer = protocol::parse_output(line).ok().and_then(FilterAnswer::of);
+            if let Some((_, token, answer)) = answer {
+                if let Err(e) = f.engine.handle_output(now, proc, token, answer) {
+                    log::warn!("{} filter {proc}: {e}", self.id);
+                }
             }
         }
         self.filter_events();
@@ -642,7 +643,7 @@ impl Conn {
                     log::info!("{} filter-report filter={filter} message=\"{}\"", self.id, message.escape_debug())
                 }
                 FilterEvent::Decided(phase, d) => self.decided(phase, d),
-                FilterEvent::Message(lines) => self.filtered(lines),
+                FilterEvent::Message(body) => self.filtered(body),
             }
         }
     }
@@ -677,6 +678,8 @@ impl Conn {
             (Park::Commit(m), _) => self.message_ready(m),
             (Park::Data(m), _) => f.park = Park::Data(m),
             (Park::Drain, FilterDecision::Disconnect(r)) => self.refuse(&r, true),
+            // The chain refused a message the session had refused already: it is done.
+            (Park::Drain, FilterDecision::Reject(_)) => {}
             (Park::Drain, _) => f.park = Park::Drain,
             (Park::None, FilterDecision::Disconnect(r)) => self.refuse(&r, true),
             (Park::None, FilterDecision::Reject(r)) => {
@@ -690,17 +693,9 @@ impl Conn {
     }
 
     /// Data-line filtering is done: the message is what the last filter wrote.
-    fn filtered(&mut self, lines: Vec<String>) {
+    fn filtered(&mut self, body: Vec<u8>) {
         let Some(f) = self.filter.as_mut() else { return };
         let Park::Data(mut m) = std::mem::replace(&mut f.park, Park::None) else { return };
-        if std::mem::take(&mut f.refuse_not_utf8) {
-            return self.refuse_message(m, crate::smtp::reply::FILTER_NOT_UTF8, false);
-        }
-        let mut body = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
-        for l in &lines {
-            body.extend_from_slice(l.as_bytes());
-            body.push(b'\n');
-        }
         self.session.buffers().give(std::mem::replace(&mut m.body, body));
         m.size = m.body.len() as u64;
         if f.chain.filters_phase(Phase::Commit) {

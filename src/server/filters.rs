@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::Config;
-use crate::filter::process::{FilterProcess, ReadStatus};
+use crate::filter::process::FilterProcess;
 use crate::filter::protocol::{self, Output};
 use crate::filter::tables::ConfigTables;
 use crate::filter::{Chain, Id, Limits, Registration};
@@ -51,14 +51,22 @@ const HUB_WAKER: Token = Token(0);
 
 /// From a loop to the filter thread.
 pub(crate) enum ToHub {
-    Open { session: Id, from: usize },
+    Open {
+        session: Id,
+        from: usize,
+    },
     Close(Id),
-    Line { session: Id, proc: Arc<str>, line: String },
+    /// Lines for `proc`, newlines included (one or more).
+    Line {
+        session: Id,
+        proc: Arc<str>,
+        line: Vec<u8>,
+    },
 }
 
 /// From the filter thread to a loop.
 pub(crate) enum FromHub {
-    /// A line `proc` wrote for one of this loop's sessions.
+    /// Lines `proc` wrote for one of this loop's sessions, each ended by a newline.
     Line { session: Id, proc: Arc<str>, line: Vec<u8> },
     /// `proc` died or misbehaved and was stopped.
     Failed(Arc<str>),
@@ -167,24 +175,8 @@ fn handshakes(procs: &mut [FilterProcess]) -> Result<HashMap<String, Registratio
     let mut regs = vec![Registration::default(); procs.len()];
     while !regs.iter().all(Registration::is_ready) {
         for (p, reg) in procs.iter_mut().zip(regs.iter_mut()) {
-            let name = p.name().to_string();
-            let bad = |why: &dyn std::fmt::Display| StartError::Filter(format!("filter {name}: handshake: {why}"));
-            p.flush().map_err(|e| bad(&e))?;
-            p.drain_stderr();
-            let mut lines = Vec::new();
-            let status = p.read_lines(|l| lines.push(l.to_vec())).map_err(|e| bad(&e))?;
-            for l in &lines {
-                match protocol::parse_output(l) {
-                    Ok(Output::Register(r)) if !reg.is_ready() => {
-                        reg.handle(r);
-                    }
-                    Ok(_) => return Err(bad(&"a line other than register|… before the first request")),
-                    Err(e) => return Err(bad(&e)),
-                }
-            }
-            if status == ReadStatus::Closed && !reg.is_ready() {
-                return Err(bad(&"exited during the handshake"));
-            }
+            p.read_registrations(reg)
+                .map_err(|why| StartError::Filter(format!("filter {}: handshake: {why}", p.name())))?;
         }
         if Instant::now() >= deadline {
             let late = procs.iter().zip(&regs).find(|(_, r)| !r.is_ready()).map(|(p, _)| p.name().to_string());
@@ -299,44 +291,37 @@ impl Hub {
         }
     }
 
-    /// Routes every process's lines to the loops; true if input was left unread.
+    /// Routes every process's lines to the loops, a session's consecutive lines as one
+    /// hand-off; true if input was left unread.
     fn read_all(&mut self, names: &[Arc<str>]) -> bool {
         let mut more = false;
         for i in 0..self.procs.len() {
             let Some(p) = self.procs[i].as_mut() else { continue };
-            p.drain_stderr();
-            let mut lines = Vec::new();
-            let status = p.read_lines(|l| lines.push(l.to_vec()));
-            for line in lines {
-                let session = match protocol::parse_output(&line) {
-                    Ok(
-                        Output::Result { session, .. }
-                        | Output::DataLine { session, .. }
-                        | Output::Report { session, .. },
-                    ) => session,
-                    Ok(Output::Register(_)) => {
-                        self.fail(i, names, "register line after register|ready");
-                        break;
-                    }
-                    Err(e) => {
-                        let shown = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
-                        self.fail(i, names, &format!("{e}: {}", shown.escape_debug()));
-                        break;
-                    }
+            let mut batches: Vec<(Id, Vec<u8>)> = Vec::new();
+            let read = p.read_outputs(|line, output| {
+                let session = match output {
+                    Output::Result { session, .. }
+                    | Output::DataLine { session, .. }
+                    | Output::Report { session, .. } => session,
+                    Output::Register(_) => return, // refused by read_outputs
                 };
+                match batches.last_mut() {
+                    Some((s, lines)) if *s == session => lines.extend_from_slice(line),
+                    _ => batches.push((session, line.to_vec())),
+                }
+                if let Some((_, lines)) = batches.last_mut() {
+                    lines.push(b'\n');
+                }
+            });
+            for (session, line) in batches {
                 match self.sessions.get(&session) {
                     Some(&l) => self.send_loop(l, FromHub::Line { session, proc: names[i].clone(), line }),
                     None => log::debug!("filter {}: unknown session {session}", names[i]),
                 }
             }
-            if self.procs[i].is_none() {
-                continue;
-            }
-            match status {
-                Ok(ReadStatus::Open) => {}
-                Ok(ReadStatus::More) => more = true,
-                Ok(ReadStatus::Closed) => self.fail(i, names, "exited"),
-                Err(e) => self.fail(i, names, &e.to_string()),
+            match read {
+                Ok(left) => more |= left,
+                Err(why) => self.fail(i, names, &why),
             }
         }
         more

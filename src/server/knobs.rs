@@ -65,7 +65,7 @@ impl ProxyWait {
     /// `Ok(Some(client))` once the header is read (`client` is `None` when it names no
     /// address: the connection's own stands); `Ok(None)` until more arrives; an error when
     /// the client is gone or sent something else.
-    pub(crate) fn read(&mut self, stream: &mut Stream, scratch: &mut [u8]) -> io::Result<Option<Option<IpAddr>>> {
+    pub(crate) fn read(&mut self, stream: &mut Stream, scratch: &mut [u8]) -> io::Result<Option<Option<proxy::Ends>>> {
         let window = scratch.len().min(proxy::MAX_HEADER);
         let n = match stream.peek(&mut scratch[..window]) {
             Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before the PROXY header")),

@@ -5,7 +5,7 @@
 //! Untrusted input: never panics; a header is at most `MAX_HEADER` bytes, so a connection
 //! waiting for one holds a bounded buffer.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// v2: 16 fixed bytes and the addresses, plus TLVs a proxy may add (haproxy's unique id,
 /// TLS facts); anything longer is refused rather than buffered.
@@ -14,15 +14,23 @@ pub(crate) const MAX_HEADER: usize = 16 + 1024;
 const MAX_V1: usize = 107;
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 
+/// The connection as the proxy received it: the client's address and port, and the
+/// address and port the client connected to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ends {
+    pub(crate) src: SocketAddr,
+    pub(crate) dest: SocketAddr,
+}
+
 /// What the start of a connection says.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Parse {
     /// Not all of the header yet.
     Incomplete,
-    /// A whole header of `len` bytes; `client` is the address it names, or `None` for v2
+    /// A whole header of `len` bytes; `client` is the connection it names, or `None` for v2
     /// LOCAL, v1 UNKNOWN and families other than TCP over IPv4/IPv6 (the connection's own
-    /// address stands, as the specification says).
-    Done { len: usize, client: Option<IpAddr> },
+    /// addresses stand, as the specification says).
+    Done { len: usize, client: Option<Ends> },
     /// Not a PROXY header: the connection is dropped.
     Invalid(&'static str),
 }
@@ -59,16 +67,22 @@ fn parse_v2(buf: &[u8]) -> Parse {
         1 => {}
         _ => return Parse::Invalid("PROXY v2: unknown command"),
     }
+    // Source and destination addresses, then their ports.
+    let ends = |n: usize, ip: fn(&[u8]) -> IpAddr| {
+        let port = |at: usize| u16::from_be_bytes([body[at], body[at + 1]]);
+        Ends {
+            src: SocketAddr::new(ip(&body[..n]), port(2 * n)),
+            dest: SocketAddr::new(ip(&body[n..2 * n]), port(2 * n + 2)),
+        }
+    };
+    let v4 = |b: &[u8]| IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+    let v6 = |b: &[u8]| IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).unwrap_or_default()));
     let client = match family {
-        // TCP or UDP over IPv4: source, destination, ports.
-        0x11 | 0x12 => match body.get(..4) {
-            Some(&[a, b, c, d]) if body.len() >= 12 => Some(IpAddr::V4(Ipv4Addr::new(a, b, c, d))),
-            _ => return Parse::Invalid("PROXY v2: short IPv4 addresses"),
-        },
-        0x21 | 0x22 => match body.get(..16).and_then(|s| <[u8; 16]>::try_from(s).ok()) {
-            Some(octets) if body.len() >= 36 => Some(IpAddr::V6(Ipv6Addr::from(octets))),
-            _ => return Parse::Invalid("PROXY v2: short IPv6 addresses"),
-        },
+        // TCP or UDP over IPv4 or IPv6.
+        0x11 | 0x12 if body.len() >= 12 => Some(ends(4, v4)),
+        0x11 | 0x12 => return Parse::Invalid("PROXY v2: short IPv4 addresses"),
+        0x21 | 0x22 if body.len() >= 36 => Some(ends(16, v6)),
+        0x21 | 0x22 => return Parse::Invalid("PROXY v2: short IPv6 addresses"),
         _ => None,
     };
     Parse::Done { len, client }
@@ -88,9 +102,12 @@ fn parse_v1(buf: &[u8]) -> Parse {
         ["PROXY", family @ ("TCP4" | "TCP6"), src, dst, sport, dport] => {
             let v4 = *family == "TCP4";
             let addr = |s: &str| s.parse::<IpAddr>().ok().filter(|ip| ip.is_ipv4() == v4);
-            let port_ok = |s: &str| s.parse::<u16>().is_ok() && !(s.len() > 1 && s.starts_with('0'));
-            match (addr(src), addr(dst), port_ok(sport) && port_ok(dport)) {
-                (Some(client), Some(_), true) => Parse::Done { len, client: Some(client) },
+            let port = |s: &str| s.parse::<u16>().ok().filter(|_| !(s.len() > 1 && s.starts_with('0')));
+            match (addr(src), addr(dst), port(sport), port(dport)) {
+                (Some(s), Some(d), Some(sp), Some(dp)) => {
+                    let client = Ends { src: SocketAddr::new(s, sp), dest: SocketAddr::new(d, dp) };
+                    Parse::Done { len, client: Some(client) }
+                }
                 _ => Parse::Invalid("PROXY v1: bad addresses"),
             }
         }
@@ -101,6 +118,10 @@ fn parse_v1(buf: &[u8]) -> Parse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ends(src: &str, dest: &str) -> Ends {
+        Ends { src: src.parse().unwrap(), dest: dest.parse().unwrap() }
+    }
 
     fn v2(cmd: u8, family: u8, body: &[u8]) -> Vec<u8> {
         let mut h = V2_SIGNATURE.to_vec();
@@ -114,7 +135,7 @@ mod tests {
     fn version_2() {
         let mut body = vec![192, 0, 2, 7, 127, 0, 0, 1, 0x30, 0x39, 0, 25];
         let h = v2(1, 0x11, &body);
-        assert_eq!(parse(&h), Parse::Done { len: 28, client: Some("192.0.2.7".parse().unwrap()) });
+        assert_eq!(parse(&h), Parse::Done { len: 28, client: Some(ends("192.0.2.7:12345", "127.0.0.1:25")) });
         for cut in 0..h.len() {
             assert_eq!(parse(&h[..cut]), Parse::Incomplete, "{cut}");
         }
@@ -122,7 +143,7 @@ mod tests {
         assert!(matches!(parse(&v2(1, 0x11, &body)), Parse::Done { len: 32, .. }));
         let mut six = vec![0x20, 1, 0xd, 0xb8];
         six.resize(36, 0);
-        assert_eq!(parse(&v2(1, 0x21, &six)), Parse::Done { len: 52, client: Some("2001:db8::".parse().unwrap()) });
+        assert_eq!(parse(&v2(1, 0x21, &six)), Parse::Done { len: 52, client: Some(ends("[2001:db8::]:0", "[::]:0")) });
         assert_eq!(parse(&v2(0, 0, &[])), Parse::Done { len: 16, client: None });
         assert_eq!(parse(&v2(1, 0x31, &[0; 216])), Parse::Done { len: 232, client: None });
         assert!(matches!(parse(&v2(1, 0x11, &[1, 2, 3])), Parse::Invalid(_)));
@@ -133,10 +154,10 @@ mod tests {
     #[test]
     fn version_1() {
         let line = b"PROXY TCP4 198.51.100.9 127.0.0.1 40000 25\r\nEHLO x\r\n";
-        assert_eq!(parse(line), Parse::Done { len: 44, client: Some("198.51.100.9".parse().unwrap()) });
+        assert_eq!(parse(line), Parse::Done { len: 44, client: Some(ends("198.51.100.9:40000", "127.0.0.1:25")) });
         assert_eq!(
             parse(b"PROXY TCP6 2001:db8::1 ::1 1 25\r\n"),
-            Parse::Done { len: 33, client: Some("2001:db8::1".parse().unwrap()) }
+            Parse::Done { len: 33, client: Some(ends("[2001:db8::1]:1", "[::1]:25")) }
         );
         assert_eq!(parse(b"PROXY UNKNOWN\r\n"), Parse::Done { len: 15, client: None });
         assert_eq!(parse(b"PROXY TCP4 1.2.3.4"), Parse::Incomplete);

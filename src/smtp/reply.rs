@@ -127,8 +127,8 @@ pub const FILTER_FAIL: &str = "421 4.3.0 Filter failure, try again later";
 pub const FILTER_INVALID: &str = "421 Internal server error";
 /// Data-line filters made the message larger than the limit.
 pub const FILTER_TOO_BIG: &str = "552 5.3.4 Message too big after filtering";
-/// A message data-line filters cannot be given unaltered.
-pub const FILTER_NOT_UTF8: &str = "554 5.6.0 Message is not UTF-8: this listener's filters cannot take it";
+/// A message line longer than data-line filters can be given and answer (`MAX_DATA_LINE`).
+pub const FILTER_LINE_TOO_LONG: &str = "554 5.6.0 Message refused: a line is too long for this listener's filters";
 
 pub const SHUTTING_DOWN: Reply = Reply::fixed(421, "4.3.0", "Server shutting down");
 pub const TOO_MANY_CONNECTIONS: Reply = Reply::fixed(421, "4.3.2", "Too many connections, try again later");

@@ -13,7 +13,8 @@ that does not conform), and answers each kind of response, chosen by the paramet
   help                       reject|502 5.5.1 no help from the filter
   anything else              proceed
 
-Data lines are echoed, with `X-Filtered: all_phases` added before the first one. Every
+Data lines are echoed byte for byte (8-bit text included, as OpenSMTPD passes it), with
+`X-Filtered: all_phases` added before the first one. Every
 event and phase seen is appended to the log file given as argv[1], after `uid=N`: a report
 as `EVENT PARAMS` (its parameters after the session id, joined by `|`), a request as
 `PHASE PARAM`.
@@ -29,7 +30,10 @@ EVENTS = {  # event: number of parameters after the session id (None: at least 1
     "tx-envelope": 2, "tx-data": 2, "tx-commit": 2, "tx-rollback": 1, "protocol-client": None,
     "protocol-server": None, "filter-report": 3, "filter-response": None, "timeout": 0,
 }
-log = open(sys.argv[1], "a", buffering=1)
+# Bytes that are not UTF-8 (a Latin-1 message) round-trip through surrogates.
+sys.stdin.reconfigure(errors="surrogateescape")
+sys.stdout.reconfigure(errors="surrogateescape")
+log = open(sys.argv[1], "a", buffering=1, errors="surrogateescape")
 
 
 def bad(line):

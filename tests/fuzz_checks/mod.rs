@@ -354,7 +354,9 @@ pub fn filter_line(data: &[u8]) {
     for line in data.split(|b| *b == b'\n') {
         let inside = |s: &str| assert!(!s.contains(['\n', '\r', '\0']), "{s:?}");
         match protocol::parse_output(line) {
-            Ok(Output::DataLine { line, .. }) | Ok(Output::Report { message: line, .. }) => inside(line),
+            // The message's bytes: anything but a line end.
+            Ok(Output::DataLine { line, .. }) => assert!(!line.contains(&b'\n') && !line.contains(&b'\r'), "{line:?}"),
+            Ok(Output::Report { message: line, .. }) => inside(line),
             Ok(Output::Result { response, .. }) => match response {
                 Response::Reject(r) | Response::Disconnect(r) | Response::Rewrite(r) | Response::Report(r) => inside(r),
                 Response::Proceed | Response::Junk => {}
@@ -390,7 +392,7 @@ pub fn filter_line(data: &[u8]) {
                 0 => s.begin(now, Phase::RcptTo, "a@b"),
                 1 => {
                     s.data_begin(now);
-                    s.data_line(now, ".x");
+                    s.data_line(now, b".x");
                     s.data_end(now);
                 }
                 _ => s.begin(now, Phase::Commit, ""),
@@ -412,9 +414,10 @@ pub fn filter_line(data: &[u8]) {
                 FilterEvent::Decided(_, FilterDecision::Disconnect(r)) => {
                     assert!(valid_refusal(&r) || r == FILTER_INVALID || r == FILTER_FAIL, "{r:?}")
                 }
-                FilterEvent::Message(lines) => {
-                    assert!(lines.iter().map(|l| l.len() + 1).sum::<usize>() <= 256);
-                    assert!(lines.iter().all(|l| !l.contains('\n')));
+                FilterEvent::Message(body) => {
+                    assert!(body.len() <= 256);
+                    assert!(body.is_empty() || body.ends_with(b"\n"));
+                    assert!(!body.contains(&b'\r'));
                 }
                 FilterEvent::Decided(..) | FilterEvent::Reported { .. } => {}
             }
