@@ -431,8 +431,9 @@ fn listener(
             },
         );
     }
+    // A proc table here is asked by the delivery process while the greeting waits.
     if let Some(t) = &l.options.hostnames {
-        need_table(c, &l.at, tables, t, Some(Kind::Mapping));
+        need_lookup_table(c, &l.at, tables, t, Some(Kind::Mapping));
     }
     if let Some(t) = &l.options.senders {
         need_lookup_table(c, &l.at, tables, t, Some(Kind::Mapping));

@@ -8,13 +8,15 @@
 //!
 //! The question is untrusted: it is only an envelope a client could have sent. Its answer
 //! is one of a few verdicts, never a path or a table's value; a `senders` question is
-//! answered only for a table some listener names with that `masquerade`.
+//! answered only for a table some listener names with that `masquerade`. The one value
+//! given back is a `hostnames` table's name for a local address, asked only of a table
+//! some listener names so, and only when it can stand in a greeting (`host_name_ok`).
 
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use super::frame::{LookupAsk, LookupQuestion, LookupVerdict};
+use super::frame::{host_name_ok, LookupAsk, LookupQuestion, LookupVerdict};
 use crate::auth::senders::sender_allowed;
 use crate::config::Config;
 use crate::envelope::Envelope;
@@ -71,6 +73,7 @@ pub fn answer(config: &Config, ask: &LookupAsk) -> LookupVerdict {
     let rcpt = match &ask.question {
         LookupQuestion::Rcpt(r) => r.as_str(),
         LookupQuestion::Sender { table, masquerade } => return sender(config, ask, table, *masquerade),
+        LookupQuestion::Hostname { table, local } => return hostname(config, table, *local),
     };
     let Ok(decoded) = crate::srs::reverse(config, rcpt) else { return LookupVerdict::BadSrs };
     let rcpt = decoded.as_deref().unwrap_or(rcpt);
@@ -132,5 +135,25 @@ fn sender(config: &Config, ask: &LookupAsk, table: &str, masquerade: bool) -> Lo
         LookupVerdict::Ok
     } else {
         LookupVerdict::SenderNotAllowed
+    }
+}
+
+/// `listen … hostnames <t>`: the table's name for the local address a client reached
+/// (OpenSMTPD's `addrname` lookup); `Empty` when it has none.
+fn hostname(config: &Config, table: &str, local: std::net::IpAddr) -> LookupVerdict {
+    let named = config.listeners.iter().any(|l| l.options.hostnames.as_deref() == Some(table));
+    let (Some(t), true) = (config.table(table), named) else {
+        log::warn!("lookup: a hostnames question for table '{table}', which no listener uses so");
+        return LookupVerdict::TempFail;
+    };
+    let key = local.to_string();
+    match t.lookup_value(TableService::Addrname, &key) {
+        Ok(Some(name)) if host_name_ok(name.trim()) => LookupVerdict::Name(name.trim().to_owned()),
+        Ok(Some(name)) => {
+            log::warn!("lookup: table {table} names {key} \"{}\", not a host name", name.escape_debug());
+            LookupVerdict::TempFail
+        }
+        Ok(None) => LookupVerdict::Empty,
+        Err(LookupError::Deferred(why) | LookupError::Failed(why)) => failed(&key, &why),
     }
 }

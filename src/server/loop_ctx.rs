@@ -27,6 +27,11 @@ pub(crate) enum Waiter {
         sid: SessionId,
         id: LookupId,
     },
+    /// A `hostnames` proc table's name for the greeting (`conn_hostname.rs`).
+    Hostname {
+        slot: usize,
+        sid: SessionId,
+    },
 }
 
 /// A delivery's result, addressed to the connection that waits for it.
