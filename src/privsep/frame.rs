@@ -28,7 +28,10 @@
 //! rdns`; delivery → smtp, a verdict frame of kind 32 + [`LookupVerdict`] and no text.
 //! A `hostnames <t>` question (3) names the table as its subject and adds the local address
 //! the client reached (an origin) after `rdns`; its answer, [`LookupVerdict::Name`], is the
-//! verdict kind 44 followed by the name.
+//! verdict kind 44 followed by the name. A builtin filter's condition on a table process
+//! (4) names the table too, and adds `u8 kind (filter::LookupKind, +128 for regex) | str
+//! key` after `rdns`; its answer is `Ok` (the key is in the table), `NotAuthorized` (it is
+//! not) or `TempFail`.
 //!
 //! The smtp process's first frame is an empty one of kind 2 carrying, as SCM_RIGHTS, one
 //! socketpair end per event loop; messages, logins and their verdicts then go over those
@@ -42,6 +45,7 @@ use zeroize::Zeroize;
 
 use crate::auth::Secret;
 use crate::envelope::Origin;
+use crate::filter::LookupKind;
 
 /// Largest head accepted: 1000 recipients of 256 octets, a Received header, slack.
 pub const MAX_HEAD: usize = 1 << 20;
@@ -312,7 +316,14 @@ pub enum LookupQuestion {
     Sender { table: String, masquerade: bool },
     /// `listen … hostnames <table>`: this host's name for the local address `local`.
     Hostname { table: String, local: IpAddr },
+    /// A builtin filter's condition: is `key` in `table` (compared as `kind`, or as regular
+    /// expressions)?
+    FilterTable { table: String, regex: bool, kind: LookupKind, key: String },
 }
+
+/// [`LookupKind`]s by their number on the wire.
+const LOOKUP_KINDS: [LookupKind; 4] =
+    [LookupKind::Domain, LookupKind::NetAddr, LookupKind::String, LookupKind::MailAddr];
 
 /// A question at RCPT or MAIL, smtp → delivery, with the envelope as the session has it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -383,6 +394,7 @@ pub fn encode_lookup_ask(ask: &LookupAsk, out: &mut Vec<u8>) {
         LookupQuestion::Rcpt(r) => (0u8, r),
         LookupQuestion::Sender { table, masquerade } => (1 + u8::from(*masquerade), table),
         LookupQuestion::Hostname { table, .. } => (3, table),
+        LookupQuestion::FilterTable { table, .. } => (4, table),
     };
     out.push(q);
     put_str(out, Some(subject));
@@ -393,8 +405,14 @@ pub fn encode_lookup_ask(ask: &LookupAsk, out: &mut Vec<u8>) {
     put_str(out, Some(&ask.mail_from));
     put_str(out, Some(&ask.helo));
     put_str(out, ask.rdns.as_deref());
-    if let LookupQuestion::Hostname { local, .. } = &ask.question {
-        put_origin(out, &Origin::Tcp(*local));
+    match &ask.question {
+        LookupQuestion::Hostname { local, .. } => put_origin(out, &Origin::Tcp(*local)),
+        LookupQuestion::FilterTable { regex, kind, key, .. } => {
+            let k = LOOKUP_KINDS.iter().position(|x| x == kind).unwrap_or(0) as u8;
+            out.push(k | u8::from(*regex) << 7);
+            put_str(out, Some(key));
+        }
+        _ => {}
     }
     let len = (out.len() - start - 4) as u32 | u32::from(KIND_LOOKUP) << 24;
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -413,6 +431,7 @@ pub fn decode_lookup_ask(bytes: &[u8]) -> Result<LookupAsk, FrameError> {
         0 => LookupQuestion::Rcpt(subject),
         1 | 2 => LookupQuestion::Sender { table: subject, masquerade: q == 2 },
         3 => LookupQuestion::Hostname { table: subject, local: IpAddr::from([0, 0, 0, 0]) },
+        4 => LookupQuestion::FilterTable { table: subject, regex: false, kind: LookupKind::String, key: String::new() },
         _ => return Err(FrameError::Bad("lookup question")),
     };
     let origin = c.origin()?;
@@ -422,9 +441,18 @@ pub fn decode_lookup_ask(bytes: &[u8]) -> Result<LookupAsk, FrameError> {
     let mail_from = c.str()?;
     let helo = c.str()?;
     let rdns = c.opt_str()?;
-    if let LookupQuestion::Hostname { local, .. } = &mut question {
-        let Origin::Tcp(ip) = c.origin()? else { return Err(FrameError::Bad("local address")) };
-        *local = ip;
+    match &mut question {
+        LookupQuestion::Hostname { local, .. } => {
+            let Origin::Tcp(ip) = c.origin()? else { return Err(FrameError::Bad("local address")) };
+            *local = ip;
+        }
+        LookupQuestion::FilterTable { regex, kind, key, .. } => {
+            let k = c.u8()?;
+            *kind = *LOOKUP_KINDS.get(usize::from(k & 0x7f)).ok_or(FrameError::Bad("lookup kind"))?;
+            *regex = k & 0x80 != 0;
+            *key = c.str()?;
+        }
+        _ => {}
     }
     if !c.0.is_empty() {
         return Err(FrameError::TooLong(bytes.len()));
@@ -702,12 +730,20 @@ mod tests {
         let local = "::1".parse().unwrap();
         let host =
             LookupAsk { seq: 13, question: LookupQuestion::Hostname { table: "names".into(), local }, ..ask.clone() };
+        let question = LookupQuestion::FilterTable {
+            table: "bad".into(),
+            regex: true,
+            kind: LookupKind::MailAddr,
+            key: "x@y".into(),
+        };
+        let filter = LookupAsk { seq: 14, question, ..ask.clone() };
         let mut out = Vec::new();
         encode_lookup_ask(&ask, &mut out);
         encode_lookup_ask(&rcpt, &mut out);
         encode_lookup_ask(&host, &mut out);
+        encode_lookup_ask(&filter, &mut out);
         let mut r = &out[..];
-        for want in [&ask, &rcpt, &host] {
+        for want in [&ask, &rcpt, &host, &filter] {
             let (k, b) = read_kinded(&mut r, MAX_HEAD).unwrap().unwrap();
             assert_eq!((k, decode_lookup_ask(&b).as_ref()), (KIND_LOOKUP, Ok(want)));
             for n in 0..b.len() {

@@ -335,6 +335,13 @@ impl EventLoop {
                         };
                         self.on_hostname(slot, sid, verdict, scratch, now);
                     }
+                    (Waiter::FilterTable { slot, sid }, answer) => {
+                        let verdict = match answer {
+                            Answer::Lookup(v) => v,
+                            _ => LookupVerdict::TempFail,
+                        };
+                        self.on_filter_table(slot, sid, verdict, scratch, now);
+                    }
                     (Waiter::Message { slot, sid, msgid }, Answer::Auth(_) | Answer::Lookup(_)) => {
                         let outcome = DeliveryVerdict::TempFail("delivery answered another request".into());
                         self.on_verdict(DeliveryReport { slot, sid, msgid, outcome }, scratch, now);
@@ -428,6 +435,26 @@ impl EventLoop {
             return; // the client left; its slot was reused
         }
         s.conn.handle_hostname(verdict);
+        self.pump(slot, scratch, now);
+    }
+
+    /// Delivery's answer to a builtin filter condition's question: the chain goes on.
+    fn on_filter_table(
+        &mut self,
+        slot: usize,
+        sid: crate::envelope::SessionId,
+        verdict: LookupVerdict,
+        scratch: &mut [u8],
+        now: Instant,
+    ) {
+        let Some(Some(s)) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if s.conn.id != sid {
+            return; // the client left; its slot was reused
+        }
+        s.conn.readable = true;
+        s.conn.filter_table_answered(verdict);
         self.pump(slot, scratch, now);
     }
 
