@@ -91,3 +91,108 @@ impl SessionFilter {
         matches!(self.state, FilterState::Table { .. })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::super::super::builtin::{BuiltinAction, BuiltinRule, Condition, Test};
+    use super::super::super::chain::{Chain, ChainFilter, ChainFilterKind, FilterChain};
+    use super::super::super::protocol::{Endpoint, Timestamp};
+    use super::super::{FilterDecision, FilterLink, Id, Limits};
+    use super::*;
+
+    /// `proc` is a table process's; `file` holds `x@file.test`.
+    struct Two;
+    impl Tables for Two {
+        fn contains(&self, _: &TableRef, _: LookupKind, key: &str) -> bool {
+            key == "x@file.test"
+        }
+        fn asks(&self, t: &TableRef) -> bool {
+            t.name == "proc"
+        }
+    }
+
+    fn rule(name: &str, table: &str, negate: bool, action: BuiltinAction) -> ChainFilter {
+        let test = Test::RcptTo(TableRef { name: table.into(), regex: false });
+        let conditions = vec![Condition { negate, test }];
+        ChainFilter {
+            name: name.into(),
+            kind: ChainFilterKind::Builtin(BuiltinRule { phase: Phase::RcptTo, conditions, action }),
+        }
+    }
+
+    fn session() -> (SessionFilter, Now) {
+        let filters = vec![
+            rule("file", "file", false, BuiltinAction::Reject("550 file".into())),
+            rule("proc", "proc", false, BuiltinAction::Reject("550 proc".into())),
+            rule("notproc", "proc", true, BuiltinAction::Junk),
+        ];
+        let chain = Arc::new(Chain::new(&FilterChain { filters }, &HashMap::new(), Arc::new(Two)).unwrap());
+        let now = Now { mono: Instant::now(), wall: Timestamp(Duration::from_secs(1_700_000_000)) };
+        let link = FilterLink {
+            rdns: None,
+            fcrdns: false,
+            src: Endpoint::Unix("/s".into()),
+            dest: Endpoint::Unix("/s".into()),
+        };
+        let limits = Limits { timeout: Duration::from_secs(30), max_message: 1024 };
+        (SessionFilter::new(chain, Id(7), 0, limits, &link, now), now)
+    }
+
+    fn events(s: &mut SessionFilter) -> Vec<FilterEvent> {
+        std::iter::from_fn(|| s.poll_event()).collect()
+    }
+
+    fn asked(key: &str) -> FilterEvent {
+        let table = TableRef { name: "proc".into(), regex: false };
+        FilterEvent::AskTable(TableQuestion { table, kind: LookupKind::MailAddr, key: key.into() })
+    }
+
+    #[test]
+    fn the_chain_waits_for_the_table_and_goes_on_from_the_same_filter() {
+        let (mut s, now) = session();
+        // A file table decides at once.
+        s.begin(now, Phase::RcptTo, "x@file.test");
+        assert_eq!(
+            events(&mut s),
+            vec![FilterEvent::Decided(Phase::RcptTo, FilterDecision::Reject("550 file".into()))]
+        );
+        // Listed in the table process's table: rejected once it says so.
+        s.begin(now, Phase::RcptTo, "spam@x.test");
+        assert_eq!(events(&mut s), vec![asked("spam@x.test")]);
+        assert!(s.is_waiting() && s.awaits_table());
+        s.handle_table(now, Some(true));
+        assert_eq!(
+            events(&mut s),
+            vec![FilterEvent::Decided(Phase::RcptTo, FilterDecision::Reject("550 proc".into()))]
+        );
+        // Not listed: the answer serves the negated condition too, without asking again.
+        s.begin(now, Phase::RcptTo, "ok@x.test");
+        assert_eq!(events(&mut s), vec![asked("ok@x.test")]);
+        s.handle_table(now, Some(false));
+        assert_eq!(events(&mut s), vec![FilterEvent::Decided(Phase::RcptTo, FilterDecision::Junk)]);
+        // A failed lookup: a 451 for this phase, and the session goes on.
+        s.begin(now, Phase::RcptTo, "any@x.test");
+        events(&mut s);
+        s.handle_table(now, None);
+        let tempfail = FilterDecision::Reject(TABLE_TEMPFAIL.into());
+        assert_eq!(events(&mut s), vec![FilterEvent::Decided(Phase::RcptTo, tempfail)]);
+        // An answer nobody waits for changes nothing.
+        s.handle_table(now, Some(true));
+        assert!(events(&mut s).is_empty() && !s.is_waiting());
+    }
+
+    #[test]
+    fn an_unanswered_table_fails_the_session_at_the_filter_timeout() {
+        let (mut s, now) = session();
+        s.begin(now, Phase::RcptTo, "late@x.test");
+        events(&mut s);
+        let deadline = s.poll_timeout().expect("a deadline");
+        s.handle_timeout(Now { mono: deadline, ..now });
+        let got = events(&mut s);
+        assert!(matches!(&got[..], [FilterEvent::Decided(Phase::RcptTo, FilterDecision::Disconnect(_))]), "{got:?}");
+    }
+}
