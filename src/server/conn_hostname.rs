@@ -9,9 +9,9 @@ use super::Conn;
 use crate::envelope::Origin;
 use crate::privsep::frame::{LookupAsk, LookupQuestion, LookupVerdict};
 
-/// How long the greeting waits for the name: past the table's own timeout (5 s), so a slow
-/// table is reported as such by the delivery process first.
-const WAIT: Duration = Duration::from_secs(10);
+/// How long the greeting waits for the name: past a table's start (10 s) and lookup (5 s)
+/// timeouts, so a slow table is reported as such by the delivery process first.
+const WAIT: Duration = Duration::from_secs(16);
 
 impl Conn {
     /// The question for a `hostnames` proc table, once, right after `new`: the greeting
