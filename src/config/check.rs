@@ -148,16 +148,8 @@ pub(super) fn finish(mut p: Parsed) -> Result<Config, Errors> {
             }
         }
     }
-    // Filter conditions run on the smtp process's filter thread.
-    for f in p.knobs.filters.values() {
-        if let super::FilterKind::Builtin { conds, .. } = &f.kind {
-            for t in conds.iter().filter_map(|cond| cond.table.as_ref()) {
-                if tables.get(t).is_some_and(|t| t.is_proc()) {
-                    c.at(&f.at, ErrorKind::ProcTableUse(t.clone()));
-                }
-            }
-        }
-    }
+    // A proc table in a builtin filter's condition is asked by the delivery process while
+    // the chain waits (`filter/engine_tables.rs`).
     for (at, problem) in super::filter_check::problems(&p.knobs, &tables) {
         match problem {
             super::filter_check::Problem::Error(text) => c.at(&at, ErrorKind::Filter(text)),
@@ -431,8 +423,9 @@ fn listener(
             },
         );
     }
+    // A proc table here is asked by the delivery process while the greeting waits.
     if let Some(t) = &l.options.hostnames {
-        need_table(c, &l.at, tables, t, Some(Kind::Mapping));
+        need_lookup_table(c, &l.at, tables, t, Some(Kind::Mapping));
     }
     if let Some(t) = &l.options.senders {
         need_lookup_table(c, &l.at, tables, t, Some(Kind::Mapping));

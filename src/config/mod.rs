@@ -516,7 +516,7 @@ pub enum ErrorKind {
         pattern: String,
         error: String,
     },
-    /// A proc table where the smtp process would consult it (hostnames, filter conditions).
+    /// A proc table where it would be consulted without waiting (filter conditions, relay host).
     ProcTableUse(String),
 }
 
@@ -553,7 +553,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Unsupported(what) => write!(f, "{what} is not supported by mxd"),
             ErrorKind::ProcTableUse(name) => write!(
                 f,
-                "table '{name}' is a proc table: this use (listen … hostnames <{name}>, a builtin filter's condition) is looked up in the smtp process's event loop or filter thread, which must not block; table processes serve logins, relays, and match, alias, virtual, userbase and senders lookups (expected a file:, db:, passwd: or inline table here)"
+                "table '{name}' is a proc table: this use (a builtin filter's condition, a relay's host <{name}>) is looked up where waiting for a table process is not allowed; table processes serve logins, relays' auth, src, helo-src and domain, listen hostnames and senders, and match, alias, virtual and userbase lookups (expected a file:, db:, passwd: or inline table here)"
             ),
             ErrorKind::BadRegex { pattern, error } => {
                 write!(f, "invalid regular expression '{pattern}': {error} (expected an extended regular expression)")

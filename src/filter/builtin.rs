@@ -31,6 +31,20 @@ pub enum LookupKind {
 /// Answers "is KEY in TABLE?" for builtin conditions.
 pub trait Tables {
     fn contains(&self, table: &TableRef, kind: LookupKind, key: &str) -> bool;
+
+    /// Whether `table` is answered elsewhere, by a table process the delivery process asks:
+    /// the engine then waits for the answer (`SessionFilter::handle_table`).
+    fn asks(&self, _table: &TableRef) -> bool {
+        false
+    }
+}
+
+/// A condition's lookup in a table answered elsewhere ([`Tables::asks`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableQuestion {
+    pub table: TableRef,
+    pub kind: LookupKind,
+    pub key: String,
 }
 
 impl<F: Fn(&TableRef, LookupKind, &str) -> bool> Tables for F {

@@ -81,6 +81,9 @@ pub enum FilterEvent {
         filter: String,
         message: String,
     },
+    /// A builtin condition needs a table process's answer: the chain waits for
+    /// `handle_table`.
+    AskTable(super::builtin::TableQuestion),
 }
 
 /// Lines for a filter process, newlines included: consecutive lines for the same
@@ -138,6 +141,15 @@ enum FilterState {
         out: Vec<u8>,
         deadline: Option<Instant>,
     },
+    /// Waiting for a table process's answer to a builtin condition of filter
+    /// `by_phase[phase][pos]` (`engine_tables.rs`).
+    Table {
+        phase: Phase,
+        param: String,
+        pos: usize,
+        question: super::builtin::TableQuestion,
+        deadline: Instant,
+    },
     Failed,
 }
 
@@ -162,6 +174,8 @@ pub struct SessionFilter {
     /// The head of the last data-line request, by time and token: the lines of a chunk
     /// share it, so it is formatted once per chunk, not once per line.
     line_head: (Timestamp, Id, Vec<u8>),
+    /// Table processes' answers in this phase: `None` when the lookup failed.
+    answered: Vec<(super::builtin::TableQuestion, Option<bool>)>,
 }
 
 impl SessionFilter {
@@ -190,6 +204,7 @@ impl SessionFilter {
             events: VecDeque::new(),
             now,
             line_head: (Timestamp::default(), Id(0), Vec::new()),
+            answered: Vec::new(),
         };
         let rdns = link.rdns.as_deref().unwrap_or("");
         let fcrdns = if link.fcrdns { Fcrdns::Pass } else { Fcrdns::Fail };
@@ -248,6 +263,7 @@ impl SessionFilter {
         if self.broken {
             return self.fail(now, phase);
         }
+        self.answered.clear();
         match phase {
             Phase::Helo | Phase::Ehlo => self.facts.helo = Some(param.to_string()),
             Phase::MailFrom => self.facts.mail_from = Some(param.to_string()),
@@ -279,7 +295,15 @@ impl SessionFilter {
                 }
                 ChainFilterKind::Builtin(rule) => {
                     let rcpt = (phase == Phase::RcptTo).then_some(param.as_str());
-                    if rule.fires(&self.facts, rcpt, &*chain.tables) {
+                    let fired = match self.fires(rule, rcpt, &*chain.tables) {
+                        tables_wait::Fired::Ask(question) => return self.ask_table(now, phase, param, pos, question),
+                        tables_wait::Fired::Failed => {
+                            let refusal = tables_wait::TABLE_TEMPFAIL.to_string();
+                            return self.decide(now, phase, FilterDecision::Reject(refusal));
+                        }
+                        tables_wait::Fired::Is(fired) => fired,
+                    };
+                    if fired {
                         let decision = match &rule.action {
                             BuiltinAction::Bypass => FilterDecision::Proceed,
                             BuiltinAction::Junk => FilterDecision::Junk,
@@ -344,7 +368,7 @@ impl SessionFilter {
     /// The phase being waited on, if any (for the failure decision).
     fn current_phase(&self) -> Option<Phase> {
         match &self.state {
-            FilterState::Phase { phase, .. } => Some(*phase),
+            FilterState::Phase { phase, .. } | FilterState::Table { phase, .. } => Some(*phase),
             FilterState::Data { .. } => Some(Phase::DataLine),
             FilterState::Idle | FilterState::Failed => None,
         }
@@ -540,7 +564,7 @@ impl SessionFilter {
     /// When the filter being waited on is late.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.state {
-            FilterState::Phase { deadline, .. } => Some(*deadline),
+            FilterState::Phase { deadline, .. } | FilterState::Table { deadline, .. } => Some(*deadline),
             FilterState::Data { deadline, .. } => *deadline,
             FilterState::Idle | FilterState::Failed => None,
         }
@@ -557,7 +581,7 @@ impl SessionFilter {
 
     /// Whether the session waits for a filter.
     pub fn is_waiting(&self) -> bool {
-        matches!(self.state, FilterState::Phase { .. } | FilterState::Data { .. })
+        matches!(self.state, FilterState::Phase { .. } | FilterState::Data { .. } | FilterState::Table { .. })
     }
 
     pub fn poll_send(&mut self) -> Option<ProcLine> {
@@ -620,3 +644,6 @@ fn unstuff(line: &[u8]) -> &[u8] {
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;
+
+#[path = "engine_tables.rs"]
+mod tables_wait;

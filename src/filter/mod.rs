@@ -25,7 +25,7 @@ pub mod tables;
 use std::collections::HashMap;
 use std::fmt;
 
-pub use builtin::{BuiltinAction, BuiltinRule, Condition, LookupKind, TableRef, Tables, Test};
+pub use builtin::{BuiltinAction, BuiltinRule, Condition, LookupKind, TableQuestion, TableRef, Tables, Test};
 pub use chain::{Chain, ChainFilter, ChainFilterKind, FilterChain, Registration};
 pub use engine::{
     FilterAnswer, FilterDecision, FilterEvent, FilterLink, FilterSessionError, Limits, Now, ProcLine, SessionFilter,

@@ -28,6 +28,10 @@ impl ConfigTables {
 }
 
 impl Tables for ConfigTables {
+    fn asks(&self, table: &TableRef) -> bool {
+        self.tables.get(&table.name).is_some_and(|t| t.is_proc())
+    }
+
     fn contains(&self, table: &TableRef, kind: LookupKind, key: &str) -> bool {
         let Some(t) = self.tables.get(&table.name) else { return false };
         if table.regex {

@@ -26,6 +26,12 @@
 //! recipient, 1 sender, 2 sender with masquerade) | str subject (the recipient, or the
 //! `senders` table) | origin | u8 tls | str tag | str auth | str mail_from | str helo | str
 //! rdns`; delivery → smtp, a verdict frame of kind 32 + [`LookupVerdict`] and no text.
+//! A `hostnames <t>` question (3) names the table as its subject and adds the local address
+//! the client reached (an origin) after `rdns`; its answer, [`LookupVerdict::Name`], is the
+//! verdict kind 44 followed by the name. A builtin filter's condition on a table process
+//! (4) names the table too, and adds `u8 kind (filter::LookupKind, +128 for regex) | str
+//! key` after `rdns`; its answer is `Ok` (the key is in the table), `NotAuthorized` (it is
+//! not) or `TempFail`.
 //!
 //! The smtp process's first frame is an empty one of kind 2 carrying, as SCM_RIGHTS, one
 //! socketpair end per event loop; messages, logins and their verdicts then go over those
@@ -39,6 +45,7 @@ use zeroize::Zeroize;
 
 use crate::auth::Secret;
 use crate::envelope::Origin;
+use crate::filter::LookupKind;
 
 /// Largest head accepted: 1000 recipients of 256 octets, a Received header, slack.
 pub const MAX_HEAD: usize = 1 << 20;
@@ -307,7 +314,16 @@ pub enum LookupQuestion {
     Rcpt(String),
     /// May the authenticated user send as `mail_from` (`senders <table> [masquerade]`)?
     Sender { table: String, masquerade: bool },
+    /// `listen … hostnames <table>`: this host's name for the local address `local`.
+    Hostname { table: String, local: IpAddr },
+    /// A builtin filter's condition: is `key` in `table` (compared as `kind`, or as regular
+    /// expressions)?
+    FilterTable { table: String, regex: bool, kind: LookupKind, key: String },
 }
+
+/// [`LookupKind`]s by their number on the wire.
+const LOOKUP_KINDS: [LookupKind; 4] =
+    [LookupKind::Domain, LookupKind::NetAddr, LookupKind::String, LookupKind::MailAddr];
 
 /// A question at RCPT or MAIL, smtp → delivery, with the envelope as the session has it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -324,7 +340,7 @@ pub struct LookupAsk {
 }
 
 /// Delivery's answer to a [`LookupAsk`]: accepted, or which refusal the session replies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LookupVerdict {
     Ok,
     /// A table process failed or timed out (451 4.3.0).
@@ -341,6 +357,17 @@ pub enum LookupVerdict {
     ForwardTempFail,
     /// An `expand-only` user has no usable ~/.forward (524 5.2.4).
     ForwardPermFail,
+    /// The `hostnames` table's name for the address (checked by [`host_name_ok`]); no
+    /// entry is `Empty`.
+    Name(String),
+}
+
+/// Verdict kind of [`LookupVerdict::Name`]: after the fixed ones.
+const NAME_VERDICT: u8 = LOOKUP_VERDICT_BASE + LOOKUP_VERDICTS.len() as u8;
+
+/// A name a table process gave may stand in a greeting: letters, digits, `-`, `.`, `_`.
+pub fn host_name_ok(name: &str) -> bool {
+    (1..=255).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
 }
 
 const LOOKUP_VERDICTS: [LookupVerdict; 12] = [
@@ -366,6 +393,8 @@ pub fn encode_lookup_ask(ask: &LookupAsk, out: &mut Vec<u8>) {
     let (q, subject) = match &ask.question {
         LookupQuestion::Rcpt(r) => (0u8, r),
         LookupQuestion::Sender { table, masquerade } => (1 + u8::from(*masquerade), table),
+        LookupQuestion::Hostname { table, .. } => (3, table),
+        LookupQuestion::FilterTable { table, .. } => (4, table),
     };
     out.push(q);
     put_str(out, Some(subject));
@@ -376,6 +405,15 @@ pub fn encode_lookup_ask(ask: &LookupAsk, out: &mut Vec<u8>) {
     put_str(out, Some(&ask.mail_from));
     put_str(out, Some(&ask.helo));
     put_str(out, ask.rdns.as_deref());
+    match &ask.question {
+        LookupQuestion::Hostname { local, .. } => put_origin(out, &Origin::Tcp(*local)),
+        LookupQuestion::FilterTable { regex, kind, key, .. } => {
+            let k = LOOKUP_KINDS.iter().position(|x| x == kind).unwrap_or(0) as u8;
+            out.push(k | u8::from(*regex) << 7);
+            put_str(out, Some(key));
+        }
+        _ => {}
+    }
     let len = (out.len() - start - 4) as u32 | u32::from(KIND_LOOKUP) << 24;
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
@@ -389,9 +427,11 @@ pub fn decode_lookup_ask(bytes: &[u8]) -> Result<LookupAsk, FrameError> {
     let seq = c.u64()?;
     let q = c.u8()?;
     let subject = c.str()?;
-    let question = match q {
+    let mut question = match q {
         0 => LookupQuestion::Rcpt(subject),
         1 | 2 => LookupQuestion::Sender { table: subject, masquerade: q == 2 },
+        3 => LookupQuestion::Hostname { table: subject, local: IpAddr::from([0, 0, 0, 0]) },
+        4 => LookupQuestion::FilterTable { table: subject, regex: false, kind: LookupKind::String, key: String::new() },
         _ => return Err(FrameError::Bad("lookup question")),
     };
     let origin = c.origin()?;
@@ -401,6 +441,19 @@ pub fn decode_lookup_ask(bytes: &[u8]) -> Result<LookupAsk, FrameError> {
     let mail_from = c.str()?;
     let helo = c.str()?;
     let rdns = c.opt_str()?;
+    match &mut question {
+        LookupQuestion::Hostname { local, .. } => {
+            let Origin::Tcp(ip) = c.origin()? else { return Err(FrameError::Bad("local address")) };
+            *local = ip;
+        }
+        LookupQuestion::FilterTable { regex, kind, key, .. } => {
+            let k = c.u8()?;
+            *kind = *LOOKUP_KINDS.get(usize::from(k & 0x7f)).ok_or(FrameError::Bad("lookup kind"))?;
+            *regex = k & 0x80 != 0;
+            *key = c.str()?;
+        }
+        _ => {}
+    }
     if !c.0.is_empty() {
         return Err(FrameError::TooLong(bytes.len()));
     }
@@ -409,6 +462,13 @@ pub fn decode_lookup_ask(bytes: &[u8]) -> Result<LookupAsk, FrameError> {
 
 /// Appends one lookup verdict frame to `out`.
 pub fn encode_lookup_verdict(seq: u64, verdict: LookupVerdict, out: &mut Vec<u8>) {
+    if let LookupVerdict::Name(name) = &verdict {
+        out.extend_from_slice(&(9 + name.len() as u32).to_be_bytes());
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.push(NAME_VERDICT);
+        out.extend_from_slice(name.as_bytes());
+        return;
+    }
     let index = LOOKUP_VERDICTS.iter().position(|v| *v == verdict).unwrap_or(1) as u8;
     out.extend_from_slice(&9u32.to_be_bytes());
     out.extend_from_slice(&seq.to_be_bytes());
@@ -502,12 +562,20 @@ pub fn encode_auth_verdict(seq: u64, verdict: AuthVerdict, out: &mut Vec<u8>) {
 /// Decodes a delivery → smtp frame: a message verdict or a login verdict.
 pub fn decode_answer(bytes: &[u8]) -> Result<DeliveryAnswer, FrameError> {
     match bytes.get(8) {
+        Some(&NAME_VERDICT) => {
+            let name = std::str::from_utf8(&bytes[9..]).map_err(|_| FrameError::Bad("host name is not UTF-8"))?;
+            if !host_name_ok(name) {
+                return Err(FrameError::Bad("host name"));
+            }
+            let seq = Cursor(bytes).u64()?;
+            Ok(DeliveryAnswer::Lookup(seq, LookupVerdict::Name(name.to_owned())))
+        }
         Some(&k) if k >= LOOKUP_VERDICT_BASE => {
             let mut c = Cursor(bytes);
             let seq = c.u64()?;
             let verdict = LOOKUP_VERDICTS
                 .get(usize::from(c.u8()? - LOOKUP_VERDICT_BASE))
-                .copied()
+                .cloned()
                 .ok_or(FrameError::Bad("lookup verdict kind"))?;
             if !c.0.is_empty() {
                 return Err(FrameError::TooLong(bytes.len()));
@@ -659,11 +727,23 @@ mod tests {
             rdns: None,
         };
         let rcpt = LookupAsk { seq: 12, question: LookupQuestion::Rcpt("a@b".into()), tls: false, ..ask.clone() };
+        let local = "::1".parse().unwrap();
+        let host =
+            LookupAsk { seq: 13, question: LookupQuestion::Hostname { table: "names".into(), local }, ..ask.clone() };
+        let question = LookupQuestion::FilterTable {
+            table: "bad".into(),
+            regex: true,
+            kind: LookupKind::MailAddr,
+            key: "x@y".into(),
+        };
+        let filter = LookupAsk { seq: 14, question, ..ask.clone() };
         let mut out = Vec::new();
         encode_lookup_ask(&ask, &mut out);
         encode_lookup_ask(&rcpt, &mut out);
+        encode_lookup_ask(&host, &mut out);
+        encode_lookup_ask(&filter, &mut out);
         let mut r = &out[..];
-        for want in [&ask, &rcpt] {
+        for want in [&ask, &rcpt, &host, &filter] {
             let (k, b) = read_kinded(&mut r, MAX_HEAD).unwrap().unwrap();
             assert_eq!((k, decode_lookup_ask(&b).as_ref()), (KIND_LOOKUP, Ok(want)));
             for n in 0..b.len() {
@@ -671,14 +751,16 @@ mod tests {
             }
         }
         let mut v = Vec::new();
-        for (i, verdict) in LOOKUP_VERDICTS.iter().enumerate() {
-            encode_lookup_verdict(i as u64, *verdict, &mut v);
+        let mut verdicts = LOOKUP_VERDICTS.to_vec();
+        verdicts.push(LookupVerdict::Name("mx-1.example.org".into()));
+        for (i, verdict) in verdicts.iter().enumerate() {
+            encode_lookup_verdict(i as u64, verdict.clone(), &mut v);
         }
         encode_auth_verdict(99, AuthVerdict::Ok, &mut v);
         let mut r = &v[..];
-        for (i, verdict) in LOOKUP_VERDICTS.iter().enumerate() {
+        for (i, verdict) in verdicts.iter().enumerate() {
             let got = decode_answer(&read_frame(&mut r, MAX_SMALL).unwrap().unwrap());
-            assert_eq!(got, Ok(DeliveryAnswer::Lookup(i as u64, *verdict)));
+            assert_eq!(got, Ok(DeliveryAnswer::Lookup(i as u64, verdict.clone())));
         }
         assert_eq!(
             decode_answer(&read_frame(&mut r, MAX_SMALL).unwrap().unwrap()),
@@ -687,5 +769,11 @@ mod tests {
         let mut bad = v[..13].to_vec();
         bad[12] = 32 + 12;
         assert!(decode_answer(&bad[4..]).is_err());
+        // A name that could not stand in a greeting (a line break, a space) is refused.
+        for forged in ["mx\r\n250 x", "a b", ""] {
+            let mut f = Vec::new();
+            encode_lookup_verdict(1, LookupVerdict::Name(forged.into()), &mut f);
+            assert!(decode_answer(&f[4..]).is_err(), "{forged:?}");
+        }
     }
 }

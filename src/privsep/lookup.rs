@@ -8,16 +8,21 @@
 //!
 //! The question is untrusted: it is only an envelope a client could have sent. Its answer
 //! is one of a few verdicts, never a path or a table's value; a `senders` question is
-//! answered only for a table some listener names with that `masquerade`.
+//! answered only for a table some listener names with that `masquerade`. The one value
+//! given back is a `hostnames` table's name for a local address, asked only of a table
+//! some listener names so, and only when it can stand in a greeting (`host_name_ok`). A
+//! builtin filter's condition is answered only for a table, form and comparison some
+//! `filter` statement uses.
 
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use super::frame::{LookupAsk, LookupQuestion, LookupVerdict};
+use super::frame::{host_name_ok, LookupAsk, LookupQuestion, LookupVerdict};
 use crate::auth::senders::sender_allowed;
-use crate::config::Config;
+use crate::config::{Config, FilterKind};
 use crate::envelope::Envelope;
+use crate::filter::LookupKind;
 use crate::resolve::{self, ResolveError};
 use crate::rules::{self, Decision};
 use crate::table::proc::TableService;
@@ -71,6 +76,10 @@ pub fn answer(config: &Config, ask: &LookupAsk) -> LookupVerdict {
     let rcpt = match &ask.question {
         LookupQuestion::Rcpt(r) => r.as_str(),
         LookupQuestion::Sender { table, masquerade } => return sender(config, ask, table, *masquerade),
+        LookupQuestion::Hostname { table, local } => return hostname(config, table, *local),
+        LookupQuestion::FilterTable { table, regex, kind, key } => {
+            return filter_table(config, table, *regex, *kind, key)
+        }
     };
     let Ok(decoded) = crate::srs::reverse(config, rcpt) else { return LookupVerdict::BadSrs };
     let rcpt = decoded.as_deref().unwrap_or(rcpt);
@@ -132,5 +141,68 @@ fn sender(config: &Config, ask: &LookupAsk, table: &str, masquerade: bool) -> Lo
         LookupVerdict::Ok
     } else {
         LookupVerdict::SenderNotAllowed
+    }
+}
+
+/// `listen … hostnames <t>`: the table's name for the local address a client reached
+/// (OpenSMTPD's `addrname` lookup); `Empty` when it has none.
+fn hostname(config: &Config, table: &str, local: std::net::IpAddr) -> LookupVerdict {
+    let named = config.listeners.iter().any(|l| l.options.hostnames.as_deref() == Some(table));
+    let (Some(t), true) = (config.table(table), named) else {
+        log::warn!("lookup: a hostnames question for table '{table}', which no listener uses so");
+        return LookupVerdict::TempFail;
+    };
+    let key = local.to_string();
+    match t.lookup_value(TableService::Addrname, &key) {
+        Ok(Some(name)) if host_name_ok(name.trim()) => LookupVerdict::Name(name.trim().to_owned()),
+        Ok(Some(name)) => {
+            log::warn!("lookup: table {table} names {key} \"{}\", not a host name", name.escape_debug());
+            LookupVerdict::TempFail
+        }
+        Ok(None) => LookupVerdict::Empty,
+        Err(LookupError::Deferred(why) | LookupError::Failed(why)) => failed(&key, &why),
+    }
+}
+
+/// A builtin filter's condition on a table process: `Ok` when `key` is in `table`,
+/// compared as the condition compares it (OpenSMTPD's `check` services).
+fn filter_table(config: &Config, table: &str, regex: bool, kind: LookupKind, key: &str) -> LookupVerdict {
+    let kind_of = |what: &str| match what {
+        "rdns" | "helo" => Some(LookupKind::Domain),
+        "src" => Some(LookupKind::NetAddr),
+        "auth" => Some(LookupKind::String),
+        "mail-from" | "rcpt-to" => Some(LookupKind::MailAddr),
+        _ => None,
+    };
+    let used = config.knobs.filters.values().any(|f| match &f.kind {
+        FilterKind::Builtin { conds, .. } => conds
+            .iter()
+            .any(|c| c.table.as_deref() == Some(table) && c.regex == regex && kind_of(&c.what) == Some(kind)),
+        _ => false,
+    });
+    let (Some(t), true) = (config.table(table), used) else {
+        log::warn!("lookup: a filter question for table '{table}', which no filter condition uses so");
+        return LookupVerdict::TempFail;
+    };
+    let service = match (regex, kind) {
+        (true, _) => TableService::Regex,
+        (false, LookupKind::Domain) => TableService::Domain,
+        (false, LookupKind::NetAddr) => TableService::Netaddr,
+        (false, LookupKind::String) => TableService::String,
+        (false, LookupKind::MailAddr) => TableService::Mailaddr,
+    };
+    // Compared as for a file table (`filter::tables`): without regard to case, an IPv6
+    // client without its brackets; `local` (the socket) is no address.
+    let mut key = if regex { key.to_owned() } else { key.to_lowercase() };
+    if kind == LookupKind::NetAddr && !regex {
+        match key.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
+            Ok(ip) => key = ip.to_string(),
+            Err(_) => return LookupVerdict::NotAuthorized,
+        }
+    }
+    match t.check_key(service, &key) {
+        Ok(Some(true)) => LookupVerdict::Ok,
+        Ok(_) => LookupVerdict::NotAuthorized,
+        Err(LookupError::Deferred(why) | LookupError::Failed(why)) => failed(&key, &why),
     }
 }

@@ -21,6 +21,8 @@ use crate::smtp::{reply, CloseReason, Event, Message, Session, TlsInfo};
 
 #[path = "conn_filter.rs"]
 pub(crate) mod filtering;
+#[path = "conn_hostname.rs"]
+mod hostname;
 
 /// How long a client may take to complete a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -85,6 +87,10 @@ pub(crate) struct Conn {
     filter_pending: Option<Box<filtering::PendingFilter>>,
     /// When the greeting stops waiting for the client's reverse DNS.
     rdns_deadline: Option<Instant>,
+    /// When the greeting stops waiting for a `hostnames` proc table's name for this host.
+    hostname_wait: Option<Instant>,
+    /// That name, once given (a session started over behind a PROXY header keeps it).
+    hostname_named: Option<String>,
 }
 
 impl Conn {
@@ -118,6 +124,8 @@ impl Conn {
             filter: None,
             filter_pending: None,
             rdns_deadline: None,
+            hostname_wait: None,
+            hostname_named: None,
         };
         if conn.listener.smtps && matches!(conn.phase, ConnPhase::Open) {
             conn.start_tls(now);
@@ -158,7 +166,7 @@ impl Conn {
         log::info!("{} smtp rdns address={} host={}", self.id, self.peer(), name.as_deref().unwrap_or("unknown"));
         self.session.policy_mut().set_rdns(name);
         self.filter_rdns_known();
-        self.session.handle_rdns();
+        self.greet_when_known();
     }
 
     /// Why the connection is ending, once it is.
@@ -308,6 +316,7 @@ impl Conn {
             let policy = ConnPolicy::new(Arc::clone(&self.listener.config), Origin::Tcp(ip), self.listener.tag.clone());
             let cfg = self.listener.knobs.session_config(&self.listener.session, self.stream.local_ip());
             self.session = Session::new(cfg, policy, now);
+            self.hostname_restarted();
             // The client's name, as for any other client: the greeting waits for it.
             if ctx.rdns.start(ctx.slot, self.id, ip, ctx.waker) {
                 self.await_rdns(now);
@@ -532,7 +541,10 @@ impl Conn {
             log::info!("{} smtp rdns address={} timed out", self.id, self.peer());
             self.rdns_deadline = None;
             self.filter_rdns_known();
-            self.session.handle_rdns();
+            self.greet_when_known();
+            return Tick::Pump;
+        }
+        if self.hostname_tick(now) {
             return Tick::Pump;
         }
         if matches!(self.phase, ConnPhase::Handshake { deadline } if now >= deadline) {

@@ -78,6 +78,8 @@ pub(crate) struct ConnFilter {
     stream: Option<DataStream>,
     /// A MAIL or RCPT line whose reply waits for the delivery process (`server::lookup`).
     parked_line: Option<Vec<u8>>,
+    /// A builtin condition's question for a table process, to send (`filter_flush`).
+    table_question: Option<crate::filter::TableQuestion>,
 }
 
 /// A connection's filtering before its session opens. OpenSMTPD opens the filter session
@@ -121,6 +123,7 @@ impl PendingFilter {
             out_mark: 0,
             stream: None,
             parked_line: None,
+            table_question: None,
         }
     }
 }
@@ -631,6 +634,46 @@ impl Conn {
         if let Some(m) = f.ready.take() {
             self.submit(m, ctx);
         }
+        if let Some(q) = self.filter.as_mut().and_then(|f| f.table_question.take()) {
+            let ask = self.filter_table_ask(q);
+            ctx.ask_filter_table(self.id, ask);
+        }
+    }
+
+    /// The question for the delivery process, with what the session knows of its client.
+    fn filter_table_ask(&self, q: crate::filter::TableQuestion) -> crate::privsep::frame::LookupAsk {
+        use crate::privsep::frame::{LookupAsk, LookupQuestion};
+        let question =
+            LookupQuestion::FilterTable { table: q.table.name, regex: q.table.regex, kind: q.kind, key: q.key };
+        let p = self.session.policy();
+        LookupAsk {
+            seq: 0,
+            question,
+            origin: p.origin().clone(),
+            tls: false,
+            tag: p.tag().map(str::to_owned),
+            auth: None,
+            mail_from: String::new(),
+            helo: String::new(),
+            rdns: p.rdns().map(str::to_owned),
+        }
+    }
+
+    /// The delivery process's answer to a builtin condition's question: the chain goes on
+    /// (a failure refuses the phase with a 451).
+    pub(crate) fn filter_table_answered(&mut self, verdict: crate::privsep::frame::LookupVerdict) {
+        use crate::privsep::frame::LookupVerdict;
+        let Some(f) = self.filter.as_mut() else { return };
+        let found = match verdict {
+            LookupVerdict::Ok => Some(true),
+            LookupVerdict::NotAuthorized => Some(false),
+            _ => None,
+        };
+        if found.is_none() {
+            log::warn!("{} filter table lookup failed: the phase is refused for now", self.id);
+        }
+        f.engine.handle_table(Now::read(), found);
+        self.filter_events();
     }
 
     /// Applies what the engine decided.
@@ -644,6 +687,11 @@ impl Conn {
                 }
                 FilterEvent::Decided(phase, d) => self.decided(phase, d),
                 FilterEvent::Message(body) => self.filtered(body),
+                FilterEvent::AskTable(q) => {
+                    if let Some(f) = self.filter.as_mut() {
+                        f.table_question = Some(q);
+                    }
+                }
             }
         }
     }

@@ -249,6 +249,9 @@ impl EventLoop {
         if ip.is_some_and(|ip| self.rdns.start(slot, id, ip, &self.waker)) {
             conn.await_rdns(now);
         }
+        if let Some(ask) = conn.hostname_question(now) {
+            self.link.ask(ask, Waiter::Hostname { slot, sid: id });
+        }
         // After the lookup started: link-connect waits for the client's name.
         if let (Some(cf), Some(f)) = (filter, self.filters.as_mut()) {
             f.slots.insert(cf.id(), slot);
@@ -325,6 +328,20 @@ impl EventLoop {
                         };
                         self.on_lookup(LookupAnswer { slot, sid, id, verdict }, scratch, now);
                     }
+                    (Waiter::Hostname { slot, sid }, answer) => {
+                        let verdict = match answer {
+                            Answer::Lookup(v) => v,
+                            _ => LookupVerdict::TempFail,
+                        };
+                        self.on_hostname(slot, sid, verdict, scratch, now);
+                    }
+                    (Waiter::FilterTable { slot, sid }, answer) => {
+                        let verdict = match answer {
+                            Answer::Lookup(v) => v,
+                            _ => LookupVerdict::TempFail,
+                        };
+                        self.on_filter_table(slot, sid, verdict, scratch, now);
+                    }
                     (Waiter::Message { slot, sid, msgid }, Answer::Auth(_) | Answer::Lookup(_)) => {
                         let outcome = DeliveryVerdict::TempFail("delivery answered another request".into());
                         self.on_verdict(DeliveryReport { slot, sid, msgid, outcome }, scratch, now);
@@ -400,6 +417,45 @@ impl EventLoop {
         s.conn.session_mut().handle_lookup(a.id, verdict);
         s.conn.filter_lookup_answered(before);
         self.pump(a.slot, scratch, now);
+    }
+
+    /// Delivery's answer to a `hostnames` question: the greeting goes out.
+    fn on_hostname(
+        &mut self,
+        slot: usize,
+        sid: crate::envelope::SessionId,
+        verdict: LookupVerdict,
+        scratch: &mut [u8],
+        now: Instant,
+    ) {
+        let Some(Some(s)) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if s.conn.id != sid {
+            return; // the client left; its slot was reused
+        }
+        s.conn.handle_hostname(verdict);
+        self.pump(slot, scratch, now);
+    }
+
+    /// Delivery's answer to a builtin filter condition's question: the chain goes on.
+    fn on_filter_table(
+        &mut self,
+        slot: usize,
+        sid: crate::envelope::SessionId,
+        verdict: LookupVerdict,
+        scratch: &mut [u8],
+        now: Instant,
+    ) {
+        let Some(Some(s)) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if s.conn.id != sid {
+            return; // the client left; its slot was reused
+        }
+        s.conn.readable = true;
+        s.conn.filter_table_answered(verdict);
+        self.pump(slot, scratch, now);
     }
 
     /// Hands the filter processes' lines to their sessions, and a process's death to all.

@@ -35,6 +35,12 @@ impl ListenKnobs {
         }
     }
 
+    /// A `hostnames` proc table, which the delivery process asks (`Conn::hostname_question`):
+    /// the greeting waits for its answer as for the client's reverse DNS.
+    pub(crate) fn hostnames_proc(&self) -> Option<&str> {
+        self.hostnames.as_deref().filter(|t| t.is_proc()).map(|t| t.name.as_str())
+    }
+
     /// The session configuration for a client that reached `local`: the listener's, or a
     /// copy naming the host as the `hostnames` table says for that address (OpenSMTPD's
     /// lookup by local address; no entry keeps the listener's name).

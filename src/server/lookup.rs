@@ -68,7 +68,8 @@ pub(crate) fn ask(req: LookupRequest, client: &ClientFacts<'_>) -> LookupAsk {
 pub(crate) fn reply(verdict: LookupVerdict) -> Result<(), Reply> {
     Err(match verdict {
         LookupVerdict::Ok => return Ok(()),
-        LookupVerdict::TempFail => reply::TEMPFAIL,
+        // A name answers only a `hostnames` question: here it is a mix-up.
+        LookupVerdict::TempFail | LookupVerdict::Name(_) => reply::TEMPFAIL,
         LookupVerdict::UnknownUser => reply::UNKNOWN_RCPT,
         LookupVerdict::NotAuthorized => reply::NOT_AUTHORIZED,
         LookupVerdict::Loop => reply::ALIAS_LOOP,

@@ -27,6 +27,16 @@ pub(crate) enum Waiter {
         sid: SessionId,
         id: LookupId,
     },
+    /// A `hostnames` proc table's name for the greeting (`conn_hostname.rs`).
+    Hostname {
+        slot: usize,
+        sid: SessionId,
+    },
+    /// A builtin filter condition's table process (`conn_filter.rs`).
+    FilterTable {
+        slot: usize,
+        sid: SessionId,
+    },
 }
 
 /// A delivery's result, addressed to the connection that waits for it.
@@ -111,5 +121,11 @@ impl LoopCtx<'_> {
     /// through `on_lookup`.
     pub(crate) fn ask(&mut self, sid: SessionId, id: LookupId, ask: LookupAsk) {
         self.link.ask(ask, Waiter::Lookup { slot: self.slot, sid, id });
+    }
+
+    /// Sends a builtin filter condition's question to the delivery process; the answer
+    /// comes back through `EventLoop::on_filter_table`.
+    pub(crate) fn ask_filter_table(&mut self, sid: SessionId, ask: LookupAsk) {
+        self.link.ask(ask, Waiter::FilterTable { slot: self.slot, sid });
     }
 }

@@ -419,7 +419,7 @@ pub fn filter_line(data: &[u8]) {
                     assert!(body.is_empty() || body.ends_with(b"\n"));
                     assert!(!body.contains(&b'\r'));
                 }
-                FilterEvent::Decided(..) | FilterEvent::Reported { .. } => {}
+                FilterEvent::Decided(..) | FilterEvent::Reported { .. } | FilterEvent::AskTable(_) => {}
             }
         }
     }

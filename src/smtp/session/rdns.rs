@@ -20,6 +20,15 @@ impl<P: Policy> Session<P> {
         matches!(self.state, State::AwaitRdns)
     }
 
+    /// This host's name for the client, chosen while the greeting waits (`hostnames <t>`
+    /// answered by a table process): the greeting and EHLO say it.
+    pub fn set_hostname(&mut self, name: String) {
+        if name != self.cfg.hostname {
+            self.cfg =
+                std::sync::Arc::new(super::SessionConfig { hostname: name, ..super::SessionConfig::clone(&self.cfg) });
+        }
+    }
+
     /// The lookup ended (with a name or without, or the server stopped waiting): greet.
     pub fn handle_rdns(&mut self) {
         if matches!(self.state, State::AwaitRdns) {
@@ -71,8 +80,9 @@ mod tests {
         s.await_rdns();
         assert!(s.output().is_empty() && !s.wants_read() && s.awaiting_rdns());
         assert_eq!(s.handle_input(b"EHLO early\r\n", now), 0);
+        s.set_hostname("mx2.test".into());
         s.handle_rdns();
-        assert!(s.output().starts_with(b"220 mx.test ESMTP"), "{:?}", String::from_utf8_lossy(s.output()));
+        assert!(s.output().starts_with(b"220 mx2.test ESMTP"), "{:?}", String::from_utf8_lossy(s.output()));
         assert!(s.wants_read());
         // A second answer (a late lookup after the deadline) changes nothing.
         let len = s.output().len();
