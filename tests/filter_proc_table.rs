@@ -6,71 +6,22 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::time::Duration;
 
-use common::{basic_conf, can_run, wait_for, Mxd, Need};
+use common::{basic_conf, can_run, wait_for, Client, Mxd, Need};
 
-struct Client {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
-impl Client {
-    fn connect(addr: &str, port: u16) -> Client {
-        Client::connect_from("127.0.0.1", addr, port)
-    }
-
-    /// From source address `src` (any of 127.0.0.0/8).
-    fn connect_from(src: &str, addr: &str, port: u16) -> Client {
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-        let src: std::net::IpAddr = src.parse().unwrap();
-        sock.bind(&std::net::SocketAddr::new(src, 0).into()).expect("bind source");
-        let to: std::net::IpAddr = addr.parse().unwrap();
-        sock.connect(&std::net::SocketAddr::new(to, port).into()).expect("connect");
-        let stream: TcpStream = sock.into();
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        Client { stream, reader }
-    }
-
-    /// One reply, all its lines.
-    fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return all;
-            }
-            all.push_str(&line);
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return all;
-            }
-        }
-    }
-
-    fn cmd(&mut self, line: &str) -> String {
-        self.stream.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-        self.reply()
-    }
+/// A session from source address `src` (any of 127.0.0.0/8) to `addr`.
+fn connect_from(src: &str, addr: &str, port: u16) -> Client {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let src: std::net::IpAddr = src.parse().unwrap();
+    sock.bind(&std::net::SocketAddr::new(src, 0).into()).expect("bind source");
+    let to: std::net::IpAddr = addr.parse().unwrap();
+    sock.connect(&std::net::SocketAddr::new(to, port).into()).expect("connect");
+    Client::open(sock.into())
 }
 
 fn table_dir() -> tempfile::TempDir {
-    let t = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tables/proc_table.py");
-    std::fs::copy(script, t.path().join("proc_table.py")).unwrap();
-    std::fs::set_permissions(t.path().join("proc_table.py"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(t.path().join("bad"), "spam@bad.test\n127.0.0.3\n").unwrap();
-    std::fs::set_permissions(t.path().join("bad"), std::fs::Permissions::from_mode(0o644)).unwrap();
-    for state in ["starts-bad", "starts-dead"] {
-        std::fs::write(t.path().join(state), "").unwrap();
-        std::fs::set_permissions(t.path().join(state), std::fs::Permissions::from_mode(0o666)).unwrap();
-    }
-    t
+    common::proc_table_dir(&[("bad", "spam@bad.test\n127.0.0.3\n".to_owned())], &["dead"])
 }
 
 #[test]
@@ -97,7 +48,7 @@ fn builtin_filter_conditions_ask_a_table_process() {
         },
         &[],
     );
-    let mut c = Client::connect("127.0.0.1", mxd.port);
+    let mut c = connect_from("127.0.0.1", "127.0.0.1", mxd.port);
     assert!(c.reply().starts_with("220 "));
     assert!(c.cmd("EHLO client.example").starts_with("250"));
     assert!(c.cmd("MAIL FROM:<sender@example.org>").starts_with("250"));
@@ -112,7 +63,7 @@ fn builtin_filter_conditions_ask_a_table_process() {
         mxd.messages("joseph").iter().any(|m| String::from_utf8_lossy(m).contains("filtered-through"))
     });
     // A dead table process: neither passed nor refused for good.
-    let mut c = Client::connect("127.0.0.2", mxd.port);
+    let mut c = connect_from("127.0.0.1", "127.0.0.2", mxd.port);
     assert!(c.reply().starts_with("220 "));
     assert!(c.cmd("EHLO client.example").starts_with("250"));
     assert!(c.cmd("MAIL FROM:<sender@example.org>").starts_with("250"));
@@ -121,10 +72,10 @@ fn builtin_filter_conditions_ask_a_table_process() {
     assert!(c.cmd("NOOP").starts_with("250"), "the session goes on");
     assert!(mxd.logged("filter table lookup failed"), "{}", mxd.log());
     // `src <t>` at connect: the listed client is turned away before any greeting.
-    let mut c = Client::connect_from("127.0.0.3", "127.0.0.3", mxd.port);
+    let mut c = connect_from("127.0.0.3", "127.0.0.3", mxd.port);
     let refused = c.reply();
     assert!(refused.starts_with("554 5.7.1 listed client"), "{refused}");
-    let mut c = Client::connect_from("127.0.0.4", "127.0.0.3", mxd.port);
+    let mut c = connect_from("127.0.0.4", "127.0.0.3", mxd.port);
     let greeting = c.reply();
     assert!(greeting.starts_with("220 "), "{greeting}");
 }

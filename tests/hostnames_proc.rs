@@ -7,8 +7,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::time::Duration;
 
 use common::{basic_conf, can_run, Mxd, Need};
@@ -29,19 +27,8 @@ fn greeting_and_ehlo(addr: &str, port: u16) -> (String, String) {
 
 /// The table program and its data where the unprivileged user can read them.
 fn table_dir() -> tempfile::TempDir {
-    let t = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tables/proc_table.py");
-    std::fs::copy(script, t.path().join("proc_table.py")).unwrap();
-    std::fs::set_permissions(t.path().join("proc_table.py"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let names = "127.0.0.1 one.test\n127.0.0.2 two.test\n127.0.0.4 not a name\n";
-    std::fs::write(t.path().join("names"), names).unwrap();
-    std::fs::set_permissions(t.path().join("names"), std::fs::Permissions::from_mode(0o644)).unwrap();
-    for state in ["starts-names", "starts-dead"] {
-        std::fs::write(t.path().join(state), "").unwrap();
-        std::fs::set_permissions(t.path().join(state), std::fs::Permissions::from_mode(0o666)).unwrap();
-    }
-    t
+    common::proc_table_dir(&[("names", names.to_owned())], &["dead"])
 }
 
 #[test]

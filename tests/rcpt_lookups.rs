@@ -19,11 +19,6 @@ const PASSWORD: &str = "right pw";
 /// The table program and its data in a directory the unprivileged user can read (tables
 /// run as `mxd` when the tests run as root); `home` is where the users' homes are.
 fn table_dir(home: &Path) -> tempfile::TempDir {
-    let t = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tables/proc_table.py");
-    std::fs::copy(script, t.path().join("proc_table.py")).unwrap();
-    std::fs::set_permissions(t.path().join("proc_table.py"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let (uid, gid) = uid_gid();
     let h = home.display();
     let files = [
@@ -33,14 +28,7 @@ fn table_dir(home: &Path) -> tempfile::TempDir {
         ("domains", "d.test\n".to_owned()),
         ("senders", "joseph joseph@mx.test, ops@mx.test\n".to_owned()),
     ];
-    for (name, text) in files {
-        std::fs::write(t.path().join(name), text).unwrap();
-        std::fs::set_permissions(t.path().join(name), std::fs::Permissions::from_mode(0o644)).unwrap();
-        let starts = t.path().join(format!("starts-{name}"));
-        std::fs::write(&starts, "").unwrap();
-        std::fs::set_permissions(&starts, std::fs::Permissions::from_mode(0o666)).unwrap();
-    }
-    t
+    common::proc_table_dir(&files, &[])
 }
 
 /// `RCPTS PORT RCPT...`: one session per recipient (MAIL, RCPT and, when accepted, DATA

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use common::{can_run, python, uid_gid, Mxd, Need};
@@ -17,20 +16,11 @@ const RIGHT: &str = "right pw";
 /// A directory the unprivileged user can read (mxd's own temp dir is root's alone when the
 /// tests run as root): the table program, its data, and its log of starts (world-writable).
 fn table_dir() -> tempfile::TempDir {
-    let t = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tables/proc_table.py");
-    std::fs::copy(script, t.path().join("proc_table.py")).unwrap();
-    std::fs::write(t.path().join("hashed"), format!("joseph joseph:{}\n", common::mxctl_encrypt(RIGHT))).unwrap();
-    std::fs::write(t.path().join("plain"), format!("joseph {RIGHT}\n")).unwrap();
-    for (name, mode) in [("proc_table.py", 0o755), ("hashed", 0o644), ("plain", 0o644)] {
-        std::fs::set_permissions(t.path().join(name), std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-    for starts in ["starts-hashed", "starts-plain"] {
-        std::fs::write(t.path().join(starts), "").unwrap();
-        std::fs::set_permissions(t.path().join(starts), std::fs::Permissions::from_mode(0o666)).unwrap();
-    }
-    t
+    let files = [
+        ("hashed", format!("joseph joseph:{}\n", common::mxctl_encrypt(RIGHT))),
+        ("plain", format!("joseph {RIGHT}\n")),
+    ];
+    common::proc_table_dir(&files, &[])
 }
 
 /// One STARTTLS session per `user:password` argument; prints `user code` for each AUTH.

@@ -355,13 +355,15 @@ impl EventLoop {
         }
     }
 
+    /// The connection an answer is for, unless its client left and the slot was reused.
+    fn answered(&mut self, slot: usize, sid: crate::envelope::SessionId) -> Option<&mut Slot> {
+        self.conns.get_mut(slot)?.as_mut().filter(|s| s.conn.id == sid)
+    }
+
     fn on_verdict(&mut self, v: DeliveryReport, scratch: &mut [u8], now: Instant) {
-        let Some(Some(s)) = self.conns.get_mut(v.slot) else {
+        let Some(s) = self.answered(v.slot, v.sid) else {
             return;
         };
-        if s.conn.id != v.sid {
-            return; // the client left; its slot was reused
-        }
         s.inflight = false;
         let outcome = match &v.outcome {
             DeliveryVerdict::Ok => Outcome::Ok,
@@ -379,12 +381,9 @@ impl EventLoop {
     /// Login verdicts: logged (user and address, never the password), then given to the
     /// session, which replies 235, 535, 454 or 421.
     fn on_auth(&mut self, a: AuthAnswer, scratch: &mut [u8], now: Instant) {
-        let Some(Some(s)) = self.conns.get_mut(a.slot) else {
+        let Some(s) = self.answered(a.slot, a.sid) else {
             return;
         };
-        if s.conn.id != a.sid {
-            return;
-        }
         let (result, name) = match a.verdict {
             AuthVerdict::Ok => (AuthResult::Ok, "ok"),
             AuthVerdict::Failed => (AuthResult::Failed, "permfail"),
@@ -405,12 +404,9 @@ impl EventLoop {
 
     /// Delivery's answer to a question at MAIL or RCPT: the session replies and reads on.
     fn on_lookup(&mut self, a: LookupAnswer, scratch: &mut [u8], now: Instant) {
-        let Some(Some(s)) = self.conns.get_mut(a.slot) else {
+        let Some(s) = self.answered(a.slot, a.sid) else {
             return;
         };
-        if s.conn.id != a.sid {
-            return; // the client left; its slot was reused
-        }
         s.conn.readable = true;
         let verdict = super::lookup::reply(a.verdict).map(|()| Vec::new());
         let before = s.conn.session_mut().output().len();
@@ -428,12 +424,9 @@ impl EventLoop {
         scratch: &mut [u8],
         now: Instant,
     ) {
-        let Some(Some(s)) = self.conns.get_mut(slot) else {
+        let Some(s) = self.answered(slot, sid) else {
             return;
         };
-        if s.conn.id != sid {
-            return; // the client left; its slot was reused
-        }
         s.conn.handle_hostname(verdict);
         self.pump(slot, scratch, now);
     }
@@ -447,12 +440,9 @@ impl EventLoop {
         scratch: &mut [u8],
         now: Instant,
     ) {
-        let Some(Some(s)) = self.conns.get_mut(slot) else {
+        let Some(s) = self.answered(slot, sid) else {
             return;
         };
-        if s.conn.id != sid {
-            return; // the client left; its slot was reused
-        }
         s.conn.readable = true;
         s.conn.filter_table_answered(verdict);
         self.pump(slot, scratch, now);
@@ -494,12 +484,9 @@ impl EventLoop {
     /// Reverse DNS answers: the session waiting before its greeting goes on.
     fn drain_rdns(&mut self, scratch: &mut [u8], now: Instant) {
         while let Some(a) = self.rdns.try_recv() {
-            let Some(Some(s)) = self.conns.get_mut(a.slot) else {
+            let Some(s) = self.answered(a.slot, a.sid) else {
                 continue;
             };
-            if s.conn.id != a.sid {
-                continue; // the client left; its slot was reused
-            }
             s.conn.handle_rdns(a.name);
             self.pump(a.slot, scratch, now);
         }

@@ -314,6 +314,13 @@ impl Client {
         c
     }
 
+    /// Over a connection made elsewhere; the greeting is left for the caller to read.
+    pub fn open(stream: TcpStream) -> Client {
+        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let reader = BufReader::new(stream.try_clone().expect("clone"));
+        Client { stream, reader }
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("send");
     }
@@ -467,4 +474,30 @@ pub fn count_with(m: &Mxd, needle: &str) -> usize {
 pub fn mxctl(m: &Mxd, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_mxctl")).arg("-f").arg(&m.conf).args(args).output().expect("mxctl");
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// The project's smtpd-tables(7) program (tests/tables/proc_table.py) and its data, in a
+/// directory the unprivileged user can read (tables run as `mxd` when the tests run as
+/// root): each `(name, text)` file, and a world-writable log of starts, `starts-NAME`, for
+/// each of them and for each of `more_starts` (tables whose data file is missing).
+pub fn proc_table_dir(files: &[(&str, String)], more_starts: &[&str]) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().expect("tempdir");
+    let mode = |name: &str, mode: u32| {
+        std::fs::set_permissions(t.path().join(name), std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    mode("", 0o755);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tables/proc_table.py");
+    std::fs::copy(script, t.path().join("proc_table.py")).expect("copy proc_table.py");
+    mode("proc_table.py", 0o755);
+    for (name, text) in files {
+        std::fs::write(t.path().join(name), text).expect("table data");
+        mode(name, 0o644);
+    }
+    for name in files.iter().map(|(name, _)| *name).chain(more_starts.iter().copied()) {
+        let starts = format!("starts-{name}");
+        std::fs::write(t.path().join(&starts), "").expect("starts file");
+        mode(&starts, 0o666);
+    }
+    t
 }
