@@ -27,6 +27,14 @@ fn filtered_conf(top: String, filter: &'static str) -> impl FnOnce(&Path, u16) -
     }
 }
 
+/// The project's filter on every phase (tests/filters/all_phases.py): its `filter "all"`
+/// line, and the log where it writes what it saw.
+fn all_phases(dir: &Path) -> (String, std::path::PathBuf) {
+    let script = common::filter_script(dir, "all_phases.py");
+    let log = dir.join("phases.log");
+    (format!("filter \"all\" proc-exec \"{PY} {} {}\"\n", script.display(), log.display()), log)
+}
+
 /// Sends one message in a session of its own; returns the reply to the final dot.
 fn send(port: u16, from: &str, to: &str, message: &str) -> String {
     let mut c = Client::connect(port);
@@ -102,10 +110,8 @@ fn own_filter_sees_every_phase_through_the_daemon() {
         return;
     }
     let dir = common::shared_tempdir();
-    let s = common::filter_script(dir.path(), "all_phases.py");
-    let log = dir.path().join("phases.log");
-    let top = format!("filter \"all\" proc-exec \"{PY} {} {}\"\n", s.display(), log.display());
-    let m = Mxd::start_with(filtered_conf(top, "all"), &[]);
+    let (all, log) = all_phases(dir.path());
+    let m = Mxd::start_with(filtered_conf(all, "all"), &[]);
     let mut c = m.connect();
     assert!(c.cmd("EHLO reject.test").starts_with("550 5.7.1 helo refused"));
     assert!(c.cmd("EHLO client.test").starts_with("250"));
@@ -171,10 +177,8 @@ fn data_lines_stream_through_the_filter_while_the_message_arrives() {
         return;
     }
     let dir = common::shared_tempdir();
-    let s = common::filter_script(dir.path(), "all_phases.py");
-    let log = dir.path().join("phases.log");
-    let top =
-        format!("filter \"all\" proc-exec \"{PY} {} {}\"\nsmtp max-message-size 4K\n", s.display(), log.display());
+    let (all, log) = all_phases(dir.path());
+    let top = format!("{all}smtp max-message-size 4K\n");
     let m = Mxd::start_with(filtered_conf(top, "all"), &[]);
     let mut c = m.connect();
     assert!(c.cmd("EHLO client.test").starts_with("250"));
@@ -218,16 +222,10 @@ fn own_filter_sees_starttls_auth_quit_and_their_reports() {
         return;
     }
     let dir = common::shared_tempdir();
-    let s = common::filter_script(dir.path(), "all_phases.py");
-    let log = dir.path().join("phases.log");
+    let (all, log) = all_phases(dir.path());
     let hash = Command::new(env!("CARGO_BIN_EXE_mxctl")).args(["encrypt", "s3cret"]).output().expect("mxctl");
     let hash = String::from_utf8(hash.stdout).unwrap().trim().to_owned();
-    let top = format!(
-        "{}table creds {{ joseph = \"{hash}\" }}\nfilter \"all\" proc-exec \"{PY} {} {}\"\n",
-        pki(dir.path()),
-        s.display(),
-        log.display()
-    );
+    let top = format!("{}table creds {{ joseph = \"{hash}\" }}\n{all}", pki(dir.path()));
     let m = Mxd::start_with(
         move |d: &Path, p: u16| {
             let listen = format!("listen on 127.0.0.1 port {p}\n");
@@ -284,10 +282,8 @@ fn an_idle_session_is_reported_as_a_timeout() {
         return;
     }
     let dir = common::shared_tempdir();
-    let s = common::filter_script(dir.path(), "all_phases.py");
-    let log = dir.path().join("phases.log");
-    let top = format!("filter \"all\" proc-exec \"{PY} {} {}\"\n", s.display(), log.display());
-    let m = Mxd::start_with(filtered_conf(top, "all"), &[("MXD_SMTP_TIMEOUT", "2")]);
+    let (all, log) = all_phases(dir.path());
+    let m = Mxd::start_with(filtered_conf(all, "all"), &[("MXD_SMTP_TIMEOUT", "2")]);
     let mut c = m.connect();
     assert!(c.cmd("EHLO client.test").starts_with("250"));
     assert!(c.reply().starts_with("421"), "the idle timeout");
@@ -307,10 +303,8 @@ fn a_line_too_long_for_filters_refuses_only_its_message() {
         return;
     }
     let dir = common::shared_tempdir();
-    let s = common::filter_script(dir.path(), "all_phases.py");
-    let log = dir.path().join("phases.log");
-    let top = format!("filter \"all\" proc-exec \"{PY} {} {}\"\n", s.display(), log.display());
-    let m = Mxd::start_with(filtered_conf(top, "all"), &[]);
+    let (all, _log) = all_phases(dir.path());
+    let m = Mxd::start_with(filtered_conf(all, "all"), &[]);
     let mut c = m.connect();
     assert!(c.cmd("EHLO client.test").starts_with("250"));
     // 70,000 octets on one line: more than a filter could answer within what mxd reads
