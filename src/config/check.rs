@@ -200,7 +200,8 @@ fn relay_notices(
 ) {
     let mut notice =
         |text: &str| notices.push(super::Notice { at: at.clone(), text: text.to_owned(), blocking: false });
-    if let Some(t) = r.host_table.as_ref().and_then(|t| tables.get(t)) {
+    // A proc table here is refused by need_table: it has no entries to read.
+    if let Some(t) = r.host_table.as_ref().and_then(|t| tables.get(t)).filter(|t| !t.is_proc()) {
         let mut hosts = t.originals();
         match hosts.next().map(super::parser::relay_url) {
             Some(Ok(url)) => r.host = Some(url),

@@ -553,7 +553,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Unsupported(what) => write!(f, "{what} is not supported by mxd"),
             ErrorKind::ProcTableUse(name) => write!(
                 f,
-                "table '{name}' is a proc table: this use (a builtin filter's condition, a relay's host <{name}>) is looked up where waiting for a table process is not allowed; table processes serve logins, relays' auth, src, helo-src and domain, listen hostnames and senders, and match, alias, virtual and userbase lookups (expected a file:, db:, passwd: or inline table here)"
+                "table '{name}' is a proc table: a relay's host <{name}> is read once, when the configuration loads, and a table process cannot list its entries; table processes serve logins, relays' auth, src, helo-src and domain, listen hostnames and senders, builtin filter conditions, and match, alias, virtual and userbase lookups (expected a file:, db:, passwd: or inline table here)"
             ),
             ErrorKind::BadRegex { pattern, error } => {
                 write!(f, "invalid regular expression '{pattern}': {error} (expected an extended regular expression)")
