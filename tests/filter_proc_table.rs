@@ -30,19 +30,18 @@ fn builtin_filter_conditions_ask_a_table_process() {
         return;
     }
     let t = table_dir();
-    let td = t.path().display().to_string();
     let mxd = Mxd::start_with(
         |d, p| {
             // `dead` reads a data file that is not there: its process exits at once.
             let listen = format!(
-                "table bad \"proc-exec:{td}/proc_table.py {td}/bad {td}/starts-bad mailaddr,netaddr\"\n\
-                 table dead \"proc-exec:{td}/proc_table.py {td}/missing {td}/starts-dead mailaddr\"\n\
-                 filter \"norcpt\" phase rcpt-to match rcpt-to <bad> reject \"550 5.7.1 listed recipient\"\n\
+                "{}{}filter \"norcpt\" phase rcpt-to match rcpt-to <bad> reject \"550 5.7.1 listed recipient\"\n\
                  filter \"deadrcpt\" phase rcpt-to match !rcpt-to <dead> reject \"550 5.7.1 not listed\"\n\
                  filter \"nosrc\" phase connect match src <bad> disconnect \"554 5.7.1 listed client\"\n\
                  listen on 127.0.0.1 port {p} filter \"norcpt\"\n\
                  listen on 127.0.0.2 port {p} filter \"deadrcpt\"\n\
-                 listen on 127.0.0.3 port {p} filter \"nosrc\"\n"
+                 listen on 127.0.0.3 port {p} filter \"nosrc\"\n",
+                common::proc_table(t.path(), "bad", "bad", "mailaddr,netaddr"),
+                common::proc_table(t.path(), "dead", "missing", "mailaddr"),
             );
             basic_conf(d, p).replace(&format!("listen on 127.0.0.1 port {p}\n"), &listen)
         },

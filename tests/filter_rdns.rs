@@ -9,7 +9,7 @@ mod dns_util;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{basic_conf, can_run, wait_for, Mxd, Need};
@@ -42,6 +42,43 @@ fn greeted_session(stream: TcpStream, prefix: &[u8]) -> String {
     greeting
 }
 
+/// dnsmasq at `dns_at` with `records`, and mxd resolving through it with the project's
+/// filter ("own", logging every phase) declared after `tables` and before `rules`, which
+/// must define the chain "all" that the listener (with `listen_opts`) runs.
+fn start(
+    dns_at: &str,
+    records: &[String],
+    tables: &str,
+    rules: &str,
+    listen_opts: &'static str,
+) -> (Dnsmasq, tempfile::TempDir, PathBuf, Mxd) {
+    let dns = Dnsmasq::start(dns_at, records);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let resolv = dns.resolv_conf(dir.path(), "timeout:2 attempts:1");
+    let log = dir.path().join("phases.log");
+    let script = common::filter_script(dir.path(), "all_phases.py");
+    let top = format!("{tables}filter \"own\" proc-exec \"{PY} {} {}\"\n{rules}", script.display(), log.display());
+    let m = Mxd::start_with(
+        move |d: &Path, p: u16| {
+            let listen = format!("listen on 127.0.0.1 port {p}\n");
+            let with = format!("listen on 127.0.0.1 port {p}{listen_opts} filter \"all\"\n");
+            format!("{top}{}", basic_conf(d, p).replace(&listen, &with))
+        },
+        &[("MXD_RESOLV_CONF", resolv.to_str().unwrap())],
+    );
+    (dns, dir, log, m)
+}
+
+/// What the filter logged, once both sessions of a test have disconnected.
+fn after_two_sessions(log: &Path) -> String {
+    let seen = || std::fs::read_to_string(log).unwrap_or_default();
+    wait_for("both sessions' link-disconnect", Duration::from_secs(20), || {
+        seen().lines().filter(|l| *l == "link-disconnect").count() >= 2
+    });
+    seen()
+}
+
 #[test]
 fn link_connect_and_connect_rules_see_the_confirmed_name() {
     let needs = [Need::File(DNSMASQ, "dnsmasq-base"), Need::File(PY, "python3")];
@@ -56,38 +93,17 @@ fn link_connect_and_connect_rules_see_the_confirmed_name() {
         "--host-record=liar.frdns.test,127.0.57.99",
     ]
     .map(String::from);
-    let dns = Dnsmasq::start("127.0.57.1", &records);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let resolv = dns.resolv_conf(dir.path(), "timeout:2 attempts:1");
-    let log = dir.path().join("phases.log");
-    let top = format!(
-        "filter \"own\" proc-exec \"{PY} {} {}\"\n\
-         filter \"named\" phase connect match !rdns disconnect \"421 4.7.0 no name, no mail\"\n\
+    let rules = "filter \"named\" phase connect match !rdns disconnect \"421 4.7.0 no name, no mail\"\n\
          filter \"confirmed\" phase connect match !fcrdns disconnect \"421 4.7.0 not confirmed\"\n\
-         filter \"all\" chain {{ \"own\", \"named\", \"confirmed\" }}\n",
-        common::filter_script(dir.path(), "all_phases.py").display(),
-        log.display()
-    );
-    let m = Mxd::start_with(
-        move |d: &Path, p: u16| {
-            let listen = format!("listen on 127.0.0.1 port {p}\n");
-            let conf = basic_conf(d, p).replace(&listen, &format!("listen on 127.0.0.1 port {p} filter \"all\"\n"));
-            format!("{top}{conf}")
-        },
-        &[("MXD_RESOLV_CONF", resolv.to_str().unwrap())],
-    );
+         filter \"all\" chain { \"own\", \"named\", \"confirmed\" }\n";
+    let (_dns, _dir, log, m) = start("127.0.57.1", &records, "", rules, "");
 
     let greeting = session_from("127.0.57.10", m.port);
     assert!(greeting.starts_with("220"), "{greeting}: {}", m.log());
     let refused = session_from("127.0.57.11", m.port);
     assert!(refused.starts_with("421 4.7.0 no name, no mail"), "{refused}: {}", m.log());
 
-    let seen = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_for("both sessions' link-disconnect", Duration::from_secs(20), || {
-        seen().lines().filter(|l| *l == "link-disconnect").count() >= 2
-    });
-    let seen = seen();
+    let seen = after_two_sessions(&log);
     let has = |prefix: &str| seen.lines().any(|l| l.starts_with(prefix));
     // The name, confirmed, in link-connect and in the connect request (`RDNS|SRC`).
     assert!(has("link-connect good.frdns.test|pass|127.0.57.10:"), "{seen}");
@@ -118,28 +134,10 @@ fn behind_a_proxy_filters_see_the_client_its_header_names() {
         "--host-record=the-proxy.test,127.0.0.1",
     ]
     .map(String::from);
-    let dns = Dnsmasq::start("127.0.58.1", &records);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let resolv = dns.resolv_conf(dir.path(), "timeout:2 attempts:1");
-    let log = dir.path().join("phases.log");
-    let top = format!(
-        "table proxies {{ \"127.0.0.1\" }}\n\
-         filter \"own\" proc-exec \"{PY} {} {}\"\n\
-         filter \"named\" phase connect match !rdns disconnect \"421 4.7.0 no name, no mail\"\n\
+    let rules = "filter \"named\" phase connect match !rdns disconnect \"421 4.7.0 no name, no mail\"\n\
          filter \"direct\" phase connect match src <proxies> disconnect \"421 4.7.0 the proxy itself\"\n\
-         filter \"all\" chain {{ \"own\", \"named\", \"direct\" }}\n",
-        common::filter_script(dir.path(), "all_phases.py").display(),
-        log.display()
-    );
-    let m = Mxd::start_with(
-        move |d: &Path, p: u16| {
-            let listen = format!("listen on 127.0.0.1 port {p}\n");
-            let proxied = format!("listen on 127.0.0.1 port {p} proxy-v2 filter \"all\"\n");
-            format!("{top}{}", basic_conf(d, p).replace(&listen, &proxied))
-        },
-        &[("MXD_RESOLV_CONF", resolv.to_str().unwrap())],
-    );
+         filter \"all\" chain { \"own\", \"named\", \"direct\" }\n";
+    let (_dns, _dir, log, m) = start("127.0.58.1", &records, "table proxies { \"127.0.0.1\" }\n", rules, " proxy-v2");
 
     // The connection comes from 127.0.0.1 (the proxy); rules judge the client, by its name.
     let greeting = proxied_session("127.0.58.10", m.port);
@@ -147,11 +145,7 @@ fn behind_a_proxy_filters_see_the_client_its_header_names() {
     let refused = proxied_session("127.0.58.11", m.port);
     assert!(refused.starts_with("421 4.7.0 no name, no mail"), "{refused}: {}", m.log());
 
-    let seen = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_for("both sessions' link-disconnect", Duration::from_secs(20), || {
-        seen().lines().filter(|l| *l == "link-disconnect").count() >= 2
-    });
-    let seen = seen();
+    let seen = after_two_sessions(&log);
     let has = |prefix: &str| seen.lines().any(|l| l.starts_with(prefix));
     // link-connect and the connect request name the client, its port and where it
     // connected, all from the header; nothing names the proxy.

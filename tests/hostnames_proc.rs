@@ -37,18 +37,17 @@ fn hostnames_from_a_table_process_name_the_greeting() {
         return;
     }
     let t = table_dir();
-    let td = t.path().display().to_string();
     let mxd = Mxd::start_with(
         |d, p| {
             // `dead` reads a data file that is not there: its process exits at once.
             let listen = format!(
-                "table names \"proc-exec:{td}/proc_table.py {td}/names {td}/starts-names addrname\"\n\
-                 table dead \"proc-exec:{td}/proc_table.py {td}/missing {td}/starts-dead addrname\"\n\
-                 listen on 127.0.0.1 port {p} hostnames <names>\n\
+                "{}{}listen on 127.0.0.1 port {p} hostnames <names>\n\
                  listen on 127.0.0.2 port {p} hostnames <names>\n\
                  listen on 127.0.0.3 port {p} hostnames <names>\n\
                  listen on 127.0.0.4 port {p} hostnames <names>\n\
-                 listen on 127.0.0.5 port {p} hostnames <dead>\n"
+                 listen on 127.0.0.5 port {p} hostnames <dead>\n",
+                common::proc_table(t.path(), "names", "names", "addrname"),
+                common::proc_table(t.path(), "dead", "missing", "addrname"),
             );
             basic_conf(d, p).replace(&format!("listen on 127.0.0.1 port {p}\n"), &listen)
         },

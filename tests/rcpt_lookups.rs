@@ -100,16 +100,13 @@ fn proc_tables_and_forward_only_are_decided_at_rcpt_and_mail() {
     }
     std::fs::set_permissions(homes.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let t = table_dir(homes.path());
-    let td = t.path().display().to_string();
     let auth_port = common::free_port();
     let hash = common::mxctl_encrypt(PASSWORD);
     let h = homes.path().display().to_string();
     let mx = Mxd::start_with(
         |d: &Path, p: u16| {
             let (uid, gid) = uid_gid();
-            let proc = |name: &str, service: &str| {
-                format!("table {name} \"proc-exec:{td}/proc_table.py {td}/{name} {td}/starts-{name} {service}\"\n")
-            };
+            let proc = |name: &str, service: &str| common::proc_table(t.path(), name, name, service);
             format!(
                 "spool \"{dd}/spool\"\nhostname \"mx.test\"\n{pki}{aliases}{virt}{users}{domains}{senders}\
                  table creds {{ joseph = \"{hash}\" }}\n\

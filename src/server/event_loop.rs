@@ -322,25 +322,19 @@ impl EventLoop {
                         self.on_auth(AuthAnswer { slot, sid, id, user, verdict }, scratch, now);
                     }
                     (Waiter::Lookup { slot, sid, id }, answer) => {
-                        let verdict = match answer {
-                            Answer::Lookup(v) => v,
-                            _ => LookupVerdict::TempFail,
-                        };
+                        let verdict = lookup_verdict(answer);
                         self.on_lookup(LookupAnswer { slot, sid, id, verdict }, scratch, now);
                     }
                     (Waiter::Hostname { slot, sid }, answer) => {
-                        let verdict = match answer {
-                            Answer::Lookup(v) => v,
-                            _ => LookupVerdict::TempFail,
-                        };
-                        self.on_hostname(slot, sid, verdict, scratch, now);
+                        let verdict = lookup_verdict(answer);
+                        self.on_answer(slot, sid, scratch, now, |c| c.handle_hostname(verdict));
                     }
                     (Waiter::FilterTable { slot, sid }, answer) => {
-                        let verdict = match answer {
-                            Answer::Lookup(v) => v,
-                            _ => LookupVerdict::TempFail,
-                        };
-                        self.on_filter_table(slot, sid, verdict, scratch, now);
+                        let verdict = lookup_verdict(answer);
+                        self.on_answer(slot, sid, scratch, now, |c| {
+                            c.readable = true;
+                            c.filter_table_answered(verdict);
+                        });
                     }
                     (Waiter::Message { slot, sid, msgid }, Answer::Auth(_) | Answer::Lookup(_)) => {
                         let outcome = DeliveryVerdict::TempFail("delivery answered another request".into());
@@ -415,36 +409,20 @@ impl EventLoop {
         self.pump(a.slot, scratch, now);
     }
 
-    /// Delivery's answer to a `hostnames` question: the greeting goes out.
-    fn on_hostname(
+    /// Delivery's answer to a `hostnames` question (the greeting goes out) or to a builtin
+    /// filter condition's (the chain goes on): `give` hands it to the connection.
+    fn on_answer(
         &mut self,
         slot: usize,
         sid: crate::envelope::SessionId,
-        verdict: LookupVerdict,
         scratch: &mut [u8],
         now: Instant,
+        give: impl FnOnce(&mut Conn),
     ) {
         let Some(s) = self.answered(slot, sid) else {
             return;
         };
-        s.conn.handle_hostname(verdict);
-        self.pump(slot, scratch, now);
-    }
-
-    /// Delivery's answer to a builtin filter condition's question: the chain goes on.
-    fn on_filter_table(
-        &mut self,
-        slot: usize,
-        sid: crate::envelope::SessionId,
-        verdict: LookupVerdict,
-        scratch: &mut [u8],
-        now: Instant,
-    ) {
-        let Some(s) = self.answered(slot, sid) else {
-            return;
-        };
-        s.conn.readable = true;
-        s.conn.filter_table_answered(verdict);
+        give(&mut s.conn);
         self.pump(slot, scratch, now);
     }
 
@@ -576,5 +554,13 @@ fn result_name(outcome: &DeliveryVerdict) -> &'static str {
         DeliveryVerdict::Ok => "Ok",
         DeliveryVerdict::TempFail(_) => "TempFail",
         DeliveryVerdict::PermFail(_) => "PermFail",
+    }
+}
+
+/// A lookup's verdict; an answer of another kind (a confused link) is a temporary failure.
+fn lookup_verdict(answer: Answer) -> LookupVerdict {
+    match answer {
+        Answer::Lookup(v) => v,
+        _ => LookupVerdict::TempFail,
     }
 }

@@ -124,7 +124,7 @@ impl LoopCtx<'_> {
     }
 
     /// Sends a builtin filter condition's question to the delivery process; the answer
-    /// comes back through `EventLoop::on_filter_table`.
+    /// comes back through `EventLoop::on_answer`.
     pub(crate) fn ask_filter_table(&mut self, sid: SessionId, ask: LookupAsk) {
         self.link.ask(ask, Waiter::FilterTable { slot: self.slot, sid });
     }

@@ -501,3 +501,11 @@ pub fn proc_table_dir(files: &[(&str, String)], more_starts: &[&str]) -> tempfil
     }
     t
 }
+
+/// `table NAME "proc-exec:…"`: proc_table.py in `dir` serving `services` from the file
+/// `data` (one that is not there makes a process that exits at once), logging its starts
+/// to `starts-NAME`.
+pub fn proc_table(dir: &Path, name: &str, data: &str, services: &str) -> String {
+    let td = dir.display();
+    format!("table {name} \"proc-exec:{td}/proc_table.py {td}/{data} {td}/starts-{name} {services}\"\n")
+}
