@@ -249,6 +249,14 @@ fn open_without_links(path: &Path) -> Result<Option<std::fs::File>, String> {
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
         return Err("not a file path".into());
     };
+    // Most users have no .forward, and every message asks: one lstat answers that, where
+    // the walk below costs two dozen calls. A file created meanwhile is the same race as one
+    // created just after the walk.
+    if let Err(e) = std::fs::symlink_metadata(path) {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return Ok(None);
+        }
+    }
     let parent = match std::fs::canonicalize(parent) {
         Ok(p) => p,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
