@@ -59,6 +59,14 @@ pub struct Job {
     pub mail: Arc<Mail>,
     pub targets: Vec<Target>,
     pub done: Box<dyn FnOnce(DeliveryResult) + Send>,
+    /// Told once per batch, after the `done` of every job of the batch that shares it: a
+    /// receiver that holds verdicts sends them then, in one write.
+    pub batch_end: Option<Arc<dyn BatchEnd>>,
+}
+
+/// See [`Job::batch_end`].
+pub trait BatchEnd: Send + Sync {
+    fn batch_end(&self);
 }
 
 /// A delivery verdict; mirrors the log's `result=Ok|TempFail|PermFail`.

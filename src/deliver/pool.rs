@@ -4,7 +4,7 @@
 //! 2. makes the batch durable: one syncfs(2) per file system on Linux, one fsync(2) per file
 //!    elsewhere;
 //! 3. renames every copy into new/ and fsyncs each distinct new/ directory once;
-//! 4. reports each job's verdict.
+//! 4. reports each job's verdict, then tells each distinct `batch_end` of the batch once.
 //!
 //! So the fsync latency is paid once per batch, not once per message.
 
@@ -26,7 +26,8 @@ use crate::queue;
 const MAX_BATCH: usize = 128;
 
 pub struct Pool {
-    tx: Option<Sender<Job>>,
+    /// Jobs come in groups ([`Pool::submit_all`]), each taken whole by one thread.
+    tx: Option<Sender<Vec<Job>>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -46,7 +47,7 @@ struct Ctx {
 
 impl Pool {
     pub fn start(threads: usize, hostname: &str, queue: Option<QueueHook>) -> Pool {
-        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let (tx, rx) = crossbeam_channel::unbounded::<Vec<Job>>();
         let ctx = Arc::new(Ctx { host: maildir::safe_host(hostname).into(), queue });
         let threads = (0..threads.max(1))
             .filter_map(|i| {
@@ -60,15 +61,20 @@ impl Pool {
     /// Queues a job. The channel is unbounded, but each session has at most one message in
     /// flight, so what waits here is bounded by the number of sessions.
     pub fn submit(&self, job: Job) {
-        let Some(tx) = &self.tx else {
-            return (job.done)(DeliveryResult::TempFail(Cause::new(
-                "submit",
-                "",
-                std::io::Error::other("delivery stopped"),
-            )));
+        self.submit_all(vec![job]);
+    }
+
+    /// Queues jobs that one thread takes together, in one batch (more if it has room).
+    pub fn submit_all(&self, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let refused = match &self.tx {
+            Some(tx) => tx.send(jobs).err().map(|e| e.0),
+            None => Some(jobs),
         };
-        if let Err(e) = tx.send(job) {
-            (e.0.done)(DeliveryResult::TempFail(Cause::new("submit", "", std::io::Error::other("delivery stopped"))));
+        for job in refused.into_iter().flatten() {
+            (job.done)(DeliveryResult::TempFail(Cause::new("submit", "", std::io::Error::other("delivery stopped"))));
         }
     }
 
@@ -81,12 +87,11 @@ impl Pool {
     }
 }
 
-fn run(rx: &Receiver<Job>, ctx: &Ctx) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
+fn run(rx: &Receiver<Vec<Job>>, ctx: &Ctx) {
+    while let Ok(mut batch) = rx.recv() {
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(jobs) => batch.extend(jobs),
                 Err(_) => break,
             }
         }
@@ -125,7 +130,13 @@ fn deliver_batch(batch: Vec<Job>, ctx: &Ctx) {
     if let (true, Some(q)) = (queued, &ctx.queue) {
         let _ = q.notify.try_send(());
     }
+    let mut ends: Vec<Arc<dyn super::BatchEnd>> = Vec::new();
     for p in pending {
+        if let Some(end) = &p.job.batch_end {
+            if !ends.iter().any(|e| Arc::ptr_eq(e, end)) {
+                ends.push(Arc::clone(end));
+            }
+        }
         let outcome = match p.failed {
             None => DeliveryResult::Ok,
             Some(cause) => {
@@ -134,6 +145,9 @@ fn deliver_batch(batch: Vec<Job>, ctx: &Ctx) {
             }
         };
         (p.job.done)(outcome);
+    }
+    for end in ends {
+        end.batch_end();
     }
 }
 
@@ -318,7 +332,7 @@ mod tests {
 
     fn deliver(pool: &Pool, mail: Arc<Mail>, targets: Vec<Target>) -> DeliveryResult {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        pool.submit(Job { mail, targets, done: Box::new(move |o| drop(tx.send(o))) });
+        pool.submit(Job { mail, targets, done: Box::new(move |o| drop(tx.send(o))), batch_end: None });
         rx.recv_timeout(Duration::from_secs(20)).expect("verdict")
     }
 

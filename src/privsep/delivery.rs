@@ -13,11 +13,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 
 use super::frame::{self, AuthVerdict, DeliveryVerdict, Head, LookupVerdict};
 use crate::config::Config;
-use crate::deliver::{DeliveryResult, Job, Mail, Pool};
+use crate::deliver::{BatchEnd, DeliveryResult, Job, Mail, Pool};
 use crate::envelope::{Envelope, MsgId, Target};
 use crate::resolve;
 use crate::rules::{self, Decision};
@@ -29,14 +29,15 @@ const BODY_SLACK: u64 = 64 * 1024;
 /// Most links one smtp process may hand over (one per event loop).
 const MAX_LINKS: usize = 64;
 
+/// Most messages a link's reader holds before handing them to the pool.
+const MAX_HELD_JOBS: usize = 64;
+
 /// What the readers of one smtp process's links share.
 struct Shared {
     config: Arc<Config>,
     pool: Pool,
     checker: super::auth::Checker,
     lookups: super::lookup::Lookups,
-    /// Verdicts for the writer: the link's index, the request's sequence number.
-    verdicts: Sender<(usize, u64, DeliveryVerdict)>,
     /// Which link each login or question came on (sequence numbers are unique across an
     /// smtp process's links; a forged duplicate only misroutes that process's own answer).
     logins: Arc<Logins>,
@@ -45,13 +46,66 @@ struct Shared {
 }
 
 type Logins = Mutex<HashMap<u64, usize>>;
-type Writers = Mutex<Vec<Option<UnixStream>>>;
+type Writers = Mutex<Vec<Arc<LinkOut>>>;
+
+/// A link's write end. Message verdicts are held until their delivery batch ends
+/// ([`BatchEnd`]), then sent in one write by the delivery thread itself: no thread between
+/// the group commit and the loop that waits for it.
+struct LinkOut(Mutex<Out>);
+
+struct Out {
+    /// `None` once a write failed: the smtp process is gone.
+    stream: Option<UnixStream>,
+    held: Vec<u8>,
+}
+
+impl LinkOut {
+    fn new(stream: UnixStream) -> Arc<LinkOut> {
+        Arc::new(LinkOut(Mutex::new(Out { stream: Some(stream), held: Vec::new() })))
+    }
+
+    fn hold(&self, seq: u64, v: &DeliveryVerdict) {
+        if let Ok(mut out) = self.0.lock() {
+            frame::encode_verdict(seq, v, &mut out.held);
+        }
+    }
+
+    /// Sends what `encode` writes, with whatever is held.
+    fn send(&self, encode: impl FnOnce(&mut Vec<u8>)) {
+        if let Ok(mut out) = self.0.lock() {
+            encode(&mut out.held);
+            out.flush();
+        }
+    }
+}
+
+impl Out {
+    fn flush(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        if let Some(w) = &mut self.stream {
+            if let Err(e) = w.write_all(&self.held) {
+                log::warn!("delivery: verdicts not sent, the smtp process is gone: {e}");
+                self.stream = None;
+            }
+        }
+        self.held.clear();
+    }
+}
+
+impl BatchEnd for LinkOut {
+    fn batch_end(&self) {
+        if let Ok(mut out) = self.0.lock() {
+            out.flush();
+        }
+    }
+}
 
 /// Serves one smtp process until it closes its links, then waits for the pool to finish.
 /// The first link may carry messages itself, or hand over the event loops' own links
 /// (`link.rs`), each then read by a thread of its own.
 pub fn serve(stream: UnixStream, config: &Arc<Config>, pool: Pool) {
-    let (vtx, vrx) = crossbeam_channel::unbounded::<(usize, u64, DeliveryVerdict)>();
     let (atx, arx) = crossbeam_channel::unbounded::<(u64, AuthVerdict)>();
     let (ltx, lrx) = crossbeam_channel::unbounded::<(u64, LookupVerdict)>();
     let writer = match stream.try_clone() {
@@ -63,15 +117,14 @@ pub fn serve(stream: UnixStream, config: &Arc<Config>, pool: Pool) {
         pool,
         checker: super::auth::Checker::start(Arc::clone(config), atx),
         lookups: super::lookup::Lookups::start(config, ltx),
-        verdicts: vtx,
         logins: Arc::default(),
-        writers: Arc::new(Mutex::new(vec![Some(writer)])),
+        writers: Arc::new(Mutex::new(vec![LinkOut::new(writer)])),
     });
     // Not `shared` itself: its senders must close when the readers and the pool are done.
     let (logins, writers) = (Arc::clone(&shared.logins), Arc::clone(&shared.writers));
     let writer = std::thread::Builder::new()
         .name("verdicts".into())
-        .spawn(move || write_verdicts(&writers, &logins, &vrx, &arx, &lrx));
+        .spawn(move || write_verdicts(&writers, &logins, &arx, &lrx));
     let mut readers = Vec::new();
     let mut first = std::io::BufReader::with_capacity(64 * 1024, super::link::FdReader::new(stream));
     read_link(0, &mut first, &shared, &mut |fds| {
@@ -86,9 +139,9 @@ pub fn serve(stream: UnixStream, config: &Arc<Config>, pool: Pool) {
     }
     match Arc::try_unwrap(shared) {
         Ok(shared) => {
-            let Shared { pool, checker, lookups, verdicts, .. } = shared;
+            let Shared { pool, checker, lookups, .. } = shared;
             pool.shutdown();
-            drop((verdicts, checker, lookups));
+            drop((checker, lookups));
         }
         Err(_) => log::error!("delivery: a link reader is still running"),
     }
@@ -110,7 +163,7 @@ fn adopt_link(fd: OwnedFd, shared: &Arc<Shared>, adopted: usize) -> Option<std::
     let writer = stream.try_clone().ok()?;
     let index = {
         let mut w = shared.writers.lock().ok()?;
-        w.push(Some(writer));
+        w.push(LinkOut::new(writer));
         w.len() - 1
     };
     let s = Arc::clone(shared);
@@ -128,11 +181,19 @@ fn adopt_link(fd: OwnedFd, shared: &Arc<Shared>, adopted: usize) -> Option<std::
 }
 
 /// Takes messages and logins from link `index` until it closes or sends what it may not.
-fn read_link<R: Read + TakeFds>(index: usize, reader: &mut R, shared: &Shared, links: &mut dyn FnMut(Vec<OwnedFd>)) {
+fn read_link<R: Read + LinkRead>(index: usize, reader: &mut R, shared: &Shared, links: &mut dyn FnMut(Vec<OwnedFd>)) {
     let config = &shared.config;
+    let Some(out) = shared.writers.lock().ok().and_then(|w| w.get(index).cloned()) else { return };
     // Bodies go back here when their messages are done, for the next ones to fill.
     let buffers = crate::buffers::Buffers::new();
+    // The messages of one read (a loop's turn) go to the pool together, so that one
+    // delivery thread commits them as one batch. Sent before a read that may block; a
+    // frame cut by the socket's buffer is finished first, as the loop is writing it.
+    let mut jobs: Vec<Job> = Vec::new();
     loop {
+        if reader.buffered() == 0 || jobs.len() >= MAX_HELD_JOBS {
+            shared.pool.submit_all(std::mem::take(&mut jobs));
+        }
         match next_message(reader, config, &buffers) {
             Ok(Some(SmtpFrame::Links)) => links(reader.take_fds()),
             Ok(Some(SmtpFrame::Auth(ask))) => {
@@ -158,9 +219,10 @@ fn read_link<R: Read + TakeFds>(index: usize, reader: &mut R, shared: &Shared, l
                             body,
                             recycle: Some(buffers.clone()),
                         };
-                        let tx = shared.verdicts.clone();
-                        let done = Box::new(move |o: DeliveryResult| drop(tx.send((index, seq, verdict(&o)))));
-                        shared.pool.submit(Job { mail: Arc::new(mail), targets, done });
+                        let link = Arc::clone(&out);
+                        let done = Box::new(move |o: DeliveryResult| link.hold(seq, &verdict(&o)));
+                        let batch_end: Arc<dyn BatchEnd> = out.clone();
+                        jobs.push(Job { mail: Arc::new(mail), targets, done, batch_end: Some(batch_end) });
                     }
                     Err(why) => {
                         log::warn!("delivery msgid={:08x} refused from the smtp process: {why}", head.msgid);
@@ -169,7 +231,7 @@ fn read_link<R: Read + TakeFds>(index: usize, reader: &mut R, shared: &Shared, l
                         } else {
                             DeliveryVerdict::TempFail("recipient not accepted by delivery".into())
                         };
-                        let _ = shared.verdicts.send((index, seq, verdict));
+                        out.send(|b| frame::encode_verdict(seq, &verdict, b));
                     }
                 }
             }
@@ -180,24 +242,36 @@ fn read_link<R: Read + TakeFds>(index: usize, reader: &mut R, shared: &Shared, l
             }
         }
     }
+    shared.pool.submit_all(jobs);
     // Whatever came with descriptors we did not ask for is closed here.
     drop(reader.take_fds());
 }
 
-/// Descriptors that came with the bytes read (only the first link takes any).
-trait TakeFds {
+/// A link's buffered reader.
+trait LinkRead {
+    /// Descriptors that came with the bytes read (only the first link takes any).
     fn take_fds(&mut self) -> Vec<OwnedFd>;
+    /// Bytes read and not yet taken: none, and the next frame needs a read that may block.
+    fn buffered(&self) -> usize;
 }
 
-impl TakeFds for std::io::BufReader<super::link::FdReader> {
+impl LinkRead for std::io::BufReader<super::link::FdReader> {
     fn take_fds(&mut self) -> Vec<OwnedFd> {
         std::mem::take(&mut self.get_mut().received)
     }
+
+    fn buffered(&self) -> usize {
+        self.buffer().len()
+    }
 }
 
-impl TakeFds for std::io::BufReader<UnixStream> {
+impl LinkRead for std::io::BufReader<UnixStream> {
     fn take_fds(&mut self) -> Vec<OwnedFd> {
         Vec::new()
+    }
+
+    fn buffered(&self) -> usize {
+        self.buffer().len()
     }
 }
 
@@ -319,74 +393,34 @@ fn verdict(o: &DeliveryResult) -> DeliveryVerdict {
     }
 }
 
-/// Writes verdicts (messages' and logins') as they come, every one waiting at that moment
-/// in one write per link, until both channels are closed.
+/// Writes the answers to logins and questions as they come, until both channels close.
 fn write_verdicts(
     writers: &Writers,
     login_links: &Logins,
-    rx: &Receiver<(usize, u64, DeliveryVerdict)>,
     logins: &Receiver<(u64, AuthVerdict)>,
     lookups: &Receiver<(u64, LookupVerdict)>,
 ) {
-    let mut bufs: Vec<Vec<u8>> = Vec::new();
-    let (never_m, never_a, never_l) =
-        (crossbeam_channel::never(), crossbeam_channel::never(), crossbeam_channel::never());
-    let (mut messages_open, mut logins_open, mut lookups_open) = (true, true, true);
-    let buf_of = |bufs: &mut Vec<Vec<u8>>, i: usize| -> usize {
-        // Bounded: the readers' indexes stop at MAX_LINKS.
-        if bufs.len() <= i {
-            bufs.resize_with(i + 1, Vec::new);
-        }
-        i
+    let link_of = |seq: u64| {
+        let index = login_links.lock().ok().and_then(|mut l| l.remove(&seq)).unwrap_or(0);
+        writers.lock().ok().and_then(|w| w.get(index).cloned())
     };
-    let login_link = |seq: u64| login_links.lock().ok().and_then(|mut l| l.remove(&seq)).unwrap_or(0);
-    while messages_open || logins_open || lookups_open {
-        let (m, a) = (if messages_open { rx } else { &never_m }, if logins_open { logins } else { &never_a });
-        let l = if lookups_open { lookups } else { &never_l };
+    let (never_a, never_l) = (crossbeam_channel::never(), crossbeam_channel::never());
+    let (mut logins_open, mut lookups_open) = (true, true);
+    while logins_open || lookups_open {
+        let (a, l) = (if logins_open { logins } else { &never_a }, if lookups_open { lookups } else { &never_l });
         crossbeam_channel::select! {
-            recv(m) -> got => match got {
-                Ok((i, seq, v)) => {
-                    let i = buf_of(&mut bufs, i);
-                    frame::encode_verdict(seq, &v, &mut bufs[i]);
-                }
-                Err(_) => messages_open = false,
-            },
             recv(a) -> got => match got {
-                Ok((seq, v)) => {
-                    let i = buf_of(&mut bufs, login_link(seq));
-                    frame::encode_auth_verdict(seq, v, &mut bufs[i]);
-                }
+                Ok((seq, v)) => if let Some(link) = link_of(seq) {
+                    link.send(|b| frame::encode_auth_verdict(seq, v, b));
+                },
                 Err(_) => logins_open = false,
             },
             recv(l) -> got => match got {
-                Ok((seq, v)) => {
-                    let i = buf_of(&mut bufs, login_link(seq));
-                    frame::encode_lookup_verdict(seq, v, &mut bufs[i]);
-                }
+                Ok((seq, v)) => if let Some(link) = link_of(seq) {
+                    link.send(|b| frame::encode_lookup_verdict(seq, v, b));
+                },
                 Err(_) => lookups_open = false,
             },
-        }
-        while let Ok((i, seq, v)) = rx.try_recv() {
-            let i = buf_of(&mut bufs, i);
-            frame::encode_verdict(seq, &v, &mut bufs[i]);
-        }
-        while let Ok((seq, v)) = logins.try_recv() {
-            let i = buf_of(&mut bufs, login_link(seq));
-            frame::encode_auth_verdict(seq, v, &mut bufs[i]);
-        }
-        while let Ok((seq, v)) = lookups.try_recv() {
-            let i = buf_of(&mut bufs, login_link(seq));
-            frame::encode_lookup_verdict(seq, v, &mut bufs[i]);
-        }
-        for (i, buf) in bufs.iter_mut().enumerate().filter(|(_, b)| !b.is_empty()) {
-            let Ok(mut writers) = writers.lock() else { return };
-            if let Some(Some(w)) = writers.get_mut(i) {
-                if let Err(e) = w.write_all(buf) {
-                    log::warn!("delivery: verdicts not sent, the smtp process is gone: {e}");
-                    writers[i] = None;
-                }
-            }
-            buf.clear();
         }
     }
 }
