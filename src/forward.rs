@@ -176,6 +176,13 @@ fn split_line(line: &str) -> Option<Vec<String>> {
 /// Reads `~/.forward` of `user` (as root: the checks stand in for the user's rights).
 pub fn read(user: &User) -> ForwardFile {
     let home = &user.home;
+    let path = home.join(".forward");
+    // Most users have none, and every message asks: one lstat answers that, where the
+    // checked open below walks every directory from `/`. A file created meanwhile is the
+    // same race as one created just after the walk.
+    if matches!(std::fs::symlink_metadata(&path), Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+        return ForwardFile::Missing;
+    }
     match std::fs::metadata(home) {
         Ok(m) if m.mode() & 0o1000 != 0 => {
             return ForwardFile::Refused(ForwardRefusal::Insecure(format!("{} is sticky", home.display())))
@@ -183,7 +190,7 @@ pub fn read(user: &User) -> ForwardFile {
         Ok(_) => {}
         Err(_) => return ForwardFile::Missing,
     }
-    match read_checked(&home.join(".forward"), user) {
+    match read_checked(&path, user) {
         Ok(None) => ForwardFile::Missing,
         Ok(Some(text)) => match parse(&text) {
             Ok(entries) => ForwardFile::Entries(entries),
@@ -249,14 +256,6 @@ fn open_without_links(path: &Path) -> Result<Option<std::fs::File>, String> {
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
         return Err("not a file path".into());
     };
-    // Most users have no .forward, and every message asks: one lstat answers that, where
-    // the walk below costs two dozen calls. A file created meanwhile is the same race as one
-    // created just after the walk.
-    if let Err(e) = std::fs::symlink_metadata(path) {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            return Ok(None);
-        }
-    }
     let parent = match std::fs::canonicalize(parent) {
         Ok(p) => p,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -379,6 +378,29 @@ mod tests {
         assert_eq!(parse("a b\n"), Err(ForwardRefusal::Syntax(1)));
         assert_eq!(parse("\n  \n"), Ok(vec![]));
         assert_eq!(parse(&"u,".repeat(MAX_ENTRIES + 1)), Err(ForwardRefusal::TooMany));
+    }
+
+    #[test]
+    fn read_checks_what_is_there_and_only_that() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let home = t.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let user = User { name: "joseph".into(), uid: me, gid: me, home: home.clone() };
+        assert!(matches!(read(&user), ForwardFile::Missing));
+        // A sticky home with no .forward: nothing to refuse, no warning per message.
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o1755)).unwrap();
+        assert!(matches!(read(&user), ForwardFile::Missing));
+        std::fs::write(home.join(".forward"), "alice\n").unwrap();
+        assert!(matches!(read(&user), ForwardFile::Refused(ForwardRefusal::Insecure(_))));
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(matches!(read(&user), ForwardFile::Entries(e) if e == vec![ForwardEntry::User("alice".into())]));
+        // A symlink is there too, and refused: never followed.
+        std::fs::remove_file(home.join(".forward")).unwrap();
+        std::fs::write(t.path().join("elsewhere"), "bob\n").unwrap();
+        std::os::unix::fs::symlink(t.path().join("elsewhere"), home.join(".forward")).unwrap();
+        assert!(matches!(read(&user), ForwardFile::Refused(ForwardRefusal::Insecure(_))));
     }
 
     #[test]
