@@ -65,13 +65,15 @@ fn parse_passwd_line(line: &str) -> Option<User> {
 }
 
 /// A `userbase` table: `name = "uid:gid:home"` (a proc table's `userinfo`, where this
-/// process may wait for it; a table that fails answers no user).
+/// process may wait for it).
 pub struct Userbase<'a>(pub &'a Table);
 
-impl UserDb for Userbase<'_> {
-    fn by_name(&self, name: &str) -> Option<User> {
-        let value = self.0.lookup_value(crate::table::proc::TableService::Userinfo, name).ok()??;
-        parse_entry(name, &value)
+impl Userbase<'_> {
+    /// The user, `None` when the table has no such user, or why the table could not say
+    /// (a proc table that failed: a temporary failure, never "no such user").
+    pub fn lookup(&self, name: &str) -> Result<Option<User>, crate::table::LookupError> {
+        let value = self.0.lookup_value(crate::table::proc::TableService::Userinfo, name)?;
+        Ok(value.and_then(|v| parse_entry(name, &v)))
     }
 }
 

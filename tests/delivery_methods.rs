@@ -258,3 +258,45 @@ fn a_wrapper_must_be_declared_and_wrap_an_mda() {
     let (_, text) = check("mda wrapper \"w\" \"nice %{mda}\"\naction \"a\" maildir wrapper \"w\"");
     assert!(text.contains("wrappers around mda commands only (not run: the daemon refuses to start"), "{text}");
 }
+
+#[test]
+fn a_users_table_that_fails_when_the_command_runs_defers_it() {
+    if !common::can_run(
+        "a_users_table_that_fails_when_the_command_runs_defers_it",
+        &[common::Need::Program("python3", "python3"), common::Need::Root],
+    ) {
+        return;
+    }
+    // The table answers `parentfails` everywhere but in the parent, which runs mda
+    // commands: accepted at RCPT and committed, then the lookup fails when the command is due.
+    let t = common::proc_table_dir(&[("pusers", "parentfails 65534:65534:/nonexistent\n".to_owned())], &[]);
+    let m = Mxd::start_with(
+        |d: &Path, p: u16| {
+            let (uid, gid) = uid_gid();
+            format!(
+                "spool \"{dd}/spool\"\nhostname \"mx.test\"\n{pusers}\
+                 table users {{ joseph = \"{uid}:{gid}:{dd}/home/joseph\" }}\n\
+                 listen on 127.0.0.1 port {p}\n\
+                 action \"local\" maildir userbase <users>\n\
+                 action \"cmd\" mda \"cat > /dev/null\" userbase <pusers>\n\
+                 match from any for domain \"mx.test\" action \"local\"\n\
+                 match from any for domain \"cmd.test\" action \"cmd\"\n",
+                dd = d.display(),
+                pusers = common::proc_table(t.path(), "pusers", "pusers", "userinfo"),
+            )
+        },
+        &[("MXD_RETRY_BASE", "60")],
+    );
+    python(SEND, &[&m.port.to_string(), "joseph@mx.test", "parentfails@cmd.test", "kept"]);
+    wait_for("the command's attempt", Duration::from_secs(20), || m.logged("to=<parentfails@cmd.test> method=mda"));
+    assert!(
+        m.logged("to=<parentfails@cmd.test> method=mda result=TempFail error=\"userbase: "),
+        "a table that failed is not an unknown user: {}",
+        m.log()
+    );
+    assert!(!m.logged("unknown user"), "{}", m.log());
+    // Kept for the next attempt, and no bounce.
+    assert_eq!(common::count_files(&m.path().join("spool/mda/new")), 1);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(m.messages("joseph").is_empty(), "no bounce");
+}

@@ -121,13 +121,15 @@ fn run(work: &Work, action: &Action, reports: &Sender<WorkerReport>) {
     }
 }
 
-fn user_of(config: &Config, action: &Action, name: &str) -> Option<User> {
+/// The user a command runs as; `Err` when the userbase could not answer (retried later:
+/// the message was accepted, and a table that is down is not an unknown user).
+fn user_of(config: &Config, action: &Action, name: &str) -> Result<Option<User>, String> {
     let lookup = |n: &str| match action.userbase.as_deref().and_then(|t| config.table(t)) {
-        Some(t) => Userbase(t).by_name(n),
-        None => SystemUsers.by_name(n),
+        Some(t) => Userbase(t).lookup(n).map_err(|e| e.to_string()),
+        None => Ok(SystemUsers.by_name(n)),
     };
     match &action.user {
-        Some(u) => lookup(u).or_else(|| SystemUsers.by_name(u)),
+        Some(u) => Ok(lookup(u)?.or_else(|| SystemUsers.by_name(u))),
         None => lookup(name),
     }
 }
@@ -140,8 +142,10 @@ fn shell_safe(s: &str) -> bool {
 /// Runs the command for one recipient (`user@domain`, as resolution made it).
 fn deliver(config: &Config, action: &Action, command: &str, sender: &str, rcpt: &str, message: &[u8]) -> RcptStatus {
     let local = Mailbox::split(rcpt).local;
-    let Some(user) = user_of(config, action, local) else {
-        return RcptStatus::Perm(format!("5.1.1 unknown user {local}"));
+    let user = match user_of(config, action, local) {
+        Ok(Some(user)) => user,
+        Ok(None) => return RcptStatus::Perm(format!("5.1.1 unknown user {local}")),
+        Err(e) => return RcptStatus::Temp(format!("userbase: {e}")),
     };
     if user.uid == 0 && action.user.is_none() {
         return RcptStatus::Perm("5.3.0 an mda command never runs as root".into());

@@ -19,7 +19,11 @@ pub(super) fn command(
     sender: &str,
 ) -> Result<(Command, User), RcptStatus> {
     let user = match action.userbase.as_deref().and_then(|t| config.table(t)) {
-        Some(t) => Userbase(t).by_name(&p.user).or_else(|| SystemUsers.by_name(&p.user)),
+        Some(t) => match Userbase(t).lookup(&p.user) {
+            Ok(found) => found.or_else(|| SystemUsers.by_name(&p.user)),
+            // Accepted already: a table that is down is retried, not an unknown user.
+            Err(e) => return Err(RcptStatus::Temp(format!("userbase: {e}"))),
+        },
         None => SystemUsers.by_name(&p.user),
     };
     let Some(user) = user else {

@@ -8,11 +8,28 @@ service, and in turn to `fetch|SERVICE`. The table registers `credentials` and t
 services named (comma-separated); with `auth` it checks `user:password` keys against
 DATA's values as plain passwords; a `check` of any other service says whether DATA has
 the key. Keys that misbehave on purpose (alone or as an address's local part): `slow` is
-never answered, `crash` makes the process exit, `dberror` gets an `error` answer. Each
-start appends a line `uid=N` to STATE, so a test sees restarts and the user the table ran as.
+never answered, `crash` makes the process exit, `dberror` gets an `error` answer, and
+`parentfails` gets an `error` answer only in mxd's parent process (its own table process,
+found by the name of its nearest mxd ancestor), a normal one elsewhere. Each start appends a line
+`uid=N` to STATE, so a test sees restarts and the user the table ran as.
 """
 import os
 import sys
+
+
+def in_mxd_parent():
+    pid = os.getppid()
+    for _ in range(4):
+        try:
+            with open("/proc/%d/comm" % pid) as f:
+                comm = f.read().strip()
+            if comm.startswith("mxd"):
+                return comm == "mxd: parent"
+            with open("/proc/%d/stat" % pid) as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
 
 
 def main():
@@ -54,7 +71,7 @@ def main():
             continue
         if name == "crash":
             sys.exit(0)
-        if name == "dberror":
+        if name == "dberror" or (name == "parentfails" and in_mxd_parent()):
             out.write("%s-result|%s|error|database unreachable\n" % (op, rid))
         elif op == "fetch":
             if order:
