@@ -272,16 +272,10 @@ fn a_users_table_that_fails_when_the_command_runs_defers_it() {
     let t = common::proc_table_dir(&[("pusers", "parentfails 65534:65534:/nonexistent\n".to_owned())], &[]);
     let m = Mxd::start_with(
         |d: &Path, p: u16| {
-            let (uid, gid) = uid_gid();
             format!(
-                "spool \"{dd}/spool\"\nhostname \"mx.test\"\n{pusers}\
-                 table users {{ joseph = \"{uid}:{gid}:{dd}/home/joseph\" }}\n\
-                 listen on 127.0.0.1 port {p}\n\
-                 action \"local\" maildir userbase <users>\n\
-                 action \"cmd\" mda \"cat > /dev/null\" userbase <pusers>\n\
-                 match from any for domain \"mx.test\" action \"local\"\n\
+                "{basic}{pusers}action \"cmd\" mda \"cat > /dev/null\" userbase <pusers>\n\
                  match from any for domain \"cmd.test\" action \"cmd\"\n",
-                dd = d.display(),
+                basic = basic_conf(d, p),
                 pusers = common::proc_table(t.path(), "pusers", "pusers", "userinfo"),
             )
         },
