@@ -58,13 +58,9 @@ impl Pool {
         Pool { tx: Some(tx), threads }
     }
 
-    /// Queues a job. The channel is unbounded, but each session has at most one message in
-    /// flight, so what waits here is bounded by the number of sessions.
-    pub fn submit(&self, job: Job) {
-        self.submit_all(vec![job]);
-    }
-
-    /// Queues jobs that one thread takes together, in one batch (more if it has room).
+    /// Queues jobs that one thread takes together, in one batch (more if it has room). The
+    /// channel is unbounded, but each session has at most one message in flight, so what
+    /// waits here is bounded by the number of sessions.
     pub fn submit_all(&self, jobs: Vec<Job>) {
         if jobs.is_empty() {
             return;
@@ -332,7 +328,7 @@ mod tests {
 
     fn deliver(pool: &Pool, mail: Arc<Mail>, targets: Vec<Target>) -> DeliveryResult {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        pool.submit(Job { mail, targets, done: Box::new(move |o| drop(tx.send(o))), batch_end: None });
+        pool.submit_all(vec![Job { mail, targets, done: Box::new(move |o| drop(tx.send(o))), batch_end: None }]);
         rx.recv_timeout(Duration::from_secs(20)).expect("verdict")
     }
 

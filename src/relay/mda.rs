@@ -25,7 +25,7 @@ use crate::config::{Action, Config, Method};
 use crate::envelope::Mailbox;
 use crate::forward::ForwardProgram;
 use crate::queue;
-use crate::users::{SystemUsers, User, UserDb, Userbase};
+use crate::users::{SystemUsers, User, UserDb};
 
 /// How long a command may run (`MXD_MDA_TIMEOUT=SECONDS` replaces it, for tests).
 const TIME_LIMIT: Duration = Duration::from_secs(600);
@@ -121,16 +121,11 @@ fn run(work: &Work, action: &Action, reports: &Sender<WorkerReport>) {
     }
 }
 
-/// The user a command runs as; `Err` when the userbase could not answer (retried later:
-/// the message was accepted, and a table that is down is not an unknown user).
-fn user_of(config: &Config, action: &Action, name: &str) -> Result<Option<User>, String> {
-    let lookup = |n: &str| match action.userbase.as_deref().and_then(|t| config.table(t)) {
-        Some(t) => Userbase(t).lookup(n).map_err(|e| e.to_string()),
-        None => Ok(SystemUsers.by_name(n)),
-    };
+/// The user a command runs as; `Err` when the userbase could not answer.
+fn user_of(config: &Config, action: &Action, name: &str) -> Result<Option<User>, RcptStatus> {
     match &action.user {
-        Some(u) => Ok(lookup(u)?.or_else(|| SystemUsers.by_name(u))),
-        None => lookup(name),
+        Some(u) => Ok(super::program::action_user(config, action, u)?.or_else(|| SystemUsers.by_name(u))),
+        None => super::program::action_user(config, action, name),
     }
 }
 
@@ -145,7 +140,7 @@ fn deliver(config: &Config, action: &Action, command: &str, sender: &str, rcpt: 
     let user = match user_of(config, action, local) {
         Ok(Some(user)) => user,
         Ok(None) => return RcptStatus::Perm(format!("5.1.1 unknown user {local}")),
-        Err(e) => return RcptStatus::Temp(format!("userbase: {e}")),
+        Err(status) => return status,
     };
     if user.uid == 0 && action.user.is_none() {
         return RcptStatus::Perm("5.3.0 an mda command never runs as root".into());

@@ -12,20 +12,23 @@ use crate::users::{SystemUsers, User, UserDb, Userbase};
 
 /// What runs `p` for a message from `sender`, and as whom (the mda runner executes it);
 /// or why it does not run.
+/// `name` in the action's `userbase` (the system's users without one). A table that fails
+/// is a temporary failure: the message was accepted, and a table that is down is not an
+/// unknown user.
+pub(super) fn action_user(config: &Config, action: &Action, name: &str) -> Result<Option<User>, RcptStatus> {
+    match action.userbase.as_deref().and_then(|t| config.table(t)) {
+        Some(t) => Userbase(t).lookup(name).map_err(|e| RcptStatus::Temp(format!("userbase: {e}"))),
+        None => Ok(SystemUsers.by_name(name)),
+    }
+}
+
 pub(super) fn command(
     config: &Config,
     action: &Action,
     p: &ForwardProgram,
     sender: &str,
 ) -> Result<(Command, User), RcptStatus> {
-    let user = match action.userbase.as_deref().and_then(|t| config.table(t)) {
-        Some(t) => match Userbase(t).lookup(&p.user) {
-            Ok(found) => found.or_else(|| SystemUsers.by_name(&p.user)),
-            // Accepted already: a table that is down is retried, not an unknown user.
-            Err(e) => return Err(RcptStatus::Temp(format!("userbase: {e}"))),
-        },
-        None => SystemUsers.by_name(&p.user),
-    };
+    let user = action_user(config, action, &p.user)?.or_else(|| SystemUsers.by_name(&p.user));
     let Some(user) = user else {
         return Err(RcptStatus::Perm(format!("5.1.1 unknown user {}", p.user)));
     };
